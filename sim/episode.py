@@ -1,0 +1,92 @@
+"""One recorded closed-loop episode: the unit that storage writes, metrics read and the
+tokenizers turn into token streams. The in-memory and on-disk forms hold the same fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.cameras import CameraSpec
+from sim.interface import (
+    ACTION_FIELDS,
+    ACTOR_FIELDS,
+    DT,
+    EGO_FIELDS,
+    EVENT_FIELDS,
+    MAX_ACTORS,
+    REWARD_FIELDS,
+    Goal,
+)
+
+OUTCOMES = ("route_complete", "collision", "off_road", "timeout")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """T actions taken from states s_0..s_T.
+
+    Per-step arrays are indexed by the step t at which the action was chosen; ``events`` and
+    ``reward_terms`` at t describe what the step t -> t+1 caused.
+    """
+
+    scenario: str
+    density: str
+    seed: int
+    goal: Goal
+    outcome: str  # one of OUTCOMES
+    route_length: float  # metres
+    policy: str  # what drove: "expert", "random", a checkpoint path, ...
+    cameras: tuple[CameraSpec, ...]
+    ego: np.ndarray  # (T+1, len(EGO_FIELDS)) float64, states s_0..s_T
+    actors: np.ndarray  # (T+1, MAX_ACTORS, len(ACTOR_FIELDS)) float64
+    actions: np.ndarray  # (T, 2) float32, executed [accel m/s^2, steer rad]
+    expert_actions: np.ndarray  # (T, 2) float32, expert at s_t; NaN where not queried
+    events: np.ndarray  # (T, len(EVENT_FIELDS)) float32 0/1
+    reward_terms: np.ndarray  # (T, len(REWARD_FIELDS)) float32
+    frames: np.ndarray | None = None  # (T, N_cams, H, W, 3) uint8 at s_t, or None
+    dt: float = DT
+
+    def __post_init__(self) -> None:
+        t = self.actions.shape[0]
+        expect = {
+            "ego": (t + 1, len(EGO_FIELDS)),
+            "actors": (t + 1, MAX_ACTORS, len(ACTOR_FIELDS)),
+            "actions": (t, len(ACTION_FIELDS)),
+            "expert_actions": (t, len(ACTION_FIELDS)),
+            "events": (t, len(EVENT_FIELDS)),
+            "reward_terms": (t, len(REWARD_FIELDS)),
+        }
+        for name, shape in expect.items():
+            got = getattr(self, name).shape
+            if got != shape:
+                raise ValueError(f"episode field {name!r} has shape {got}, expected {shape}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"episode outcome {self.outcome!r} not in {OUTCOMES}")
+        if self.frames is not None:
+            cams = len(self.cameras)
+            if self.frames.ndim != 5 or self.frames.shape[:2] != (t, cams) or self.frames.shape[-1] != 3:
+                raise ValueError(
+                    f"episode frames have shape {self.frames.shape}, expected ({t}, {cams}, H, W, 3)"
+                )
+            if self.frames.dtype != np.uint8:
+                raise ValueError(f"episode frames must be uint8, got {self.frames.dtype}")
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.actions.shape[0])
+
+    def meta(self) -> dict:
+        """The per-episode fields as JSON-able values."""
+        return {
+            "scenario": self.scenario,
+            "density": self.density,
+            "seed": int(self.seed),
+            "goal": self.goal.to_dict(),
+            "outcome": self.outcome,
+            "route_length": float(self.route_length),
+            "policy": self.policy,
+            "cameras": [c.to_dict() for c in self.cameras],
+            "dt": float(self.dt),
+            "num_steps": self.num_steps,
+        }

@@ -1,0 +1,201 @@
+"""The simulator contract: what every backend (embedded highway-env, CARLA) gives a policy.
+
+Frames and units
+----------------
+* World frame: right-handed, x east, y north, z up, metres. Yaw is counter-clockwise from +x,
+  radians, wrapped to (-pi, pi].
+* Ego frame (ISO 8855): origin at the ego's reference point on the ground, x forward, y left,
+  z up. Camera extrinsics are given in this frame (see ``sim.cameras``).
+* Actions are physical: ``[accel, steer]`` with ``accel`` the commanded longitudinal
+  acceleration in m/s^2 and ``steer`` the front-wheel angle in radians, positive = turn left.
+  Limits: ``ACTION_LOW`` / ``ACTION_HIGH``. Normalization belongs to the tokenizers, never here.
+* Time: one env step is ``DT`` = 0.1 s (10 Hz).
+
+Mapping onto CARLA (what a CARLA backend must do; it needs no change to this contract)
+--------------------------------------------------------------------------------------
+CARLA (Unreal) is left-handed: x forward/east, y right/south, z up, angles in degrees with yaw
+clockwise seen from above.
+* world ``(x, y)`` = ``(loc.x, -loc.y)``; ``yaw`` = ``-radians(transform.rotation.yaw)``.
+* ``speed`` = norm of ``vehicle.get_velocity()``; ``accel_long`` / ``accel_lat`` = the world
+  acceleration from ``get_acceleration()`` (y negated) projected on the ego's forward / left
+  axes; ``yaw_rate`` = ``-radians(get_angular_velocity().z)``.
+* action -> ``carla.VehicleControl``: ``accel >= 0`` -> ``throttle`` from a longitudinal PID
+  (CARLA has no acceleration command), ``accel < 0`` -> ``brake``; ``steer`` ->
+  ``control.steer = -steer / max_steer_angle`` where ``max_steer_angle`` comes from
+  ``vehicle.get_physics_control().wheels[0].max_steer_angle`` (degrees, convert).
+* events: ``collision_vehicle`` / ``collision_static`` from ``sensor.other.collision`` (actor
+  type ``vehicle.*`` vs anything else); ``lane_invasion`` from ``sensor.other.lane_invasion``;
+  ``off_road`` when ``map.get_waypoint(loc, project_to_road=False)`` is None or not a driving
+  lane; ``progress`` from the ``GlobalRoutePlanner`` route (metres along it / its length);
+  ``speeding`` against ``vehicle.get_speed_limit()`` (km/h, convert).
+* cameras: one ``sensor.camera.rgb`` per ``CameraSpec`` attached to the ego with
+  ``carla.Transform(Location(x, -y, z), Rotation(pitch=-pitch, yaw=-yaw, roll=roll))`` where
+  (roll, pitch, yaw) are ``sim.cameras.quat_to_rpy_deg(spec.rotation)``; ``fov`` = horizontal
+  FOV in degrees, ``image_size_x/y`` = width/height. The roll sign is not yet checked against a
+  server.
+* other actors: ``world.get_actors().filter('vehicle.*')`` with bounding-box extents x2.
+* ``expert_action()``: CARLA's ``BehaviorAgent`` is not in the pip wheel (no
+  ``agents.navigation``); the CARLA backend reuses ``sim.expert`` on the same state.
+
+Everything a backend returns is built from the dataclasses and field tuples below, so metrics,
+recording and the tokenizers never touch backend objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DT = 0.1
+"""Seconds per environment step (10 Hz)."""
+
+ACTION_FIELDS = ("accel", "steer")
+ACTION_LOW = np.array([-6.0, -np.pi / 4], dtype=np.float32)
+ACTION_HIGH = np.array([4.0, np.pi / 4], dtype=np.float32)
+
+EGO_FIELDS = (
+    "x",  # world m
+    "y",  # world m
+    "yaw",  # world rad
+    "speed",  # m/s, signed along the heading
+    "accel_long",  # m/s^2, d(speed)/dt over the last step
+    "accel_lat",  # m/s^2, speed * yaw_rate, positive to the left
+    "yaw_rate",  # rad/s over the last step
+    "steer",  # rad, last applied front-wheel angle, positive left
+    "lane_offset",  # m, lateral offset from the current lane centre, positive left
+    "lane_heading_error",  # rad, yaw minus lane heading, wrapped
+    "lane_id",  # index of the current lane counted from the left (0 = leftmost)
+    "speed_limit",  # m/s of the current lane
+    "progress",  # fraction of the route completed, [0, 1]
+)
+EGO = {name: i for i, name in enumerate(EGO_FIELDS)}
+
+ACTOR_FIELDS = ("present", "id", "x", "y", "yaw", "speed", "length", "width")
+"""Per-actor row in world frame; rows with present == 0 are padding."""
+ACTOR = {name: i for i, name in enumerate(ACTOR_FIELDS)}
+MAX_ACTORS = 16
+"""Nearest actors recorded per step (within ``ACTOR_RANGE`` metres)."""
+ACTOR_RANGE = 100.0
+
+EVENT_FIELDS = (
+    "collision_vehicle",
+    "collision_static",
+    "off_road",
+    "lane_invasion",
+    "speeding",
+    "route_complete",
+)
+EVENT = {name: i for i, name in enumerate(EVENT_FIELDS)}
+
+REWARD_FIELDS = (
+    "progress_m",  # metres gained along the route this step (off-road metres do not count)
+    "collision",  # 1 on the step a collision happens
+    "off_road",  # 1 while off the road
+    "lane_invasion",  # 1 while the body crosses a lane marking
+    "speed_error",  # |speed - goal target speed| / target speed (0 when no target speed)
+    "goal",  # 1 while the goal condition holds (target lane + speed, or turned onto the exit)
+)
+REWARD = {name: i for i, name in enumerate(REWARD_FIELDS)}
+
+TURNS = ("left", "straight", "right")
+GOAL_KINDS = ("lane_speed", "turn")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the passenger asked for in this episode.
+
+    ``lane_speed`` (highway): reach ``target_lane`` (0 = leftmost) and hold ``target_speed``.
+    ``turn`` (intersection): take the ``turn`` exit ("left", "straight", "right").
+    ``command`` is the canonical English command; the speech corpus rephrases it.
+    """
+
+    kind: str
+    label: str  # goal type for per-type success, e.g. "lane_left", "speed_up", "turn_left"
+    command: str
+    target_lane: int = -1
+    target_speed: float = 0.0
+    turn: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in GOAL_KINDS:
+            raise ValueError(f"unknown goal kind {self.kind!r}; expected one of {GOAL_KINDS}")
+        if self.kind == "turn" and self.turn not in TURNS:
+            raise ValueError(f"turn goal needs turn in {TURNS}, got {self.turn!r}")
+        if self.kind == "lane_speed" and (self.target_lane < 0 or self.target_speed <= 0):
+            raise ValueError("lane_speed goal needs target_lane >= 0 and target_speed > 0")
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "command": self.command,
+            "target_lane": self.target_lane,
+            "target_speed": self.target_speed,
+            "turn": self.turn,
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> Goal:
+        return Goal(
+            kind=str(d["kind"]),
+            label=str(d["label"]),
+            command=str(d["command"]),
+            target_lane=int(d.get("target_lane", -1)),
+            target_speed=float(d.get("target_speed", 0.0)),
+            turn=str(d.get("turn", "")),
+        )
+
+
+GOAL_VECTOR_FIELDS = ("lane_delta", "target_speed", "turn_left", "turn_straight", "turn_right")
+
+
+def goal_vector(goal: Goal, ego: np.ndarray) -> np.ndarray:
+    """The goal as policy features: lanes to move (+ = left), target speed, turn one-hot."""
+    lane_delta = 0.0
+    if goal.kind == "lane_speed":
+        lane_delta = float(ego[EGO["lane_id"]] - goal.target_lane)
+    turn = [float(goal.turn == t) for t in TURNS]
+    return np.array([lane_delta, goal.target_speed, *turn], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What ``env.step`` reports besides the observation (also found in ``info``)."""
+
+    ego: np.ndarray  # (len(EGO_FIELDS),) state after the step
+    actors: np.ndarray  # (MAX_ACTORS, len(ACTOR_FIELDS))
+    events: np.ndarray  # (len(EVENT_FIELDS),) float 0/1 for this step
+    reward_terms: np.ndarray  # (len(REWARD_FIELDS),)
+
+
+@dataclass(frozen=True)
+class LaneGeom:
+    """One lane's centre line in the world frame, for rendering and metrics.
+
+    ``kind`` "straight": from ``start`` to ``end``. ``kind`` "arc": ``center``, ``radius``,
+    phases in radians, ``ccw`` True when the lane runs counter-clockwise.
+    ``lines`` = (left, right) marking type seen in the driving direction, one of
+    "none", "striped", "solid".
+    """
+
+    kind: str
+    width: float
+    lines: tuple[str, str]
+    start: tuple[float, float] = (0.0, 0.0)
+    end: tuple[float, float] = (0.0, 0.0)
+    center: tuple[float, float] = (0.0, 0.0)
+    radius: float = 0.0
+    start_phase: float = 0.0
+    end_phase: float = 0.0
+    ccw: bool = True
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Everything a camera can see: lanes and vehicle boxes, world frame."""
+
+    lanes: tuple[LaneGeom, ...]
+    vehicles: np.ndarray  # (K, 7): x, y, yaw, length, width, height, colour_id
+    ego_pose: np.ndarray = field(default_factory=lambda: np.zeros(3))  # x, y, yaw
