@@ -19,7 +19,7 @@ from sim.interface import (
     Goal,
 )
 
-OUTCOMES = ("route_complete", "collision", "off_road", "timeout")
+OUTCOMES = ("route_complete", "collision", "off_road", "route_deviation", "timeout")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,361 @@
+"""Closed-loop driving metrics, computed the same way for every policy from ``Episode`` objects.
+
+Signals (``kinematics``), raw backward finite differences on the recorded states s_0..s_T
+------------------------------------------------------------------------------------------
+Each signal is a (T+1,) array indexed by state: the value at t is the difference that ENDS at
+state t; indices where it is undefined hold NaN (first-order signals: t = 0; second-order: 0, 1).
+* ``speed``        v_t = ego "speed" column (signed along the heading)
+* ``accel_long``   a_t = (v_t - v_{t-1}) / dt
+* ``jerk_long``    j_t = (a_t - a_{t-1}) / dt
+* ``yaw_rate``     w_t = (psi_t - psi_{t-1}) / dt, psi = np.unwrap(yaw); CCW (left) positive
+* ``yaw_accel``    (w_t - w_{t-1}) / dt
+* ``accel_lat``    a_lat_t = 0.5 (v_{t-1} + v_t) * w_t  (speed at the interval midpoint), left +
+* ``jerk_lat``     (a_lat_t - a_lat_{t-1}) / dt
+* ``jerk``         sqrt(jerk_long^2 + jerk_lat^2)
+The recorded ``accel_long`` / ``accel_lat`` / ``yaw_rate`` columns are NOT used: deriving every
+signal from speed and yaw makes the metric identical whichever backend recorded the episode.
+No smoothing: nuPlan fits a Savitzky-Golay filter before differencing; raw 10 Hz differences
+are stricter (noisier, larger peaks), so jerk here reads higher and comfort lower than nuPlan's.
+
+Comfort (nuPlan thresholds, ``NUPLAN_COMFORT``)
+-----------------------------------------------
+A sample is a state t >= 2 (where every signal is defined); it is comfortable when all six
+bounds hold. ``comfort_fraction`` = comfortable samples / samples; ``comfortable`` = 1 when all
+samples are (nuPlan's per-scenario boolean). Episodes with T < 2 have no samples: NaN.
+
+Time to collision (``time_to_collision``)
+-----------------------------------------
+At every state, ego and every present actor within ``TTC_RANGE`` m are propagated at constant
+speed along their heading for t = 0, step, ..., horizon; TTC is the first t at which the
+oriented rectangles touch or overlap (separating-axis test), 0 if they already do, inf if never.
+The ego box is ``EGO_LENGTH`` x ``EGO_WIDTH`` centred on (x, y) (the interface records no ego
+size; these are highway-env's). Per episode ``ttc_min`` = min over states s_0..s_c, where s_c is
+the state the first collision step starts from (states after the crash are excluded so the
+crash itself does not count twice).
+
+Events, progress, goal, driving score
+-------------------------------------
+``collided`` = any collision_vehicle / collision_static event; ``off_road`` = any off_road;
+``lane_invasion_rate`` / ``speeding_rate`` = fraction of steps with the event.
+``progress`` = max of the ego "progress" column; ``route_completed`` = progress >= 0.99 or a
+route_complete event. ``goal_success`` = reward term "goal" is 1 on the last step and no
+collision. ``driving_score`` (CARLA leaderboard style, a fraction; CARLA reports x100) =
+RC * prod_i INFRACTION_PENALTIES[i] ** n_i, RC = progress (the simulator already excludes
+off-road metres from progress, which is the leaderboard-1.0 off-road rule), n_i = number of
+onsets (rising edges) of event i. Infractions the interface has no event for (pedestrian,
+red light, stop sign) count 0 until a backend reports them.
+
+Aggregation: ``episode_metrics`` puts the raw per-sample signals under the private key
+``"_samples"`` so ``aggregate`` can pool percentiles over ALL samples of all episodes; keys
+starting with "_" never appear in ``aggregate``'s output (``public`` strips them from a
+per-episode dict). Episode-level means skip NaN values (e.g. comfort of an episode with T < 2);
+pooled statistics with no samples are NaN. See ``METRIC_DOCS`` for every aggregate key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+
+from sim.episode import Episode
+from sim.interface import ACTOR, EGO, EVENT, REWARD
+
+NUPLAN_COMFORT = {
+    "jerk_long_abs_max": 4.13,  # m/s^3, |longitudinal jerk|
+    "jerk_abs_max": 8.37,  # m/s^3, |jerk| magnitude sqrt(jerk_long^2 + jerk_lat^2)
+    "accel_long_min": -4.05,  # m/s^2, hardest braking
+    "accel_long_max": 2.40,  # m/s^2, hardest acceleration
+    "accel_lat_abs_max": 4.89,  # m/s^2, |lateral acceleration|
+    "yaw_rate_abs_max": 0.95,  # rad/s
+    "yaw_accel_abs_max": 1.93,  # rad/s^2
+}
+"""nuPlan's ego comfort bounds (nuplan-devkit ``ego_is_comfortable``)."""
+
+INFRACTION_PENALTIES = {
+    "collision_vehicle": 0.60,
+    "collision_static": 0.65,
+    "collision_pedestrian": 0.50,
+    "red_light": 0.70,
+    "stop_sign": 0.80,
+}
+"""CARLA leaderboard penalty coefficients, multiplied once per infraction onset."""
+
+TTC_HORIZON = 5.0  # s, look-ahead of time_to_collision; inf TTC is capped here when aggregating
+TTC_STEP = 0.1  # s
+TTC_RANGE = 60.0  # m, actors farther than this (centre distance) are ignored
+EGO_LENGTH = 5.0  # m
+EGO_WIDTH = 2.0  # m
+COLLISIONS = ("collision_vehicle", "collision_static")
+SAMPLE_SIGNALS = ("jerk_long", "jerk_lat", "accel_long", "accel_lat", "yaw_rate")
+
+METRIC_DOCS = {
+    "episodes": "N = number of episodes aggregated",
+    "collision_rate": "mean over episodes of collided (any collision_vehicle/static event)",
+    "off_road_rate": "mean over episodes of off_road (any off_road event)",
+    "progress_mean": "mean over episodes of progress = max_t ego progress column",
+    "progress_std": "population std over episodes of progress",
+    "route_completion_rate": "mean of route_completed = progress >= 0.99 or route_complete event",
+    "goal_success_rate": "mean of goal_success = reward 'goal' == 1 at the last step and no collision",
+    "goal_success_by_type": "per goal label: {rate, successes, episodes} of goal_success",
+    "jerk_long_p95": "95th percentile of |jerk_long| pooled over all samples of all episodes, m/s^3",
+    "jerk_long_max": "max of |jerk_long| over all samples, m/s^3",
+    "jerk_lat_p95": "95th percentile of |jerk_lat| pooled over all samples, m/s^3",
+    "jerk_lat_max": "max of |jerk_lat| over all samples, m/s^3",
+    "accel_long_min": "min of accel_long = diff(v)/dt over all samples, m/s^2",
+    "accel_long_max": "max of accel_long over all samples, m/s^2",
+    "accel_lat_abs_max": "max of |v_mid * yaw_rate| over all samples, m/s^2",
+    "yaw_rate_abs_max": "max of |diff(unwrap(yaw))/dt| over all samples, rad/s",
+    "comfort_fraction": "mean over episodes of the fraction of samples within all NUPLAN_COMFORT bounds",
+    "comfortable_rate": "mean over episodes of comfortable (every sample within bounds)",
+    "ttc_min_p5": "5th percentile over episodes of min(ttc_min, TTC_HORIZON), s",
+    "ttc_min_mean": "mean over episodes of min(ttc_min, TTC_HORIZON), s",
+    "lane_invasion_rate": "mean over episodes of the fraction of steps with lane_invasion",
+    "speeding_rate": "mean over episodes of the fraction of steps with speeding",
+    "driving_score": "mean over episodes of progress * prod_i penalty_i ** onsets_i (CARLA x100)",
+    "driving_score_std": "population std over episodes of driving_score",
+}
+
+
+def _backward_diff(x: np.ndarray, dt: float) -> np.ndarray:
+    """(x_t - x_{t-1}) / dt at index t; NaN at t = 0 (and wherever x is NaN)."""
+    out = np.full_like(x, np.nan, dtype=np.float64)
+    out[1:] = np.diff(x) / dt
+    return out
+
+
+def kinematics(ep: Episode) -> dict[str, np.ndarray]:
+    """Per-state (T+1,) signals from the recorded ego states; see the module docstring."""
+    dt = float(ep.dt)
+    v = ep.ego[:, EGO["speed"]].astype(np.float64)
+    yaw = np.unwrap(ep.ego[:, EGO["yaw"]].astype(np.float64))
+    accel_long = _backward_diff(v, dt)
+    yaw_rate = _backward_diff(yaw, dt)
+    v_mid = np.full_like(v, np.nan)
+    v_mid[1:] = 0.5 * (v[1:] + v[:-1])
+    accel_lat = v_mid * yaw_rate
+    jerk_long = _backward_diff(accel_long, dt)
+    jerk_lat = _backward_diff(accel_lat, dt)
+    return {
+        "speed": v,
+        "accel_long": accel_long,
+        "jerk_long": jerk_long,
+        "yaw_rate": yaw_rate,
+        "yaw_accel": _backward_diff(yaw_rate, dt),
+        "accel_lat": accel_lat,
+        "jerk_lat": jerk_lat,
+        "jerk": np.hypot(jerk_long, jerk_lat),
+    }
+
+
+def comfort_mask(k: dict[str, np.ndarray]) -> np.ndarray:
+    """(T-1,) bool: state t >= 2 satisfies all six nuPlan comfort bounds."""
+    c = NUPLAN_COMFORT
+    s = {name: sig[2:] for name, sig in k.items()}
+    return (
+        (np.abs(s["jerk_long"]) <= c["jerk_long_abs_max"])
+        & (s["jerk"] <= c["jerk_abs_max"])
+        & (s["accel_long"] >= c["accel_long_min"])
+        & (s["accel_long"] <= c["accel_long_max"])
+        & (np.abs(s["accel_lat"]) <= c["accel_lat_abs_max"])
+        & (np.abs(s["yaw_rate"]) <= c["yaw_rate_abs_max"])
+        & (np.abs(s["yaw_accel"]) <= c["yaw_accel_abs_max"])
+    )
+
+
+def _boxes_touch(d, fa, la, wa, fb, lb, wb) -> np.ndarray:
+    """Separating-axis test for oriented rectangles A, B (broadcast over leading dims).
+
+    d: (..., 2) centre of B minus centre of A; f*: (..., 2) unit heading; l*, w*: length, width.
+    """
+    na = np.stack([-fa[..., 1], fa[..., 0]], axis=-1)
+    nb = np.stack([-fb[..., 1], fb[..., 0]], axis=-1)
+    touch = np.ones(d.shape[:-1], dtype=bool)
+    for u in (fa, na, fb, nb):
+        pa, qa = np.abs(np.sum(fa * u, -1)), np.abs(np.sum(na * u, -1))
+        pb, qb = np.abs(np.sum(fb * u, -1)), np.abs(np.sum(nb * u, -1))
+        radius = 0.5 * (la * pa + wa * qa + lb * pb + wb * qb)
+        touch &= np.abs(np.sum(d * u, -1)) <= radius + 1e-9
+    return touch
+
+
+def time_to_collision(
+    ep: Episode,
+    horizon: float = TTC_HORIZON,
+    step: float = TTC_STEP,
+    ego_length: float = EGO_LENGTH,
+    ego_width: float = EGO_WIDTH,
+) -> np.ndarray:
+    """(T+1,) min over actors of the constant-velocity time to collision; inf if none in horizon."""
+    times = np.arange(int(np.floor(horizon / step + 1e-9)) + 1) * step  # (K,)
+    ego, act = ep.ego, ep.actors
+    ttc = np.full(ego.shape[0], np.inf)
+    for t in range(ego.shape[0]):
+        e = ego[t]
+        a = act[t][act[t][:, ACTOR["present"]] > 0.5]
+        dist = np.hypot(a[:, ACTOR["x"]] - e[EGO["x"]], a[:, ACTOR["y"]] - e[EGO["y"]])
+        a = a[dist <= TTC_RANGE]
+        if len(a) == 0:
+            continue
+        fe = np.array([np.cos(e[EGO["yaw"]]), np.sin(e[EGO["yaw"]])])  # (2,)
+        fa = np.stack([np.cos(a[:, ACTOR["yaw"]]), np.sin(a[:, ACTOR["yaw"]])], axis=-1)  # (A, 2)
+        ego_pos = e[[EGO["x"], EGO["y"]]] + times[:, None] * e[EGO["speed"]] * fe  # (K, 2)
+        act_pos = a[None, :, [ACTOR["x"], ACTOR["y"]]] + (
+            times[:, None, None] * a[None, :, ACTOR["speed"], None] * fa[None]
+        )  # (K, A, 2)
+        touch = _boxes_touch(
+            act_pos - ego_pos[:, None, :],
+            fe, ego_length, ego_width,
+            fa[None], a[None, :, ACTOR["length"]], a[None, :, ACTOR["width"]],
+        )  # (K, A)
+        hit = touch.any(axis=1)
+        if hit.any():
+            ttc[t] = times[int(np.argmax(hit))]
+    return ttc
+
+
+def _onsets(x: np.ndarray) -> int:
+    """Number of rising edges of a 0/1 series (a 1 at index 0 counts)."""
+    on = np.asarray(x) > 0.5
+    return int(np.sum(on[1:] & ~on[:-1]) + (on[0] if len(on) else 0))
+
+
+def _abs_stat(x: np.ndarray, fn) -> float:
+    x = x[np.isfinite(x)]
+    return float(fn(np.abs(x))) if len(x) else float("nan")
+
+
+def episode_metrics(ep: Episode) -> dict[str, float | str]:
+    """Scalar metrics of one episode (floats, except goal_type / outcome) plus ``_samples``."""
+    k = kinematics(ep)
+    ev, T = ep.events, ep.num_steps
+    crash = np.flatnonzero(np.any(ev[:, [EVENT[n] for n in COLLISIONS]] > 0.5, axis=1))
+    collided = len(crash) > 0
+    ttc = time_to_collision(ep)
+    ttc_min = float(np.min(ttc[: crash[0] + 1] if collided else ttc))
+    progress = float(np.max(ep.ego[:, EGO["progress"]]))
+    counts = {name: _onsets(ev[:, EVENT[name]]) for name in INFRACTION_PENALTIES if name in EVENT}
+    penalty = float(np.prod([INFRACTION_PENALTIES[n] ** c for n, c in counts.items()]))
+    goal_ok = T > 0 and ep.reward_terms[T - 1, REWARD["goal"]] > 0.5 and not collided
+    comfort = comfort_mask(k)
+
+    def rate(name: str) -> float:
+        return float(np.mean(ev[:, EVENT[name]] > 0.5)) if T else 0.0
+
+    samples = {name: k[name][np.isfinite(k[name])] for name in SAMPLE_SIGNALS}
+    return {
+        "collided": float(collided),
+        "off_road": float(np.any(ev[:, EVENT["off_road"]] > 0.5)),
+        "progress": progress,
+        "route_completed": float(progress >= 0.99 or np.any(ev[:, EVENT["route_complete"]] > 0.5)),
+        "goal_success": float(goal_ok),
+        "goal_type": ep.goal.label,
+        "jerk_long_p95": _abs_stat(k["jerk_long"], partial(np.percentile, q=95)),
+        "jerk_long_max": _abs_stat(k["jerk_long"], np.max),
+        "jerk_lat_p95": _abs_stat(k["jerk_lat"], partial(np.percentile, q=95)),
+        "jerk_lat_max": _abs_stat(k["jerk_lat"], np.max),
+        "accel_long_min": float(np.min(samples["accel_long"])) if T else float("nan"),
+        "accel_long_max": float(np.max(samples["accel_long"])) if T else float("nan"),
+        "accel_lat_abs_max": _abs_stat(k["accel_lat"], np.max),
+        "yaw_rate_abs_max": _abs_stat(k["yaw_rate"], np.max),
+        "comfort_fraction": float(np.mean(comfort)) if len(comfort) else float("nan"),
+        "comfortable": float(np.all(comfort)) if len(comfort) else float("nan"),
+        "ttc_min": ttc_min,
+        "lane_invasion_rate": rate("lane_invasion"),
+        "speeding_rate": rate("speeding"),
+        "driving_score": progress * penalty,
+        "infraction_penalty": penalty,
+        "collision_count": float(sum(counts[n] for n in COLLISIONS)),
+        "num_steps": float(T),
+        "outcome": ep.outcome,
+        "seed": float(ep.seed),
+        "_samples": samples,
+    }
+
+
+def public(metrics: dict) -> dict:
+    """A per-episode dict without its private ("_"-prefixed) keys, ready for json.dumps."""
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = np.array([r[key] for r in rows], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return float(np.mean(vals)) if len(vals) else float("nan")
+
+
+def _pooled(rows: list[dict], name: str) -> np.ndarray:
+    return np.concatenate([np.asarray(r["_samples"][name], dtype=np.float64) for r in rows])
+
+
+def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
+    """Aggregate ``episode_metrics`` dicts (with their ``_samples``) into METRIC_DOCS's keys."""
+    if not per_episode:
+        raise ValueError("aggregate needs at least one episode")
+    if any("_samples" not in r for r in per_episode):
+        raise ValueError("aggregate needs the '_samples' that episode_metrics returns")
+    rows = per_episode
+    progress = np.array([r["progress"] for r in rows])
+    score = np.array([r["driving_score"] for r in rows])
+    ttc = np.minimum(np.array([r["ttc_min"] for r in rows], dtype=np.float64), TTC_HORIZON)
+    by_type: dict[str, dict] = {}
+    for r in rows:
+        d = by_type.setdefault(str(r["goal_type"]), {"rate": 0.0, "successes": 0, "episodes": 0})
+        d["successes"] += int(r["goal_success"] > 0.5)
+        d["episodes"] += 1
+    for d in by_type.values():
+        d["rate"] = d["successes"] / d["episodes"]
+    pooled = {name: _pooled(rows, name) for name in SAMPLE_SIGNALS}
+
+    def stat(name: str, fn, absolute: bool = True) -> float:
+        x = pooled[name]
+        return float(fn(np.abs(x) if absolute else x)) if len(x) else float("nan")
+
+    p95 = partial(np.percentile, q=95)
+    return {
+        "episodes": len(rows),
+        "collision_rate": _mean(rows, "collided"),
+        "off_road_rate": _mean(rows, "off_road"),
+        "progress_mean": float(np.mean(progress)),
+        "progress_std": float(np.std(progress)),
+        "route_completion_rate": _mean(rows, "route_completed"),
+        "goal_success_rate": _mean(rows, "goal_success"),
+        "goal_success_by_type": dict(sorted(by_type.items())),
+        "jerk_long_p95": stat("jerk_long", p95),
+        "jerk_long_max": stat("jerk_long", np.max),
+        "jerk_lat_p95": stat("jerk_lat", p95),
+        "jerk_lat_max": stat("jerk_lat", np.max),
+        "accel_long_min": stat("accel_long", np.min, absolute=False),
+        "accel_long_max": stat("accel_long", np.max, absolute=False),
+        "accel_lat_abs_max": stat("accel_lat", np.max),
+        "yaw_rate_abs_max": stat("yaw_rate", np.max),
+        "comfort_fraction": _mean(rows, "comfort_fraction"),
+        "comfortable_rate": _mean(rows, "comfortable"),
+        "ttc_min_p5": float(np.percentile(ttc, 5)),
+        "ttc_min_mean": float(np.mean(ttc)),
+        "lane_invasion_rate": _mean(rows, "lane_invasion_rate"),
+        "speeding_rate": _mean(rows, "speeding_rate"),
+        "driving_score": float(np.mean(score)),
+        "driving_score_std": float(np.std(score)),
+    }
+
+
+def _fmt(v) -> str:
+    """Integral numbers as integers, other floats with 3 decimals (3 significant if tiny/huge)."""
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v) != int(v):
+        return f"{v:.3g}" if abs(v) >= 1e5 or abs(v) < 1e-3 else f"{v:.3f}"
+    if isinstance(v, (bool, int, np.integer, float, np.floating)) and np.isfinite(v):
+        return str(int(v))
+    return str(v)
+
+
+def format_table(rows: list[dict], columns: Sequence[str]) -> str:
+    """Aligned plain-text table: one header line, one line per row; missing cells are '-'."""
+    cells = [[str(c) for c in columns]]
+    cells += [[_fmt(r[c]) if c in r else "-" for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    just = [str.ljust] + [str.rjust] * (len(widths) - 1)  # first column left, numbers right
+    out = ["  ".join(j(p, w) for j, p, w in zip(just, c, widths)) for c in cells]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

@@ -1,0 +1,190 @@
+"""The expert: what to do in ANY state, whatever policy drove there.
+
+A pure function of the simulator state and the episode goal (no hidden state, no writes), so
+querying it never changes the simulation and DAgger labels depend only on the state visited.
+
+* Longitudinal: the Intelligent Driver Model (Treiber et al. 2000),
+  ``a = a_max * (1 - (v / v0)^delta - (s* / gap)^2)``,
+  ``s* = s0 + v T + v dv / (2 sqrt(a_max b))``, against the leader on the current lane and,
+  during a lane change, the target lane too (the minimum of both).
+* Lane choice (highway): move one lane toward the goal lane when MOBIL's safety criterion
+  holds (the new follower would brake no harder than ``b_safe``, nor would we); stay otherwise.
+  A change already under way (over ``commit_offset`` metres toward the new lane) continues
+  unless it became twice as unsafe, which keeps the choice from flickering.
+* Intersection: follow the goal's route; slow for curvature so lateral acceleration stays under
+  ``lat_acc_max``; while still before the stop line, stop at it when a vehicle that is not
+  already yielding to us is predicted within ``conflict_radius`` of our path in the next
+  ``conflict_horizon`` seconds.
+* Steering: a cascaded lateral-position -> heading -> steering controller toward the target
+  lane's centre, inverted through the kinematic bicycle model.
+
+It runs in highway-env's own (left-handed) frame and converts the steering sign on return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from highway_env.utils import wrap_to_pi
+
+from sim.interface import ACTION_HIGH, ACTION_LOW, Goal
+
+
+@dataclass(frozen=True)
+class ExpertParams:
+    a_max: float = 3.0  # IDM maximum acceleration, m/s^2
+    b_comf: float = 5.0  # IDM comfortable deceleration, m/s^2
+    s0: float = 10.0  # jam distance, centre to centre (5 m bumper gap for 5 m cars)
+    time_gap: float = 1.5  # desired time headway, s
+    delta: float = 4.0  # IDM acceleration exponent
+    b_safe: float = 2.0  # MOBIL: the most braking a lane change may impose, m/s^2
+    commit_offset: float = 0.5  # m toward the new lane after which a change continues
+    lat_acc_max: float = 3.0  # curve speed: v <= sqrt(lat_acc_max * radius)
+    conflict_horizon: float = 4.0  # s
+    conflict_radius: float = 6.0  # m
+    tau_lateral: float = 0.6  # s, lateral position time constant
+    tau_heading: float = 0.2  # s, heading time constant
+    wheelbase_half: float = 2.5  # m, the bicycle model's L/2
+
+
+PARAMS = ExpertParams()
+
+
+def idm(v: float, v0: float, gap: float | None, dv: float, p: ExpertParams = PARAMS) -> float:
+    """IDM acceleration for speed v toward v0, with a leader at centre distance ``gap`` closing
+    at ``dv`` = v - v_leader (None: free road)."""
+    acc = p.a_max * (1.0 - (max(v, 0.0) / max(v0, 0.1)) ** p.delta)
+    if gap is not None:
+        s_star = p.s0 + max(v, 0.0) * p.time_gap + v * dv / (2.0 * np.sqrt(p.a_max * p.b_comf))
+        acc -= p.a_max * (max(s_star, 0.0) / max(gap, 0.1)) ** 2
+    return float(acc)
+
+
+def _leader_gap(road, ego, lane_index) -> tuple[float | None, float]:
+    front, _ = road.neighbour_vehicles(ego, lane_index)
+    if front is None:
+        return None, 0.0
+    lane = road.network.get_lane(lane_index)
+    gap = lane.local_coordinates(front.position)[0] - lane.local_coordinates(ego.position)[0]
+    dv = float(np.dot(ego.velocity - front.velocity, ego.direction))
+    return float(gap), dv
+
+
+def _follower_braking(road, ego, lane_index, p: ExpertParams) -> float:
+    """Acceleration the new follower would get with the ego in front of it (MOBIL safety)."""
+    _, follower = road.neighbour_vehicles(ego, lane_index)
+    if follower is None:
+        return 0.0
+    lane = road.network.get_lane(lane_index)
+    gap = lane.local_coordinates(ego.position)[0] - lane.local_coordinates(follower.position)[0]
+    dv = float(np.dot(follower.velocity - ego.velocity, follower.direction))
+    v0 = getattr(follower, "target_speed", follower.speed)
+    return idm(follower.speed, v0, gap, dv, p)
+
+
+def _lane_change_safe(road, ego, lane_index, v0: float, b_safe: float, p: ExpertParams) -> bool:
+    if _follower_braking(road, ego, lane_index, p) < -b_safe:
+        return False
+    gap, dv = _leader_gap(road, ego, lane_index)
+    return gap is None or (gap > 0 and idm(ego.speed, v0, gap, dv, p) >= -b_safe)
+
+
+def steering_toward(lane, ego, p: ExpertParams = PARAMS) -> float:
+    """Front-wheel angle (highway-env sign) that brings the ego onto ``lane``'s centre line."""
+    s, lat = lane.local_coordinates(ego.position)
+    v = max(abs(ego.speed), 0.5)
+    future_heading = lane.heading_at(s + v * p.tau_heading / 2.0)
+    lateral_speed = -lat / p.tau_lateral
+    heading_ref = future_heading + np.clip(np.arcsin(np.clip(lateral_speed / v, -1, 1)), -np.pi / 4, np.pi / 4)
+    heading_rate = wrap_to_pi(heading_ref - ego.heading) / p.tau_heading
+    slip = np.arcsin(np.clip(p.wheelbase_half / v * heading_rate, -1, 1))
+    return float(np.arctan(2.0 * np.tan(slip)))
+
+
+def _highway(road, ego, goal: Goal, p: ExpertParams) -> tuple[float, float]:
+    net = road.network
+    current = ego.lane_index
+    v0 = min(goal.target_speed, ego.lane.speed_limit or goal.target_speed)
+    target = current
+    if current[2] != goal.target_lane:
+        step = 1 if goal.target_lane > current[2] else -1
+        candidate = (current[0], current[1], current[2] + step)
+        _, lat = ego.lane.local_coordinates(ego.position)
+        committed = lat * step > p.commit_offset  # hw lateral grows toward higher lane ids
+        b_safe = 2.0 * p.b_safe if committed else p.b_safe
+        if _lane_change_safe(road, ego, candidate, v0, b_safe, p):
+            target = candidate
+    gap, dv = _leader_gap(road, ego, current)
+    accel = idm(ego.speed, v0, gap, dv, p)
+    if target != current:
+        gap_t, dv_t = _leader_gap(road, ego, target)
+        accel = min(accel, idm(ego.speed, v0, gap_t, dv_t, p))
+    return accel, steering_toward(net.get_lane(target), ego, p)
+
+
+def _route_state(net, ego, route) -> tuple[int, float]:
+    """Index of the route lane the ego is on (the furthest that contains it) and s on it."""
+    best = (0, net.get_lane(route[0]).local_coordinates(ego.position)[0])
+    for i, index in enumerate(route):
+        lane = net.get_lane(index)
+        s, lat = lane.local_coordinates(ego.position)
+        if abs(lat) <= lane.width and -0.5 <= s <= lane.length + 0.5:
+            best = (i, s)
+    return best
+
+
+def _conflict(road, ego, route, s_on_first: float, p: ExpertParams) -> bool:
+    """Will a vehicle not yielding to us come within conflict_radius of our path soon?"""
+    net = road.network
+    times = np.arange(0.25, p.conflict_horizon + 1e-9, 0.25)
+    v_pass = max(ego.speed, 6.0)
+    lengths = [net.get_lane(r).length for r in route]
+    ours = []
+    for t in times:
+        s, i = s_on_first + v_pass * t, 0
+        while i < len(route) - 1 and s > lengths[i]:
+            s, i = s - lengths[i], i + 1
+        ours.append(net.get_lane(route[i]).position(min(s, lengths[i]), 0.0))
+    ours = np.array(ours)
+    for v in road.vehicles:
+        if v is ego or getattr(v, "is_yielding", False) or not hasattr(v, "predict_trajectory_constant_speed"):
+            continue
+        if np.hypot(*(v.position - ego.position)) > 60.0:
+            continue
+        positions, _ = v.predict_trajectory_constant_speed(times)
+        if np.min(np.linalg.norm(np.array(positions) - ours, axis=1)) < p.conflict_radius:
+            return True
+    return False
+
+
+def _intersection(road, ego, route, p: ExpertParams) -> tuple[float, float]:
+    net = road.network
+    i, s = _route_state(net, ego, route)
+    lane = net.get_lane(route[i])
+    steer_lane = lane
+    if i < len(route) - 1 and s > lane.length - 1.0:
+        steer_lane = net.get_lane(route[i + 1])
+    v0 = float(lane.speed_limit or 10.0) * 0.9
+    turn = net.get_lane(route[1])
+    if hasattr(turn, "radius"):
+        v_curve = float(np.sqrt(p.lat_acc_max * turn.radius))
+        dist = (lane.length - s) if i == 0 else 0.0
+        if i <= 1:
+            v0 = min(v0, float(np.sqrt(v_curve**2 + 2.0 * 2.0 * max(dist, 0.0))))
+    gap, dv = _leader_gap(road, ego, route[i])
+    accel = idm(ego.speed, v0, gap, dv, p)
+    if i == 0 and lane.length - s < 30.0 and _conflict(road, ego, route, s, p):
+        stop_gap = lane.length - s + 6.0  # stop with the front bumper ~1.5 m before the line
+        accel = min(accel, idm(ego.speed, v0, stop_gap, ego.speed, p))
+    return accel, steering_toward(steer_lane, ego, p)
+
+
+def expert_action(road, ego, goal: Goal, route=None, p: ExpertParams = PARAMS) -> np.ndarray:
+    """[accel m/s^2, steer rad (positive left)] for the current state, clipped to the limits."""
+    if route is None:
+        accel, steer_hw = _highway(road, ego, goal, p)
+    else:
+        accel, steer_hw = _intersection(road, ego, route, p)
+    action = np.array([accel, -steer_hw], dtype=np.float32)
+    return np.clip(action, ACTION_LOW, ACTION_HIGH)

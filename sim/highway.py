@@ -1,0 +1,374 @@
+"""The embedded backend: highway-env scenarios behind the ``sim.interface`` contract.
+
+highway-env draws its world with y pointing down the screen, so its frame is left-handed seen
+from above (heading grows clockwise, lane ids grow to the right). We expose the same picture in
+a right-handed frame: ``(x, y)_ours = (x, -y)_hw``, ``yaw_ours = -heading_hw``,
+``steer_ours = -steering_hw``. Lane 0 is the leftmost lane in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+from highway_env.envs.highway_env import HighwayEnv
+from highway_env.envs.intersection_env import IntersectionEnv
+from highway_env.road.lane import CircularLane, LineType
+from highway_env.utils import wrap_to_pi
+from highway_env.vehicle.behavior import IDMVehicle
+
+from sim import expert as expert_mod
+from sim.cameras import CameraSpec
+from sim.features import STATE_DIM, state_vector
+from sim.interface import (
+    ACTION_HIGH,
+    ACTION_LOW,
+    ACTOR_FIELDS,
+    ACTOR_RANGE,
+    DT,
+    EGO,
+    EGO_FIELDS,
+    EVENT,
+    EVENT_FIELDS,
+    GOAL_VECTOR_FIELDS,
+    MAX_ACTORS,
+    REWARD,
+    REWARD_FIELDS,
+    Goal,
+    LaneGeom,
+    Scene,
+    goal_vector,
+)
+from sim.scenarios import HIGHWAY_LANES, check_scenario, highway_goal, turn_goal
+
+VEHICLE_HEIGHT = 1.5
+_LINES = {LineType.NONE: "none", LineType.STRIPED: "striped", LineType.CONTINUOUS: "solid",
+          LineType.CONTINUOUS_LINE: "solid"}
+INTERSECTION_EXIT = 30.0  # metres into the exit lane where the route ends
+TURN_EXITS = {"left": 1, "straight": 2, "right": 3}  # exit corner for an ego from corner 0
+
+
+class _NoObservation:
+    """highway-env computes a (slow, pandas-based) observation each step; we build our own."""
+
+    def space(self) -> gym.spaces.Space:
+        return gym.spaces.Box(0.0, 0.0, shape=(0,), dtype=np.float32)
+
+    def observe(self) -> np.ndarray:
+        return np.zeros(0, dtype=np.float32)
+
+
+class _LeanHighway(HighwayEnv):
+    def define_spaces(self) -> None:
+        super().define_spaces()
+        self.observation_type = _NoObservation()
+        self.observation_space = self.observation_type.space()
+
+
+class _LeanIntersection(IntersectionEnv):
+    def define_spaces(self) -> None:
+        super().define_spaces()
+        self.observation_type = _NoObservation()
+        self.observation_space = self.observation_type.space()
+
+
+class TrafficIDM(IDMVehicle):
+    """Traffic for the intersection: highway-env tunes its traffic by setting class attributes,
+    so it gets a class of its own and the highway's IDMVehicle stays untouched."""
+
+
+def _predict_constant_steering(vehicle, times: np.ndarray) -> tuple[list, list]:
+    """Same result as ``Vehicle.predict_trajectory_constant_speed`` (kinematic bicycle, zero
+    acceleration, current steering) without deep-copying the vehicle."""
+    steering = float(vehicle.action.get("steering", 0.0)) if vehicle.action else 0.0
+    beta = np.arctan(0.5 * np.tan(steering))
+    x, y = float(vehicle.position[0]), float(vehicle.position[1])
+    heading, speed = float(vehicle.heading), float(vehicle.speed)
+    positions, headings, t_prev = [], [], 0.0
+    for t in times:
+        dt = float(t) - t_prev
+        t_prev = float(t)
+        x += speed * np.cos(heading + beta) * dt
+        y += speed * np.sin(heading + beta) * dt
+        heading += speed * np.sin(beta) / (vehicle.LENGTH / 2) * dt
+        positions.append(np.array([x, y]))
+        headings.append(heading)
+    return positions, headings
+
+
+def _core_config(scenario: str, density: str) -> dict:
+    d = check_scenario(scenario, density).densities[density]
+    action = {
+        "type": "ContinuousAction",
+        "acceleration_range": (float(ACTION_LOW[0]), float(ACTION_HIGH[0])),
+        "steering_range": (float(ACTION_LOW[1]), float(ACTION_HIGH[1])),
+    }
+    common = {"action": action, "simulation_frequency": 10, "policy_frequency": 10, "duration": 1e9}
+    if scenario == "highway":
+        return {**common, "lanes_count": HIGHWAY_LANES, "vehicles_count": d.vehicles_count,
+                "vehicles_density": d.spacing}
+    return {**common, "initial_vehicle_count": d.initial_vehicles,
+            "spawn_probability": d.spawn_probability, "destination": "o1",
+            "other_vehicles_type": f"{TrafficIDM.__module__}.TrafficIDM"}
+
+
+def _lane_geom(lane) -> LaneGeom:
+    lines = (_LINES[lane.line_types[0]], _LINES[lane.line_types[1]])
+    if isinstance(lane, CircularLane):
+        return LaneGeom(kind="arc", width=float(lane.width), lines=lines,
+                        center=(float(lane.center[0]), -float(lane.center[1])), radius=float(lane.radius),
+                        start_phase=-float(lane.start_phase), end_phase=-float(lane.end_phase),
+                        ccw=not lane.clockwise)
+    return LaneGeom(kind="straight", width=float(lane.width), lines=lines,
+                    start=(float(lane.start[0]), -float(lane.start[1])),
+                    end=(float(lane.end[0]), -float(lane.end[1])))
+
+
+class EmbeddedDrivingEnv(gym.Env):
+    """A gymnasium env over highway-env with the stack's observation, events and expert.
+
+    ``obs`` = {"ego", "goal", "actors", "state", and "cameras" (N, H, W, 3) uint8 when a rig is
+    given}; ``info`` = {"events", "reward_terms", "outcome" (once done), "goal"}.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, scenario: str = "highway", density: str = "medium",
+                 cameras: Sequence[CameraSpec] = ()) -> None:
+        self.spec_ = check_scenario(scenario, density)
+        self.scenario, self.density = scenario, density
+        self.cameras = tuple(cameras)
+        core_cls = _LeanHighway if scenario == "highway" else _LeanIntersection
+        self._core = core_cls(config=_core_config(scenario, density))
+        self._renderer = None
+        if self.cameras:
+            from sim.render import CameraRenderer
+
+            self._renderer = CameraRenderer(self.cameras)
+        self.action_space = gym.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
+        spaces = {
+            "ego": gym.spaces.Box(-np.inf, np.inf, (len(EGO_FIELDS),), np.float32),
+            "goal": gym.spaces.Box(-np.inf, np.inf, (len(GOAL_VECTOR_FIELDS),), np.float32),
+            "actors": gym.spaces.Box(-np.inf, np.inf, (MAX_ACTORS, len(ACTOR_FIELDS)), np.float32),
+            "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+        }
+        if self.cameras:
+            h, w = self.cameras[0].height, self.cameras[0].width
+            spaces["cameras"] = gym.spaces.Box(0, 255, (len(self.cameras), h, w, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.goal: Goal | None = None
+        self.route_length = self.spec_.route_length
+
+    # ----------------------------------------------------------------- reset / step
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._core.reset(seed=seed)
+        rng = np.random.default_rng(None if seed is None else [seed, 7])
+        ego = self._core.vehicle
+        self._ids: dict[int, int] = {}
+        self._steps = 0
+        self._done_outcome = ""
+        if self.scenario == "intersection":
+            # highway-env predicts a plain Vehicle by deep-copying it, road and all, for every
+            # pair it checks at the junction; the same integration on floats is ~100x cheaper.
+            ego.predict_trajectory_constant_speed = partial(_predict_constant_steering, ego)
+        if self.scenario == "highway":
+            self.goal = highway_goal(rng, int(ego.lane_index[2]))
+            self._route = None
+            self._s0 = float(ego.position[0])
+        else:
+            self.goal = turn_goal(rng)
+            exit_corner = TURN_EXITS[self.goal.turn]
+            self._route = [("o0", "ir0", 0), ("ir0", f"il{exit_corner}", 0), (f"il{exit_corner}", f"o{exit_corner}", 0)]
+            net = self._core.road.network
+            s_start, _ = net.get_lane(self._route[0]).local_coordinates(ego.position)
+            self._s0 = float(s_start)
+            self.route_length = (net.get_lane(self._route[0]).length - s_start
+                                 + net.get_lane(self._route[1]).length + INTERSECTION_EXIT)
+        self._best_progress_m = 0.0
+        self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
+        self._prev = (float(ego.speed), float(-ego.heading))
+        self._ego = self._ego_vector(accel=0.0, yaw_rate=0.0)
+        info = {"goal": self.goal, "events": np.zeros(len(EVENT_FIELDS), np.float32),
+                "reward_terms": np.zeros(len(REWARD_FIELDS), np.float32)}
+        return self._observation(), info
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (2,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action must be 2 finite numbers [accel m/s^2, steer rad], got {action!r}")
+        a = np.clip(a, ACTION_LOW, ACTION_HIGH)
+        norm = np.array([
+            2.0 * (a[0] - ACTION_LOW[0]) / (ACTION_HIGH[0] - ACTION_LOW[0]) - 1.0,
+            -a[1] / ACTION_HIGH[1],  # our steer is positive left; highway-env's positive right
+        ])
+        was_crashed = bool(self._core.vehicle.crashed)
+        self._core.step(norm)
+        self._steps += 1
+        ego = self._core.vehicle
+        speed, yaw = float(ego.speed), float(-ego.heading)
+        accel = (speed - self._prev[0]) / DT
+        yaw_rate = float(wrap_to_pi(yaw - self._prev[1])) / DT
+        self._prev = (speed, yaw)
+        progress_gain = self._update_progress()
+        self._ego = self._ego_vector(accel=accel, yaw_rate=yaw_rate)
+        events = self._events(collided_now=bool(ego.crashed) and not was_crashed)
+        terms = self._reward_terms(events, progress_gain)
+        terminated, truncated, outcome = self._termination(events)
+        info = {"goal": self.goal, "events": events, "reward_terms": terms}
+        if outcome:
+            info["outcome"] = outcome
+        from sim.storage import RewardWeights
+
+        reward = float(RewardWeights().reward(terms[None])[0])
+        return self._observation(), reward, terminated, truncated, info
+
+    # ----------------------------------------------------------------- queries
+    def expert_action(self) -> np.ndarray:
+        """IDM + goal-directed lane choice + lane keeping for the CURRENT state (read-only)."""
+        return expert_mod.expert_action(self._core.road, self._core.vehicle, self.goal, self._route)
+
+    def ego_state(self) -> np.ndarray:
+        return self._ego.copy()
+
+    def actors(self) -> np.ndarray:
+        ego = self._core.vehicle
+        rows = []
+        for v in self._core.road.vehicles:
+            if v is ego:
+                continue
+            d = float(np.hypot(*(v.position - ego.position)))
+            if d <= ACTOR_RANGE:
+                vid = self._ids.setdefault(id(v), len(self._ids))
+                rows.append((d, [1.0, vid, v.position[0], -v.position[1], -v.heading, v.speed,
+                                 v.LENGTH, v.WIDTH]))
+        rows.sort(key=lambda r: r[0])
+        out = np.zeros((MAX_ACTORS, len(ACTOR_FIELDS)), dtype=np.float64)
+        for i, (_, row) in enumerate(rows[:MAX_ACTORS]):
+            out[i] = row
+        return out
+
+    def scene(self) -> Scene:
+        ego = self._core.vehicle
+        vehicles = [
+            (v.position[0], -v.position[1], -v.heading, v.LENGTH, v.WIDTH, VEHICLE_HEIGHT,
+             self._ids.setdefault(id(v), len(self._ids)))
+            for v in self._core.road.vehicles
+            if v is not ego
+        ]
+        arr = np.array(vehicles, dtype=np.float64).reshape(-1, 7)
+        return Scene(lanes=self._lanes, vehicles=arr,
+                     ego_pose=np.array([ego.position[0], -ego.position[1], -ego.heading]))
+
+    def render_cameras(self) -> np.ndarray:
+        if self._renderer is None:
+            raise RuntimeError("this env has no cameras; pass cameras=default_rig()")
+        return self._renderer.render(self.scene())
+
+    # ----------------------------------------------------------------- internals
+    def _observation(self) -> dict:
+        actors = self.actors()
+        obs = {
+            "ego": self._ego.astype(np.float32),
+            "goal": goal_vector(self.goal, self._ego),
+            "actors": actors.astype(np.float32),
+            "state": state_vector(self._ego, actors, self.goal),
+        }
+        if self._renderer is not None:
+            obs["cameras"] = self.render_cameras()
+        return obs
+
+    def _ego_vector(self, accel: float, yaw_rate: float) -> np.ndarray:
+        ego = self._core.vehicle
+        lane = ego.lane
+        s, lat = lane.local_coordinates(ego.position)
+        e = np.zeros(len(EGO_FIELDS), dtype=np.float64)
+        e[EGO["x"]], e[EGO["y"]], e[EGO["yaw"]] = ego.position[0], -ego.position[1], -ego.heading
+        e[EGO["speed"]], e[EGO["accel_long"]] = ego.speed, accel
+        e[EGO["yaw_rate"]], e[EGO["accel_lat"]] = yaw_rate, ego.speed * yaw_rate
+        e[EGO["steer"]] = -float(ego.action.get("steering", 0.0)) if ego.action else 0.0
+        e[EGO["lane_offset"]] = -lat
+        e[EGO["lane_heading_error"]] = -float(wrap_to_pi(ego.heading - lane.heading_at(s)))
+        e[EGO["lane_id"]] = ego.lane_index[2]
+        e[EGO["speed_limit"]] = lane.speed_limit or 0.0
+        e[EGO["progress"]] = min(1.0, self._best_progress_m / self.route_length)
+        return e
+
+    def _route_position(self) -> float | None:
+        """Metres along the route of the ego's position, or None when it is off the route."""
+        ego = self._core.vehicle
+        if self._route is None:
+            return float(ego.position[0]) - self._s0
+        net, offset = self._core.road.network, -self._s0
+        for index in self._route:
+            lane = net.get_lane(index)
+            s, lat = lane.local_coordinates(ego.position)
+            if lane.on_lane(ego.position, s, lat, margin=1.0) and -1.0 <= s <= lane.length + 1.0:
+                return offset + s
+            offset += lane.length
+        return None
+
+    def _update_progress(self) -> float:
+        pos = self._route_position()
+        if pos is None or not self._core.vehicle.on_road:
+            return 0.0  # off the road or off the route: no progress (CARLA's rule)
+        gain = max(0.0, min(pos, self.route_length) - self._best_progress_m)
+        self._best_progress_m += gain
+        return gain
+
+    def _events(self, collided_now: bool) -> np.ndarray:
+        ego = self._core.vehicle
+        e = np.zeros(len(EVENT_FIELDS), dtype=np.float32)
+        e[EVENT["collision_vehicle"]] = float(collided_now)
+        e[EVENT["off_road"]] = float(not ego.on_road)
+        lane_half = ego.lane.width / 2.0
+        e[EVENT["lane_invasion"]] = float(abs(self._ego[EGO["lane_offset"]]) + ego.WIDTH / 2.0 > lane_half)
+        limit = self._ego[EGO["speed_limit"]]
+        e[EVENT["speeding"]] = float(limit > 0 and ego.speed > limit + 0.5)
+        e[EVENT["route_complete"]] = float(self._best_progress_m >= self.route_length - 1e-6)
+        return e
+
+    def _goal_holds(self) -> bool:
+        ego, g = self._ego, self.goal
+        if g.kind == "lane_speed":
+            return (int(ego[EGO["lane_id"]]) == g.target_lane and abs(ego[EGO["lane_offset"]]) < 1.0
+                    and abs(ego[EGO["speed"]] - g.target_speed) < 2.5)
+        lane_index = self._core.vehicle.lane_index
+        return self._route is not None and lane_index[:2] == self._route[2][:2]
+
+    def _reward_terms(self, events: np.ndarray, progress_gain: float) -> np.ndarray:
+        t = np.zeros(len(REWARD_FIELDS), dtype=np.float32)
+        t[REWARD["progress_m"]] = progress_gain
+        t[REWARD["collision"]] = events[EVENT["collision_vehicle"]] + events[EVENT["collision_static"]]
+        t[REWARD["off_road"]] = events[EVENT["off_road"]]
+        t[REWARD["lane_invasion"]] = events[EVENT["lane_invasion"]]
+        if self.goal.target_speed > 0:
+            t[REWARD["speed_error"]] = abs(self._ego[EGO["speed"]] - self.goal.target_speed) / self.goal.target_speed
+        t[REWARD["goal"]] = float(self._goal_holds() and not self._core.vehicle.crashed)
+        return t
+
+    def _termination(self, events: np.ndarray) -> tuple[bool, bool, str]:
+        outcome = ""
+        if events[EVENT["collision_vehicle"]] or events[EVENT["collision_static"]]:
+            outcome = "collision"
+        elif events[EVENT["off_road"]]:
+            outcome = "off_road"
+        elif events[EVENT["route_complete"]]:
+            outcome = "route_complete"
+        elif self._route is not None and self._wrong_exit():
+            outcome = "route_deviation"
+        if outcome:
+            return True, False, outcome
+        if self._steps >= self.spec_.max_steps:
+            return False, True, "timeout"
+        return False, False, ""
+
+    def _wrong_exit(self) -> bool:
+        """On another exit lane, clearly past the junction (lanes overlap inside it)."""
+        ego = self._core.vehicle
+        if not ego.lane_index[0].startswith("il") or ego.lane_index[:2] == self._route[2][:2]:
+            return False
+        s, _ = ego.lane.local_coordinates(ego.position)
+        return s > 5.0

@@ -1,0 +1,108 @@
+"""Scenario families, traffic density levels and goal sampling for the embedded simulator.
+
+Two families, each with named density levels (``DENSITIES``):
+
+* ``highway``: a straight 4-lane highway (lane speed limit 30 m/s). The route is the next
+  ``route_length`` metres along the road. Goals: change one lane left or right, speed up
+  (30 m/s), slow down (20 m/s), or keep lane at 25 m/s.
+* ``intersection``: a 4-way junction; the ego approaches from the south on the minor road
+  (lower priority than the east-west road) and must turn left, go straight or turn right.
+  The route ends 30 m into the chosen exit.
+
+Everything random in an episode (start lane, traffic, goal) derives from its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.interface import Goal
+
+
+@dataclass(frozen=True)
+class Density:
+    """Traffic knobs of one named level; which fields matter depends on the scenario."""
+
+    vehicles_count: int  # highway: vehicles spawned ahead of the ego
+    spacing: float  # highway: highway-env ``vehicles_density`` (higher = closer)
+    initial_vehicles: int  # intersection: vehicles placed at reset
+    spawn_probability: float  # intersection: chance of a new vehicle each step
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    route_length: float  # highway: metres to drive; intersection: computed from lanes
+    max_steps: int  # time limit in 10 Hz steps
+    densities: dict[str, Density]
+
+
+DENSITIES = ("light", "medium", "dense")
+
+SCENARIOS: dict[str, Scenario] = {
+    "highway": Scenario(
+        name="highway",
+        route_length=250.0,
+        max_steps=250,
+        densities={
+            "light": Density(vehicles_count=12, spacing=0.7, initial_vehicles=0, spawn_probability=0.0),
+            "medium": Density(vehicles_count=25, spacing=1.0, initial_vehicles=0, spawn_probability=0.0),
+            "dense": Density(vehicles_count=40, spacing=1.5, initial_vehicles=0, spawn_probability=0.0),
+        },
+    ),
+    "intersection": Scenario(
+        name="intersection",
+        route_length=0.0,
+        max_steps=250,
+        densities={
+            "light": Density(vehicles_count=0, spacing=0.0, initial_vehicles=5, spawn_probability=0.25),
+            "medium": Density(vehicles_count=0, spacing=0.0, initial_vehicles=10, spawn_probability=0.5),
+            "dense": Density(vehicles_count=0, spacing=0.0, initial_vehicles=15, spawn_probability=0.8),
+        },
+    ),
+}
+
+HIGHWAY_LANES = 4
+HIGHWAY_SPEEDS = {"slow_down": 20.0, "keep": 25.0, "speed_up": 30.0}
+HIGHWAY_GOAL_LABELS = ("lane_left", "lane_right", "speed_up", "slow_down", "keep_lane")
+TURN_COMMANDS = {
+    "left": "turn left at the intersection",
+    "straight": "go straight through the intersection",
+    "right": "turn right at the intersection",
+}
+
+
+def check_scenario(scenario: str, density: str) -> Scenario:
+    """The scenario, or a ValueError naming the bad argument and the valid choices."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of {sorted(SCENARIOS)}")
+    if density not in SCENARIOS[scenario].densities:
+        raise ValueError(f"unknown density {density!r}; choose one of {list(DENSITIES)}")
+    return SCENARIOS[scenario]
+
+
+def highway_goal(rng: np.random.Generator, start_lane: int) -> Goal:
+    """Sample one highway command; lane changes only toward lanes that exist."""
+    labels = [
+        lab
+        for lab in HIGHWAY_GOAL_LABELS
+        if not (lab == "lane_left" and start_lane == 0)
+        and not (lab == "lane_right" and start_lane == HIGHWAY_LANES - 1)
+    ]
+    label = labels[int(rng.integers(len(labels)))]
+    lane, speed = start_lane, HIGHWAY_SPEEDS["keep"]
+    command = "keep your lane"
+    if label == "lane_left":
+        lane, command = start_lane - 1, "change to the left lane"
+    elif label == "lane_right":
+        lane, command = start_lane + 1, "change to the right lane"
+    elif label in ("speed_up", "slow_down"):
+        speed, command = HIGHWAY_SPEEDS[label], label.replace("_", " ")
+    return Goal(kind="lane_speed", label=label, command=command, target_lane=lane, target_speed=speed)
+
+
+def turn_goal(rng: np.random.Generator) -> Goal:
+    turn = ("left", "straight", "right")[int(rng.integers(3))]
+    return Goal(kind="turn", label=f"turn_{turn}", command=TURN_COMMANDS[turn], turn=turn)
