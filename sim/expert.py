@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from highway_env.utils import wrap_to_pi
 
-from sim.interface import ACTION_HIGH, ACTION_LOW, Goal
+from sim.interface import ACTION_HIGH, ACTION_LOW, DT, Goal
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ class ExpertParams:
     b_safe: float = 2.0  # MOBIL: the most braking a lane change may impose, m/s^2
     commit_offset: float = 0.5  # m toward the new lane after which a change continues
     lat_acc_max: float = 3.0  # curve speed: v <= sqrt(lat_acc_max * radius)
-    conflict_horizon: float = 4.0  # s
-    conflict_radius: float = 6.0  # m
+    conflict_horizon: float = 5.0  # s
+    conflict_radius: float = 3.5  # m, centre distance that counts as the same spot
+    conflict_time_gap: float = 1.5  # s, how close in time two vehicles may use one spot
     tau_lateral: float = 0.6  # s, lateral position time constant
     tau_heading: float = 0.2  # s, heading time constant
     wheelbase_half: float = 2.5  # m, the bicycle model's L/2
@@ -134,28 +135,60 @@ def _route_state(net, ego, route) -> tuple[int, float]:
     return best
 
 
-def _conflict(road, ego, route, s_on_first: float, p: ExpertParams) -> bool:
-    """Will a vehicle not yielding to us come within conflict_radius of our path soon?"""
-    net = road.network
-    times = np.arange(0.25, p.conflict_horizon + 1e-9, 0.25)
-    v_pass = max(ego.speed, 6.0)
-    lengths = [net.get_lane(r).length for r in route]
-    ours = []
-    for t in times:
-        s, i = s_on_first + v_pass * t, 0
+def _route_points(net, route, lengths, s_first: float, distances: np.ndarray) -> np.ndarray:
+    """World points at the given distances along the route from s_first on its first lane."""
+    points = []
+    for d in distances:
+        s, i = s_first + float(d), 0
         while i < len(route) - 1 and s > lengths[i]:
             s, i = s - lengths[i], i + 1
-        ours.append(net.get_lane(route[i]).position(min(s, lengths[i]), 0.0))
-    ours = np.array(ours)
+        points.append(net.get_lane(route[i]).position(min(s, lengths[i]), 0.0))
+    return np.array(points)
+
+
+def _conflict(road, ego, route, i: int, s: float, p: ExpertParams) -> bool:
+    """Would a vehicle that is not yielding to us reach a point of our path within
+    ``conflict_time_gap`` seconds of us, in the next ``conflict_horizon`` seconds?
+
+    Our path assumes we go now: accelerating at ``a_max`` from the current speed up to the
+    lane's limit. Vehicles from our own approach are leaders or followers, not conflicts."""
+    net = road.network
+    times = np.arange(0.0, p.conflict_horizon + 1e-9, 0.25)
+    v_max = float(net.get_lane(route[i]).speed_limit or 10.0)
+    t_cap = max(v_max - ego.speed, 0.0) / p.a_max
+    tt = np.minimum(times, t_cap)
+    distances = ego.speed * tt + 0.5 * p.a_max * tt**2 + v_max * (times - tt)
+    lengths = [net.get_lane(r).length for r in route]
+    ours = _route_points(net, route[i:], lengths[i:], s, distances)
+    close_in_time = np.abs(times[:, None] - times[None, :]) <= p.conflict_time_gap
     for v in road.vehicles:
-        if v is ego or getattr(v, "is_yielding", False) or not hasattr(v, "predict_trajectory_constant_speed"):
+        if v is ego or getattr(v, "is_yielding", False) or v.lane_index[0] in (route[0][0], route[0][1]):
             continue
-        if np.hypot(*(v.position - ego.position)) > 60.0:
+        if not hasattr(v, "predict_trajectory_constant_speed") or np.hypot(*(v.position - ego.position)) > 60.0:
             continue
-        positions, _ = v.predict_trajectory_constant_speed(times)
-        if np.min(np.linalg.norm(np.array(positions) - ours, axis=1)) < p.conflict_radius:
+        theirs, _ = v.predict_trajectory_constant_speed(times)
+        dist = np.linalg.norm(ours[:, None, :] - np.array(theirs)[None, :, :], axis=-1)
+        if np.any((dist < p.conflict_radius) & close_in_time):
             return True
     return False
+
+
+def _route_leader(road, ego, route, i: int, s: float) -> tuple[float | None, float]:
+    """Nearest vehicle ahead on the rest of the route: (centre distance, closing speed)."""
+    net, best = road.network, None
+    for v in road.vehicles:
+        if v is ego:
+            continue
+        offset = -s
+        for index in route[i:]:
+            lane = net.get_lane(index)
+            sv, lat = lane.local_coordinates(v.position)
+            if abs(lat) <= lane.width / 2 + 0.5 and 0.0 <= sv <= lane.length and offset + sv > 0.0:
+                if best is None or offset + sv < best[0]:
+                    best = (offset + sv, float(np.dot(ego.velocity - v.velocity, ego.direction)))
+                break
+            offset += lane.length
+    return best if best is not None else (None, 0.0)
 
 
 def _intersection(road, ego, route, p: ExpertParams) -> tuple[float, float]:
@@ -167,14 +200,13 @@ def _intersection(road, ego, route, p: ExpertParams) -> tuple[float, float]:
         steer_lane = net.get_lane(route[i + 1])
     v0 = float(lane.speed_limit or 10.0) * 0.9
     turn = net.get_lane(route[1])
-    if hasattr(turn, "radius"):
+    if hasattr(turn, "radius") and i <= 1:
         v_curve = float(np.sqrt(p.lat_acc_max * turn.radius))
         dist = (lane.length - s) if i == 0 else 0.0
-        if i <= 1:
-            v0 = min(v0, float(np.sqrt(v_curve**2 + 2.0 * 2.0 * max(dist, 0.0))))
-    gap, dv = _leader_gap(road, ego, route[i])
+        v0 = min(v0, float(np.sqrt(v_curve**2 + 2.0 * 2.0 * max(dist, 0.0))))
+    gap, dv = _route_leader(road, ego, route, i, s)
     accel = idm(ego.speed, v0, gap, dv, p)
-    if i == 0 and lane.length - s < 30.0 and _conflict(road, ego, route, s, p):
+    if i == 0 and lane.length - s < 30.0 and _conflict(road, ego, route, i, s, p):
         stop_gap = lane.length - s + 6.0  # stop with the front bumper ~1.5 m before the line
         accel = min(accel, idm(ego.speed, v0, stop_gap, ego.speed, p))
     return accel, steering_toward(steer_lane, ego, p)
@@ -186,5 +218,6 @@ def expert_action(road, ego, goal: Goal, route=None, p: ExpertParams = PARAMS) -
         accel, steer_hw = _highway(road, ego, goal, p)
     else:
         accel, steer_hw = _intersection(road, ego, route, p)
+    accel = max(accel, -max(ego.speed, 0.0) / DT)  # brake to a stop, never into reverse
     action = np.array([accel, -steer_hw], dtype=np.float32)
     return np.clip(action, ACTION_LOW, ACTION_HIGH)

@@ -1,0 +1,194 @@
+"""What ``vla eval`` / ``vla collect`` write next to their episodes, each file written atomically.
+
+Outputs of one evaluation directory
+-----------------------------------
+* ``metrics.json``: ONE object, the keys of ``benchmarks.metrics.aggregate`` (documented in
+  ``benchmarks.metrics.METRIC_DOCS``; ``episodes`` is the number of episodes) plus the run:
+  ``policy``, ``scenario``, ``density``, ``seed`` (episode i used seed + i). Sorted keys,
+  2-space indent, strict JSON: NaN / inf become ``null`` (e.g. jerk with no samples).
+* ``episodes.csv``: one row per episode, ``benchmarks.metrics.public(episode_metrics(ep))``,
+  leading columns ``EPISODE_COLUMNS`` then the rest in ``episode_metrics`` order. Integral
+  values are written as integers, others with ``repr`` (round-trip exact, ``inf`` / ``nan``
+  as such, e.g. ``ttc_min`` = inf when nothing was ever on a collision course).
+* ``trajectory.png``: speed, longitudinal acceleration and longitudinal jerk over time of one
+  episode (the signals of ``benchmarks.metrics.kinematics``), nuPlan comfort bounds dashed.
+* ``cameras.gif``: the 6-camera grid (``sim.render.render_grid``) of one episode, upscaled
+  to about ``GIF_MIN_WIDTH`` pixels wide; at most ``GIF_MAX_FRAMES`` frames: a longer episode
+  is subsampled with a constant stride and each frame lasts stride x 0.1 s (real time).
+
+Every file goes to a temporary file in the same directory first, is fsync'ed and renamed onto
+its name (``os.replace``), so a reader sees the old file or the whole new one, never a part.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.metrics import NUPLAN_COMFORT, aggregate, format_table, kinematics, public
+from sim.episode import Episode
+
+EPISODE_COLUMNS = (
+    "seed", "outcome", "goal_type", "collided", "progress", "goal_success", "jerk_long_p95",
+    "comfort_fraction", "ttc_min", "driving_score", "num_steps",
+)
+"""The first columns of ``episodes.csv``; every other per-episode metric follows them."""
+SUMMARY_COLUMNS = (
+    "policy", "episodes", "collision_rate", "goal_success_rate", "progress_mean",
+    "jerk_long_p95", "comfort_fraction", "ttc_min_p5", "driving_score",
+)
+"""The one-row table printed at the end of ``vla eval`` / ``vla collect``."""
+GIF_MAX_FRAMES = 150
+GIF_MIN_WIDTH = 384  # pixels; the camera grid is upscaled (nearest) by an integer factor
+FRAME_SECONDS = 0.1
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers can infer the format);
+    once the block succeeds it is fsync'ed and renamed onto ``path``; on error it is removed."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def to_jsonable(value):
+    """numpy scalars -> Python numbers, non-finite floats -> None, recursively."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Strict JSON (no NaN), sorted keys, written atomically."""
+    text = json.dumps(to_jsonable(obj), allow_nan=False, sort_keys=True, indent=2) + "\n"
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def metrics_record(per_episode: list[dict], policy: str, scenario: str, density: str,
+                   seed: int) -> dict:
+    """The ``metrics.json`` object: aggregate metrics plus what was run."""
+    return {**aggregate(per_episode), "policy": policy, "scenario": scenario,
+            "density": density, "seed": int(seed)}
+
+
+def _csv_cell(value) -> str:
+    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool):
+        v = float(value)
+        return str(int(v)) if math.isfinite(v) and v.is_integer() else repr(v)
+    return str(value)
+
+
+def write_episodes_csv(path: str | Path, per_episode: Sequence[dict]) -> None:
+    """One row per episode (public metrics), ``EPISODE_COLUMNS`` first; atomic."""
+    rows = [public(r) for r in per_episode]
+    columns = [c for c in EPISODE_COLUMNS if c in rows[0]]
+    columns += [c for c in rows[0] if c not in columns]
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_csv_cell(r.get(c, "")) for c in columns])
+
+
+def summary_table(record: dict) -> str:
+    """The one-row summary of a ``metrics_record``, then success per goal type."""
+    table = format_table([record], SUMMARY_COLUMNS)
+    by_type = record.get("goal_success_by_type") or {}
+    if by_type:
+        parts = ", ".join(f"{k} {v['successes']}/{v['episodes']}" for k, v in by_type.items())
+        table += f"\ngoal success by type: {parts}"
+    return table
+
+
+def plot_trajectory(path: str | Path, ep: Episode) -> None:
+    """Speed, longitudinal acceleration and jerk of ``ep`` over time (3 stacked plots); atomic."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    k = kinematics(ep)
+    t = np.arange(len(k["speed"])) * float(ep.dt)
+    c = NUPLAN_COMFORT
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True)
+    panels = (
+        ("speed", "speed [m/s]", []),
+        ("accel_long", "accel long [m/s²]", [c["accel_long_min"], c["accel_long_max"]]),
+        ("jerk_long", "jerk long [m/s³]", [-c["jerk_long_abs_max"], c["jerk_long_abs_max"]]),
+    )
+    for ax, (name, label, bounds) in zip(axes, panels):
+        ax.plot(t, k[name], color="tab:blue", lw=1.2)
+        for i, b in enumerate(bounds):
+            ax.axhline(b, color="tab:red", ls="--", lw=0.9, label="nuPlan comfort bound" if i == 0 else None)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    if ep.goal.target_speed > 0:
+        axes[0].axhline(ep.goal.target_speed, color="tab:green", ls="--", lw=0.9, label="goal speed")
+        axes[0].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="lower right", fontsize=8)
+    axes[2].set_xlabel("time [s]")
+    fig.suptitle(f"{ep.scenario}/{ep.density} seed {ep.seed}, policy {ep.policy}: "
+                 f"goal {ep.goal.label}, outcome {ep.outcome}", fontsize=10)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def camera_grid_frames(ep: Episode, max_frames: int = GIF_MAX_FRAMES) -> tuple[np.ndarray, int]:
+    """(F, H, W, 3) uint8 grid images of ``ep``'s frames, F <= max_frames, and the stride used."""
+    import cv2
+
+    from sim.render import render_grid
+
+    if ep.frames is None or len(ep.frames) == 0:
+        raise ValueError(f"episode seed {ep.seed} has no camera frames to animate")
+    stride = max(1, math.ceil(len(ep.frames) / max_frames))
+    names = [cam.name for cam in ep.cameras]
+    grids = [render_grid(f, names) for f in ep.frames[::stride]]
+    scale = max(1, GIF_MIN_WIDTH // grids[0].shape[1])
+    if scale > 1:
+        h, w = grids[0].shape[:2]
+        grids = [cv2.resize(g, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST) for g in grids]
+    return np.stack(grids), stride
+
+
+def write_camera_gif(path: str | Path, ep: Episode, max_frames: int = GIF_MAX_FRAMES) -> int:
+    """Animate ``ep``'s camera grid as a looping GIF (real time); returns the frame count."""
+    import imageio.v3 as iio
+
+    frames, stride = camera_grid_frames(ep, max_frames)
+    with atomic_output(path) as tmp:
+        iio.imwrite(tmp, frames, extension=".gif", duration=round(1000 * FRAME_SECONDS * stride), loop=0)
+    return len(frames)
