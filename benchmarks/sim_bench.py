@@ -9,7 +9,7 @@ Four numbers, each from ``steps`` timed calls on one core (``cv2.setNumThreads(1
   visited; every camera image counts as one frame (one render = 6 frames).
 
 Only the calls named are timed: ``env.reset`` (a new episode with seed + k starts whenever
-one ends) and the scene snapshots are not.
+one ends), a few warm-up steps and the scene snapshots are not.
 """
 
 from __future__ import annotations
@@ -19,13 +19,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+WARMUP_STEPS = 5
 HOLD = np.zeros(2, dtype=np.float32)
 """The constant action of the plain env measurements: accel 0 m/s^2, steer 0 rad."""
 
 
 def _timed_steps(env, steps: int, seed: int, act: Callable[[object], np.ndarray],
                  scenes: list | None = None) -> float:
-    """Seconds spent in ``act(env)`` + ``env.step`` over ``steps`` steps (resets untimed)."""
+    """Seconds spent in ``act(env)`` + ``env.step`` over ``steps`` steps (resets untimed),
+    after ``WARMUP_STEPS`` untimed steps (first-call costs: lazy imports, caches)."""
+    env.reset(seed=seed)
+    for _ in range(WARMUP_STEPS):
+        env.step(act(env))
     env.reset(seed=seed)
     episode, elapsed = 0, 0.0
     for _ in range(steps):
@@ -38,6 +43,10 @@ def _timed_steps(env, steps: int, seed: int, act: Callable[[object], np.ndarray]
             episode += 1
             env.reset(seed=seed + episode)
     return elapsed
+
+
+def _line(label: str, rate: float, unit: str) -> str:
+    return f"{label + ':':<28}{rate:9.1f} {unit}"
 
 
 def _render_seconds(renderer, scenes: list) -> float:
@@ -68,16 +77,16 @@ def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int
         scenes: list = []
         plain = EmbeddedDrivingEnv(scenario, density)
         t_env = _timed_steps(plain, steps, seed, lambda env: HOLD, scenes)
-        log(f"env.step, no cameras:        {steps / t_env:8.1f} steps/s")
+        log(_line("env.step, no cameras", steps / t_env, "steps/s"))
         cams = EmbeddedDrivingEnv(scenario, density, cameras=rig)
         t_cam = _timed_steps(cams, steps, seed, lambda env: HOLD)
-        log(f"env.step, {len(rig)} cameras:         {steps / t_cam:8.1f} steps/s")
+        log(_line(f"env.step, {len(rig)} cameras", steps / t_cam, "steps/s"))
         t_expert = _timed_steps(plain, steps, seed, lambda env: env.expert_action())
-        log(f"expert_action + env.step:     {steps / t_expert:8.1f} steps/s")
+        log(_line("expert_action + env.step", steps / t_expert, "steps/s"))
         t_render = _render_seconds(CameraRenderer(rig), scenes)
         frames = len(scenes) * len(rig)
-        log(f"renderer alone:               {frames / t_render:8.1f} frames/s "
-            f"({len(scenes) / t_render:.1f} rig renders/s)")
+        log(_line("renderer alone", frames / t_render, "frames/s")
+            + f" ({len(scenes) / t_render:.1f} rig renders/s)")
     finally:
         cv2.setNumThreads(threads)
     return {

@@ -9,6 +9,7 @@ querying it never changes the simulation and DAgger labels depend only on the st
   during a lane change, the target lane too (the minimum of both).
 * Lane choice (highway): move one lane toward the goal lane when MOBIL's safety criterion
   holds (the new follower would brake no harder than ``b_safe``, nor would we); stay otherwise.
+  Speed commands leave the lane free: MOBIL's incentive criterion (politeness 0) overtakes.
   A change already under way (over ``commit_offset`` metres toward the new lane) continues
   unless it became twice as unsafe, which keeps the choice from flickering.
 * Intersection: follow the goal's route; slow for curvature so lateral acceleration stays under
@@ -35,11 +36,13 @@ from sim.interface import ACTION_HIGH, ACTION_LOW, DT, Goal
 class ExpertParams:
     a_max: float = 3.0  # IDM maximum acceleration, m/s^2
     b_comf: float = 5.0  # IDM comfortable deceleration, m/s^2
+    b_free: float = 2.0  # deceleration scale when faster than the desired speed, m/s^2
     s0: float = 10.0  # jam distance, centre to centre (5 m bumper gap for 5 m cars)
     time_gap: float = 1.5  # desired time headway, s
     delta: float = 4.0  # IDM acceleration exponent
     b_safe: float = 2.0  # MOBIL: the most braking a lane change may impose, m/s^2
     commit_offset: float = 0.5  # m toward the new lane after which a change continues
+    mobil_gain: float = 0.2  # m/s^2 of extra acceleration that makes a free lane change worth it
     lat_acc_max: float = 3.0  # curve speed: v <= sqrt(lat_acc_max * radius)
     conflict_horizon: float = 5.0  # s
     conflict_radius: float = 3.5  # m, centre distance that counts as the same spot
@@ -54,10 +57,16 @@ PARAMS = ExpertParams()
 
 def idm(v: float, v0: float, gap: float | None, dv: float, p: ExpertParams = PARAMS) -> float:
     """IDM acceleration for speed v toward v0, with a leader at centre distance ``gap`` closing
-    at ``dv`` = v - v_leader (None: free road)."""
-    acc = p.a_max * (1.0 - (max(v, 0.0) / max(v0, 0.1)) ** p.delta)
+    at ``dv`` = v - v_leader (None: free road). Above v0 the free-road term is the improved
+    IDM's ``-b_free (1 - (v0 / v)^(a_max delta / b_free))`` (Treiber & Kesting 2013), which
+    slows down gently instead of braking at ``a_max ((v / v0)^delta - 1)``."""
+    v, v0 = max(v, 0.0), max(v0, 0.1)
+    if v <= v0:
+        acc = p.a_max * (1.0 - (v / v0) ** p.delta)
+    else:
+        acc = -p.b_free * (1.0 - (v0 / v) ** (p.a_max * p.delta / p.b_free))
     if gap is not None:
-        s_star = p.s0 + max(v, 0.0) * p.time_gap + v * dv / (2.0 * np.sqrt(p.a_max * p.b_comf))
+        s_star = p.s0 + v * p.time_gap + v * dv / (2.0 * np.sqrt(p.a_max * p.b_comf))
         acc -= p.a_max * (max(s_star, 0.0) / max(gap, 0.1)) ** 2
     return float(acc)
 
@@ -85,10 +94,18 @@ def _follower_braking(road, ego, lane_index, p: ExpertParams) -> float:
 
 
 def _lane_change_safe(road, ego, lane_index, v0: float, b_safe: float, p: ExpertParams) -> bool:
+    """MOBIL's safety criterion for the new follower, plus: the new leader must not make us
+    brake harder than ``b_safe`` or than we already brake in the current lane."""
     if _follower_braking(road, ego, lane_index, p) < -b_safe:
         return False
     gap, dv = _leader_gap(road, ego, lane_index)
-    return gap is None or (gap > 0 and idm(ego.speed, v0, gap, dv, p) >= -b_safe)
+    if gap is None:
+        return True
+    if gap <= p.s0:
+        return False
+    cur_gap, cur_dv = _leader_gap(road, ego, ego.lane_index)
+    tolerated = min(idm(ego.speed, v0, cur_gap, cur_dv, p), -b_safe)
+    return idm(ego.speed, v0, gap, dv, p) >= tolerated
 
 
 def steering_toward(lane, ego, p: ExpertParams = PARAMS) -> float:
@@ -103,15 +120,32 @@ def steering_toward(lane, ego, p: ExpertParams = PARAMS) -> float:
     return float(np.arctan(2.0 * np.tan(slip)))
 
 
+def _incentive_lane(road, ego, v0: float, p: ExpertParams):
+    """MOBIL's incentive criterion (politeness 0): the side lane where we could accelerate at
+    least ``mobil_gain`` more than in our lane, if any and safe."""
+    gap, dv = _leader_gap(road, ego, ego.lane_index)
+    best, best_acc = None, idm(ego.speed, v0, gap, dv, p) + p.mobil_gain
+    for side in road.network.side_lanes(ego.lane_index):
+        gap_s, dv_s = _leader_gap(road, ego, side)
+        acc = idm(ego.speed, v0, gap_s, dv_s, p)
+        if acc > best_acc and _lane_change_safe(road, ego, side, v0, p.b_safe, p):
+            best, best_acc = side, acc
+    return best
+
+
 def _highway(road, ego, goal: Goal, p: ExpertParams) -> tuple[float, float]:
     net = road.network
     current = ego.lane_index
     v0 = min(goal.target_speed, ego.lane.speed_limit or goal.target_speed)
+    _, lat = ego.lane.local_coordinates(ego.position)
     target = current
-    if current[2] != goal.target_lane:
+    if goal.target_lane < 0:
+        # Free lane choice by MOBIL's advice; once past the middle the new lane is the
+        # closest one, so a change under way completes without remembering it.
+        target = _incentive_lane(road, ego, v0, p) or current
+    elif current[2] != goal.target_lane:
         step = 1 if goal.target_lane > current[2] else -1
         candidate = (current[0], current[1], current[2] + step)
-        _, lat = ego.lane.local_coordinates(ego.position)
         committed = lat * step > p.commit_offset  # hw lateral grows toward higher lane ids
         b_safe = 2.0 * p.b_safe if committed else p.b_safe
         if _lane_change_safe(road, ego, candidate, v0, b_safe, p):

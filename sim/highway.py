@@ -44,6 +44,7 @@ from sim.interface import (
 from sim.scenarios import HIGHWAY_LANES, check_scenario, highway_goal, turn_goal
 
 VEHICLE_HEIGHT = 1.5
+SPEED_TOLERANCE = 2.5  # m/s around a commanded target speed that counts as reached
 _LINES = {LineType.NONE: "none", LineType.STRIPED: "striped", LineType.CONTINUOUS: "solid",
           LineType.CONTINUOUS_LINE: "solid"}
 INTERSECTION_EXIT = 30.0  # metres into the exit lane where the route ends
@@ -333,8 +334,10 @@ class EmbeddedDrivingEnv(gym.Env):
     def _goal_holds(self) -> bool:
         ego, g = self._ego, self.goal
         if g.kind == "lane_speed":
-            return (int(ego[EGO["lane_id"]]) == g.target_lane and abs(ego[EGO["lane_offset"]]) < 1.0
-                    and abs(ego[EGO["speed"]] - g.target_speed) < 2.5)
+            if g.target_lane < 0:  # speed command, any lane
+                return abs(ego[EGO["speed"]] - g.target_speed) < SPEED_TOLERANCE
+            # lane commands say nothing about speed
+            return int(ego[EGO["lane_id"]]) == g.target_lane and abs(ego[EGO["lane_offset"]]) < 1.0
         lane_index = self._core.vehicle.lane_index
         return self._route is not None and lane_index[:2] == self._route[2][:2]
 

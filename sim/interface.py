@@ -106,7 +106,8 @@ GOAL_KINDS = ("lane_speed", "turn")
 class Goal:
     """What the passenger asked for in this episode.
 
-    ``lane_speed`` (highway): reach ``target_lane`` (0 = leftmost) and hold ``target_speed``.
+    ``lane_speed`` (highway): reach ``target_lane`` (0 = leftmost; -1 = any lane, for speed
+    commands, which may overtake) and hold ``target_speed``.
     ``turn`` (intersection): take the ``turn`` exit ("left", "straight", "right").
     ``command`` is the canonical English command; the speech corpus rephrases it.
     """
@@ -123,8 +124,8 @@ class Goal:
             raise ValueError(f"unknown goal kind {self.kind!r}; expected one of {GOAL_KINDS}")
         if self.kind == "turn" and self.turn not in TURNS:
             raise ValueError(f"turn goal needs turn in {TURNS}, got {self.turn!r}")
-        if self.kind == "lane_speed" and (self.target_lane < 0 or self.target_speed <= 0):
-            raise ValueError("lane_speed goal needs target_lane >= 0 and target_speed > 0")
+        if self.kind == "lane_speed" and (self.target_lane < -1 or self.target_speed <= 0):
+            raise ValueError("lane_speed goal needs target_lane >= -1 (-1: any lane) and target_speed > 0")
 
     def to_dict(self) -> dict:
         return {
@@ -154,7 +155,7 @@ GOAL_VECTOR_FIELDS = ("lane_delta", "target_speed", "turn_left", "turn_straight"
 def goal_vector(goal: Goal, ego: np.ndarray) -> np.ndarray:
     """The goal as policy features: lanes to move (+ = left), target speed, turn one-hot."""
     lane_delta = 0.0
-    if goal.kind == "lane_speed":
+    if goal.kind == "lane_speed" and goal.target_lane >= 0:
         lane_delta = float(ego[EGO["lane_id"]] - goal.target_lane)
     turn = [float(goal.turn == t) for t in TURNS]
     return np.array([lane_delta, goal.target_speed, *turn], dtype=np.float32)

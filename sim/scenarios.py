@@ -3,8 +3,9 @@
 Two families, each with named density levels (``DENSITIES``):
 
 * ``highway``: a straight 4-lane highway (lane speed limit 30 m/s). The route is the next
-  ``route_length`` metres along the road. Goals: change one lane left or right, speed up
-  (30 m/s), slow down (20 m/s), or keep lane at 25 m/s.
+  ``route_length`` metres along the road. Goals: change one lane left or right, or keep the
+  lane (cruising at 25 m/s; success is the lane), speed up to 30 m/s or slow down to 20 m/s
+  (any lane, overtaking allowed; success is the speed within 2.5 m/s).
 * ``intersection``: a 4-way junction; the ego approaches from the south on the minor road
   (lower priority than the east-west road) and must turn left, go straight or turn right.
   The route ends 30 m into the chosen exit.
@@ -99,7 +100,7 @@ def highway_goal(rng: np.random.Generator, start_lane: int) -> Goal:
     elif label == "lane_right":
         lane, command = start_lane + 1, "change to the right lane"
     elif label in ("speed_up", "slow_down"):
-        speed, command = HIGHWAY_SPEEDS[label], label.replace("_", " ")
+        lane, speed, command = -1, HIGHWAY_SPEEDS[label], label.replace("_", " ")
     return Goal(kind="lane_speed", label=label, command=command, target_lane=lane, target_speed=speed)
 
 

@@ -105,6 +105,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if gif is not None:
         written.append(out / "cameras.gif")
         reports.write_camera_gif(written[-1], gif)
+    else:  # an older run's GIF would not match this run's metrics
+        (out / "cameras.gif").unlink(missing_ok=True)
     if writer is not None:
         written.append(out / "episodes")
     _finish(args, out, rows, written)

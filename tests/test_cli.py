@@ -1,0 +1,159 @@
+"""The ``vla`` command line: outputs, determinism, one-line errors that write nothing, bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.storage import read_episodes
+from vla import cli
+
+REQUIRED_KEYS = {
+    "collision_rate", "progress_mean", "goal_success_rate", "jerk_long_p95", "comfort_fraction",
+    "ttc_min_p5", "driving_score", "goal_success_by_type", "episodes", "policy", "scenario",
+    "density", "seed",
+}
+LIGHT = ["--scenario", "highway", "--density", "light", "--seed", "0"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_writes_outputs_deterministically(tmp_path, capsys):
+    texts = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        code, stdout, _ = run(capsys, "eval", "--policy", "expert", *LIGHT, "--episodes", "2",
+                              "--no-gif", "--out", str(out))
+        assert code == 0
+        assert "collision_rate" in stdout and "driving_score" in stdout
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert REQUIRED_KEYS <= set(metrics)
+        assert metrics["episodes"] == 2 and metrics["policy"] == "expert"
+        assert (metrics["scenario"], metrics["density"], metrics["seed"]) == ("highway", "light", 0)
+        lines = (out / "episodes.csv").read_text().splitlines()
+        assert lines[0].startswith("seed,outcome,goal_type,collided,progress")
+        assert [row.split(",")[0] for row in lines[1:]] == ["0", "1"]
+        assert (out / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
+        assert not (out / "cameras.gif").exists()
+        assert not list(out.glob(".*tmp*"))
+        texts.append((out / "metrics.json").read_text() + (out / "episodes.csv").read_text())
+    assert texts[0] == texts[1]
+
+
+def test_eval_gif_and_record(tmp_path, capsys):
+    import imageio.v3 as iio
+
+    out = tmp_path / "run"
+    code, _, _ = run(capsys, "eval", "--policy", "constant", *LIGHT, "--episodes", "1",
+                     "--width", "32", "--height", "24", "--record", "--out", str(out))
+    assert code == 0
+    frames = iio.imread(out / "cameras.gif", index=None)
+    assert 1 <= len(frames) <= 150 and frames.shape[-1] in (3, 4)
+    (ep,) = list(read_episodes(out))
+    assert ep.policy == "constant" and ep.frames is None
+    assert np.isfinite(ep.expert_actions).all()  # --record labels every state
+
+
+def test_collect_records_frames_and_expert_labels(tmp_path, capsys):
+    out = tmp_path / "data"
+    code, stdout, _ = run(capsys, "collect", *LIGHT, "--episodes", "1", "--width", "32",
+                          "--height", "24", "--out", str(out))
+    assert code == 0 and "recorded 1 episodes" in stdout
+    (ep,) = list(read_episodes(out))
+    assert ep.frames is not None and ep.frames.shape[1:] == (6, 24, 32, 3)
+    assert ep.frames.shape[0] == ep.num_steps and ep.frames.any()
+    assert np.isfinite(ep.expert_actions).all() and ep.seed == 0
+    assert REQUIRED_KEYS <= set(json.loads((out / "metrics.json").read_text()))
+
+
+BAD_INPUTS = [
+    (["--scenario", "nowhere"], "unknown scenario 'nowhere'"),
+    (["--density", "jammed"], "unknown density 'jammed'"),
+    (["--episodes", "0"], "--episodes must be >= 1"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--policy", "nobody"], "unknown policy 'nobody'"),
+    (["--width", "4"], "--width must be >= 8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "needle"),
+    [(c, a, n) for c in ("eval", "collect") for a, n in BAD_INPUTS]
+    + [("eval", ["--gif-episode", "3"], "--gif-episode must be in [0, 1)")],
+)
+def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, capsys, command, args, needle):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, command, "--episodes", "1", *args, "--out", str(out))
+    assert code == 2 and stdout == ""
+    assert err.count("\n") == 1 and err.startswith("vla: error: ") and needle in err
+    assert not out.exists()
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    code, _, err = run(capsys, "eval", "--episodes", "1", "--out", str(target))
+    assert code == 2 and f"--out {target} is a file, not a directory" in err
+    assert err.count("\n") == 1 and target.read_text() == "keep me"
+    code, _, err = run(capsys, "collect", "--episodes", "1", "--out", str(target / "sub"))
+    assert code == 2 and "is a file, not a directory" in err
+
+
+def test_checkpoint_path_is_not_supported_yet(tmp_path, capsys):
+    ckpt = tmp_path / "policy.pt"
+    ckpt.write_bytes(b"")
+    code, _, err = run(capsys, "eval", "--policy", str(ckpt), "--out", str(tmp_path / "o"))
+    assert code == 2 and "checkpoint policies arrive with the transformer policy" in err
+
+
+def test_keyboard_interrupt_exits_130(tmp_path, capsys, monkeypatch):
+    from vla.commands import rollouts
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollouts, "run_episode", interrupted)
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "eval", *LIGHT, "--episodes", "1", "--no-gif", "--out", str(out))
+    assert code == 130 and "vla: interrupted" in err and "Traceback" not in err
+    assert not (out / "metrics.json").exists()
+
+
+def test_bench_sim_last_line_is_json(capsys):
+    code, stdout, _ = run(capsys, "bench", "sim", "--density", "light", "--steps", "20")
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    for key in ("env_steps_per_s", "env_steps_per_s_cameras", "expert_steps_per_s", "camera_frames_per_s"):
+        assert result[key] > 0
+    assert (result["scenario"], result["density"], result["steps"]) == ("highway", "light", 20)
+
+
+def test_help_and_version(capsys):
+    code, stdout, _ = run(capsys)
+    assert code == 0 and "collect" in stdout and "eval" in stdout and "bench" in stdout
+    code, stdout, _ = run(capsys, "--version")
+    assert code == 0 and stdout.startswith("vla ")
+    code, _, err = run(capsys, "eval", "--episodes", "two", "--out", "x")
+    assert code == 2 and "invalid int value" in err
+
+
+def test_console_entry_point_subprocess(tmp_path):
+    out = tmp_path / "o"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vla.cli", "eval", "--scenario", "nowhere", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "vla: error: unknown scenario 'nowhere'; choose one of ['highway', 'intersection']"
+    ]
+    assert proc.stdout == "" and not out.exists()

@@ -1,0 +1,232 @@
+"""The ``vla`` command line.
+
+::
+
+    vla collect --scenario highway --density medium --episodes 10 --seed 0 --out data/hw
+    vla eval --policy expert --scenario intersection --episodes 20 --out runs/expert_int
+    vla bench sim --steps 300
+
+Every option is validated before any work starts or any file is written. A problem the user
+can fix is reported as ONE line ``vla: error: <message>`` on stderr with exit code 2 (as
+argparse does for malformed options); Ctrl-C prints ``vla: interrupted`` and exits 130.
+Outputs are written atomically (see ``benchmarks.reports`` for what each file holds), so an
+interrupted run leaves whole files or none. Heavy modules (highway-env, matplotlib) are
+imported only by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sim.scenarios import DENSITIES, SCENARIOS, check_scenario
+from vla.errors import VLAError
+
+MIN_IMAGE_SIDE = 8
+USER_ERRORS = (VLAError, ValueError, FileExistsError, NotADirectoryError, PermissionError)
+"""Exceptions main() reports as one line (sim.storage.DatasetError is a ValueError)."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vla-stack")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_out_dir(out: str) -> None:
+    """``out`` is a directory, or can be created as one (nothing is created here)."""
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir():
+            raise VLAError(f"--out {out} is a file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise VLAError(f"--out {out} is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VLAError(f"--out {out} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VLAError(f"--out {out} cannot be created: {parent} is not writable")
+
+
+def _check_positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise VLAError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    check_scenario(args.scenario, args.density)
+    if hasattr(args, "episodes"):
+        _check_positive("--episodes", args.episodes)
+    if hasattr(args, "seed"):
+        _check_positive("--seed", args.seed, minimum=0)
+    if hasattr(args, "width"):
+        _check_positive("--width", args.width, MIN_IMAGE_SIDE)
+        _check_positive("--height", args.height, MIN_IMAGE_SIDE)
+
+
+def _check_rollout(args: argparse.Namespace) -> None:
+    from vla.policies_registry import check_policy
+
+    _check_common(args)
+    check_policy(args.policy)
+    if getattr(args, "no_gif", True) is False and not 0 <= args.gif_episode < args.episodes:
+        raise VLAError(f"--gif-episode must be in [0, {args.episodes}) for --episodes "
+                       f"{args.episodes}, got {args.gif_episode} (or pass --no-gif)")
+    _check_out_dir(args.out)
+
+
+# ----------------------------------------------------------------------------- commands
+def _cmd_collect(args: argparse.Namespace) -> int:
+    _check_rollout(args)
+    from vla.commands.rollouts import run_collect
+
+    return run_collect(args)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    _check_rollout(args)
+    from vla.commands.rollouts import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_bench_sim(args: argparse.Namespace) -> int:
+    _check_common(args)
+    _check_positive("--steps", args.steps)
+    from benchmarks.sim_bench import run_sim_bench
+
+    print(f"sim bench: {args.scenario}/{args.density}, {args.steps} timed steps per measurement, "
+          f"seed {args.seed}, default rig {args.width}x{args.height}", flush=True)
+    result = run_sim_bench(args.scenario, args.density, args.steps, args.seed, args.width,
+                           args.height, log=lambda line: print(line, flush=True))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_sim_args(p: argparse.ArgumentParser, episodes: bool = True) -> None:
+    p.add_argument("--scenario", default="highway",
+                   help=f"scenario family, one of {', '.join(SCENARIOS)} (default: %(default)s)")
+    p.add_argument("--density", default="medium",
+                   help=f"traffic density, one of {', '.join(DENSITIES)} (default: %(default)s)")
+    if episodes:
+        p.add_argument("--episodes", type=int, default=10,
+                       help="number of episodes (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the first episode; episode i uses seed + i (default: %(default)s)")
+
+
+def _add_size_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--width", type=int, default=96,
+                   help=f"{what} camera image width in pixels, >= {MIN_IMAGE_SIDE} (default: %(default)s)")
+    p.add_argument("--height", type=int, default=64,
+                   help=f"{what} camera image height in pixels, >= {MIN_IMAGE_SIDE} (default: %(default)s)")
+
+
+def _policy_arg(p: argparse.ArgumentParser) -> None:
+    from sim.rollout import BASELINES
+
+    p.add_argument("--policy", default="expert",
+                   help=f"driving policy: one of {', '.join(BASELINES)} (checkpoint paths arrive "
+                        "with the transformer policy) (default: %(default)s)")
+
+
+def _collect_parser(sub) -> None:
+    p = sub.add_parser("collect", help="record episodes (camera frames + expert labels) to a dataset",
+                       description="Drive closed-loop episodes and append them to a dataset "
+                                   "directory (OUT/episodes/ep_NNNNNN.h5, sim.storage format), "
+                                   "with every visited state labelled by the expert; then write "
+                                   "OUT/metrics.json for the episodes of this run.")
+    _add_sim_args(p)
+    p.add_argument("--out", required=True, help="dataset directory (created; existing datasets are appended to)")
+    _policy_arg(p)
+    p.add_argument("--cameras", choices=("default", "none"), default="default",
+                   help="'default': record the 6-camera surround rig every step; 'none': no frames "
+                        "(default: %(default)s)")
+    _add_size_args(p, "recorded")
+    p.set_defaults(func=_cmd_collect)
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="closed-loop evaluation: metrics.json, episodes.csv, plots, GIF",
+                       description="Run closed-loop episodes with a policy and write OUT/metrics.json "
+                                   "(aggregate metrics), OUT/episodes.csv (one row per episode), "
+                                   "OUT/trajectory.png (episode 0) and OUT/cameras.gif.")
+    _policy_arg(p)
+    _add_sim_args(p)
+    p.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the episodes (states, actions, expert labels; no frames) "
+                        "as a dataset under OUT/episodes (appended to one already there)")
+    p.add_argument("--gif-episode", type=int, default=0,
+                   help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
+    p.add_argument("--no-gif", action="store_true",
+                   help="render no cameras and write no cameras.gif (fastest; an older "
+                        "cameras.gif in OUT is removed)")
+    _add_size_args(p, "GIF")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks",
+                       description="Speed benchmarks; the last line of the output is one JSON object.")
+    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    s = targets.add_parser("sim", help="env steps/s with and without cameras, expert and renderer speed",
+                           description="Measure env.step (with and without the 6-camera rig), the "
+                                       "expert and the camera renderer; see benchmarks.sim_bench.")
+    _add_sim_args(s, episodes=False)
+    s.add_argument("--steps", type=int, default=300,
+                   help="timed steps per measurement (default: %(default)s)")
+    _add_size_args(s, "benchmarked")
+    s.set_defaults(func=_cmd_bench_sim)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vla", description="Driving policies that see, hear and act: simulate, record, evaluate.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _collect_parser(sub)
+    _eval_parser(sub)
+    _bench_parser(sub)
+    return parser
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split()) or "unknown error"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (never raises SystemExit)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, argparse errors
+        return e.code if isinstance(e.code, int) else 2
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("vla: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"vla: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
