@@ -5,8 +5,10 @@ querying it never changes the simulation and DAgger labels depend only on the st
 
 * Longitudinal: the Intelligent Driver Model (Treiber et al. 2000),
   ``a = a_max * (1 - (v / v0)^delta - (s* / gap)^2)``,
-  ``s* = s0 + v T + v dv / (2 sqrt(a_max b))``, against the leader on the current lane and,
-  during a lane change, the target lane too (the minimum of both).
+  ``s* = s0 + v T + v dv / (2 sqrt(a_max b))``, blended with the constant-acceleration
+  heuristic as in the ACC model (see ``acc_model``), against the leader on the current lane
+  and, during a lane change, the target lane too (the minimum of both). MOBIL's checks use
+  plain IDM, as MOBIL is defined on it.
 * Lane choice (highway): move one lane toward the goal lane when MOBIL's safety criterion
   holds (the new follower would brake no harder than ``b_safe``, nor would we); stay otherwise.
   Speed commands leave the lane free: MOBIL's incentive criterion (politeness 0) overtakes.
@@ -35,7 +37,9 @@ from sim.interface import ACTION_HIGH, ACTION_LOW, DT, Goal
 @dataclass(frozen=True)
 class ExpertParams:
     a_max: float = 3.0  # IDM maximum acceleration, m/s^2
-    b_comf: float = 5.0  # IDM comfortable deceleration, m/s^2
+    b_comf: float = 3.0  # comfortable deceleration (IDM's b, and the ACC blend's scale), m/s^2
+    coolness: float = 0.99  # ACC model: weight of the constant-acceleration heuristic
+    car_length: float = 5.0  # m, to turn centre distances into bumper gaps
     b_free: float = 2.0  # deceleration scale when faster than the desired speed, m/s^2
     s0: float = 10.0  # jam distance, centre to centre (5 m bumper gap for 5 m cars)
     time_gap: float = 1.5  # desired time headway, s
@@ -69,6 +73,28 @@ def idm(v: float, v0: float, gap: float | None, dv: float, p: ExpertParams = PAR
         s_star = p.s0 + v * p.time_gap + v * dv / (2.0 * np.sqrt(p.a_max * p.b_comf))
         acc -= p.a_max * (max(s_star, 0.0) / max(gap, 0.1)) ** 2
     return float(acc)
+
+
+def acc_model(v: float, v0: float, gap: float | None, dv: float, p: ExpertParams = PARAMS) -> float:
+    """The ego's own car-following law: IDM blended with the constant-acceleration heuristic
+    (the "ACC model", Kesting, Treiber & Helbing 2010) with the leader's acceleration taken
+    as 0. Where IDM brakes harder than the situation needs (a leader a bit too close but not
+    closing fast, e.g. after a cut-in) it brakes ``~b_comf`` instead of up to the limit:
+
+        a_cah = -dv^2 / (2 s)  if the leader is slower or stopped, else 0   (s: bumper gap)
+        a = a_idm                                        if a_idm >= a_cah
+        a = (1 - c) a_idm + c (a_cah + b tanh((a_idm - a_cah) / b))  otherwise
+    """
+    a_idm = idm(v, v0, gap, dv, p)
+    if gap is None:
+        return a_idm
+    bumper = max(gap - p.car_length, 0.1)
+    v_leader = v - dv
+    a_cah = -(dv**2) / (2.0 * bumper) if (dv > 0 or v_leader <= 0.1) else 0.0
+    if a_idm >= a_cah:
+        return a_idm
+    c, b = p.coolness, p.b_comf
+    return float((1 - c) * a_idm + c * (a_cah + b * np.tanh((a_idm - a_cah) / b)))
 
 
 def _leader_gap(road, ego, lane_index) -> tuple[float | None, float]:
@@ -151,10 +177,10 @@ def _highway(road, ego, goal: Goal, p: ExpertParams) -> tuple[float, float]:
         if _lane_change_safe(road, ego, candidate, v0, b_safe, p):
             target = candidate
     gap, dv = _leader_gap(road, ego, current)
-    accel = idm(ego.speed, v0, gap, dv, p)
+    accel = acc_model(ego.speed, v0, gap, dv, p)
     if target != current:
         gap_t, dv_t = _leader_gap(road, ego, target)
-        accel = min(accel, idm(ego.speed, v0, gap_t, dv_t, p))
+        accel = min(accel, acc_model(ego.speed, v0, gap_t, dv_t, p))
     return accel, steering_toward(net.get_lane(target), ego, p)
 
 
@@ -239,10 +265,10 @@ def _intersection(road, ego, route, p: ExpertParams) -> tuple[float, float]:
         dist = (lane.length - s) if i == 0 else 0.0
         v0 = min(v0, float(np.sqrt(v_curve**2 + 2.0 * 2.0 * max(dist, 0.0))))
     gap, dv = _route_leader(road, ego, route, i, s)
-    accel = idm(ego.speed, v0, gap, dv, p)
+    accel = acc_model(ego.speed, v0, gap, dv, p)
     if i == 0 and lane.length - s < 30.0 and _conflict(road, ego, route, i, s, p):
         stop_gap = lane.length - s + 6.0  # stop with the front bumper ~1.5 m before the line
-        accel = min(accel, idm(ego.speed, v0, stop_gap, ego.speed, p))
+        accel = min(accel, acc_model(ego.speed, v0, stop_gap, ego.speed, p))
     return accel, steering_toward(steer_lane, ego, p)
 
 
