@@ -130,8 +130,8 @@ def _lane_change_safe(road, ego, lane_index, v0: float, b_safe: float, p: Expert
     if gap <= p.s0:
         return False
     cur_gap, cur_dv = _leader_gap(road, ego, ego.lane_index)
-    tolerated = min(idm(ego.speed, v0, cur_gap, cur_dv, p), -b_safe)
-    return idm(ego.speed, v0, gap, dv, p) >= tolerated
+    tolerated = min(acc_model(ego.speed, v0, cur_gap, cur_dv, p), -b_safe)
+    return acc_model(ego.speed, v0, gap, dv, p) >= tolerated
 
 
 def steering_toward(lane, ego, p: ExpertParams = PARAMS) -> float:
@@ -164,7 +164,7 @@ def _highway(road, ego, goal: Goal, p: ExpertParams) -> tuple[float, float]:
     current = ego.lane_index
     v0 = min(goal.target_speed, ego.lane.speed_limit or goal.target_speed)
     _, lat = ego.lane.local_coordinates(ego.position)
-    target = current
+    target, merge_accel = current, None
     if goal.target_lane < 0:
         # Free lane choice by MOBIL's advice; once past the middle the new lane is the
         # closest one, so a change under way completes without remembering it.
@@ -176,8 +176,15 @@ def _highway(road, ego, goal: Goal, p: ExpertParams) -> tuple[float, float]:
         b_safe = 2.0 * p.b_safe if committed else p.b_safe
         if _lane_change_safe(road, ego, candidate, v0, b_safe, p):
             target = candidate
+        else:
+            # Prepare to merge: fall in behind the target lane's leader so a gap opens.
+            gap_c, dv_c = _leader_gap(road, ego, candidate)
+            if gap_c is not None and gap_c > 0:
+                merge_accel = max(acc_model(ego.speed, v0, gap_c, dv_c, p), -p.b_comf)
     gap, dv = _leader_gap(road, ego, current)
     accel = acc_model(ego.speed, v0, gap, dv, p)
+    if merge_accel is not None:
+        accel = min(accel, merge_accel)
     if target != current:
         gap_t, dv_t = _leader_gap(road, ego, target)
         accel = min(accel, acc_model(ego.speed, v0, gap_t, dv_t, p))

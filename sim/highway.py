@@ -41,6 +41,7 @@ from sim.interface import (
     Scene,
     goal_vector,
 )
+from sim.storage import RewardWeights
 from sim.scenarios import HIGHWAY_LANES, check_scenario, highway_goal, turn_goal
 
 VEHICLE_HEIGHT = 1.5
@@ -159,6 +160,7 @@ class EmbeddedDrivingEnv(gym.Env):
             h, w = self.cameras[0].height, self.cameras[0].width
             spaces["cameras"] = gym.spaces.Box(0, 255, (len(self.cameras), h, w, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
+        self.reward_weights = RewardWeights()
         self.goal: Goal | None = None
         self.route_length = self.spec_.route_length
 
@@ -221,9 +223,7 @@ class EmbeddedDrivingEnv(gym.Env):
         info = {"goal": self.goal, "events": events, "reward_terms": terms}
         if outcome:
             info["outcome"] = outcome
-        from sim.storage import RewardWeights
-
-        reward = float(RewardWeights().reward(terms[None])[0])
+        reward = float(self.reward_weights.reward(terms[None])[0])
         return self._observation(), reward, terminated, truncated, info
 
     # ----------------------------------------------------------------- queries
