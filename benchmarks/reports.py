@@ -25,14 +25,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from sim.atomic import atomic_output
 from benchmarks.metrics import NUPLAN_COMFORT, aggregate, format_table, kinematics, public
 from sim.episode import Episode
 
@@ -49,39 +47,6 @@ SUMMARY_COLUMNS = (
 GIF_MAX_FRAMES = 150
 GIF_MIN_WIDTH = 384  # pixels; the camera grid is upscaled (nearest) by an integer factor
 FRAME_SECONDS = 0.1
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix, so writers can infer the format);
-    once the block succeeds it is fsync'ed and renamed onto ``path``; on error it is removed."""
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def to_jsonable(value):
@@ -102,7 +67,7 @@ def to_jsonable(value):
 def write_json(path: str | Path, obj) -> None:
     """Strict JSON (no NaN), sorted keys, written atomically."""
     text = json.dumps(to_jsonable(obj), allow_nan=False, sort_keys=True, indent=2) + "\n"
-    with atomic_output(path) as tmp:
+    with atomic_output(path, keep_suffix=True) as tmp:
         tmp.write_text(text)
 
 
@@ -125,7 +90,7 @@ def write_episodes_csv(path: str | Path, per_episode: Sequence[dict]) -> None:
     rows = [public(r) for r in per_episode]
     columns = [c for c in EPISODE_COLUMNS if c in rows[0]]
     columns += [c for c in rows[0] if c not in columns]
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_output(path, keep_suffix=True) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for r in rows:
@@ -169,7 +134,7 @@ def plot_trajectory(path: str | Path, ep: Episode) -> None:
     axes[2].set_xlabel("time [s]")
     fig.suptitle(f"{ep.scenario}/{ep.density} seed {ep.seed}, policy {ep.policy}: "
                  f"goal {ep.goal.label}, outcome {ep.outcome}", fontsize=10)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, keep_suffix=True) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
@@ -196,6 +161,6 @@ def write_camera_gif(path: str | Path, ep: Episode, max_frames: int = GIF_MAX_FR
     import imageio.v3 as iio
 
     frames, stride = camera_grid_frames(ep, max_frames)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, keep_suffix=True) as tmp:
         iio.imwrite(tmp, frames, extension=".gif", duration=round(1000 * FRAME_SECONDS * stride), loop=0)
     return len(frames)

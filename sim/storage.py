@@ -45,10 +45,8 @@ import dataclasses
 import fcntl
 import json
 import math
-import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,6 +54,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from sim.atomic import atomic_output
 from sim.cameras import CameraSpec
 from sim.episode import OUTCOMES, Episode
 from sim.features import STATE_DIM, state_feature_names, state_vector
@@ -141,29 +140,6 @@ def _fail(path: Path, problem: str) -> DatasetError:
     return DatasetError(" ".join(f"{path}: {problem}".split()))
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; once written: fsync it, rename it onto ``path``
-    (atomic), fsync the directory. On any error the temp file is removed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _check_values(path: Path, arrays: dict[str, np.ndarray]) -> None:
     for name, arr in arrays.items():
         bad = np.isinf(arr) if name in NAN_ALLOWED else ~np.isfinite(arr)
@@ -179,7 +155,7 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
     path = Path(path)
     arrays = {name: np.asarray(getattr(ep, name), dtype=dt) for name, (_, dt) in TABLES.items()}
     _check_values(path, arrays)
-    with _atomic(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["meta"] = json.dumps(ep.meta())
         for name, arr in arrays.items():
@@ -333,7 +309,7 @@ class EpisodeWriter:
             "compression": self.compression,
             "fields": {name: list(fields) for name, (fields, _) in TABLES.items()},
         }
-        with _atomic(info_path) as tmp:
+        with atomic_output(info_path) as tmp:
             tmp.write_text(json.dumps(info, indent=2) + "\n")
 
     def append(self, ep: Episode) -> Path:
@@ -381,7 +357,7 @@ def export_d4rl(root: str | Path, out_path: str | Path,
     indexed = [(int(_index(p) or 0), p) for p in episode_paths(root)]
     n = sum(_num_steps(p) for _, p in indexed)
     summary = {"transitions": n, "episodes": len(indexed), "terminals": 0, "timeouts": 0}
-    with _atomic(Path(out_path)) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(Path(out_path)) as tmp, h5py.File(tmp, "w") as f:
         ds = {k: f.create_dataset(k, shape=(n, *s), dtype=dt) for k, (s, dt) in D4RL_KEYS.items()}
         row = 0
         for index, path in indexed:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.atomic import atomic_output
+
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<pad>", "<bos>", "<eos>", "<unk>", "<sep>",
     "<system>", "</system>", "<obs>", "</obs>", "<camera>", "</camera>", "<ego>", "</ego>",
@@ -134,10 +136,8 @@ class VocabLayout:
         return layout
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
-        tmp.replace(path)
+        with atomic_output(Path(path)) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
 
     @staticmethod
     def load(path: str | Path) -> VocabLayout:
