@@ -213,6 +213,16 @@ def _route_points(net, route, lengths, s_first: float, distances: np.ndarray) ->
     return np.array(points)
 
 
+def _cruise_speed(net, route, p: ExpertParams) -> float:
+    """Speed through the junction: 90% of the limit, lower on a curve so that the lateral
+    acceleration stays under ``lat_acc_max``."""
+    turn = net.get_lane(route[1])
+    v = 0.9 * float(turn.speed_limit or 10.0)
+    if hasattr(turn, "radius"):
+        v = min(v, float(np.sqrt(p.lat_acc_max * turn.radius)))
+    return v
+
+
 def _conflict(road, ego, route, i: int, s: float, p: ExpertParams) -> bool:
     """Would a vehicle that is not yielding to us reach a point of our path within
     ``conflict_time_gap`` seconds of us, in the next ``conflict_horizon`` seconds?
@@ -221,7 +231,7 @@ def _conflict(road, ego, route, i: int, s: float, p: ExpertParams) -> bool:
     lane's limit. Vehicles from our own approach are leaders or followers, not conflicts."""
     net = road.network
     times = np.arange(0.0, p.conflict_horizon + 1e-9, 0.25)
-    v_max = float(net.get_lane(route[i]).speed_limit or 10.0)
+    v_max = _cruise_speed(net, route, p)
     t_cap = max(v_max - ego.speed, 0.0) / p.a_max
     tt = np.minimum(times, t_cap)
     distances = ego.speed * tt + 0.5 * p.a_max * tt**2 + v_max * (times - tt)
@@ -266,9 +276,8 @@ def _intersection(road, ego, route, p: ExpertParams) -> tuple[float, float]:
     if i < len(route) - 1 and s > lane.length - 1.0:
         steer_lane = net.get_lane(route[i + 1])
     v0 = float(lane.speed_limit or 10.0) * 0.9
-    turn = net.get_lane(route[1])
-    if hasattr(turn, "radius") and i <= 1:
-        v_curve = float(np.sqrt(p.lat_acc_max * turn.radius))
+    if i <= 1:
+        v_curve = _cruise_speed(net, route, p)
         dist = (lane.length - s) if i == 0 else 0.0
         v0 = min(v0, float(np.sqrt(v_curve**2 + 2.0 * 2.0 * max(dist, 0.0))))
     gap, dv = _route_leader(road, ego, route, i, s)

@@ -112,7 +112,8 @@ def _core_config(scenario: str, density: str) -> dict:
         return {**common, "lanes_count": HIGHWAY_LANES, "vehicles_count": d.vehicles_count,
                 "vehicles_density": d.spacing}
     return {**common, "initial_vehicle_count": d.initial_vehicles,
-            "spawn_probability": d.spawn_probability, "destination": "o1",
+            # highway-env tries one spawn per env step; its default assumes 1 step per second
+            "spawn_probability": 1.0 - (1.0 - d.spawn_probability) ** DT, "destination": "o1",
             "other_vehicles_type": f"{TrafficIDM.__module__}.TrafficIDM"}
 
 

@@ -29,7 +29,7 @@ class Density:
     vehicles_count: int  # highway: vehicles spawned ahead of the ego
     spacing: float  # highway: highway-env ``vehicles_density`` (higher = closer)
     initial_vehicles: int  # intersection: vehicles placed at reset
-    spawn_probability: float  # intersection: chance of a new vehicle each step
+    spawn_probability: float  # intersection: chance per second that a new vehicle enters
 
 
 @dataclass(frozen=True)
