@@ -190,9 +190,50 @@ def _bench_parser(sub) -> None:
                    help="timed steps per measurement (default: %(default)s)")
     _add_size_args(s, "benchmarked")
     s.set_defaults(func=_cmd_bench_sim)
+    t = targets.add_parser("tokenizers", help="tokens/s of every tokenizer and the action-quantization table",
+                           description="Tokens per second of each tokenizer (one CPU thread) and the "
+                                       "action-quantization table on expert episodes; see "
+                                       "benchmarks.tokenizer_bench.")
+    t.add_argument("--data", nargs="*", default=[],
+                   help="dataset directories (vla collect) whose expert actions feed the quantization "
+                        "table (default: record --episodes fresh episodes per scenario)")
+    t.add_argument("--episodes", type=int, default=4,
+                   help="expert episodes per scenario when no --data is given (default: %(default)s)")
+    t.set_defaults(func=_cmd_bench_tokenizers)
 
 
-def build_parser() -> argparse.ArgumentParser:
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "make-speech": ("vla.commands.make_speech", "build the spoken-command corpus (espeak-ng speech, "
+                    "IPA, VAD, noise)"),
+    "train-codec": ("vla.commands.train_codec", "train the small EnCodec-architecture audio codec on "
+                    "a speech corpus"),
+}
+"""Commands whose module exposes ``configure(parser)`` and ``run(args) -> int``; imported only
+when that command runs (or its --help is asked for)."""
+
+
+def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
+    import importlib
+
+    wanted = set(sys.argv[1:] if argv is None else argv)
+    for name, (module, help_text) in EXTRA_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if name in wanted:  # import (and so configure options) only for the command being run
+            mod = importlib.import_module(module)
+            mod.configure(p)
+            p.set_defaults(func=mod.run)
+
+
+def _cmd_bench_tokenizers(args: argparse.Namespace) -> int:
+    _check_positive("--episodes", args.episodes)
+    from benchmarks.tokenizer_bench import run_tokenizer_bench
+
+    result = run_tokenizer_bench(args.data, args.episodes, log=lambda line: print(line, flush=True))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vla", description="Driving policies that see, hear and act: simulate, record, evaluate.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -200,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _collect_parser(sub)
     _eval_parser(sub)
     _bench_parser(sub)
+    _extra_parsers(sub, argv)
     return parser
 
 
@@ -209,7 +251,7 @@ def _one_line(message: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (never raises SystemExit)."""
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, argparse errors
