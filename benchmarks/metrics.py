@@ -38,8 +38,8 @@ Events, progress, goal, driving score
 ``collided`` = any collision_vehicle / collision_static event; ``off_road`` = any off_road;
 ``lane_invasion_rate`` / ``speeding_rate`` = fraction of steps with the event.
 ``progress`` = max of the ego "progress" column; ``route_completed`` = progress >= 0.99 or a
-route_complete event. ``goal_success`` = reward term "goal" is 1 on the last step and no
-collision. ``driving_score`` (CARLA leaderboard style, a fraction; CARLA reports x100) =
+route_complete event. ``goal_success`` = reward term "goal" is 1 on the last step, with no
+collision and no off-road step (a command met while leaving the road is not met). ``driving_score`` (CARLA leaderboard style, a fraction; CARLA reports x100) =
 RC * prod_i INFRACTION_PENALTIES[i] ** n_i, RC = progress (the simulator already excludes
 off-road metres from progress, which is the leaderboard-1.0 off-road rule), n_i = number of
 onsets (rising edges) of event i. Infractions the interface has no event for (pedestrian,
@@ -97,7 +97,7 @@ METRIC_DOCS = {
     "progress_mean": "mean over episodes of progress = max_t ego progress column",
     "progress_std": "population std over episodes of progress",
     "route_completion_rate": "mean of route_completed = progress >= 0.99 or route_complete event",
-    "goal_success_rate": "mean of goal_success = reward 'goal' == 1 at the last step and no collision",
+    "goal_success_rate": "mean of goal_success = reward 'goal' == 1 at the last step, no collision, no off-road",
     "goal_success_by_type": "per goal label: {rate, successes, episodes} of goal_success",
     "jerk_long_p95": "95th percentile of |jerk_long| pooled over all samples of all episodes, m/s^3",
     "jerk_long_max": "max of |jerk_long| over all samples, m/s^3",
@@ -237,7 +237,8 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
     progress = float(np.max(ep.ego[:, EGO["progress"]]))
     counts = {name: _onsets(ev[:, EVENT[name]]) for name in INFRACTION_PENALTIES if name in EVENT}
     penalty = float(np.prod([INFRACTION_PENALTIES[n] ** c for n, c in counts.items()]))
-    goal_ok = T > 0 and ep.reward_terms[T - 1, REWARD["goal"]] > 0.5 and not collided
+    off_road = bool(np.any(ev[:, EVENT["off_road"]] > 0.5))
+    goal_ok = T > 0 and ep.reward_terms[T - 1, REWARD["goal"]] > 0.5 and not collided and not off_road
     comfort = comfort_mask(k)
 
     def rate(name: str) -> float:
@@ -246,7 +247,7 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
     samples = {name: k[name][np.isfinite(k[name])] for name in SAMPLE_SIGNALS}
     return {
         "collided": float(collided),
-        "off_road": float(np.any(ev[:, EVENT["off_road"]] > 0.5)),
+        "off_road": float(off_road),
         "progress": progress,
         "route_completed": float(progress >= 0.99 or np.any(ev[:, EVENT["route_complete"]] > 0.5)),
         "goal_success": float(goal_ok),

@@ -181,6 +181,8 @@ def test_events_progress_and_goal():
     assert m["goal_type"] == "turn_left" and m["outcome"] == "timeout" and m["num_steps"] == 10.0
     crashed = episode_metrics(straight(np.full(11, 5.0), goal_last=1.0, events={"collision_static": [9]}))
     assert crashed["goal_success"] == 0.0 and crashed["route_completed"] == 0.0
+    left_road = episode_metrics(straight(np.full(11, 5.0), goal_last=1.0, events={"off_road": [9]}))
+    assert left_road["goal_success"] == 0.0 and left_road["off_road"] == 1.0
     json.dumps(public(m))
 
 
