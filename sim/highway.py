@@ -8,7 +8,7 @@ a right-handed frame: ``(x, y)_ours = (x, -y)_hw``, ``yaw_ours = -heading_hw``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import gymnasium as gym
@@ -139,10 +139,14 @@ class EmbeddedDrivingEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, scenario: str = "highway", density: str = "medium",
-                 cameras: Sequence[CameraSpec] = ()) -> None:
+                 cameras: Sequence[CameraSpec] = (),
+                 rephrase: Callable[[Goal, np.random.Generator], Goal] | None = None) -> None:
+        """``rephrase``: turns each episode's canonical command into what the passenger says
+        (e.g. a phrasing of the speech corpus), drawn from the episode's seeded generator."""
         self.spec_ = check_scenario(scenario, density)
         self.scenario, self.density = scenario, density
         self.cameras = tuple(cameras)
+        self.rephrase = rephrase
         core_cls = _LeanHighway if scenario == "highway" else _LeanIntersection
         self._core = core_cls(config=_core_config(scenario, density))
         self._renderer = None
@@ -191,6 +195,8 @@ class EmbeddedDrivingEnv(gym.Env):
             self._s0 = float(s_start)
             self.route_length = (net.get_lane(self._route[0]).length - s_start
                                  + net.get_lane(self._route[1]).length + INTERSECTION_EXIT)
+        if self.rephrase is not None:
+            self.goal = self.rephrase(self.goal, rng)
         self._best_progress_m = 0.0
         self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
         self._prev = (float(ego.speed), float(-ego.heading))

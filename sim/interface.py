@@ -118,6 +118,7 @@ class Goal:
     target_lane: int = -1
     target_speed: float = 0.0
     turn: str = ""
+    lang: str = "en"  # language of ``command`` ("en", "zh")
 
     def __post_init__(self) -> None:
         if self.kind not in GOAL_KINDS:
@@ -135,6 +136,7 @@ class Goal:
             "target_lane": self.target_lane,
             "target_speed": self.target_speed,
             "turn": self.turn,
+            "lang": self.lang,
         }
 
     @staticmethod
@@ -146,6 +148,7 @@ class Goal:
             target_lane=int(d.get("target_lane", -1)),
             target_speed=float(d.get("target_speed", 0.0)),
             turn=str(d.get("turn", "")),
+            lang=str(d.get("lang", "en")),
         )
 
 

@@ -96,6 +96,8 @@ def run_episode(
     """
     obs, _ = env.reset(seed=seed)
     policy.reset()
+    if hasattr(policy, "hear"):  # the passenger says the command once, at the start
+        policy.hear(env.goal.command, env.goal.lang)
     rng = rng or np.random.default_rng(seed)
     ego, actors = [env.ego_state()], [env.actors()]
     actions, experts, events, terms, frames = [], [], [], [], []

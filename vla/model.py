@@ -1,0 +1,187 @@
+"""The one transformer: pure network math over the interleaved token sequence.
+
+Sequence of one decision step (prefix, then the action chunk)::
+
+    [camera patch tokens (N*P)] [camera pose tokens (N)] [ego] [actors (K)] [command (Lc)]
+    [<action>] a(0,accel) a(0,steer) a(1,accel) ... a(H-1,steer)
+
+Camera tokens come from ``tokenizers_mm.camera.CameraTokenizer`` (patches + per-patch ego-frame
+rays + pose tokens), ego/actor tokens from small MLPs over ``vla.inputs`` features, command and
+action tokens from the ONE vocabulary embedding (``tokenizers_mm.vocab``). A learned segment
+embedding tells the token kinds apart. The decoder is a transformers ``LlamaModel`` built from
+config and fed ``inputs_embeds`` (RoPE positions, ``attn_implementation`` sdpa / flash), so a
+local pretrained small Llama-family model can replace the random init (``backbone_dir``).
+
+Heads, read at the position BEFORE each action token (next-token prediction):
+* ``lm_head``: logits over the whole vocabulary (the text head for text / thought / special
+  tokens); the action bin logits of dimension d are its slice ``layout.ranges["action_d"]``;
+* ``residual_head``: for every bin of every dimension, the offset inside that bin (BeT-style
+  per-bin residual); the one of the chosen / target bin is used.
+Inference decodes the H*D action tokens one by one with the KV cache (``generate_chunk``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from sim.cameras import CameraSpec
+from sim.features import ACTOR_STATE_FIELDS
+from tokenizers_mm.camera import CameraTokenizer
+from tokenizers_mm.vocab import ACTION_DIMS, VocabLayout
+from vla.config import PolicyConfig
+from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs
+
+SEGMENTS = ("camera", "pose", "ego", "actor", "command", "action")
+SEG = {name: i for i, name in enumerate(SEGMENTS)}
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    bins: torch.Tensor  # (B, H, D) int64 chosen bins
+    residual: torch.Tensor  # (B, H, D) float32 residual of the chosen bins
+    logprob: torch.Tensor  # (B, H, D) log-probability of the chosen bins
+    bin_logits: torch.Tensor  # (B, H, D, n_bins)
+
+
+def _mlp(n_in: int, d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, d), nn.GELU(), nn.Linear(d, d))
+
+
+class VLAModel(nn.Module):
+    def __init__(self, config: PolicyConfig, layout: VocabLayout, rig: Sequence[CameraSpec] = ()) -> None:
+        super().__init__()
+        if tuple(layout.action_bins) != (config.n_bins,) * len(ACTION_DIMS):
+            raise ValueError(f"vocabulary has action bins {layout.action_bins}, config wants {config.n_bins}")
+        self.config, self.layout = config, layout
+        d = config.d_model
+        self.embed = nn.Embedding(layout.size, d)
+        self.segment = nn.Embedding(len(SEGMENTS), d)
+        self.camera = CameraTokenizer(rig, patch=config.camera_patch, dim=d) if config.cameras else None
+        self.ego_proj = _mlp(len(EGO_INPUT_FIELDS), d)
+        self.actor_proj = _mlp(len(ACTOR_STATE_FIELDS), d)
+        self.backbone = self._backbone(config)
+        self.lm_head = nn.Linear(d, layout.size, bias=False)
+        self.residual_head = nn.Linear(d, len(ACTION_DIMS) * config.n_bins)
+        starts = [layout.ranges[f"action_{dim}"][0] for dim in ACTION_DIMS]
+        self.register_buffer("action_starts", torch.tensor(starts, dtype=torch.long), persistent=False)
+        self.action_token = layout.special("<action>")
+
+    @staticmethod
+    def _backbone(config: PolicyConfig) -> LlamaModel:
+        if config.backbone_dir:
+            model = LlamaModel.from_pretrained(config.backbone_dir, attn_implementation=config.attn_implementation)
+            if model.config.hidden_size != config.d_model:
+                raise ValueError(f"backbone {config.backbone_dir} has hidden size {model.config.hidden_size}, "
+                                 f"config d_model is {config.d_model}")
+            return model
+        cfg = LlamaConfig(
+            hidden_size=config.d_model, intermediate_size=int(config.d_model * config.mlp_ratio),
+            num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
+            num_key_value_heads=config.n_heads, vocab_size=1, max_position_embeddings=4096,
+            attn_implementation=config.attn_implementation, tie_word_embeddings=False,
+            bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        )
+        return LlamaModel(cfg)
+
+    # ------------------------------------------------------------------ sequence building
+    def prefix(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lp, d) prefix embeddings ending with <action>, and its (B, Lp) attention mask."""
+        b, parts, masks = x.batch_size, [], []
+
+        def add(emb: torch.Tensor, seg: str, mask: torch.Tensor | None = None) -> None:
+            parts.append(emb + self.segment.weight[SEG[seg]])
+            masks.append(torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device) if mask is None else mask)
+
+        if self.camera is not None:
+            if x.frames is None:
+                raise ValueError("this policy reads cameras but the inputs have no frames")
+            cam = self.camera(x.frames)
+            add(cam.patch_emb, "camera")
+            add(cam.pose_emb, "pose")
+        add(self.ego_proj(x.ego)[:, None], "ego")
+        add(self.actor_proj(x.actors), "actor")
+        add(self.embed(x.command), "command", x.command_mask)
+        action = torch.full((b, 1), self.action_token, dtype=torch.long, device=x.ego.device)
+        add(self.embed(action), "action")
+        return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+
+    def action_token_ids(self, bins: torch.Tensor) -> torch.Tensor:
+        """(B, H, D) bins -> (B, H*D) vocabulary ids, dimension-interleaved per step."""
+        return (bins + self.action_starts).reshape(bins.shape[0], -1)
+
+    def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (B, J, d) at prediction positions j -> bin logits and residuals for the dimension
+        j % D, each (B, J, n_bins)."""
+        n, dims = self.config.n_bins, len(ACTION_DIMS)
+        j = torch.arange(h.shape[1], device=h.device) % dims
+        cols = self.action_starts[j][:, None] + torch.arange(n, device=h.device)  # (J, n)
+        weight = self.lm_head.weight[cols]  # (J, n, d)
+        logits = torch.einsum("bjd,jnd->bjn", h, weight)
+        res = self.residual_head(h).view(h.shape[0], h.shape[1], dims, n)
+        res = res.gather(2, j.view(1, -1, 1, 1).expand(h.shape[0], -1, 1, n)).squeeze(2)
+        return logits, torch.tanh(res) * 0.5
+
+    # ------------------------------------------------------------------ training
+    def forward(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced action chunk: (bin logits, residuals per bin), each (B, H, D, n_bins)."""
+        if x.action_bins is None:
+            raise ValueError("forward needs target action bins (teacher forcing)")
+        emb, mask = self.prefix(x)
+        tokens = self.action_token_ids(x.action_bins)[:, :-1]  # the last token predicts nothing
+        act = self.embed(tokens) + self.segment.weight[SEG["action"]]
+        seq = torch.cat([emb, act], dim=1)
+        full_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], dim=1)
+        h = self.backbone(inputs_embeds=seq, attention_mask=full_mask.long()).last_hidden_state
+        h = h[:, emb.shape[1] - 1:]  # positions predicting the H*D action tokens
+        logits, res = self._heads(h)
+        shape = (*x.action_bins.shape, self.config.n_bins)
+        return logits.view(shape), res.view(shape)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate_chunk(self, x: PolicyInputs, temperature: float = 0.0,
+                       generator: torch.Generator | None = None) -> ChunkOutput:
+        """Decode the H*D action tokens with the KV cache; greedy at temperature 0."""
+        h_steps, dims = self.config.horizon, len(ACTION_DIMS)
+        emb, mask = self.prefix(x)
+        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), use_cache=True)
+        cache, h = out.past_key_values, out.last_hidden_state[:, -1:]
+        bins, res, logp, all_logits = [], [], [], []
+        for j in range(h_steps * dims):
+            logits, residuals = self._heads_at(h, j)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if temperature > 0:
+                choice = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            else:
+                choice = logits.argmax(-1)
+            bins.append(choice)
+            res.append(residuals.gather(1, choice[:, None])[:, 0])
+            logp.append(log_probs.gather(1, choice[:, None])[:, 0])
+            all_logits.append(logits)
+            if j == h_steps * dims - 1:
+                break
+            token = (choice + self.action_starts[j % dims])[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step = self.embed(token) + self.segment.weight[SEG["action"]]
+            out = self.backbone(inputs_embeds=step, attention_mask=mask.long(), past_key_values=cache, use_cache=True)
+            cache, h = out.past_key_values, out.last_hidden_state[:, -1:]
+        b = x.batch_size
+        return ChunkOutput(
+            bins=torch.stack(bins, 1).view(b, h_steps, dims),
+            residual=torch.stack(res, 1).view(b, h_steps, dims),
+            logprob=torch.stack(logp, 1).view(b, h_steps, dims),
+            bin_logits=torch.stack(all_logits, 1).view(b, h_steps, dims, -1),
+        )
+
+    def _heads_at(self, h: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads for the single prediction position j (h: (B, 1, d)) -> (B, n_bins) each."""
+        dims, n = len(ACTION_DIMS), self.config.n_bins
+        start = int(self.action_starts[j % dims])
+        logits = self.lm_head(h[:, 0])[:, start:start + n]
+        res = self.residual_head(h[:, 0]).view(-1, dims, n)[:, j % dims]
+        return logits, torch.tanh(res) * 0.5

@@ -1,0 +1,179 @@
+"""The one policy interface every training method uses, around ``vla.model.VLAModel``.
+
+* ``compute_loss(batch)`` -> (loss, logs): bin cross-entropy + in-bin residual loss
+  (``vla.losses``) on the expert's action chunk;
+* ``predict_action_chunk(obs)`` -> (H, 2) physical actions for one observation;
+* ``select_action(obs)`` -> (2,) the action to execute now; owns the chunk queue / temporal
+  ensembling (``PolicyConfig.execution``);
+* ``hear(command, lang)``: the passenger's spoken command for this episode (what the policy
+  heard: IPA phonemes or text bytes of the phrasing, by ``PolicyConfig.command``);
+* ``reset()``: forget the episode (queue, heard command, the lane the command was heard in).
+
+A checkpoint directory holds ``model.safetensors``, ``policy.json`` (PolicyConfig, vocabulary
+layout, action tokenizer, camera rig, format version). ``forward`` of the model stays pure
+network math; nothing here changes the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sim.atomic import atomic_output
+from sim.cameras import CameraSpec, default_rig
+from sim.interface import EGO
+from tokenizers_mm.action import ActionTokenizer
+from tokenizers_mm.ipa import INVENTORY, to_ipa
+from tokenizers_mm.text import encode as encode_text
+from tokenizers_mm.vocab import VocabLayout
+from vla.config import PolicyConfig
+from vla.inputs import PolicyInputs, actor_features, ego_features, pad_commands
+from vla.losses import ACTION_LOSSES
+from vla.model import VLAModel
+
+FORMAT_VERSION = 1
+
+
+def make_layout(config: PolicyConfig) -> VocabLayout:
+    return VocabLayout(ipa_symbols=INVENTORY.symbols, action_bins=(config.n_bins, config.n_bins))
+
+
+class VLAPolicy(torch.nn.Module):
+    def __init__(self, config: PolicyConfig, action_tokenizer: ActionTokenizer,
+                 layout: VocabLayout | None = None, rig: tuple[CameraSpec, ...] | None = None,
+                 name: str = "vla") -> None:
+        super().__init__()
+        if action_tokenizer.n_bins != config.n_bins or action_tokenizer.scheme == "kmeans":
+            raise ValueError(f"action tokenizer has {action_tokenizer.n_bins} {action_tokenizer.scheme} "
+                             f"bins; the policy needs {config.n_bins} per-dimension bins")
+        self.config = config
+        self.layout = layout or make_layout(config)
+        self.rig = tuple(rig) if rig is not None else (
+            default_rig(config.camera_width, config.camera_height) if config.cameras else ())
+        self.action_tokenizer = action_tokenizer
+        self.model = VLAModel(config, self.layout, self.rig)
+        self.name = name
+        self._command_cache: dict[tuple[str, str], np.ndarray] = {}
+        self.reset()
+
+    # ------------------------------------------------------------------ episode state
+    def reset(self) -> None:
+        self._command = np.zeros(0, dtype=np.int64)
+        self._start_lane: float | None = None
+        self._queue: deque = deque()  # (age, (H, 2) chunk) for ensembling / open loop
+
+    def hear(self, command: str, lang: str = "en") -> None:
+        self._command = self.encode_command(command, lang)
+
+    def encode_command(self, command: str, lang: str = "en") -> np.ndarray:
+        """Vocabulary ids of a spoken command in this policy's command modality (cached)."""
+        key = (command, lang)
+        if key not in self._command_cache:
+            if self.config.command == "none":
+                ids = np.zeros(0, dtype=np.int64)
+            elif self.config.command == "text":
+                ids = encode_text(command, self.layout)
+            else:
+                ids = INVENTORY.encode(to_ipa(command, lang), unknown="unk", layout=self.layout)
+            self._command_cache[key] = ids[: self.config.max_command_tokens]
+        return self._command_cache[key]
+
+    # ------------------------------------------------------------------ observations -> inputs
+    def inputs_from_obs(self, obs: dict) -> PolicyInputs:
+        ego = np.asarray(obs["ego"], dtype=np.float64)
+        if self._start_lane is None:
+            self._start_lane = float(ego[EGO["lane_id"]])
+        frames = None
+        if self.config.cameras:
+            if "cameras" not in obs:
+                raise ValueError("this policy reads cameras: build the env with cameras=policy.rig")
+            frames = torch.as_tensor(np.asarray(obs["cameras"]))[None]
+        command, mask = pad_commands([self._command], self.layout.special("<pad>"), self.config.max_command_tokens)
+        return PolicyInputs(
+            frames=frames,
+            ego=torch.as_tensor(ego_features(ego, self._start_lane))[None],
+            actors=torch.as_tensor(actor_features(ego, np.asarray(obs["actors"], dtype=np.float64)))[None],
+            command=torch.as_tensor(command),
+            command_mask=torch.as_tensor(mask),
+        )
+
+    # ------------------------------------------------------------------ the interface
+    def compute_loss(self, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, residuals = self.model(batch)
+        mask = batch.action_mask[..., None].expand_as(batch.action_bins)
+        ce = ACTION_LOSSES["bin_ce"](logits, batch.action_bins, mask)
+        res = ACTION_LOSSES["residual"](residuals, batch.action_bins, batch.action_residual, mask)
+        loss = ce + self.config.residual_weight * res
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == batch.action_bins) & mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"loss": loss.item(), "bin_ce": ce.item(), "residual": res.item(), "bin_acc": acc.item()}
+
+    @torch.no_grad()
+    def predict_chunk_batch(self, inputs: PolicyInputs, temperature: float = 0.0,
+                            generator: torch.Generator | None = None) -> np.ndarray:
+        """(B, H, 2) physical actions for a batch of inputs."""
+        out = self.model.generate_chunk(inputs, temperature=temperature, generator=generator)
+        return self.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.cpu().numpy())
+
+    def predict_action_chunk(self, obs: dict, temperature: float = 0.0) -> np.ndarray:
+        """(H, 2) [accel m/s^2, steer rad] for one observation."""
+        self.model.eval()
+        return self.predict_chunk_batch(self.inputs_from_obs(obs), temperature)[0].astype(np.float32)
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        mode = self.config.execution
+        if mode == "open_loop":
+            if not self._queue:
+                self._queue.extend(self.predict_action_chunk(obs))
+            return self._queue.popleft()
+        chunk = self.predict_action_chunk(obs)
+        if mode == "first":
+            return chunk[0]
+        self._queue = deque([(age + 1, c) for age, c in self._queue if age + 1 < len(c)])
+        self._queue.appendleft((0, chunk))
+        weights = np.array([np.exp(-self.config.ensemble_decay * age) for age, _ in self._queue])
+        preds = np.stack([c[age] for age, c in self._queue])
+        return (weights[:, None] * preds).sum(0) / weights.sum()
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "config": self.config.to_dict(),
+            "vocab": self.layout.to_dict(),
+            "action_tokenizer": self.action_tokenizer.to_dict(),
+            "rig": [c.to_dict() for c in self.rig],
+        }
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        with atomic_output(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
+        with atomic_output(directory / "policy.json") as tmp:
+            tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+
+    @staticmethod
+    def load(directory: str | Path) -> VLAPolicy:
+        directory = Path(directory)
+        meta_path, weights = directory / "policy.json", directory / "model.safetensors"
+        if not meta_path.is_file() or not weights.is_file():
+            raise ValueError(f"{directory} is not a policy checkpoint (needs policy.json and model.safetensors)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+        policy = VLAPolicy(
+            PolicyConfig.from_dict(meta["config"]),
+            ActionTokenizer.from_dict(meta["action_tokenizer"]),
+            VocabLayout.from_dict(meta["vocab"]),
+            tuple(CameraSpec.from_dict(c) for c in meta["rig"]),
+            name=str(directory),
+        )
+        policy.model.load_state_dict(load_file(str(weights)))
+        policy.eval()
+        return policy
