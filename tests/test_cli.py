@@ -108,11 +108,12 @@ def test_out_is_a_file(tmp_path, capsys):
     assert code == 2 and "is a file, not a directory" in err
 
 
-def test_checkpoint_path_is_not_supported_yet(tmp_path, capsys):
+def test_a_path_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
     ckpt = tmp_path / "policy.pt"
     ckpt.write_bytes(b"")
     code, _, err = run(capsys, "eval", "--policy", str(ckpt), "--out", str(tmp_path / "o"))
-    assert code == 2 and "checkpoint policies arrive with the transformer policy" in err
+    assert code == 2 and "is not a policy checkpoint directory" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_keyboard_interrupt_exits_130(tmp_path, capsys, monkeypatch):

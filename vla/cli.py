@@ -138,8 +138,8 @@ def _policy_arg(p: argparse.ArgumentParser) -> None:
     from sim.rollout import BASELINES
 
     p.add_argument("--policy", default="expert",
-                   help=f"driving policy: one of {', '.join(BASELINES)} (checkpoint paths arrive "
-                        "with the transformer policy) (default: %(default)s)")
+                   help=f"driving policy: one of {', '.join(BASELINES)}, or a transformer policy "
+                        "checkpoint directory such as RUN/iter_003/policy (default: %(default)s)")
 
 
 def _collect_parser(sub) -> None:
@@ -155,6 +155,9 @@ def _collect_parser(sub) -> None:
                    help="'default': record the 6-camera surround rig every step; 'none': no frames "
                         "(default: %(default)s)")
     _add_size_args(p, "recorded")
+    p.add_argument("--phrasings", choices=("train", "heldout", "canonical"), default="train",
+                   help="how the passenger phrases each episode's command (recorded with the episode; "
+                        "keep 'heldout' for evaluation) (default: %(default)s)")
     p.set_defaults(func=_cmd_collect)
 
 
@@ -169,6 +172,9 @@ def _eval_parser(sub) -> None:
     p.add_argument("--record", action="store_true",
                    help="also store the episodes (states, actions, expert labels; no frames) "
                         "as a dataset under OUT/episodes (appended to one already there)")
+    p.add_argument("--phrasings", choices=("heldout", "train", "canonical"), default="heldout",
+                   help="how the passenger phrases each episode's command: the speech corpus's held-out "
+                        "or training phrasings, or the canonical English command (default: %(default)s)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -202,26 +208,32 @@ def _bench_parser(sub) -> None:
     t.set_defaults(func=_cmd_bench_tokenizers)
 
 
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "make-speech": ("vla.commands.make_speech", "build the spoken-command corpus (espeak-ng speech, "
-                    "IPA, VAD, noise)"),
-    "train-codec": ("vla.commands.train_codec", "train the small EnCodec-architecture audio codec on "
-                    "a speech corpus"),
+EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
+    "dagger": ("vla.commands.train", "configure_dagger", "run_dagger",
+               "closed-loop DAgger session: BC on expert data, then policy rollouts relabelled by the "
+               "expert, aggregated and retrained, evaluated on held-out seeds every iteration"),
+    "train": ("vla.commands.train", "configure_train", None, "train the transformer policy (bc)"),
+    "make-speech": ("vla.commands.make_speech", "configure", "run",
+                    "build the spoken-command corpus (espeak-ng speech, IPA, VAD, noise)"),
+    "train-codec": ("vla.commands.train_codec", "configure", "run",
+                    "train the small EnCodec-architecture audio codec on a speech corpus"),
 }
-"""Commands whose module exposes ``configure(parser)`` and ``run(args) -> int``; imported only
-when that command runs (or its --help is asked for)."""
+"""name -> (module, configure function, run function or None when configure sets its own
+subcommands' funcs, help). The module is imported only when its command runs (or its --help
+is asked for), so the other commands start fast."""
 
 
 def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
     import importlib
 
     wanted = set(sys.argv[1:] if argv is None else argv)
-    for name, (module, help_text) in EXTRA_COMMANDS.items():
+    for name, (module, configure, run, help_text) in EXTRA_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        if name in wanted:  # import (and so configure options) only for the command being run
+        if name in wanted:
             mod = importlib.import_module(module)
-            mod.configure(p)
-            p.set_defaults(func=mod.run)
+            getattr(mod, configure)(p)
+            if run is not None:
+                p.set_defaults(func=getattr(mod, run))
 
 
 def _cmd_bench_tokenizers(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """Which driving policy a name on the command line means.
 
 ``POLICIES`` is an explicit dict of the baselines (``sim.rollout.BASELINES``): ``expert``,
-``random``, ``constant``. A name that is not a baseline but an existing path will be a
-checkpoint of the transformer policy; until that policy lands such paths are refused with a
-clear error. Add new kinds of policy here, never by importing modules named after them.
+``random``, ``constant``. A name that is not a baseline must be a checkpoint directory of the
+transformer policy (``policy.json`` + ``model.safetensors``, e.g. ``RUN/iter_003/policy``).
+Add new kinds of policy here, never by importing modules named after them.
 """
 
 from __future__ import annotations
@@ -22,16 +22,35 @@ def check_policy(name: str) -> None:
     choices = ", ".join(sorted(POLICIES))
     if name in POLICIES:
         return
+    if is_checkpoint(name):
+        return
     if Path(name).exists():
-        raise VLAError(
-            f"--policy {name}: checkpoint policies arrive with the transformer policy; "
-            f"for now use one of: {choices}"
-        )
-    raise VLAError(f"unknown policy {name!r}; choose one of: {choices} (or a checkpoint path, later)")
+        raise VLAError(f"--policy {name} is not a policy checkpoint directory (needs policy.json and "
+                       "model.safetensors, e.g. RUN/iter_003/policy)")
+    raise VLAError(f"unknown policy {name!r}; choose one of: {choices}, or a checkpoint directory")
+
+
+def is_checkpoint(name: str) -> bool:
+    path = Path(name)
+    return (path / "policy.json").is_file() and (path / "model.safetensors").is_file()
+
+
+_LOADED: dict[str, DrivingPolicy] = {}
+
+
+def load_checkpoint(name: str) -> DrivingPolicy:
+    """The transformer policy of a checkpoint directory (loaded once per process)."""
+    if name not in _LOADED:
+        from vla.policy import VLAPolicy
+
+        _LOADED[name] = VLAPolicy.load(name)
+    return _LOADED[name]
 
 
 def resolve_policy(name: str, env, seed: int) -> DrivingPolicy:
-    """A fresh policy for one episode: a baseline by name (``env`` is what the expert reads,
-    ``seed`` seeds the random policy), or, later, a checkpoint path."""
+    """The policy for one episode: a baseline by name (``env`` is what the expert reads,
+    ``seed`` seeds the random policy) or a checkpoint directory (reset by the episode runner)."""
     check_policy(name)
-    return POLICIES[name](env, seed)
+    if name in POLICIES:
+        return POLICIES[name](env, seed)
+    return load_checkpoint(name)

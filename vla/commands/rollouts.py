@@ -22,7 +22,8 @@ from sim.episode import Episode
 from sim.highway import EmbeddedDrivingEnv
 from sim.rollout import run_episode
 from sim.storage import EpisodeWriter
-from vla.policies_registry import resolve_policy
+from vla.policies_registry import is_checkpoint, load_checkpoint, resolve_policy
+from vla.speech_commands import rephraser
 
 
 def _rollouts(args: argparse.Namespace, env_for: Callable[[int], EmbeddedDrivingEnv],
@@ -52,7 +53,7 @@ def _finish(args: argparse.Namespace, out: Path, rows: list[dict], written: list
 def run_collect(args: argparse.Namespace) -> int:
     """Record episodes (frames, expert labels) into ``args.out`` and summarize them."""
     rig = default_rig(args.width, args.height) if args.cameras == "default" else ()
-    env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig)
+    env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
     out = Path(args.out)
     rows: list[dict] = []
     steps = 0
@@ -73,10 +74,14 @@ def run_collect(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     """Closed-loop evaluation: metrics.json, episodes.csv, trajectory.png, cameras.gif."""
     gif_episode = None if args.no_gif else args.gif_episode
-    plain = EmbeddedDrivingEnv(args.scenario, args.density)
-    cams = None
-    if gif_episode is not None:
-        cams = EmbeddedDrivingEnv(args.scenario, args.density,
+    rephrase = rephraser(args.phrasings)
+    rig = ()
+    if is_checkpoint(args.policy):  # a learned policy sees through its own rig every episode
+        rig = load_checkpoint(args.policy).rig
+    plain = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephrase)
+    cams = plain if rig else None
+    if gif_episode is not None and not rig:
+        cams = EmbeddedDrivingEnv(args.scenario, args.density, rephrase=rephrase,
                                   cameras=default_rig(args.width, args.height))
     out = Path(args.out)
     writer = EpisodeWriter(out) if args.record else None
@@ -88,7 +93,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         for i, ep in _rollouts(args, env_for, query_expert=args.record, desc=f"eval {args.policy}"):
             rows.append(episode_metrics(ep))
-            if i == gif_episode:
+            if i == gif_episode and ep.frames is not None:
                 gif = ep
             ep = dataclasses.replace(ep, frames=None, cameras=())  # recorded without frames
             if i == 0:

@@ -1,0 +1,231 @@
+"""Closed-loop DAgger sessions (Ross et al. 2011) with the transformer policy.
+
+Iteration 0 is behavior cloning on expert episodes. Iteration k >= 1 rolls out the policy of
+iteration k-1 in the simulator, executing the expert's action instead with probability
+``beta_k = beta0 * beta_decay^(k-1)``, queries the expert on EVERY visited state, appends
+those episodes to the aggregated dataset, retrains on all of it (warm start from the previous
+policy, or from scratch) and evaluates the new policy in closed loop on held-out seeds with
+held-out spoken phrasings.
+
+Run directory (everything written atomically; a kill -9 at any point and the same command
+resumes where it stopped, giving the same dataset and step counts)::
+
+    RUN/session.json                  the DaggerConfig (a resumed run must match it)
+    RUN/action_tokenizer.json         fitted once on iteration 0's expert actions
+    RUN/data/iter_KKK/episodes/*.h5   each iteration's episodes (append-only, crash-safe)
+    RUN/iter_KKK/train/               training loop checkpoints and logs (exact resume)
+    RUN/iter_KKK/policy/              the iteration's policy (model.safetensors + policy.json)
+    RUN/iter_KKK/eval/                metrics.json + episodes.csv on the held-out seeds
+    RUN/iter_KKK/done.json            the iteration's summary line (written last)
+    RUN/iterations.jsonl              one line per finished iteration
+    RUN/metrics.json                  the final policy's metrics
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.metrics import episode_metrics
+from benchmarks.reports import metrics_record, to_jsonable, write_episodes_csv, write_json
+from sim.atomic import atomic_output
+from sim.scenarios import check_scenario
+from sim.storage import EpisodeWriter, episode_paths, read_episodes
+from tokenizers_mm.action import ActionTokenizer
+from vla.config import PolicyConfig
+from vla.data import DemoDataset
+from vla.parallel import RolloutPool, RolloutSpec
+from vla.policy import VLAPolicy
+from vla.train_loop import TrainConfig, train
+from policies.bc import BCConfig, BCMethod
+
+EVAL_SEED_OFFSET = 1_000_000
+"""Evaluation seeds start here: never used for training data."""
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    scenario: str = "highway"
+    """Scenario family (sim.scenarios)."""
+    density: str = "medium"
+    """Traffic density level."""
+    iterations: int = 3
+    """DAgger iterations after iteration 0 (BC on expert data)."""
+    expert_episodes: int = 8
+    """Expert episodes recorded for iteration 0."""
+    rollouts: int = 4
+    """Policy rollouts (expert-labelled) added per DAgger iteration."""
+    eval_episodes: int = 5
+    """Held-out evaluation episodes after every iteration."""
+    beta0: float = 0.5
+    """Probability of executing the expert's action in iteration 1's rollouts."""
+    beta_decay: float = 0.5
+    """beta_k = beta0 * beta_decay ** (k - 1)."""
+    warm_start: bool = True
+    """Start each iteration's training from the previous policy (False: from scratch)."""
+    train_steps: int = 300
+    """Gradient steps per iteration."""
+    batch_size: int = 32
+    """Samples per gradient step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    seed: int = 0
+    """Seeds training episodes (seed * 100000 + i), weights and sampling; eval seeds are
+    EVAL_SEED_OFFSET + seed * 100000 + i."""
+    workers: int = 2
+    """Rollout processes (one simulator each)."""
+    threads: int = 1
+    """torch threads for training (1 avoids thread oversubscription when rollout workers or other
+    processes share the cores, a 20-40x slowdown seen on small models; 0 = torch's default)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The transformer policy."""
+
+    def __post_init__(self) -> None:
+        check_scenario(self.scenario, self.density)
+        for name in ("expert_episodes", "eval_episodes", "train_steps", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.iterations < 0 or self.rollouts < 1:
+            raise ValueError("DaggerConfig.iterations must be >= 0 and rollouts >= 1")
+        if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
+            raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
+        if not self.lr > 0 or self.seed < 0 or self.threads < 0:
+            raise ValueError("DaggerConfig.lr must be > 0, seed and threads >= 0")
+
+    def beta(self, k: int) -> float:
+        return 1.0 if k == 0 else self.beta0 * self.beta_decay ** (k - 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> DaggerConfig:
+        return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"])})
+
+
+class DaggerSession:
+    def __init__(self, config: DaggerConfig, run_dir: str | Path, log: Callable[[str], None] = print) -> None:
+        self.config, self.run, self.log = config, Path(run_dir), log
+        self.run.mkdir(parents=True, exist_ok=True)
+        saved = self.run / "session.json"
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            if old != json.loads(json.dumps(config.to_dict())):
+                diff = next(k for k in config.to_dict() if old.get(k) != json.loads(json.dumps(config.to_dict()[k])))
+                raise ValueError(f"{self.run} holds a session with a different config ({diff}: "
+                                 f"{old.get(diff)!r}); use a new --out")
+        else:
+            write_json(saved, config.to_dict())
+
+    # ------------------------------------------------------------------ paths and seeds
+    def _iter_dir(self, k: int) -> Path:
+        return self.run / f"iter_{k:03d}"
+
+    def _data_dir(self, k: int) -> Path:
+        return self.run / "data" / f"iter_{k:03d}"
+
+    def _train_seeds(self, k: int, n: int) -> list[int]:
+        return [self.config.seed * 100_000 + k * 1_000 + i for i in range(n)]
+
+    def eval_seeds(self) -> list[int]:
+        return [EVAL_SEED_OFFSET + self.config.seed * 100_000 + i for i in range(self.config.eval_episodes)]
+
+    # ------------------------------------------------------------------ phases
+    def _collect(self, k: int, policy_dir: str) -> None:
+        """Record iteration k's episodes, resuming after those already on disk."""
+        c = self.config
+        n = c.expert_episodes if k == 0 else c.rollouts
+        data = self._data_dir(k)
+        done = len(episode_paths(data)) if (data / "episodes").is_dir() and any((data / "episodes").glob("ep_*.h5")) else 0
+        seeds = self._train_seeds(k, n)[done:]
+        if not seeds:
+            return
+        spec = RolloutSpec(c.scenario, c.density, policy_dir, "train", cameras=c.policy.cameras,
+                           query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k)
+        from tqdm import tqdm
+
+        with EpisodeWriter(data) as writer, tqdm(total=n, initial=done, desc=f"iter {k} rollouts",
+                                                 unit="ep", leave=False) as bar:
+            def keep(ep):
+                writer.append(ep)
+                bar.update(1)
+            self.pool.run(spec, seeds, on_episode=keep)
+
+    def _tokenizer(self) -> ActionTokenizer:
+        path = self.run / "action_tokenizer.json"
+        if path.exists():
+            return ActionTokenizer.load(path)
+        actions = np.concatenate([ep.actions for ep in read_episodes(self._data_dir(0), load_frames=False)])
+        tok = ActionTokenizer.fit(actions, self.config.policy.n_bins, "uniform", q_low=0.0, q_high=1.0)
+        tok.save(path)
+        return tok
+
+    def _train(self, k: int) -> tuple[VLAPolicy, dict, int]:
+        c = self.config
+        torch.manual_seed(c.seed * 1000 + k)
+        policy = VLAPolicy(c.policy, self._tokenizer(), name=str(self._iter_dir(k) / "policy"))
+        if k > 0 and c.warm_start:
+            policy.model.load_state_dict(VLAPolicy.load(self._iter_dir(k - 1) / "policy").model.state_dict())
+        data = DemoDataset(policy)
+        for j in range(k + 1):
+            for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
+                data.add_episode(ep)
+        method = BCMethod(policy, BCConfig(lr=c.lr, total_steps=c.train_steps,
+                                           warmup_steps=min(50, c.train_steps // 5)))
+        cfg = TrainConfig(steps=c.train_steps, batch_size=c.batch_size, log_every=25,
+                          checkpoint_every=max(50, c.train_steps // 4), seed=c.seed * 1000 + k,
+                          threads=self.config.threads)
+        result = train(method, data, cfg, self._iter_dir(k) / "train", log=self.log)
+        policy.save(self._iter_dir(k) / "policy")
+        return policy, result.last_logs, len(data)
+
+    def _evaluate(self, k: int) -> dict:
+        c = self.config
+        spec = RolloutSpec(c.scenario, c.density, str(self._iter_dir(k) / "policy"), "heldout",
+                           cameras=c.policy.cameras, query_expert=False, record_frames=False)
+        episodes = self.pool.run(spec, self.eval_seeds())
+        return self.write_eval(episodes, self._iter_dir(k) / "eval", policy=str(self._iter_dir(k) / "policy"))
+
+    def write_eval(self, episodes, out: Path, policy: str) -> dict:
+        rows = [episode_metrics(ep) for ep in episodes]
+        metrics = metrics_record(rows, policy, self.config.scenario, self.config.density, self.eval_seeds()[0])
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", metrics)
+        write_episodes_csv(out / "episodes.csv", rows)
+        return to_jsonable(metrics)
+
+    # ------------------------------------------------------------------ the session
+    def run_iteration(self, k: int) -> dict:
+        done_path = self._iter_dir(k) / "done.json"
+        if done_path.exists():
+            return json.loads(done_path.read_text())
+        t0 = time.time()
+        previous = "expert" if k == 0 else str(self._iter_dir(k - 1) / "policy")
+        self._collect(k, previous)
+        policy, logs, samples = self._train(k)
+        metrics = self._evaluate(k)
+        line = {
+            "iteration": k, "beta": self.config.beta(k), "dataset_episodes": sum(
+                len(episode_paths(self._data_dir(j))) for j in range(k + 1)),
+            "dataset_steps": samples, "train_loss": logs.get("loss"), "wall_time_s": round(time.time() - t0, 1),
+            "metrics": {key: v for key, v in metrics.items() if key not in ("policy", "scenario", "density", "seed")},
+        }
+        write_json(done_path, line)
+        return line
+
+    def run_all(self) -> list[dict]:
+        lines = []
+        with RolloutPool(self.config.workers) as self.pool:
+            for k in range(self.config.iterations + 1):
+                lines.append(self.run_iteration(k))
+                with atomic_output(self.run / "iterations.jsonl") as tmp:
+                    tmp.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
+        final = json.loads((self._iter_dir(self.config.iterations) / "eval" / "metrics.json").read_text())
+        write_json(self.run / "metrics.json", final)
+        return lines

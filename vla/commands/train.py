@@ -1,0 +1,138 @@
+"""``vla dagger`` and ``vla train bc``: training the transformer policy.
+
+Both commands resume: run the same command again after an interruption (Ctrl-C, kill -9) and
+it continues where it stopped (``policies.dagger``, ``vla.train_loop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.metrics import format_table
+from vla.config import PolicyConfig
+
+SIZES = {
+    "tiny": dict(d_model=32, n_layers=2, n_heads=2, n_bins=32, horizon=4),
+    "small": dict(d_model=96, n_layers=3, n_heads=4, n_bins=64, horizon=4),
+    "base": dict(d_model=192, n_layers=6, n_heads=6, n_bins=128, horizon=8),
+}
+"""Named policy sizes; 'small' is the CPU default."""
+
+ITERATION_COLUMNS = ("iteration", "beta", "dataset_episodes", "dataset_steps", "train_loss",
+                     "collision_rate", "off_road_rate", "progress_mean", "goal_success_rate",
+                     "jerk_long_p95", "comfort_fraction", "driving_score", "wall_time_s")
+
+
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", choices=list(SIZES), default="small",
+                   help="policy size (default: %(default)s): " + "; ".join(
+                       f"{k}: d={v['d_model']} x{v['n_layers']} layers" for k, v in SIZES.items()))
+    p.add_argument("--no-cameras", action="store_true",
+                   help="a blind policy on state tokens only (faster; no camera rendering)")
+    p.add_argument("--command", choices=("ipa", "text", "none"), default="ipa",
+                   help="how the policy hears the spoken command (default: %(default)s)")
+    p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
+                   help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
+
+
+def policy_config(args: argparse.Namespace) -> PolicyConfig:
+    return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
+                        execution=args.execution)
+
+
+def configure_dagger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default="highway", help="scenario family (default: %(default)s)")
+    p.add_argument("--density", default="medium", help="traffic density (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
+    p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
+    p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
+    p.add_argument("--eval-episodes", type=int, default=5,
+                   help="held-out evaluation episodes per iteration (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=300, help="gradient steps per iteration (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--beta0", type=float, default=0.5, help="expert mixing in iteration 1 (default: %(default)s)")
+    p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
+    p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
+    p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
+    add_policy_args(p)
+
+
+def run_dagger(args: argparse.Namespace) -> int:
+    from policies.dagger import DaggerConfig, DaggerSession
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    config = DaggerConfig(
+        scenario=args.scenario, density=args.density, iterations=args.iterations,
+        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.eval_episodes,
+        beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
+        train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        workers=args.workers, policy=policy_config(args))
+    session = DaggerSession(config, out, log=lambda line: print(line, flush=True))
+    lines = session.run_all()
+    rows = [{**{k: v for k, v in line.items() if k != "metrics"}, **line["metrics"]} for line in lines]
+    print(format_table(rows, ITERATION_COLUMNS))
+    print(f"wrote {out / 'iterations.jsonl'} and {out / 'metrics.json'}; final policy: "
+          f"{out / f'iter_{args.iterations:03d}' / 'policy'}")
+    return 0
+
+
+def configure_train(p: argparse.ArgumentParser) -> None:
+    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+    bc = methods.add_parser("bc", help="behavior cloning on a recorded dataset (vla collect)",
+                            description="Goal-conditioned behavior cloning: the policy hears each "
+                                        "episode's recorded command and imitates the expert labels.")
+    bc.add_argument("--data", required=True, nargs="+", help="dataset directories written by vla collect")
+    bc.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
+    bc.add_argument("--steps", type=int, default=1000, help="gradient steps (default: %(default)s)")
+    bc.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
+    bc.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    bc.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
+    add_policy_args(bc)
+    bc.set_defaults(func=run_train_bc)
+
+
+def run_train_bc(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from policies.bc import BCConfig, BCMethod
+    from sim.storage import read_episodes
+    from tokenizers_mm.action import ActionTokenizer
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy
+    from vla.train_loop import TrainConfig, train
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+    config = policy_config(args)
+    episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
+    out.mkdir(parents=True, exist_ok=True)
+    tok_path = out / "action_tokenizer.json"
+    if tok_path.exists():
+        tokenizer = ActionTokenizer.load(tok_path)
+    else:
+        actions = np.concatenate([ep.expert_actions for ep in episodes if ep.num_steps])
+        tokenizer = ActionTokenizer.fit(actions, config.n_bins, "uniform", q_low=0.0, q_high=1.0)
+        tokenizer.save(tok_path)
+    torch.manual_seed(args.seed)
+    policy = VLAPolicy(config, tokenizer, name=str(out / "policy"))
+    data = DemoDataset(policy)
+    for ep in episodes:
+        data.add_episode(ep)
+    print(f"{len(episodes)} episodes, {len(data)} samples", flush=True)
+    method = BCMethod(policy, BCConfig(lr=args.lr, total_steps=args.steps, warmup_steps=min(50, args.steps // 5)))
+    result = train(method, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                                             checkpoint_every=max(50, args.steps // 5)),
+                   out / "train", log=lambda line: print(line, flush=True))
+    policy.save(out / "policy")
+    print(json.dumps({"steps": result.steps_done, **result.last_logs}, sort_keys=True))
+    print(f"wrote {out / 'policy'} (evaluate it: vla eval --policy {out / 'policy'} ...)")
+    return 0

@@ -1,0 +1,131 @@
+"""Closed-loop rollouts over the available cores: one process per core, each with its own
+simulator (the simulator is the bottleneck) and, for learned policies, its own copy of the
+policy loaded from a checkpoint directory on one torch thread.
+
+Episodes come back in seed order whatever the number of workers, and each depends only on its
+seed (and the policy), so results do not depend on ``workers``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.episode import Episode
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    scenario: str
+    density: str
+    policy: str  # "expert", "random", "constant" or a policy checkpoint directory
+    phrasings: str = "train"  # vla.speech_commands split: train / heldout / canonical
+    cameras: bool = True  # render the policy's rig (the default rig for baselines)
+    query_expert: bool = True  # label every visited state with the expert (DAgger)
+    record_frames: bool = True
+    beta: float = 0.0  # probability of executing the expert's action at each step
+    beta_seed: int = 0  # mixes into the per-episode generator that draws the beta coin
+
+
+def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
+    from sim.cameras import default_rig
+    from sim.highway import EmbeddedDrivingEnv
+    from sim.rollout import BASELINES, run_episode
+    from vla.speech_commands import rephraser
+
+    if "policy" not in cache:
+        if spec.policy in BASELINES:
+            cache["policy"], rig = None, default_rig()
+        else:
+            import torch
+
+            from vla.policy import VLAPolicy
+
+            torch.set_num_threads(1)
+            cache["policy"] = VLAPolicy.load(spec.policy)
+            rig = cache["policy"].rig
+        cache["env"] = EmbeddedDrivingEnv(spec.scenario, spec.density, cameras=rig if spec.cameras else (),
+                                          rephrase=rephraser(spec.phrasings))
+    env = cache["env"]
+    policy = cache["policy"] or BASELINES[spec.policy](env, seed)
+    rng = np.random.default_rng([seed, spec.beta_seed, 17])
+    return run_episode(env, policy, seed, query_expert=spec.query_expert, record_frames=spec.record_frames,
+                       beta=spec.beta, rng=rng)
+
+
+_WORKER_CACHE: dict = {}
+
+
+def _worker(args: tuple[RolloutSpec, int]) -> Episode:
+    spec, seed = args
+    if _WORKER_CACHE.get("key") != spec:
+        _WORKER_CACHE.clear()
+        _WORKER_CACHE["key"] = spec
+    return _run(spec, seed, _WORKER_CACHE)
+
+
+def default_workers() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+class RolloutPool:
+    """Worker processes kept for a whole session (starting one costs seconds: it imports torch,
+    transformers and the simulator). ``workers <= 1`` runs in-process."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, int(workers))
+        self._pool = None
+        self._cache: dict = {}
+
+    def __enter__(self) -> RolloutPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def run(self, spec: RolloutSpec, seeds: Sequence[int],
+            on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+        """Episodes for ``seeds`` in order; ``on_episode`` sees each one as soon as it (and
+        every earlier seed) is done, e.g. to append it to a dataset or advance a progress bar."""
+        seeds = [int(s) for s in seeds]
+        if self.workers == 1 or len(seeds) <= 1:
+            episodes = (_run(spec, s, self._cache_for(spec)) for s in seeds)
+        else:
+            if self._pool is None:
+                self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_init_worker)
+            episodes = self._pool.imap(_worker, [(spec, s) for s in seeds])
+        out = []
+        for ep in episodes:
+            out.append(ep)
+            if on_episode:
+                on_episode(ep)
+        return out
+
+    def _cache_for(self, spec: RolloutSpec) -> dict:
+        if self._cache.get("key") != spec:
+            self._cache = {"key": spec}
+        return self._cache
+
+
+def run_episodes(spec: RolloutSpec, seeds: Sequence[int], workers: int = 1,
+                 on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+    """One-off ``RolloutPool(workers).run(...)``."""
+    with RolloutPool(workers) as pool:
+        return pool.run(spec, seeds, on_episode)
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import cv2
+
+    cv2.setNumThreads(1)
