@@ -138,6 +138,16 @@ def test_bench_sim_last_line_is_json(capsys):
     assert (result["scenario"], result["density"], result["steps"]) == ("highway", "light", 20)
 
 
+def test_bench_policy_last_line_is_json(capsys):
+    code, stdout, _ = run(capsys, "bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5")
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    for key in ("chunk_latency_ms", "closed_loop_steps_per_s", "sim_steps_per_s"):
+        assert result[key] > 0
+    code, _, err = run(capsys, "bench", "policy", "--size", "huge")
+    assert code == 2 and "unknown --size 'huge'" in err
+
+
 def test_help_and_version(capsys):
     code, stdout, _ = run(capsys)
     assert code == 0 and "collect" in stdout and "eval" in stdout and "bench" in stdout

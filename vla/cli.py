@@ -206,6 +206,14 @@ def _bench_parser(sub) -> None:
     t.add_argument("--episodes", type=int, default=4,
                    help="expert episodes per scenario when no --data is given (default: %(default)s)")
     t.set_defaults(func=_cmd_bench_tokenizers)
+    b = targets.add_parser("policy", help="chunk latency and closed-loop steps/s of the transformer policy",
+                           description="Policy inference per action chunk, closed-loop steps/s and the "
+                                       "simulator alone, on CPU; see benchmarks.policy_bench.")
+    _add_sim_args(b, episodes=False)
+    b.add_argument("--steps", type=int, default=200, help="timed env steps (default: %(default)s)")
+    b.add_argument("--size", default="small", help="policy size: tiny, small or base (default: %(default)s)")
+    b.add_argument("--no-cameras", action="store_true", help="benchmark the blind (state-token) policy")
+    b.set_defaults(func=_cmd_bench_policy)
 
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
@@ -234,6 +242,22 @@ def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
             getattr(mod, configure)(p)
             if run is not None:
                 p.set_defaults(func=getattr(mod, run))
+
+
+def _cmd_bench_policy(args: argparse.Namespace) -> int:
+    _check_common(args)
+    _check_positive("--steps", args.steps)
+    from benchmarks.policy_bench import run_policy_bench
+    from vla.commands.train import SIZES
+    from vla.config import PolicyConfig
+
+    if args.size not in SIZES:
+        raise VLAError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
+    config = PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras)
+    result = run_policy_bench(config, args.scenario, args.density, args.steps, args.seed,
+                              log=lambda line: print(line, flush=True))
+    print(json.dumps({**result, "size": args.size}, sort_keys=True))
+    return 0
 
 
 def _cmd_bench_tokenizers(args: argparse.Namespace) -> int:
