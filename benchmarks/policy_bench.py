@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 from sim.highway import EmbeddedDrivingEnv
-from sim.interface import ACTION_HIGH, ACTION_LOW
-from tokenizers_mm.action import ActionTokenizer
 from vla.config import PolicyConfig
-from vla.policy import VLAPolicy
+from vla.policy import VLAPolicy, default_action_tokenizer
 
 
 def _steps_per_s(env, act, steps: int, seed: int) -> float:
@@ -41,7 +39,7 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        policy = VLAPolicy(config, ActionTokenizer.from_bounds(ACTION_LOW, ACTION_HIGH, config.n_bins)).eval()
+        policy = VLAPolicy(config, default_action_tokenizer(config.n_bins)).eval()
         env = EmbeddedDrivingEnv(scenario, density, cameras=policy.rig)
         obs, _ = env.reset(seed=seed)
         policy.hear(env.goal.command, env.goal.lang)

@@ -11,7 +11,7 @@ Run directory (everything written atomically; a kill -9 at any point and the sam
 resumes where it stopped, giving the same dataset and step counts)::
 
     RUN/session.json                  the DaggerConfig (a resumed run must match it)
-    RUN/action_tokenizer.json         fitted once on iteration 0's expert actions
+    RUN/action_tokenizer.json         the action tokenizer (uniform bins over the action limits)
     RUN/data/iter_KKK/episodes/*.h5   each iteration's episodes (append-only, crash-safe)
     RUN/iter_KKK/train/               training loop checkpoints and logs (exact resume)
     RUN/iter_KKK/policy/              the iteration's policy (model.safetensors + policy.json)
@@ -29,19 +29,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.metrics import episode_metrics
 from benchmarks.reports import metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.atomic import atomic_output
 from sim.scenarios import check_scenario
-from sim.storage import EpisodeWriter, episode_paths, read_episodes
+from sim.storage import EpisodeWriter, count_episodes, read_episodes
 from tokenizers_mm.action import ActionTokenizer
 from vla.config import PolicyConfig
 from vla.data import DemoDataset
 from vla.parallel import RolloutPool, RolloutSpec
-from vla.policy import VLAPolicy
+from vla.policy import VLAPolicy, default_action_tokenizer
 from vla.train_loop import TrainConfig, train
 from policies.bc import BCConfig, BCMethod
 
@@ -142,7 +141,7 @@ class DaggerSession:
         c = self.config
         n = c.expert_episodes if k == 0 else c.rollouts
         data = self._data_dir(k)
-        done = len(episode_paths(data)) if (data / "episodes").is_dir() and any((data / "episodes").glob("ep_*.h5")) else 0
+        done = count_episodes(data)
         seeds = self._train_seeds(k, n)[done:]
         if not seeds:
             return
@@ -161,8 +160,7 @@ class DaggerSession:
         path = self.run / "action_tokenizer.json"
         if path.exists():
             return ActionTokenizer.load(path)
-        actions = np.concatenate([ep.actions for ep in read_episodes(self._data_dir(0), load_frames=False)])
-        tok = ActionTokenizer.fit(actions, self.config.policy.n_bins, "uniform", q_low=0.0, q_high=1.0)
+        tok = default_action_tokenizer(self.config.policy.n_bins)
         tok.save(path)
         return tok
 
@@ -211,8 +209,8 @@ class DaggerSession:
         policy, logs, samples = self._train(k)
         metrics = self._evaluate(k)
         line = {
-            "iteration": k, "beta": self.config.beta(k), "dataset_episodes": sum(
-                len(episode_paths(self._data_dir(j))) for j in range(k + 1)),
+            "iteration": k, "beta": self.config.beta(k),
+            "dataset_episodes": sum(count_episodes(self._data_dir(j)) for j in range(k + 1)),
             "dataset_steps": samples, "train_loss": logs.get("loss"), "wall_time_s": round(time.time() - t0, 1),
             "metrics": {key: v for key, v in metrics.items() if key not in ("policy", "scenario", "density", "seed")},
         }

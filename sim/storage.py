@@ -253,6 +253,12 @@ def _num_steps(path: Path) -> int:
         raise _fail(path, f"unreadable episode ({type(e).__name__}: {e})") from e
 
 
+def count_episodes(root: str | Path) -> int:
+    """Complete episodes in a dataset directory; 0 when it does not exist yet or has none."""
+    episodes_dir = Path(root) / EPISODES_DIR
+    return len(_scan(episodes_dir)) if episodes_dir.is_dir() else 0
+
+
 def count_steps(root: str | Path) -> int:
     """Total number of steps (actions) over all episodes, without reading the arrays."""
     return sum(_num_steps(p) for p in episode_paths(root))

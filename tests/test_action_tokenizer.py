@@ -261,3 +261,23 @@ def test_load_expert_actions_and_quantization_table(tmp_path):
         w2.append(_episode("random", eps[0]))
         w2.close()
         load_expert_actions(tmp_path / "rand")
+
+
+def test_mulaw_bins_are_fine_near_zero_cover_the_limits_and_round_trip(tmp_path):
+    from sim.interface import ACTION_HIGH, ACTION_LOW
+
+    tok = ActionTokenizer.mulaw(ACTION_LOW, ACTION_HIGH, 64)
+    widths = np.diff(tok.edges, axis=1)
+    assert np.all(widths > 0)
+    np.testing.assert_allclose(tok.edges[:, 0], ACTION_LOW)
+    np.testing.assert_allclose(tok.edges[:, -1], ACTION_HIGH)
+    uniform = (ACTION_HIGH - ACTION_LOW) / 64
+    assert np.all(widths[:, 32] < uniform / 5)  # the bins next to 0 are much finer than uniform
+    x = np.random.default_rng(0).uniform(ACTION_LOW, ACTION_HIGH, (500, 2))
+    bins, res = tok.encode(x)
+    np.testing.assert_allclose(tok.decode(bins, res), x, atol=1e-6)
+    tok.save(tmp_path / "t.json")
+    back = ActionTokenizer.load(tmp_path / "t.json")
+    assert back.scheme == "mulaw" and np.array_equal(back.edges, tok.edges)
+    with pytest.raises(ValueError, match="mulaw"):
+        ActionTokenizer.mulaw(np.array([0.0, -1.0]), np.array([1.0, 1.0]))

@@ -2,7 +2,7 @@
 
 Bin / vocabulary contract
 -------------------------
-* Per-dimension schemes ("uniform", "quantile"): dimension d has ``n_bins`` bins given by
+* Per-dimension schemes ("uniform", "quantile", "mulaw" = companded, see ``mulaw``): dimension d has ``n_bins`` bins given by
   ``n_bins + 1`` strictly increasing edges ``e_0 < e_1 < ... < e_n``, ``e_0 = low[d]``,
   ``e_n = high[d]``. Bin ``b`` is the half-open interval ``[e_b, e_{b+1})``, except the last
   bin which is closed (it holds ``high``). Bin indices are ``0 .. n_bins - 1``, exactly
@@ -46,7 +46,7 @@ import numpy as np
 from sim.interface import ACTION_FIELDS
 from tokenizers_mm.vocab import ACTION_DIMS, VocabLayout
 
-SCHEMES = ("uniform", "quantile", "kmeans")
+SCHEMES = ("uniform", "quantile", "mulaw", "kmeans")
 FORMAT = "action_tokenizer"
 VERSION = 1
 MIN_WIDTH = 1e-3
@@ -195,6 +195,23 @@ class ActionTokenizer:
         high = np.asarray(high, dtype=np.float64).reshape(-1)
         edges = np.linspace(low, high, int(n_bins) + 1, axis=1)
         return cls("uniform", n_bins, low, high, edges=edges, q_low=q_low, q_high=q_high)
+
+    @classmethod
+    def mulaw(cls, low, high, n_bins: int = 64, mu: float = 50.0) -> ActionTokenizer:
+        """Companded bins over given bounds (low < 0 < high per dimension), no data needed:
+        bin edges at ``side * ((1 + mu)^|u| - 1) / mu`` for ``u`` uniform in [-1, 1], ``side``
+        = |low| below 0 and high above. Bins are fine around 0, where driving commands live
+        (highway steering is a few hundredths of a radian), and coarse toward the limits, which
+        stay covered so nothing clips. ``mu = 0`` would be uniform."""
+        low = np.asarray(low, dtype=np.float64).reshape(-1)
+        high = np.asarray(high, dtype=np.float64).reshape(-1)
+        if not (np.all(low < 0) and np.all(high > 0)) or mu <= 0:
+            raise ValueError(f"mulaw bins need low < 0 < high per dimension and mu > 0, got {low}, {high}, {mu}")
+        u = np.linspace(-1.0, 1.0, int(n_bins) + 1)
+        shape = np.sign(u) * np.expm1(np.abs(u) * np.log1p(mu)) / mu  # in [-1, 1]
+        edges = np.where(shape[None, :] < 0, -low[:, None], high[:, None]) * shape[None, :]
+        edges[:, 0], edges[:, -1] = low, high
+        return cls("mulaw", n_bins, low, high, edges=edges, q_low=0.0, q_high=1.0)
 
     # ------------------------------------------------------------------------------ codec
     @property

@@ -17,7 +17,7 @@ import torch
 from sim.episode import Episode
 from sim.interface import EGO
 from tokenizers_mm.action import ActionTokenizer
-from vla.inputs import PolicyInputs, actor_features, ego_features, pad_commands
+from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs, actor_features, ego_features, pad_commands
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
         frames = ep.frames
     return _EpisodeArrays(
         frames=frames,
-        ego=np.stack([ego_features(ep.ego[i], start_lane) for i in range(t)]) if t else np.zeros((0, 11), np.float32),
+        ego=np.stack([ego_features(ep.ego[i], start_lane) for i in range(t)]) if t else np.zeros((0, len(EGO_INPUT_FIELDS)), np.float32),
         actors=np.stack([actor_features(ep.ego[i], ep.actors[i]) for i in range(t)]) if t else np.zeros((0, 8, 9), np.float32),
         command=policy.encode_command(ep.goal.command, ep.goal.lang),
         bins=bins.astype(np.int64),

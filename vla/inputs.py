@@ -5,7 +5,12 @@ Per sample (one decision step):
 * ``ego``: ``EGO_INPUT_FIELDS`` scaled by ``EGO_SCALE``. ``lanes_moved`` = lanes moved to the
   LEFT since the command was heard (lane id at the episode's first step minus now): with it a
   reactive policy can tell "change to the left lane" done from not done, which the expert
-  knows from its absolute target lane;
+  knows from its absolute target lane. The last applied steering / acceleration and what
+  follows from them at 10 Hz (yaw rate, lateral and longitudinal acceleration) are left out on
+  purpose: the expert's next action is strongly correlated with its last one, and a cloned
+  policy that can see its own last action learns to copy it ("copycat" causal confusion, de
+  Haan et al. 2019) and then drifts in closed loop, which we measured: a BC policy whose
+  steering ignored a 1.5 m drift;
 * ``actors``: the nearest ``STATE_ACTORS`` vehicles in the ego frame (``sim.features``), scaled;
 * ``command``: the passenger's spoken command as vocabulary ids (IPA symbols or text bytes),
   padded with ``<pad>`` and masked;
@@ -19,11 +24,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from sim.features import ACTOR_STATE_FIELDS, EGO_STATE_FIELDS, STATE_ACTORS, actors_in_ego_frame
+from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS, actors_in_ego_frame
 from sim.interface import EGO
 
-EGO_INPUT_FIELDS = EGO_STATE_FIELDS + ("lanes_moved",)
-EGO_SCALE = np.array([30.0, 5.0, 5.0, 1.0, 0.5, 2.0, 0.5, 3.0, 30.0, 1.0, 2.0], dtype=np.float32)
+EGO_INPUT_FIELDS = ("speed", "lane_offset", "lane_heading_error", "lane_id", "speed_limit", "progress",
+                    "lanes_moved")
+EGO_SCALE = np.array([30.0, 2.0, 0.5, 3.0, 30.0, 1.0, 2.0], dtype=np.float32)
 ACTOR_SCALE = np.array([1.0, 50.0, 10.0, 1.0, 1.0, 10.0, 10.0, 5.0, 2.0], dtype=np.float32)
 assert len(EGO_SCALE) == len(EGO_INPUT_FIELDS) and len(ACTOR_SCALE) == len(ACTOR_STATE_FIELDS)
 
@@ -57,7 +63,7 @@ class PolicyInputs:
 
 def ego_features(ego: np.ndarray, start_lane: float) -> np.ndarray:
     """(len(EGO_INPUT_FIELDS),) scaled ego features of one state."""
-    raw = [ego[EGO[n]] for n in EGO_STATE_FIELDS] + [start_lane - ego[EGO["lane_id"]]]
+    raw = [ego[EGO[n]] for n in EGO_INPUT_FIELDS[:-1]] + [start_lane - ego[EGO["lane_id"]]]
     return (np.asarray(raw, dtype=np.float32) / EGO_SCALE).astype(np.float32)
 
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
-from sim.interface import EGO
+from sim.interface import ACTION_HIGH, ACTION_LOW, EGO
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -37,6 +37,18 @@ from vla.losses import ACTION_LOSSES
 from vla.model import VLAModel
 
 FORMAT_VERSION = 1
+
+
+def default_action_tokenizer(n_bins: int) -> ActionTokenizer:
+    """Companded (mu-law) bins over the simulator's whole action range
+    (``sim.interface.ACTION_LOW/HIGH``).
+
+    Bounds fitted to expert data clip the corrections DAgger labels in states the expert never
+    visits (steering beyond the expert's range landed in the edge bins), so the range is the
+    simulator's. Uniform bins over that range were 0.025 rad wide: highway steering fell into
+    2-3 bins and a BC policy learned to drive straight and never correct; companding gives bins
+    of ~0.002 rad around 0 and the residual recovers the rest."""
+    return ActionTokenizer.mulaw(ACTION_LOW, ACTION_HIGH, n_bins)
 
 
 def make_layout(config: PolicyConfig) -> VocabLayout:

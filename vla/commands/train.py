@@ -99,14 +99,12 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train_bc(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from policies.bc import BCConfig, BCMethod
     from sim.storage import read_episodes
-    from tokenizers_mm.action import ActionTokenizer
     from vla.data import DemoDataset
-    from vla.policy import VLAPolicy
+    from vla.policy import VLAPolicy, default_action_tokenizer
     from vla.train_loop import TrainConfig, train
 
     out = Path(args.out)
@@ -115,13 +113,7 @@ def run_train_bc(args: argparse.Namespace) -> int:
     config = policy_config(args)
     episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
     out.mkdir(parents=True, exist_ok=True)
-    tok_path = out / "action_tokenizer.json"
-    if tok_path.exists():
-        tokenizer = ActionTokenizer.load(tok_path)
-    else:
-        actions = np.concatenate([ep.expert_actions for ep in episodes if ep.num_steps])
-        tokenizer = ActionTokenizer.fit(actions, config.n_bins, "uniform", q_low=0.0, q_high=1.0)
-        tokenizer.save(tok_path)
+    tokenizer = default_action_tokenizer(config.n_bins)
     torch.manual_seed(args.seed)
     policy = VLAPolicy(config, tokenizer, name=str(out / "policy"))
     data = DemoDataset(policy)
