@@ -121,6 +121,7 @@ class DaggerSession:
                                  f"{old.get(diff)!r}); use a new --out")
         else:
             write_json(saved, config.to_dict())
+        self.pool = RolloutPool(config.workers)  # started on first use, closed by run_all / close
 
     # ------------------------------------------------------------------ paths and seeds
     def _iter_dir(self, k: int) -> Path:
@@ -219,7 +220,7 @@ class DaggerSession:
 
     def run_all(self) -> list[dict]:
         lines = []
-        with RolloutPool(self.config.workers) as self.pool:
+        with self.pool:
             for k in range(self.config.iterations + 1):
                 lines.append(self.run_iteration(k))
                 with atomic_output(self.run / "iterations.jsonl") as tmp:
