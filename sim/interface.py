@@ -35,7 +35,8 @@ clockwise seen from above.
   server.
 * other actors: ``world.get_actors().filter('vehicle.*')`` with bounding-box extents x2.
 * ``expert_action()``: CARLA's ``BehaviorAgent`` is not in the pip wheel (no
-  ``agents.navigation``); the CARLA backend reuses ``sim.expert`` on the same state.
+  ``agents.navigation``), and ``sim.expert`` reads highway-env's road objects, so the CARLA
+  backend needs its own route-following IDM over the map's waypoints (same laws, same params).
 
 Everything a backend returns is built from the dataclasses and field tuples below, so metrics,
 recording and the tokenizers never touch backend objects.
