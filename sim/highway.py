@@ -242,6 +242,10 @@ class EmbeddedDrivingEnv(gym.Env):
         return self._ego.copy()
 
     def actors(self) -> np.ndarray:
+        """The nearest actors of the current state (scanned once per state, in _observation)."""
+        return self._actors.copy()
+
+    def _scan_actors(self) -> np.ndarray:
         ego = self._core.vehicle
         rows = []
         for v in self._core.road.vehicles:
@@ -277,7 +281,7 @@ class EmbeddedDrivingEnv(gym.Env):
 
     # ----------------------------------------------------------------- internals
     def _observation(self) -> dict:
-        actors = self.actors()
+        actors = self._actors = self._scan_actors()
         obs = {
             "ego": self._ego.astype(np.float32),
             "goal": goal_vector(self.goal, self._ego),
