@@ -114,9 +114,9 @@ class DaggerSession:
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "session.json"
         if saved.exists():
-            old = json.loads(saved.read_text())
-            if old != json.loads(json.dumps(config.to_dict())):
-                diff = next(k for k in config.to_dict() if old.get(k) != json.loads(json.dumps(config.to_dict()[k])))
+            old, current = json.loads(saved.read_text()), json.loads(json.dumps(config.to_dict()))
+            if old != current:
+                diff = next(k for k in current if old.get(k) != current[k])
                 raise ValueError(f"{self.run} holds a session with a different config ({diff}: "
                                  f"{old.get(diff)!r}); use a new --out")
         else:
