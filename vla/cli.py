@@ -184,7 +184,19 @@ def _eval_parser(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
-def _bench_parser(sub) -> None:
+BENCH_TARGETS: dict[str, tuple[str, str, str, str]] = {
+    "diffusion": ("benchmarks.diffusion_bench", "configure", "run",
+                  "diffusion head: ms per action chunk and closed-loop metrics vs inference steps"),
+    "offline-rl": ("benchmarks.offline_rl_bench", "configure", "run",
+                   "IQL and CQL gradient steps/s on one CPU thread (Pendulum-v1 dataset)"),
+    "dpo": ("benchmarks.dpo_bench", "configure", "run",
+            "preference-pair updates per second at the default small size on CPU"),
+}
+"""``vla bench TARGET`` kept in their own modules: name -> (module, configure, run, help); a
+module is imported only when its target is on the command line."""
+
+
+def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
     p = sub.add_parser("bench", help="speed benchmarks",
                        description="Speed benchmarks; the last line of the output is one JSON object.")
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
@@ -214,13 +226,27 @@ def _bench_parser(sub) -> None:
     b.add_argument("--size", default="small", help="policy size: tiny, small or base (default: %(default)s)")
     b.add_argument("--no-cameras", action="store_true", help="benchmark the blind (state-token) policy")
     b.set_defaults(func=_cmd_bench_policy)
+    import importlib
+
+    wanted = set(sys.argv[1:] if argv is None else argv)
+    for name, (module, configure, run, help_text) in BENCH_TARGETS.items():
+        e = targets.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if name in wanted:
+            mod = importlib.import_module(module)
+            getattr(mod, configure)(e)
+            e.set_defaults(func=getattr(mod, run))
 
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "dagger": ("vla.commands.train", "configure_dagger", "run_dagger",
                "closed-loop DAgger session: BC on expert data, then policy rollouts relabelled by the "
                "expert, aggregated and retrained, evaluated on held-out seeds every iteration"),
-    "train": ("vla.commands.train", "configure_train", None, "train the transformer policy (bc)"),
+    "train": ("vla.commands.train", "configure_train", None,
+              "train a policy: bc, diffusion, iql, cql, dpo"),
+    "make-pairs": ("vla.commands.dpo", "configure_make_pairs", "run_make_pairs",
+                   "preference pairs from a policy's own rollouts, ranked by the driving constitution"),
+    "report": ("vla.commands.dpo", "configure_report", "run_report",
+               "alignment-tax report: closed-loop metrics of two policies on the same held-out seeds"),
     "make-speech": ("vla.commands.make_speech", "configure", "run",
                     "build the spoken-command corpus (espeak-ng speech, IPA, VAD, noise)"),
     "train-codec": ("vla.commands.train_codec", "configure", "run",
@@ -233,13 +259,18 @@ is asked for), so the other commands start fast."""
 
 def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
     import importlib
+    import inspect
 
     wanted = set(sys.argv[1:] if argv is None else argv)
     for name, (module, configure, run, help_text) in EXTRA_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if name in wanted:
             mod = importlib.import_module(module)
-            getattr(mod, configure)(p)
+            fn = getattr(mod, configure)
+            if "argv" in inspect.signature(fn).parameters:
+                fn(p, argv=None if argv is None else list(argv))
+            else:
+                fn(p)
             if run is not None:
                 p.set_defaults(func=getattr(mod, run))
 
@@ -276,7 +307,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _collect_parser(sub)
     _eval_parser(sub)
-    _bench_parser(sub)
+    _bench_parser(sub, argv)
     _extra_parsers(sub, argv)
     return parser
 

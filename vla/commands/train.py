@@ -83,7 +83,25 @@ def run_dagger(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_train(p: argparse.ArgumentParser) -> None:
+TRAIN_METHODS: dict[str, tuple[str, str, str, str]] = {
+    "diffusion": ("vla.commands.train_diffusion", "configure", "run",
+                  "the transformer policy with a diffusion action head, on a recorded dataset"),
+    "iql": ("vla.commands.offline_rl", "configure_iql", "run_iql",
+            "offline RL: implicit Q-learning on a D4RL-layout dataset (MLP or transformer actor)"),
+    "cql": ("vla.commands.offline_rl", "configure_cql", "run_cql",
+            "offline RL: conservative Q-learning on a D4RL-layout dataset (MLP or transformer actor)"),
+    "dpo": ("vla.commands.dpo", "configure_train", "run_train",
+            "preference optimization (DPO / IPO / ORPO) of a policy against a frozen reference"),
+}
+"""``vla train METHOD`` besides ``bc``: name -> (module, configure function, run function, help).
+A module is imported only when its method is on the command line, so the others start fast."""
+
+
+def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    import importlib
+    import sys
+
+    wanted = set(sys.argv[1:] if argv is None else argv)
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     bc = methods.add_parser("bc", help="behavior cloning on a recorded dataset (vla collect)",
                             description="Goal-conditioned behavior cloning: the policy hears each "
@@ -96,6 +114,12 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     bc.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
     add_policy_args(bc)
     bc.set_defaults(func=run_train_bc)
+    for name, (module, configure, run, help_text) in TRAIN_METHODS.items():
+        sp = methods.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if name in wanted:
+            mod = importlib.import_module(module)
+            getattr(mod, configure)(sp)
+            sp.set_defaults(func=getattr(mod, run))
 
 
 def run_train_bc(args: argparse.Namespace) -> int:
