@@ -51,8 +51,10 @@ class ExpertParams:
     conflict_horizon: float = 5.0  # s
     conflict_radius: float = 3.5  # m, centre distance that counts as the same spot
     conflict_time_gap: float = 1.5  # s, how close in time two vehicles may use one spot
-    tau_lateral: float = 0.6  # s, lateral position time constant
-    tau_heading: float = 0.2  # s, heading time constant
+    tau_lateral: float = 1.2  # s, lateral position time constant
+    tau_heading: float = 0.4  # s, heading time constant
+    lat_speed_max: float = 1.5  # m/s, fastest approach to the target lane's centre
+    steer_lat_acc_max: float = 3.5  # m/s^2, lateral acceleration the steering may ask for
     wheelbase_half: float = 2.5  # m, the bicycle model's L/2
 
 
@@ -135,13 +137,23 @@ def _lane_change_safe(road, ego, lane_index, v0: float, b_safe: float, p: Expert
 
 
 def steering_toward(lane, ego, p: ExpertParams = PARAMS) -> float:
-    """Front-wheel angle (highway-env sign) that brings the ego onto ``lane``'s centre line."""
+    """Front-wheel angle (highway-env sign) that brings the ego onto ``lane``'s centre line.
+
+    Lateral error -> approach speed (``lat / tau_lateral``, at most ``lat_speed_max``) ->
+    heading reference (plus the lane's heading ``v tau_heading / 2`` ahead) -> yaw rate
+    (``error / tau_heading``, at most ``steer_lat_acc_max / v``) -> wheel angle. The gains are
+    low and both stages saturate, so a lane change takes about 3 s with a lateral acceleration
+    near 1-2 m/s^2 instead of a one-step steering spike. That matters beyond comfort: the
+    labels a cloned policy learns from (and DAgger's labels in drifted states) are then a
+    smooth, bounded function of the state; with tau 0.6 / 0.2 s the expert asked for 0.3-0.8
+    rad in one step and DAgger's aggregate taught the policy to swerve off the road."""
     s, lat = lane.local_coordinates(ego.position)
     v = max(abs(ego.speed), 0.5)
     future_heading = lane.heading_at(s + v * p.tau_heading / 2.0)
-    lateral_speed = -lat / p.tau_lateral
+    lateral_speed = float(np.clip(-lat / p.tau_lateral, -p.lat_speed_max, p.lat_speed_max))
     heading_ref = future_heading + np.clip(np.arcsin(np.clip(lateral_speed / v, -1, 1)), -np.pi / 4, np.pi / 4)
-    heading_rate = wrap_to_pi(heading_ref - ego.heading) / p.tau_heading
+    yaw_rate_max = p.steer_lat_acc_max / v
+    heading_rate = float(np.clip(wrap_to_pi(heading_ref - ego.heading) / p.tau_heading, -yaw_rate_max, yaw_rate_max))
     slip = np.arcsin(np.clip(p.wheelbase_half / v * heading_rate, -1, 1))
     return float(np.arctan(2.0 * np.tan(slip)))
 
