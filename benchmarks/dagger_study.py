@@ -1,0 +1,184 @@
+"""BC-only vs DAgger vs the expert, on held-out seeds, several training seeds per arm.
+
+::
+
+    python -m benchmarks.dagger_study --out runs/study --densities medium dense --seeds 0 1 2 \\
+        --eval-episodes 50
+
+For every density and training seed:
+
+* **dagger**: a ``policies.dagger`` session (iteration 0 = BC on ``expert_episodes`` expert
+  episodes, then ``iterations`` rounds of ``rollouts`` expert-labelled policy rollouts);
+* **bc**: BC-only with the SAME label budget and the same number of gradient steps: one
+  session with no DAgger iteration, ``expert_episodes + iterations * rollouts`` expert
+  episodes and ``(iterations + 1) * train_steps`` steps. What differs is only where the
+  labelled states come from (the expert's own states vs the policy's);
+* both final policies and the expert drive the same ``eval_episodes`` held-out seeds
+  (``STUDY_SEED_OFFSET + i``, never used for training) with held-out spoken phrasings.
+
+Files: ``OUT/<density>/seed_<s>/{dagger,bc}/`` (the sessions, resumable),
+``OUT/<density>/seed_<s>/eval_{dagger,bc}/`` and ``OUT/<density>/eval_expert/``
+(``metrics.json`` + ``episodes.csv``), and ``OUT/study.json`` / ``OUT/study.md``: per density
+and arm, the mean and the spread (sample standard deviation) over training seeds of each
+metric, and goal success per goal type pooled over seeds. Everything resumes: run the same
+command again after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.metrics import episode_metrics
+from benchmarks.reports import metrics_record, to_jsonable, write_episodes_csv, write_json
+from sim.atomic import atomic_output
+from vla.parallel import RolloutPool, RolloutSpec
+
+STUDY_SEED_OFFSET = 3_000_000
+"""Evaluation seeds of the study: disjoint from training (seed * 100000 + ...) and from the
+sessions' own per-iteration evaluation seeds (1_000_000 + ...)."""
+METRICS = ("collision_rate", "off_road_rate", "progress_mean", "goal_success_rate", "jerk_long_p95",
+           "jerk_lat_p95", "comfort_fraction", "ttc_min_p5", "driving_score")
+ARMS = ("expert", "bc", "dagger")
+
+
+def _evaluate(pool: RolloutPool, policy: str, cameras: bool, scenario: str, density: str,
+              episodes: int, out: Path, log) -> dict:
+    path = out / "metrics.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    log(f"evaluating {policy} on {episodes} held-out episodes ({scenario}/{density})")
+    spec = RolloutSpec(scenario, density, policy, "heldout", cameras=cameras, query_expert=False,
+                       record_frames=False)
+    rows = [episode_metrics(ep) for ep in pool.run(spec, range(STUDY_SEED_OFFSET, STUDY_SEED_OFFSET + episodes))]
+    out.mkdir(parents=True, exist_ok=True)
+    write_episodes_csv(out / "episodes.csv", rows)
+    metrics = to_jsonable(metrics_record(rows, policy, scenario, density, STUDY_SEED_OFFSET))
+    write_json(path, metrics)
+    return metrics
+
+
+def _spread(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "n": len(vals)}
+
+
+def _goal_types(records: list[dict]) -> dict:
+    pooled: dict[str, list[int]] = {}
+    for rec in records:
+        for goal, g in (rec.get("goal_success_by_type") or {}).items():
+            s, n = pooled.setdefault(goal, [0, 0]), g
+            s[0] += n["successes"]
+            s[1] += n["episodes"]
+    return {goal: {"successes": s, "episodes": n, "rate": s / n if n else None} for goal, (s, n) in sorted(pooled.items())}
+
+
+def summarize(per_arm: dict[str, list[dict]]) -> dict:
+    return {arm: {"metrics": {m: _spread([r.get(m) for r in recs]) for m in METRICS},
+                  "goal_success_by_type": _goal_types(recs), "runs": len(recs)}
+            for arm, recs in per_arm.items()}
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for density, arms in summary.items():
+        lines.append(f"\n### {density}\n")
+        lines.append("| arm | " + " | ".join(METRICS) + " |")
+        lines.append("|---|" + "---|" * len(METRICS))
+        for arm, s in arms.items():
+            cells = []
+            for m in METRICS:
+                v = s["metrics"][m]
+                cells.append("n/a" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
+            lines.append(f"| {arm} (x{s['runs']}) | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("goal success per type (pooled over seeds): " + "; ".join(
+            f"{arm}: " + ", ".join(f"{g} {v['successes']}/{v['episodes']}" for g, v in s["goal_success_by_type"].items())
+            for arm, s in arms.items()))
+    return "\n".join(lines)
+
+
+def run_study(args: argparse.Namespace, log=print) -> dict:
+    from policies.dagger import DaggerConfig, DaggerSession
+    from vla.commands.train import policy_config
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = DaggerConfig(
+        scenario=args.scenario, density=args.densities[0], iterations=args.iterations,
+        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.iter_eval_episodes,
+        beta0=args.beta0, beta_decay=args.beta_decay, train_steps=args.train_steps, batch_size=args.batch_size,
+        lr=args.lr, workers=args.workers, policy=policy_config(args))
+    summary = {}
+    with RolloutPool(args.workers) as pool:
+        for density in args.densities:
+            per_arm: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+            per_arm["expert"].append(_evaluate(pool, "expert", False, args.scenario, density, args.eval_episodes,
+                                               out / density / "eval_expert", log))
+            for seed in args.seeds:
+                run = out / density / f"seed_{seed}"
+                dagger = replace(base, density=density, seed=seed)
+                bc = replace(dagger, iterations=0,
+                             expert_episodes=base.expert_episodes + base.iterations * base.rollouts,
+                             train_steps=(base.iterations + 1) * base.train_steps)
+                for arm, cfg in (("bc", bc), ("dagger", dagger)):
+                    log(f"== {density} seed {seed}: {arm} session")
+                    DaggerSession(cfg, run / arm, log=log).run_all()
+                    policy = str(run / arm / f"iter_{cfg.iterations:03d}" / "policy")
+                    per_arm[arm].append(_evaluate(pool, policy, cfg.policy.cameras, args.scenario, density,
+                                                  args.eval_episodes, run / f"eval_{arm}", log))
+            summary[density] = summarize(per_arm)
+            _write(out, summary, args)
+    return summary
+
+
+def _write(out: Path, summary: dict, args: argparse.Namespace) -> None:
+    record = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "summary": summary}
+    write_json(out / "study.json", to_jsonable(record))
+    with atomic_output(out / "study.md") as tmp:
+        tmp.write_text("# BC-only vs DAgger vs expert (mean ± std over training seeds)\n" + format_summary(summary) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vla.commands.train import add_policy_args
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.dagger_study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="study directory (resumed when it exists)")
+    p.add_argument("--scenario", default="highway")
+    p.add_argument("--densities", nargs="+", default=["medium", "dense"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per arm")
+    p.add_argument("--eval-episodes", type=int, default=50, help="held-out episodes per policy")
+    p.add_argument("--iter-eval-episodes", type=int, default=5,
+                   help="held-out episodes after each DAgger iteration (monitoring only)")
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--expert-episodes", type=int, default=8)
+    p.add_argument("--rollouts", type=int, default=4)
+    p.add_argument("--train-steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta0", type=float, default=0.5)
+    p.add_argument("--beta-decay", type=float, default=0.5)
+    p.add_argument("--workers", type=int, default=2)
+    add_policy_args(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("eval_episodes", "iter_eval_episodes", "expert_episodes", "rollouts", "train_steps", "workers"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"dagger_study: error: --{name.replace('_', '-')} must be >= 1")
+    summary = run_study(args, log=lambda line: print(line, flush=True))
+    print(format_summary(summary))
+    print(f"wrote {Path(args.out) / 'study.json'} and {Path(args.out) / 'study.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
