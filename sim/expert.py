@@ -11,7 +11,8 @@ querying it never changes the simulation and DAgger labels depend only on the st
   plain IDM, as MOBIL is defined on it.
 * Lane choice (highway): move one lane toward the goal lane when MOBIL's safety criterion
   holds (the new follower would brake no harder than ``b_safe``, nor would we); stay otherwise.
-  Speed commands leave the lane free: MOBIL's incentive criterion (politeness 0) overtakes.
+  Speed commands leave the lane free: while held below the desired speed, MOBIL's incentive
+  criterion (politeness 0) overtakes.
   A change already under way (over ``commit_offset`` metres toward the new lane) continues
   unless it became twice as unsafe, which keeps the choice from flickering.
 * Intersection: follow the goal's route; slow for curvature so lateral acceleration stays under
@@ -47,6 +48,7 @@ class ExpertParams:
     b_safe: float = 2.0  # MOBIL: the most braking a lane change may impose, m/s^2
     commit_offset: float = 0.5  # m toward the new lane after which a change continues
     mobil_gain: float = 0.2  # m/s^2 of extra acceleration that makes a free lane change worth it
+    overtake_margin: float = 1.0  # m/s below the desired speed before free lane changes are considered
     lat_acc_max: float = 3.0  # curve speed: v <= sqrt(lat_acc_max * radius)
     conflict_horizon: float = 5.0  # s
     conflict_radius: float = 3.5  # m, centre distance that counts as the same spot
@@ -178,9 +180,12 @@ def _highway(road, ego, goal: Goal, p: ExpertParams) -> tuple[float, float]:
     _, lat = ego.lane.local_coordinates(ego.position)
     target, merge_accel = current, None
     if goal.target_lane < 0:
-        # Free lane choice by MOBIL's advice; once past the middle the new lane is the
-        # closest one, so a change under way completes without remembering it.
-        target = _incentive_lane(road, ego, v0, p) or current
+        # Free lane choice by MOBIL's advice, only while held below the desired speed (a
+        # driver told to slow down has no reason to change lanes; such unprompted changes are
+        # intent the policy cannot see). Once past the middle the new lane is the closest
+        # one, so a change under way completes without remembering it.
+        if ego.speed < v0 - p.overtake_margin or abs(lat) > p.commit_offset:
+            target = _incentive_lane(road, ego, v0, p) or current
     elif current[2] != goal.target_lane:
         step = 1 if goal.target_lane > current[2] else -1
         candidate = (current[0], current[1], current[2] + step)
