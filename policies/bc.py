@@ -56,18 +56,24 @@ class BCMethod:
         if self.config.grad_clip > 0:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip))
         self.optimizer.step()
+        if hasattr(self.policy, "after_optimizer_step"):  # e.g. the diffusion head's EMA
+            self.policy.after_optimizer_step()
         self.scheduler.step()
         logs["lr"] = self.scheduler.get_last_lr()[0]
         return logs
 
     def state_dict(self) -> dict:
-        return {"model": self.policy.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+        state = {"model": self.policy.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict()}
+        ema = self.policy.ema_state_dict() if hasattr(self.policy, "ema_state_dict") else {}
+        return {**state, "ema": ema} if ema else state
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "ema" in state:
+            self.policy.load_ema_state_dict(state["ema"])
 
     def config_dict(self) -> dict:
         return {"method": self.name, "bc": asdict(self.config), "policy": self.policy.config.to_dict()}

@@ -3,10 +3,15 @@ dumped as JSON beside every checkpoint."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 COMMAND_MODALITIES = ("ipa", "text", "none")
 EXECUTION_MODES = ("ensemble", "first", "open_loop")
+ACTION_HEADS = ("bins", "diffusion")
+"""Action heads of the policy (their implementations: ``vla.policy.POLICY_HEADS``)."""
+DIFFUSION_SCHEDULERS = ("ddim", "dpmsolver")
+"""Inference samplers of the diffusion head (``vla.diffusion_head.INFERENCE_SCHEDULERS``)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,29 @@ class PolicyConfig:
     backbone_dir: str = ""
     """A local directory with a pretrained Llama-family decoder (``save_pretrained`` output) to
     start from instead of random weights; its hidden size must equal d_model."""
+    head: str = "bins"
+    """Action head: 'bins' = autoregressive bin tokens + in-bin residual (the text head's slice);
+    'diffusion' = the whole (H, 2) chunk denoised from noise, conditioned on the transformer's
+    hidden state at <action> (``vla.diffusion_head``)."""
+    diffusion_train_steps: int = 100
+    """Diffusion head: DDPM noise levels (train timesteps) of the forward process."""
+    diffusion_inference_steps: int = 10
+    """Diffusion head: denoising steps per predicted chunk (<= diffusion_train_steps)."""
+    diffusion_scheduler: str = "ddim"
+    """Diffusion head: inference sampler, 'ddim' (deterministic, eta 0) or 'dpmsolver'
+    (DPM-Solver++ multistep)."""
+    diffusion_noise: float = 1.0
+    """Diffusion head: std of the initial noise at inference. 1 = a true sample of the learned
+    chunk distribution (fresh noise at every re-plan); 0 = the deterministic DDIM / DPM-Solver
+    map of the zero latent (no sampling noise between re-plans: smoother, mode-seeking)."""
+    diffusion_width: int = 128
+    """Diffusion head: channels of the 1-D temporal conv denoiser."""
+    diffusion_blocks: int = 3
+    """Diffusion head: FiLM-conditioned residual conv blocks of the denoiser."""
+    ema_decay: float = 0.999
+    """Diffusion head: decay of the exponential moving average of the policy's weights that
+    predicts at inference (warm-up min(decay, (1 + t) / (10 + t)) at update t); 0 = no EMA.
+    Unused by the binned head."""
 
     def __post_init__(self) -> None:
         positive = ("d_model", "n_layers", "n_heads", "horizon", "camera_width", "camera_height",
@@ -73,6 +101,25 @@ class PolicyConfig:
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"PolicyConfig.attn_implementation {self.attn_implementation!r} is not "
                              "'sdpa', 'eager' or 'flash_attention_2'")
+        self._check_head()
+
+    def _check_head(self) -> None:
+        if self.head not in ACTION_HEADS:
+            raise ValueError(f"PolicyConfig.head must be one of {ACTION_HEADS}, got {self.head!r}")
+        for name in ("diffusion_train_steps", "diffusion_inference_steps", "diffusion_width", "diffusion_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"PolicyConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.diffusion_inference_steps > self.diffusion_train_steps:
+            raise ValueError(f"PolicyConfig.diffusion_inference_steps {self.diffusion_inference_steps} must be "
+                             f"<= diffusion_train_steps {self.diffusion_train_steps}")
+        if self.diffusion_scheduler not in DIFFUSION_SCHEDULERS:
+            raise ValueError(f"PolicyConfig.diffusion_scheduler must be one of {DIFFUSION_SCHEDULERS}, "
+                             f"got {self.diffusion_scheduler!r}")
+        if not 0.0 <= self.diffusion_noise < float("inf"):
+            raise ValueError(f"PolicyConfig.diffusion_noise must be a finite number >= 0, got {self.diffusion_noise}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"PolicyConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,8 @@ Heads, read at the position BEFORE each action token (next-token prediction):
   tokens); the action bin logits of dimension d are its slice ``layout.ranges["action_d"]``;
 * ``residual_head``: for every bin of every dimension, the offset inside that bin (BeT-style
   per-bin residual); the one of the chosen / target bin is used.
+* ``diffusion_head`` (``PolicyConfig.head == "diffusion"`` only): denoises the whole chunk,
+  conditioned on the hidden state AT <action> (``action_features``; ``vla.diffusion_head``).
 Inference decodes the H*D action tokens one by one with the KV cache (``generate_chunk``).
 """
 
@@ -70,6 +72,11 @@ class VLAModel(nn.Module):
         starts = [layout.ranges[f"action_{dim}"][0] for dim in ACTION_DIMS]
         self.register_buffer("action_starts", torch.tensor(starts, dtype=torch.long), persistent=False)
         self.action_token = layout.special("<action>")
+        self.diffusion_head = None
+        if config.head == "diffusion":  # built last: the binned model's init stays the same
+            from vla.diffusion_head import DiffusionHead
+
+            self.diffusion_head = DiffusionHead(config)
 
     @staticmethod
     def _backbone(config: PolicyConfig) -> LlamaModel:
@@ -141,6 +148,12 @@ class VLAModel(nn.Module):
         logits, res = self._heads(h)
         shape = (*x.action_bins.shape, self.config.n_bins)
         return logits.view(shape), res.view(shape)
+
+    def action_features(self, x: PolicyInputs) -> torch.Tensor:
+        """(B, d) hidden state at the <action> token (the last prefix position): what the
+        diffusion head is conditioned on."""
+        emb, mask = self.prefix(x)
+        return self.backbone(inputs_embeds=emb, attention_mask=mask.long()).last_hidden_state[:, -1]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -7,9 +7,16 @@
   ensembling (``PolicyConfig.execution``);
 * ``hear(command, lang)``: the passenger's spoken command for this episode (what the policy
   heard: IPA phonemes or text bytes of the phrasing, by ``PolicyConfig.command``);
-* ``reset()``: forget the episode (queue, heard command, the lane the command was heard in).
+* ``reset()``: forget the episode (queue, heard command, the lane the command was heard in) and
+  reseed the policy's own sampling generator (``SAMPLING_SEED``: evaluation is reproducible);
+* ``after_optimizer_step()``: training methods call it after each optimizer step (EMA update).
 
-A checkpoint directory holds ``model.safetensors``, ``policy.json`` (PolicyConfig, vocabulary
+The action head is picked from ``POLICY_HEADS`` by ``PolicyConfig.head``: ``bins`` (bin tokens
+plus residual, decoded with the KV cache) or ``diffusion`` (``vla.diffusion_head``: the chunk
+denoised from noise; its predictions come from an EMA of the whole model's weights once trained).
+
+A checkpoint directory holds ``model.safetensors`` (the model's weights, plus the EMA's under
+``ema.`` for a diffusion policy), ``policy.json`` (PolicyConfig, vocabulary
 layout, action tokenizer, camera rig, format version). ``forward`` of the model stays pure
 network math; nothing here changes the simulator.
 """
@@ -18,6 +25,8 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +41,16 @@ from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
 from tokenizers_mm.vocab import VocabLayout
 from vla.config import PolicyConfig
+from vla.diffusion_head import EMA, diffusion_loss, diffusion_predict
 from vla.inputs import PolicyInputs, actor_features, ego_features, pad_commands
 from vla.losses import ACTION_LOSSES
 from vla.model import VLAModel
 
 FORMAT_VERSION = 1
+SAMPLING_SEED = 0
+"""Seed of the policy's own generator (diffusion noise in select_action), reset every episode."""
+EMA_PREFIX = "ema."
+"""Key prefix of the EMA weights in model.safetensors."""
 
 
 def default_action_tokenizer(n_bins: int) -> ActionTokenizer:
@@ -55,6 +69,44 @@ def make_layout(config: PolicyConfig) -> VocabLayout:
     return VocabLayout(ipa_symbols=INVENTORY.symbols, action_bins=(config.n_bins, config.n_bins))
 
 
+def bins_loss(policy: VLAPolicy, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
+    """Bin cross-entropy + in-bin residual loss on the expert's action chunk."""
+    logits, residuals = policy.model(batch)
+    mask = batch.action_mask[..., None].expand_as(batch.action_bins)
+    ce = ACTION_LOSSES["bin_ce"](logits, batch.action_bins, mask)
+    res = ACTION_LOSSES["residual"](residuals, batch.action_bins, batch.action_residual, mask)
+    loss = ce + policy.config.residual_weight * res
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == batch.action_bins) & mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"loss": loss.item(), "bin_ce": ce.item(), "residual": res.item(), "bin_acc": acc.item()}
+
+
+@torch.no_grad()
+def bins_predict(policy: VLAPolicy, model: VLAModel, inputs: PolicyInputs, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> np.ndarray:
+    """(B, H, 2) physical actions decoded token by token (greedy at temperature 0)."""
+    out = model.generate_chunk(inputs, temperature=temperature, generator=generator)
+    return policy.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.cpu().numpy())
+
+
+@dataclass(frozen=True)
+class PolicyHead:
+    """How one action head trains and predicts (``PolicyConfig.head`` picks it)."""
+
+    loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
+    """(policy, batch) -> (loss, logs)."""
+    predict: Callable[..., np.ndarray]
+    """(policy, model, inputs, temperature, generator) -> (B, H, 2) physical actions."""
+    ema: bool
+    """Keep an EMA of the weights for inference (when PolicyConfig.ema_decay > 0)."""
+
+
+POLICY_HEADS = {
+    "bins": PolicyHead(bins_loss, bins_predict, ema=False),
+    "diffusion": PolicyHead(diffusion_loss, diffusion_predict, ema=True),
+}
+
+
 class VLAPolicy(torch.nn.Module):
     def __init__(self, config: PolicyConfig, action_tokenizer: ActionTokenizer,
                  layout: VocabLayout | None = None, rig: tuple[CameraSpec, ...] | None = None,
@@ -69,12 +121,44 @@ class VLAPolicy(torch.nn.Module):
             default_rig(config.camera_width, config.camera_height) if config.cameras else ())
         self.action_tokenizer = action_tokenizer
         self.model = VLAModel(config, self.layout, self.rig)
+        self.head = POLICY_HEADS[config.head]
+        self._ema = EMA(self.model, config.ema_decay) if self.head.ema and config.ema_decay > 0 else None
         self.name = name
         self._command_cache: dict[tuple[str, str], np.ndarray] = {}
+        self._generator = torch.Generator()
         self.reset()
+
+    # ------------------------------------------------------------------ EMA weights
+    @property
+    def inference_model(self) -> VLAModel:
+        """The weights that predict: the EMA once it has been updated, else the model."""
+        return self._ema.model if self._ema is not None and self._ema.step > 0 else self.model
+
+    def after_optimizer_step(self) -> None:
+        """Training methods call this after every optimizer step: updates the EMA, if any."""
+        if self._ema is not None:
+            self._ema.update(self.model)
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        """The EMA's weights and update count ({} without an EMA): resume state for methods."""
+        return self._ema.state_dict() if self._ema is not None else {}
+
+    def load_ema_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self._ema is None:
+            if state:
+                raise ValueError(f"policy head {self.config.head!r} keeps no EMA, but EMA weights were given")
+            return
+        self._ema.load_state_dict(state)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) / .double() move the EMA copy too
+        super()._apply(fn, *args, **kwargs)
+        if getattr(self, "_ema", None) is not None:
+            self._ema.model._apply(fn, *args, **kwargs)
+        return self
 
     # ------------------------------------------------------------------ episode state
     def reset(self) -> None:
+        self._generator.manual_seed(SAMPLING_SEED)
         self._command = np.zeros(0, dtype=np.int64)
         self._start_lane: float | None = None
         self._queue: deque = deque()  # (age, (H, 2) chunk) for ensembling / open loop
@@ -116,34 +200,31 @@ class VLAPolicy(torch.nn.Module):
 
     # ------------------------------------------------------------------ the interface
     def compute_loss(self, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, residuals = self.model(batch)
-        mask = batch.action_mask[..., None].expand_as(batch.action_bins)
-        ce = ACTION_LOSSES["bin_ce"](logits, batch.action_bins, mask)
-        res = ACTION_LOSSES["residual"](residuals, batch.action_bins, batch.action_residual, mask)
-        loss = ce + self.config.residual_weight * res
-        with torch.no_grad():
-            acc = ((logits.argmax(-1) == batch.action_bins) & mask).sum() / mask.sum().clamp(min=1)
-        return loss, {"loss": loss.item(), "bin_ce": ce.item(), "residual": res.item(), "bin_acc": acc.item()}
+        """The head's training loss (bins: CE + residual; diffusion: noise-prediction MSE)."""
+        return self.head.loss(self, batch)
 
     @torch.no_grad()
     def predict_chunk_batch(self, inputs: PolicyInputs, temperature: float = 0.0,
                             generator: torch.Generator | None = None) -> np.ndarray:
-        """(B, H, 2) physical actions for a batch of inputs."""
-        out = self.model.generate_chunk(inputs, temperature=temperature, generator=generator)
-        return self.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.cpu().numpy())
+        """(B, H, 2) physical actions for a batch of inputs (the diffusion head draws its noise
+        from ``generator``, None: torch's global RNG; it ignores ``temperature``)."""
+        return self.head.predict(self, self.inference_model, inputs, temperature, generator)
 
-    def predict_action_chunk(self, obs: dict, temperature: float = 0.0) -> np.ndarray:
-        """(H, 2) [accel m/s^2, steer rad] for one observation."""
+    def predict_action_chunk(self, obs: dict, temperature: float = 0.0,
+                             generator: torch.Generator | None = None) -> np.ndarray:
+        """(H, 2) [accel m/s^2, steer rad] for one observation; random draws come from
+        ``generator`` (None: torch's global RNG; select_action passes the policy's own)."""
         self.model.eval()
-        return self.predict_chunk_batch(self.inputs_from_obs(obs), temperature)[0].astype(np.float32)
+        self.inference_model.eval()
+        return self.predict_chunk_batch(self.inputs_from_obs(obs), temperature, generator)[0].astype(np.float32)
 
     def select_action(self, obs: dict) -> np.ndarray:
         mode = self.config.execution
         if mode == "open_loop":
             if not self._queue:
-                self._queue.extend(self.predict_action_chunk(obs))
+                self._queue.extend(self.predict_action_chunk(obs, generator=self._generator))
             return self._queue.popleft()
-        chunk = self.predict_action_chunk(obs)
+        chunk = self.predict_action_chunk(obs, generator=self._generator)
         if mode == "first":
             return chunk[0]
         self._queue = deque([(age + 1, c) for age, c in self._queue if age + 1 < len(c)])
@@ -165,6 +246,7 @@ class VLAPolicy(torch.nn.Module):
             "rig": [c.to_dict() for c in self.rig],
         }
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        state.update({EMA_PREFIX + k: v.detach().contiguous().cpu() for k, v in self.ema_state_dict().items()})
         with atomic_output(directory / "model.safetensors") as tmp:
             save_file(state, str(tmp))
         with atomic_output(directory / "policy.json") as tmp:
@@ -186,6 +268,9 @@ class VLAPolicy(torch.nn.Module):
             tuple(CameraSpec.from_dict(c) for c in meta["rig"]),
             name=str(directory),
         )
-        policy.model.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+        ema = {k[len(EMA_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
+        policy.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)})
+        policy.load_ema_state_dict(ema)
         policy.eval()
         return policy

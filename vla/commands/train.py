@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.metrics import format_table
-from vla.config import PolicyConfig
+from vla.config import ACTION_HEADS, DIFFUSION_SCHEDULERS, PolicyConfig
 
 SIZES = {
     "tiny": dict(d_model=32, n_layers=2, n_heads=2, n_bins=32, horizon=4),
@@ -25,7 +25,8 @@ ITERATION_COLUMNS = ("iteration", "beta", "dataset_episodes", "dataset_steps", "
                      "jerk_long_p95", "comfort_fraction", "driving_score", "wall_time_s")
 
 
-def add_policy_args(p: argparse.ArgumentParser) -> None:
+def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None:
+    """The policy's options; ``head`` fixes the action head (no --head option) when given."""
     p.add_argument("--size", choices=list(SIZES), default="small",
                    help="policy size (default: %(default)s): " + "; ".join(
                        f"{k}: d={v['d_model']} x{v['n_layers']} layers" for k, v in SIZES.items()))
@@ -35,11 +36,29 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
                    help="how the policy hears the spoken command (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
+    if head is None:
+        p.add_argument("--head", choices=ACTION_HEADS, default="bins",
+                       help="action head: bin tokens + residual, or a diffusion head denoising the "
+                            "whole chunk (default: %(default)s)")
+    else:
+        p.set_defaults(head=head)
+    defaults = PolicyConfig()
+    p.add_argument("--diffusion-steps", type=int, default=defaults.diffusion_inference_steps,
+                   help="diffusion head: denoising steps per chunk at inference (default: %(default)s)")
+    p.add_argument("--diffusion-scheduler", choices=DIFFUSION_SCHEDULERS, default=defaults.diffusion_scheduler,
+                   help="diffusion head: inference sampler (default: %(default)s)")
+    p.add_argument("--diffusion-noise", type=float, default=defaults.diffusion_noise,
+                   help="diffusion head: std of the initial noise at inference; 0 = deterministic, "
+                        "smoother chunks (default: %(default)s)")
 
 
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
+    defaults = PolicyConfig()
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
-                        execution=args.execution)
+                        execution=args.execution, head=getattr(args, "head", defaults.head),
+                        diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
+                        diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
+                        diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
 
 
 def configure_dagger(p: argparse.ArgumentParser) -> None:
@@ -106,13 +125,7 @@ def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -
     bc = methods.add_parser("bc", help="behavior cloning on a recorded dataset (vla collect)",
                             description="Goal-conditioned behavior cloning: the policy hears each "
                                         "episode's recorded command and imitates the expert labels.")
-    bc.add_argument("--data", required=True, nargs="+", help="dataset directories written by vla collect")
-    bc.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
-    bc.add_argument("--steps", type=int, default=1000, help="gradient steps (default: %(default)s)")
-    bc.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
-    bc.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
-    bc.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
-    add_policy_args(bc)
+    add_dataset_train_args(bc)
     bc.set_defaults(func=run_train_bc)
     for name, (module, configure, run, help_text) in TRAIN_METHODS.items():
         sp = methods.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
@@ -122,7 +135,26 @@ def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -
             sp.set_defaults(func=getattr(mod, run))
 
 
+def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) -> None:
+    """Options of training the transformer policy on recorded datasets (``vla train bc`` and
+    ``vla train diffusion``, which passes ``head``)."""
+    p.add_argument("--data", required=True, nargs="+", help="dataset directories written by vla collect")
+    p.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
+    p.add_argument("--steps", type=int, default=1000, help="gradient steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
+    add_policy_args(p, head=head)
+
+
 def run_train_bc(args: argparse.Namespace) -> int:
+    """``vla train bc``: the policy (head from --head) cloned on the datasets."""
+    return run_train_policy(args)
+
+
+def run_train_policy(args: argparse.Namespace) -> int:
+    """Behavior cloning of the transformer policy, whichever its head (``args.head``), on
+    ``args.data`` through the shared training loop; writes OUT/train and OUT/policy."""
     import torch
 
     from policies.bc import BCConfig, BCMethod
