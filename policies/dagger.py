@@ -114,7 +114,10 @@ class DaggerSession:
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "session.json"
         if saved.exists():
-            old, current = json.loads(saved.read_text()), json.loads(json.dumps(config.to_dict()))
+            # Through DaggerConfig, so fields added since the session began compare at their
+            # defaults (an older session still resumes when nothing it set has changed).
+            old = json.loads(json.dumps(DaggerConfig.from_dict(json.loads(saved.read_text())).to_dict()))
+            current = json.loads(json.dumps(config.to_dict()))
             if old != current:
                 diff = next(k for k in current if old.get(k) != current[k])
                 raise ValueError(f"{self.run} holds a session with a different config ({diff}: "

@@ -86,6 +86,19 @@ def _check_rollout(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
 
 
+def command_words(argv: Sequence[str] | None) -> list[str]:
+    """The command and subcommand words of a command line: its leading arguments up to the
+    first option (``vla train dpo --out X`` -> ``["train", "dpo"]``), so a lazily imported
+    module is imported only when its own command runs, never because its name is an option's
+    value."""
+    words = []
+    for token in (sys.argv[1:] if argv is None else argv):
+        if token.startswith("-"):
+            break
+        words.append(token)
+    return words
+
+
 # ----------------------------------------------------------------------------- commands
 def _cmd_collect(args: argparse.Namespace) -> int:
     _check_rollout(args)
@@ -96,6 +109,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _check_rollout(args)
+    _check_best_of(args)
     from vla.commands.rollouts import run_eval
 
     return run_eval(args)
@@ -158,6 +172,15 @@ def _collect_parser(sub) -> None:
     p.add_argument("--phrasings", choices=("train", "heldout", "canonical"), default="train",
                    help="how the passenger phrases each episode's command (recorded with the episode; "
                         "keep 'heldout' for evaluation) (default: %(default)s)")
+    from offline_rl.recipes import RECIPE_NAMES
+
+    p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,
+                   help="offline-RL dataset recipe instead of --policy (D4RL style; see offline_rl.recipes): "
+                        "expert, medium (delayed, noisy expert), random, medium-replay (30/50/20%% mix)")
+    p.add_argument("--d4rl", default=None, metavar="FILE",
+                   help="then write every episode of OUT as one D4RL-layout dataset FILE (.h5, .hdf5, .npz)")
+    p.add_argument("--reward-weights", default="",
+                   help='JSON overriding sim.storage.RewardWeights for --d4rl, e.g. \'{"collision": -20}\'')
     p.set_defaults(func=_cmd_collect)
 
 
@@ -181,7 +204,32 @@ def _eval_parser(sub) -> None:
                    help="render no cameras and write no cameras.gif (fastest; an older "
                         "cameras.gif in OUT is removed)")
     _add_size_args(p, "GIF")
+    p.add_argument("--best-of", type=int, default=1,
+                   help="best-of-N: at every re-plan sample N chunks from the policy (the greedy one "
+                        "and N-1 at --temperature) and drive the one --scorer rates best (default: 1, off)")
+    p.add_argument("--scorer", default=None,
+                   help="trajectory scorer directory for --best-of (vla train dpo --loss bt-reward)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of the best-of-N candidates (default: %(default)s)")
     p.set_defaults(func=_cmd_eval)
+
+
+def _check_best_of(args: argparse.Namespace) -> None:
+    """--best-of N > 1 needs a transformer policy checkpoint and a --scorer directory."""
+    _check_positive("--best-of", args.best_of)
+    if args.best_of == 1:
+        return
+    from vla.policies_registry import is_checkpoint
+
+    if not is_checkpoint(args.policy):
+        raise VLAError(f"--best-of needs a policy checkpoint directory, got --policy {args.policy}")
+    if args.scorer is None:
+        raise VLAError("--best-of needs --scorer (train one: vla train dpo --loss bt-reward ...)")
+    if not args.temperature > 0:
+        raise VLAError(f"--temperature must be > 0, got {args.temperature}")
+    from policies.reward_model import TrajectoryScorer
+
+    TrajectoryScorer.load(args.scorer)  # a ValueError naming the problem if it is not one
 
 
 BENCH_TARGETS: dict[str, tuple[str, str, str, str]] = {
@@ -228,7 +276,7 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
     b.set_defaults(func=_cmd_bench_policy)
     import importlib
 
-    wanted = set(sys.argv[1:] if argv is None else argv)
+    wanted = set(command_words(argv)[1:2]) if command_words(argv)[:1] == ["bench"] else set()
     for name, (module, configure, run, help_text) in BENCH_TARGETS.items():
         e = targets.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if name in wanted:
@@ -261,7 +309,7 @@ def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
     import importlib
     import inspect
 
-    wanted = set(sys.argv[1:] if argv is None else argv)
+    wanted = set(command_words(argv)[:1])
     for name, (module, configure, run, help_text) in EXTRA_COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if name in wanted:

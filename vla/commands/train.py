@@ -118,9 +118,11 @@ A module is imported only when its method is on the command line, so the others 
 
 def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     import importlib
-    import sys
 
-    wanted = set(sys.argv[1:] if argv is None else argv)
+    from vla.cli import command_words
+
+    words = command_words(argv)
+    wanted = set(words[1:2]) if words[:1] == ["train"] else set()
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
     bc = methods.add_parser("bc", help="behavior cloning on a recorded dataset (vla collect)",
                             description="Goal-conditioned behavior cloning: the policy hears each "
