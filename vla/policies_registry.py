@@ -39,12 +39,38 @@ _LOADED: dict[str, DrivingPolicy] = {}
 
 
 def load_checkpoint(name: str) -> DrivingPolicy:
-    """The transformer policy of a checkpoint directory (loaded once per process)."""
+    """The policy of a checkpoint directory (loaded once per process): the transformer policy,
+    or another kind named by policy.json's "kind" field (``CHECKPOINT_KINDS``)."""
     if name not in _LOADED:
-        from vla.policy import VLAPolicy
+        kind = _checkpoint_kind(name)
+        if kind in CHECKPOINT_KINDS:
+            _LOADED[name] = CHECKPOINT_KINDS[kind](name)
+        else:
+            from vla.policy import VLAPolicy
 
-        _LOADED[name] = VLAPolicy.load(name)
+            _LOADED[name] = VLAPolicy.load(name)
     return _LOADED[name]
+
+
+def _load_offline_rl_mlp(name: str) -> DrivingPolicy:
+    from offline_rl.policy import load_mlp_policy
+
+    return load_mlp_policy(name)
+
+
+CHECKPOINT_KINDS = {"offline_rl_mlp": _load_offline_rl_mlp}
+"""policy.json "kind" -> loader(directory), for checkpoints that are not the transformer policy
+(whose policy.json has no "kind"): an MLP actor trained by offline RL (``offline_rl.policy``)."""
+
+
+def _checkpoint_kind(name: str) -> str | None:
+    import json
+
+    try:
+        meta = json.loads((Path(name) / "policy.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("kind") if isinstance(meta, dict) else None
 
 
 def resolve_policy(name: str, env, seed: int) -> DrivingPolicy:

@@ -27,13 +27,17 @@ from vla.speech_commands import rephraser
 
 
 def _rollouts(args: argparse.Namespace, env_for: Callable[[int], EmbeddedDrivingEnv],
-              query_expert: bool, desc: str) -> Iterator[tuple[int, Episode]]:
-    """Yield (i, episode) for i < args.episodes, with a progress bar on stderr."""
+              query_expert: bool, desc: str,
+              wrap: Callable | None = None) -> Iterator[tuple[int, Episode]]:
+    """Yield (i, episode) for i < args.episodes, with a progress bar on stderr. ``wrap(policy,
+    seed)`` replaces each episode's policy (e.g. best-of-N) when given."""
     with tqdm(total=args.episodes, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True) as bar:
         for i in range(args.episodes):
             seed = args.seed + i
             env = env_for(i)
             policy = resolve_policy(args.policy, env, seed)
+            if wrap is not None:
+                policy = wrap(policy, seed)
             ep = run_episode(env, policy, seed, query_expert=query_expert,
                              record_frames=bool(env.cameras))
             bar.set_postfix_str(f"seed {seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
@@ -57,17 +61,28 @@ def run_collect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows: list[dict] = []
     steps = 0
+    recipe, wrap = getattr(args, "recipe", None), None
+    if recipe or getattr(args, "d4rl", None):  # offline-RL datasets (offline_rl.recipes)
+        from offline_rl.recipes import collect_options
+
+        wrap, weights = collect_options(args, env)
     with EpisodeWriter(out) as writer:
         first = writer.next_index
-        for _, ep in _rollouts(args, lambda i: env, query_expert=True, desc=f"collect {args.policy}"):
+        for _, ep in _rollouts(args, lambda i: env, query_expert=True,
+                               desc=f"collect {recipe or args.policy}", wrap=wrap):
             writer.append(ep)
             rows.append(episode_metrics(ep))
             steps += ep.num_steps
         last = writer.next_index - 1
-    _finish(args, out, rows, [])
+    _finish(argparse.Namespace(**{**vars(args), "policy": f"recipe {recipe}"}) if recipe else args, out, rows, [])
     frames = f"{len(rig)} cameras {args.width}x{args.height}" if rig else "no cameras"
     print(f"recorded {len(rows)} episodes, {steps} steps ({frames}) as "
           f"{out / 'episodes'}/ep_{first:06d}.h5 .. ep_{last:06d}.h5")
+    if getattr(args, "d4rl", None):
+        from offline_rl.datasets import episodes_to_d4rl
+
+        data = episodes_to_d4rl(out, args.d4rl, weights)
+        print(f"wrote {args.d4rl}: D4RL layout, {len(data)} transitions of every episode in {out}")
     return 0
 
 
@@ -91,7 +106,16 @@ def run_eval(args: argparse.Namespace) -> int:
         def env_for(i: int) -> EmbeddedDrivingEnv:
             return cams if i == gif_episode else plain
 
-        for i, ep in _rollouts(args, env_for, query_expert=args.record, desc=f"eval {args.policy}"):
+        wrap = None
+        if getattr(args, "best_of", 1) > 1:  # best-of-N over the policy's samples, rated by a scorer
+            from policies.reward_model import BestOfNPolicy, TrajectoryScorer
+
+            scorer = TrajectoryScorer.load(args.scorer)
+
+            def wrap(policy, seed: int):
+                return BestOfNPolicy(policy, scorer, args.best_of, temperature=args.temperature, seed=seed)
+
+        for i, ep in _rollouts(args, env_for, query_expert=args.record, desc=f"eval {args.policy}", wrap=wrap):
             rows.append(episode_metrics(ep))
             if i == gif_episode and ep.frames is not None:
                 gif = ep

@@ -1,0 +1,94 @@
+"""``vla bench offline-rl``: IQL and CQL gradient steps per second on ONE CPU thread.
+
+Setup (the published defaults): batch 256 from a ~20k-transition Pendulum-v1 dataset generated
+here (``offline_rl.pendulum``: random + energy-pumping controller episodes); IQL with 256x2
+MLPs (twin critics, V, Gaussian actor), CQL(H) with 256x3 MLPs and 10 sampled actions per
+source (30 per state). A step = gather a batch (``TransitionData.batch``) + ``update``; the
+first ``--warmup`` steps are not timed; the figure is the median of ``--repeats`` timed runs.
+
+Besides the defaults, it times the reduced-precision variants (``--precision`` of the
+methods: bf16 matmul inputs, fp32 accumulation / parameters / optimizer): IQL entirely in
+bf16, and CQL with only the penalty's sampled Q evaluations in bf16. The last line printed is
+one JSON object with ``iql_steps_per_s`` and ``cql_steps_per_s`` (defaults, float32, wall
+clock), the variants' figures, each also per second of thread CPU time (``*_per_cpu_s``), and
+the 1-minute load average (the machine may be shared: compare runs at similar load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iql-steps", type=int, default=300, help="timed IQL steps per repeat (default: %(default)s)")
+    p.add_argument("--cql-steps", type=int, default=30, help="timed CQL steps per repeat (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="transitions per step (default: %(default)s)")
+    p.add_argument("--transitions", type=int, default=20_000, help="dataset size (default: %(default)s)")
+    p.add_argument("--no-variants", action="store_true", help="time only the float32 defaults")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the weights (default: %(default)s)")
+
+
+def steps_per_second(method, data, steps: int, warmup: int, repeats: int, batch_size: int,
+                     seed: int) -> tuple[float, float]:
+    """Medians over ``repeats`` of steps/s of ``method.update(data.batch(idx))``: per wall-clock
+    second, and per second of this thread's CPU time (what the rate would be on an unshared
+    core; other processes on a busy machine lower the wall-clock figure only)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(data), size=(warmup + repeats * steps, batch_size))
+    for idx in draws[:warmup]:
+        method.update(data.batch(idx))
+    wall, cpu = [], []
+    for r in range(repeats):
+        chunk = draws[warmup + r * steps: warmup + (r + 1) * steps]
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        for idx in chunk:
+            method.update(data.batch(idx))
+        wall.append(steps / (time.perf_counter() - start))
+        cpu.append(steps / (time.thread_time() - start_cpu))
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def run(args: argparse.Namespace) -> int:
+    from offline_rl.cql import CQL, CQLConfig
+    from offline_rl.iql import IQL, IQLConfig
+    from offline_rl.pendulum import make_pendulum_dataset
+    from offline_rl.replay import Normalizer, TransitionData
+
+    for name in ("iql_steps", "cql_steps", "repeats", "batch_size", "transitions"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset = make_pendulum_dataset(args.transitions, seed=args.seed)
+        data = TransitionData(dataset, Normalizer.fit(dataset, action_bounds=(-2.0, 2.0)))
+        print(f"offline-rl bench: Pendulum-v1 dataset of {len(data)} transitions, batch {args.batch_size}, "
+              f"1 thread, load average {os.getloadavg()[0]:.2f}", flush=True)
+        runs = {"iql_steps_per_s": (IQL, IQLConfig(), args.iql_steps),
+                "cql_steps_per_s": (CQL, CQLConfig(), args.cql_steps)}
+        if not args.no_variants:
+            runs["iql_bf16_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16"), args.iql_steps)
+            runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
+        result: dict[str, float | int | str] = {}
+        for key, (cls, config, steps) in runs.items():
+            torch.manual_seed(args.seed)
+            method = cls(dataset.obs_dim, dataset.action_dim, config)
+            rate, cpu_rate = steps_per_second(method, data, steps, args.warmup, args.repeats,
+                                              args.batch_size, args.seed)
+            result[key] = round(rate, 2)
+            result[key.replace("_per_s", "_per_cpu_s")] = round(cpu_rate, 2)
+            print(f"{key}: {rate:.1f} (per CPU second: {cpu_rate:.1f})", flush=True)
+        result.update(batch_size=args.batch_size, transitions=len(data), threads=1,
+                      load_average_1m=round(os.getloadavg()[0], 2), torch=torch.__version__)
+    finally:
+        torch.set_num_threads(previous)
+    print(json.dumps(result, sort_keys=True))
+    return 0

@@ -1,0 +1,224 @@
+"""Networks shared by IQL, CQL and the MLP BC baseline: batched critic ensembles, a value net
+and two actors, all over flat state vectors (``sim.features.state_vector`` for driving data).
+
+* ``VectorizedLinear``: ``E`` independent linear layers as ONE batched matmul
+  (``torch.baddbmm``): ``x (E, N, in) -> (E, N, out)``, weights ``(E, in, out)``.
+* ``EnsembleMLP``: ``E`` MLPs of ReLU hidden layers made of ``VectorizedLinear``s. The twin
+  critics are ``E = 2`` (one call evaluates both); the value net is ``E = 1``.
+* ``StateActionCritic``: ``Q_e(s, a)`` for ``K`` action samples per state without repeating
+  the state: the first layer is split, ``W1 [s; a] = W1_s s + W1_a a``, so ``W1_s s`` is
+  computed once per state and broadcast over the samples.
+* ``GaussianActor`` (IQL, BC): ``N(tanh(mu(s)), diag(exp(log_std)))`` with a state-independent
+  learned ``log_std``, as in the IQL paper; acts with the mean.
+* ``TanhGaussianActor`` (CQL / SAC): ``a = tanh(u)``, ``u ~ N(mu(s), sigma(s))``; ``sample``
+  draws ``K`` actions per state from ONE forward pass (the distribution is computed once per
+  state, then ``K`` noises are drawn), with the exact tanh change-of-variables log-density.
+
+Actions are normalized to ``[-1, 1]`` per dimension (``offline_rl.replay`` does it), so the
+actors' ranges and CQL's uniform proposal need no scale.
+
+Precision: ``compute_dtype=torch.bfloat16`` runs the hidden layers' matmuls on bf16 inputs
+(fp32 accumulation inside oneDNN, outputs rounded to bf16; parameters, gradients, optimizer
+state and the losses stay fp32), the CPU counterpart of TF32 on GPUs / JAX's default bf16 matmul passes on TPUs.
+``float32`` (default everywhere but where a method's config asks) is exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+"""Clamp of the tanh-Gaussian actor's log std (SAC / CQL reference implementations)."""
+IQL_LOG_STD_MIN, IQL_LOG_STD_MAX = -5.0, 2.0
+"""Clamp of the IQL Gaussian actor's state-independent log std."""
+
+
+class VectorizedLinear(nn.Module):
+    """``E`` linear layers evaluated with one ``torch.baddbmm``: ``(E, N, in) -> (E, N, out)``.
+
+    Each member is initialized like ``nn.Linear`` (uniform in +-1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, ensemble_size: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.ensemble_size = in_features, out_features, ensemble_size
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def params(self, detach: bool = False, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b = (self.weight.detach(), self.bias.detach()) if detach else (self.weight, self.bias)
+        return (w, b) if dtype == torch.float32 else (w.to(dtype), b.to(dtype))
+
+    def forward(self, x: torch.Tensor, detach: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        w, b = self.params(detach, dtype)
+        return torch.baddbmm(b, x.to(dtype), w)
+
+
+class EnsembleMLP(nn.Module):
+    """``E`` MLPs ``in -> hidden x n_hidden (ReLU) -> out``; ``forward`` maps ``(N, in)`` (shared
+    by every member) or ``(E, N, in)`` to ``(E, N, out)``. ``detach=True`` evaluates with
+    detached parameters (gradients reach the input only: an actor's loss through a critic)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, n_hidden: int = 2,
+                 ensemble_size: int = 1) -> None:
+        super().__init__()
+        if n_hidden < 1 or hidden < 1 or ensemble_size < 1:
+            raise ValueError(f"EnsembleMLP needs hidden, n_hidden, ensemble_size >= 1, got "
+                             f"{hidden}, {n_hidden}, {ensemble_size}")
+        dims = [in_dim] + [hidden] * n_hidden
+        self.hidden = nn.ModuleList(VectorizedLinear(i, o, ensemble_size) for i, o in itertools.pairwise(dims))
+        self.out = VectorizedLinear(hidden, out_dim, ensemble_size)
+        self.ensemble_size = ensemble_size
+
+    def first_layer(self, x: torch.Tensor, detach: bool, dtype: torch.dtype) -> torch.Tensor:
+        layer = self.hidden[0]
+        if x.dim() == 2:  # shared input: one matmul against every member's weights
+            w, b = layer.params(detach, dtype)
+            return torch.matmul(x.to(dtype), w) + b
+        return layer(x, detach, dtype)
+
+    def body(self, h: torch.Tensor, detach: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Hidden layers after the first (``h``: first layer's pre-activation) and the head."""
+        h = torch.relu_(h)
+        for layer in self.hidden[1:]:
+            h = torch.relu_(layer(h, detach, dtype))
+        return self.out(h, detach, dtype).float()
+
+    def forward(self, x: torch.Tensor, detach: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.body(self.first_layer(x, detach, dtype), detach, dtype)
+
+
+class StateActionCritic(nn.Module):
+    """An ensemble of ``E`` Q-functions ``Q_e(s, a)``.
+
+    ``forward(obs (N, S), actions (N, A))`` -> ``(E, N)``; ``actions (N, K, A)`` (K samples per
+    state) -> ``(E, N, K)``, with ``W1_s s`` computed once per state."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int = 256, n_hidden: int = 2,
+                 ensemble_size: int = 2) -> None:
+        super().__init__()
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.net = EnsembleMLP(obs_dim + action_dim, 1, hidden, n_hidden, ensemble_size)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach: bool = False,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        w, b = self.net.hidden[0].params(detach, dtype)
+        w_s, w_a = w[:, : self.obs_dim], w[:, self.obs_dim:]
+        hs = torch.matmul(obs.to(dtype), w_s) + b  # (E, N, H)
+        if actions.dim() == 2:
+            h = hs + torch.matmul(actions.to(dtype), w_a)
+            return self.net.body(h, detach, dtype)[..., 0]
+        n, k = actions.shape[:2]
+        ha = torch.matmul(actions.reshape(n * k, -1).to(dtype), w_a).view(-1, n, k, hs.shape[-1])
+        h = (hs[:, :, None] + ha).view(-1, n * k, hs.shape[-1])
+        return self.net.body(h, detach, dtype)[..., 0].view(-1, n, k)
+
+
+class ValueNet(nn.Module):
+    """``V(s)``: ``(N, S) -> (N,)``."""
+
+    def __init__(self, obs_dim: int, hidden: int = 256, n_hidden: int = 2) -> None:
+        super().__init__()
+        self.net = EnsembleMLP(obs_dim, 1, hidden, n_hidden, 1)
+
+    def forward(self, obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.net(obs, dtype=dtype)[0, :, 0]
+
+
+class GaussianActor(nn.Module):
+    """IQL's policy: mean ``tanh(f(s))`` in ``[-1, 1]``, state-independent learned log std."""
+
+    kind = "gaussian"
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int = 256, n_hidden: int = 2) -> None:
+        super().__init__()
+        self.net = EnsembleMLP(obs_dim, action_dim, hidden, n_hidden, 1)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def mean(self, obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.tanh(self.net(obs, dtype=dtype)[0])
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``log pi(a|s)``, ``(N,)``, for dataset actions ``(N, A)`` in ``[-1, 1]``."""
+        log_std = self.log_std.clamp(IQL_LOG_STD_MIN, IQL_LOG_STD_MAX)
+        z = (actions - self.mean(obs, dtype)) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action (the mean), ``(N, A)`` in ``[-1, 1]``."""
+        return self.mean(obs)
+
+
+def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """``log(1 - tanh(u)^2)`` computed stably: ``2 (log 2 - u - softplus(-2u))``."""
+    return 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC's policy (CQL's actor): ``a = tanh(u)``, ``u ~ N(mu(s), exp(log_std(s)))``."""
+
+    kind = "tanh_gaussian"
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int = 256, n_hidden: int = 3) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.net = EnsembleMLP(obs_dim, 2 * action_dim, hidden, n_hidden, 1)
+
+    def dist(self, obs: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, log_std)``, each ``(N, A)``."""
+        out = self.net(obs, dtype=dtype)[0]
+        mu, log_std = out[:, : self.action_dim], out[:, self.action_dim:]
+        return mu, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` reparameterized samples per state from one forward pass: actions ``(N, k, A)``
+        in ``(-1, 1)`` and their log-densities ``(N, k)``."""
+        mu, log_std = self.dist(obs, dtype)
+        eps = torch.randn(mu.shape[0], k, mu.shape[1], dtype=mu.dtype, device=mu.device)
+        u = mu[:, None] + log_std.exp()[:, None] * eps
+        logp = (-0.5 * eps.pow(2) - log_std[:, None] - 0.5 * math.log(2 * math.pi) - _tanh_log_det(u)).sum(-1)
+        return torch.tanh(u), logp
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``log pi(a|s)`` of dataset actions ``(N, A)`` (clipped into the open interval)."""
+        mu, log_std = self.dist(obs, dtype)
+        a = actions.clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+        u = torch.atanh(a)
+        z = (u - mu) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi) - _tanh_log_det(u)).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action ``tanh(mu(s))``, ``(N, A)``."""
+        return torch.tanh(self.dist(obs)[0])
+
+
+ACTORS = {"gaussian": GaussianActor, "tanh_gaussian": TanhGaussianActor}
+"""MLP actor kinds by name (the ``actor`` field of an MLP policy checkpoint)."""
+
+
+def polyak_update(target: nn.Module, online: nn.Module, rate: float) -> None:
+    """``target <- (1 - rate) target + rate online``, one fused foreach call."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), rate)
+
+
+def make_adam(groups: list[dict]) -> torch.optim.Adam:
+    """One Adam over param groups (each with its own lr); fused kernel where available.
+
+    One optimizer with per-group learning rates is the same update as one Adam per network:
+    Adam's state and step are per parameter."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(groups, foreach=True)

@@ -1,0 +1,300 @@
+"""Offline RL (offline_rl/): loss pieces, updates of IQL / CQL / BC with both actors, D4RL
+datasets (round trip, one-line errors), resume through the shared loop, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from test_storage import make_episode
+
+from offline_rl.actors import EpisodeInputs, TransformerActor
+from offline_rl.bc import BC, BCConfig
+from offline_rl.cql import CQL, CQLConfig, logsumexp_penalty, tabular_cql_penalty
+from offline_rl.datasets import (
+    D4RLData,
+    episodes_to_d4rl,
+    load_d4rl,
+    save_d4rl,
+    validate,
+)
+from offline_rl.iql import IQL, IQLConfig, awr_weights, expectile_loss
+from offline_rl.networks import StateActionCritic, TanhGaussianActor
+from offline_rl.pendulum import make_pendulum_dataset
+from offline_rl.policy import (
+    MLPPolicy,
+    is_mlp_checkpoint,
+    load_mlp_policy,
+    save_mlp_policy,
+)
+from offline_rl.recipes import REPLAY_MIX, MediumPolicy, recipe_policy
+from offline_rl.replay import Normalizer, TransitionData
+from sim.storage import EpisodeWriter
+from vla import cli
+from vla.train_loop import TrainConfig, train
+
+TINY_IQL = IQLConfig(hidden=16, n_hidden=2)
+TINY_CQL = CQLConfig(hidden=16, n_hidden=2, n_actions=3)
+
+
+def random_data(n: int = 64, s: int = 5, a: int = 2, seed: int = 0) -> D4RLData:
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n + 1, s)).astype(np.float32)
+    timeouts = np.zeros(n, bool)
+    timeouts[n // 2] = True
+    terminals = np.zeros(n, bool)
+    terminals[-1] = True
+    return validate({"observations": obs[:-1], "next_observations": obs[1:],
+                     "actions": rng.uniform(-1, 1, (n, a)).astype(np.float32),
+                     "rewards": rng.normal(size=n).astype(np.float32),
+                     "terminals": terminals, "timeouts": timeouts})
+
+
+def source(data: D4RLData, **kw) -> TransitionData:
+    return TransitionData(data, Normalizer.fit(data, action_bounds=(-1.0, 1.0)), **kw)
+
+
+# ----------------------------------------------------------------------------- loss pieces
+def test_expectile_loss_at_half_is_half_the_mse_and_asymmetric_above():
+    diff = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(expectile_loss(diff, 0.5), 0.5 * diff.pow(2).mean())
+    pos, neg = torch.tensor([2.0]), torch.tensor([-2.0])
+    assert math.isclose(expectile_loss(pos, 0.7).item(), 0.7 * 4, rel_tol=1e-6)
+    assert math.isclose(expectile_loss(neg, 0.7).item(), 0.3 * 4, rel_tol=1e-6)
+    assert awr_weights(torch.tensor([0.0, 100.0]), 3.0, 100.0).tolist() == pytest.approx([1.0, 100.0])
+
+
+def test_tabular_cql_penalty_is_zero_when_the_policy_puts_all_mass_on_data_actions():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(6, 4, generator=g) * 3
+    data_actions = torch.tensor([0, 3, 1, 2, 2, 0])
+    on_data = torch.full((6, 4), -math.inf)
+    on_data[torch.arange(6), data_actions] = 0.0  # log rho = log one-hot(data action)
+    assert torch.allclose(tabular_cql_penalty(q, data_actions, on_data), torch.zeros(6), atol=1e-6)
+    # CQL(H): logsumexp over all actions >= Q(s, a_data), equality only in the limit
+    h = tabular_cql_penalty(q, data_actions)
+    assert (h > 0).all()
+    assert torch.allclose(h, torch.logsumexp(q, 1) - q[torch.arange(6), data_actions])
+    # a uniform policy prior: log mean_a exp Q - Q_data, i.e. CQL(H) - log |A|
+    uniform = torch.full((6, 4), -math.log(4))
+    assert torch.allclose(tabular_cql_penalty(q, data_actions, uniform), h - math.log(4), atol=1e-5)
+    # the continuous form with importance weights is the same function
+    assert torch.allclose(logsumexp_penalty(q, -torch.zeros(4), q[:, 0]), torch.logsumexp(q, 1) - q[:, 0])
+
+
+def test_critic_ensemble_shared_state_matches_repeated_inputs():
+    critic = StateActionCritic(5, 2, hidden=8, n_hidden=2, ensemble_size=2)
+    s, a = torch.randn(3, 5), torch.rand(3, 4, 2) * 2 - 1
+    fused = critic(s, a)  # (E, N, K)
+    flat = critic(s.repeat_interleave(4, 0), a.reshape(12, 2)).view(2, 3, 4)
+    assert fused.shape == (2, 3, 4) and torch.allclose(fused, flat, atol=1e-6)
+    actor = TanhGaussianActor(5, 2, hidden=8, n_hidden=2)
+    acts, logp = actor.sample(s, 5)
+    assert acts.shape == (3, 5, 2) and logp.shape == (3, 5) and (acts.abs() < 1).all()
+    assert torch.allclose(actor.log_prob(s.repeat_interleave(5, 0), acts.reshape(15, 2)).view(3, 5), logp, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- updates
+def _changed_and_finite(method, batch) -> dict:
+    before = {k: [p.detach().clone() for p in m.parameters()] for k, m in method.modules().items()}
+    logs = method.update(batch)
+    assert all(math.isfinite(float(v)) for v in logs.values()), logs
+    for key, module in method.modules().items():
+        if key == "target_critic":
+            continue
+        assert any(not torch.equal(p0, p1) for p0, p1 in zip(before[key], module.parameters())), key
+    return logs
+
+
+@pytest.mark.parametrize("make", [lambda s, a: IQL(s, a, TINY_IQL), lambda s, a: CQL(s, a, TINY_CQL),
+                                  lambda s, a: CQL(s, a, CQLConfig(hidden=16, n_hidden=2, n_actions=3, lagrange=True)),
+                                  lambda s, a: IQL(s, a, IQLConfig(hidden=16, precision="bfloat16")),
+                                  lambda s, a: BC(s, a, BCConfig(hidden=16))],
+                         ids=["iql", "cql", "cql-lagrange", "iql-bf16", "bc"])
+def test_mlp_update_changes_parameters_and_keeps_losses_finite(make):
+    torch.manual_seed(0)
+    data = source(random_data())
+    method = make(5, 2)
+    for _ in range(3):
+        logs = _changed_and_finite(method, data.batch(np.arange(16)))
+    assert set(logs) >= {"actor_loss"}
+
+
+@pytest.fixture(scope="module")
+def driving(tmp_path_factory):
+    """A tiny episode directory, its D4RL export and a tiny blind transformer policy."""
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    root = tmp_path_factory.mktemp("drive")
+    with EpisodeWriter(root / "eps") as writer:
+        for i, outcome in enumerate(("timeout", "collision", "route_complete")):
+            ep = make_episode(t=6 + i, seed=i, outcome=outcome, frames=False)
+            writer.append(type(ep)(**{**ep.__dict__, "actions": np.clip(ep.actions, -0.7, 0.7)}))
+    data = episodes_to_d4rl(root / "eps", root / "d.h5")
+    config = PolicyConfig(d_model=16, n_layers=1, n_heads=2, n_bins=8, horizon=2, cameras=False, command="none")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(config.n_bins))
+    return root, data, policy
+
+
+@pytest.mark.parametrize("method_name", ["iql", "cql"])
+def test_transformer_actor_update(driving, method_name):
+    root, data, policy = driving
+    norm = Normalizer.fit(data, action_bounds=(np.array([-6.0, -math.pi / 4]), np.array([4.0, math.pi / 4])))
+    inputs = EpisodeInputs(root / "eps", data, policy)
+    batches = TransitionData(data, norm, inputs, next_inputs=method_name == "cql")
+    actor = TransformerActor(policy, norm)
+    s, a = data.obs_dim, data.action_dim
+    method = IQL(s, a, TINY_IQL, actor) if method_name == "iql" else CQL(s, a, TINY_CQL, actor)
+    batch = batches.batch(np.arange(len(batches))[::4])
+    assert batch.inputs.action_bins.shape == (len(batch.rewards), 2, 2)
+    if method_name == "cql":
+        assert batch.next_inputs is not None
+        acts, logp = actor.sample(batch.inputs, 3)
+        assert acts.shape == (batch.batch_size, 3, 2) and torch.isfinite(logp).all()
+    _changed_and_finite(method, batch)
+
+
+# ----------------------------------------------------------------------------- datasets
+@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+def test_dataset_round_trip(tmp_path, suffix):
+    data = random_data()
+    data = D4RLData(**{**data.__dict__, "extras": {"infos/step": np.arange(len(data), dtype=np.int32)},
+                       "attrs": {"env": "toy"}})
+    path = save_d4rl(tmp_path / f"d{suffix}", data)
+    back = load_d4rl(path)
+    for key, arr in data.arrays().items():
+        assert np.array_equal(back.arrays()[key], arr), key
+    assert back.attrs["env"] == "toy" and back.terminals.dtype == bool
+    assert not list(tmp_path.glob(".*"))
+    assert len(back.episode_returns()) == 2
+
+
+def test_episode_directory_converts_with_the_documented_reward(driving, tmp_path):
+    root, data, _ = driving
+    assert len(data) == 6 + 7 + 8 and data.obs_dim == 87 and "reward_weights" in data.attrs
+    assert data.terminals.sum() == 1 and data.timeouts.sum() == 2
+    npz = episodes_to_d4rl(root / "eps", tmp_path / "d.npz")
+    assert np.array_equal(npz.rewards, data.rewards) and "infos/episode_index" in npz.extras
+
+
+def _write_h5(path: Path, arrays: dict) -> Path:
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("rewards"), "missing key 'rewards'"),
+    (lambda d: d.update(actions=d["actions"][:-1]), "key 'actions' has 63 rows but 'rewards' has 64"),
+    (lambda d: d["rewards"].__setitem__(5, np.nan), "key 'rewards' has 1 NaN/inf values (first in row 5)"),
+    (lambda d: d["observations"].__setitem__((2, 1), np.inf), "key 'observations' has 1 NaN/inf"),
+    (lambda d: d.update(observations=d["observations"][:, 0]), "key 'observations' has shape (64,)"),
+    (lambda d: d.update(terminals=np.full(64, 0.5)), "key 'terminals' has dtype float64, expected bool"),
+    (lambda d: d.update(rewards=np.array(["x"] * 64, dtype="S1")), "key 'rewards' has dtype |S1"),
+])
+def test_clear_one_line_errors(tmp_path, change, message):
+    arrays = {k: np.array(v) for k, v in random_data().arrays().items()}
+    change(arrays)
+    path = _write_h5(tmp_path / "bad.h5", arrays)
+    with pytest.raises(ValueError) as err:
+        load_d4rl(path)
+    assert message in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown dataset format"):
+        load_d4rl(tmp_path / "bad.csv")
+
+
+# ----------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("make", [lambda: IQL(5, 2, TINY_IQL), lambda: CQL(5, 2, TINY_CQL)], ids=["iql", "cql"])
+def test_resume_through_the_shared_loop(tmp_path, make):
+    data = source(random_data())
+    config = TrainConfig(steps=10, batch_size=16, checkpoint_every=3, progress=False, seed=1, threads=1)
+    torch.manual_seed(0)
+    whole = make()
+    assert train(whole, data, config, tmp_path / "whole").steps_done == 10
+    torch.manual_seed(0)
+    train(make(), data, TrainConfig(**{**config.__dict__, "steps": 6}), tmp_path / "cut")
+    torch.manual_seed(123)  # a resumed run takes everything from the checkpoint
+    resumed = make()
+    result = train(resumed, data, config, tmp_path / "cut")
+    assert result.resumed_from == 6 and result.steps_done == 10
+    for (name, m1), m2 in zip(whole.modules().items(), resumed.modules().values()):
+        for p1, p2 in zip(m1.state_dict().values(), m2.state_dict().values()):
+            assert torch.equal(p1, p2), name
+
+
+# ----------------------------------------------------------------------------- policies, recipes, CLI
+def test_mlp_checkpoint_loads_as_a_driving_policy(tmp_path):
+    from vla.policies_registry import check_policy, load_checkpoint
+
+    data = random_data(s=87)
+    norm = Normalizer.fit(data, action_bounds=(np.array([-6.0, -0.78]), np.array([4.0, 0.78])))
+    net = TanhGaussianActor(87, 2, hidden=8, n_hidden=1)
+    save_mlp_policy(tmp_path / "p", net, norm, "cql", hidden=8, n_hidden=1)
+    assert is_mlp_checkpoint(tmp_path / "p")
+    check_policy(str(tmp_path / "p"))
+    policy = load_checkpoint(str(tmp_path / "p"))
+    assert isinstance(policy, MLPPolicy) and policy.rig == ()
+    policy.reset()
+    action = policy.select_action({"state": data.observations[0]})
+    assert action.shape == (2,) and -6.0 <= action[0] <= 4.0
+    assert np.allclose(action, load_mlp_policy(tmp_path / "p").act(data.observations[:1])[0])
+
+
+def test_recipes_mix_and_medium_delay():
+    assert [recipe_policy("medium-replay", None, i, i).name.split("/")[1] for i in range(10)] == list(REPLAY_MIX)
+
+    class Clock:
+        t = 0.0
+
+        def expert_action(self):
+            self.t += 1.0
+            return np.array([self.t, 0.0], np.float32)
+
+    medium = MediumPolicy(Clock(), seed=0, delay=2, noise=np.zeros(2, np.float32))
+    medium.reset()
+    assert [float(medium.select_action({})[0]) for _ in range(5)] == [1.0, 1.0, 1.0, 2.0, 3.0]
+
+
+def test_cli_train_iql_end_to_end_and_resume(tmp_path, capsys):
+    data = make_pendulum_dataset(400, seed=0)
+    path = save_d4rl(tmp_path / "pendulum.h5", data)
+    argv = ["train", "iql", "--data", str(path), "--out", str(tmp_path / "run"), "--steps", "4",
+            "--batch-size", "32", "--hidden", "16", "--env", "Pendulum-v1", "--eval-episodes", "1",
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and "normalized_score" in summary["eval"]
+    assert is_mlp_checkpoint(tmp_path / "run" / "policy")
+    assert (tmp_path / "run" / "train" / "log.csv").exists()
+    assert cli.main([*argv[:7], "6", *argv[8:], "--bc"]) == 2  # a different method: refused
+    assert "config differs" in capsys.readouterr().err
+    assert cli.main(argv) == 0 and "nothing to do" in capsys.readouterr().out
+    assert cli.main(["train", "cql", "--data", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_collect_recipe_writes_a_d4rl_file(tmp_path, capsys):
+    out, d4rl = tmp_path / "ds", tmp_path / "ds.npz"
+    argv = ["collect", "--recipe", "random", "--episodes", "2", "--cameras", "none", "--density", "light",
+            "--out", str(out), "--d4rl", str(d4rl)]
+    assert cli.main(argv) == 0
+    data = load_d4rl(d4rl)
+    assert len(data) >= 2 and data.obs_dim == 87 and "wrote" in capsys.readouterr().out
+    assert cli.main([*argv[:-1], str(tmp_path / "ds.csv")]) == 2
+    assert "--d4rl" in capsys.readouterr().err
+
+
+def test_bench_offline_rl_prints_json_last(capsys):
+    argv = ["bench", "offline-rl", "--iql-steps", "2", "--cql-steps", "1", "--warmup", "1", "--repeats", "1",
+            "--transitions", "300", "--batch-size", "32", "--no-variants"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["iql_steps_per_s"] > 0 and result["cql_steps_per_s"] > 0 and result["threads"] == 1
