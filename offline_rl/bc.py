@@ -16,7 +16,7 @@ import torch
 
 from offline_rl.actors import MLPActor
 from offline_rl.iql import cosine_factor
-from offline_rl.networks import ACTORS, make_adam
+from offline_rl.networks import ACTORS, MethodState, make_adam
 from offline_rl.replay import TransitionBatch
 
 
@@ -40,7 +40,7 @@ class BCConfig:
             raise ValueError(f"BCConfig.actor must be one of {sorted(ACTORS)}, got {self.actor!r}")
 
 
-class BC:
+class BC(MethodState):
     """Behavior cloning as a ``vla.train_loop.TrainingMethod``."""
 
     name = "bc"
@@ -62,16 +62,6 @@ class BC:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return self.actor.modules()
-
-    def state_dict(self) -> dict:
-        return {**{k: m.state_dict() for k, m in self.modules().items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, module in self.modules().items():
-            module.load_state_dict(state[key])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
     def config_dict(self) -> dict:
         return {"method": self.name, "bc": asdict(self.config), "obs_dim": self.obs_dim,

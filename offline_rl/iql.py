@@ -34,6 +34,7 @@ import torch
 from offline_rl.actors import MLPActor
 from offline_rl.networks import (
     GaussianActor,
+    MethodState,
     StateActionCritic,
     ValueNet,
     make_adam,
@@ -126,7 +127,7 @@ class IQLConfig:
                 raise ValueError(f"IQLConfig.{name} must be one of {sorted(table)}, got {getattr(self, name)!r}")
 
 
-class IQL:
+class IQL(MethodState):
     """IQL as a ``vla.train_loop.TrainingMethod``."""
 
     name = "iql"
@@ -177,16 +178,6 @@ class IQL:
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"critic": self.critic, "target_critic": self.target_critic, "value": self.value,
                 **self.actor.modules()}
-
-    def state_dict(self) -> dict:
-        return {**{k: m.state_dict() for k, m in self.modules().items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, module in self.modules().items():
-            module.load_state_dict(state[key])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
 
     def config_dict(self) -> dict:
         return {"method": self.name, "iql": asdict(self.config), "obs_dim": self.obs_dim,

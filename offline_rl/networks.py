@@ -222,3 +222,18 @@ def make_adam(groups: list[dict]) -> torch.optim.Adam:
         return torch.optim.Adam(groups, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(groups, foreach=True)
+
+
+class MethodState:
+    """``state_dict`` / ``load_state_dict`` of a training method from its ``modules()`` dict
+    plus its ``optimizer`` and ``scheduler`` (what the shared training loop checkpoints)."""
+
+    def state_dict(self) -> dict:
+        return {**{k: m.state_dict() for k, m in self.modules().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, module in self.modules().items():
+            module.load_state_dict(state[key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

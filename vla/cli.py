@@ -274,15 +274,8 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
     b.add_argument("--size", default="small", help="policy size: tiny, small or base (default: %(default)s)")
     b.add_argument("--no-cameras", action="store_true", help="benchmark the blind (state-token) policy")
     b.set_defaults(func=_cmd_bench_policy)
-    import importlib
-
-    wanted = set(command_words(argv)[1:2]) if command_words(argv)[:1] == ["bench"] else set()
-    for name, (module, configure, run, help_text) in BENCH_TARGETS.items():
-        e = targets.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        if name in wanted:
-            mod = importlib.import_module(module)
-            getattr(mod, configure)(e)
-            e.set_defaults(func=getattr(mod, run))
+    words = command_words(argv)
+    add_lazy_parsers(targets, BENCH_TARGETS, words[1:2] if words[:1] == ["bench"] else [], argv)
 
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
@@ -305,12 +298,14 @@ subcommands' funcs, help). The module is imported only when its command runs (or
 is asked for), so the other commands start fast."""
 
 
-def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
+def add_lazy_parsers(sub, registry: dict, wanted: Sequence[str], argv: Sequence[str] | None) -> None:
+    """One subparser per ``registry`` entry ``name -> (module, configure, run or None, help)``;
+    only the ``wanted`` names import their module and configure their options (a configure
+    function that takes ``argv`` gets it, for its own subcommands)."""
     import importlib
     import inspect
 
-    wanted = set(command_words(argv)[:1])
-    for name, (module, configure, run, help_text) in EXTRA_COMMANDS.items():
+    for name, (module, configure, run, help_text) in registry.items():
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if name in wanted:
             mod = importlib.import_module(module)
@@ -321,6 +316,10 @@ def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
                 fn(p)
             if run is not None:
                 p.set_defaults(func=getattr(mod, run))
+
+
+def _extra_parsers(sub, argv: Sequence[str] | None) -> None:
+    add_lazy_parsers(sub, EXTRA_COMMANDS, command_words(argv)[:1], argv)
 
 
 def _cmd_bench_policy(args: argparse.Namespace) -> int:

@@ -117,9 +117,7 @@ A module is imported only when its method is on the command line, so the others 
 
 
 def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    import importlib
-
-    from vla.cli import command_words
+    from vla.cli import add_lazy_parsers, command_words
 
     words = command_words(argv)
     wanted = set(words[1:2]) if words[:1] == ["train"] else set()
@@ -129,12 +127,7 @@ def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -
                                         "episode's recorded command and imitates the expert labels.")
     add_dataset_train_args(bc)
     bc.set_defaults(func=run_train_bc)
-    for name, (module, configure, run, help_text) in TRAIN_METHODS.items():
-        sp = methods.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        if name in wanted:
-            mod = importlib.import_module(module)
-            getattr(mod, configure)(sp)
-            sp.set_defaults(func=getattr(mod, run))
+    add_lazy_parsers(methods, TRAIN_METHODS, wanted, argv)
 
 
 def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) -> None:
