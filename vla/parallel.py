@@ -124,7 +124,21 @@ def run_episodes(spec: RolloutSpec, seeds: Sequence[int], workers: int = 1,
         return pool.run(spec, seeds, on_episode)
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM this worker when its parent dies, so a killed session
+    (kill -9, then resumed) leaves no orphan workers finishing episodes nobody will read."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux / no libc symbol: orphans finish their episode
+        pass
+
+
 def _init_worker() -> None:
+    _die_with_parent()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import cv2
 
