@@ -72,10 +72,10 @@ def _spread(values: list[float]) -> dict:
 def _goal_types(records: list[dict]) -> dict:
     pooled: dict[str, list[int]] = {}
     for rec in records:
-        for goal, g in (rec.get("goal_success_by_type") or {}).items():
-            s, n = pooled.setdefault(goal, [0, 0]), g
-            s[0] += n["successes"]
-            s[1] += n["episodes"]
+        for goal, counts in (rec.get("goal_success_by_type") or {}).items():
+            total = pooled.setdefault(goal, [0, 0])
+            total[0] += counts["successes"]
+            total[1] += counts["episodes"]
     return {goal: {"successes": s, "episodes": n, "rate": s / n if n else None} for goal, (s, n) in sorted(pooled.items())}
 
 
