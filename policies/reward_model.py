@@ -204,11 +204,6 @@ class BestOfNPolicy:
         return chunks[int(torch.argmax(scores))].astype(np.float32)
 
     def select_action(self, obs: dict) -> np.ndarray:
-        """The wrapped policy's ``select_action`` with ``best_chunk`` in place of its greedy
-        ``predict_action_chunk`` (shadowed on the instance for this call only)."""
-        p = self.policy
-        p.predict_action_chunk = lambda o, *args, **kwargs: self.best_chunk(o)
-        try:
-            return p.select_action(obs)
-        finally:
-            del p.predict_action_chunk
+        """The wrapped policy's ``select_action`` (its queue / ensembling) planning with
+        ``best_chunk`` instead of its greedy chunk."""
+        return self.policy.select_action(obs, plan=self.best_chunk)

@@ -218,13 +218,20 @@ class VLAPolicy(torch.nn.Module):
         self.inference_model.eval()
         return self.predict_chunk_batch(self.inputs_from_obs(obs), temperature, generator)[0].astype(np.float32)
 
-    def select_action(self, obs: dict) -> np.ndarray:
+    def select_action(self, obs: dict,
+                      plan: Callable[[dict], np.ndarray] | None = None) -> np.ndarray:
+        """The action to execute now. ``plan(obs) -> (H, 2)`` replaces the policy's own chunk
+        prediction when given (best-of-N picks among sampled chunks); the chunk queue and
+        temporal ensembling stay here either way."""
+        if plan is None:
+            def plan(o: dict) -> np.ndarray:
+                return self.predict_action_chunk(o, generator=self._generator)
         mode = self.config.execution
         if mode == "open_loop":
             if not self._queue:
-                self._queue.extend(self.predict_action_chunk(obs, generator=self._generator))
+                self._queue.extend(plan(obs))
             return self._queue.popleft()
-        chunk = self.predict_action_chunk(obs, generator=self._generator)
+        chunk = plan(obs)
         if mode == "first":
             return chunk[0]
         self._queue = deque([(age + 1, c) for age, c in self._queue if age + 1 < len(c)])
