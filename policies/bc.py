@@ -13,6 +13,15 @@ from dataclasses import asdict, dataclass
 import torch
 
 
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine decay to 0.1 at
+    ``total_steps`` (held there after)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass(frozen=True)
 class BCConfig:
     lr: float = 3e-4
@@ -42,11 +51,7 @@ class BCMethod:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
 
     def _lr_factor(self, step: int) -> float:
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        progress = min(1.0, (step - c.warmup_steps) / max(1, c.total_steps - c.warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.config.warmup_steps, self.config.total_steps)
 
     def update(self, batch) -> dict[str, float]:
         self.policy.train()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from policies.bc import warmup_cosine
 from policies.preference_losses import (
     PREFERENCE_LOSSES,
     REFERENCE_FREE,
@@ -190,11 +191,7 @@ class DPOMethod:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
 
     def _lr_factor(self, step: int) -> float:
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        progress = min(1.0, (step - c.warmup_steps) / max(1, c.total_steps - c.warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_cosine(step, self.config.warmup_steps, self.config.total_steps)
 
     def _logps(self, batch: PairBatch) -> PreferenceLogps:
         logp, tokens = policy_logprob(self.policy, batch.inputs, self.config.residual_scale)
