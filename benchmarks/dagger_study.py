@@ -105,16 +105,12 @@ def format_summary(summary: dict) -> str:
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
-    from policies.dagger import DaggerConfig, DaggerSession
-    from vla.commands.train import policy_config
+    from policies.dagger import DaggerSession
+    from vla.commands.train import dagger_config
 
+    base = dagger_config(args, args.scenario, args.densities[0], seed=0)  # validates before any write
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = DaggerConfig(
-        scenario=args.scenario, density=args.densities[0], iterations=args.iterations,
-        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.iter_eval_episodes,
-        beta0=args.beta0, beta_decay=args.beta_decay, train_steps=args.train_steps, batch_size=args.batch_size,
-        lr=args.lr, workers=args.workers, policy=policy_config(args))
     summary = {}
     with RolloutPool(args.workers) as pool:
         for density in args.densities:
@@ -146,7 +142,7 @@ def _write(out: Path, summary: dict, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vla.commands.train import add_policy_args
+    from vla.commands.train import add_session_args
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.dagger_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="study directory (resumed when it exists)")
@@ -154,27 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--densities", nargs="+", default=["medium", "dense"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per arm")
     p.add_argument("--eval-episodes", type=int, default=50, help="held-out episodes per policy")
-    p.add_argument("--iter-eval-episodes", type=int, default=5,
-                   help="held-out episodes after each DAgger iteration (monitoring only)")
-    p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--expert-episodes", type=int, default=8)
-    p.add_argument("--rollouts", type=int, default=4)
-    p.add_argument("--train-steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--beta0", type=float, default=0.5)
-    p.add_argument("--beta-decay", type=float, default=0.5)
-    p.add_argument("--workers", type=int, default=2)
-    add_policy_args(p)
+    add_session_args(p, train_steps=600, eval_option="--iter-eval-episodes", eval_default=5)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("eval_episodes", "iter_eval_episodes", "expert_episodes", "rollouts", "train_steps", "workers"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"dagger_study: error: --{name.replace('_', '-')} must be >= 1")
-    summary = run_study(args, log=lambda line: print(line, flush=True))
+    if args.eval_episodes < 1:
+        raise SystemExit("dagger_study: error: --eval-episodes must be >= 1")
+    try:
+        summary = run_study(args, log=lambda line: print(line, flush=True))
+    except ValueError as e:  # a bad option (DaggerConfig / PolicyConfig validation)
+        raise SystemExit(f"dagger_study: error: {e}") from None
     print(format_summary(summary))
     print(f"wrote {Path(args.out) / 'study.json'} and {Path(args.out) / 'study.md'}")
     return 0

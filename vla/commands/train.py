@@ -61,38 +61,52 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
 
 
-def configure_dagger(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="highway", help="scenario family (default: %(default)s)")
-    p.add_argument("--density", default="medium", help="traffic density (default: %(default)s)")
+def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
+                     eval_option: str = "--eval-episodes", eval_default: int = 5) -> None:
+    """The DAgger session's options (``DaggerConfig``) and the policy's; ``dagger_config``
+    reads them back. The BC-vs-DAgger study shares them with its own defaults."""
     p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
-    p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
     p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
     p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
-    p.add_argument("--eval-episodes", type=int, default=5,
+    p.add_argument(eval_option, dest="session_eval_episodes", type=int, default=eval_default,
                    help="held-out evaluation episodes per iteration (default: %(default)s)")
-    p.add_argument("--train-steps", type=int, default=300, help="gradient steps per iteration (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=train_steps, help="gradient steps per iteration (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--beta0", type=float, default=0.5, help="expert mixing in iteration 1 (default: %(default)s)")
     p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
     add_policy_args(p)
 
 
+def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: int):
+    """The ``DaggerConfig`` of options added by ``add_session_args``."""
+    from policies.dagger import DaggerConfig
+
+    return DaggerConfig(
+        scenario=scenario, density=density, iterations=args.iterations,
+        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.session_eval_episodes,
+        beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
+        train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
+        workers=args.workers, policy=policy_config(args))
+
+
+def configure_dagger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default="highway", help="scenario family (default: %(default)s)")
+    p.add_argument("--density", default="medium", help="traffic density (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
+    p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
+    add_session_args(p)
+
+
 def run_dagger(args: argparse.Namespace) -> int:
-    from policies.dagger import DaggerConfig, DaggerSession
+    from policies.dagger import DaggerSession
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    config = DaggerConfig(
-        scenario=args.scenario, density=args.density, iterations=args.iterations,
-        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.eval_episodes,
-        beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
-        train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        workers=args.workers, policy=policy_config(args))
+    config = dagger_config(args, args.scenario, args.density, args.seed)
     session = DaggerSession(config, out, log=lambda line: print(line, flush=True))
     lines = session.run_all()
     rows = [{**{k: v for k, v in line.items() if k != "metrics"}, **line["metrics"]} for line in lines]
