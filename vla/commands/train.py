@@ -69,6 +69,7 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
     p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
     p.add_argument(eval_option, dest="session_eval_episodes", type=int, default=eval_default,
+                   metavar=eval_option.lstrip("-").replace("-", "_").upper(),
                    help="held-out evaluation episodes per iteration (default: %(default)s)")
     p.add_argument("--train-steps", type=int, default=train_steps, help="gradient steps per iteration (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
