@@ -2,7 +2,8 @@
 
 Iteration 0 is behavior cloning on expert episodes. Iteration k >= 1 rolls out the policy of
 iteration k-1 in the simulator, executing the expert's action instead with probability
-``beta_k = beta0 * beta_decay^(k-1)``, queries the expert on EVERY visited state, appends
+``beta_k = beta0 * beta_decay^(k-1)``, queries the expert on EVERY visited state (its own
+H-step plan from there, ``env.expert_plan``, labels the state's action chunk), appends
 those episodes to the aggregated dataset, retrains on all of it (warm start from the previous
 policy, or from scratch) and evaluates the new policy in closed loop on held-out seeds with
 held-out spoken phrasings.
@@ -82,6 +83,9 @@ class DaggerConfig:
     threads: int = 1
     """torch threads for training (1 avoids thread oversubscription when rollout workers or other
     processes share the cores, a 20-40x slowdown seen on small models; 0 = torch's default)."""
+    augment_commands: float = 0.5
+    """Probability that a training sample hears another train-split phrasing of its goal
+    (``vla.data.DemoDataset``)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """The transformer policy."""
 
@@ -94,6 +98,8 @@ class DaggerConfig:
             raise ValueError("DaggerConfig.iterations must be >= 0 and rollouts >= 1")
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
+        if not 0.0 <= self.augment_commands <= 1.0:
+            raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
             raise ValueError("DaggerConfig.lr must be > 0, seed and threads >= 0")
 
@@ -150,7 +156,8 @@ class DaggerSession:
         if not seeds:
             return
         spec = RolloutSpec(c.scenario, c.density, policy_dir, "train", cameras=c.policy.cameras,
-                           query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k)
+                           query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
+                           plan_horizon=c.policy.horizon)
         from tqdm import tqdm
 
         with EpisodeWriter(data) as writer, tqdm(total=n, initial=done, desc=f"iter {k} rollouts",
@@ -174,7 +181,7 @@ class DaggerSession:
         policy = VLAPolicy(c.policy, self._tokenizer(), name=str(self._iter_dir(k) / "policy"))
         if k > 0 and c.warm_start:
             policy.model.load_state_dict(VLAPolicy.load(self._iter_dir(k - 1) / "policy").model.state_dict())
-        data = DemoDataset(policy)
+        data = DemoDataset(policy, augment_commands=c.augment_commands)
         for j in range(k + 1):
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)

@@ -46,6 +46,11 @@ class Episode:
     reward_terms: np.ndarray  # (T, len(REWARD_FIELDS)) float32
     frames: np.ndarray | None = None  # (T, N_cams, H, W, 3) uint8 at s_t, or None
     dt: float = DT
+    expert_plans: np.ndarray | None = None
+    """(T, P, 2) float32: the expert's own next P actions from s_t (``env.expert_plan``; NaN
+    past the end of that continuation), the action-chunk labels of a state a policy visited;
+    None when not recorded (an expert-driven episode needs none: its recorded expert actions
+    are that plan)."""
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
@@ -61,6 +66,11 @@ class Episode:
             got = getattr(self, name).shape
             if got != shape:
                 raise ValueError(f"episode field {name!r} has shape {got}, expected {shape}")
+        if self.expert_plans is not None:
+            plans = self.expert_plans
+            if plans.ndim != 3 or plans.shape[0] != t or plans.shape[1] < 1 or plans.shape[2] != len(ACTION_FIELDS):
+                raise ValueError(f"episode field 'expert_plans' has shape {plans.shape}, expected ({t}, P, "
+                                 f"{len(ACTION_FIELDS)})")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"episode outcome {self.outcome!r} not in {OUTCOMES}")
         if self.frames is not None:

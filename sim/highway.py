@@ -25,6 +25,7 @@ from sim import expert as expert_mod
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
 from sim.interface import (
+    ACTION_FIELDS,
     ACTION_HIGH,
     ACTION_LOW,
     ACTOR_FIELDS,
@@ -274,9 +275,45 @@ class EmbeddedDrivingEnv(gym.Env):
     def restore(self, snap: EnvSnapshot) -> dict:
         """Return to ``snap``'s state (the snapshot itself is left untouched); returns the
         observation of that state, as ``reset`` / ``step`` would have."""
-        core = copy.deepcopy(snap.core)
+        self._restore_state(snap, private=False)
+        return self._observation()
+
+    def expert_plan(self, horizon: int) -> np.ndarray:
+        """(horizon, 2) the expert's OWN next actions from the current state: its action now,
+        then the ones it would take after executing them, simulated on a private copy (the env
+        is left exactly as it was; cameras are not rendered on the way). Rows past the end of
+        that continuation (collision, route end) are NaN.
+
+        This is the action chunk that labels a state a policy visited. The expert's actions
+        recorded at the next states of a policy's rollout answer states the POLICY drove into
+        (an over-correction after each of its mistakes), not what the expert would do from
+        here; a chunk built from them teaches a policy that over-corrects, and a temporally
+        ensembled policy then oscillates around the lane centre."""
+        if horizon < 1:
+            raise ValueError(f"expert_plan horizon must be >= 1, got {horizon}")
+        plan = np.full((horizon, len(ACTION_FIELDS)), np.nan, dtype=np.float32)
+        plan[0] = self.expert_action()
+        if horizon == 1:
+            return plan
+        snap = self.snapshot()
+        renderer, self._renderer = self._renderer, None
+        try:
+            for k in range(1, horizon):
+                _, _, terminated, truncated, _ = self.step(plan[k - 1])
+                if terminated or truncated:
+                    break
+                plan[k] = self.expert_action()
+        finally:
+            self._renderer = renderer
+            self._restore_state(snap, private=True)
+        return plan
+
+    def _restore_state(self, snap: EnvSnapshot, private: bool) -> None:
+        """Put ``snap``'s state back; ``private``: the snapshot is never used again, so its
+        objects are taken over instead of copied."""
+        core = snap.core if private else copy.deepcopy(snap.core)
         self._core = core
-        for name, value in copy.deepcopy(snap.episode).items():
+        for name, value in (snap.episode if private else copy.deepcopy(snap.episode)).items():
             setattr(self, name, value)
         # Actor ids are keyed by object identity, which the copy changes: re-key them. Ids of
         # vehicles that left the road get placeholder keys (negative, never an id()), so the
@@ -285,8 +322,7 @@ class EmbeddedDrivingEnv(gym.Env):
         self._ids = {id(vehicles[i]): vid for i, vid in snap.actor_ids.items()}
         for k in range(snap.ids_issued - len(self._ids)):
             self._ids[-1 - k] = -1
-        self._np_random = copy.deepcopy(snap.np_random)
-        return self._observation()
+        self._np_random = snap.np_random if private else copy.deepcopy(snap.np_random)
 
     # ----------------------------------------------------------------- queries
     def expert_action(self) -> np.ndarray:

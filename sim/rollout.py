@@ -87,25 +87,36 @@ def run_episode(
     record_frames: bool = True,
     beta: float = 0.0,
     rng: np.random.Generator | None = None,
+    plan_horizon: int = 0,
 ) -> Episode:
     """Run one episode to its end and return it.
 
     ``query_expert``: label every visited state with ``env.expert_action()`` (DAgger).
     ``beta``: probability of executing the expert's action instead of the policy's at each
     step (DAgger's mixture; needs ``query_expert``), drawn from ``rng``.
+    ``plan_horizon`` P > 1: also record the expert's own next P actions from every visited
+    state (``env.expert_plan``, ``Episode.expert_plans``), the action-chunk labels of a policy's
+    rollout. Skipped when the expert drives alone (its recorded actions are that plan).
     """
+    if plan_horizon > 1 and not query_expert:
+        raise ValueError("plan_horizon needs query_expert (plans are expert labels)")
+    record_plans = plan_horizon > 1 and not isinstance(policy, ExpertPolicy)
     obs, _ = env.reset(seed=seed)
     policy.reset()
     if hasattr(policy, "hear"):  # the passenger says the command once, at the start
         policy.hear(env.goal.command, env.goal.lang)
     rng = rng or np.random.default_rng(seed)
     ego, actors = [env.ego_state()], [env.actors()]
-    actions, experts, events, terms, frames = [], [], [], [], []
+    actions, experts, events, terms, frames, plans = [], [], [], [], [], []
     outcome = "timeout"
     while True:
         if record_frames and "cameras" in obs:
             frames.append(obs["cameras"])
-        expert = env.expert_action() if query_expert else np.full(2, np.nan, np.float32)
+        if record_plans:
+            plans.append(env.expert_plan(plan_horizon))
+            expert = plans[-1][0]
+        else:
+            expert = env.expert_action() if query_expert else np.full(2, np.nan, np.float32)
         action = np.asarray(policy.select_action(obs), dtype=np.float32)
         if query_expert and beta > 0.0 and rng.random() < beta:
             action = expert
@@ -135,4 +146,5 @@ def run_episode(
         events=np.array(events, dtype=np.float32),
         reward_terms=np.array(terms, dtype=np.float32),
         frames=np.array(frames, dtype=np.uint8) if (record_frames and frames) else None,
+        expert_plans=np.array(plans, dtype=np.float32).reshape(-1, plan_horizon, 2) if record_plans else None,
     )

@@ -23,7 +23,9 @@ with Fletcher-32 checksums so silent corruption is caught on read, each with an 
 ``fields`` naming the columns of its last axis (checked on read against ``sim.interface``):
 ``ego`` (T+1, 13) f8, ``actors`` (T+1, MAX_ACTORS, 8) f8, ``actions`` (T, 2) f4,
 ``expert_actions`` (T, 2) f4 (NaN = not queried), ``events`` (T, 6) f4, ``reward_terms``
-(T, 6) f4, and ``frames`` (T, N_cams, H, W, 3) u1 (one step per chunk) only when recorded.
+(T, 6) f4, ``frames`` (T, N_cams, H, W, 3) u1 (one step per chunk) only when recorded, and
+``expert_plans`` (T, P, 2) f4 (the expert's own next P actions from each state, NaN past their
+end; ``Episode.expert_plans``) only when recorded.
 
 D4RL export (``export_d4rl``)
 -----------------------------
@@ -73,7 +75,7 @@ TABLES: dict[str, tuple[tuple[str, ...], type]] = {
     "reward_terms": (REWARD_FIELDS, np.float32),
 }
 """Per-step datasets: column names of the last axis and the dtype stored / returned."""
-NAN_ALLOWED = ("expert_actions",)
+NAN_ALLOWED = ("expert_actions", "expert_plans")
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
     "next_observations": ((STATE_DIM,), np.float32),
@@ -155,23 +157,30 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
     path = Path(path)
     arrays = {name: np.asarray(getattr(ep, name), dtype=dt) for name, (_, dt) in TABLES.items()}
     _check_values(path, arrays)
+    plans = None if ep.expert_plans is None else np.asarray(ep.expert_plans, dtype=np.float32)
+    if plans is not None:
+        _check_values(path, {"expert_plans": plans})
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["meta"] = json.dumps(ep.meta())
         for name, arr in arrays.items():
             ds = f.create_dataset(name, data=arr, compression=compression, fletcher32=True)
             ds.attrs["fields"] = list(TABLES[name][0])
+        if ep.expert_plans is not None:
+            ds = f.create_dataset("expert_plans", data=plans, compression=compression, fletcher32=True)
+            ds.attrs["fields"] = list(ACTION_FIELDS)
         if ep.frames is not None:
             chunks = (1, *ep.frames.shape[1:]) if ep.num_steps > 0 else True
             f.create_dataset("frames", data=ep.frames, chunks=chunks,
                              compression=compression, fletcher32=True)
 
 
-def _read_table(f: h5py.File, path: Path, name: str) -> np.ndarray:
+def _read_table(f: h5py.File, path: Path, name: str,
+                layout: tuple[tuple[str, ...], type] | None = None) -> np.ndarray:
     if name not in f:
         raise _fail(path, f"missing dataset {name!r}")
     ds = f[name]
-    expected, dtype = TABLES[name]
+    expected, dtype = layout or TABLES[name]
     raw = ds.attrs.get("fields")
     got = [] if raw is None else [x.decode() if isinstance(x, bytes) else str(x) for x in np.atleast_1d(raw)]
     if tuple(got) != expected:
@@ -200,9 +209,17 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
         if f["frames"].dtype != np.uint8:
             raise _fail(path, f"dataset 'frames' has dtype {f['frames'].dtype}, expected uint8")
         frames = f["frames"][()]
+    plans = None
+    if "expert_plans" in f:
+        plans = _read_table(f, path, "expert_plans", (ACTION_FIELDS, np.float32))
+        if plans.ndim != 3 or plans.shape[0] != arrays["actions"].shape[0]:
+            raise _fail(path, f"dataset 'expert_plans' has shape {plans.shape}, expected "
+                              f"({arrays['actions'].shape[0]}, P, {len(ACTION_FIELDS)})")
+        _check_values(path, {"expert_plans": plans})
     scalars = {k: meta[k] for k in ("scenario", "density", "seed", "outcome", "route_length", "policy", "dt")}
     cameras = tuple(CameraSpec.from_dict(c) for c in meta["cameras"])
-    return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, **scalars, **arrays)
+    return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, expert_plans=plans,
+                   **scalars, **arrays)
 
 
 def read_episode(path: str | Path, load_frames: bool = True) -> Episode:

@@ -109,3 +109,55 @@ def test_bad_inputs(episodes, tmp_path):
     obs, _ = env.reset(seed=0)
     with pytest.raises(ValueError, match="reads cameras"):
         policy.predict_action_chunk(obs)
+
+
+def test_dataset_labels_policy_states_with_the_experts_plan(episodes):
+    """A state a policy visited is labelled with the expert's own plan from it; without plans
+    the chunk is the recorded expert actions (what the expert did when it drove)."""
+    import dataclasses
+
+    policy = make_policy(episodes, cameras=False)
+    ep = episodes[0]
+    rng = np.random.default_rng(0)
+    plans = rng.uniform(-0.05, 0.05, size=(ep.num_steps, 4, 2)).astype(np.float32)
+    plans[-1, 2:] = np.nan  # this continuation ended after 2 actions
+    data = DemoDataset(policy)
+    data.add_episode(dataclasses.replace(ep, expert_plans=plans))
+    data.add_episode(ep)
+    t = ep.num_steps - 1
+    b = data.batch(np.array([5, t, ep.num_steps + 5]))
+    decoded = policy.action_tokenizer.decode(b.action_bins.numpy(), b.action_residual.numpy())
+    np.testing.assert_allclose(decoded[0], np.clip(plans[5, :3], policy.action_tokenizer.low,
+                                                   policy.action_tokenizer.high), atol=1e-5)
+    assert b.action_mask[1].tolist() == [True, True, False]
+    np.testing.assert_allclose(decoded[2], np.clip(ep.expert_actions[5:8], policy.action_tokenizer.low,
+                                                   policy.action_tokenizer.high), atol=1e-5)
+    short = dataclasses.replace(ep, expert_plans=plans[:, :2])
+    with pytest.raises(ValueError, match="horizon"):
+        DemoDataset(policy).add_episode(short)
+
+
+def test_command_augmentation_draws_train_phrasings_of_the_same_goal(episodes):
+    from tokenizers_mm.corpus import PHRASINGS
+
+    policy = make_policy(episodes, cameras=False)
+    label = episodes[0].goal.label
+    train = {tuple(policy.encode_command(p.text, p.lang)) for p in PHRASINGS if p.split == "train" and p.label == label}
+    heldout = {tuple(policy.encode_command(p.text, p.lang)) for p in PHRASINGS if p.split == "heldout" and p.label == label}
+    recorded = tuple(policy.encode_command(episodes[0].goal.command, episodes[0].goal.lang))
+
+    def heard(p: float) -> set:
+        data = DemoDataset(policy, augment_commands=p)
+        data.add_episode(episodes[0])
+        np.random.seed(0)
+        out = set()
+        for _ in range(30):
+            b = data.batch(np.zeros(8, np.int64))
+            out |= {tuple(c[m].tolist()) for c, m in zip(b.command.numpy(), b.command_mask.numpy())}
+        return out
+
+    assert heard(0.0) == {recorded}
+    always = heard(1.0)
+    assert always <= train and len(always) >= 5 and not always & heldout
+    with pytest.raises(ValueError, match="augment_commands"):
+        DemoDataset(policy, augment_commands=1.5)

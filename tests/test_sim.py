@@ -170,3 +170,36 @@ def test_bad_inputs():
         env.step(np.zeros(3))
     with pytest.raises(ValueError, match="turn goal"):
         Goal(kind="turn", label="x", command="x", turn="up")
+
+
+def test_expert_plan_is_what_the_expert_would_do_and_leaves_the_env_alone():
+    """The plan from s_t equals the expert's own next actions when it drives from s_t, and
+    asking for it changes nothing (same observation, same continuation)."""
+    env = EmbeddedDrivingEnv("highway", "dense")
+    env.reset(seed=4)
+    for _ in range(5):
+        env.step(np.array([0.5, 0.04], np.float32))  # a policy drifted the car
+    before = env.ego_state()
+    plan = env.expert_plan(4)
+    np.testing.assert_array_equal(env.ego_state(), before)
+    assert plan.shape == (4, 2) and np.all(np.isfinite(plan))
+    executed = []
+    for _ in range(4):
+        executed.append(env.expert_action())
+        env.step(executed[-1])
+    np.testing.assert_array_equal(plan, np.array(executed, np.float32))
+    with pytest.raises(ValueError, match="horizon"):
+        env.expert_plan(0)
+
+
+def test_rollouts_record_plans_only_where_a_policy_drove():
+    env = EmbeddedDrivingEnv("highway", "light")
+    ep = run_episode(env, ConstantPolicy((0.0, 0.01)), seed=3, record_frames=False, plan_horizon=3)
+    assert ep.expert_plans.shape == (ep.num_steps, 3, 2)
+    np.testing.assert_array_equal(ep.expert_plans[:, 0], ep.expert_actions)
+    # the plan's later steps answer the expert's own states, not the ones the policy drove to
+    assert not np.allclose(ep.expert_plans[:-1, 1], ep.expert_actions[1:])
+    expert = run_episode(env, ExpertPolicy(env), seed=3, record_frames=False, plan_horizon=3)
+    assert expert.expert_plans is None
+    with pytest.raises(ValueError, match="query_expert"):
+        run_episode(env, ConstantPolicy(), seed=3, query_expert=False, plan_horizon=3)

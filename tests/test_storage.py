@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -314,3 +315,23 @@ def test_reward_weights() -> None:
     assert r.dtype == np.float32 and np.allclose(r, [1.0, -10.0, 0.0])
     with pytest.raises(ValueError, match="last axis"):
         RewardWeights().reward(np.zeros((3, 2)))
+
+
+def test_expert_plans_round_trip_and_bad_shapes(tmp_path: Path) -> None:
+    ep = make_episode(frames=False)
+    plans = np.random.default_rng(1).normal(size=(ep.num_steps, 3, len(ACTION_FIELDS))).astype(np.float32)
+    plans[-1, 1:] = np.nan  # the continuation ended after one action
+    ep = dataclasses.replace(ep, expert_plans=plans)
+    write_episode(tmp_path / "p.h5", ep)
+    back = read_episode(tmp_path / "p.h5")
+    assert np.array_equal(back.expert_plans, plans, equal_nan=True)
+    assert read_episode(tmp_path / "p.h5").expert_plans.dtype == np.float32
+    plain = make_episode(frames=False)
+    write_episode(tmp_path / "q.h5", plain)
+    assert read_episode(tmp_path / "q.h5").expert_plans is None
+    with pytest.raises(ValueError, match="expert_plans"):
+        dataclasses.replace(plain, expert_plans=plans[:-1])
+    bad = plans.copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(DatasetError, match="expert_plans"):
+        write_episode(tmp_path / "r.h5", dataclasses.replace(plain, expert_plans=bad))

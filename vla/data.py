@@ -2,9 +2,17 @@
 expert's action chunk from that state on (the DAgger aggregate and plain BC data alike).
 
 A sample at step t of an episode holds the policy's inputs at s_t (``vla.inputs``) and the
-targets ``expert_actions[t : t + H]`` encoded as bins + residuals by the policy's action
+targets: the expert's own plan from s_t (``Episode.expert_plans``) when recorded, else
+``expert_actions[t : t + H]`` (the same thing when the expert drove), encoded as bins + residuals by the policy's action
 tokenizer; steps past the episode's end are masked. Frames stay in per-episode arrays and are
 gathered per batch, so adding an episode never copies the others.
+
+Command augmentation (``augment_commands`` = p): the expert's labels depend on the goal, not
+on how the passenger worded it, so with probability p a training sample hears another
+``train``-split phrasing of its goal (``vla.speech_commands``), drawn from numpy's global RNG
+(saved in every checkpoint, so resume stays exact). A recorded episode carries one phrasing;
+without this a policy trained on a few dozen episodes hears 2-4 of each goal's 9 train
+phrasings and cannot follow the held-out ones. Held-out phrasings are never used.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ class _EpisodeArrays:
     ego: np.ndarray  # (T, E) float32
     actors: np.ndarray  # (T, K, A) float32
     command: np.ndarray  # (Lc,) int64
+    label: str  # the goal type (selects the phrasings a sample may hear instead)
     bins: np.ndarray  # (T, H, D) int64
     residual: np.ndarray  # (T, H, D) float32
     mask: np.ndarray  # (T, H) bool
@@ -33,12 +42,25 @@ class _EpisodeArrays:
 
 def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
     """Everything the policy trains on from one episode (labels: the expert's actions)."""
-    t = ep.num_steps
+    t, horizon = ep.num_steps, policy.config.horizon
     labels = ep.expert_actions
     if t and not np.all(np.isfinite(labels)):
         raise ValueError(f"episode seed {ep.seed} has steps without expert labels; record with expert queries")
-    chunks, mask = ActionTokenizer.chunk(labels, policy.config.horizon) if t else (
-        np.zeros((0, policy.config.horizon, 2)), np.zeros((0, policy.config.horizon), bool))
+    if ep.expert_plans is not None and horizon > 1:
+        # The expert's own plan from each state (a policy drove): see Episode.expert_plans.
+        if ep.expert_plans.shape[1] < horizon:
+            raise ValueError(f"episode seed {ep.seed} has expert plans of {ep.expert_plans.shape[1]} steps, "
+                             f"the policy's horizon is {horizon}; record with plan_horizon >= {horizon}")
+        chunks = np.array(ep.expert_plans[:, :horizon], dtype=np.float64)
+        mask = np.isfinite(chunks).all(-1)
+        if t and not mask[:, 0].all():
+            raise ValueError(f"episode seed {ep.seed} has expert plans without their first action")
+        for h in range(1, horizon):  # past a plan's end repeat its last action (masked, like chunk)
+            chunks[~mask[:, h], h] = chunks[~mask[:, h], h - 1]
+    elif t:
+        chunks, mask = ActionTokenizer.chunk(labels, horizon)
+    else:
+        chunks, mask = np.zeros((0, horizon, 2)), np.zeros((0, horizon), bool)
     bins, residual = policy.action_tokenizer.encode(chunks) if t else (
         np.zeros(chunks.shape, np.int64), np.zeros(chunks.shape, np.float32))
     start_lane = float(ep.ego[0, EGO["lane_id"]])
@@ -52,6 +74,7 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
         ego=np.stack([ego_features(ep.ego[i], start_lane) for i in range(t)]) if t else np.zeros((0, len(EGO_INPUT_FIELDS)), np.float32),
         actors=np.stack([actor_features(ep.ego[i], ep.actors[i]) for i in range(t)]) if t else np.zeros((0, 8, 9), np.float32),
         command=policy.encode_command(ep.goal.command, ep.goal.lang),
+        label=ep.goal.label,
         bins=bins.astype(np.int64),
         residual=residual.astype(np.float32),
         mask=mask.astype(bool),
@@ -61,8 +84,18 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
 class DemoDataset:
     """The aggregated dataset: ``len`` samples, ``batch(indices) -> PolicyInputs``."""
 
-    def __init__(self, policy) -> None:
+    def __init__(self, policy, augment_commands: float = 0.0) -> None:
+        if not 0.0 <= augment_commands <= 1.0:
+            raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
         self.policy = policy
+        self.augment_commands = float(augment_commands)
+        self._phrasings: dict[str, list[np.ndarray]] = {}
+        if self.augment_commands > 0 and policy.config.command != "none":
+            from tokenizers_mm.corpus import PHRASINGS
+
+            for p in PHRASINGS:
+                if p.split == "train":
+                    self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang))
         self._episodes: list[_EpisodeArrays] = []
         self._index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) per sample
 
@@ -85,7 +118,14 @@ class DemoDataset:
         eps = [self._episodes[e] for e in rows[:, 0]]
         steps = rows[:, 1]
         pad = self.policy.layout.special("<pad>")
-        command, cmask = pad_commands([ep.command for ep in eps], pad, self.policy.config.max_command_tokens)
+        commands = [ep.command for ep in eps]
+        if self._phrasings:
+            swap = np.random.random(len(eps)) < self.augment_commands
+            for i in np.flatnonzero(swap):
+                options = self._phrasings.get(eps[i].label)
+                if options:
+                    commands[i] = options[np.random.randint(len(options))]
+        command, cmask = pad_commands(commands, pad, self.policy.config.max_command_tokens)
         frames = None
         if self.policy.config.cameras:
             frames = torch.as_tensor(np.stack([ep.frames[s] for ep, s in zip(eps, steps)]))

@@ -29,6 +29,7 @@ class RolloutSpec:
     record_frames: bool = True
     beta: float = 0.0  # probability of executing the expert's action at each step
     beta_seed: int = 0  # mixes into the per-episode generator that draws the beta coin
+    plan_horizon: int = 0  # > 1: record the expert's own P-step plan from every visited state
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -54,7 +55,7 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
     policy = cache["policy"] or BASELINES[spec.policy](env, seed)
     rng = np.random.default_rng([seed, spec.beta_seed, 17])
     return run_episode(env, policy, seed, query_expert=spec.query_expert, record_frames=spec.record_frames,
-                       beta=spec.beta, rng=rng)
+                       beta=spec.beta, rng=rng, plan_horizon=spec.plan_horizon)
 
 
 _WORKER_CACHE: dict = {}
