@@ -161,3 +161,32 @@ def test_command_augmentation_draws_train_phrasings_of_the_same_goal(episodes):
     assert always <= train and len(always) >= 5 and not always & heldout
     with pytest.raises(ValueError, match="augment_commands"):
         DemoDataset(policy, augment_commands=1.5)
+
+
+def test_a_sample_predicts_the_same_alone_and_padded_in_a_batch(episodes):
+    """Commands are padded in the middle of the sequence: positions must not move with the
+    padding, or a policy trained on padded batches acts differently alone in closed loop.
+    Also the KV cache against full recomputation on a padded batch."""
+    import dataclasses
+
+    policy = make_policy(episodes, cameras=False).eval()
+    short = dataclasses.replace(episodes[0], goal=dataclasses.replace(episodes[0].goal, command="left"))
+    long = dataclasses.replace(episodes[1], goal=dataclasses.replace(
+        episodes[1].goal, command="please move over into the lane on the left when it is safe to do so"))
+    data = DemoDataset(policy)
+    data.add_episode(short)
+    data.add_episode(long)
+    batch = data.batch(np.array([3, short.num_steps + 3]))
+    assert not batch.command_mask[0].all()  # the short command is padded
+    alone = data.batch(np.array([3]))
+    assert alone.command_mask.all()
+    with torch.no_grad():
+        logits_batch, res_batch = policy.model(batch)
+        logits_alone, res_alone = policy.model(alone)
+    torch.testing.assert_close(logits_batch[:1], logits_alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(res_batch[:1], res_alone, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(policy.predict_chunk_batch(batch)[:1], policy.predict_chunk_batch(alone), atol=1e-5)
+    out = policy.model.generate_chunk(batch, temperature=1.0, generator=torch.Generator().manual_seed(3))
+    forced = type(batch)(**{**batch.__dict__, "action_bins": out.bins})
+    logits, _ = policy.model(forced)
+    torch.testing.assert_close(logits, out.bin_logits, atol=1e-4, rtol=1e-4)

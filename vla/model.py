@@ -20,6 +20,13 @@ Heads, read at the position BEFORE each action token (next-token prediction):
 * ``diffusion_head`` (``PolicyConfig.head == "diffusion"`` only): denoises the whole chunk,
   conditioned on the hidden state AT <action> (``action_features``; ``vla.diffusion_head``).
 Inference decodes the H*D action tokens one by one with the KV cache (``generate_chunk``).
+
+Positions: a batch pads its commands (in the middle of the sequence) to its longest one. RoPE
+positions count real tokens only (``positions``), so a sample sees the same positions whether
+it is alone (closed-loop inference) or padded in a batch (training). With plain 0..L-1
+positions the <action> token moved by the batch's padding: a policy trained on padded batches
+fitted its labels (steering correlation 0.98 when padded) but predicted almost unrelated
+steering alone (0.18), which is how it drove in closed loop.
 """
 
 from __future__ import annotations
@@ -48,6 +55,12 @@ class ChunkOutput:
     residual: torch.Tensor  # (B, H, D) float32 residual of the chosen bins
     logprob: torch.Tensor  # (B, H, D) log-probability of the chosen bins
     bin_logits: torch.Tensor  # (B, H, D, n_bins)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) attention mask -> (B, L) RoPE position ids counting real tokens only (a pad
+    shares its predecessor's position; it is masked out anyway)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 def _mlp(n_in: int, d: int) -> nn.Sequential:
@@ -143,7 +156,8 @@ class VLAModel(nn.Module):
         act = self.embed(tokens) + self.segment.weight[SEG["action"]]
         seq = torch.cat([emb, act], dim=1)
         full_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], dim=1)
-        h = self.backbone(inputs_embeds=seq, attention_mask=full_mask.long()).last_hidden_state
+        h = self.backbone(inputs_embeds=seq, attention_mask=full_mask.long(),
+                          position_ids=positions(full_mask)).last_hidden_state
         h = h[:, emb.shape[1] - 1:]  # positions predicting the H*D action tokens
         logits, res = self._heads(h)
         shape = (*x.action_bins.shape, self.config.n_bins)
@@ -153,7 +167,8 @@ class VLAModel(nn.Module):
         """(B, d) hidden state at the <action> token (the last prefix position): what the
         diffusion head is conditioned on."""
         emb, mask = self.prefix(x)
-        return self.backbone(inputs_embeds=emb, attention_mask=mask.long()).last_hidden_state[:, -1]
+        return self.backbone(inputs_embeds=emb, attention_mask=mask.long(),
+                             position_ids=positions(mask)).last_hidden_state[:, -1]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -162,7 +177,8 @@ class VLAModel(nn.Module):
         """Decode the H*D action tokens with the KV cache; greedy at temperature 0."""
         h_steps, dims = self.config.horizon, len(ACTION_DIMS)
         emb, mask = self.prefix(x)
-        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), use_cache=True)
+        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions(mask),
+                            use_cache=True)
         cache, h = out.past_key_values, out.last_hidden_state[:, -1:]
         bins, res, logp, all_logits = [], [], [], []
         for j in range(h_steps * dims):
@@ -181,7 +197,8 @@ class VLAModel(nn.Module):
             token = (choice + self.action_starts[j % dims])[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step = self.embed(token) + self.segment.weight[SEG["action"]]
-            out = self.backbone(inputs_embeds=step, attention_mask=mask.long(), past_key_values=cache, use_cache=True)
+            out = self.backbone(inputs_embeds=step, attention_mask=mask.long(), past_key_values=cache,
+                                position_ids=mask.long().sum(1, keepdim=True) - 1, use_cache=True)
             cache, h = out.past_key_values, out.last_hidden_state[:, -1:]
         b = x.batch_size
         return ChunkOutput(
