@@ -168,3 +168,16 @@ def test_console_entry_point_subprocess(tmp_path):
         "vla: error: unknown scenario 'nowhere'; choose one of ['highway', 'intersection']"
     ]
     assert proc.stdout == "" and not out.exists()
+
+
+def test_collect_records_expert_plans_for_a_policy_and_rejects_a_bad_horizon(tmp_path, capsys):
+    out = tmp_path / "data"
+    code, _, _ = run(capsys, "collect", "--policy", "constant", "--density", "light", "--episodes", "1",
+                     "--cameras", "none", "--plan-horizon", "3", "--out", str(out))
+    assert code == 0
+    (ep,) = list(read_episodes(out, load_frames=False))
+    assert ep.expert_plans.shape == (ep.num_steps, 3, 2)
+    np.testing.assert_array_equal(ep.expert_plans[:, 0], ep.expert_actions)
+    code, _, err = run(capsys, "collect", "--policy", "constant", "--episodes", "1", "--cameras", "none",
+                       "--plan-horizon", "1", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--plan-horizon" in err

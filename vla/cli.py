@@ -80,6 +80,8 @@ def _check_rollout(args: argparse.Namespace) -> None:
 
     _check_common(args)
     check_policy(args.policy)
+    if getattr(args, "plan_horizon", 0) < 0 or getattr(args, "plan_horizon", 0) == 1:
+        raise VLAError(f"--plan-horizon must be 0 (off) or >= 2, got {args.plan_horizon}")
     if getattr(args, "no_gif", True) is False and not 0 <= args.gif_episode < args.episodes:
         raise VLAError(f"--gif-episode must be in [0, {args.episodes}) for --episodes "
                        f"{args.episodes}, got {args.gif_episode} (or pass --no-gif)")
@@ -172,6 +174,11 @@ def _collect_parser(sub) -> None:
     p.add_argument("--phrasings", choices=("train", "heldout", "canonical"), default="train",
                    help="how the passenger phrases each episode's command (recorded with the episode; "
                         "keep 'heldout' for evaluation) (default: %(default)s)")
+    p.add_argument("--plan-horizon", type=int, default=0, metavar="P",
+                   help="also record the expert's own next P actions from every state a non-expert "
+                        "policy visits (the action-chunk labels vla train uses for such episodes; "
+                        "P >= the policy horizon, e.g. 4 small / 8 base); costs P-1 simulated steps "
+                        "per step; 0 = off (default: %(default)s)")
     from offline_rl.recipes import RECIPE_NAMES
 
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,

@@ -17,6 +17,7 @@ phrasings and cannot follow the held-out ones. Held-out phrasings are never used
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,10 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
         for h in range(1, horizon):  # past a plan's end repeat its last action (masked, like chunk)
             chunks[~mask[:, h], h] = chunks[~mask[:, h], h - 1]
     elif t:
+        if horizon > 1 and ep.policy != "expert" and not np.allclose(ep.actions, labels):
+            warnings.warn(f"episode seed {ep.seed} was driven by {ep.policy!r} and has no expert plans: its "
+                          "action chunks are the expert's answers to the states that policy drove into "
+                          "(record with vla collect --plan-horizon)", stacklevel=2)
         chunks, mask = ActionTokenizer.chunk(labels, horizon)
     else:
         chunks, mask = np.zeros((0, horizon, 2)), np.zeros((0, horizon), bool)
