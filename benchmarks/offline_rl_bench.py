@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_variants:
             runs["iql_bf16_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16"), args.iql_steps)
             runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
+            runs["iql_compiled_steps_per_s"] = (IQL, IQLConfig(compile=True), args.iql_steps)
+            runs["iql_bf16_compiled_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16", compile=True), args.iql_steps)
+            runs["cql_compiled_steps_per_s"] = (CQL, CQLConfig(compile=True), args.cql_steps)
+            runs["cql_bf16_compiled_steps_per_s"] = (
+                CQL, CQLConfig(precision="bfloat16", penalty_precision="bfloat16", compile=True), args.cql_steps)
         result: dict[str, float | int | str] = {}
         for key, (cls, config, steps) in runs.items():
             torch.manual_seed(args.seed)

@@ -41,11 +41,13 @@ class MLPActor:
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.net}
 
-    def log_prob(self, batch: TransitionBatch) -> torch.Tensor:
-        return self.net.log_prob(batch.observations, batch.actions)
+    def log_prob(self, batch: TransitionBatch, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.net.log_prob(batch.observations, batch.actions, dtype)
 
-    def weighted_nll(self, batch: TransitionBatch, weights: torch.Tensor) -> torch.Tensor:
-        return -(weights * self.log_prob(batch)).mean()
+    def weighted_nll(self, batch: TransitionBatch, weights: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``-mean(w log pi(a|s))``; ``dtype``: matmul input precision of the actor MLP."""
+        return -(weights * self.log_prob(batch, dtype)).mean()
 
 
 def _weighted_residual(pred: torch.Tensor, bins: torch.Tensor, target: torch.Tensor,
@@ -73,7 +75,10 @@ class TransformerActor:
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.policy.model}
 
-    def weighted_nll(self, batch: TransitionBatch, weights: torch.Tensor) -> torch.Tensor:
+    def weighted_nll(self, batch: TransitionBatch, weights: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The AWR loss of the transformer (``dtype`` is for MLP actors; the transformer runs
+        in its own precision)."""
         from vla.losses import weighted_bin_ce
 
         x = batch.inputs

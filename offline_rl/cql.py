@@ -52,6 +52,7 @@ from offline_rl.iql import PRECISIONS, awr_weights
 from offline_rl.networks import (
     StateActionCritic,
     TanhGaussianActor,
+    compiled,
     make_adam,
     polyak_update,
 )
@@ -125,6 +126,9 @@ class CQLConfig:
     """Matmul input precision of the 3N sampled Q evaluations of the penalty."""
     awr_beta: float = 3.0
     """Transformer actor only: inverse temperature of its advantage weights (clipped at 100)."""
+    compile: bool = False
+    """Compile the loss computation (forward and backward) with torch.compile (inductor); costs
+    seconds of compilation at the first step and again once when the BC warm-up ends."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.discount <= 1.0 or not 0.0 < self.polyak <= 1.0:
@@ -168,6 +172,7 @@ class CQL:
         self.target_entropy = -float(action_dim)
         self.steps = 0
         self._penalty = PENALTIES[c.penalty]
+        self._losses = compiled(self._loss_terms) if c.compile else self._loss_terms
 
     # ------------------------------------------------------------------ samples
     def _policy_samples(self, batch: TransitionBatch):
@@ -187,6 +192,17 @@ class CQL:
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: TransitionBatch) -> dict[str, float]:
+        total, logs = self._losses(batch, self.steps < self.config.bc_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        polyak_update(self.target_critic, self.critic, self.config.polyak)
+        self.steps += 1
+        return logs
+
+    def _loss_terms(self, batch: TransitionBatch, bc_phase: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The summed CQL, actor and temperature losses and the logged values (pure tensor
+        code: compilable; ``bc_phase`` selects the BC warm-up actor loss)."""
         c, dt = self.config, self.dtype
         s, a = batch.observations, batch.actions
         b, n = batch.batch_size, c.n_actions
@@ -212,16 +228,12 @@ class CQL:
             logs["alpha_prime"] = alpha_prime.detach()
         else:
             cql_loss, alpha_prime_loss = c.cql_alpha * gap.sum(), torch.zeros(())
-        actor_loss, alpha_loss = self._actor_losses(batch, new, alpha, q, q_ood)
-        self.optimizer.zero_grad(set_to_none=True)
-        (bellman + cql_loss + actor_loss + alpha_loss + alpha_prime_loss).backward()
-        self.optimizer.step()
-        polyak_update(self.target_critic, self.critic, c.polyak)
-        self.steps += 1
-        return {"q_loss": bellman.detach(), "cql_gap": gap.detach().mean(), "actor_loss": actor_loss.detach(),
-                "alpha": alpha, "q_mean": q.detach().mean(), **logs}
+        actor_loss, alpha_loss = self._actor_losses(batch, new, alpha, q, q_ood, bc_phase)
+        total = bellman + cql_loss + actor_loss + alpha_loss + alpha_prime_loss
+        return total, {"q_loss": bellman.detach(), "cql_gap": gap.detach().mean(),
+                       "actor_loss": actor_loss.detach(), "alpha": alpha, "q_mean": q.detach().mean(), **logs}
 
-    def _actor_losses(self, batch, new, alpha, q, q_ood) -> tuple[torch.Tensor, torch.Tensor]:
+    def _actor_losses(self, batch, new, alpha, q, q_ood, bc_phase: bool) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         if not self.sac:  # AWR on the conservative critic, A = Q(s, a) - mean_k Q(s, a_k ~ pi)
             n = c.n_actions
@@ -229,8 +241,8 @@ class CQL:
             weights = awr_weights(q.detach().min(0).values - v, c.awr_beta, 100.0)
             return self.actor.weighted_nll(batch, weights), torch.zeros(())
         new_a, new_logp = new
-        if self.steps < c.bc_steps:
-            actor_loss = (alpha * new_logp - self.actor.log_prob(batch)).mean()
+        if bc_phase:
+            actor_loss = (alpha * new_logp - self.actor.log_prob(batch, self.dtype)).mean()
         else:
             q_new = self.critic(batch.observations, new_a, detach=True, dtype=self.dtype).min(0).values
             actor_loss = (alpha * new_logp - q_new).mean()
