@@ -86,6 +86,9 @@ class DaggerConfig:
     augment_commands: float = 0.5
     """Probability that a training sample hears another train-split phrasing of its goal
     (``vla.data.DemoDataset``)."""
+    goal_relabel: bool = True
+    """Record the expert's action under every highway goal at every visited state and train on
+    them too, each heard as a train phrasing of that goal (``vla.data``; LbC-style)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """The transformer policy."""
 
@@ -157,7 +160,7 @@ class DaggerSession:
             return
         spec = RolloutSpec(c.scenario, c.density, policy_dir, "train", cameras=c.policy.cameras,
                            query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
-                           plan_horizon=c.policy.horizon)
+                           plan_horizon=c.policy.horizon, goal_labels=c.goal_relabel)
         from tqdm import tqdm
 
         with EpisodeWriter(data) as writer, tqdm(total=n, initial=done, desc=f"iter {k} rollouts",
@@ -181,7 +184,7 @@ class DaggerSession:
         policy = VLAPolicy(c.policy, self._tokenizer(), name=str(self._iter_dir(k) / "policy"))
         if k > 0 and c.warm_start:
             policy.model.load_state_dict(VLAPolicy.load(self._iter_dir(k - 1) / "policy").model.state_dict())
-        data = DemoDataset(policy, augment_commands=c.augment_commands)
+        data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel)
         for j in range(k + 1):
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.cameras import CameraSpec
+from sim.scenarios import HIGHWAY_GOAL_LABELS
 from sim.interface import (
     ACTION_FIELDS,
     ACTOR_FIELDS,
@@ -51,6 +52,10 @@ class Episode:
     past the end of that continuation), the action-chunk labels of a state a policy visited;
     None when not recorded (an expert-driven episode needs none: its recorded expert actions
     are that plan)."""
+    goal_labels: np.ndarray | None = None
+    """(T, G, 2) float32: the expert's action at s_t under each highway goal
+    ``sim.scenarios.HIGHWAY_GOAL_LABELS`` (``env.goal_labels``; NaN where that goal is not
+    possible), or None when not recorded."""
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
@@ -71,6 +76,11 @@ class Episode:
             if plans.ndim != 3 or plans.shape[0] != t or plans.shape[1] < 1 or plans.shape[2] != len(ACTION_FIELDS):
                 raise ValueError(f"episode field 'expert_plans' has shape {plans.shape}, expected ({t}, P, "
                                  f"{len(ACTION_FIELDS)})")
+        if self.goal_labels is not None:
+            g = self.goal_labels
+            if g.ndim != 3 or g.shape[0] != t or g.shape[1] != len(HIGHWAY_GOAL_LABELS) or g.shape[2] != len(ACTION_FIELDS):
+                raise ValueError(f"episode field 'goal_labels' has shape {g.shape}, expected ({t}, "
+                                 f"{len(HIGHWAY_GOAL_LABELS)}, {len(ACTION_FIELDS)})")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"episode outcome {self.outcome!r} not in {OUTCOMES}")
         if self.frames is not None:

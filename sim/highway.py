@@ -45,7 +45,15 @@ from sim.interface import (
     goal_vector,
 )
 from sim.storage import RewardWeights
-from sim.scenarios import HIGHWAY_LANES, check_scenario, highway_goal, turn_goal
+from sim.scenarios import (
+    HIGHWAY_GOAL_LABELS,
+    HIGHWAY_LANES,
+    check_scenario,
+    highway_goal,
+    highway_goal_for,
+    highway_goal_labels,
+    turn_goal,
+)
 
 VEHICLE_HEIGHT = 1.5
 SPEED_TOLERANCE = 2.5  # m/s around a commanded target speed that counts as reached
@@ -70,7 +78,7 @@ class EnvSnapshot:
 
 
 _EPISODE_ATTRS = ("goal", "route_length", "_route", "_s0", "_steps", "_done_outcome",
-                  "_best_progress_m", "_lanes", "_prev", "_ego", "_actors")
+                  "_best_progress_m", "_lanes", "_prev", "_ego", "_actors", "_start_lane")
 """What ``reset`` / ``step`` keep per episode besides the highway-env core and actor ids."""
 
 
@@ -204,8 +212,9 @@ class EmbeddedDrivingEnv(gym.Env):
             # highway-env predicts a plain Vehicle by deep-copying it, road and all, for every
             # pair it checks at the junction; the same integration on floats is ~100x cheaper.
             ego.predict_trajectory_constant_speed = partial(_predict_constant_steering, ego)
+        self._start_lane = int(ego.lane_index[2])
         if self.scenario == "highway":
-            self.goal = highway_goal(rng, int(ego.lane_index[2]))
+            self.goal = highway_goal(rng, self._start_lane)
             self._route = None
             self._s0 = float(ego.position[0])
         else:
@@ -328,6 +337,22 @@ class EmbeddedDrivingEnv(gym.Env):
     def expert_action(self) -> np.ndarray:
         """IDM + goal-directed lane choice + lane keeping for the CURRENT state (read-only)."""
         return expert_mod.expert_action(self._core.road, self._core.vehicle, self.goal, self._route)
+
+    def goal_labels(self) -> np.ndarray | None:
+        """(len(HIGHWAY_GOAL_LABELS), 2): what the expert would do NOW had the passenger asked for
+        each highway goal at the start (NaN for a lane change off the road); None at the
+        intersection. The expert is a pure function of (state, goal), so every visited state
+        supervises every command at once, as Learning by Cheating's privileged agent does for
+        its high-level commands: the same state under different commands, different actions."""
+        if self._route is not None:
+            return None
+        out = np.full((len(HIGHWAY_GOAL_LABELS), len(ACTION_FIELDS)), np.nan, dtype=np.float32)
+        possible = highway_goal_labels(self._start_lane)
+        for i, label in enumerate(HIGHWAY_GOAL_LABELS):
+            if label in possible:
+                goal = highway_goal_for(label, self._start_lane)
+                out[i] = expert_mod.expert_action(self._core.road, self._core.vehicle, goal, None)
+        return out
 
     def ego_state(self) -> np.ndarray:
         return self._ego.copy()

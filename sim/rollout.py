@@ -88,6 +88,7 @@ def run_episode(
     beta: float = 0.0,
     rng: np.random.Generator | None = None,
     plan_horizon: int = 0,
+    goal_labels: bool = False,
 ) -> Episode:
     """Run one episode to its end and return it.
 
@@ -97,6 +98,8 @@ def run_episode(
     ``plan_horizon`` P > 1: also record the expert's own next P actions from every visited
     state (``env.expert_plan``, ``Episode.expert_plans``), the action-chunk labels of a policy's
     rollout. Skipped when the expert drives alone (its recorded actions are that plan).
+    ``goal_labels``: also record the expert's action under every highway goal at every state
+    (``env.goal_labels``, ``Episode.goal_labels``; nothing at the intersection).
     """
     if plan_horizon > 1 and not query_expert:
         raise ValueError("plan_horizon needs query_expert (plans are expert labels)")
@@ -107,7 +110,8 @@ def run_episode(
         policy.hear(env.goal.command, env.goal.lang)
     rng = rng or np.random.default_rng(seed)
     ego, actors = [env.ego_state()], [env.actors()]
-    actions, experts, events, terms, frames, plans = [], [], [], [], [], []
+    actions, experts, events, terms, frames, plans, per_goal = [], [], [], [], [], [], []
+    record_goals = goal_labels and query_expert and env.goal_labels() is not None
     outcome = "timeout"
     while True:
         if record_frames and "cameras" in obs:
@@ -117,6 +121,8 @@ def run_episode(
             expert = plans[-1][0]
         else:
             expert = env.expert_action() if query_expert else np.full(2, np.nan, np.float32)
+        if record_goals:
+            per_goal.append(env.goal_labels())
         action = np.asarray(policy.select_action(obs), dtype=np.float32)
         if query_expert and beta > 0.0 and rng.random() < beta:
             action = expert
@@ -147,4 +153,5 @@ def run_episode(
         reward_terms=np.array(terms, dtype=np.float32),
         frames=np.array(frames, dtype=np.uint8) if (record_frames and frames) else None,
         expert_plans=np.array(plans, dtype=np.float32).reshape(-1, plan_horizon, 2) if record_plans else None,
+        goal_labels=np.array(per_goal, dtype=np.float32).reshape(len(actions), -1, 2) if record_goals else None,
     )

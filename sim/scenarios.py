@@ -86,13 +86,24 @@ def check_scenario(scenario: str, density: str) -> Scenario:
 
 def highway_goal(rng: np.random.Generator, start_lane: int) -> Goal:
     """Sample one highway command; lane changes only toward lanes that exist."""
-    labels = [
+    labels = highway_goal_labels(start_lane)
+    return highway_goal_for(labels[int(rng.integers(len(labels)))], start_lane)
+
+
+def highway_goal_labels(start_lane: int) -> list[str]:
+    """The highway commands that make sense from ``start_lane`` (no change off the road)."""
+    return [
         lab
         for lab in HIGHWAY_GOAL_LABELS
         if not (lab == "lane_left" and start_lane == 0)
         and not (lab == "lane_right" and start_lane == HIGHWAY_LANES - 1)
     ]
-    label = labels[int(rng.integers(len(labels)))]
+
+
+def highway_goal_for(label: str, start_lane: int) -> Goal:
+    """The canonical goal ``label`` heard in lane ``start_lane``."""
+    if label not in highway_goal_labels(start_lane):
+        raise ValueError(f"highway goal {label!r} is not possible from lane {start_lane}")
     lane, speed = start_lane, HIGHWAY_SPEEDS["keep"]
     command = "keep your lane"
     if label == "lane_left":

@@ -25,7 +25,9 @@ with Fletcher-32 checksums so silent corruption is caught on read, each with an 
 ``expert_actions`` (T, 2) f4 (NaN = not queried), ``events`` (T, 6) f4, ``reward_terms``
 (T, 6) f4, ``frames`` (T, N_cams, H, W, 3) u1 (one step per chunk) only when recorded, and
 ``expert_plans`` (T, P, 2) f4 (the expert's own next P actions from each state, NaN past their
-end; ``Episode.expert_plans``) only when recorded.
+end; ``Episode.expert_plans``) only when recorded, and ``goal_labels`` (T, G, 2) f4 (the
+expert's action under each highway goal, attr ``goals`` = ``HIGHWAY_GOAL_LABELS``;
+``Episode.goal_labels``) only when recorded.
 
 D4RL export (``export_d4rl``)
 -----------------------------
@@ -61,6 +63,7 @@ from sim.cameras import CameraSpec
 from sim.episode import OUTCOMES, Episode
 from sim.features import STATE_DIM, state_feature_names, state_vector
 from sim.interface import ACTION_FIELDS, ACTOR_FIELDS, EGO_FIELDS, EVENT_FIELDS, REWARD_FIELDS, Goal
+from sim.scenarios import HIGHWAY_GOAL_LABELS
 
 FORMAT_VERSION = 1
 EPISODES_DIR = "episodes"
@@ -75,7 +78,7 @@ TABLES: dict[str, tuple[tuple[str, ...], type]] = {
     "reward_terms": (REWARD_FIELDS, np.float32),
 }
 """Per-step datasets: column names of the last axis and the dtype stored / returned."""
-NAN_ALLOWED = ("expert_actions", "expert_plans")
+NAN_ALLOWED = ("expert_actions", "expert_plans", "goal_labels")
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
     "next_observations": ((STATE_DIM,), np.float32),
@@ -160,6 +163,9 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
     plans = None if ep.expert_plans is None else np.asarray(ep.expert_plans, dtype=np.float32)
     if plans is not None:
         _check_values(path, {"expert_plans": plans})
+    goal_labels = None if ep.goal_labels is None else np.asarray(ep.goal_labels, dtype=np.float32)
+    if goal_labels is not None:
+        _check_values(path, {"goal_labels": goal_labels})
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["meta"] = json.dumps(ep.meta())
@@ -169,6 +175,10 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
         if ep.expert_plans is not None:
             ds = f.create_dataset("expert_plans", data=plans, compression=compression, fletcher32=True)
             ds.attrs["fields"] = list(ACTION_FIELDS)
+        if goal_labels is not None:
+            ds = f.create_dataset("goal_labels", data=goal_labels, compression=compression, fletcher32=True)
+            ds.attrs["fields"] = list(ACTION_FIELDS)
+            ds.attrs["goals"] = list(HIGHWAY_GOAL_LABELS)
         if ep.frames is not None:
             chunks = (1, *ep.frames.shape[1:]) if ep.num_steps > 0 else True
             f.create_dataset("frames", data=ep.frames, chunks=chunks,
@@ -216,10 +226,20 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
             raise _fail(path, f"dataset 'expert_plans' has shape {plans.shape}, expected "
                               f"({arrays['actions'].shape[0]}, P, {len(ACTION_FIELDS)})")
         _check_values(path, {"expert_plans": plans})
+    goal_labels = None
+    if "goal_labels" in f:
+        goal_labels = _read_table(f, path, "goal_labels", (ACTION_FIELDS, np.float32))
+        raw = f["goal_labels"].attrs.get("goals")
+        goals = () if raw is None else tuple(x.decode() if isinstance(x, bytes) else str(x) for x in np.atleast_1d(raw))
+        if goals != HIGHWAY_GOAL_LABELS:
+            raise _fail(path, f"dataset 'goal_labels' has goals {list(goals)}, this code has {list(HIGHWAY_GOAL_LABELS)}")
+        if goal_labels.shape[:2] != (arrays["actions"].shape[0], len(HIGHWAY_GOAL_LABELS)):
+            raise _fail(path, f"dataset 'goal_labels' has shape {goal_labels.shape}")
+        _check_values(path, {"goal_labels": goal_labels})
     scalars = {k: meta[k] for k in ("scenario", "density", "seed", "outcome", "route_length", "policy", "dt")}
     cameras = tuple(CameraSpec.from_dict(c) for c in meta["cameras"])
     return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, expert_plans=plans,
-                   **scalars, **arrays)
+                   goal_labels=goal_labels, **scalars, **arrays)
 
 
 def read_episode(path: str | Path, load_frames: bool = True) -> Episode:

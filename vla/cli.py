@@ -179,6 +179,9 @@ def _collect_parser(sub) -> None:
                         "policy visits (the action-chunk labels vla train uses for such episodes; "
                         "P >= the policy horizon, e.g. 4 small / 8 base); costs P-1 simulated steps "
                         "per step; 0 = off (default: %(default)s)")
+    p.add_argument("--goal-labels", action="store_true",
+                   help="also record the expert's action under every highway goal at every state "
+                        "(vla train then learns each command from every state)")
     from offline_rl.recipes import RECIPE_NAMES
 
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,

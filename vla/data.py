@@ -13,6 +13,14 @@ on how the passenger worded it, so with probability p a training sample hears an
 (saved in every checkpoint, so resume stays exact). A recorded episode carries one phrasing;
 without this a policy trained on a few dozen episodes hears 2-4 of each goal's 9 train
 phrasings and cannot follow the held-out ones. Held-out phrasings are never used.
+
+Goal relabelling (``goal_relabel``; episodes recorded with ``Episode.goal_labels``): the
+expert is a pure function of (state, goal), so each visited state also gives one sample per
+OTHER highway goal, labelled with the expert's action under that goal and heard as a
+train-split phrasing of it (only the chunk's first action: the expert's later actions under
+that goal were never simulated, the rest is masked). The same state under different commands
+then asks for different actions, which is what teaches a policy to listen (Learning by
+Cheating supervises every high-level command from each state the same way).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import torch
 
 from sim.episode import Episode
 from sim.interface import EGO
+from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
 from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs, actor_features, ego_features, pad_commands
 
@@ -39,9 +48,12 @@ class _EpisodeArrays:
     bins: np.ndarray  # (T, H, D) int64
     residual: np.ndarray  # (T, H, D) float32
     mask: np.ndarray  # (T, H) bool
+    goal_bins: np.ndarray | None = None  # (T, G, H, D) int64: the expert under each highway goal
+    goal_residual: np.ndarray | None = None  # (T, G, H, D) float32
+    goal_valid: np.ndarray | None = None  # (T, G) bool: a counterfactual sample exists
 
 
-def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
+def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeArrays:
     """Everything the policy trains on from one episode (labels: the expert's actions)."""
     t, horizon = ep.num_steps, policy.config.horizon
     labels = ep.expert_actions
@@ -68,6 +80,13 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
         chunks, mask = np.zeros((0, horizon, 2)), np.zeros((0, horizon), bool)
     bins, residual = policy.action_tokenizer.encode(chunks) if t else (
         np.zeros(chunks.shape, np.int64), np.zeros(chunks.shape, np.float32))
+    goal_bins = goal_residual = goal_valid = None
+    if goal_relabel and ep.goal_labels is not None and t and policy.config.command != "none":
+        per_goal = ep.goal_labels.astype(np.float64)  # (T, G, 2)
+        goal_valid = np.isfinite(per_goal).all(-1) & (np.array(HIGHWAY_GOAL_LABELS) != ep.goal.label)[None]
+        first = np.where(np.isfinite(per_goal), per_goal, 0.0)
+        goal_bins, goal_residual = policy.action_tokenizer.encode(np.repeat(first[:, :, None], horizon, axis=2))
+        goal_bins, goal_residual = goal_bins.astype(np.int64), goal_residual.astype(np.float32)
     start_lane = float(ep.ego[0, EGO["lane_id"]])
     frames = None
     if policy.config.cameras:
@@ -80,6 +99,9 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
         actors=np.stack([actor_features(ep.ego[i], ep.actors[i]) for i in range(t)]) if t else np.zeros((0, 8, 9), np.float32),
         command=policy.encode_command(ep.goal.command, ep.goal.lang),
         label=ep.goal.label,
+        goal_bins=goal_bins,
+        goal_residual=goal_residual,
+        goal_valid=goal_valid,
         bins=bins.astype(np.int64),
         residual=residual.astype(np.float32),
         mask=mask.astype(bool),
@@ -89,27 +111,37 @@ def episode_arrays(ep: Episode, policy) -> _EpisodeArrays:
 class DemoDataset:
     """The aggregated dataset: ``len`` samples, ``batch(indices) -> PolicyInputs``."""
 
-    def __init__(self, policy, augment_commands: float = 0.0) -> None:
+    def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False) -> None:
         if not 0.0 <= augment_commands <= 1.0:
             raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
         self.policy = policy
         self.augment_commands = float(augment_commands)
+        self.goal_relabel = bool(goal_relabel) and policy.config.command != "none"
         self._phrasings: dict[str, list[np.ndarray]] = {}
-        if self.augment_commands > 0 and policy.config.command != "none":
+        if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
 
             for p in PHRASINGS:
                 if p.split == "train":
                     self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang))
         self._episodes: list[_EpisodeArrays] = []
-        self._index = np.zeros((0, 2), dtype=np.int64)  # (episode, step) per sample
+        self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample
 
     def add_episode(self, ep: Episode) -> None:
-        arrays = episode_arrays(ep, self.policy)
+        arrays = episode_arrays(ep, self.policy, self.goal_relabel)
         e = len(self._episodes)
         self._episodes.append(arrays)
         steps = np.arange(len(arrays.ego))
-        self._index = np.concatenate([self._index, np.stack([np.full_like(steps, e), steps], 1)])
+        rows = [np.stack([np.full_like(steps, e), steps, np.full_like(steps, -1)], 1)]
+        if arrays.goal_valid is not None:
+            t, g = np.nonzero(arrays.goal_valid)
+            rows.append(np.stack([np.full_like(t, e), t, g], 1))
+        self._index = np.concatenate([self._index, *rows])
+
+    @property
+    def counterfactual_samples(self) -> int:
+        """Samples labelled by the expert under another goal than the episode's."""
+        return int((self._index[:, 2] >= 0).sum())
 
     def __len__(self) -> int:
         return int(len(self._index))
@@ -123,13 +155,22 @@ class DemoDataset:
         eps = [self._episodes[e] for e in rows[:, 0]]
         steps = rows[:, 1]
         pad = self.policy.layout.special("<pad>")
+        goals = rows[:, 2]
         commands = [ep.command for ep in eps]
         if self._phrasings:
-            swap = np.random.random(len(eps)) < self.augment_commands
+            swap = (np.random.random(len(eps)) < self.augment_commands) | (goals >= 0)
             for i in np.flatnonzero(swap):
-                options = self._phrasings.get(eps[i].label)
+                label = eps[i].label if goals[i] < 0 else HIGHWAY_GOAL_LABELS[goals[i]]
+                options = self._phrasings.get(label)
                 if options:
                     commands[i] = options[np.random.randint(len(options))]
+        bins, residual, mask = [], [], []
+        for ep, s, g in zip(eps, steps, goals):
+            if g < 0:
+                bins.append(ep.bins[s]), residual.append(ep.residual[s]), mask.append(ep.mask[s])
+            else:  # the expert's action under goal g now; its later actions were never simulated
+                bins.append(ep.goal_bins[s, g]), residual.append(ep.goal_residual[s, g])
+                mask.append(np.arange(len(ep.mask[s])) == 0)
         command, cmask = pad_commands(commands, pad, self.policy.config.max_command_tokens)
         frames = None
         if self.policy.config.cameras:
@@ -140,7 +181,7 @@ class DemoDataset:
             actors=torch.as_tensor(np.stack([ep.actors[s] for ep, s in zip(eps, steps)])),
             command=torch.as_tensor(command),
             command_mask=torch.as_tensor(cmask),
-            action_bins=torch.as_tensor(np.stack([ep.bins[s] for ep, s in zip(eps, steps)])),
-            action_residual=torch.as_tensor(np.stack([ep.residual[s] for ep, s in zip(eps, steps)])),
-            action_mask=torch.as_tensor(np.stack([ep.mask[s] for ep, s in zip(eps, steps)])),
+            action_bins=torch.as_tensor(np.stack(bins)),
+            action_residual=torch.as_tensor(np.stack(residual)),
+            action_mask=torch.as_tensor(np.stack(mask)),
         )

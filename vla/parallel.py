@@ -30,6 +30,7 @@ class RolloutSpec:
     beta: float = 0.0  # probability of executing the expert's action at each step
     beta_seed: int = 0  # mixes into the per-episode generator that draws the beta coin
     plan_horizon: int = 0  # > 1: record the expert's own P-step plan from every visited state
+    goal_labels: bool = False  # record the expert's action under every highway goal too
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -55,7 +56,8 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
     policy = cache["policy"] or BASELINES[spec.policy](env, seed)
     rng = np.random.default_rng([seed, spec.beta_seed, 17])
     return run_episode(env, policy, seed, query_expert=spec.query_expert, record_frames=spec.record_frames,
-                       beta=spec.beta, rng=rng, plan_horizon=spec.plan_horizon)
+                       beta=spec.beta, rng=rng, plan_horizon=spec.plan_horizon,
+                       goal_labels=spec.goal_labels)
 
 
 _WORKER_CACHE: dict = {}

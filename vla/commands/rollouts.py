@@ -40,7 +40,8 @@ def _rollouts(args: argparse.Namespace, env_for: Callable[[int], EmbeddedDriving
                 policy = wrap(policy, seed)
             ep = run_episode(env, policy, seed, query_expert=query_expert,
                              record_frames=bool(env.cameras),
-                             plan_horizon=getattr(args, "plan_horizon", 0) if query_expert else 0)
+                             plan_horizon=getattr(args, "plan_horizon", 0) if query_expert else 0,
+                             goal_labels=getattr(args, "goal_labels", False) and query_expert)
             bar.set_postfix_str(f"seed {seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
             bar.update()
             yield i, ep
