@@ -190,3 +190,36 @@ def test_a_sample_predicts_the_same_alone_and_padded_in_a_batch(episodes):
     forced = type(batch)(**{**batch.__dict__, "action_bins": out.bins})
     logits, _ = policy.model(forced)
     torch.testing.assert_close(logits, out.bin_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_goal_relabelling_adds_one_first_action_sample_per_other_goal(episodes):
+    """Each state also teaches the other commands: the expert's action under that goal, heard
+    as a train phrasing of that goal, with only the chunk's first action supervised."""
+    import dataclasses
+
+    from sim.scenarios import HIGHWAY_GOAL_LABELS
+    from tokenizers_mm.corpus import PHRASINGS
+
+    policy = make_policy(episodes, cameras=False)
+    ep = episodes[0]
+    labels = np.random.default_rng(0).uniform(-0.05, 0.05, size=(ep.num_steps, len(HIGHWAY_GOAL_LABELS), 2))
+    labels[:, 0] = np.nan  # lane_left impossible here
+    ep = dataclasses.replace(ep, goal_labels=labels.astype(np.float32))
+    plain = DemoDataset(policy)
+    plain.add_episode(ep)
+    data = DemoDataset(policy, goal_relabel=True)
+    data.add_episode(ep)
+    others = [g for g in HIGHWAY_GOAL_LABELS[1:] if g != ep.goal.label]
+    assert len(plain) == ep.num_steps and data.counterfactual_samples == ep.num_steps * len(others)
+    assert len(data) == ep.num_steps * (1 + len(others))
+    g = HIGHWAY_GOAL_LABELS.index(others[0])
+    row = int(np.flatnonzero((data._index[:, 1] == 7) & (data._index[:, 2] == g))[0])
+    np.random.seed(0)
+    b = data.batch(np.array([row]))
+    assert b.action_mask[0].tolist() == [True, False, False]
+    decoded = policy.action_tokenizer.decode(b.action_bins.numpy(), b.action_residual.numpy())[0, 0]
+    np.testing.assert_allclose(decoded, np.clip(labels[7, g], policy.action_tokenizer.low,
+                                                policy.action_tokenizer.high), atol=1e-5)
+    heard = tuple(b.command[0][b.command_mask[0]].tolist())
+    assert heard in {tuple(policy.encode_command(p.text, p.lang)) for p in PHRASINGS
+                     if p.split == "train" and p.label == others[0]}

@@ -203,3 +203,22 @@ def test_rollouts_record_plans_only_where_a_policy_drove():
     assert expert.expert_plans is None
     with pytest.raises(ValueError, match="query_expert"):
         run_episode(env, ConstantPolicy(), seed=3, query_expert=False, plan_horizon=3)
+
+
+def test_goal_labels_are_the_expert_under_each_goal():
+    from sim.scenarios import HIGHWAY_GOAL_LABELS, highway_goal_labels
+
+    env = EmbeddedDrivingEnv("highway", "dense")
+    env.reset(seed=3)
+    labels = env.goal_labels()
+    own = HIGHWAY_GOAL_LABELS.index(env.goal.label)
+    np.testing.assert_array_equal(labels[own], env.expert_action())
+    possible = highway_goal_labels(env._start_lane)
+    for i, label in enumerate(HIGHWAY_GOAL_LABELS):
+        assert np.all(np.isfinite(labels[i])) == (label in possible)
+    # lane commands disagree on steering once the ego is between lanes
+    if "lane_left" in possible and "lane_right" in possible:
+        assert labels[HIGHWAY_GOAL_LABELS.index("lane_left"), 1] > labels[HIGHWAY_GOAL_LABELS.index("lane_right"), 1]
+    intersection = EmbeddedDrivingEnv("intersection", "light")
+    intersection.reset(seed=1)
+    assert intersection.goal_labels() is None

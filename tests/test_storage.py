@@ -335,3 +335,16 @@ def test_expert_plans_round_trip_and_bad_shapes(tmp_path: Path) -> None:
     bad[0, 0, 0] = np.inf
     with pytest.raises(DatasetError, match="expert_plans"):
         write_episode(tmp_path / "r.h5", dataclasses.replace(plain, expert_plans=bad))
+
+
+def test_goal_labels_round_trip_and_shape_check(tmp_path: Path) -> None:
+    from sim.scenarios import HIGHWAY_GOAL_LABELS
+
+    ep = make_episode(frames=False)
+    labels = np.random.default_rng(2).normal(size=(ep.num_steps, len(HIGHWAY_GOAL_LABELS), 2)).astype(np.float32)
+    labels[:, 1] = np.nan  # a goal that is not possible from the start lane
+    ep = dataclasses.replace(ep, goal_labels=labels)
+    write_episode(tmp_path / "g.h5", ep)
+    assert np.array_equal(read_episode(tmp_path / "g.h5").goal_labels, labels, equal_nan=True)
+    with pytest.raises(ValueError, match="goal_labels"):
+        dataclasses.replace(ep, goal_labels=labels[:, :3])
