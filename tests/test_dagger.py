@@ -90,3 +90,12 @@ def test_bad_config():
         tiny_config(beta0=1.5)
     with pytest.raises(ValueError, match="eval_episodes"):
         tiny_config(eval_episodes=0)
+
+
+def test_session_with_goal_relabelling_records_and_trains_on_goal_labels(tmp_path):
+    session = DaggerSession(tiny_config(iterations=0, goal_relabel=True), tmp_path / "run", log=lambda s: None)
+    lines = session.run_all()
+    episodes = list(read_episodes(tmp_path / "run" / "data" / "iter_000", load_frames=False))
+    assert all(ep.goal_labels is not None and ep.goal_labels.shape[1] == 5 for ep in episodes)
+    # every state also teaches the (possible) other goals
+    assert lines[0]["dataset_steps"] > 3 * sum(ep.num_steps for ep in episodes)

@@ -78,8 +78,9 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
-    p.add_argument("--no-goal-relabel", action="store_true",
-                   help="do not record and train on the expert's actions under the other goals")
+    p.add_argument("--goal-relabel", action="store_true",
+                   help="also record and train on the expert's action under every other highway goal "
+                        "at every visited state (experimental: jerkier policies, see docs/dagger_study.md)")
     p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
                    help="probability that a training sample hears another train-split phrasing of "
                         "its goal instead of the recorded one (default: %(default)s)")
@@ -95,7 +96,7 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.session_eval_episodes,
         beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
         train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-        workers=args.workers, augment_commands=args.augment_commands, goal_relabel=not args.no_goal_relabel,
+        workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
         policy=policy_config(args))
 
 
@@ -160,9 +161,9 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
-    p.add_argument("--no-goal-relabel", action="store_true",
-                   help="do not train on the expert's actions under the other goals where the data has "
-                        "them (vla collect --goal-labels)")
+    p.add_argument("--goal-relabel", action="store_true",
+                   help="also train on the expert's actions under the other goals where the data has them "
+                        "(vla collect --goal-labels; experimental, see docs/dagger_study.md)")
     p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
                    help="probability that a training sample hears another train-split phrasing of "
                         "its goal instead of the recorded one (default: %(default)s)")
@@ -194,7 +195,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     tokenizer = default_action_tokenizer(config.n_bins)
     torch.manual_seed(args.seed)
     policy = VLAPolicy(config, tokenizer, name=str(out / "policy"))
-    data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=not args.no_goal_relabel)
+    data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel)
     for ep in episodes:
         data.add_episode(ep)
     print(f"{len(episodes)} episodes, {len(data)} samples ({data.counterfactual_samples} under other goals)",
