@@ -189,6 +189,8 @@ def run_train_policy(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
+    if not 0.0 <= args.augment_commands <= 1.0:
+        raise ValueError(f"--augment-commands must be in [0, 1], got {args.augment_commands}")
     config = policy_config(args)
     episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
     out.mkdir(parents=True, exist_ok=True)
