@@ -8,7 +8,9 @@ first ``--warmup`` steps are not timed; the figure is the median of ``--repeats`
 
 Besides the defaults, it times the reduced-precision variants (``--precision`` of the
 methods: bf16 matmul inputs, fp32 accumulation / parameters / optimizer): IQL entirely in
-bf16, and CQL with only the penalty's sampled Q evaluations in bf16. The last line printed is
+bf16, and CQL with only the penalty's sampled Q evaluations in bf16; and the compiled ones
+(``compile=True``: the loss forward and backward through ``torch.compile``), in float32 and
+entirely in bf16. The warm-up steps include the compilation. The last line printed is
 one JSON object with ``iql_steps_per_s`` and ``cql_steps_per_s`` (defaults, float32, wall
 clock), the variants' figures, each also per second of thread CPU time (``*_per_cpu_s``), and
 the 1-minute load average (the machine may be shared: compare runs at similar load).
