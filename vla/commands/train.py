@@ -52,6 +52,15 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                         "smoother chunks (default: %(default)s)")
 
 
+def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None:
+    """How training samples hear their commands (``vla.data.DemoDataset``)."""
+    p.add_argument("--goal-relabel", action="store_true",
+                   help=relabel_help + " (experimental: jerkier policies, see docs/dagger_study.md)")
+    p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
+                   help="probability that a training sample hears another train-split phrasing of "
+                        "its goal instead of the recorded one (default: %(default)s)")
+
+
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
     defaults = PolicyConfig()
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
@@ -78,12 +87,8 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
-    p.add_argument("--goal-relabel", action="store_true",
-                   help="also record and train on the expert's action under every other highway goal "
-                        "at every visited state (experimental: jerkier policies, see docs/dagger_study.md)")
-    p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
-                   help="probability that a training sample hears another train-split phrasing of "
-                        "its goal instead of the recorded one (default: %(default)s)")
+    add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
+                                          "highway goal at every visited state")
     add_policy_args(p)
 
 
@@ -161,12 +166,8 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
-    p.add_argument("--goal-relabel", action="store_true",
-                   help="also train on the expert's actions under the other goals where the data has them "
-                        "(vla collect --goal-labels; experimental, see docs/dagger_study.md)")
-    p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
-                   help="probability that a training sample hears another train-split phrasing of "
-                        "its goal instead of the recorded one (default: %(default)s)")
+    add_command_data_args(p, relabel_help="also train on the expert's actions under the other goals where "
+                                          "the data has them (vla collect --goal-labels)")
     add_policy_args(p, head=head)
 
 
