@@ -81,7 +81,7 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
     bins, residual = policy.action_tokenizer.encode(chunks) if t else (
         np.zeros(chunks.shape, np.int64), np.zeros(chunks.shape, np.float32))
     goal_bins = goal_residual = goal_valid = None
-    if goal_relabel and ep.goal_labels is not None and t and policy.config.command != "none":
+    if goal_relabel and ep.goal_labels is not None and t:  # the dataset turns it off for command "none"
         per_goal = ep.goal_labels.astype(np.float64)  # (T, G, 2)
         goal_valid = np.isfinite(per_goal).all(-1) & (np.array(HIGHWAY_GOAL_LABELS) != ep.goal.label)[None]
         first = np.where(np.isfinite(per_goal), per_goal, 0.0)
