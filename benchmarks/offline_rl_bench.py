@@ -58,44 +58,56 @@ def steps_per_second(method, data, steps: int, warmup: int, repeats: int, batch_
     return float(np.median(wall)), float(np.median(cpu))
 
 
-def run(args: argparse.Namespace) -> int:
-    from offline_rl.cql import CQL, CQLConfig
-    from offline_rl.iql import IQL, IQLConfig
+def measure_in_fresh_process(cls, config, steps: int, args: argparse.Namespace) -> tuple[float, float]:
+    """``steps_per_second`` of one method configuration, in its own process on one thread.
+
+    Each configuration gets a fresh interpreter, so the allocator state and compile caches one
+    setting leaves behind cannot change the next one's figure. (IQL bf16 + compile measured 188
+    steps/s after the CQL runs in one process and 273-291 alone, but later lone runs gave
+    197-216: this shared machine drifts by up to ~40% between runs, so compare settings within
+    one run.)"""
+    torch.set_num_threads(1)
     from offline_rl.pendulum import make_pendulum_dataset
     from offline_rl.replay import Normalizer, TransitionData
+
+    dataset = make_pendulum_dataset(args.transitions, seed=args.seed)
+    data = TransitionData(dataset, Normalizer.fit(dataset, action_bounds=(-2.0, 2.0)))
+    torch.manual_seed(args.seed)
+    method = cls(dataset.obs_dim, dataset.action_dim, config)
+    return steps_per_second(method, data, steps, args.warmup, args.repeats, args.batch_size, args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from offline_rl.cql import CQL, CQLConfig
+    from offline_rl.iql import IQL, IQLConfig
 
     for name in ("iql_steps", "cql_steps", "repeats", "batch_size", "transitions"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        dataset = make_pendulum_dataset(args.transitions, seed=args.seed)
-        data = TransitionData(dataset, Normalizer.fit(dataset, action_bounds=(-2.0, 2.0)))
-        print(f"offline-rl bench: Pendulum-v1 dataset of {len(data)} transitions, batch {args.batch_size}, "
-              f"1 thread, load average {os.getloadavg()[0]:.2f}", flush=True)
-        runs = {"iql_steps_per_s": (IQL, IQLConfig(), args.iql_steps),
-                "cql_steps_per_s": (CQL, CQLConfig(), args.cql_steps)}
-        if not args.no_variants:
-            runs["iql_bf16_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16"), args.iql_steps)
-            runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
-            runs["iql_compiled_steps_per_s"] = (IQL, IQLConfig(compile=True), args.iql_steps)
-            runs["iql_bf16_compiled_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16", compile=True), args.iql_steps)
-            runs["cql_compiled_steps_per_s"] = (CQL, CQLConfig(compile=True), args.cql_steps)
-            runs["cql_bf16_compiled_steps_per_s"] = (
-                CQL, CQLConfig(precision="bfloat16", penalty_precision="bfloat16", compile=True), args.cql_steps)
-        result: dict[str, float | int | str] = {}
-        for key, (cls, config, steps) in runs.items():
-            torch.manual_seed(args.seed)
-            method = cls(dataset.obs_dim, dataset.action_dim, config)
-            rate, cpu_rate = steps_per_second(method, data, steps, args.warmup, args.repeats,
-                                              args.batch_size, args.seed)
-            result[key] = round(rate, 2)
-            result[key.replace("_per_s", "_per_cpu_s")] = round(cpu_rate, 2)
-            print(f"{key}: {rate:.1f} (per CPU second: {cpu_rate:.1f})", flush=True)
-        result.update(batch_size=args.batch_size, transitions=len(data), threads=1,
-                      load_average_1m=round(os.getloadavg()[0], 2), torch=torch.__version__)
-    finally:
-        torch.set_num_threads(previous)
+    print(f"offline-rl bench: Pendulum-v1 dataset of {args.transitions} transitions, batch {args.batch_size}, "
+          f"1 thread, each setting in a fresh process, load average {os.getloadavg()[0]:.2f}", flush=True)
+    runs = {"iql_steps_per_s": (IQL, IQLConfig(), args.iql_steps),
+            "cql_steps_per_s": (CQL, CQLConfig(), args.cql_steps)}
+    if not args.no_variants:
+        runs["iql_bf16_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16"), args.iql_steps)
+        runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
+        runs["iql_compiled_steps_per_s"] = (IQL, IQLConfig(compile=True), args.iql_steps)
+        runs["iql_bf16_compiled_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16", compile=True), args.iql_steps)
+        runs["cql_compiled_steps_per_s"] = (CQL, CQLConfig(compile=True), args.cql_steps)
+        runs["cql_bf16_compiled_steps_per_s"] = (
+            CQL, CQLConfig(precision="bfloat16", penalty_precision="bfloat16", compile=True), args.cql_steps)
+    result: dict[str, float | int | str] = {}
+    context = multiprocessing.get_context("spawn")
+    for key, (cls, config, steps) in runs.items():
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            rate, cpu_rate = pool.submit(measure_in_fresh_process, cls, config, steps, args).result()
+        result[key] = round(rate, 2)
+        result[key.replace("_per_s", "_per_cpu_s")] = round(cpu_rate, 2)
+        print(f"{key}: {rate:.1f} (per CPU second: {cpu_rate:.1f})", flush=True)
+    result.update(batch_size=args.batch_size, transitions=args.transitions, threads=1,
+                  load_average_1m=round(os.getloadavg()[0], 2), torch=torch.__version__)
     print(json.dumps(result, sort_keys=True))
     return 0
