@@ -78,7 +78,13 @@ TABLES: dict[str, tuple[tuple[str, ...], type]] = {
     "reward_terms": (REWARD_FIELDS, np.float32),
 }
 """Per-step datasets: column names of the last axis and the dtype stored / returned."""
-NAN_ALLOWED = ("expert_actions", "expert_plans", "goal_labels")
+OPTIONAL_TABLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "expert_plans": {},
+    "goal_labels": {"goals": HIGHWAY_GOAL_LABELS},
+}
+"""Per-step (T, K, 2) action tables an episode may carry (the ``Episode`` fields of the same
+names), stored with attr ``fields`` = ``ACTION_FIELDS`` plus the attrs given (checked on read)."""
+NAN_ALLOWED = ("expert_actions", *OPTIONAL_TABLES)
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
     "next_observations": ((STATE_DIM,), np.float32),
@@ -160,29 +166,29 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
     path = Path(path)
     arrays = {name: np.asarray(getattr(ep, name), dtype=dt) for name, (_, dt) in TABLES.items()}
     _check_values(path, arrays)
-    plans = None if ep.expert_plans is None else np.asarray(ep.expert_plans, dtype=np.float32)
-    if plans is not None:
-        _check_values(path, {"expert_plans": plans})
-    goal_labels = None if ep.goal_labels is None else np.asarray(ep.goal_labels, dtype=np.float32)
-    if goal_labels is not None:
-        _check_values(path, {"goal_labels": goal_labels})
+    optional = {name: np.asarray(getattr(ep, name), dtype=np.float32)
+                for name in OPTIONAL_TABLES if getattr(ep, name) is not None}
+    _check_values(path, optional)
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["meta"] = json.dumps(ep.meta())
         for name, arr in arrays.items():
             ds = f.create_dataset(name, data=arr, compression=compression, fletcher32=True)
             ds.attrs["fields"] = list(TABLES[name][0])
-        if ep.expert_plans is not None:
-            ds = f.create_dataset("expert_plans", data=plans, compression=compression, fletcher32=True)
-            ds.attrs["fields"] = list(ACTION_FIELDS)
-        if goal_labels is not None:
-            ds = f.create_dataset("goal_labels", data=goal_labels, compression=compression, fletcher32=True)
-            ds.attrs["fields"] = list(ACTION_FIELDS)
-            ds.attrs["goals"] = list(HIGHWAY_GOAL_LABELS)
+        for name, arr in optional.items():
+            ds = f.create_dataset(name, data=arr, compression=compression, fletcher32=True)
+            for key, names in {"fields": ACTION_FIELDS, **OPTIONAL_TABLES[name]}.items():
+                ds.attrs[key] = list(names)
         if ep.frames is not None:
             chunks = (1, *ep.frames.shape[1:]) if ep.num_steps > 0 else True
             f.create_dataset("frames", data=ep.frames, chunks=chunks,
                              compression=compression, fletcher32=True)
+
+
+def _names(ds: h5py.Dataset, key: str) -> list[str]:
+    """A dataset's list-of-names attribute (empty when missing)."""
+    raw = ds.attrs.get(key)
+    return [] if raw is None else [x.decode() if isinstance(x, bytes) else str(x) for x in np.atleast_1d(raw)]
 
 
 def _read_table(f: h5py.File, path: Path, name: str,
@@ -191,8 +197,7 @@ def _read_table(f: h5py.File, path: Path, name: str,
         raise _fail(path, f"missing dataset {name!r}")
     ds = f[name]
     expected, dtype = layout or TABLES[name]
-    raw = ds.attrs.get("fields")
-    got = [] if raw is None else [x.decode() if isinstance(x, bytes) else str(x) for x in np.atleast_1d(raw)]
+    got = _names(ds, "fields")
     if tuple(got) != expected:
         diff = [f"{g!r} vs {e!r}" for g, e in zip(got, expected) if g != e]
         extra = [repr(x) for x in got[len(expected):]] + [repr(x) for x in expected[len(got):]]
@@ -219,27 +224,23 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
         if f["frames"].dtype != np.uint8:
             raise _fail(path, f"dataset 'frames' has dtype {f['frames'].dtype}, expected uint8")
         frames = f["frames"][()]
-    plans = None
-    if "expert_plans" in f:
-        plans = _read_table(f, path, "expert_plans", (ACTION_FIELDS, np.float32))
-        if plans.ndim != 3 or plans.shape[0] != arrays["actions"].shape[0]:
-            raise _fail(path, f"dataset 'expert_plans' has shape {plans.shape}, expected "
-                              f"({arrays['actions'].shape[0]}, P, {len(ACTION_FIELDS)})")
-        _check_values(path, {"expert_plans": plans})
-    goal_labels = None
-    if "goal_labels" in f:
-        goal_labels = _read_table(f, path, "goal_labels", (ACTION_FIELDS, np.float32))
-        raw = f["goal_labels"].attrs.get("goals")
-        goals = () if raw is None else tuple(x.decode() if isinstance(x, bytes) else str(x) for x in np.atleast_1d(raw))
-        if goals != HIGHWAY_GOAL_LABELS:
-            raise _fail(path, f"dataset 'goal_labels' has goals {list(goals)}, this code has {list(HIGHWAY_GOAL_LABELS)}")
-        if goal_labels.shape[:2] != (arrays["actions"].shape[0], len(HIGHWAY_GOAL_LABELS)):
-            raise _fail(path, f"dataset 'goal_labels' has shape {goal_labels.shape}")
-        _check_values(path, {"goal_labels": goal_labels})
+    optional = {}
+    steps = arrays["actions"].shape[0]
+    for name, attrs in OPTIONAL_TABLES.items():
+        if name not in f:
+            continue
+        arr = _read_table(f, path, name, (ACTION_FIELDS, np.float32))
+        if arr.ndim != 3 or arr.shape[0] != steps:
+            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({steps}, K, {len(ACTION_FIELDS)})")
+        for key, expected in attrs.items():
+            if tuple(_names(f[name], key)) != expected:
+                raise _fail(path, f"dataset {name!r} has {key} {_names(f[name], key)}, this code has {list(expected)}")
+        optional[name] = arr
+    _check_values(path, optional)
     scalars = {k: meta[k] for k in ("scenario", "density", "seed", "outcome", "route_length", "policy", "dt")}
     cameras = tuple(CameraSpec.from_dict(c) for c in meta["cameras"])
-    return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, expert_plans=plans,
-                   goal_labels=goal_labels, **scalars, **arrays)
+    return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, **optional,
+                   **scalars, **arrays)
 
 
 def read_episode(path: str | Path, load_frames: bool = True) -> Episode:
