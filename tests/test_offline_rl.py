@@ -327,3 +327,17 @@ def test_bench_offline_rl_prints_json_last(capsys):
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["iql_steps_per_s"] > 0 and result["cql_steps_per_s"] > 0 and result["threads"] == 1
+
+
+def test_driving_comparison_summary_and_bad_options(tmp_path, capsys):
+    from benchmarks import offline_rl_driving as study
+
+    rows = [{k: v for k in study.METRICS} for v in (0.2, 0.4)]
+    summary = study.summarize({"iql": rows})
+    assert summary["iql"]["seeds"] == 2
+    assert summary["iql"]["driving_score"]["mean"] == pytest.approx(0.3)
+    assert summary["iql"]["driving_score"]["std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    args = study.build_parser().parse_args(["--out", str(tmp_path), "--seeds", "0", "1"])
+    assert "| iql (x2) | 0.300 ± 0.141 |" in study.format_summary(summary, args)
+    assert study.main(["--out", str(tmp_path / "run"), "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
