@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.metrics import episode_metrics
-from benchmarks.reports import metrics_record, to_jsonable, write_episodes_csv, write_json
+from benchmarks.reports import mean_std, metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.atomic import atomic_output
 from vla.parallel import RolloutPool, RolloutSpec
 
@@ -61,14 +60,6 @@ def _evaluate(pool: RolloutPool, policy: str, cameras: bool, scenario: str, dens
     return metrics
 
 
-def _spread(values: list[float]) -> dict:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-            "n": len(vals)}
-
-
 def _goal_types(records: list[dict]) -> dict:
     pooled: dict[str, list[int]] = {}
     for rec in records:
@@ -80,7 +71,7 @@ def _goal_types(records: list[dict]) -> dict:
 
 
 def summarize(per_arm: dict[str, list[dict]]) -> dict:
-    return {arm: {"metrics": {m: _spread([r.get(m) for r in recs]) for m in METRICS},
+    return {arm: {"metrics": {m: mean_std([r.get(m) for r in recs]) for m in METRICS},
                   "goal_success_by_type": _goal_types(recs), "runs": len(recs)}
             for arm, recs in per_arm.items()}
 

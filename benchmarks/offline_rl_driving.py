@@ -26,9 +26,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.reports import write_json
+from benchmarks.reports import mean_std, write_json
 from sim.atomic import atomic_output
 
 EVAL_SEED = 5_000_000
@@ -45,7 +43,7 @@ ARMS = {
 
 def _vla(*args: str) -> None:
     cmd = [sys.executable, "-m", "vla.cli", *args]
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"{' '.join(args[:2])} failed (exit {done.returncode}): {tail[0]}")
@@ -81,16 +79,16 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     for arm, rows in results.items():
         out[arm] = {"seeds": len(rows)}
         for key in METRICS:
-            values = np.array([r[key] for r in rows], dtype=float)
-            out[arm][key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                             "per_seed": values.round(4).tolist()}
+            values = [r[key] for r in rows]
+            out[arm][key] = {**mean_std(values), "per_seed": [round(float(v), 4) for v in values]}
     return out
 
 
 def format_summary(summary: dict, args: argparse.Namespace) -> str:
-    lines = [f"# Offline RL vs BC, {args.scenario}/{args.density} medium-replay ({args.episodes} episodes), "
+    title = (f"# Offline RL vs BC, {args.scenario}/{args.density} medium-replay ({args.episodes} episodes), "
              f"{args.steps} steps, {args.eval_episodes} held-out episodes per policy (seeds from {EVAL_SEED}); "
-             f"mean ± std over training seeds {args.seeds}", "",
+             f"mean ± std over training seeds {args.seeds}")
+    lines = [title, "",
              "| arm | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for arm, row in summary.items():
         cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in METRICS]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +70,16 @@ def write_json(path: str | Path, obj) -> None:
     text = json.dumps(to_jsonable(obj), allow_nan=False, sort_keys=True, indent=2) + "\n"
     with atomic_output(path, keep_suffix=True) as tmp:
         tmp.write_text(text)
+
+
+def mean_std(values: Sequence[float | None]) -> dict:
+    """``{"mean", "std" (sample std; 0 for one value), "n"}`` of the values that are not None
+    (e.g. one metric over training seeds); mean and std are None when there are none."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "n": len(vals)}
 
 
 def metrics_record(per_episode: list[dict], policy: str, scenario: str, density: str,
