@@ -220,13 +220,66 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+class LeanAdam(torch.optim.Adam):
+    """``torch.optim.Adam(fused=True)`` with a shorter step: the same update (same state
+    layout, same kernel), but the per-group lists of parameters and Adam state are built once
+    and each step is one ``_foreach_add_`` on the step counters plus one fused Adam kernel
+    per group. ``Adam.step`` re-walks every parameter, re-reads its state and regroups the
+    tensors by device and dtype on every call: ~0.1-0.2 ms of Python per step for the ~20
+    tensors of IQL's four MLPs, 5-8% of an IQL step on one CPU thread (``vla bench
+    offline-rl``). Steps that the short path cannot take (a parameter gaining a gradient for
+    the first time, amsgrad, a closure) go through ``Adam.step`` and refresh the lists."""
+
+    def __init__(self, groups: list[dict]) -> None:
+        super().__init__(groups, fused=True)
+        self._groups: list[tuple[dict, list]] | None = None
+
+    def _build(self) -> None:
+        self._groups = [(g, [(p, self.state[p]) for p in g["params"] if p in self.state])
+                        for g in self.param_groups]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._groups = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        special = (getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
+                   or any(g["amsgrad"] or g.get("decoupled_weight_decay") or g.get("differentiable")
+                          for g in self.param_groups))
+        if closure is not None or self._groups is None or special:
+            loss = super().step(closure)
+            self._build()
+            return loss
+        work = []
+        for group, entries in self._groups:
+            live = [(p, st) for p, st in entries if p.grad is not None]
+            if len(live) != sum(p.grad is not None for p in group["params"]):
+                loss = super().step()  # a parameter without state has a gradient now
+                self._build()
+                return loss
+            if live:
+                work.append((group, live))
+        for group, live in work:
+            steps = [st["step"] for _, st in live]
+            torch._foreach_add_(steps, 1)
+            beta1, beta2 = group["betas"]
+            torch._fused_adam_(
+                [p for p, _ in live], [p.grad for p, _ in live], [st["exp_avg"] for _, st in live],
+                [st["exp_avg_sq"] for _, st in live], [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                maximize=group["maximize"])
+        return None
+
+
 def make_adam(groups: list[dict]) -> torch.optim.Adam:
-    """One Adam over param groups (each with its own lr); fused kernel where available.
+    """One Adam over param groups (each with its own lr): ``LeanAdam`` (the fused kernel)
+    where the fused kernel exists, else the multi-tensor Adam.
 
     One optimizer with per-group learning rates is the same update as one Adam per network:
     Adam's state and step are per parameter."""
     try:
-        return torch.optim.Adam(groups, fused=True)
+        return LeanAdam(groups)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(groups, foreach=True)
 
