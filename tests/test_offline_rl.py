@@ -25,7 +25,7 @@ from offline_rl.datasets import (
     validate,
 )
 from offline_rl.iql import IQL, IQLConfig, awr_weights, expectile_loss
-from offline_rl.networks import LeanAdam, StateActionCritic, TanhGaussianActor
+from offline_rl.networks import EnsembleMLP, LeanAdam, StateActionCritic, TanhGaussianActor, padded_head
 from offline_rl.pendulum import make_pendulum_dataset
 from offline_rl.policy import (
     MLPPolicy,
@@ -120,6 +120,26 @@ def test_lean_adam_is_torch_fused_adam_step_for_step():
         assert torch.equal(a, b)
     for st_a, st_b in zip(ref.state_dict()["state"].values(), lean.state_dict()["state"].values()):
         assert all(torch.equal(st_a[k], st_b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_padded_skinny_head_equals_the_plain_head_values_and_gradients():
+    """The zero-padded head (CQL's many-row Q heads) gives the plain head's outputs and
+    gradients: the padding columns are sliced away and receive nothing."""
+    torch.manual_seed(0)
+    mlp = EnsembleMLP(5, 1, hidden=16, n_hidden=2, ensemble_size=2)
+    h = torch.randn(2, 40, 16, requires_grad=True)
+    outs, grads = [], []
+    for fn in (lambda x: mlp.out(x), lambda x: padded_head(mlp.out, x, False, torch.float32)):
+        mlp.zero_grad()
+        h.grad = None
+        y = fn(h)
+        (y.sin().sum()).backward()
+        outs.append(y.detach())
+        grads.append([h.grad.clone(), mlp.out.weight.grad.clone(), mlp.out.bias.grad.clone()])
+    assert outs[0].shape == outs[1].shape == (2, 40, 1)
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_critic_ensemble_shared_state_matches_repeated_inputs():
