@@ -2,7 +2,7 @@
 and two actors, all over flat state vectors (``sim.features.state_vector`` for driving data).
 
 * ``VectorizedLinear``: ``E`` independent linear layers as ONE batched matmul
-  (``torch.baddbmm``): ``x (E, N, in) -> (E, N, out)``, weights ``(E, in, out)``.
+  (``torch.bmm``): ``x (E, N, in) -> (E, N, out)``, weights ``(E, in, out)``.
 * ``EnsembleMLP``: ``E`` MLPs of ReLU hidden layers made of ``VectorizedLinear``s. The twin
   critics are ``E = 2`` (one call evaluates both); the value net is ``E = 1``.
 * ``StateActionCritic``: ``Q_e(s, a)`` for ``K`` action samples per state without repeating
@@ -39,7 +39,7 @@ IQL_LOG_STD_MIN, IQL_LOG_STD_MAX = -5.0, 2.0
 
 
 class VectorizedLinear(nn.Module):
-    """``E`` linear layers evaluated with one ``torch.baddbmm``: ``(E, N, in) -> (E, N, out)``.
+    """``E`` linear layers evaluated with one ``torch.bmm`` (+ bias): ``(E, N, in) -> (E, N, out)``.
 
     Each member is initialized like ``nn.Linear`` (uniform in +-1/sqrt(in))."""
 
@@ -57,8 +57,12 @@ class VectorizedLinear(nn.Module):
         return (w, b) if dtype == torch.float32 else (w.to(dtype), b.to(dtype))
 
     def forward(self, x: torch.Tensor, detach: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        # bmm, then the bias: not baddbmm, which first copies the broadcast bias into the whole
+        # output for the GEMM to accumulate onto. Compiled, the add fuses with the next ReLU and
+        # cast into one pass: +8% IQL, +3.5% CQL steps/s (bf16 + compile, one thread); eager,
+        # the same speed either way.
         w, b = self.params(detach, dtype)
-        return torch.baddbmm(b, x.to(dtype), w)
+        return torch.bmm(x.to(dtype), w) + b
 
 
 SKINNY_HEAD_ROWS, SKINNY_HEAD_PAD = 2048, 16
@@ -78,7 +82,7 @@ def padded_head(layer: VectorizedLinear, h: torch.Tensor, detach: bool, dtype: t
     m = w.shape[-1]
     w = F.pad(w, (0, SKINNY_HEAD_PAD - m))
     b = F.pad(b, (0, SKINNY_HEAD_PAD - m))
-    return torch.baddbmm(b, h.to(dtype), w)[..., :m]
+    return (torch.bmm(h.to(dtype), w) + b)[..., :m]
 
 
 class EnsembleMLP(nn.Module):
