@@ -47,7 +47,11 @@ def paired_bootstrap(diffs, resamples: int = 10_000, seed: int = 0, level: float
 
 def _episodes(path: Path) -> dict[str, dict]:
     with open(path, newline="") as f:
-        return {row["seed"]: row for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        missing = [c for c in ("seed", *PAIRED) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing}")
+        return {row["seed"]: row for row in reader}
 
 
 def combine(studies: list[Path]) -> dict:
@@ -105,7 +109,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         result = combine([Path(s) for s in args.studies])
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
