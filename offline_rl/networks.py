@@ -253,8 +253,9 @@ class LeanAdam(torch.optim.Adam):
     per group. ``Adam.step`` re-walks every parameter, re-reads its state and regroups the
     tensors by device and dtype on every call: ~0.1-0.2 ms of Python per step for the ~20
     tensors of IQL's four MLPs, ~4% of a compiled bf16 IQL step on one CPU thread (0.5-8% over
-    in-process A/B runs of ``vla bench offline-rl``'s setup). Steps that the short path cannot take (a parameter gaining a gradient for
-    the first time, amsgrad, a closure) go through ``Adam.step`` and refresh the lists."""
+    in-process A/B runs of ``vla bench offline-rl``'s setup). Steps that the short path cannot
+    take (a parameter gaining a gradient for the first time, amsgrad, a closure, a grad scaler)
+    go through ``Adam.step`` and refresh the lists."""
 
     def __init__(self, groups: list[dict]) -> None:
         super().__init__(groups, fused=True)
