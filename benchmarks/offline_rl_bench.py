@@ -4,16 +4,18 @@ Setup (the published defaults): batch 256 from a ~20k-transition Pendulum-v1 dat
 here (``offline_rl.pendulum``: random + energy-pumping controller episodes); IQL with 256x2
 MLPs (twin critics, V, Gaussian actor), CQL(H) with 256x3 MLPs and 10 sampled actions per
 source (30 per state). A step = gather a batch (``TransitionData.batch``) + ``update``; the
-first ``--warmup`` steps are not timed; the figure is the median of ``--repeats`` timed runs.
+first ``--warmup`` steps are not timed (they include the compilation); the figure is the
+median of ``--repeats`` timed runs.
 
-Besides the defaults, it times the reduced-precision variants (``--precision`` of the
-methods: bf16 matmul inputs, fp32 accumulation / parameters / optimizer): IQL entirely in
-bf16, and CQL with only the penalty's sampled Q evaluations in bf16; and the compiled ones
-(``compile=True``: the loss forward and backward through ``torch.compile``), in float32 and
-entirely in bf16. The warm-up steps include the compilation. The last line printed is
-one JSON object with ``iql_steps_per_s`` and ``cql_steps_per_s`` (defaults, float32, wall
-clock), the variants' figures, each also per second of thread CPU time (``*_per_cpu_s``), and
-the 1-minute load average (the machine may be shared: compare runs at similar load).
+The headline ``iql_steps_per_s`` / ``cql_steps_per_s`` are for what ``vla train iql|cql`` runs
+by default on this machine (``--precision auto --compile auto``: bf16 matmul inputs where the
+CPU has bf16 instructions, float32 accumulation / parameters / Adam; the losses compiled where
+a C++ compiler is found), named by ``iql_settings`` / ``cql_settings``. The other settings are
+timed too (unless ``--no-variants``): ``*_float32_eager_*`` (the reference implementations'
+setting), ``*_float32_compiled_*``, ``*_bfloat16_eager_*``, ``*_bfloat16_compiled_*``, and CQL
+with only the penalty in bf16 (``cql_bf16_penalty_*``). Each figure is also given per second
+of thread CPU time (``*_per_cpu_s``), with the 1-minute load average (the machine may be
+shared: compare runs at similar load). The last line printed is that JSON object.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, help="transitions per step (default: %(default)s)")
     p.add_argument("--transitions", type=int, default=20_000, help="dataset size (default: %(default)s)")
-    p.add_argument("--no-variants", action="store_true", help="time only the float32 defaults")
+    p.add_argument("--no-variants", action="store_true", help="time only the headline settings")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="the headline's matmul input precision, as vla train's (default: %(default)s)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="the headline's compile setting, as vla train's (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the weights (default: %(default)s)")
 
 
@@ -83,22 +89,25 @@ def run(args: argparse.Namespace) -> int:
 
     from offline_rl.cql import CQL, CQLConfig
     from offline_rl.iql import IQL, IQLConfig
+    from offline_rl.networks import resolve_compile, resolve_precision
 
     for name in ("iql_steps", "cql_steps", "repeats", "batch_size", "transitions"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    precision, compile_ = resolve_precision(args.precision), resolve_compile(args.compile)
+    settings = f"{precision}_{'compiled' if compile_ else 'eager'}"
     print(f"offline-rl bench: Pendulum-v1 dataset of {args.transitions} transitions, batch {args.batch_size}, "
-          f"1 thread, each setting in a fresh process, load average {os.getloadavg()[0]:.2f}", flush=True)
-    runs = {"iql_steps_per_s": (IQL, IQLConfig(), args.iql_steps),
-            "cql_steps_per_s": (CQL, CQLConfig(), args.cql_steps)}
+          f"1 thread, each setting in a fresh process, load average {os.getloadavg()[0]:.2f}; "
+          f"headline settings (vla train's defaults here): {settings}", flush=True)
+    runs = {}
+    for p in (["float32", "bfloat16"] if not args.no_variants else [precision]):
+        for c in ([False, True] if not args.no_variants else [compile_]):
+            name = f"{p}_{'compiled' if c else 'eager'}"
+            runs[f"iql_{name}_steps_per_s"] = (IQL, IQLConfig(precision=p, compile=c), args.iql_steps)
+            runs[f"cql_{name}_steps_per_s"] = (CQL, CQLConfig(precision=p, penalty_precision=p, compile=c),
+                                               args.cql_steps)
     if not args.no_variants:
-        runs["iql_bf16_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16"), args.iql_steps)
         runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
-        runs["iql_compiled_steps_per_s"] = (IQL, IQLConfig(compile=True), args.iql_steps)
-        runs["iql_bf16_compiled_steps_per_s"] = (IQL, IQLConfig(precision="bfloat16", compile=True), args.iql_steps)
-        runs["cql_compiled_steps_per_s"] = (CQL, CQLConfig(compile=True), args.cql_steps)
-        runs["cql_bf16_compiled_steps_per_s"] = (
-            CQL, CQLConfig(precision="bfloat16", penalty_precision="bfloat16", compile=True), args.cql_steps)
     result: dict[str, float | int | str] = {}
     context = multiprocessing.get_context("spawn")
     for key, (cls, config, steps) in runs.items():
@@ -107,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
         result[key] = round(rate, 2)
         result[key.replace("_per_s", "_per_cpu_s")] = round(cpu_rate, 2)
         print(f"{key}: {rate:.1f} (per CPU second: {cpu_rate:.1f})", flush=True)
+    for method in ("iql", "cql"):
+        for suffix in ("_steps_per_s", "_steps_per_cpu_s"):
+            result[method + suffix] = result[f"{method}_{settings}{suffix}"]
+        result[f"{method}_settings"] = settings
+    print(f"headline ({settings}): iql_steps_per_s {result['iql_steps_per_s']:.1f}, "
+          f"cql_steps_per_s {result['cql_steps_per_s']:.1f}", flush=True)
     result.update(batch_size=args.batch_size, transitions=args.transitions, threads=1,
                   load_average_1m=round(os.getloadavg()[0], 2), torch=torch.__version__)
     print(json.dumps(result, sort_keys=True))

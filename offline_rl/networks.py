@@ -246,6 +246,50 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+def native_bf16_matmul() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), on which bf16
+    matmul inputs run ~2x float32's speed (oneDNN; ``vla bench offline-rl``). Elsewhere bf16
+    is emulated and gains nothing."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    except RuntimeError:
+        return False
+
+
+def cpp_compiler_available() -> bool:
+    """Whether inductor finds a C++ compiler, which ``torch.compile`` needs on CPU."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return bool(get_cpp_compiler())
+    except Exception:  # no compiler found (inductor raises its own error types), or no inductor
+        return False
+
+
+def resolve_precision(choice: str) -> str:
+    """``auto`` -> ``bfloat16`` where :func:`native_bf16_matmul`, else ``float32``; an explicit
+    ``float32`` / ``bfloat16`` as given."""
+    if choice == "auto":
+        return "bfloat16" if native_bf16_matmul() else "float32"
+    if choice not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of auto, {', '.join(PRECISION_CHOICES)}; got {choice!r}")
+    return choice
+
+
+def resolve_compile(choice: str) -> bool:
+    """``auto`` -> compile where :func:`cpp_compiler_available`; ``on`` / ``off`` as given."""
+    if choice == "auto":
+        return cpp_compiler_available()
+    if choice not in ("on", "off"):
+        raise ValueError(f"compile must be auto, on or off; got {choice!r}")
+    return choice == "on"
+
+
+PRECISION_CHOICES = ("float32", "bfloat16")
+"""The explicit matmul input precisions (``auto`` picks one, :func:`resolve_precision`)."""
+
+
 class LeanAdam(torch.optim.Adam):
     """``torch.optim.Adam(fused=True)`` with a shorter step: the same update (same state
     layout, same kernel), but the per-group lists of parameters and Adam state are built once

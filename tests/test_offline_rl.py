@@ -25,7 +25,8 @@ from offline_rl.datasets import (
     validate,
 )
 from offline_rl.iql import IQL, IQLConfig, awr_weights, expectile_loss
-from offline_rl.networks import EnsembleMLP, LeanAdam, StateActionCritic, TanhGaussianActor, padded_head
+from offline_rl.networks import (EnsembleMLP, LeanAdam, StateActionCritic, TanhGaussianActor, padded_head,
+                                 resolve_compile, resolve_precision)
 from offline_rl.pendulum import make_pendulum_dataset
 from offline_rl.policy import (
     MLPPolicy,
@@ -352,9 +353,11 @@ def test_cli_train_iql_end_to_end_and_resume(tmp_path, capsys):
     path = save_d4rl(tmp_path / "pendulum.h5", data)
     argv = ["train", "iql", "--data", str(path), "--out", str(tmp_path / "run"), "--steps", "4",
             "--batch-size", "32", "--hidden", "16", "--env", "Pendulum-v1", "--eval-episodes", "1",
-            "--no-progress"]
+            "--no-progress", "--compile", "off"]
     assert cli.main(argv) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert f"matmul inputs {resolve_precision('auto')} (--precision auto), eager (--compile off)" in out
     assert summary["steps"] == 4 and "normalized_score" in summary["eval"]
     assert is_mlp_checkpoint(tmp_path / "run" / "policy")
     assert (tmp_path / "run" / "train" / "log.csv").exists()
@@ -378,10 +381,29 @@ def test_cli_collect_recipe_writes_a_d4rl_file(tmp_path, capsys):
 
 def test_bench_offline_rl_prints_json_last(capsys):
     argv = ["bench", "offline-rl", "--iql-steps", "2", "--cql-steps", "1", "--warmup", "1", "--repeats", "1",
-            "--transitions", "300", "--batch-size", "32", "--no-variants"]
+            "--transitions", "300", "--batch-size", "32", "--no-variants", "--precision", "bfloat16",
+            "--compile", "off"]
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["iql_steps_per_s"] > 0 and result["cql_steps_per_s"] > 0 and result["threads"] == 1
+    assert result["iql_settings"] == result["cql_settings"] == "bfloat16_eager"
+    assert result["cql_steps_per_s"] == result["cql_bfloat16_eager_steps_per_s"]
+
+
+def test_auto_speed_settings_resolve_per_machine_and_refuse_unknown_values(monkeypatch):
+    from offline_rl import networks
+
+    assert resolve_precision("float32") == "float32" and resolve_compile("off") is False
+    for bf16 in (True, False):
+        monkeypatch.setattr(networks, "native_bf16_matmul", lambda: bf16)
+        assert resolve_precision("auto") == ("bfloat16" if bf16 else "float32")
+    for found in (True, False):
+        monkeypatch.setattr(networks, "cpp_compiler_available", lambda: found)
+        assert resolve_compile("auto") is found and resolve_compile("on") is True
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16")
+    with pytest.raises(ValueError, match="compile must be"):
+        resolve_compile("yes")
 
 
 def test_driving_comparison_summary_and_bad_options(tmp_path, capsys):
