@@ -400,6 +400,17 @@ def test_auto_speed_settings_resolve_per_machine_and_refuse_unknown_values(monke
     for found in (True, False):
         monkeypatch.setattr(networks, "cpp_compiler_available", lambda: found)
         assert resolve_compile("auto") is found and resolve_compile("on") is True
+    from argparse import Namespace
+
+    from vla.commands.offline_rl import _speed_settings
+
+    import torch._dynamo
+
+    monkeypatch.setattr(networks, "cpp_compiler_available", lambda: True)
+    monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # auto sets it: undone after
+    assert _speed_settings(Namespace(precision="float32", compile="auto", actor="mlp")) == ("float32", True)
+    assert _speed_settings(Namespace(precision="float32", compile="auto", actor="transformer"))[1] is False
+    assert _speed_settings(Namespace(precision="float32", compile="on", actor="transformer"))[1] is True
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16")
     with pytest.raises(ValueError, match="compile must be"):

@@ -55,8 +55,8 @@ def _common(p: argparse.ArgumentParser, method: str) -> None:
                         "else float32 (default: %(default)s)")
     p.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
                    help="compile the losses with torch.compile (seconds at the first step, then 1.3-1.6x "
-                        "the steps/s); auto = on where a C++ compiler is found, falling back to eager "
-                        "with a warning if compiling fails (default: %(default)s)")
+                        "the steps/s); auto = on for MLP actors where a C++ compiler is found, falling "
+                        "back to eager with a warning if compiling fails (default: %(default)s)")
     p.add_argument("--normalize-reward", action="store_true",
                    help="scale rewards by 1000 / (max - min episode return) (IQL paper, locomotion)")
     p.add_argument("--no-normalize-obs", action="store_true", help="feed raw observations to the networks")
@@ -163,10 +163,13 @@ def _action_bounds(args: argparse.Namespace, data):
 def _speed_settings(args: argparse.Namespace) -> tuple[str, bool]:
     """(matmul precision, compile) from ``--precision`` / ``--compile``, ``auto`` resolved for this
     machine (``offline_rl.networks.resolve_precision`` / ``resolve_compile``). An automatic
-    compile that fails falls back to eager (torch._dynamo's ``suppress_errors``) with a warning."""
+    compile that fails falls back to eager (torch._dynamo's ``suppress_errors``) with a warning.
+    ``--compile auto`` compiles MLP actors only: with the transformer actor the loss holds the
+    whole decoder, whose compile time was never measured against its gain (``--compile on``)."""
     from offline_rl.networks import resolve_compile, resolve_precision
 
-    precision, compile_ = resolve_precision(args.precision), resolve_compile(args.compile)
+    precision = resolve_precision(args.precision)
+    compile_ = resolve_compile(args.compile) if args.actor == "mlp" or args.compile != "auto" else False
     if compile_ and args.compile == "auto":
         import torch._dynamo
 
