@@ -177,8 +177,9 @@ def _speed_settings(args: argparse.Namespace) -> tuple[str, bool]:
     return precision, compile_
 
 
-def _build(args: argparse.Namespace, method_name: str, data, episodes, normalizer):
-    """(training method, actor, batch source)."""
+def _build(args: argparse.Namespace, method_name: str, data, episodes, normalizer, precision: str,
+           compile_: bool):
+    """(training method, batch source); ``precision`` / ``compile_`` from ``_speed_settings``."""
     from offline_rl.actors import EpisodeInputs, TransformerActor
     from offline_rl.bc import BC, BCConfig
     from offline_rl.cql import CQL, CQLConfig
@@ -199,7 +200,6 @@ def _build(args: argparse.Namespace, method_name: str, data, episodes, normalize
         inputs = EpisodeInputs(episodes, data, policy)
         actor = TransformerActor(policy, normalizer)
     s, a = data.obs_dim, data.action_dim
-    precision, compile_ = _speed_settings(args)
     if args.bc:
         kind = "gaussian" if method_name == "iql" else "tanh_gaussian"
         method = BC(s, a, BCConfig(cosine_steps=args.steps if method_name == "iql" else 0, hidden=args.hidden,
@@ -261,14 +261,14 @@ def _run(args: argparse.Namespace, method_name: str) -> int:
                                 action_bounds=_action_bounds(args, data),
                                 reward_scale="returns" if args.normalize_reward else 1.0)
     torch.manual_seed(args.seed)
-    method, batches = _build(args, method_name, data, episodes, normalizer)
+    precision, compile_ = _speed_settings(args)
+    method, batches = _build(args, method_name, data, episodes, normalizer, precision, compile_)
     evaluate = _evaluator(args, data, method, normalizer)
     if args.eval_every and evaluate is None:
         raise VLAError("--eval-every needs something to evaluate in: --env ID, or a driving dataset")
     print(f"{method.name} ({args.actor} actor): {len(batches)} transitions, obs {data.obs_dim}, "
           f"actions {data.action_dim}, {args.steps} steps of {args.batch_size}", flush=True)
     if not args.bc:
-        precision, compile_ = _speed_settings(args)
         print(f"matmul inputs {precision} (--precision {args.precision}), "
               f"{'compiled' if compile_ else 'eager'} (--compile {args.compile})", flush=True)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
