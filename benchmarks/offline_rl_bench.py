@@ -30,6 +30,8 @@ import torch
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from offline_rl.networks import PRECISION_CHOICES
+
     p.add_argument("--iql-steps", type=int, default=300, help="timed IQL steps per repeat (default: %(default)s)")
     p.add_argument("--cql-steps", type=int, default=30, help="timed CQL steps per repeat (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: %(default)s)")
@@ -37,7 +39,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="transitions per step (default: %(default)s)")
     p.add_argument("--transitions", type=int, default=20_000, help="dataset size (default: %(default)s)")
     p.add_argument("--no-variants", action="store_true", help="time only the headline settings")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default="auto",
                    help="the headline's matmul input precision, as vla train's (default: %(default)s)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="the headline's compile setting, as vla train's (default: %(default)s)")

@@ -364,6 +364,10 @@ def test_cli_train_iql_end_to_end_and_resume(tmp_path, capsys):
     assert cli.main([*argv[:7], "6", *argv[8:], "--bc"]) == 2  # a different method: refused
     assert "config differs" in capsys.readouterr().err
     assert cli.main(argv) == 0 and "nothing to do" in capsys.readouterr().out
+    assert cli.main(argv[:-2]) == 0  # --compile auto resumes as the run was made (eager), not refused
+    assert "eager (--compile auto)" in capsys.readouterr().out
+    assert cli.main([*argv[:-2], "--compile", "on"]) == 2  # an explicit change is refused by name
+    assert "iql.compile" in capsys.readouterr().err
     assert cli.main(["train", "cql", "--data", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -390,7 +394,7 @@ def test_bench_offline_rl_prints_json_last(capsys):
     assert result["cql_steps_per_s"] == result["cql_bfloat16_eager_steps_per_s"]
 
 
-def test_auto_speed_settings_resolve_per_machine_and_refuse_unknown_values(monkeypatch):
+def test_auto_speed_settings_resolve_per_machine_and_refuse_unknown_values(monkeypatch, tmp_path):
     from offline_rl import networks
 
     assert resolve_precision("float32") == "float32" and resolve_compile("off") is False
@@ -408,9 +412,12 @@ def test_auto_speed_settings_resolve_per_machine_and_refuse_unknown_values(monke
 
     monkeypatch.setattr(networks, "cpp_compiler_available", lambda: True)
     monkeypatch.setattr(torch._dynamo.config, "suppress_errors", False)  # auto sets it: undone after
-    assert _speed_settings(Namespace(precision="float32", compile="auto", actor="mlp")) == ("float32", True)
-    assert _speed_settings(Namespace(precision="float32", compile="auto", actor="transformer"))[1] is False
-    assert _speed_settings(Namespace(precision="float32", compile="on", actor="transformer"))[1] is True
+    def speed(**kw):
+        return _speed_settings(Namespace(out=str(tmp_path / "none"), penalty_precision="auto", **kw), "cql")
+
+    assert speed(precision="float32", compile="auto", actor="mlp") == ("float32", "float32", True)
+    assert speed(precision="float32", compile="auto", actor="transformer")[2] is False
+    assert speed(precision="float32", compile="on", actor="transformer")[2] is True
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16")
     with pytest.raises(ValueError, match="compile must be"):

@@ -34,6 +34,7 @@ HIDDEN_LAYERS = {"iql": 2, "cql": 3}
 
 
 def _common(p: argparse.ArgumentParser, method: str) -> None:
+    from offline_rl.networks import PRECISION_CHOICES
     from vla.commands.train import add_policy_args
 
     p.add_argument("--data", required=True, help="D4RL-layout .h5/.hdf5/.npz file, or a vla collect episode directory")
@@ -49,14 +50,15 @@ def _common(p: argparse.ArgumentParser, method: str) -> None:
     p.add_argument("--layers", type=int, default=HIDDEN_LAYERS[method],
                    help="MLP hidden layers (default: %(default)s)")
     p.add_argument("--discount", type=float, default=0.99, help="gamma (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default="auto",
                    help="matmul input precision of the MLPs (accumulation, parameters and Adam stay "
                         "float32); auto = bfloat16 on CPUs with bf16 instructions (AVX512-BF16, AMX), "
-                        "else float32 (default: %(default)s)")
+                        "else float32; a resumed run keeps its own (default: %(default)s)")
     p.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
                    help="compile the losses with torch.compile (seconds at the first step, then 1.3-1.6x "
                         "the steps/s); auto = on for MLP actors where a C++ compiler is found, falling "
-                        "back to eager with a warning if compiling fails (default: %(default)s)")
+                        "back to eager with a warning if compiling fails; a resumed run keeps its own "
+                        "(default: %(default)s)")
     p.add_argument("--normalize-reward", action="store_true",
                    help="scale rewards by 1000 / (max - min episode return) (IQL paper, locomotion)")
     p.add_argument("--no-normalize-obs", action="store_true", help="feed raw observations to the networks")
@@ -90,6 +92,8 @@ def configure_iql(p: argparse.ArgumentParser) -> None:
 
 
 def configure_cql(p: argparse.ArgumentParser) -> None:
+    from offline_rl.networks import PRECISION_CHOICES
+
     _common(p, "cql")
     p.add_argument("--cql-alpha", type=float, default=5.0, help="penalty weight (default: %(default)s)")
     p.add_argument("--n-actions", type=int, default=10, help="sampled actions per source (default: %(default)s)")
@@ -98,7 +102,7 @@ def configure_cql(p: argparse.ArgumentParser) -> None:
     p.add_argument("--critic-lr", type=float, default=3e-4, help="critic lr (default: %(default)s)")
     p.add_argument("--actor-lr", type=float, default=1e-4, help="actor and alpha lr (default: %(default)s)")
     p.add_argument("--penalty", choices=("cql_h", "mean_gap"), default="cql_h", help="penalty (default: %(default)s)")
-    p.add_argument("--penalty-precision", choices=("auto", "float32", "bfloat16"), default="auto",
+    p.add_argument("--penalty-precision", choices=("auto", *PRECISION_CHOICES), default="auto",
                    help="matmul precision of the penalty's sampled Q evaluations; auto = --precision's "
                         "(default: %(default)s)")
 
@@ -160,26 +164,38 @@ def _action_bounds(args: argparse.Namespace, data):
     return (ACTION_LOW, ACTION_HIGH) if _is_driving(data) else None
 
 
-def _speed_settings(args: argparse.Namespace) -> tuple[str, bool]:
-    """(matmul precision, compile) from ``--precision`` / ``--compile``, ``auto`` resolved for this
-    machine (``offline_rl.networks.resolve_precision`` / ``resolve_compile``). An automatic
-    compile that fails falls back to eager (torch._dynamo's ``suppress_errors``) with a warning.
+def _speed_settings(args: argparse.Namespace, method_name: str) -> tuple[str, str, bool]:
+    """(matmul precision, CQL penalty precision, compile) from ``--precision`` /
+    ``--penalty-precision`` / ``--compile``. ``auto`` keeps what the run in ``--out`` used when
+    it resumes one, and is otherwise resolved for this machine
+    (``offline_rl.networks.resolve_precision`` / ``resolve_compile``). An automatic compile that
+    fails falls back to eager (torch._dynamo's ``suppress_errors``) with a warning.
     ``--compile auto`` compiles MLP actors only: with the transformer actor the loss holds the
     whole decoder, whose compile time was never measured against its gain (``--compile on``)."""
     from offline_rl.networks import resolve_compile, resolve_precision
+    from vla.checkpoint import latest_checkpoint, load_config
 
-    precision = resolve_precision(args.precision)
-    compile_ = resolve_compile(args.compile) if args.actor == "mlp" or args.compile != "auto" else False
+    checkpoint = latest_checkpoint(Path(args.out) / "train")
+    saved = load_config(checkpoint).get("method_config", {}).get(method_name, {}) if checkpoint else {}
+    precision = saved.get("precision", resolve_precision("auto")) if args.precision == "auto" else args.precision
+    penalty = args.penalty_precision if getattr(args, "penalty_precision", "auto") != "auto" \
+        else saved.get("penalty_precision", precision)
+    if args.compile != "auto":
+        compile_ = args.compile == "on"
+    elif "compile" in saved:
+        compile_ = bool(saved["compile"])
+    else:
+        compile_ = args.actor == "mlp" and resolve_compile("auto")
     if compile_ and args.compile == "auto":
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True
-    return precision, compile_
+    return precision, penalty, compile_
 
 
-def _build(args: argparse.Namespace, method_name: str, data, episodes, normalizer, precision: str,
-           compile_: bool):
-    """(training method, batch source); ``precision`` / ``compile_`` from ``_speed_settings``."""
+def _build(args: argparse.Namespace, method_name: str, data, episodes, normalizer,
+           speed: tuple[str, str, bool]):
+    """(training method, batch source); ``speed`` from ``_speed_settings``."""
     from offline_rl.actors import EpisodeInputs, TransformerActor
     from offline_rl.bc import BC, BCConfig
     from offline_rl.cql import CQL, CQLConfig
@@ -200,6 +216,7 @@ def _build(args: argparse.Namespace, method_name: str, data, episodes, normalize
         inputs = EpisodeInputs(episodes, data, policy)
         actor = TransformerActor(policy, normalizer)
     s, a = data.obs_dim, data.action_dim
+    precision, penalty_precision, compile_ = speed
     if args.bc:
         kind = "gaussian" if method_name == "iql" else "tanh_gaussian"
         method = BC(s, a, BCConfig(cosine_steps=args.steps if method_name == "iql" else 0, hidden=args.hidden,
@@ -214,9 +231,7 @@ def _build(args: argparse.Namespace, method_name: str, data, episodes, normalize
                                      n_actions=args.n_actions, cql_alpha=args.cql_alpha, lagrange=args.lagrange,
                                      target_action_gap=args.target_action_gap, hidden=args.hidden,
                                      n_hidden=args.layers, penalty=args.penalty, precision=precision,
-                                     penalty_precision=(precision if args.penalty_precision == "auto"
-                                                        else args.penalty_precision),
-                                     compile=compile_), actor)
+                                     penalty_precision=penalty_precision, compile=compile_), actor)
     next_inputs = inputs is not None and method_name == "cql" and not args.bc
     return method, TransitionData(data, normalizer, inputs, next_inputs=next_inputs)
 
@@ -261,16 +276,16 @@ def _run(args: argparse.Namespace, method_name: str) -> int:
                                 action_bounds=_action_bounds(args, data),
                                 reward_scale="returns" if args.normalize_reward else 1.0)
     torch.manual_seed(args.seed)
-    precision, compile_ = _speed_settings(args)
-    method, batches = _build(args, method_name, data, episodes, normalizer, precision, compile_)
+    speed = _speed_settings(args, method_name)
+    method, batches = _build(args, method_name, data, episodes, normalizer, speed)
     evaluate = _evaluator(args, data, method, normalizer)
     if args.eval_every and evaluate is None:
         raise VLAError("--eval-every needs something to evaluate in: --env ID, or a driving dataset")
     print(f"{method.name} ({args.actor} actor): {len(batches)} transitions, obs {data.obs_dim}, "
           f"actions {data.action_dim}, {args.steps} steps of {args.batch_size}", flush=True)
     if not args.bc:
-        print(f"matmul inputs {precision} (--precision {args.precision}), "
-              f"{'compiled' if compile_ else 'eager'} (--compile {args.compile})", flush=True)
+        print(f"matmul inputs {speed[0]} (--precision {args.precision}), "
+              f"{'compiled' if speed[2] else 'eager'} (--compile {args.compile})", flush=True)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                          eval_every=args.eval_every, threads=args.threads, progress=not args.no_progress,
                          checkpoint_every=args.checkpoint_every or max(1, args.steps // 5),
