@@ -177,15 +177,16 @@ def _speed_settings(args: argparse.Namespace, method_name: str) -> tuple[str, st
 
     checkpoint = latest_checkpoint(Path(args.out) / "train")
     saved = load_config(checkpoint).get("method_config", {}).get(method_name, {}) if checkpoint else {}
-    precision = saved.get("precision", resolve_precision("auto")) if args.precision == "auto" else args.precision
+    precision = saved["precision"] if args.precision == "auto" and "precision" in saved \
+        else resolve_precision(args.precision)
     penalty = args.penalty_precision if getattr(args, "penalty_precision", "auto") != "auto" \
         else saved.get("penalty_precision", precision)
-    if args.compile != "auto":
-        compile_ = args.compile == "on"
-    elif "compile" in saved:
+    if args.compile == "auto" and "compile" in saved:
         compile_ = bool(saved["compile"])
+    elif args.compile == "auto" and args.actor != "mlp":
+        compile_ = False
     else:
-        compile_ = args.actor == "mlp" and resolve_compile("auto")
+        compile_ = resolve_compile(args.compile)
     if compile_ and args.compile == "auto":
         import torch._dynamo
 
