@@ -35,6 +35,8 @@ import torch
 from benchmarks.metrics import episode_metrics
 from benchmarks.reports import metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.atomic import atomic_output
+from sim.plan import plan_steps
+from sim.rollout import DartNoise
 from sim.scenarios import check_scenario
 from sim.storage import EpisodeWriter, count_episodes, read_episodes
 from tokenizers_mm.action import ActionTokenizer
@@ -86,6 +88,13 @@ class DaggerConfig:
     augment_commands: float = 0.5
     """Probability that a training sample hears another train-split phrasing of its goal
     (``vla.data.DemoDataset``)."""
+    label_every: int = 1
+    """Simulate the expert's continuation (the chunk / plan label) at every k-th state of a
+    policy rollout only; the others keep just the expert's action (a control chunk's first
+    entry) and no plan label. A plan label costs 20 simulator steps per state."""
+    dart: bool = False
+    """Perturb the expert's execution in iteration 0 with DART bursts (``sim.rollout.DartNoise``
+    defaults; the labels stay its clean actions), so BC also sees the expert recover."""
     goal_relabel: bool = False
     """Record the expert's action under every highway goal at every visited state and train on
     them too, each heard as a train phrasing of that goal (``vla.data``; LbC-style). Off by
@@ -97,7 +106,7 @@ class DaggerConfig:
 
     def __post_init__(self) -> None:
         check_scenario(self.scenario, self.density)
-        for name in ("expert_episodes", "eval_episodes", "train_steps", "batch_size", "workers"):
+        for name in ("expert_episodes", "eval_episodes", "train_steps", "batch_size", "workers", "label_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.iterations < 0 or self.rollouts < 1:
@@ -118,6 +127,12 @@ class DaggerConfig:
     @staticmethod
     def from_dict(d: dict) -> DaggerConfig:
         return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"])})
+
+
+def label_horizon(policy: PolicyConfig) -> int:
+    """Steps of the expert's continuation that label a visited state: the chunk's H actions,
+    or the plan's last waypoint (``sim.plan.plan_steps``)."""
+    return int(plan_steps(policy.horizon)[-1]) if policy.action == "plan" else policy.horizon
 
 
 class DaggerSession:
@@ -163,7 +178,8 @@ class DaggerSession:
             return
         spec = RolloutSpec(c.scenario, c.density, policy_dir, "train", cameras=c.policy.cameras,
                            query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
-                           plan_horizon=c.policy.horizon, goal_labels=c.goal_relabel)
+                           plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
+                           noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
         from tqdm import tqdm
 
         with EpisodeWriter(data) as writer, tqdm(total=n, initial=done, desc=f"iter {k} rollouts",
@@ -177,7 +193,7 @@ class DaggerSession:
         path = self.run / "action_tokenizer.json"
         if path.exists():
             return ActionTokenizer.load(path)
-        tok = default_action_tokenizer(self.config.policy.n_bins)
+        tok = default_action_tokenizer(self.config.policy.n_bins, self.config.policy.action)
         tok.save(path)
         return tok
 

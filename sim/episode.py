@@ -16,6 +16,7 @@ from sim.interface import (
     EGO_FIELDS,
     EVENT_FIELDS,
     MAX_ACTORS,
+    POSE_FIELDS,
     REWARD_FIELDS,
     Goal,
 )
@@ -56,6 +57,11 @@ class Episode:
     """(T, G, 2) float32: the expert's action at s_t under each highway goal
     ``sim.scenarios.HIGHWAY_GOAL_LABELS`` (``env.goal_labels``; NaN where that goal is not
     possible), or None when not recorded."""
+    expert_futures: np.ndarray | None = None
+    """(T, P, 4) float32 ``POSE_FIELDS``: the ego's poses after each of the expert's next P
+    actions from s_t (``env.expert_continuation``; NaN past its end), where the expert would
+    have driven from a state a policy visited: the labels of a plan-head policy (``sim.plan``);
+    None when not recorded (where the expert drove, the recorded trajectory is that future)."""
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
@@ -76,6 +82,11 @@ class Episode:
             if plans.ndim != 3 or plans.shape[0] != t or plans.shape[1] < 1 or plans.shape[2] != len(ACTION_FIELDS):
                 raise ValueError(f"episode field 'expert_plans' has shape {plans.shape}, expected ({t}, P, "
                                  f"{len(ACTION_FIELDS)})")
+        if self.expert_futures is not None:
+            f = self.expert_futures
+            if f.ndim != 3 or f.shape[0] != t or f.shape[1] < 1 or f.shape[2] != len(POSE_FIELDS):
+                raise ValueError(f"episode field 'expert_futures' has shape {f.shape}, expected ({t}, P, "
+                                 f"{len(POSE_FIELDS)})")
         if self.goal_labels is not None:
             g = self.goal_labels
             if g.ndim != 3 or g.shape[0] != t or g.shape[1] != len(HIGHWAY_GOAL_LABELS) or g.shape[2] != len(ACTION_FIELDS):

@@ -37,6 +37,7 @@ from sim.interface import (
     EVENT_FIELDS,
     GOAL_VECTOR_FIELDS,
     MAX_ACTORS,
+    POSE_FIELDS,
     REWARD,
     REWARD_FIELDS,
     Goal,
@@ -298,24 +299,35 @@ class EmbeddedDrivingEnv(gym.Env):
         (an over-correction after each of its mistakes), not what the expert would do from
         here; a chunk built from them teaches a policy that over-corrects, and a temporally
         ensembled policy then oscillates around the lane centre."""
+        if horizon == 1:  # nothing to simulate
+            return self.expert_action()[None].astype(np.float32)
+        return self.expert_continuation(horizon)[0]
+
+    def expert_continuation(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """The expert driving on from the current state for ``horizon`` steps on a private copy
+        (see ``expert_plan``): its actions (horizon, 2) and the ego poses it reaches after each
+        of them (horizon, 4) ``POSE_FIELDS``, NaN past the end of the continuation (and from a
+        collision or off-road step on: a plan never leads there). The poses label a plan-head policy's visited states (``sim.plan``)."""
         if horizon < 1:
             raise ValueError(f"expert_plan horizon must be >= 1, got {horizon}")
         plan = np.full((horizon, len(ACTION_FIELDS)), np.nan, dtype=np.float32)
+        poses = np.full((horizon, len(POSE_FIELDS)), np.nan, dtype=np.float64)
         plan[0] = self.expert_action()
-        if horizon == 1:
-            return plan
         snap = self.snapshot()
         renderer, self._renderer = self._renderer, None
         try:
-            for k in range(1, horizon):
-                _, _, terminated, truncated, _ = self.step(plan[k - 1])
-                if terminated or truncated:
+            for k in range(horizon):
+                _, _, terminated, truncated, info = self.step(plan[k])
+                if info["events"][EVENT["collision_vehicle"]] or info["events"][EVENT["off_road"]]:
                     break
-                plan[k] = self.expert_action()
+                poses[k] = self._ego[[EGO[name] for name in POSE_FIELDS]]
+                if terminated or truncated or k == horizon - 1:
+                    break
+                plan[k + 1] = self.expert_action()
         finally:
             self._renderer = renderer
             self._restore_state(snap, private=True)
-        return plan
+        return plan, poses
 
     def _restore_state(self, snap: EnvSnapshot, private: bool) -> None:
         """Put ``snap``'s state back; ``private``: the snapshot is never used again, so its

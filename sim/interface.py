@@ -72,6 +72,10 @@ EGO_FIELDS = (
 )
 EGO = {name: i for i, name in enumerate(EGO_FIELDS)}
 
+POSE_FIELDS = ("x", "y", "yaw", "speed")
+"""A pose row: world x, y (m), yaw (rad), speed (m/s): the ego's motion the plan tracker reads
+(``sim.plan``) and the expert's continuations record (``Episode.expert_futures``)."""
+
 ACTOR_FIELDS = ("present", "id", "x", "y", "yaw", "speed", "length", "width")
 """Per-actor row in world frame; rows with present == 0 are padding."""
 ACTOR = {name: i for i, name in enumerate(ACTOR_FIELDS)}

@@ -9,6 +9,7 @@ baselines here are what every learned policy is compared with: ``expert``, ``ran
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -72,6 +73,53 @@ class ConstantPolicy:
         return self.action
 
 
+@dataclass(frozen=True)
+class DartNoise:
+    """Perturbed execution with clean labels (DART, Laskey et al. 2017; ChauffeurNet's
+    trajectory perturbations): while an episode runs, bursts of a constant offset are added to
+    the EXECUTED action, and every state keeps the expert's clean action as its label. The car
+    drifts during a burst and the expert's recovery from there is recorded: the off-course
+    states a cloned policy will meet, without a learner in the loop.
+
+    A burst starts at a step with probability ``burst_prob`` (not during another), lasts
+    ``burst_steps`` steps (uniform, both ends included) and adds one offset drawn per burst
+    from N(0, ``accel_std``) and N(0, ``steer_std``). Everything is drawn from the episode's
+    generator, so an episode is reproducible from its seed. A step is clean when the action
+    executed equals the expert's label (``Episode.actions == Episode.expert_actions``)."""
+
+    burst_prob: float = 0.04
+    """Chance per step that a burst starts."""
+    burst_steps: tuple[int, int] = (3, 8)
+    """Shortest and longest burst, in 10 Hz steps."""
+    accel_std: float = 1.0
+    """m/s^2; std of a burst's acceleration offset."""
+    steer_std: float = 0.02
+    """rad; std of a burst's steering offset (0.02 rad at 25 m/s: ~2.5 m/s^2 lateral)."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.burst_steps
+        if not (0.0 <= self.burst_prob <= 1.0 and 1 <= lo <= hi and self.accel_std >= 0 and self.steer_std >= 0):
+            raise ValueError(f"DartNoise needs burst_prob in [0, 1], 1 <= burst_steps[0] <= burst_steps[1] "
+                             f"and stds >= 0, got {self}")
+
+
+class _Bursts:
+    """The running state of ``DartNoise`` within one episode."""
+
+    def __init__(self, noise: DartNoise, rng: np.random.Generator) -> None:
+        self.noise, self.rng, self.left, self.offset = noise, rng, 0, np.zeros(2)
+
+    def __call__(self) -> np.ndarray:
+        n = self.noise
+        if self.left == 0 and self.rng.random() < n.burst_prob:
+            self.left = int(self.rng.integers(n.burst_steps[0], n.burst_steps[1] + 1))
+            self.offset = self.rng.normal(0.0, [n.accel_std, n.steer_std])
+        if self.left == 0:
+            return np.zeros(2)
+        self.left -= 1
+        return self.offset
+
+
 BASELINES: dict[str, Callable[..., DrivingPolicy]] = {
     "expert": lambda env, seed: ExpertPolicy(env),
     "random": lambda env, seed: RandomPolicy(seed),
@@ -89,36 +137,57 @@ def run_episode(
     rng: np.random.Generator | None = None,
     plan_horizon: int = 0,
     goal_labels: bool = False,
+    noise: DartNoise | None = None,
+    plan_every: int = 1,
 ) -> Episode:
     """Run one episode to its end and return it.
 
     ``query_expert``: label every visited state with ``env.expert_action()`` (DAgger).
     ``beta``: probability of executing the expert's action instead of the policy's at each
     step (DAgger's mixture; needs ``query_expert``), drawn from ``rng``.
-    ``plan_horizon`` P > 1: also record the expert's own next P actions from every visited
-    state (``env.expert_plan``, ``Episode.expert_plans``), the action-chunk labels of a policy's
-    rollout. Skipped when the expert drives alone (its recorded actions are that plan).
+    ``plan_horizon`` P > 1: also record the expert's own continuation from every visited
+    state: its next P actions and the poses they reach (``env.expert_continuation``,
+    ``Episode.expert_plans`` / ``expert_futures``), the action-chunk and plan labels of a
+    policy's rollout. Skipped when the expert drives alone (its recorded trajectory is that
+    continuation wherever it executed its own actions).
+    ``plan_every`` m: simulate that continuation at every m-th state only (the others get NaN
+    rows, i.e. no plan label; their expert action is still queried): the continuation costs P
+    simulator steps per state.
+    ``noise``: DART bursts added to the executed action (``DartNoise``), drawn from ``rng``;
+    the labels stay the expert's clean actions (needs ``query_expert``).
     ``goal_labels``: also record the expert's action under every highway goal at every state
     (``env.goal_labels``, ``Episode.goal_labels``; nothing at the intersection).
     """
     if plan_horizon > 1 and not query_expert:
         raise ValueError("plan_horizon needs query_expert (plans are expert labels)")
+    if plan_every < 1:
+        raise ValueError(f"plan_every must be >= 1, got {plan_every}")
+    if noise is not None and not query_expert:
+        raise ValueError("DART noise needs query_expert (its labels are the expert's clean actions)")
     record_plans = plan_horizon > 1 and not isinstance(policy, ExpertPolicy)
     obs, _ = env.reset(seed=seed)
     policy.reset()
     if hasattr(policy, "hear"):  # the passenger says the command once, at the start
         policy.hear(env.goal.command, env.goal.lang)
     rng = rng or np.random.default_rng(seed)
+    bursts = _Bursts(noise, rng) if noise is not None else None
     ego, actors = [env.ego_state()], [env.actors()]
-    actions, experts, events, terms, frames, plans, per_goal = [], [], [], [], [], [], []
+    actions, experts, events, terms, frames, plans, futures, per_goal = [], [], [], [], [], [], [], []
     record_goals = goal_labels and query_expert and env.goal_labels() is not None
     outcome = "timeout"
     while True:
         if record_frames and "cameras" in obs:
             frames.append(obs["cameras"])
-        if record_plans:
-            plans.append(env.expert_plan(plan_horizon))
-            expert = plans[-1][0]
+        if record_plans and len(actions) % plan_every == 0:
+            plan, future = env.expert_continuation(plan_horizon)
+            plans.append(plan)
+            futures.append(future)
+            expert = plan[0]
+        elif record_plans:
+            expert = env.expert_action()
+            plans.append(np.full((plan_horizon, 2), np.nan, np.float32))
+            plans[-1][0] = expert
+            futures.append(np.full((plan_horizon, 4), np.nan, np.float32))
         else:
             expert = env.expert_action() if query_expert else np.full(2, np.nan, np.float32)
         if record_goals:
@@ -126,6 +195,8 @@ def run_episode(
         action = np.asarray(policy.select_action(obs), dtype=np.float32)
         if query_expert and beta > 0.0 and rng.random() < beta:
             action = expert
+        if bursts is not None:
+            action = action + bursts()
         obs, _, terminated, truncated, info = env.step(action)
         actions.append(np.clip(action, ACTION_LOW, ACTION_HIGH))
         experts.append(expert)
@@ -153,5 +224,6 @@ def run_episode(
         reward_terms=np.array(terms, dtype=np.float32),
         frames=np.array(frames, dtype=np.uint8) if (record_frames and frames) else None,
         expert_plans=np.array(plans, dtype=np.float32).reshape(-1, plan_horizon, 2) if record_plans else None,
+        expert_futures=np.array(futures, dtype=np.float32).reshape(-1, plan_horizon, 4) if record_plans else None,
         goal_labels=np.array(per_goal, dtype=np.float32).reshape(len(actions), -1, 2) if record_goals else None,
     )

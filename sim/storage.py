@@ -27,7 +27,9 @@ with Fletcher-32 checksums so silent corruption is caught on read, each with an 
 ``expert_plans`` (T, P, 2) f4 (the expert's own next P actions from each state, NaN past their
 end; ``Episode.expert_plans``) only when recorded, and ``goal_labels`` (T, G, 2) f4 (the
 expert's action under each highway goal, attr ``goals`` = ``HIGHWAY_GOAL_LABELS``;
-``Episode.goal_labels``) only when recorded.
+``Episode.goal_labels``) only when recorded, and ``expert_futures`` (T, P, 4) f4 (the ego
+poses of the expert's own continuation from each state, ``POSE_FIELDS``;
+``Episode.expert_futures``) only when recorded.
 
 D4RL export (``export_d4rl``)
 -----------------------------
@@ -62,7 +64,7 @@ from sim.atomic import atomic_output
 from sim.cameras import CameraSpec
 from sim.episode import OUTCOMES, Episode
 from sim.features import STATE_DIM, state_feature_names, state_vector
-from sim.interface import ACTION_FIELDS, ACTOR_FIELDS, EGO_FIELDS, EVENT_FIELDS, REWARD_FIELDS, Goal
+from sim.interface import ACTION_FIELDS, ACTOR_FIELDS, EGO_FIELDS, EVENT_FIELDS, POSE_FIELDS, REWARD_FIELDS, Goal
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 
 FORMAT_VERSION = 1
@@ -78,12 +80,13 @@ TABLES: dict[str, tuple[tuple[str, ...], type]] = {
     "reward_terms": (REWARD_FIELDS, np.float32),
 }
 """Per-step datasets: column names of the last axis and the dtype stored / returned."""
-OPTIONAL_TABLES: dict[str, dict[str, tuple[str, ...]]] = {
-    "expert_plans": {},
-    "goal_labels": {"goals": HIGHWAY_GOAL_LABELS},
+OPTIONAL_TABLES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    "expert_plans": (ACTION_FIELDS, {}),
+    "goal_labels": (ACTION_FIELDS, {"goals": HIGHWAY_GOAL_LABELS}),
+    "expert_futures": (POSE_FIELDS, {}),
 }
-"""Per-step (T, K, 2) action tables an episode may carry (the ``Episode`` fields of the same
-names), stored with attr ``fields`` = ``ACTION_FIELDS`` plus the attrs given (checked on read)."""
+"""Per-step (T, K, F) float32 tables an episode may carry (the ``Episode`` fields of the same
+names): the column names of the last axis (attr ``fields``) and further attrs (checked on read)."""
 NAN_ALLOWED = ("expert_actions", *OPTIONAL_TABLES)
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
@@ -177,7 +180,8 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
             ds.attrs["fields"] = list(TABLES[name][0])
         for name, arr in optional.items():
             ds = f.create_dataset(name, data=arr, compression=compression, fletcher32=True)
-            for key, names in {"fields": ACTION_FIELDS, **OPTIONAL_TABLES[name]}.items():
+            columns, attrs = OPTIONAL_TABLES[name]
+            for key, names in {"fields": columns, **attrs}.items():
                 ds.attrs[key] = list(names)
         if ep.frames is not None:
             chunks = (1, *ep.frames.shape[1:]) if ep.num_steps > 0 else True
@@ -226,12 +230,12 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
         frames = f["frames"][()]
     optional = {}
     steps = arrays["actions"].shape[0]
-    for name, attrs in OPTIONAL_TABLES.items():
+    for name, (columns, attrs) in OPTIONAL_TABLES.items():
         if name not in f:
             continue
-        arr = _read_table(f, path, name, (ACTION_FIELDS, np.float32))
+        arr = _read_table(f, path, name, (columns, np.float32))
         if arr.ndim != 3 or arr.shape[0] != steps:
-            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({steps}, K, {len(ACTION_FIELDS)})")
+            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({steps}, K, {len(columns)})")
         for key, expected in attrs.items():
             if tuple(_names(f[name], key)) != expected:
                 raise _fail(path, f"dataset {name!r} has {key} {_names(f[name], key)}, this code has {list(expected)}")

@@ -182,6 +182,9 @@ def _collect_parser(sub) -> None:
     p.add_argument("--goal-labels", action="store_true",
                    help="also record the expert's action under every highway goal at every state "
                         "(vla train then learns each command from every state)")
+    p.add_argument("--dart", action="store_true",
+                   help="perturb the executed action with DART bursts; every state keeps the expert's "
+                        "clean label (sim.rollout.DartNoise): recovery states without a learner")
     from offline_rl.recipes import RECIPE_NAMES
 
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 
 COMMAND_MODALITIES = ("ipa", "text", "none")
 EXECUTION_MODES = ("ensemble", "first", "open_loop")
+ACTION_SPACES = ("control", "plan")
+"""What the action tokens are (``PolicyConfig.action``)."""
 ACTION_HEADS = ("bins", "diffusion")
 """Action heads of the policy (their implementations: ``vla.policy.POLICY_HEADS``)."""
 DIFFUSION_SCHEDULERS = ("ddim", "dpmsolver")
@@ -24,8 +26,12 @@ class PolicyConfig:
     """Attention heads (d_model must be divisible by it)."""
     mlp_ratio: float = 3.0
     """Hidden width of each block's MLP as a multiple of d_model."""
+    action: str = "control"
+    """What the policy predicts: 'control' = a chunk of ``horizon`` raw [accel, steer] actions at
+    10 Hz; 'plan' = ``horizon`` waypoints of the ego's own future, ``sim.plan.PLAN_DT`` apart
+    (default 4 = 2 s), which ``sim.plan.PlanTracker`` turns into accel / steer every step."""
     horizon: int = 4
-    """Actions per predicted chunk (10 Hz steps)."""
+    """Steps per predicted chunk: 10 Hz actions ('control') or waypoints ('plan')."""
     n_bins: int = 64
     """Bins per action dimension; a residual inside the bin is regressed on top."""
     residual_weight: float = 1.0
@@ -46,7 +52,10 @@ class PolicyConfig:
     execution: str = "ensemble"
     """select_action: 'ensemble' = re-plan every step and average the overlapping chunk
     predictions with exponential weights (ACT's temporal ensembling); 'first' = re-plan every
-    step and execute the first action; 'open_loop' = execute whole chunks."""
+    step and execute the first action; 'open_loop' = execute whole chunks. A 'plan' policy
+    re-plans every step under 'ensemble' / 'first' and tracks each plan for its first
+    ``sim.plan.PLAN_DT`` seconds under 'open_loop' (the tracker still closes the loop on the
+    ego's motion every step)."""
     ensemble_decay: float = 0.5
     """Temporal ensembling weight exp(-decay * age) of a chunk's prediction made `age` steps ago."""
     attn_implementation: str = "sdpa"
@@ -96,6 +105,11 @@ class PolicyConfig:
                              f"{self.camera_width}x{self.camera_height}")
         if self.command not in COMMAND_MODALITIES:
             raise ValueError(f"PolicyConfig.command must be one of {COMMAND_MODALITIES}, got {self.command!r}")
+        if self.action not in ACTION_SPACES:
+            raise ValueError(f"PolicyConfig.action must be one of {ACTION_SPACES}, got {self.action!r}")
+        if self.action == "plan" and self.head != "bins":
+            raise ValueError(f"PolicyConfig.action 'plan' needs head 'bins' (the {self.head!r} head predicts "
+                             "raw control chunks only)")
         if self.execution not in EXECUTION_MODES:
             raise ValueError(f"PolicyConfig.execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):

@@ -33,6 +33,7 @@ import torch
 
 from sim.episode import Episode
 from sim.interface import EGO
+from sim.plan import plan_labels
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
 from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs, actor_features, ego_features, pad_commands
@@ -59,7 +60,12 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
     labels = ep.expert_actions
     if t and not np.all(np.isfinite(labels)):
         raise ValueError(f"episode seed {ep.seed} has steps without expert labels; record with expert queries")
-    if ep.expert_plans is not None and horizon > 1:
+    if policy.config.action == "plan":
+        chunks = plan_labels(ep.ego, ep.actions, labels, ep.expert_futures, horizon)
+        mask = np.isfinite(chunks).all(-1)
+        mask &= np.cumprod(mask, axis=1).astype(bool)  # a plan's known waypoints are a prefix
+        chunks = np.where(np.isfinite(chunks), chunks, 0.0)
+    elif ep.expert_plans is not None and horizon > 1:
         # The expert's own plan from each state (a policy drove): see Episode.expert_plans.
         if ep.expert_plans.shape[1] < horizon:
             raise ValueError(f"episode seed {ep.seed} has expert plans of {ep.expert_plans.shape[1]} steps, "
@@ -117,6 +123,9 @@ class DemoDataset:
         self.policy = policy
         self.augment_commands = float(augment_commands)
         self.goal_relabel = bool(goal_relabel) and policy.config.command != "none"
+        if self.goal_relabel and policy.config.action == "plan":
+            raise ValueError("goal relabelling records control actions under each goal; a 'plan' policy "
+                             "has no plan labels for them (use --action control, or no --goal-relabel)")
         self._phrasings: dict[str, list[np.ndarray]] = {}
         if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
@@ -131,7 +140,7 @@ class DemoDataset:
         arrays = episode_arrays(ep, self.policy, self.goal_relabel)
         e = len(self._episodes)
         self._episodes.append(arrays)
-        steps = np.arange(len(arrays.ego))
+        steps = np.flatnonzero(arrays.mask[:, 0]) if len(arrays.mask) else np.arange(0)  # labelled states
         rows = [np.stack([np.full_like(steps, e), steps, np.full_like(steps, -1)], 1)]
         if arrays.goal_valid is not None:
             t, g = np.nonzero(arrays.goal_valid)

@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
-from sim.interface import ACTION_HIGH, ACTION_LOW, EGO
+from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
+from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, pose_of
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -53,9 +54,11 @@ EMA_PREFIX = "ema."
 """Key prefix of the EMA weights in model.safetensors."""
 
 
-def default_action_tokenizer(n_bins: int) -> ActionTokenizer:
+def default_action_tokenizer(n_bins: int, action: str = "control") -> ActionTokenizer:
     """Companded (mu-law) bins over the simulator's whole action range
-    (``sim.interface.ACTION_LOW/HIGH``).
+    (``sim.interface.ACTION_LOW/HIGH``), or for ``action == "plan"`` over the plan bounds
+    (``sim.plan.PLAN_LOW/HIGH``: both plan numbers are 0 for holding speed and lane, where
+    companded bins are finest).
 
     Bounds fitted to expert data clip the corrections DAgger labels in states the expert never
     visits (steering beyond the expert's range landed in the edge bins), so the range is the
@@ -126,6 +129,7 @@ class VLAPolicy(torch.nn.Module):
         self.name = name
         self._command_cache: dict[tuple[str, str], np.ndarray] = {}
         self._generator = torch.Generator()
+        self.tracker = PlanTracker() if config.action == "plan" else None
         self.reset()
 
     # ------------------------------------------------------------------ EMA weights
@@ -162,6 +166,7 @@ class VLAPolicy(torch.nn.Module):
         self._command = np.zeros(0, dtype=np.int64)
         self._start_lane: float | None = None
         self._queue: deque = deque()  # (age, (H, 2) chunk) for ensembling / open loop
+        self._plan: tuple[np.ndarray, np.ndarray, int] | None = None  # (plan, pose made at, age in steps)
 
     def hear(self, command: str, lang: str = "en") -> None:
         self._command = self.encode_command(command, lang)
@@ -226,6 +231,8 @@ class VLAPolicy(torch.nn.Module):
         if plan is None:
             def plan(o: dict) -> np.ndarray:
                 return self.predict_action_chunk(o, generator=self._generator)
+        if self.tracker is not None:
+            return self._track(obs, plan)
         mode = self.config.execution
         if mode == "open_loop":
             if not self._queue:
@@ -239,6 +246,18 @@ class VLAPolicy(torch.nn.Module):
         weights = np.array([np.exp(-self.config.ensemble_decay * age) for age, _ in self._queue])
         preds = np.stack([c[age] for age, c in self._queue])
         return (weights[:, None] * preds).sum(0) / weights.sum()
+
+    def _track(self, obs: dict, plan: Callable[[dict], np.ndarray]) -> np.ndarray:
+        """A plan policy's action: the tracker on the current plan (a new one every step, or
+        every PLAN_DT seconds under 'open_loop')."""
+        pose = pose_of(obs["ego"])
+        hold = int(round(PLAN_DT / DT)) if self.config.execution == "open_loop" else 1
+        if self._plan is None or self._plan[2] + 1 >= hold:
+            self._plan = (np.asarray(plan(obs), dtype=np.float64), pose, 0)
+        else:
+            self._plan = (self._plan[0], self._plan[1], self._plan[2] + 1)
+        waypoints, made_at, age = self._plan
+        return self.tracker.control(waypoints, made_at, pose, age=age * DT)
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:

@@ -20,7 +20,7 @@ from benchmarks.metrics import episode_metrics
 from sim.cameras import default_rig
 from sim.episode import Episode
 from sim.highway import EmbeddedDrivingEnv
-from sim.rollout import run_episode
+from sim.rollout import DartNoise, run_episode
 from sim.storage import EpisodeWriter
 from vla.policies_registry import is_checkpoint, load_checkpoint, resolve_policy
 from vla.speech_commands import rephraser
@@ -41,7 +41,8 @@ def _rollouts(args: argparse.Namespace, env_for: Callable[[int], EmbeddedDriving
             ep = run_episode(env, policy, seed, query_expert=query_expert,
                              record_frames=bool(env.cameras),
                              plan_horizon=getattr(args, "plan_horizon", 0) if query_expert else 0,
-                             goal_labels=getattr(args, "goal_labels", False) and query_expert)
+                             goal_labels=getattr(args, "goal_labels", False) and query_expert,
+                             noise=DartNoise() if getattr(args, "dart", False) and query_expert else None)
             bar.set_postfix_str(f"seed {seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
             bar.update()
             yield i, ep

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.metrics import format_table
-from vla.config import ACTION_HEADS, DIFFUSION_SCHEDULERS, PolicyConfig
+from vla.config import ACTION_HEADS, ACTION_SPACES, DIFFUSION_SCHEDULERS, PolicyConfig
 
 SIZES = {
     "tiny": dict(d_model=32, n_layers=2, n_heads=2, n_bins=32, horizon=4),
@@ -34,6 +34,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                    help="a blind policy on state tokens only (faster; no camera rendering)")
     p.add_argument("--command", choices=("ipa", "text", "none"), default="ipa",
                    help="how the policy hears the spoken command (default: %(default)s)")
+    p.add_argument("--action", choices=ACTION_SPACES, default="control",
+                   help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
+                        "that a tracking controller drives (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
     if head is None:
@@ -64,7 +67,7 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
     defaults = PolicyConfig()
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
-                        execution=args.execution, head=getattr(args, "head", defaults.head),
+                        action=getattr(args, "action", defaults.action), execution=args.execution, head=getattr(args, "head", defaults.head),
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
@@ -87,6 +90,9 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
+    p.add_argument("--dart", action="store_true",
+                   help="perturb the expert's execution in iteration 0's episodes with DART bursts "
+                        "(labels stay the expert's clean actions; sim.rollout.DartNoise)")
     add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
                                           "highway goal at every visited state")
     add_policy_args(p)
@@ -102,7 +108,7 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
         train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
         workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
-        policy=policy_config(args))
+        dart=args.dart, policy=policy_config(args))
 
 
 def configure_dagger(p: argparse.ArgumentParser) -> None:
@@ -195,7 +201,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     config = policy_config(args)
     episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = default_action_tokenizer(config.n_bins)
+    tokenizer = default_action_tokenizer(config.n_bins, config.action)
     torch.manual_seed(args.seed)
     policy = VLAPolicy(config, tokenizer, name=str(out / "policy"))
     data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel)

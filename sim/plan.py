@@ -1,0 +1,265 @@
+"""Plans and the tracker that drives them: the policy says where to be, a controller gets there.
+
+A plan is the ego's next ``K`` waypoints, at times ``plan_times(K) = PLAN_DT * (1..K)`` seconds
+after the moment it was made, in the ego frame of that moment (x forward, y left, metres).
+Each waypoint is two numbers::
+
+    plan[k] = [x_k / t_k - v_0,   y_k]
+
+* ``x_k / t_k - v_0``: the mean forward speed to waypoint k minus the ego's speed when the
+  plan was made (m/s). 0 when holding speed on a straight road, ``a t_k / 2`` under a constant
+  acceleration ``a``, negative through a turn (the chord is shorter than the arc).
+* ``y_k``: the waypoint's lateral offset (m, positive left).
+
+Both are 0 for "keep speed, keep going straight", so the companded (mu-law) bins of the action
+tokenizer are finest where driving spends its time, and the waypoints come back exactly:
+``(x_k, y_k) = (t_k (v_0 + plan[k, 0]), plan[k, 1])``. A plan is relative to the ego (speed
+and frame of the moment it was made), so it carries no absolute position.
+
+Why waypoints and not raw controls: the drivers that reach their expert by imitation (LBC,
+TransFuser, TCP, PlanT, nuPlan's planners) predict a short trajectory and let a controller
+track it. A tracker closes the loop on the ego's own motion at 10 Hz, so a small error in a
+predicted plan costs a small deviation, not a drift the policy must notice and undo; and the
+label of a state is where the expert went from there, which is smooth where its per-step
+controls are not.
+
+``PlanTracker`` turns a plan into ``[accel m/s^2, steer rad]``: pure pursuit on the waypoint
+polyline for steering (inverted through the kinematic bicycle of ``VehicleGeometry``) and a
+speed reference read off the waypoint spacing for acceleration. It reads only the ego's pose
+and speed (odometry: where the ego is relative to where the plan was made), so any backend
+(highway-env, CARLA) reuses it; only ``VehicleGeometry`` is per vehicle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO, POSE_FIELDS
+
+PLAN_DT = 0.5
+"""Seconds between two plan waypoints (5 simulator steps at 10 Hz)."""
+PLAN_FIELDS = ("speed_gain", "lateral")
+"""Per waypoint: mean forward speed to it minus the start speed (m/s); lateral offset (m, + left)."""
+PLAN_LOW = np.array([-12.0, -20.0], dtype=np.float32)
+PLAN_HIGH = np.array([8.0, 20.0], dtype=np.float32)
+"""Bounds of the plan tokenizer: 2 s of -6..+4 m/s^2 gives -6..+4 m/s of speed gain (turns
+lower it further); 20 m covers a lane change and the junction's turns within 2 s."""
+
+
+def plan_times(k: int) -> np.ndarray:
+    """(k,) seconds after the plan's moment of each waypoint."""
+    if k < 1:
+        raise ValueError(f"a plan needs >= 1 waypoint, got {k}")
+    return PLAN_DT * np.arange(1, k + 1, dtype=np.float64)
+
+
+def plan_steps(k: int) -> np.ndarray:
+    """(k,) simulator steps after the plan's moment of each waypoint."""
+    return np.rint(plan_times(k) / DT).astype(np.int64)
+
+
+def pose_of(ego: np.ndarray) -> np.ndarray:
+    """(..., len(EGO_FIELDS)) ego rows -> (..., 4) poses [x, y, yaw, speed]."""
+    ego = np.asarray(ego, dtype=np.float64)
+    return ego[..., [EGO[name] for name in POSE_FIELDS]]
+
+
+def to_frame(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """World points (..., 2) -> the frame of ``pose`` [x, y, yaw, ...] (x forward, y left)."""
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    d = np.asarray(points, dtype=np.float64) - pose[:2]
+    return np.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], axis=-1)
+
+
+def from_frame(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points (..., 2) in the frame of ``pose`` -> world."""
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    p = np.asarray(points, dtype=np.float64)
+    return np.stack([pose[0] + c * p[..., 0] - s * p[..., 1], pose[1] + s * p[..., 0] + c * p[..., 1]], axis=-1)
+
+
+def plan_from_poses(start: np.ndarray, future: np.ndarray) -> np.ndarray:
+    """The plan that goes from pose ``start`` (4,) through the poses ``future`` (K, 4) reached at
+    ``plan_times(K)``: (K, 2) float64; rows of ``future`` with NaN stay NaN."""
+    start = np.asarray(start, dtype=np.float64)
+    future = np.asarray(future, dtype=np.float64)
+    times = plan_times(len(future))
+    local = to_frame(start, future[:, :2])
+    return np.stack([local[:, 0] / times - start[3], local[:, 1]], axis=-1)
+
+
+def waypoints(plan: np.ndarray, start_speed: float) -> np.ndarray:
+    """(K, 2) plan -> (K, 2) waypoints (x, y) in the frame of the plan's moment."""
+    plan = np.asarray(plan, dtype=np.float64)
+    times = plan_times(len(plan))
+    return np.stack([times * (start_speed + plan[:, 0]), plan[:, 1]], axis=-1)
+
+
+@dataclass(frozen=True)
+class VehicleGeometry:
+    """The kinematic bicycle of one vehicle: ``tan(beta) = (rear_to_ref / wheelbase) tan(steer)``
+    and the reference point's path curvature ``kappa = sin(beta) / rear_to_ref`` (rear axle
+    reference, ``rear_to_ref = 0``: ``kappa = tan(steer) / wheelbase``). highway-env's vehicles
+    are 5 m bicycles referenced at their centre."""
+
+    wheelbase: float = 5.0
+    """Front to rear axle, m."""
+    rear_to_ref: float = 2.5
+    """Rear axle to the point whose pose is reported, m."""
+
+    def __post_init__(self) -> None:
+        if not (self.wheelbase > 0 and 0 <= self.rear_to_ref <= self.wheelbase):
+            raise ValueError(f"VehicleGeometry needs wheelbase > 0 and 0 <= rear_to_ref <= wheelbase, got {self}")
+
+    def steer_for_curvature(self, kappa: float) -> float:
+        if self.rear_to_ref == 0:
+            return float(np.arctan(self.wheelbase * kappa))
+        beta = np.arcsin(np.clip(self.rear_to_ref * kappa, -1.0, 1.0))
+        return float(np.arctan(self.wheelbase / self.rear_to_ref * np.tan(beta)))
+
+    def step(self, pose: np.ndarray, action: np.ndarray, dt: float = DT) -> np.ndarray:
+        """One explicit-Euler step of the bicycle: pose [x, y, yaw, speed] under [accel, steer]
+        (speed never below 0). highway-env integrates its vehicles the same way."""
+        x, y, yaw, v = (float(p) for p in pose)
+        accel, steer = float(action[0]), float(action[1])
+        beta = np.arctan(self.rear_to_ref / self.wheelbase * np.tan(steer))
+        if self.rear_to_ref == 0:
+            yaw_rate = v * np.tan(steer) / self.wheelbase
+        else:
+            yaw_rate = v * np.sin(beta) / self.rear_to_ref
+        return np.array([x + v * np.cos(yaw + beta) * dt, y + v * np.sin(yaw + beta) * dt,
+                         yaw + yaw_rate * dt, max(0.0, v + accel * dt)])
+
+
+@dataclass(frozen=True)
+class TrackerParams:
+    lookahead_time: float = 1.0
+    """Pure pursuit looks ``max(lookahead_min, speed * lookahead_time)`` metres ahead."""
+    lookahead_min: float = 5.0
+    """m; the shortest look-ahead (low speeds)."""
+    speed_time: float = 0.5
+    """s; acceleration = (v_ref(now + speed_time) - speed) / speed_time, so a plan of constant
+    acceleration a is executed as exactly a, and a speed error closes over this time."""
+    min_speed: float = 0.5
+    """m/s; below this the ego is taken as standing and the wheel is held straight."""
+    geometry: VehicleGeometry = VehicleGeometry()
+
+    def __post_init__(self) -> None:
+        if min(self.lookahead_time, self.lookahead_min, self.speed_time) <= 0 or self.min_speed < 0:
+            raise ValueError(f"TrackerParams must be positive, got {self}")
+
+
+class PlanTracker:
+    """Plan -> [accel, steer] at every simulator step, for a plan made ``age`` seconds ago.
+
+    Stateless: ``control`` depends only on the plan, the pose it was made at and the pose now,
+    so re-planning every step and executing one plan for several steps use the same code."""
+
+    def __init__(self, params: TrackerParams = TrackerParams()) -> None:
+        self.params = params
+
+    def control(self, plan: np.ndarray, plan_pose: np.ndarray, pose: np.ndarray, age: float = 0.0) -> np.ndarray:
+        """``plan`` (K, 2) made at pose ``plan_pose`` [x, y, yaw, speed] ``age`` seconds ago; the
+        ego is now at ``pose``. Returns float32 [accel m/s^2, steer rad] within the limits."""
+        p = self.params
+        plan = np.asarray(plan, dtype=np.float64)
+        if plan.ndim != 2 or plan.shape[1] != len(PLAN_FIELDS) or not np.all(np.isfinite(plan)):
+            raise ValueError(f"plan must be a finite (K, {len(PLAN_FIELDS)}) array, got shape {plan.shape}")
+        plan_pose = np.asarray(plan_pose, dtype=np.float64)
+        pose = np.asarray(pose, dtype=np.float64)
+        v0, v = float(plan_pose[3]), float(pose[3])
+        times = plan_times(len(plan))
+        pts = np.vstack([np.zeros((1, 2)), waypoints(plan, v0)])  # plan frame, from its origin
+        # speed reference: mean speed of each segment at its middle, anchored at v0 at t = 0
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) / np.diff(np.concatenate([[0.0], times]))
+        mids = np.concatenate([[0.0], (np.concatenate([[0.0], times[:-1]]) + times) / 2.0])
+        v_ref = float(np.interp(age + p.speed_time, mids, np.concatenate([[v0], seg])))
+        accel = (v_ref - v) / p.speed_time
+        local = to_frame(pose, from_frame(plan_pose, pts)) if age > 0 or np.any(plan_pose != pose) else pts
+        steer = 0.0
+        if v >= p.min_speed:
+            steer = self.geometry_steer(local, max(p.lookahead_min, v * p.lookahead_time))
+        action = np.array([accel, steer], dtype=np.float32)
+        return np.clip(action, ACTION_LOW, ACTION_HIGH)
+
+    def geometry_steer(self, local: np.ndarray, lookahead: float) -> float:
+        """Pure pursuit: the wheel angle whose arc from the ego (origin, heading +x) passes
+        through the point of the polyline ``local`` (N, 2) at distance ``lookahead`` (past the
+        polyline's end: extended along its last segment)."""
+        target = _point_at_distance(local, lookahead)
+        if target is None:
+            return 0.0
+        d2 = float(target @ target)
+        kappa = 2.0 * target[1] / max(d2, 1e-6)
+        return self.params.geometry.steer_for_curvature(kappa)
+
+
+def _point_at_distance(poly: np.ndarray, r: float) -> np.ndarray | None:
+    """The last point of the polyline at distance ``r`` from the origin, searching segments
+    from the one the origin is closest to onward; extended past the end along the last
+    segment. None when the polyline has no length."""
+    dist = np.linalg.norm(poly, axis=1)
+    start = int(np.argmin(dist))
+    for i in range(max(start, 0), len(poly) - 1):
+        a, b = poly[i], poly[i + 1]
+        if np.linalg.norm(b) >= r >= 0:
+            d = b - a
+            # solve |a + s d| = r for s in [0, 1], the larger root
+            qa, qb, qc = float(d @ d), 2.0 * float(a @ d), float(a @ a) - r * r
+            if qa < 1e-12:
+                continue
+            disc = max(qb * qb - 4 * qa * qc, 0.0)
+            s = (-qb + np.sqrt(disc)) / (2 * qa)
+            if 0.0 <= s <= 1.0:
+                return a + s * d
+    # past the end: extend the last segment with length
+    for i in range(len(poly) - 1, 0, -1):
+        d = poly[i] - poly[i - 1]
+        n = float(np.linalg.norm(d))
+        if n > 1e-6:
+            end, u = poly[-1], d / n
+            qb, qc = 2.0 * float(end @ u), float(end @ end) - r * r
+            s = (-qb + np.sqrt(max(qb * qb - 4 * qc, 0.0))) / 2.0
+            return end + max(s, 0.0) * u
+    return None
+
+
+def clean_steps(actions: np.ndarray, expert_actions: np.ndarray) -> np.ndarray:
+    """(T,) bool: the step executed the expert's own label (no policy action, no DART noise)."""
+    return np.all(np.abs(np.asarray(actions, np.float64) - np.asarray(expert_actions, np.float64)) <= 1e-6, axis=-1)
+
+
+def plan_labels(ego: np.ndarray, actions: np.ndarray, expert_actions: np.ndarray,
+                futures: np.ndarray | None, k: int) -> np.ndarray:
+    """(T, k, 2) the expert's plan from every state s_t of an episode, NaN where unknown.
+
+    Waypoint j of s_t is where the expert was ``plan_steps(k)[j]`` steps later, read from:
+    * ``futures`` (T, P, 4) (``Episode.expert_futures``, its continuation simulated from s_t)
+      where recorded and finite; else
+    * the recorded trajectory ``ego`` (T+1, E), when every action from s_t up to that waypoint
+      was the expert's clean one (``clean_steps``): the recorded future IS the expert's. After
+      a DART burst or a policy's action it is not, and the waypoint stays NaN (masked)."""
+    ego = np.asarray(ego, dtype=np.float64)
+    t_steps = len(actions)
+    steps = plan_steps(k)
+    poses = pose_of(ego)
+    future = np.full((t_steps, k, len(POSE_FIELDS)), np.nan)
+    dirty = np.concatenate([[0], np.cumsum(~clean_steps(actions, expert_actions))])  # dirty steps in [0, t)
+    t = np.arange(t_steps)
+    for j, n in enumerate(steps):
+        ok = (t + n <= t_steps) & (dirty[np.minimum(t + n, t_steps)] == dirty[t])
+        future[ok, j] = poses[t[ok] + n]
+    if futures is not None:
+        futures = np.asarray(futures, dtype=np.float64)
+        if futures.shape[1] < steps[-1]:
+            raise ValueError(f"expert futures of {futures.shape[1]} steps are shorter than a {k}-waypoint plan "
+                             f"({steps[-1]} steps); record with plan_horizon >= {steps[-1]}")
+        recorded = futures[:, steps - 1]
+        have = np.isfinite(recorded).all(-1)
+        future[have] = recorded[have]
+    out = np.full((t_steps, k, len(PLAN_FIELDS)), np.nan)
+    for i in range(t_steps):
+        out[i] = plan_from_poses(poses[i], future[i])
+    return out
