@@ -1,22 +1,28 @@
 """Plans and the tracker that drives them: the policy says where to be, a controller gets there.
 
-A plan is the ego's next ``K`` waypoints, at times ``plan_times(K) = PLAN_DT * (1..K)`` seconds
-after the moment it was made, in the ego frame of that moment (x forward, y left, metres).
-Each waypoint is two numbers::
+A plan is the ego's next ``K`` positions, at times ``plan_times(K) = PLAN_DT * (1..K)`` seconds
+after the moment it was made, in the LANE FRAME of that moment: origin on the centre line of the
+ego's current lane, level with the ego; x along the lane's heading there, y to its left
+(``plan_frame``; on a straight lane this is the Frenet frame). Each waypoint is two numbers::
 
     plan[k] = [x_k / t_k - v_0,   y_k]
 
-* ``x_k / t_k - v_0``: the mean forward speed to waypoint k minus the ego's speed when the
-  plan was made (m/s). 0 when holding speed on a straight road, ``a t_k / 2`` under a constant
-  acceleration ``a``, negative through a turn (the chord is shorter than the arc).
-* ``y_k``: the waypoint's lateral offset (m, positive left).
+* ``x_k / t_k - v_0``: the mean speed along the lane to waypoint k minus the ego's speed when
+  the plan was made (m/s). 0 when holding speed, ``a t_k / 2`` under a constant acceleration
+  ``a``, negative through a turn (the chord is shorter than the arc).
+* ``y_k``: the waypoint's offset from the lane's centre line (m, positive left): 0 is "keep the
+  lane centre", about +-4 m "be in the next lane".
 
-Both are 0 for "keep speed, keep going straight", so the companded (mu-law) bins of the action
+Both are 0 for "keep speed, keep the lane", so the companded (mu-law) bins of the action
 tokenizer are finest where driving spends its time, and the waypoints come back exactly:
-``(x_k, y_k) = (t_k (v_0 + plan[k, 0]), plan[k, 1])``. A plan is relative to the ego (speed
-and frame of the moment it was made), so it carries no absolute position.
+``(x_k, y_k) = (t_k (v_0 + plan[k, 0]), plan[k, 1])``. The frame is where the expert's
+decisions live (target lane, speed): a plan needs no correction term for the ego's own small
+drift or heading error, since the tracker removes those geometrically. In an ego frame the
+policy had to predict that correction itself and a drifting car got plans of "straight on".
+The frame comes from the ego's ``lane_offset`` and ``lane_heading_error`` (every backend
+reports them), and a plan carries no absolute position.
 
-Why waypoints and not raw controls: the drivers that reach their expert by imitation (LBC,
+Why plans and not raw controls: the drivers that reach their expert by imitation (LBC,
 TransFuser, TCP, PlanT, nuPlan's planners) predict a short trajectory and let a controller
 track it. A tracker closes the loop on the ego's own motion at 10 Hz, so a small error in a
 predicted plan costs a small deviation, not a drift the policy must notice and undo; and the
@@ -25,8 +31,8 @@ controls are not.
 
 ``PlanTracker`` turns a plan into ``[accel m/s^2, steer rad]``: pure pursuit on the waypoint
 polyline for steering (inverted through the kinematic bicycle of ``VehicleGeometry``) and a
-speed reference read off the waypoint spacing for acceleration. It reads only the ego's pose
-and speed (odometry: where the ego is relative to where the plan was made), so any backend
+speed reference read off the waypoint spacing for acceleration. It reads only poses and speeds
+(odometry: where the ego is relative to the frame the plan was made in), so any backend
 (highway-env, CARLA) reuses it; only ``VehicleGeometry`` is per vehicle.
 """
 
@@ -66,6 +72,15 @@ def pose_of(ego: np.ndarray) -> np.ndarray:
     return ego[..., [EGO[name] for name in POSE_FIELDS]]
 
 
+def plan_frame(ego: np.ndarray) -> np.ndarray:
+    """(len(EGO_FIELDS),) ego row -> (3,) the lane frame [x, y, heading] in world coordinates:
+    the point of the current lane's centre line level with the ego, and the lane's heading."""
+    ego = np.asarray(ego, dtype=np.float64)
+    heading = ego[EGO["yaw"]] - ego[EGO["lane_heading_error"]]
+    offset = ego[EGO["lane_offset"]]
+    return np.array([ego[EGO["x"]] + offset * np.sin(heading), ego[EGO["y"]] - offset * np.cos(heading), heading])
+
+
 def to_frame(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
     """World points (..., 2) -> the frame of ``pose`` [x, y, yaw, ...] (x forward, y left)."""
     c, s = np.cos(pose[2]), np.sin(pose[2])
@@ -80,18 +95,19 @@ def from_frame(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.stack([pose[0] + c * p[..., 0] - s * p[..., 1], pose[1] + s * p[..., 0] + c * p[..., 1]], axis=-1)
 
 
-def plan_from_poses(start: np.ndarray, future: np.ndarray) -> np.ndarray:
-    """The plan that goes from pose ``start`` (4,) through the poses ``future`` (K, 4) reached at
-    ``plan_times(K)``: (K, 2) float64; rows of ``future`` with NaN stay NaN."""
-    start = np.asarray(start, dtype=np.float64)
+def plan_from_poses(frame: np.ndarray, speed: float, future: np.ndarray) -> np.ndarray:
+    """The plan made in ``frame`` (3,) [x, y, heading] at speed ``speed`` that passes through
+    the poses ``future`` (K, >= 2) reached at ``plan_times(K)``: (K, 2) float64; rows of
+    ``future`` with NaN stay NaN."""
+    frame = np.asarray(frame, dtype=np.float64)
     future = np.asarray(future, dtype=np.float64)
     times = plan_times(len(future))
-    local = to_frame(start, future[:, :2])
-    return np.stack([local[:, 0] / times - start[3], local[:, 1]], axis=-1)
+    local = to_frame(frame, future[:, :2])
+    return np.stack([local[:, 0] / times - speed, local[:, 1]], axis=-1)
 
 
 def waypoints(plan: np.ndarray, start_speed: float) -> np.ndarray:
-    """(K, 2) plan -> (K, 2) waypoints (x, y) in the frame of the plan's moment."""
+    """(K, 2) plan -> (K, 2) waypoints (x, y) in the plan's frame."""
     plan = np.asarray(plan, dtype=np.float64)
     times = plan_times(len(plan))
     return np.stack([times * (start_speed + plan[:, 0]), plan[:, 1]], axis=-1)
@@ -113,10 +129,29 @@ class VehicleGeometry:
         if not (self.wheelbase > 0 and 0 <= self.rear_to_ref <= self.wheelbase):
             raise ValueError(f"VehicleGeometry needs wheelbase > 0 and 0 <= rear_to_ref <= wheelbase, got {self}")
 
-    def steer_for_curvature(self, kappa: float) -> float:
+    def steer_through(self, point: np.ndarray) -> float:
+        """The wheel angle whose steady circle takes the reference point through ``point`` (ego
+        frame). The reference point moves along ``heading + beta`` (its slip angle), so the circle
+        is tangent to that direction, not to the heading: ``sin(beta) / rear_to_ref =
+        2 sin(alpha - beta) / d`` with ``alpha`` the point's bearing and ``d`` its distance,
+        solved for beta by bisection (the left side grows with beta, the right side falls).
+        Ignoring the slip cut the junction's tight turns off the road."""
+        x, y = float(point[0]), float(point[1])
+        d = float(np.hypot(x, y))
+        if d < 1e-6:
+            return 0.0
+        alpha = float(np.arctan2(y, x))
         if self.rear_to_ref == 0:
-            return float(np.arctan(self.wheelbase * kappa))
-        beta = np.arcsin(np.clip(self.rear_to_ref * kappa, -1.0, 1.0))
+            return float(np.arctan(self.wheelbase * 2.0 * np.sin(alpha) / d))
+        beta_max = float(np.arctan(self.rear_to_ref / self.wheelbase * np.tan(float(ACTION_HIGH[1]))))
+        lo, hi = -beta_max, beta_max
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if np.sin(mid) / self.rear_to_ref - 2.0 * np.sin(alpha - mid) / d > 0:
+                hi = mid
+            else:
+                lo = mid
+        beta = 0.5 * (lo + hi)
         return float(np.arctan(self.wheelbase / self.rear_to_ref * np.tan(beta)))
 
     def step(self, pose: np.ndarray, action: np.ndarray, dt: float = DT) -> np.ndarray:
@@ -135,9 +170,9 @@ class VehicleGeometry:
 
 @dataclass(frozen=True)
 class TrackerParams:
-    lookahead_time: float = 1.0
+    lookahead_time: float = 0.6
     """Pure pursuit looks ``max(lookahead_min, speed * lookahead_time)`` metres ahead."""
-    lookahead_min: float = 5.0
+    lookahead_min: float = 3.0
     """m; the shortest look-ahead (low speeds)."""
     speed_time: float = 0.5
     """s; acceleration = (v_ref(now + speed_time) - speed) / speed_time, so a plan of constant
@@ -160,26 +195,27 @@ class PlanTracker:
     def __init__(self, params: TrackerParams = TrackerParams()) -> None:
         self.params = params
 
-    def control(self, plan: np.ndarray, plan_pose: np.ndarray, pose: np.ndarray, age: float = 0.0) -> np.ndarray:
-        """``plan`` (K, 2) made at pose ``plan_pose`` [x, y, yaw, speed] ``age`` seconds ago; the
-        ego is now at ``pose``. Returns float32 [accel m/s^2, steer rad] within the limits."""
+    def control(self, plan: np.ndarray, frame: np.ndarray, start: np.ndarray, pose: np.ndarray,
+                age: float = 0.0) -> np.ndarray:
+        """``plan`` (K, 2) made ``age`` seconds ago in ``frame`` [x, y, heading] (``plan_frame``)
+        when the ego was at ``start`` [x, y, yaw, speed]; the ego is now at ``pose``.
+        Returns float32 [accel m/s^2, steer rad] within the limits."""
         p = self.params
         plan = np.asarray(plan, dtype=np.float64)
         if plan.ndim != 2 or plan.shape[1] != len(PLAN_FIELDS) or not np.all(np.isfinite(plan)):
             raise ValueError(f"plan must be a finite (K, {len(PLAN_FIELDS)}) array, got shape {plan.shape}")
-        plan_pose = np.asarray(plan_pose, dtype=np.float64)
-        pose = np.asarray(pose, dtype=np.float64)
-        v0, v = float(plan_pose[3]), float(pose[3])
+        frame, start, pose = (np.asarray(a, dtype=np.float64) for a in (frame, start, pose))
+        v0, v = float(start[3]), float(pose[3])
         times = plan_times(len(plan))
-        pts = np.vstack([np.zeros((1, 2)), waypoints(plan, v0)])  # plan frame, from its origin
+        pts = np.vstack([to_frame(frame, start[:2]), waypoints(plan, v0)])  # from where the plan began
         # speed reference: mean speed of each segment at its middle, anchored at v0 at t = 0
         seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) / np.diff(np.concatenate([[0.0], times]))
         mids = np.concatenate([[0.0], (np.concatenate([[0.0], times[:-1]]) + times) / 2.0])
         v_ref = float(np.interp(age + p.speed_time, mids, np.concatenate([[v0], seg])))
         accel = (v_ref - v) / p.speed_time
-        local = to_frame(pose, from_frame(plan_pose, pts)) if age > 0 or np.any(plan_pose != pose) else pts
         steer = 0.0
         if v >= p.min_speed:
+            local = to_frame(pose, from_frame(frame, pts))
             steer = self.geometry_steer(local, max(p.lookahead_min, v * p.lookahead_time))
         action = np.array([accel, steer], dtype=np.float32)
         return np.clip(action, ACTION_LOW, ACTION_HIGH)
@@ -191,9 +227,7 @@ class PlanTracker:
         target = _point_at_distance(local, lookahead)
         if target is None:
             return 0.0
-        d2 = float(target @ target)
-        kappa = 2.0 * target[1] / max(d2, 1e-6)
-        return self.params.geometry.steer_for_curvature(kappa)
+        return self.params.geometry.steer_through(target)
 
 
 def _point_at_distance(poly: np.ndarray, r: float) -> np.ndarray | None:
@@ -261,5 +295,5 @@ def plan_labels(ego: np.ndarray, actions: np.ndarray, expert_actions: np.ndarray
         future[have] = recorded[have]
     out = np.full((t_steps, k, len(PLAN_FIELDS)), np.nan)
     for i in range(t_steps):
-        out[i] = plan_from_poses(poses[i], future[i])
+        out[i] = plan_from_poses(plan_frame(ego[i]), poses[i, 3], future[i])
     return out

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
-from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, pose_of
+from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, plan_frame, pose_of
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -65,6 +65,10 @@ def default_action_tokenizer(n_bins: int, action: str = "control") -> ActionToke
     simulator's. Uniform bins over that range were 0.025 rad wide: highway steering fell into
     2-3 bins and a BC policy learned to drive straight and never correct; companding gives bins
     of ~0.002 rad around 0 and the residual recovers the rest."""
+    if action == "plan":
+        return ActionTokenizer.mulaw(PLAN_LOW, PLAN_HIGH, n_bins)
+    if action != "control":
+        raise ValueError(f"unknown action space {action!r}; choose 'control' or 'plan'")
     return ActionTokenizer.mulaw(ACTION_LOW, ACTION_HIGH, n_bins)
 
 
@@ -166,7 +170,7 @@ class VLAPolicy(torch.nn.Module):
         self._command = np.zeros(0, dtype=np.int64)
         self._start_lane: float | None = None
         self._queue: deque = deque()  # (age, (H, 2) chunk) for ensembling / open loop
-        self._plan: tuple[np.ndarray, np.ndarray, int] | None = None  # (plan, pose made at, age in steps)
+        self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, age in steps)
 
     def hear(self, command: str, lang: str = "en") -> None:
         self._command = self.encode_command(command, lang)
@@ -249,15 +253,15 @@ class VLAPolicy(torch.nn.Module):
 
     def _track(self, obs: dict, plan: Callable[[dict], np.ndarray]) -> np.ndarray:
         """A plan policy's action: the tracker on the current plan (a new one every step, or
-        every PLAN_DT seconds under 'open_loop')."""
-        pose = pose_of(obs["ego"])
+        every PLAN_DT seconds under 'open_loop'), made in the lane frame of its moment."""
+        ego = np.asarray(obs["ego"], dtype=np.float64)
         hold = int(round(PLAN_DT / DT)) if self.config.execution == "open_loop" else 1
-        if self._plan is None or self._plan[2] + 1 >= hold:
-            self._plan = (np.asarray(plan(obs), dtype=np.float64), pose, 0)
+        if self._plan is None or self._plan[3] + 1 >= hold:
+            self._plan = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), 0)
         else:
-            self._plan = (self._plan[0], self._plan[1], self._plan[2] + 1)
-        waypoints, made_at, age = self._plan
-        return self.tracker.control(waypoints, made_at, pose, age=age * DT)
+            self._plan = (*self._plan[:3], self._plan[3] + 1)
+        waypoints, frame, start, age = self._plan
+        return self.tracker.control(waypoints, frame, start, pose_of(ego), age=age * DT)
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:
