@@ -4,7 +4,9 @@
   steps) on one observation, median over repeats, one torch thread;
 * ``closed_loop_steps_per_s``: env.step with the policy's camera rig + ``select_action`` every
   step (the DAgger / eval loop without expert queries);
-* ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone).
+* ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone);
+* ``train_samples_per_s``: BC updates (``policies.bc.BCMethod``, batch ``TRAIN_BATCH``) on the
+  samples of one recorded expert episode, one torch thread, after 2 warm-up updates.
 Weights are random (speed does not depend on them); the size is ``vla.commands.train.SIZES``.
 """
 
@@ -33,13 +35,35 @@ def _steps_per_s(env, act, steps: int, seed: int) -> float:
     return done / elapsed
 
 
+TRAIN_BATCH = 32
+TRAIN_UPDATES = 10
+
+
+def _train_samples_per_s(policy: VLAPolicy, env, seed: int) -> float:
+    from policies.bc import BCConfig, BCMethod
+    from sim.rollout import BASELINES, run_episode
+    from vla.data import DemoDataset
+
+    ep = run_episode(env, BASELINES["expert"](env, seed), seed, record_frames=policy.config.cameras)
+    data = DemoDataset(policy)
+    data.add_episode(ep)
+    method = BCMethod(policy, BCConfig(total_steps=TRAIN_UPDATES + 2))
+    rng = np.random.default_rng(seed)
+    for _ in range(2):
+        method.update(data.batch(rng.integers(0, len(data), TRAIN_BATCH)))
+    t0 = time.perf_counter()
+    for _ in range(TRAIN_UPDATES):  # batch assembly counts: it is part of every training step
+        method.update(data.batch(rng.integers(0, len(data), TRAIN_BATCH)))
+    return TRAIN_UPDATES * TRAIN_BATCH / (time.perf_counter() - t0)
+
+
 def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: str = "medium",
                      steps: int = 200, seed: int = 0, log=print) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        policy = VLAPolicy(config, default_action_tokenizer(config.n_bins)).eval()
+        policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action)).eval()
         env = EmbeddedDrivingEnv(scenario, density, cameras=policy.rig)
         obs, _ = env.reset(seed=seed)
         policy.hear(env.goal.command, env.goal.lang)
@@ -58,7 +82,10 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
         sim = _steps_per_s(env, lambda obs: np.zeros(2, np.float32), steps, seed)
         log(f"simulator alone (same rig): {sim:.1f} steps/s")
         params = sum(p.numel() for p in policy.parameters())
+        train = _train_samples_per_s(policy, env, seed)
+        log(f"training (BC, batch {TRAIN_BATCH}): {train:.0f} samples/s")
         return {"chunk_latency_ms": latency, "closed_loop_steps_per_s": closed, "sim_steps_per_s": sim,
+                "train_samples_per_s": train, "action": config.action,
                 "parameters": params, "cameras": len(policy.rig), "scenario": scenario, "density": density}
     finally:
         torch.set_num_threads(threads)

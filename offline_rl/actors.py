@@ -62,6 +62,9 @@ class TransformerActor:
     kind = "transformer"
 
     def __init__(self, policy, normalizer: Normalizer) -> None:
+        from vla.policy import require_control_actions
+
+        require_control_actions(policy, "the offline-RL transformer actor")
         self.policy = policy
         self.normalizer = normalizer
         tok = policy.action_tokenizer

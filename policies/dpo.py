@@ -183,6 +183,9 @@ class DPOMethod:
 
     def __init__(self, policy, config: DPOConfig = DPOConfig(), reference=None,
                  heldout: PairDataset | None = None) -> None:
+        from vla.policy import require_control_actions
+
+        require_control_actions(policy, "DPO")
         self.policy, self.config, self.reference, self.heldout = policy, config, reference, heldout
         if reference is not None:
             reference.eval()

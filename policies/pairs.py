@@ -328,6 +328,9 @@ def read_pairs(directory: str | Path) -> dict[str, np.ndarray]:
 def make_pairs(policy, env, seeds: list[int], out: str | Path, config: PairConfig, meta: dict,
                log: Callable[[str], None] = print) -> dict:
     """Make and store the pairs of every seed not yet done in ``out``; returns the manifest."""
+    from vla.policy import require_control_actions
+
+    require_control_actions(policy, "preference-pair making")
     out = Path(out)
     header = {"format": FORMAT, "version": VERSION, "config": json.loads(json.dumps(config.to_dict())),
               "horizon": policy.config.horizon, "cameras": bool(policy.config.cameras),

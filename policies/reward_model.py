@@ -170,6 +170,9 @@ class BestOfNPolicy:
     chunks instead of the greedy ones."""
 
     def __init__(self, policy, scorer: TrajectoryScorer, n: int, temperature: float = 1.0, seed: int = 0) -> None:
+        from vla.policy import require_control_actions
+
+        require_control_actions(policy, "best-of-N")
         if n < 1 or not temperature > 0:
             raise ValueError(f"best-of-N needs N >= 1 and temperature > 0, got N={n}, temperature={temperature}")
         if scorer.config.horizon != policy.config.horizon:

@@ -142,8 +142,12 @@ def test_bench_policy_last_line_is_json(capsys):
     code, stdout, _ = run(capsys, "bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5")
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
-    for key in ("chunk_latency_ms", "closed_loop_steps_per_s", "sim_steps_per_s"):
+    for key in ("chunk_latency_ms", "closed_loop_steps_per_s", "sim_steps_per_s", "train_samples_per_s"):
         assert result[key] > 0
+    assert result["action"] == "control"
+    code, stdout, _ = run(capsys, "bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5",
+                          "--no-cameras", "--action", "plan")
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["action"] == "plan"
     code, _, err = run(capsys, "bench", "policy", "--size", "huge")
     assert code == 2 and "unknown --size 'huge'" in err
 

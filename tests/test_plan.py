@@ -184,3 +184,65 @@ def test_tracker_drives_the_experts_own_plans_in_the_simulator():
         assert not terminated, info.get("outcome")
         worst = max(worst, float(np.min(np.linalg.norm(expert_path - pose_of(env.ego_state())[:2], axis=1))))
     assert worst < 0.8, worst
+
+
+def test_plan_policy_saves_loads_and_acts_identically(tmp_path):
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    policy.save(tmp_path / "p")
+    loaded = VLAPolicy.load(tmp_path / "p")
+    assert loaded.config.action == "plan" and loaded.tracker is not None
+    np.testing.assert_allclose(loaded.action_tokenizer.high, PLAN_HIGH)
+    env = EmbeddedDrivingEnv("highway", "light")
+    for p in (policy, loaded):
+        p.eval()
+    obs, _ = env.reset(seed=5)
+    for p in (policy, loaded):
+        p.reset()
+        p.hear(env.goal.command, env.goal.lang)
+    for _ in range(12):
+        a, b = policy.select_action(obs), loaded.select_action(obs)
+        np.testing.assert_array_equal(a, b)
+        assert a.shape == (2,) and np.all(np.isfinite(a))
+        obs, *_ = env.step(a)
+
+
+def test_plan_policy_refused_where_chunks_are_read_as_controls():
+    from policies.dpo import DPOMethod
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    with pytest.raises(ValueError, match="raw-control chunks"):
+        DPOMethod(policy)
+    with pytest.raises(ValueError, match="head 'bins'"):
+        PolicyConfig(action="plan", head="diffusion")
+    with pytest.raises(ValueError, match="action"):
+        PolicyConfig(action="waypoints")
+
+
+def test_short_dagger_session_with_the_plan_head(tmp_path):
+    """Iteration 0 on DART-perturbed expert episodes, then one DAgger iteration whose rollouts are
+    labelled with the expert's simulated continuations (every 3rd state)."""
+    from policies.dagger import DaggerConfig, DaggerSession
+    from sim.storage import read_episodes
+    from vla.config import PolicyConfig
+
+    policy = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=2, cameras=False, action="plan")
+    config = DaggerConfig(scenario="highway", density="light", iterations=1, expert_episodes=2, rollouts=1,
+                          eval_episodes=1, train_steps=6, batch_size=8, workers=1, dart=True, label_every=3,
+                          policy=policy)
+    lines = DaggerSession(config, tmp_path / "run", log=lambda s: None).run_all()
+    assert [line["iteration"] for line in lines] == [0, 1]
+    expert = list(read_episodes(tmp_path / "run" / "data" / "iter_000", load_frames=False))
+    assert any((~clean_steps(ep.actions, ep.expert_actions)).any() for ep in expert)  # DART bursts
+    (rollout,) = read_episodes(tmp_path / "run" / "data" / "iter_001", load_frames=False)
+    assert rollout.expert_futures is not None and rollout.expert_futures.shape[1:] == (10, 4)
+    labelled = np.isfinite(rollout.expert_futures[:, 0, 0])
+    assert labelled[::3][:-1].all() and not labelled[1::3].any()  # (the last state may end the run)
+    assert lines[1]["dataset_steps"] > lines[0]["dataset_steps"]

@@ -72,6 +72,15 @@ def default_action_tokenizer(n_bins: int, action: str = "control") -> ActionToke
     return ActionTokenizer.mulaw(ACTION_LOW, ACTION_HIGH, n_bins)
 
 
+def require_control_actions(policy, what: str) -> None:
+    """A clear error for methods that read a policy's chunks as raw [accel, steer] actions
+    (DPO, constitution pairs, best-of-N, the offline-RL actor) when given a plan policy."""
+    action = getattr(getattr(policy, "config", None), "action", "control")
+    if action != "control":
+        raise ValueError(f"{what} works on raw-control chunks; policy {getattr(policy, 'name', '')!r} predicts "
+                         f"{action!r} (PolicyConfig.action). Train a --action control policy for it.")
+
+
 def make_layout(config: PolicyConfig) -> VocabLayout:
     return VocabLayout(ipa_symbols=INVENTORY.symbols, action_bins=(config.n_bins, config.n_bins))
 

@@ -90,6 +90,9 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
+    p.add_argument("--label-every", type=int, default=1, metavar="K",
+                   help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
+                        "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
     p.add_argument("--dart", action="store_true",
                    help="perturb the expert's execution in iteration 0's episodes with DART bursts "
                         "(labels stay the expert's clean actions; sim.rollout.DartNoise)")
@@ -108,7 +111,7 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
         train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
         workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
-        dart=args.dart, policy=policy_config(args))
+        dart=args.dart, label_every=args.label_every, policy=policy_config(args))
 
 
 def configure_dagger(p: argparse.ArgumentParser) -> None:
