@@ -177,12 +177,17 @@ class TrackerParams:
     speed_time: float = 0.5
     """s; acceleration = (v_ref(now + speed_time) - speed) / speed_time, so a plan of constant
     acceleration a is executed as exactly a, and a speed error closes over this time."""
+    steer_time: float = 0.0
+    """s; time constant of a first-order lag on the wheel angle toward pure pursuit's
+    (``steer = last + dt / (steer_time + dt) * (target - last)``, ``last`` = the wheel angle the
+    vehicle reports); 0 = none. A predicted plan wobbles a few centimetres from one step to the
+    next, and at 25 m/s every 0.001 rad of wheel is ~0.1 m/s^2 of lateral acceleration."""
     min_speed: float = 0.5
     """m/s; below this the ego is taken as standing and the wheel is held straight."""
     geometry: VehicleGeometry = VehicleGeometry()
 
     def __post_init__(self) -> None:
-        if min(self.lookahead_time, self.lookahead_min, self.speed_time) <= 0 or self.min_speed < 0:
+        if min(self.lookahead_time, self.lookahead_min, self.speed_time) <= 0 or min(self.min_speed, self.steer_time) < 0:
             raise ValueError(f"TrackerParams must be positive, got {self}")
 
 
@@ -196,9 +201,10 @@ class PlanTracker:
         self.params = params
 
     def control(self, plan: np.ndarray, frame: np.ndarray, start: np.ndarray, pose: np.ndarray,
-                age: float = 0.0) -> np.ndarray:
+                age: float = 0.0, steer_now: float | None = None) -> np.ndarray:
         """``plan`` (K, 2) made ``age`` seconds ago in ``frame`` [x, y, heading] (``plan_frame``)
-        when the ego was at ``start`` [x, y, yaw, speed]; the ego is now at ``pose``.
+        when the ego was at ``start`` [x, y, yaw, speed]; the ego is now at ``pose`` with its
+        wheel at ``steer_now`` rad (used by ``TrackerParams.steer_time``; None: no lag).
         Returns float32 [accel m/s^2, steer rad] within the limits."""
         p = self.params
         plan = np.asarray(plan, dtype=np.float64)
@@ -217,6 +223,8 @@ class PlanTracker:
         if v >= p.min_speed:
             local = to_frame(pose, from_frame(frame, pts))
             steer = self.geometry_steer(local, max(p.lookahead_min, v * p.lookahead_time))
+        if p.steer_time > 0 and steer_now is not None:
+            steer = float(steer_now) + DT / (p.steer_time + DT) * (steer - float(steer_now))
         action = np.array([accel, steer], dtype=np.float32)
         return np.clip(action, ACTION_LOW, ACTION_HIGH)
 

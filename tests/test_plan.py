@@ -10,6 +10,7 @@ from sim.plan import (
     PLAN_HIGH,
     PLAN_LOW,
     PlanTracker,
+    TrackerParams,
     VehicleGeometry,
     clean_steps,
     plan_frame,
@@ -246,3 +247,13 @@ def test_short_dagger_session_with_the_plan_head(tmp_path):
     labelled = np.isfinite(rollout.expert_futures[:, 0, 0])
     assert labelled[::3][:-1].all() and not labelled[1::3].any()  # (the last state may end the run)
     assert lines[1]["dataset_steps"] > lines[0]["dataset_steps"]
+
+
+def test_steering_lag_moves_part_way_toward_pure_pursuit():
+    plan = np.stack([np.zeros(4), [0.5, 1.5, 2.5, 3.5]], axis=-1)  # drift left over 2 s
+    pose = np.array([0.0, 0.0, 0.0, 20.0])
+    target = PlanTracker().control(plan, np.zeros(3), pose, pose)[1]
+    lagged = PlanTracker(TrackerParams(steer_time=0.3)).control(plan, np.zeros(3), pose, pose, steer_now=0.0)[1]
+    assert target > 0 and np.isclose(lagged, target * 0.1 / 0.4, rtol=1e-5)
+    with pytest.raises(ValueError):
+        TrackerParams(steer_time=-1.0)

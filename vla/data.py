@@ -4,7 +4,11 @@ expert's action chunk from that state on (the DAgger aggregate and plain BC data
 A sample at step t of an episode holds the policy's inputs at s_t (``vla.inputs``) and the
 targets: the expert's own plan from s_t (``Episode.expert_plans``) when recorded, else
 ``expert_actions[t : t + H]`` (the same thing when the expert drove), encoded as bins + residuals by the policy's action
-tokenizer; steps past the episode's end are masked. Frames stay in per-episode arrays and are
+tokenizer; steps past the episode's end are masked. A ``plan`` policy (``PolicyConfig.action``)
+is labelled with the expert's plan from s_t instead (``sim.plan.plan_labels``: where the expert
+went in the next 2 s, from the recorded trajectory while it executed its own clean actions, else
+from ``Episode.expert_futures``); unknown waypoints are masked and states with no known first
+waypoint (inside a DART burst, unlabelled rollout states) are not samples. Frames stay in per-episode arrays and are
 gathered per batch, so adding an episode never copies the others.
 
 Command augmentation (``augment_commands`` = p): the expert's labels depend on the goal, not

@@ -270,7 +270,8 @@ class VLAPolicy(torch.nn.Module):
         else:
             self._plan = (*self._plan[:3], self._plan[3] + 1)
         waypoints, frame, start, age = self._plan
-        return self.tracker.control(waypoints, frame, start, pose_of(ego), age=age * DT)
+        return self.tracker.control(waypoints, frame, start, pose_of(ego), age=age * DT,
+                                    steer_now=float(ego[EGO["steer"]]))
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:
