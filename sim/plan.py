@@ -242,11 +242,10 @@ def _point_at_distance(poly: np.ndarray, r: float) -> np.ndarray | None:
     """The last point of the polyline at distance ``r`` from the origin, searching segments
     from the one the origin is closest to onward; extended past the end along the last
     segment. None when the polyline has no length."""
-    dist = np.linalg.norm(poly, axis=1)
-    start = int(np.argmin(dist))
-    for i in range(max(start, 0), len(poly) - 1):
+    start = int(np.argmin(np.linalg.norm(poly, axis=1)))
+    for i in range(start, len(poly) - 1):
         a, b = poly[i], poly[i + 1]
-        if np.linalg.norm(b) >= r >= 0:
+        if np.linalg.norm(b) >= r:
             d = b - a
             # solve |a + s d| = r for s in [0, 1], the larger root
             qa, qb, qc = float(d @ d), 2.0 * float(a @ d), float(a @ a) - r * r
