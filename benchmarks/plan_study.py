@@ -6,10 +6,11 @@ same expert data and the same gradient steps (issue "Policies that drive like th
     python -m benchmarks.plan_study --out runs/plan_study --density medium --seeds 0 1 2 \\
         --expert-episodes 40 --train-steps 1500 --eval-episodes 50
 
-Per training seed S: the expert's episodes (seeds ``S * 100000 + i``, as ``vla dagger``'s
-iteration 0) are recorded once clean and once with DART bursts (``sim.rollout.DartNoise``), and
-every arm trains on a copy of the recording it names, through ``policies.dagger.DaggerSession``
-with ``iterations = 0`` (BC), so arms differ only in what ``ARMS`` says. Each policy is then
+Per training seed S every arm is a ``policies.dagger.DaggerSession`` with ``iterations = 0`` (BC
+on the expert's episodes, seeds ``S * 100000 + i``), clean or with DART bursts
+(``sim.rollout.DartNoise``). The first session of each kind records them; later arms of that
+kind start from a copy (the episodes they would record themselves: they depend only on seed and
+noise), so arms differ only in what ``ARMS`` says. Each policy is then
 driven on the same held-out episodes (``dagger_study.STUDY_SEED_OFFSET + i``, held-out spoken
 phrasings); arms are compared with the expert and, per episode, with the first arm
 (``--baseline``) through paired bootstrap intervals. Everything resumes: a finished piece
@@ -29,9 +30,8 @@ from benchmarks.dagger_combine import PAIRED, paired_bootstrap
 from benchmarks.dagger_study import _evaluate, format_summary, summarize
 from benchmarks.reports import to_jsonable, write_json
 from sim.atomic import atomic_output
-from sim.storage import EpisodeWriter, count_episodes
-from sim.rollout import DartNoise
-from vla.parallel import RolloutPool, RolloutSpec
+from sim.storage import count_episodes
+from vla.parallel import RolloutPool
 
 ARMS = {
     "control_dart": {"action": "control", "dart": True},
@@ -40,21 +40,6 @@ ARMS = {
     "control": {"action": "control", "dart": False},
 }
 """Arm name -> the policy's action space and whether its expert data had DART bursts."""
-
-
-def _record(pool: RolloutPool, out: Path, scenario: str, density: str, seed: int, episodes: int,
-            dart: bool, log) -> Path:
-    """The expert's iteration-0 episodes of training seed ``seed`` (resumed when partial)."""
-    done = count_episodes(out)
-    if done >= episodes:
-        return out
-    log(f"recording {episodes - done} expert episodes (seed {seed}, dart={dart}) -> {out}")
-    spec = RolloutSpec(scenario, density, "expert", "train", cameras=False, query_expert=True,
-                       record_frames=False, beta=1.0, beta_seed=0, noise=DartNoise() if dart else None)
-    seeds = [seed * 100_000 + i for i in range(episodes)][done:]
-    with EpisodeWriter(out) as writer:
-        pool.run(spec, seeds, on_episode=writer.append)
-    return out
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
@@ -75,15 +60,15 @@ def run_study(args: argparse.Namespace, log=print) -> dict:
                                            args.eval_episodes, out / "eval_expert", log))
         for seed in args.seeds:
             run = out / f"seed_{seed}"
+            recorded: dict[bool, Path] = {}  # dart -> the first session's iteration-0 episodes
             for arm in arms:
                 spec = ARMS[arm]
-                data = _record(pool, run / ("data_dart" if spec["dart"] else "data"), args.scenario, args.density,
-                               seed, base.expert_episodes, spec["dart"], log)
                 session_dir = run / arm
                 target = session_dir / "data" / "iter_000"
-                if count_episodes(target) < base.expert_episodes:
-                    shutil.rmtree(target, ignore_errors=True)
-                    shutil.copytree(data, target)
+                source = recorded.setdefault(spec["dart"], target)
+                if source != target and count_episodes(target) < count_episodes(source) == base.expert_episodes:
+                    shutil.rmtree(target, ignore_errors=True)  # the same episodes the session would record
+                    shutil.copytree(source, target)
                 cfg = replace(base, seed=seed, dart=spec["dart"], threads=args.threads,
                               policy=replace(base.policy, action=spec["action"]))
                 log(f"== seed {seed}: {arm}")

@@ -194,8 +194,9 @@ class TrackerParams:
 class PlanTracker:
     """Plan -> [accel, steer] at every simulator step, for a plan made ``age`` seconds ago.
 
-    Stateless: ``control`` depends only on the plan, the pose it was made at and the pose now,
-    so re-planning every step and executing one plan for several steps use the same code."""
+    Stateless: ``control`` depends only on its arguments (the plan, its frame, the ego's pose
+    when it was made and now, the wheel angle now), so re-planning every step and executing one
+    plan for several steps use the same code."""
 
     def __init__(self, params: TrackerParams = TrackerParams()) -> None:
         self.params = params
