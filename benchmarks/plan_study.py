@@ -38,8 +38,11 @@ ARMS = {
     "plan": {"action": "plan", "dart": False},
     "plan_dart": {"action": "plan", "dart": True},
     "control": {"action": "control", "dart": False},
+    "plan_dart_relabel": {"action": "plan", "dart": True, "relabel": True},
 }
-"""Arm name -> the policy's action space and whether its expert data had DART bursts."""
+"""Arm name -> the policy's action space, whether its expert data had DART bursts and whether it
+is goal-relabelled (the expert's plan under every other highway goal at every ``--label-every``-th
+recorded state, ``Episode.goal_futures``)."""
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
@@ -60,16 +63,17 @@ def run_study(args: argparse.Namespace, log=print) -> dict:
                                            args.eval_episodes, out / "eval_expert", log))
         for seed in args.seeds:
             run = out / f"seed_{seed}"
-            recorded: dict[bool, Path] = {}  # dart -> the first session's iteration-0 episodes
+            recorded: dict[tuple, Path] = {}  # (dart, relabel) -> the first session's iteration-0 episodes
             for arm in arms:
                 spec = ARMS[arm]
+                relabel = spec.get("relabel", False)
                 session_dir = run / arm
                 target = session_dir / "data" / "iter_000"
-                source = recorded.setdefault(spec["dart"], target)
+                source = recorded.setdefault((spec["dart"], relabel), target)
                 if source != target and count_episodes(target) < count_episodes(source) == base.expert_episodes:
                     shutil.rmtree(target, ignore_errors=True)  # the same episodes the session would record
                     shutil.copytree(source, target)
-                cfg = replace(base, seed=seed, dart=spec["dart"], threads=args.threads,
+                cfg = replace(base, seed=seed, dart=spec["dart"], threads=args.threads, goal_relabel=relabel,
                               policy=replace(base.policy, action=spec["action"]))
                 log(f"== seed {seed}: {arm}")
                 DaggerSession(cfg, session_dir, log=log).run_all()

@@ -100,7 +100,9 @@ class DaggerConfig:
     them too, each heard as a train phrasing of that goal (``vla.data``; LbC-style). Off by
     default: in the dense study (seed 0, 50 held-out episodes) it cut collisions (0.16 -> 0.10)
     but made the policy's steps jerky (lateral jerk p95 1.3 -> 9.2; with DAgger 22.8) and did
-    not improve goal success; see docs/dagger_study.md."""
+    not improve goal success; see docs/dagger_study.md. A ``plan`` policy is relabelled with
+    the expert's whole plan under each goal, simulated at every ``label_every``-th recorded
+    state (``env.goal_futures``: 20 simulator steps per goal and state)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """The transformer policy."""
 
@@ -179,6 +181,7 @@ class DaggerSession:
         spec = RolloutSpec(c.scenario, c.density, policy_dir, "train", cameras=c.policy.cameras,
                            query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
                            plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
+                           goal_futures=c.goal_relabel and c.policy.action == "plan",
                            noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
         from tqdm import tqdm
 

@@ -62,6 +62,11 @@ class Episode:
     actions from s_t (``env.expert_continuation``; NaN past its end), where the expert would
     have driven from a state a policy visited: the labels of a plan-head policy (``sim.plan``);
     None when not recorded (where the expert drove, the recorded trajectory is that future)."""
+    goal_futures: np.ndarray | None = None
+    """(T, G, P, 4) float32 ``POSE_FIELDS``: the ego's poses in the expert's next P steps from s_t
+    had the passenger asked for each highway goal ``HIGHWAY_GOAL_LABELS`` (``env.goal_futures``;
+    NaN for the episode's own goal, impossible goals, unrecorded states and past the end): the
+    plan labels of goal relabelling; None when not recorded."""
 
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
@@ -87,6 +92,11 @@ class Episode:
             if f.ndim != 3 or f.shape[0] != t or f.shape[1] < 1 or f.shape[2] != len(POSE_FIELDS):
                 raise ValueError(f"episode field 'expert_futures' has shape {f.shape}, expected ({t}, P, "
                                  f"{len(POSE_FIELDS)})")
+        if self.goal_futures is not None:
+            f = self.goal_futures
+            if f.ndim != 4 or f.shape[0] != t or f.shape[1] != len(HIGHWAY_GOAL_LABELS) or f.shape[3] != len(POSE_FIELDS):
+                raise ValueError(f"episode field 'goal_futures' has shape {f.shape}, expected ({t}, "
+                                 f"{len(HIGHWAY_GOAL_LABELS)}, P, {len(POSE_FIELDS)})")
         if self.goal_labels is not None:
             g = self.goal_labels
             if g.ndim != 3 or g.shape[0] != t or g.shape[1] != len(HIGHWAY_GOAL_LABELS) or g.shape[2] != len(ACTION_FIELDS):

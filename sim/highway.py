@@ -9,6 +9,7 @@ a right-handed frame: ``(x, y)_ours = (x, -y)_hw``, ``yaw_ours = -heading_hw``,
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +41,7 @@ from sim.interface import (
     POSE_FIELDS,
     REWARD,
     REWARD_FIELDS,
+    TURNS,
     Goal,
     LaneGeom,
     Scene,
@@ -47,6 +49,7 @@ from sim.interface import (
 )
 from sim.storage import RewardWeights
 from sim.scenarios import (
+    GOAL_CHOICES,
     HIGHWAY_GOAL_LABELS,
     HIGHWAY_LANES,
     check_scenario,
@@ -54,6 +57,7 @@ from sim.scenarios import (
     highway_goal_for,
     highway_goal_labels,
     turn_goal,
+    turn_goal_for,
 )
 
 VEHICLE_HEIGHT = 1.5
@@ -79,7 +83,7 @@ class EnvSnapshot:
 
 
 _EPISODE_ATTRS = ("goal", "route_length", "_route", "_s0", "_steps", "_done_outcome",
-                  "_best_progress_m", "_lanes", "_prev", "_ego", "_actors", "_start_lane")
+                  "_best_progress_m", "_lanes", "_prev", "_ego", "_actors", "_start_lane", "goal_feasible")
 """What ``reset`` / ``step`` keep per episode besides the highway-env core and actor ids."""
 
 
@@ -171,9 +175,26 @@ class EmbeddedDrivingEnv(gym.Env):
 
     def __init__(self, scenario: str = "highway", density: str = "medium",
                  cameras: Sequence[CameraSpec] = (),
-                 rephrase: Callable[[Goal, np.random.Generator], Goal] | None = None) -> None:
+                 rephrase: Callable[[Goal, np.random.Generator], Goal] | None = None,
+                 goals: str | None = None) -> None:
         """``rephrase``: turns each episode's canonical command into what the passenger says
-        (e.g. a phrasing of the speech corpus), drawn from the episode's seeded generator."""
+        (e.g. a phrasing of the speech corpus), drawn from the episode's seeded generator.
+
+        ``goals``: how each episode's command is chosen. "feasible" (default): only commands the
+        traffic allows: the goal types possible from the start are tried in a seeded random
+        order and the first one the expert reaches when it drives the whole episode (on a
+        private copy, before the episode starts) is issued; if it reaches none, the first is
+        issued anyway and ``goal_feasible`` is False. This makes goal success a measure of the
+        policy, not of the traffic (a blanket "speed up" to 30 m/s in traffic moving at 22 is
+        met by nobody). Costs about one extra expert episode per reset. "any": a uniformly
+        drawn goal type, reachable or not (the draw of earlier versions, same goal per seed).
+        None: the environment variable ``VLA_GOALS`` if set, else "feasible" (the test suite
+        sets "any" to save the extra episodes; the feasible draw has tests of its own)."""
+        goals = goals or os.environ.get("VLA_GOALS", "feasible")
+        if goals not in GOAL_CHOICES:
+            raise ValueError(f"unknown goals {goals!r}; choose one of {GOAL_CHOICES}")
+        self.goals = goals
+        self.goal_feasible: bool | None = None
         self.spec_ = check_scenario(scenario, density)
         self.scenario, self.density = scenario, density
         self.cameras = tuple(cameras)
@@ -214,28 +235,67 @@ class EmbeddedDrivingEnv(gym.Env):
             # pair it checks at the junction; the same integration on floats is ~100x cheaper.
             ego.predict_trajectory_constant_speed = partial(_predict_constant_steering, ego)
         self._start_lane = int(ego.lane_index[2])
+        self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
+        self._prev = (float(ego.speed), float(-ego.heading))
+        if self.goals == "any":
+            self._set_goal(highway_goal(rng, self._start_lane) if self.scenario == "highway" else turn_goal(rng))
+            self.goal_feasible = None
+        else:
+            self._set_feasible_goal(rng)
+        if self.rephrase is not None:
+            self.goal = self.rephrase(self.goal, rng)
+        info = {"goal": self.goal, "events": np.zeros(len(EVENT_FIELDS), np.float32),
+                "reward_terms": np.zeros(len(REWARD_FIELDS), np.float32)}
+        return self._observation(), info
+
+    def _set_goal(self, goal: Goal) -> None:
+        """Make ``goal`` this episode's (route, progress origin, ego vector) at the start state."""
+        ego = self._core.vehicle
+        self.goal = goal
         if self.scenario == "highway":
-            self.goal = highway_goal(rng, self._start_lane)
             self._route = None
             self._s0 = float(ego.position[0])
         else:
-            self.goal = turn_goal(rng)
-            exit_corner = TURN_EXITS[self.goal.turn]
+            exit_corner = TURN_EXITS[goal.turn]
             self._route = [("o0", "ir0", 0), ("ir0", f"il{exit_corner}", 0), (f"il{exit_corner}", f"o{exit_corner}", 0)]
             net = self._core.road.network
             s_start, _ = net.get_lane(self._route[0]).local_coordinates(ego.position)
             self._s0 = float(s_start)
             self.route_length = (net.get_lane(self._route[0]).length - s_start
                                  + net.get_lane(self._route[1]).length + INTERSECTION_EXIT)
-        if self.rephrase is not None:
-            self.goal = self.rephrase(self.goal, rng)
         self._best_progress_m = 0.0
-        self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
-        self._prev = (float(ego.speed), float(-ego.heading))
         self._ego = self._ego_vector(accel=0.0, yaw_rate=0.0)
-        info = {"goal": self.goal, "events": np.zeros(len(EVENT_FIELDS), np.float32),
-                "reward_terms": np.zeros(len(REWARD_FIELDS), np.float32)}
-        return self._observation(), info
+        self._actors = self._scan_actors()
+
+    def _set_feasible_goal(self, rng: np.random.Generator) -> None:
+        """Issue the first goal type (in a seeded random order) the expert reaches; see ``goals``."""
+        if self.scenario == "highway":
+            candidates = [highway_goal_for(label, self._start_lane) for label in highway_goal_labels(self._start_lane)]
+        else:
+            candidates = [turn_goal_for(t) for t in TURNS]
+        order = rng.permutation(len(candidates))
+        for i in order:
+            self._set_goal(candidates[i])
+            if self._expert_reaches_goal():
+                self.goal_feasible = True
+                return
+        self._set_goal(candidates[order[0]])
+        self.goal_feasible = False
+
+    def _expert_reaches_goal(self) -> bool:
+        """The expert drives the episode from here to its end on a private copy: does the goal
+        hold at the last step, without a collision, leaving the road or the route?"""
+        snap = self.snapshot()
+        renderer, self._renderer = self._renderer, None
+        try:
+            while True:
+                _, _, terminated, truncated, info = self.step(self.expert_action())
+                if terminated or truncated:
+                    return (info.get("outcome") in ("route_complete", "timeout")
+                            and bool(info["reward_terms"][REWARD["goal"]] > 0.5))
+        finally:
+            self._renderer = renderer
+            self._restore_state(snap, private=True)
 
     def step(self, action):
         a = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -310,24 +370,62 @@ class EmbeddedDrivingEnv(gym.Env):
         collision or off-road step on: a plan never leads there). The poses label a plan-head policy's visited states (``sim.plan``)."""
         if horizon < 1:
             raise ValueError(f"expert_plan horizon must be >= 1, got {horizon}")
-        plan = np.full((horizon, len(ACTION_FIELDS)), np.nan, dtype=np.float32)
-        poses = np.full((horizon, len(POSE_FIELDS)), np.nan, dtype=np.float64)
-        plan[0] = self.expert_action()
         snap = self.snapshot()
         renderer, self._renderer = self._renderer, None
         try:
-            for k in range(horizon):
-                _, _, terminated, truncated, info = self.step(plan[k])
-                if info["events"][EVENT["collision_vehicle"]] or info["events"][EVENT["off_road"]]:
-                    break
-                poses[k] = self._ego[[EGO[name] for name in POSE_FIELDS]]
-                if terminated or truncated or k == horizon - 1:
-                    break
-                plan[k + 1] = self.expert_action()
+            plan, poses = self._drive_expert(horizon)
         finally:
             self._renderer = renderer
             self._restore_state(snap, private=True)
         return plan, poses
+
+    def _drive_expert(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Let the expert drive THIS env for up to ``horizon`` steps (callers hold a snapshot):
+        its actions and the poses reached, NaN from a collision / off-road step or the end on."""
+        plan = np.full((horizon, len(ACTION_FIELDS)), np.nan, dtype=np.float32)
+        poses = np.full((horizon, len(POSE_FIELDS)), np.nan, dtype=np.float64)
+        plan[0] = self.expert_action()
+        for k in range(horizon):
+            _, _, terminated, truncated, info = self.step(plan[k])
+            if info["events"][EVENT["collision_vehicle"]] or info["events"][EVENT["off_road"]]:
+                break
+            poses[k] = self._ego[[EGO[name] for name in POSE_FIELDS]]
+            if terminated or truncated or k == horizon - 1:
+                break
+            plan[k + 1] = self.expert_action()
+        return plan, poses
+
+    def goal_futures(self, horizon: int) -> np.ndarray | None:
+        """(len(HIGHWAY_GOAL_LABELS), horizon, 4) the ego poses the expert reaches in the next
+        ``horizon`` steps had the passenger asked for each OTHER highway goal at the start (NaN
+        for the episode's own goal, a lane change off the road, and past a continuation's end);
+        None at the intersection. The plan-head counterpart of ``goal_labels``: every visited
+        state then labels a plan under every command (``sim.plan.goal_plan_labels``). Each is an
+        exact continuation on a private copy (``horizon`` simulator steps per goal; removing
+        the far traffic to save time changed the expert's lane decisions by up to a lane, so
+        it is not done); the env is left exactly as it was."""
+        if horizon < 1:
+            raise ValueError(f"goal_futures horizon must be >= 1, got {horizon}")
+        if self._route is None:
+            out = np.full((len(HIGHWAY_GOAL_LABELS), horizon, len(POSE_FIELDS)), np.nan, dtype=np.float32)
+        else:
+            return None
+        others = [(i, label) for i, label in enumerate(HIGHWAY_GOAL_LABELS)
+                  if label in highway_goal_labels(self._start_lane) and label != self.goal.label]
+        if not others:
+            return out
+        snap = self.snapshot()
+        renderer, self._renderer = self._renderer, None
+        try:
+            for n, (i, label) in enumerate(others):
+                if n:
+                    self._restore_state(snap, private=False)
+                self.goal = highway_goal_for(label, self._start_lane)
+                out[i] = self._drive_expert(horizon)[1]
+        finally:
+            self._renderer = renderer
+            self._restore_state(snap, private=True)
+        return out
 
     def _restore_state(self, snap: EnvSnapshot, private: bool) -> None:
         """Put ``snap``'s state back; ``private``: the snapshot is never used again, so its

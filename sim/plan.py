@@ -305,3 +305,23 @@ def plan_labels(ego: np.ndarray, actions: np.ndarray, expert_actions: np.ndarray
     for i in range(t_steps):
         out[i] = plan_from_poses(plan_frame(ego[i]), poses[i, 3], future[i])
     return out
+
+
+def goal_plan_labels(ego: np.ndarray, goal_futures: np.ndarray, k: int) -> np.ndarray:
+    """(T, G, k, 2) the expert's plan from every state s_t under every highway goal, from
+    ``goal_futures`` (T, G, P, 4) (``Episode.goal_futures``); NaN where not recorded."""
+    ego = np.asarray(ego, dtype=np.float64)
+    futures = np.asarray(goal_futures, dtype=np.float64)
+    steps = plan_steps(k)
+    if futures.shape[2] < steps[-1]:
+        raise ValueError(f"goal futures of {futures.shape[2]} steps are shorter than a {k}-waypoint plan "
+                         f"({steps[-1]} steps); record with plan_horizon >= {steps[-1]}")
+    picked = futures[:, :, steps - 1]  # (T, G, k, 4)
+    out = np.full((*picked.shape[:3], len(PLAN_FIELDS)), np.nan)
+    poses = pose_of(ego)
+    for i in range(len(picked)):
+        if np.isfinite(picked[i]).any():
+            frame = plan_frame(ego[i])
+            for g in range(picked.shape[1]):
+                out[i, g] = plan_from_poses(frame, poses[i, 3], picked[i, g])
+    return out

@@ -137,6 +137,7 @@ def run_episode(
     rng: np.random.Generator | None = None,
     plan_horizon: int = 0,
     goal_labels: bool = False,
+    goal_futures: bool = False,
     noise: DartNoise | None = None,
     plan_every: int = 1,
 ) -> Episode:
@@ -157,7 +158,13 @@ def run_episode(
     the labels stay the expert's clean actions (needs ``query_expert``).
     ``goal_labels``: also record the expert's action under every highway goal at every state
     (``env.goal_labels``, ``Episode.goal_labels``; nothing at the intersection).
+    ``goal_futures`` (needs ``goal_labels`` and ``plan_horizon`` P > 1): also the poses of the
+    expert's P-step continuation under every other highway goal at every ``plan_every``-th
+    state (``env.goal_futures``, ``Episode.goal_futures``: the plan labels of goal
+    relabelling; recorded when the expert drives too; P simulator steps per goal and state).
     """
+    if goal_futures and not (goal_labels and plan_horizon > 1):
+        raise ValueError("goal_futures needs goal_labels and plan_horizon > 1")
     if plan_horizon > 1 and not query_expert:
         raise ValueError("plan_horizon needs query_expert (plans are expert labels)")
     if plan_every < 1:
@@ -174,6 +181,8 @@ def run_episode(
     ego, actors = [env.ego_state()], [env.actors()]
     actions, experts, events, terms, frames, plans, futures, per_goal = [], [], [], [], [], [], [], []
     record_goals = goal_labels and query_expert and env.goal_labels() is not None
+    record_goal_futures = record_goals and goal_futures
+    goal_futures = []
     outcome = "timeout"
     while True:
         if record_frames and "cameras" in obs:
@@ -192,6 +201,9 @@ def run_episode(
             expert = env.expert_action() if query_expert else np.full(2, np.nan, np.float32)
         if record_goals:
             per_goal.append(env.goal_labels())
+        if record_goal_futures:
+            goal_futures.append(env.goal_futures(plan_horizon) if len(actions) % plan_every == 0 else
+                                np.full((len(per_goal[-1]), plan_horizon, 4), np.nan, np.float32))
         action = np.asarray(policy.select_action(obs), dtype=np.float32)
         if query_expert and beta > 0.0 and rng.random() < beta:
             action = expert
@@ -226,4 +238,6 @@ def run_episode(
         expert_plans=np.array(plans, dtype=np.float32).reshape(-1, plan_horizon, 2) if record_plans else None,
         expert_futures=np.array(futures, dtype=np.float32).reshape(-1, plan_horizon, 4) if record_plans else None,
         goal_labels=np.array(per_goal, dtype=np.float32).reshape(len(actions), -1, 2) if record_goals else None,
+        goal_futures=(np.array(goal_futures, dtype=np.float32).reshape(len(actions), -1, plan_horizon, 4)
+                      if record_goal_futures else None),
     )

@@ -67,6 +67,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 HIGHWAY_LANES = 4
 HIGHWAY_SPEEDS = {"slow_down": 20.0, "keep": 25.0, "speed_up": 30.0}
+GOAL_CHOICES = ("feasible", "any")
+"""How an env picks each episode's command (``EmbeddedDrivingEnv(goals=...)``)."""
 HIGHWAY_GOAL_LABELS = ("lane_left", "lane_right", "speed_up", "slow_down", "keep_lane")
 TURN_COMMANDS = {
     "left": "turn left at the intersection",
@@ -116,5 +118,9 @@ def highway_goal_for(label: str, start_lane: int) -> Goal:
 
 
 def turn_goal(rng: np.random.Generator) -> Goal:
-    turn = ("left", "straight", "right")[int(rng.integers(3))]
+    return turn_goal_for(("left", "straight", "right")[int(rng.integers(3))])
+
+
+def turn_goal_for(turn: str) -> Goal:
+    """The canonical intersection goal: take the ``turn`` exit."""
     return Goal(kind="turn", label=f"turn_{turn}", command=TURN_COMMANDS[turn], turn=turn)

@@ -29,7 +29,8 @@ end; ``Episode.expert_plans``) only when recorded, and ``goal_labels`` (T, G, 2)
 expert's action under each highway goal, attr ``goals`` = ``HIGHWAY_GOAL_LABELS``;
 ``Episode.goal_labels``) only when recorded, and ``expert_futures`` (T, P, 4) f4 (the ego
 poses of the expert's own continuation from each state, ``POSE_FIELDS``;
-``Episode.expert_futures``) only when recorded.
+``Episode.expert_futures``) only when recorded, and ``goal_futures`` (T, G, P, 4) f4 (the
+same under every other highway goal, attr ``goals``; ``Episode.goal_futures``) only when recorded.
 
 D4RL export (``export_d4rl``)
 -----------------------------
@@ -80,13 +81,15 @@ TABLES: dict[str, tuple[tuple[str, ...], type]] = {
     "reward_terms": (REWARD_FIELDS, np.float32),
 }
 """Per-step datasets: column names of the last axis and the dtype stored / returned."""
-OPTIONAL_TABLES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
-    "expert_plans": (ACTION_FIELDS, {}),
-    "goal_labels": (ACTION_FIELDS, {"goals": HIGHWAY_GOAL_LABELS}),
-    "expert_futures": (POSE_FIELDS, {}),
+OPTIONAL_TABLES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]], int]] = {
+    "expert_plans": (ACTION_FIELDS, {}, 3),
+    "goal_labels": (ACTION_FIELDS, {"goals": HIGHWAY_GOAL_LABELS}, 3),
+    "expert_futures": (POSE_FIELDS, {}, 3),
+    "goal_futures": (POSE_FIELDS, {"goals": HIGHWAY_GOAL_LABELS}, 4),
 }
-"""Per-step (T, K, F) float32 tables an episode may carry (the ``Episode`` fields of the same
-names): the column names of the last axis (attr ``fields``) and further attrs (checked on read)."""
+"""Per-step (T, ..., F) float32 tables an episode may carry (the ``Episode`` fields of the same
+names): the column names of the last axis (attr ``fields``), further attrs (checked on read)
+and the number of axes."""
 NAN_ALLOWED = ("expert_actions", *OPTIONAL_TABLES)
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
@@ -180,7 +183,7 @@ def write_episode(path: str | Path, ep: Episode, compression: str | None = "lzf"
             ds.attrs["fields"] = list(TABLES[name][0])
         for name, arr in optional.items():
             ds = f.create_dataset(name, data=arr, compression=compression, fletcher32=True)
-            columns, attrs = OPTIONAL_TABLES[name]
+            columns, attrs, _ = OPTIONAL_TABLES[name]
             for key, names in {"fields": columns, **attrs}.items():
                 ds.attrs[key] = list(names)
         if ep.frames is not None:
@@ -230,12 +233,13 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
         frames = f["frames"][()]
     optional = {}
     steps = arrays["actions"].shape[0]
-    for name, (columns, attrs) in OPTIONAL_TABLES.items():
+    for name, (columns, attrs, ndim) in OPTIONAL_TABLES.items():
         if name not in f:
             continue
         arr = _read_table(f, path, name, (columns, np.float32))
-        if arr.ndim != 3 or arr.shape[0] != steps:
-            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({steps}, K, {len(columns)})")
+        if arr.ndim != ndim or arr.shape[0] != steps:
+            middle = "K" if ndim == 3 else "G, K"
+            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({steps}, {middle}, {len(columns)})")
         for key, expected in attrs.items():
             if tuple(_names(f[name], key)) != expected:
                 raise _fail(path, f"dataset {name!r} has {key} {_names(f[name], key)}, this code has {list(expected)}")

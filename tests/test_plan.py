@@ -257,3 +257,55 @@ def test_steering_lag_moves_part_way_toward_pure_pursuit():
     assert target > 0 and np.isclose(lagged, target * 0.1 / 0.4, rtol=1e-5)
     with pytest.raises(ValueError):
         TrackerParams(steer_time=-1.0)
+
+
+def test_plan_goal_relabelling_labels_every_command_from_recorded_states(tmp_path):
+    """An expert episode recorded with goal futures (every 4th state) round-trips through HDF5
+    and gives a plan policy one sample per other possible goal at those states, labelled with
+    the plan through the expert's poses under that goal; lane commands then ask for opposite
+    lateral offsets from the same state."""
+    from sim.highway import EmbeddedDrivingEnv
+    from sim.rollout import ExpertPolicy, run_episode
+    from sim.scenarios import HIGHWAY_GOAL_LABELS
+    from sim.storage import EpisodeWriter, read_episodes
+    from vla.config import PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    env = EmbeddedDrivingEnv("highway", "light", goals="any")
+    ep = run_episode(env, ExpertPolicy(env), seed=2, record_frames=False, plan_horizon=20,
+                     goal_labels=True, goal_futures=True, plan_every=4)
+    assert ep.goal_futures.shape == (ep.num_steps, len(HIGHWAY_GOAL_LABELS), 20, 4)
+    recorded = np.isfinite(ep.goal_futures[:, :, 0, 0]).any(1)
+    assert recorded[::4].all() and not recorded[1::4].any()
+    with EpisodeWriter(tmp_path / "d") as w:
+        w.append(ep)
+    (back,) = read_episodes(tmp_path / "d", load_frames=False)
+    np.testing.assert_array_equal(back.goal_futures, ep.goal_futures)
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    plain, relabelled = DemoDataset(policy), DemoDataset(policy, goal_relabel=True)
+    plain.add_episode(back), relabelled.add_episode(back)
+    others = sum(1 for i in range(len(HIGHWAY_GOAL_LABELS))
+                 if i != HIGHWAY_GOAL_LABELS.index(ep.goal.label) and np.isfinite(ep.goal_futures[0, i]).all())
+    assert others >= 2
+    assert relabelled.counterfactual_samples >= others * (ep.num_steps // 4 - 5)
+    assert len(relabelled) == len(plain) + relabelled.counterfactual_samples
+    step = 8  # a recorded state
+    frame = plan_frame(ep.ego[step])
+    for g, label in enumerate(HIGHWAY_GOAL_LABELS):
+        rows = np.flatnonzero((relabelled._index[:, 1] == step) & (relabelled._index[:, 2] == g))
+        if not len(rows):
+            continue
+        batch = relabelled.batch(rows)
+        want = plan_from_poses(frame, ep.ego[step, EGO["speed"]], ep.goal_futures[step, g, plan_steps(4) - 1])
+        got = policy.action_tokenizer.decode(batch.action_bins.numpy()[0], batch.action_residual.numpy()[0])
+        np.testing.assert_allclose(got, want, atol=1e-3)
+    lanes = [HIGHWAY_GOAL_LABELS.index(n) for n in ("lane_left", "lane_right")]
+    if all(np.isfinite(ep.goal_futures[step, g]).all() for g in lanes):
+        y = [plan_from_poses(frame, ep.ego[step, EGO["speed"]], ep.goal_futures[step, g, plan_steps(4) - 1])[-1, 1]
+             for g in lanes]
+        assert y[0] > 1.0 > -1.0 > y[1]
+    with pytest.raises(ValueError, match="goal_futures needs"):
+        run_episode(env, ExpertPolicy(env), seed=2, record_frames=False, goal_futures=True)

@@ -13,17 +13,20 @@ from sim.storage import read_episodes
 def test_plan_study_arms_share_the_recording_and_pair_up(tmp_path):
     out = tmp_path / "study"
     argv = ["--out", str(out), "--density", "light", "--seeds", "0", "--arms", "control_dart", "plan_dart",
-            "--expert-episodes", "2", "--train-steps", "4", "--batch-size", "8", "--eval-episodes", "2",
-            "--workers", "1", "--threads", "1", "--size", "tiny"]
+            "plan_dart_relabel", "--label-every", "25", "--expert-episodes", "2", "--train-steps", "4",
+            "--batch-size", "8", "--eval-episodes", "2", "--workers", "1", "--threads", "1", "--size", "tiny"]
     assert plan_study.main(argv) == 0
     a = list(read_episodes(out / "seed_0" / "control_dart" / "data" / "iter_000", load_frames=False))
     b = list(read_episodes(out / "seed_0" / "plan_dart" / "data" / "iter_000", load_frames=False))
-    assert len(a) == len(b) == 2
+    c = list(read_episodes(out / "seed_0" / "plan_dart_relabel" / "data" / "iter_000", load_frames=False))
+    assert len(a) == len(b) == len(c) == 2
+    assert a[0].goal_futures is None and c[0].goal_futures is not None  # relabelled arms record their own
+    np.testing.assert_array_equal(c[0].actions, a[0].actions)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.actions, y.actions)
         assert not np.allclose(x.actions, x.expert_actions)  # DART bursts were executed
     record = json.loads((out / "study.json").read_text())
-    assert set(record["summary"]["light"]) == {"expert", "control_dart", "plan_dart"}
+    assert set(record["summary"]["light"]) == {"expert", "control_dart", "plan_dart", "plan_dart_relabel"}
     assert record["paired_vs_baseline"]["plan_dart"]["collided"]["n"] == 2
-    bad = [*argv[:6], "--arms", "control", "bogus", *argv[9:]]
+    bad = [*argv[:6], "--arms", "control", "bogus", *argv[10:]]
     assert plan_study.main(bad) == 2

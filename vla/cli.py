@@ -182,6 +182,11 @@ def _collect_parser(sub) -> None:
     p.add_argument("--goal-labels", action="store_true",
                    help="also record the expert's action under every highway goal at every state "
                         "(vla train then learns each command from every state)")
+    p.add_argument("--goal-futures", action="store_true",
+                   help="with --goal-labels and --plan-horizon P >= 20: also the poses of the expert's "
+                        "P-step continuation under every other highway goal at every state (the plan "
+                        "labels of vla train --action plan --goal-relabel); costs P simulated steps per "
+                        "goal and state")
     p.add_argument("--dart", action="store_true",
                    help="perturb the executed action with DART bursts; every state keeps the expert's "
                         "clean label (sim.rollout.DartNoise): recovery states without a learner")

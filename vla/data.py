@@ -22,7 +22,8 @@ Goal relabelling (``goal_relabel``; episodes recorded with ``Episode.goal_labels
 expert is a pure function of (state, goal), so each visited state also gives one sample per
 OTHER highway goal, labelled with the expert's action under that goal and heard as a
 train-split phrasing of it (only the chunk's first action: the expert's later actions under
-that goal were never simulated, the rest is masked). The same state under different commands
+that goal were never simulated, the rest is masked; a ``plan`` policy's is the whole plan, from
+``Episode.goal_futures``, at the states where they were recorded). The same state under different commands
 then asks for different actions, which is what teaches a policy to listen (Learning by
 Cheating supervises every high-level command from each state the same way).
 """
@@ -37,7 +38,7 @@ import torch
 
 from sim.episode import Episode
 from sim.interface import EGO
-from sim.plan import plan_labels
+from sim.plan import goal_plan_labels, plan_labels
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
 from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs, actor_features, ego_features, pad_commands
@@ -56,6 +57,7 @@ class _EpisodeArrays:
     goal_bins: np.ndarray | None = None  # (T, G, H, D) int64: the expert under each highway goal
     goal_residual: np.ndarray | None = None  # (T, G, H, D) float32
     goal_valid: np.ndarray | None = None  # (T, G) bool: a counterfactual sample exists
+    goal_mask: np.ndarray | None = None  # (T, G, H) bool: its known chunk steps / waypoints
 
 
 def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeArrays:
@@ -90,13 +92,26 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         chunks, mask = np.zeros((0, horizon, 2)), np.zeros((0, horizon), bool)
     bins, residual = policy.action_tokenizer.encode(chunks) if t else (
         np.zeros(chunks.shape, np.int64), np.zeros(chunks.shape, np.float32))
-    goal_bins = goal_residual = goal_valid = None
-    if goal_relabel and ep.goal_labels is not None and t:  # the dataset turns it off for command "none"
+    goal_bins = goal_residual = goal_valid = goal_mask = None
+    if goal_relabel and policy.config.action == "plan" and t:
+        if ep.goal_futures is None:
+            raise ValueError(f"episode seed {ep.seed} has no goal futures; a plan policy's goal relabelling needs "
+                             "episodes recorded with goal labels and a plan horizon (vla dagger --goal-relabel "
+                             "--action plan records them)")
+        per_goal = goal_plan_labels(ep.ego[:t + 1], ep.goal_futures, horizon)  # (T, G, H, 2)
+        goal_mask = np.isfinite(per_goal).all(-1)
+        goal_mask &= np.cumprod(goal_mask, axis=-1).astype(bool)
+        goal_valid = goal_mask[:, :, 0] & (np.array(HIGHWAY_GOAL_LABELS) != ep.goal.label)[None]
+        goal_bins, goal_residual = policy.action_tokenizer.encode(np.where(np.isfinite(per_goal), per_goal, 0.0))
+        goal_bins, goal_residual = goal_bins.astype(np.int64), goal_residual.astype(np.float32)
+    elif goal_relabel and ep.goal_labels is not None and t:  # the dataset turns it off for command "none"
         per_goal = ep.goal_labels.astype(np.float64)  # (T, G, 2)
         goal_valid = np.isfinite(per_goal).all(-1) & (np.array(HIGHWAY_GOAL_LABELS) != ep.goal.label)[None]
         first = np.where(np.isfinite(per_goal), per_goal, 0.0)
         goal_bins, goal_residual = policy.action_tokenizer.encode(np.repeat(first[:, :, None], horizon, axis=2))
         goal_bins, goal_residual = goal_bins.astype(np.int64), goal_residual.astype(np.float32)
+        goal_mask = np.zeros((*goal_valid.shape, horizon), dtype=bool)
+        goal_mask[..., 0] = True  # only the first action: the expert's later ones were never simulated
     start_lane = float(ep.ego[0, EGO["lane_id"]])
     frames = None
     if policy.config.cameras:
@@ -112,6 +127,7 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         goal_bins=goal_bins,
         goal_residual=goal_residual,
         goal_valid=goal_valid,
+        goal_mask=goal_mask,
         bins=bins.astype(np.int64),
         residual=residual.astype(np.float32),
         mask=mask.astype(bool),
@@ -127,9 +143,6 @@ class DemoDataset:
         self.policy = policy
         self.augment_commands = float(augment_commands)
         self.goal_relabel = bool(goal_relabel) and policy.config.command != "none"
-        if self.goal_relabel and policy.config.action == "plan":
-            raise ValueError("goal relabelling records control actions under each goal; a 'plan' policy "
-                             "has no plan labels for them (use --action control, or no --goal-relabel)")
         self._phrasings: dict[str, list[np.ndarray]] = {}
         if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
@@ -181,9 +194,9 @@ class DemoDataset:
         for ep, s, g in zip(eps, steps, goals):
             if g < 0:
                 bins.append(ep.bins[s]), residual.append(ep.residual[s]), mask.append(ep.mask[s])
-            else:  # the expert's action under goal g now; its later actions were never simulated
+            else:  # the expert under goal g (see goal_mask)
                 bins.append(ep.goal_bins[s, g]), residual.append(ep.goal_residual[s, g])
-                mask.append(np.arange(len(ep.mask[s])) == 0)
+                mask.append(ep.goal_mask[s, g])
         command, cmask = pad_commands(commands, pad, self.policy.config.max_command_tokens)
         frames = None
         if self.policy.config.cameras:

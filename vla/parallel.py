@@ -32,6 +32,7 @@ class RolloutSpec:
     beta_seed: int = 0  # mixes into the per-episode generator that draws the beta coin
     plan_horizon: int = 0  # > 1: record the expert's own P-step plan from every visited state
     goal_labels: bool = False  # record the expert's action under every highway goal too
+    goal_futures: bool = False  # and its plan_horizon-step continuation under each (plan labels)
     noise: DartNoise | None = None  # DART bursts on the executed action (labels stay clean)
     plan_every: int = 1  # simulate the expert's continuation at every m-th visited state only
 
@@ -60,7 +61,7 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
     rng = np.random.default_rng([seed, spec.beta_seed, 17])
     return run_episode(env, policy, seed, query_expert=spec.query_expert, record_frames=spec.record_frames,
                        beta=spec.beta, rng=rng, plan_horizon=spec.plan_horizon,
-                       goal_labels=spec.goal_labels, noise=spec.noise,
+                       goal_labels=spec.goal_labels, goal_futures=spec.goal_futures, noise=spec.noise,
                        plan_every=spec.plan_every)
 
 

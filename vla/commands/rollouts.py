@@ -42,6 +42,7 @@ def _rollouts(args: argparse.Namespace, env_for: Callable[[int], EmbeddedDriving
                              record_frames=bool(env.cameras),
                              plan_horizon=getattr(args, "plan_horizon", 0) if query_expert else 0,
                              goal_labels=getattr(args, "goal_labels", False) and query_expert,
+                             goal_futures=getattr(args, "goal_futures", False) and query_expert,
                              noise=DartNoise() if getattr(args, "dart", False) and query_expert else None)
             bar.set_postfix_str(f"seed {seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
             bar.update()
