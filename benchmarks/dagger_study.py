@@ -97,7 +97,7 @@ def format_summary(summary: dict) -> str:
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
     from policies.dagger import DaggerSession
-    from vla.commands.train import dagger_config
+    from policies.session_options import dagger_config
 
     base = dagger_config(args, args.scenario, args.densities[0], seed=0)  # validates before any write
     out = Path(args.out)
@@ -133,7 +133,7 @@ def _write(out: Path, summary: dict, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vla.commands.train import add_session_args
+    from policies.session_options import add_session_args
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.dagger_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="study directory (resumed when it exists)")

@@ -43,7 +43,7 @@ def _number_list(kind):
 
 def configure(p: argparse.ArgumentParser) -> None:
     from sim.scenarios import DENSITIES, SCENARIOS
-    from vla.commands.train import SIZES
+    from vla.config import SIZES
 
     p.add_argument("--steps", type=_number_list(int), default=[1, 2, 5, 10, 20],
                    help="comma-separated inference step counts (default: 1,2,5,10,20)")
@@ -68,7 +68,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace):
     """Validate the options; return the diffusion policy to benchmark."""
     from sim.scenarios import check_scenario
-    from vla.commands.train import SIZES
+    from vla.config import SIZES
     from vla.config import PolicyConfig
     from vla.policies_registry import is_checkpoint
     from vla.policy import VLAPolicy, default_action_tokenizer

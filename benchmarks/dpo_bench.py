@@ -81,7 +81,7 @@ def updates_per_second(method, data, steps: int, warmup: int, repeats: int, batc
 
 
 def run(args: argparse.Namespace) -> int:
-    from vla.commands.train import SIZES
+    from vla.config import SIZES
     from vla.errors import VLAError
 
     if args.size not in SIZES:

@@ -54,11 +54,16 @@ pooled statistics with no samples are NaN. See ``METRIC_DOCS`` for every aggrega
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
+from sim.atomic import atomic_output
 from sim.episode import Episode
 from sim.interface import ACTOR, EGO, EVENT, REWARD
 
@@ -360,3 +365,60 @@ def format_table(rows: list[dict], columns: Sequence[str]) -> str:
     out = ["  ".join(j(p, w) for j, p, w in zip(just, c, widths)) for c in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- records on disk
+# The formats of ``metrics.json`` and ``episodes.csv`` (see ``benchmarks.reports``), here so that
+# training code that evaluates (``policies.dagger``) writes them without the reporting layer.
+
+EPISODE_COLUMNS = (
+    "seed", "outcome", "goal_type", "collided", "progress", "goal_success", "jerk_long_p95",
+    "comfort_fraction", "ttc_min", "driving_score", "num_steps",
+)
+"""The first columns of ``episodes.csv``; every other per-episode metric follows them."""
+def to_jsonable(value):
+    """numpy scalars -> Python numbers, non-finite floats -> None, recursively."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Strict JSON (no NaN), sorted keys, written atomically."""
+    text = json.dumps(to_jsonable(obj), allow_nan=False, sort_keys=True, indent=2) + "\n"
+    with atomic_output(path, keep_suffix=True) as tmp:
+        tmp.write_text(text)
+
+
+def metrics_record(per_episode: list[dict], policy: str, scenario: str, density: str,
+                   seed: int) -> dict:
+    """The ``metrics.json`` object: aggregate metrics plus what was run."""
+    return {**aggregate(per_episode), "policy": policy, "scenario": scenario,
+            "density": density, "seed": int(seed)}
+
+
+def _csv_cell(value) -> str:
+    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool):
+        v = float(value)
+        return str(int(v)) if math.isfinite(v) and v.is_integer() else repr(v)
+    return str(value)
+
+
+def write_episodes_csv(path: str | Path, per_episode: Sequence[dict]) -> None:
+    """One row per episode (public metrics), ``EPISODE_COLUMNS`` first; atomic."""
+    rows = [public(r) for r in per_episode]
+    columns = [c for c in EPISODE_COLUMNS if c in rows[0]]
+    columns += [c for c in rows[0] if c not in columns]
+    with atomic_output(path, keep_suffix=True) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_csv_cell(r.get(c, "")) for c in columns])

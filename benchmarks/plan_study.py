@@ -47,7 +47,7 @@ recorded state, ``Episode.goal_futures``)."""
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
     from policies.dagger import DaggerSession
-    from vla.commands.train import dagger_config
+    from policies.session_options import dagger_config
 
     arms = args.arms
     unknown = [a for a in arms if a not in ARMS]
@@ -124,7 +124,7 @@ def _write(out: Path, args, per_arm: dict, arms) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vla.commands.train import add_session_args
+    from policies.session_options import add_session_args
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.plan_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="study directory (resumed when it exists)")

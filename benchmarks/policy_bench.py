@@ -7,7 +7,7 @@
 * ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone);
 * ``train_samples_per_s``: BC updates (``policies.bc.BCMethod``, batch ``TRAIN_BATCH``) on the
   samples of one recorded expert episode, one torch thread, after 2 warm-up updates.
-Weights are random (speed does not depend on them); the size is ``vla.commands.train.SIZES``.
+Weights are random (speed does not depend on them); the size is ``vla.config.SIZES``.
 """
 
 from __future__ import annotations

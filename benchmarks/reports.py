@@ -22,8 +22,6 @@ its name (``os.replace``), so a reader sees the old file or the whole new one, n
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -32,14 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from sim.atomic import atomic_output
-from benchmarks.metrics import NUPLAN_COMFORT, aggregate, format_table, kinematics, public
+from benchmarks.metrics import (  # noqa: F401 (the record writers live with the metrics they write)
+    EPISODE_COLUMNS,
+    NUPLAN_COMFORT,
+    format_table,
+    kinematics,
+    metrics_record,
+    to_jsonable,
+    write_episodes_csv,
+    write_json,
+)
 from sim.episode import Episode
 
-EPISODE_COLUMNS = (
-    "seed", "outcome", "goal_type", "collided", "progress", "goal_success", "jerk_long_p95",
-    "comfort_fraction", "ttc_min", "driving_score", "num_steps",
-)
-"""The first columns of ``episodes.csv``; every other per-episode metric follows them."""
 SUMMARY_COLUMNS = (
     "policy", "episodes", "collision_rate", "goal_success_rate", "progress_mean",
     "jerk_long_p95", "comfort_fraction", "ttc_min_p5", "driving_score",
@@ -50,28 +52,6 @@ GIF_MIN_WIDTH = 384  # pixels; the camera grid is upscaled (nearest) by an integ
 FRAME_SECONDS = 0.1
 
 
-def to_jsonable(value):
-    """numpy scalars -> Python numbers, non-finite floats -> None, recursively."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Strict JSON (no NaN), sorted keys, written atomically."""
-    text = json.dumps(to_jsonable(obj), allow_nan=False, sort_keys=True, indent=2) + "\n"
-    with atomic_output(path, keep_suffix=True) as tmp:
-        tmp.write_text(text)
-
-
 def mean_std(values: Sequence[float | None]) -> dict:
     """``{"mean", "std" (sample std; 0 for one value), "n"}`` of the values that are not None
     (e.g. one metric over training seeds); mean and std are None when there are none."""
@@ -80,32 +60,6 @@ def mean_std(values: Sequence[float | None]) -> dict:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
             "n": len(vals)}
-
-
-def metrics_record(per_episode: list[dict], policy: str, scenario: str, density: str,
-                   seed: int) -> dict:
-    """The ``metrics.json`` object: aggregate metrics plus what was run."""
-    return {**aggregate(per_episode), "policy": policy, "scenario": scenario,
-            "density": density, "seed": int(seed)}
-
-
-def _csv_cell(value) -> str:
-    if isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool):
-        v = float(value)
-        return str(int(v)) if math.isfinite(v) and v.is_integer() else repr(v)
-    return str(value)
-
-
-def write_episodes_csv(path: str | Path, per_episode: Sequence[dict]) -> None:
-    """One row per episode (public metrics), ``EPISODE_COLUMNS`` first; atomic."""
-    rows = [public(r) for r in per_episode]
-    columns = [c for c in EPISODE_COLUMNS if c in rows[0]]
-    columns += [c for c in rows[0] if c not in columns]
-    with atomic_output(path, keep_suffix=True) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in rows:
-            w.writerow([_csv_cell(r.get(c, "")) for c in columns])
 
 
 def summary_table(record: dict) -> str:

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.metrics import episode_metrics
-from benchmarks.reports import metrics_record, to_jsonable, write_episodes_csv, write_json
+from benchmarks.metrics import episode_metrics, metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.atomic import atomic_output
 from sim.plan import plan_steps
 from sim.rollout import DartNoise

@@ -346,7 +346,7 @@ def _cmd_bench_policy(args: argparse.Namespace) -> int:
     _check_common(args)
     _check_positive("--steps", args.steps)
     from benchmarks.policy_bench import run_policy_bench
-    from vla.commands.train import SIZES
+    from vla.config import SIZES
     from vla.config import PolicyConfig
 
     if args.size not in SIZES:

@@ -35,7 +35,7 @@ HIDDEN_LAYERS = {"iql": 2, "cql": 3}
 
 def _common(p: argparse.ArgumentParser, method: str) -> None:
     from offline_rl.networks import PRECISION_CHOICES
-    from vla.commands.train import add_policy_args
+    from vla.options import add_policy_args
 
     p.add_argument("--data", required=True, help="D4RL-layout .h5/.hdf5/.npz file, or a vla collect episode directory")
     p.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
@@ -209,7 +209,7 @@ def _build(args: argparse.Namespace, method_name: str, data, episodes, normalize
             raise VLAError("--actor transformer needs a driving dataset (vla collect --d4rl)")
         if episodes is None or not episodes.is_dir():
             raise VLAError(f"--actor transformer needs the episode directory of the dataset (--episodes); got {episodes}")
-        from vla.commands.train import policy_config
+        from vla.options import policy_config
         from vla.policy import VLAPolicy, default_action_tokenizer
 
         config = policy_config(args)

@@ -11,107 +11,12 @@ import json
 from pathlib import Path
 
 from benchmarks.metrics import format_table
-from vla.config import ACTION_HEADS, ACTION_SPACES, DIFFUSION_SCHEDULERS, PolicyConfig
-
-SIZES = {
-    "tiny": dict(d_model=32, n_layers=2, n_heads=2, n_bins=32, horizon=4),
-    "small": dict(d_model=96, n_layers=3, n_heads=4, n_bins=64, horizon=4),
-    "base": dict(d_model=192, n_layers=6, n_heads=6, n_bins=128, horizon=8),
-}
-"""Named policy sizes; 'small' is the CPU default."""
+from policies.session_options import add_session_args, dagger_config
+from vla.options import add_command_data_args, add_policy_args, policy_config
 
 ITERATION_COLUMNS = ("iteration", "beta", "dataset_episodes", "dataset_steps", "train_loss",
                      "collision_rate", "off_road_rate", "progress_mean", "goal_success_rate",
                      "jerk_long_p95", "comfort_fraction", "driving_score", "wall_time_s")
-
-
-def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None:
-    """The policy's options; ``head`` fixes the action head (no --head option) when given."""
-    p.add_argument("--size", choices=list(SIZES), default="small",
-                   help="policy size (default: %(default)s): " + "; ".join(
-                       f"{k}: d={v['d_model']} x{v['n_layers']} layers" for k, v in SIZES.items()))
-    p.add_argument("--no-cameras", action="store_true",
-                   help="a blind policy on state tokens only (faster; no camera rendering)")
-    p.add_argument("--command", choices=("ipa", "text", "none"), default="ipa",
-                   help="how the policy hears the spoken command (default: %(default)s)")
-    p.add_argument("--action", choices=ACTION_SPACES, default="control",
-                   help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
-                        "that a tracking controller drives (default: %(default)s)")
-    p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
-                   help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
-    if head is None:
-        p.add_argument("--head", choices=ACTION_HEADS, default="bins",
-                       help="action head: bin tokens + residual, or a diffusion head denoising the "
-                            "whole chunk (default: %(default)s)")
-    else:
-        p.set_defaults(head=head)
-    defaults = PolicyConfig()
-    p.add_argument("--diffusion-steps", type=int, default=defaults.diffusion_inference_steps,
-                   help="diffusion head: denoising steps per chunk at inference (default: %(default)s)")
-    p.add_argument("--diffusion-scheduler", choices=DIFFUSION_SCHEDULERS, default=defaults.diffusion_scheduler,
-                   help="diffusion head: inference sampler (default: %(default)s)")
-    p.add_argument("--diffusion-noise", type=float, default=defaults.diffusion_noise,
-                   help="diffusion head: std of the initial noise at inference; 0 = deterministic, "
-                        "smoother chunks (default: %(default)s)")
-
-
-def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None:
-    """How training samples hear their commands (``vla.data.DemoDataset``)."""
-    p.add_argument("--goal-relabel", action="store_true",
-                   help=relabel_help + " (experimental: jerkier policies, see docs/dagger_study.md)")
-    p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
-                   help="probability that a training sample hears another train-split phrasing of "
-                        "its goal instead of the recorded one (default: %(default)s)")
-
-
-def policy_config(args: argparse.Namespace) -> PolicyConfig:
-    defaults = PolicyConfig()
-    return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
-                        action=getattr(args, "action", defaults.action), execution=args.execution, head=getattr(args, "head", defaults.head),
-                        diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
-                        diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
-                        diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
-
-
-def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
-                     eval_option: str = "--eval-episodes", eval_default: int = 5) -> None:
-    """The DAgger session's options (``DaggerConfig``) and the policy's; ``dagger_config``
-    reads them back. The BC-vs-DAgger study shares them with its own defaults."""
-    p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
-    p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
-    p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
-    p.add_argument(eval_option, dest="session_eval_episodes", type=int, default=eval_default,
-                   metavar=eval_option.lstrip("-").replace("-", "_").upper(),
-                   help="held-out evaluation episodes per iteration (default: %(default)s)")
-    p.add_argument("--train-steps", type=int, default=train_steps, help="gradient steps per iteration (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--beta0", type=float, default=0.5, help="expert mixing in iteration 1 (default: %(default)s)")
-    p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
-    p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
-    p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
-    p.add_argument("--label-every", type=int, default=1, metavar="K",
-                   help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
-                        "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
-    p.add_argument("--dart", action="store_true",
-                   help="perturb the expert's execution in iteration 0's episodes with DART bursts "
-                        "(labels stay the expert's clean actions; sim.rollout.DartNoise)")
-    add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
-                                          "highway goal at every visited state")
-    add_policy_args(p)
-
-
-def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: int):
-    """The ``DaggerConfig`` of options added by ``add_session_args``."""
-    from policies.dagger import DaggerConfig
-
-    return DaggerConfig(
-        scenario=scenario, density=density, iterations=args.iterations,
-        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.session_eval_episodes,
-        beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
-        train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-        workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
-        dart=args.dart, label_every=args.label_every, policy=policy_config(args))
 
 
 def configure_dagger(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,50 @@
+"""Command-line options of a DAgger / BC session (``policies.dagger.DaggerConfig``), shared by
+``vla dagger`` and the studies (``benchmarks.dagger_study``, ``benchmarks.plan_study``), each
+with its own defaults: ``add_session_args`` adds them, ``dagger_config`` reads them back."""
+
+from __future__ import annotations
+
+import argparse
+
+from vla.options import add_command_data_args, add_policy_args, policy_config
+
+
+def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
+                     eval_option: str = "--eval-episodes", eval_default: int = 5) -> None:
+    """The DAgger session's options (``DaggerConfig``) and the policy's; ``dagger_config``
+    reads them back. The BC-vs-DAgger study shares them with its own defaults."""
+    p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
+    p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
+    p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
+    p.add_argument(eval_option, dest="session_eval_episodes", type=int, default=eval_default,
+                   metavar=eval_option.lstrip("-").replace("-", "_").upper(),
+                   help="held-out evaluation episodes per iteration (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=train_steps, help="gradient steps per iteration (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--beta0", type=float, default=0.5, help="expert mixing in iteration 1 (default: %(default)s)")
+    p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
+    p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
+    p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
+    p.add_argument("--label-every", type=int, default=1, metavar="K",
+                   help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
+                        "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
+    p.add_argument("--dart", action="store_true",
+                   help="perturb the expert's execution in iteration 0's episodes with DART bursts "
+                        "(labels stay the expert's clean actions; sim.rollout.DartNoise)")
+    add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
+                                          "highway goal at every visited state")
+    add_policy_args(p)
+
+
+def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: int):
+    """The ``DaggerConfig`` of options added by ``add_session_args``."""
+    from policies.dagger import DaggerConfig
+
+    return DaggerConfig(
+        scenario=scenario, density=density, iterations=args.iterations,
+        expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.session_eval_episodes,
+        beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
+        train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
+        workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
+        dart=args.dart, label_every=args.label_every, policy=policy_config(args))

@@ -1,0 +1,56 @@
+"""Command-line options of the transformer policy (``PolicyConfig``), shared by every command and
+study that builds one: ``add_policy_args`` adds them, ``policy_config`` reads them back."""
+
+from __future__ import annotations
+
+import argparse
+
+from vla.config import ACTION_HEADS, ACTION_SPACES, DIFFUSION_SCHEDULERS, SIZES, PolicyConfig
+
+
+def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None:
+    """The policy's options; ``head`` fixes the action head (no --head option) when given."""
+    p.add_argument("--size", choices=list(SIZES), default="small",
+                   help="policy size (default: %(default)s): " + "; ".join(
+                       f"{k}: d={v['d_model']} x{v['n_layers']} layers" for k, v in SIZES.items()))
+    p.add_argument("--no-cameras", action="store_true",
+                   help="a blind policy on state tokens only (faster; no camera rendering)")
+    p.add_argument("--command", choices=("ipa", "text", "none"), default="ipa",
+                   help="how the policy hears the spoken command (default: %(default)s)")
+    p.add_argument("--action", choices=ACTION_SPACES, default="control",
+                   help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
+                        "that a tracking controller drives (default: %(default)s)")
+    p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
+                   help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
+    if head is None:
+        p.add_argument("--head", choices=ACTION_HEADS, default="bins",
+                       help="action head: bin tokens + residual, or a diffusion head denoising the "
+                            "whole chunk (default: %(default)s)")
+    else:
+        p.set_defaults(head=head)
+    defaults = PolicyConfig()
+    p.add_argument("--diffusion-steps", type=int, default=defaults.diffusion_inference_steps,
+                   help="diffusion head: denoising steps per chunk at inference (default: %(default)s)")
+    p.add_argument("--diffusion-scheduler", choices=DIFFUSION_SCHEDULERS, default=defaults.diffusion_scheduler,
+                   help="diffusion head: inference sampler (default: %(default)s)")
+    p.add_argument("--diffusion-noise", type=float, default=defaults.diffusion_noise,
+                   help="diffusion head: std of the initial noise at inference; 0 = deterministic, "
+                        "smoother chunks (default: %(default)s)")
+
+
+def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None:
+    """How training samples hear their commands (``vla.data.DemoDataset``)."""
+    p.add_argument("--goal-relabel", action="store_true",
+                   help=relabel_help + " (experimental: jerkier policies, see docs/dagger_study.md)")
+    p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
+                   help="probability that a training sample hears another train-split phrasing of "
+                        "its goal instead of the recorded one (default: %(default)s)")
+
+
+def policy_config(args: argparse.Namespace) -> PolicyConfig:
+    defaults = PolicyConfig()
+    return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
+                        action=getattr(args, "action", defaults.action), execution=args.execution, head=getattr(args, "head", defaults.head),
+                        diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
+                        diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
+                        diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
