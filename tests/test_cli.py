@@ -185,3 +185,6 @@ def test_collect_records_expert_plans_for_a_policy_and_rejects_a_bad_horizon(tmp
     code, _, err = run(capsys, "collect", "--policy", "constant", "--episodes", "1", "--cameras", "none",
                        "--plan-horizon", "1", "--out", str(tmp_path / "x"))
     assert code == 2 and "--plan-horizon" in err
+    code, _, err = run(capsys, "collect", "--policy", "expert", "--episodes", "1", "--cameras", "none",
+                       "--goal-labels", "--goal-futures", "--plan-horizon", "8", "--out", str(tmp_path / "y"))
+    assert code == 2 and "--goal-futures needs" in err and not (tmp_path / "y").exists()

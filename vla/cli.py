@@ -82,6 +82,8 @@ def _check_rollout(args: argparse.Namespace) -> None:
     check_policy(args.policy)
     if getattr(args, "plan_horizon", 0) < 0 or getattr(args, "plan_horizon", 0) == 1:
         raise VLAError(f"--plan-horizon must be 0 (off) or >= 2, got {args.plan_horizon}")
+    if getattr(args, "goal_futures", False) and not (args.goal_labels and args.plan_horizon >= 20):
+        raise VLAError("--goal-futures needs --goal-labels and --plan-horizon >= 20 (a plan's 2 s)")
     if getattr(args, "no_gif", True) is False and not 0 <= args.gif_episode < args.episodes:
         raise VLAError(f"--gif-episode must be in [0, {args.episodes}) for --episodes "
                        f"{args.episodes}, got {args.gif_episode} (or pass --no-gif)")
