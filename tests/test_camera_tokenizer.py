@@ -142,3 +142,16 @@ def test_gradients_reach_every_parameter():
 def test_bench_runs():
     out = bench_camera_tokenizer(batch=1, dim=16, repeats=2)
     assert out["tokens_per_s"] > 0 and out["tokens_per_batch"] == 6 * 25
+
+
+def test_patchify_is_the_conv_of_the_patch_embedding():
+    """forward patchifies with one GEMM over the Conv2d's own weights: the same numbers as the
+    convolution (what checkpoints were trained with)."""
+    tok = make()
+    f = frames(b=2, t=1)
+    with torch.no_grad():
+        out = tok(f).patch_emb.reshape(2, 6, -1, 32)
+        x = f.reshape(12, 64, 96, 3).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        conv = tok.patch_embed(x).flatten(2).transpose(1, 2).reshape(2, 6, -1, 32)
+        rest = tok.ray_embed(tok.rays)[None] + tok.camera_embed.weight[None, :, None] + tok.time_embed.weight[0]
+    assert torch.allclose(out, conv + rest, atol=1e-5)

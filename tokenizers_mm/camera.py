@@ -167,7 +167,12 @@ class CameraTokenizer(nn.Module):
         p, dev = self.num_patches, self.patch_embed.weight.device
         x = frames.to(dev).reshape(b * t * n, h, w, 3).permute(0, 3, 1, 2)
         x = x.to(self.patch_embed.weight.dtype) / 127.5 - 1.0  # (B*T*N, 3, H, W) in [-1, 1]
-        emb = self.patch_embed(x).flatten(2).transpose(1, 2).reshape(b, t, n, p, self.dim)
+        # The conv's patchify as one matmul (same weights and result; a 32x32-kernel conv2d
+        # call costs several times more on a CPU thread than this reshape + GEMM).
+        rows, cols, k = h // self.patch, w // self.patch, self.patch
+        patches = x.reshape(-1, 3, rows, k, cols, k).permute(0, 2, 4, 1, 3, 5).reshape(-1, p, 3 * k * k)
+        weight = self.patch_embed.weight.reshape(self.dim, -1)
+        emb = torch.nn.functional.linear(patches, weight, self.patch_embed.bias).reshape(b, t, n, p, self.dim)
         cam = self.camera_embed.weight  # (N, dim)
         tim = self.time_embed.weight[:t]  # (T, dim)
         emb = emb + self.ray_embed(self.rays)[None, None] + cam[None, None, :, None] + tim[None, :, None, None]

@@ -42,6 +42,7 @@ from sim.cameras import CameraSpec
 from sim.features import ACTOR_STATE_FIELDS
 from tokenizers_mm.camera import CameraTokenizer
 from tokenizers_mm.vocab import ACTION_DIMS, VocabLayout
+from vla import decoder
 from vla.config import PolicyConfig
 from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs
 
@@ -156,8 +157,7 @@ class VLAModel(nn.Module):
         act = self.embed(tokens) + self.segment.weight[SEG["action"]]
         seq = torch.cat([emb, act], dim=1)
         full_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], dim=1)
-        h = self.backbone(inputs_embeds=seq, attention_mask=full_mask.long(),
-                          position_ids=positions(full_mask)).last_hidden_state
+        h = self.run_backbone(seq, full_mask)
         h = h[:, emb.shape[1] - 1:]  # positions predicting the H*D action tokens
         logits, res = self._heads(h)
         shape = (*x.action_bins.shape, self.config.n_bins)
@@ -167,21 +167,32 @@ class VLAModel(nn.Module):
         """(B, d) hidden state at the <action> token (the last prefix position): what the
         diffusion head is conditioned on."""
         emb, mask = self.prefix(x)
-        return self.backbone(inputs_embeds=emb, attention_mask=mask.long(),
-                             position_ids=positions(mask)).last_hidden_state[:, -1]
+        return self.run_backbone(emb, mask)[:, -1]
+
+    def run_backbone(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) embeddings with their (B, L) mask -> (B, L, d) final hidden states, causal,
+        positions counting real tokens only. ``flash_attention_2`` (a GPU kernel) goes through the
+        library's forward; everything else through ``vla.decoder.run`` (same math, no overhead)."""
+        if self.config.attn_implementation == "flash_attention_2":
+            return self.backbone(inputs_embeds=emb, attention_mask=mask.long(),
+                                 position_ids=positions(mask)).last_hidden_state
+        return decoder.run(self.backbone, emb, mask, positions(mask))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate_chunk(self, x: PolicyInputs, temperature: float = 0.0,
                        generator: torch.Generator | None = None) -> ChunkOutput:
-        """Decode the H*D action tokens with the KV cache; greedy at temperature 0."""
+        """Decode the H*D action tokens with the KV cache (``vla.decoder``); greedy at
+        temperature 0."""
         h_steps, dims = self.config.horizon, len(ACTION_DIMS)
         emb, mask = self.prefix(x)
-        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions(mask),
-                            use_cache=True)
-        cache, h = out.past_key_values, out.last_hidden_state[:, -1:]
+        steps = h_steps * dims
+        cache = decoder.new_cache(self.backbone, x.batch_size, emb.shape[1] + steps - 1, emb)
+        h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1:]
+        real = mask.long().sum(1, keepdim=True)  # real tokens so far: the next one's position + 1
+        one = torch.ones_like(mask[:, :1])
         bins, res, logp, all_logits = [], [], [], []
-        for j in range(h_steps * dims):
+        for j in range(steps):
             logits, residuals = self._heads_at(h, j)
             log_probs = torch.log_softmax(logits, dim=-1)
             if temperature > 0:
@@ -192,14 +203,12 @@ class VLAModel(nn.Module):
             res.append(residuals.gather(1, choice[:, None])[:, 0])
             logp.append(log_probs.gather(1, choice[:, None])[:, 0])
             all_logits.append(logits)
-            if j == h_steps * dims - 1:
+            if j == steps - 1:
                 break
             token = (choice + self.action_starts[j % dims])[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step = self.embed(token) + self.segment.weight[SEG["action"]]
-            out = self.backbone(inputs_embeds=step, attention_mask=mask.long(), past_key_values=cache,
-                                position_ids=mask.long().sum(1, keepdim=True) - 1, use_cache=True)
-            cache, h = out.past_key_values, out.last_hidden_state[:, -1:]
+            h = decoder.run(self.backbone, step, one, real, cache)
+            real = real + 1
         b = x.batch_size
         return ChunkOutput(
             bins=torch.stack(bins, 1).view(b, h_steps, dims),
@@ -212,6 +221,6 @@ class VLAModel(nn.Module):
         """Heads for the single prediction position j (h: (B, 1, d)) -> (B, n_bins) each."""
         dims, n = len(ACTION_DIMS), self.config.n_bins
         start = int(self.action_starts[j % dims])
-        logits = self.lm_head(h[:, 0])[:, start:start + n]
+        logits = torch.nn.functional.linear(h[:, 0], self.lm_head.weight[start:start + n])
         res = self.residual_head(h[:, 0]).view(-1, dims, n)[:, j % dims]
         return logits, torch.tanh(res) * 0.5
