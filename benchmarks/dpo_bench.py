@@ -34,9 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def synthetic_pairs(policy, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """``n`` random pairs in the ``policies.pairs`` shard layout (values are meaningless)."""
     from policies.constitution import RULE_NAMES
-    from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS
     from sim.interface import ACTION_HIGH, ACTION_LOW, EGO_FIELDS
-    from vla.inputs import EGO_INPUT_FIELDS
 
     rng = np.random.default_rng(seed)
     h, lc = policy.config.horizon, policy.config.max_command_tokens
@@ -50,8 +48,8 @@ def synthetic_pairs(policy, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         return rng.uniform(ACTION_LOW, ACTION_HIGH, size=(n, h, 2)).astype(np.float32)
 
     return {
-        "ego": rng.normal(size=(n, len(EGO_INPUT_FIELDS))).astype(np.float32),
-        "actors": rng.normal(size=(n, STATE_ACTORS, len(ACTOR_STATE_FIELDS))).astype(np.float32),
+        "ego": rng.normal(size=(n, len(policy.observation.ego_fields))).astype(np.float32),
+        "actors": rng.normal(size=(n, policy.observation.actors, len(policy.observation.actor_fields))).astype(np.float32),
         "command": command, "command_mask": mask,
         "ego_raw": np.zeros((n, len(EGO_FIELDS)), np.float32),
         "seed": np.arange(n, dtype=np.int64), "step": np.zeros(n, np.int64),

@@ -115,7 +115,6 @@ class EpisodeInputs:
     def __init__(self, episode_dir: str | Path, data: D4RLData, policy) -> None:
         from sim.interface import EGO
         from tokenizers_mm.action import ActionTokenizer
-        from vla.inputs import actor_features, ego_features
 
         if "infos/episode_index" not in data.extras or "infos/step" not in data.extras:
             raise ValueError("the transformer actor needs a dataset with infos/episode_index and "
@@ -136,9 +135,10 @@ class EpisodeInputs:
             lane0 = float(ep.ego[0, EGO["lane_id"]])
             chunks, mask = ActionTokenizer.chunk(ep.actions, h)
             bins, res = policy.action_tokenizer.encode(chunks)
+            ego, actors = policy.observation.episode(ep.ego, ep.actors, lane0)
             self.eps.append({
-                "ego": np.stack([ego_features(e, lane0) for e in ep.ego]),
-                "actors": np.stack([actor_features(e, a) for e, a in zip(ep.ego, ep.actors)]),
+                "ego": ego,
+                "actors": actors,
                 "command": policy.encode_command(ep.goal.command, ep.goal.lang),
                 "frames": ep.frames, "bins": bins.astype(np.int64),
                 "residual": res.astype(np.float32), "mask": mask, "actions": ep.actions,

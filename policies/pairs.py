@@ -45,9 +45,7 @@ from policies.constitution import (
     Trajectory,
 )
 from sim.atomic import atomic_output
-from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO_FIELDS
-from vla.inputs import EGO_INPUT_FIELDS
 
 FORMAT = "vla-preference-pairs"
 VERSION = 1
@@ -267,7 +265,8 @@ class PairMaker:
 def stack_records(records: list[dict], policy) -> dict[str, np.ndarray]:
     """Rows -> the arrays of one shard (also for zero rows)."""
     h, lc, n_rules = policy.config.horizon, policy.config.max_command_tokens, len(RULE_INDEX)
-    empty = {"ego": (0, len(EGO_INPUT_FIELDS)), "actors": (0, STATE_ACTORS, len(ACTOR_STATE_FIELDS)),
+    obs = policy.observation
+    empty = {"ego": (0, len(obs.ego_fields)), "actors": (0, obs.actors, len(obs.actor_fields)),
              "chosen_actions": (0, h, 2), "rejected_actions": (0, h, 2), "chosen_costs": (0, n_rules),
              "rejected_costs": (0, n_rules), "command": (0, lc), "command_mask": (0, lc),
              "chosen_mask": (0, h), "rejected_mask": (0, h), "ego_raw": (0, len(EGO_FIELDS))}

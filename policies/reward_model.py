@@ -28,9 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sim.atomic import atomic_output
-from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS
 from sim.interface import ACTION_HIGH, ACTION_LOW
-from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs
+from vla.inputs import OBSERVATIONS, PolicyInputs
 
 FORMAT = "vla-trajectory-scorer"
 VERSION = 1
@@ -48,6 +47,8 @@ class ScorerConfig:
     """Hidden layers of the MLP."""
     command_dim: int = 16
     """Width of the command embedding."""
+    observation: str = "ego_frame"
+    """The policy's ego / actor features (``PolicyConfig.observation``) the scorer reads."""
     lr: float = 1e-3
     """Learning rate (AdamW) when training."""
     weight_decay: float = 1e-4
@@ -66,7 +67,8 @@ class TrajectoryScorer(nn.Module):
         super().__init__()
         self.config = config
         self.command = nn.Embedding(config.vocab_size, config.command_dim)
-        n_in = (len(EGO_INPUT_FIELDS) + STATE_ACTORS * len(ACTOR_STATE_FIELDS) + config.command_dim
+        obs = OBSERVATIONS[config.observation]
+        n_in = (len(obs.ego_fields) + obs.actors * len(obs.actor_fields) + config.command_dim
                 + config.horizon * 3)
         layers: list[nn.Module] = []
         for i in range(config.layers):

@@ -72,6 +72,22 @@ def test_save_load_gives_identical_actions(episodes, tmp_path):
     assert a.shape == (3, 2) and np.all(np.isfinite(a))
 
 
+@pytest.mark.parametrize("observation", ["ego_frame", "lane_frame"])
+def test_both_observations_train_and_act(episodes, observation):
+    policy = make_policy(episodes, observation=observation, cameras=False)
+    data = DemoDataset(policy)
+    for ep in episodes:
+        data.add_episode(ep)
+    batch = data.batch(np.arange(min(8, len(data))))
+    assert batch.actors.shape[-1] == len(policy.observation.actor_fields)
+    loss, _ = policy.compute_loss(batch)
+    loss.backward()
+    policy.reset()
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=5)
+    assert np.all(np.isfinite(policy.select_action(obs)))
+
+
 def test_command_changes_the_prediction(episodes):
     policy = make_policy(episodes).eval()
     env = EmbeddedDrivingEnv("highway", "light", cameras=policy.rig)
@@ -223,3 +239,42 @@ def test_goal_relabelling_adds_one_first_action_sample_per_other_goal(episodes):
     heard = tuple(b.command[0][b.command_mask[0]].tolist())
     assert heard in {tuple(policy.encode_command(p.text, p.lang)) for p in PHRASINGS
                      if p.split == "train" and p.label == others[0]}
+
+
+def test_lane_frame_observation_places_actors_along_and_across_the_lane():
+    from sim.interface import ACTOR_FIELDS, EGO_FIELDS, MAX_ACTORS
+    from vla.inputs import OBSERVATIONS
+
+    ego = np.zeros(len(EGO_FIELDS))
+    ego[EGO_FIELDS.index("speed")] = 25.0
+    ego[EGO_FIELDS.index("yaw")] = 0.1  # 0.1 rad off the lane, 0.5 m right of its centre
+    ego[EGO_FIELDS.index("lane_heading_error")] = 0.1
+    ego[EGO_FIELDS.index("lane_offset")] = -0.5
+    actors = np.zeros((MAX_ACTORS, len(ACTOR_FIELDS)))
+    lane = np.array([np.cos(0.0), np.sin(0.0)])
+    centre = np.array([0.0, 0.5])  # the lane centre level with the ego (lane heading 0)
+    for i, (s, d, v) in enumerate([(20.0, 0.0, 20.0), (-12.0, 4.0, 30.0)]):
+        x, y = centre + s * lane + d * np.array([0.0, 1.0])
+        actors[i, [ACTOR_FIELDS.index(n) for n in ("present", "x", "y", "yaw", "speed", "length", "width")]] = \
+            [1, x, y, 0.0, v, 5.0, 2.0]
+    obs = OBSERVATIONS["lane_frame"]
+    rows = obs.actor_rows(ego, actors, 8)
+    f = {n: i for i, n in enumerate(obs.actor_fields)}
+    ahead, behind = rows[1], rows[0]  # nearest first
+    assert behind[f["s"]] == pytest.approx(-12.0) and behind[f["d"]] == pytest.approx(4.0)
+    assert ahead[f["s"]] == pytest.approx(20.0) and ahead[f["d"]] == pytest.approx(0.0, abs=1e-9)
+    assert ahead[f["dvs"]] == pytest.approx(20.0 - 25.0 * np.cos(0.1))
+    assert ahead[f["inv_gap"]] == pytest.approx(1 / 15) and ahead[f["closing_rate"]] > 0  # closing in on it
+    assert behind[f["closing_rate"]] > 0  # the faster car behind closes in too
+    assert rows[2:].sum() == 0
+    assert obs.actor_features(ego, actors).shape == (8, len(obs.actor_fields))
+
+
+def test_a_checkpoint_saved_before_observations_existed_loads_as_ego_frame(episodes, tmp_path):
+    import json
+
+    make_policy(episodes, observation="ego_frame", cameras=False).save(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "policy.json").read_text())
+    del meta["config"]["observation"]
+    (tmp_path / "p" / "policy.json").write_text(json.dumps(meta))
+    assert VLAPolicy.load(tmp_path / "p").config.observation == "ego_frame"

@@ -10,6 +10,10 @@ COMMAND_MODALITIES = ("ipa", "text", "none")
 EXECUTION_MODES = ("ensemble", "first", "open_loop")
 ACTION_SPACES = ("control", "plan")
 """What the action tokens are (``PolicyConfig.action``)."""
+OBSERVATION_CHOICES = ("ego_frame", "lane_frame")
+"""How ego and actor tokens are featurized (``vla.inputs.OBSERVATIONS``)."""
+LEGACY_OBSERVATION = "ego_frame"
+"""What a saved config without an ``observation`` field was trained on."""
 ACTION_HEADS = ("bins", "diffusion")
 """Action heads of the policy (their implementations: ``vla.policy.POLICY_HEADS``)."""
 DIFFUSION_SCHEDULERS = ("ddim", "dpmsolver")
@@ -36,6 +40,10 @@ class PolicyConfig:
     """Bins per action dimension; a residual inside the bin is regressed on top."""
     residual_weight: float = 1.0
     """Weight of the in-bin residual loss against the bin cross-entropy."""
+    observation: str = "ego_frame"
+    """Features of the ego and actor tokens (``vla.inputs.OBSERVATIONS``): 'ego_frame' = actors as
+    offsets in the ego's body frame; 'lane_frame' = actors along / across the ego's lane with
+    inverse gap and closing rate."""
     cameras: bool = True
     """Read the 6-camera surround rig; False = state tokens only (a faster, blind policy)."""
     camera_width: int = 96
@@ -105,6 +113,8 @@ class PolicyConfig:
                              f"{self.camera_width}x{self.camera_height}")
         if self.command not in COMMAND_MODALITIES:
             raise ValueError(f"PolicyConfig.command must be one of {COMMAND_MODALITIES}, got {self.command!r}")
+        if self.observation not in OBSERVATION_CHOICES:
+            raise ValueError(f"PolicyConfig.observation must be one of {OBSERVATION_CHOICES}, got {self.observation!r}")
         if self.action not in ACTION_SPACES:
             raise ValueError(f"PolicyConfig.action must be one of {ACTION_SPACES}, got {self.action!r}")
         if self.action == "plan" and self.head != "bins":
@@ -144,7 +154,7 @@ class PolicyConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown PolicyConfig fields {unknown}")
-        return PolicyConfig(**d)
+        return PolicyConfig(**{"observation": LEGACY_OBSERVATION, **d})
 
 
 SIZES = {

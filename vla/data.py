@@ -41,7 +41,7 @@ from sim.interface import EGO
 from sim.plan import goal_plan_labels, plan_labels
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
-from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs, actor_features, ego_features, pad_commands
+from vla.inputs import PolicyInputs, pad_commands
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         goal_mask = np.zeros((*goal_valid.shape, horizon), dtype=bool)
         goal_mask[..., 0] = True  # only the first action: the expert's later ones were never simulated
     start_lane = float(ep.ego[0, EGO["lane_id"]])
+    ego, actors = policy.observation.episode(ep.ego[:t], ep.actors[:t], start_lane)
     frames = None
     if policy.config.cameras:
         if ep.frames is None:
@@ -120,8 +121,8 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         frames = ep.frames
     return _EpisodeArrays(
         frames=frames,
-        ego=np.stack([ego_features(ep.ego[i], start_lane) for i in range(t)]) if t else np.zeros((0, len(EGO_INPUT_FIELDS)), np.float32),
-        actors=np.stack([actor_features(ep.ego[i], ep.actors[i]) for i in range(t)]) if t else np.zeros((0, 8, 9), np.float32),
+        ego=ego,
+        actors=actors,
         command=policy.encode_command(ep.goal.command, ep.goal.lang),
         label=ep.goal.label,
         goal_bins=goal_bins,

@@ -11,7 +11,8 @@ Per sample (one decision step):
   policy that can see its own last action learns to copy it ("copycat" causal confusion, de
   Haan et al. 2019) and then drifts in closed loop, which we measured: a BC policy whose
   steering ignored a 1.5 m drift;
-* ``actors``: the nearest ``STATE_ACTORS`` vehicles in the ego frame (``sim.features``), scaled;
+* ``actors``: the nearest ``STATE_ACTORS`` vehicles, scaled; in the ego's body frame or its lane
+  frame (``Observation``, picked by ``PolicyConfig.observation`` from ``OBSERVATIONS``);
 * ``command``: the passenger's spoken command as vocabulary ids (IPA symbols or text bytes),
   padded with ``<pad>`` and masked;
 * targets (training only): the action chunk as bins + in-bin residuals + a validity mask.
@@ -19,19 +20,104 @@ Per sample (one decision step):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS, actors_in_ego_frame
-from sim.interface import EGO
+from sim.interface import ACTOR, EGO
 
 EGO_INPUT_FIELDS = ("speed", "lane_offset", "lane_heading_error", "lane_id", "speed_limit", "progress",
                     "lanes_moved")
 EGO_SCALE = np.array([30.0, 2.0, 0.5, 3.0, 30.0, 1.0, 2.0], dtype=np.float32)
 ACTOR_SCALE = np.array([1.0, 50.0, 10.0, 1.0, 1.0, 10.0, 10.0, 5.0, 2.0], dtype=np.float32)
 assert len(EGO_SCALE) == len(EGO_INPUT_FIELDS) and len(ACTOR_SCALE) == len(ACTOR_STATE_FIELDS)
+
+LANE_ACTOR_FIELDS = ("present", "s", "d", "cos_dyaw", "sin_dyaw", "dvs", "dvd", "length", "width",
+                     "inv_gap", "closing_rate")
+"""Per actor in the LANE frame of the ego (``sim.plan.plan_frame``: origin on the ego's lane
+centre level with the ego, s along the lane, d to its left): position, heading relative to the
+lane, velocity relative to the ego's, size, and the two numbers car following is made of:
+``inv_gap = sign(s) / max(|s| - BUMPERS, 1)`` (1/m, larger = closer) and ``closing_rate =
+-dvs * sign(s) / max(|s| - BUMPERS, 1)`` (1/s, > 0 = closing in; the inverse time to contact)."""
+LANE_ACTOR_SCALE = np.array([1.0, 50.0, 8.0, 1.0, 1.0, 10.0, 2.0, 5.0, 2.0, 0.25, 0.5], dtype=np.float32)
+BUMPERS = 5.0
+"""m between the centres of two cars whose bumpers touch (two 5 m cars)."""
+
+
+def lane_frame_actor_rows(ego: np.ndarray, actors: np.ndarray, k: int = STATE_ACTORS) -> np.ndarray:
+    """(MAX_ACTORS, A) world rows -> (k, len(LANE_ACTOR_FIELDS)) rows in the ego's lane frame,
+    nearest first, zero rows for absent actors."""
+    from sim.plan import plan_frame, to_frame
+
+    frame = plan_frame(ego)
+    present = actors[:, ACTOR["present"]] > 0.5
+    a = actors[present]
+    sd = to_frame(frame, a[:, [ACTOR["x"], ACTOR["y"]]])
+    rel = a[:, ACTOR["yaw"]] - frame[2]
+    ego_rel = ego[EGO["lane_heading_error"]]
+    dvs = a[:, ACTOR["speed"]] * np.cos(rel) - ego[EGO["speed"]] * np.cos(ego_rel)
+    dvd = a[:, ACTOR["speed"]] * np.sin(rel) - ego[EGO["speed"]] * np.sin(ego_rel)
+    side = np.sign(sd[:, 0])
+    gap = np.maximum(np.abs(sd[:, 0]) - BUMPERS, 1.0)
+    rows = np.stack([np.ones(len(a)), sd[:, 0], sd[:, 1], np.cos(rel), np.sin(rel), dvs, dvd,
+                     a[:, ACTOR["length"]], a[:, ACTOR["width"]], side / gap,
+                     np.clip(-dvs * side / gap, -5.0, 5.0)], axis=-1)
+    ego_xy = np.array([ego[EGO["x"]], ego[EGO["y"]]])
+    dist = np.hypot(*(a[:, [ACTOR["x"], ACTOR["y"]]] - ego_xy).T) if len(a) else np.zeros(0)
+    rows = rows[np.argsort(dist, kind="stable")][:k]
+    out = np.zeros((k, len(LANE_ACTOR_FIELDS)), dtype=np.float32)
+    out[: len(rows)] = rows
+    return out
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the policy's ego and actor tokens are made of (``PolicyConfig.observation`` names
+    one of ``OBSERVATIONS``); features are scaled to about unit range."""
+
+    name: str
+    ego_fields: tuple[str, ...]
+    ego_scale: np.ndarray
+    actor_fields: tuple[str, ...]
+    actor_scale: np.ndarray
+    actor_rows: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    """(ego row, (MAX_ACTORS, A) world actor rows, k) -> (k, len(actor_fields)) unscaled rows."""
+    actors: int = STATE_ACTORS
+    """Actor tokens per step (the nearest ones)."""
+
+    def ego_features(self, ego: np.ndarray, start_lane: float) -> np.ndarray:
+        """(len(ego_fields),) scaled ego features of one state; ``lanes_moved`` counts lanes
+        moved to the left since ``start_lane`` (the lane the command was heard in)."""
+        raw = [start_lane - ego[EGO["lane_id"]] if n == "lanes_moved" else ego[EGO[n]] for n in self.ego_fields]
+        return (np.asarray(raw, dtype=np.float32) / self.ego_scale).astype(np.float32)
+
+    def actor_features(self, ego: np.ndarray, actors: np.ndarray) -> np.ndarray:
+        """(actors, len(actor_fields)) scaled features of the nearest actors."""
+        return (self.actor_rows(ego, actors, self.actors) / self.actor_scale).astype(np.float32)
+
+    def episode(self, ego: np.ndarray, actors: np.ndarray, start_lane: float) -> tuple[np.ndarray, np.ndarray]:
+        """Features of every state of an episode: ((T, E), (T, K, A)) for ego rows (T, ...)."""
+        t = len(ego)
+        if not t:
+            return (np.zeros((0, len(self.ego_fields)), np.float32),
+                    np.zeros((0, self.actors, len(self.actor_fields)), np.float32))
+        return (np.stack([self.ego_features(ego[i], start_lane) for i in range(t)]),
+                np.stack([self.actor_features(ego[i], actors[i]) for i in range(t)]))
+
+
+OBSERVATIONS = {
+    "ego_frame": Observation("ego_frame", EGO_INPUT_FIELDS, EGO_SCALE, ACTOR_STATE_FIELDS, ACTOR_SCALE,
+                             actors_in_ego_frame),
+    "lane_frame": Observation("lane_frame", EGO_INPUT_FIELDS, EGO_SCALE, LANE_ACTOR_FIELDS, LANE_ACTOR_SCALE,
+                              lane_frame_actor_rows),
+}
+"""``ego_frame``: actors as offsets in the ego's body frame (the first layout; checkpoints
+without ``PolicyConfig.observation`` use it). ``lane_frame``: actors placed along and across
+the ego's lane, with inverse gap and closing rate (what the expert's car following and
+lane-change safety checks read)."""
 
 
 @dataclass(frozen=True)
@@ -59,17 +145,6 @@ class PolicyInputs:
         picked = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
                   for f in fields(self)}
         return PolicyInputs(**picked)
-
-
-def ego_features(ego: np.ndarray, start_lane: float) -> np.ndarray:
-    """(len(EGO_INPUT_FIELDS),) scaled ego features of one state."""
-    raw = [ego[EGO[n]] for n in EGO_INPUT_FIELDS[:-1]] + [start_lane - ego[EGO["lane_id"]]]
-    return (np.asarray(raw, dtype=np.float32) / EGO_SCALE).astype(np.float32)
-
-
-def actor_features(ego: np.ndarray, actors: np.ndarray) -> np.ndarray:
-    """(STATE_ACTORS, len(ACTOR_STATE_FIELDS)) scaled ego-frame features of the nearest actors."""
-    return (actors_in_ego_frame(ego, actors, STATE_ACTORS) / ACTOR_SCALE).astype(np.float32)
 
 
 def pad_commands(commands: list[np.ndarray], pad_id: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:

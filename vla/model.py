@@ -39,12 +39,11 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from sim.cameras import CameraSpec
-from sim.features import ACTOR_STATE_FIELDS
 from tokenizers_mm.camera import CameraTokenizer
 from tokenizers_mm.vocab import ACTION_DIMS, VocabLayout
 from vla import decoder
 from vla.config import PolicyConfig
-from vla.inputs import EGO_INPUT_FIELDS, PolicyInputs
+from vla.inputs import OBSERVATIONS, PolicyInputs
 
 SEGMENTS = ("camera", "pose", "ego", "actor", "command", "action")
 SEG = {name: i for i, name in enumerate(SEGMENTS)}
@@ -78,8 +77,9 @@ class VLAModel(nn.Module):
         self.embed = nn.Embedding(layout.size, d)
         self.segment = nn.Embedding(len(SEGMENTS), d)
         self.camera = CameraTokenizer(rig, patch=config.camera_patch, dim=d) if config.cameras else None
-        self.ego_proj = _mlp(len(EGO_INPUT_FIELDS), d)
-        self.actor_proj = _mlp(len(ACTOR_STATE_FIELDS), d)
+        obs = OBSERVATIONS[config.observation]
+        self.ego_proj = _mlp(len(obs.ego_fields), d)
+        self.actor_proj = _mlp(len(obs.actor_fields), d)
         self.backbone = self._backbone(config)
         self.lm_head = nn.Linear(d, layout.size, bias=False)
         self.residual_head = nn.Linear(d, len(ACTION_DIMS) * config.n_bins)

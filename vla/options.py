@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vla.config import ACTION_HEADS, ACTION_SPACES, DIFFUSION_SCHEDULERS, SIZES, PolicyConfig
+from vla.config import ACTION_HEADS, ACTION_SPACES, DIFFUSION_SCHEDULERS, OBSERVATION_CHOICES, SIZES, PolicyConfig
 
 
 def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None:
@@ -20,6 +20,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
     p.add_argument("--action", choices=ACTION_SPACES, default="control",
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: %(default)s)")
+    p.add_argument("--observation", choices=OBSERVATION_CHOICES, default=PolicyConfig().observation,
+                   help="ego / actor token features: actors in the ego's body frame, or along and across "
+                        "its lane with inverse gap and closing rate (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
     if head is None:
@@ -50,6 +53,7 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
     defaults = PolicyConfig()
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
+                        observation=getattr(args, "observation", defaults.observation),
                         action=getattr(args, "action", defaults.action), execution=args.execution, head=getattr(args, "head", defaults.head),
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),

@@ -43,7 +43,7 @@ from tokenizers_mm.text import encode as encode_text
 from tokenizers_mm.vocab import VocabLayout
 from vla.config import PolicyConfig
 from vla.diffusion_head import EMA, diffusion_loss, diffusion_predict
-from vla.inputs import PolicyInputs, actor_features, ego_features, pad_commands
+from vla.inputs import OBSERVATIONS, PolicyInputs, pad_commands
 from vla.losses import ACTION_LOSSES
 from vla.model import VLAModel
 
@@ -136,6 +136,7 @@ class VLAPolicy(torch.nn.Module):
         self.rig = tuple(rig) if rig is not None else (
             default_rig(config.camera_width, config.camera_height) if config.cameras else ())
         self.action_tokenizer = action_tokenizer
+        self.observation = OBSERVATIONS[config.observation]
         self.model = VLAModel(config, self.layout, self.rig)
         self.head = POLICY_HEADS[config.head]
         self._ema = EMA(self.model, config.ema_decay) if self.head.ema and config.ema_decay > 0 else None
@@ -210,8 +211,8 @@ class VLAPolicy(torch.nn.Module):
         command, mask = pad_commands([self._command], self.layout.special("<pad>"), self.config.max_command_tokens)
         return PolicyInputs(
             frames=frames,
-            ego=torch.as_tensor(ego_features(ego, self._start_lane))[None],
-            actors=torch.as_tensor(actor_features(ego, np.asarray(obs["actors"], dtype=np.float64)))[None],
+            ego=torch.as_tensor(self.observation.ego_features(ego, self._start_lane))[None],
+            actors=torch.as_tensor(self.observation.actor_features(ego, np.asarray(obs["actors"], dtype=np.float64)))[None],
             command=torch.as_tensor(command),
             command_mask=torch.as_tensor(mask),
         )

@@ -206,7 +206,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         torch.manual_seed(args.seed)
         scorer = TrajectoryScorer(ScorerConfig(horizon=policy.config.horizon, vocab_size=policy.layout.size,
-                                               lr=args.lr or 1e-3))
+                                               observation=policy.config.observation, lr=args.lr or 1e-3))
         method = ScorerMethod(scorer, heldout=full.subset(held_rows))
         before = {}  # an untrained scorer's held-out numbers say nothing
         result = train(method, full.subset(train_rows), cfg, out / "train", log=log)
