@@ -53,9 +53,10 @@ EVAL_SEED_OFFSET = 1_000_000
 @dataclass(frozen=True)
 class DaggerConfig:
     scenario: str = "highway"
-    """Scenario family (sim.scenarios)."""
+    """Scenario family (sim.scenarios), or several joined by commas: one policy for all of them
+    (``settings``)."""
     density: str = "medium"
-    """Traffic density level."""
+    """Traffic density level, or several joined by commas."""
     iterations: int = 3
     """DAgger iterations after iteration 0 (BC on expert data)."""
     expert_episodes: int = 8
@@ -63,7 +64,7 @@ class DaggerConfig:
     rollouts: int = 4
     """Policy rollouts (expert-labelled) added per DAgger iteration."""
     eval_episodes: int = 5
-    """Held-out evaluation episodes after every iteration."""
+    """Held-out evaluation episodes after every iteration (split over the settings)."""
     beta0: float = 0.5
     """Probability of executing the expert's action in iteration 1's rollouts."""
     beta_decay: float = 0.5
@@ -106,7 +107,11 @@ class DaggerConfig:
     """The transformer policy."""
 
     def __post_init__(self) -> None:
-        check_scenario(self.scenario, self.density)
+        settings = self.settings
+        for scenario, density in settings:
+            check_scenario(scenario, density)
+        if len(set(settings)) != len(settings):
+            raise ValueError(f"DaggerConfig lists a scenario or density twice: {self.scenario!r} x {self.density!r}")
         for name in ("expert_episodes", "eval_episodes", "train_steps", "batch_size", "workers", "label_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -118,6 +123,13 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
             raise ValueError("DaggerConfig.lr must be > 0, seed and threads >= 0")
+
+    @property
+    def settings(self) -> list[tuple[str, str]]:
+        """(scenario, density) pairs the session drives in: every scenario x every density. The
+        i-th episode of an iteration (expert, rollout or held-out evaluation) is in setting
+        i mod len(settings)."""
+        return [(s.strip(), d.strip()) for s in self.scenario.split(",") for d in self.density.split(",")]
 
     def beta(self, k: int) -> float:
         return 1.0 if k == 0 else self.beta0 * self.beta_decay ** (k - 1)
@@ -169,19 +181,18 @@ class DaggerSession:
 
     # ------------------------------------------------------------------ phases
     def _collect(self, k: int, policy_dir: str) -> None:
-        """Record iteration k's episodes, resuming after those already on disk."""
+        """Record iteration k's episodes, resuming after those already on disk. Episodes are
+        written setting by setting (episode i is in setting i mod S), so the count on disk says
+        which are done."""
         c = self.config
         n = c.expert_episodes if k == 0 else c.rollouts
         data = self._data_dir(k)
         done = count_episodes(data)
-        seeds = self._train_seeds(k, n)[done:]
-        if not seeds:
+        settings = c.settings
+        seeds = self._train_seeds(k, n)
+        order = sorted(range(n), key=lambda i: (i % len(settings), i))[done:]
+        if not order:
             return
-        spec = RolloutSpec(c.scenario, c.density, policy_dir, "train", cameras=c.policy.cameras,
-                           query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
-                           plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
-                           goal_futures=c.goal_relabel and c.policy.action == "plan",
-                           noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
         from tqdm import tqdm
 
         with EpisodeWriter(data) as writer, tqdm(total=n, initial=done, desc=f"iter {k} rollouts",
@@ -189,7 +200,18 @@ class DaggerSession:
             def keep(ep):
                 writer.append(ep)
                 bar.update(1)
-            self.pool.run(spec, seeds, on_episode=keep)
+            for j, (scenario, density) in enumerate(settings):
+                todo = [seeds[i] for i in order if i % len(settings) == j]
+                if todo:
+                    self.pool.run(self._rollout_spec(k, policy_dir, scenario, density), todo, on_episode=keep)
+
+    def _rollout_spec(self, k: int, policy_dir: str, scenario: str, density: str) -> RolloutSpec:
+        c = self.config
+        return RolloutSpec(scenario, density, policy_dir, "train", cameras=c.policy.cameras,
+                           query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
+                           plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
+                           goal_futures=c.goal_relabel and c.policy.action == "plan",
+                           noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
 
     def _tokenizer(self) -> ActionTokenizer:
         path = self.run / "action_tokenizer.json"
@@ -219,15 +241,31 @@ class DaggerSession:
         return policy, result.last_logs, len(data)
 
     def _evaluate(self, k: int) -> dict:
+        """The iteration's policy on the held-out seeds, in every setting; with several settings
+        each gets ``eval/<scenario>_<density>/`` and ``eval/`` holds all episodes pooled."""
         c = self.config
-        spec = RolloutSpec(c.scenario, c.density, str(self._iter_dir(k) / "policy"), "heldout",
-                           cameras=c.policy.cameras, query_expert=False, record_frames=False)
-        episodes = self.pool.run(spec, self.eval_seeds())
-        return self.write_eval(episodes, self._iter_dir(k) / "eval", policy=str(self._iter_dir(k) / "policy"))
+        policy = str(self._iter_dir(k) / "policy")
+        settings = c.settings
+        seeds = self.eval_seeds()
+        out = self._iter_dir(k) / "eval"
+        rows, per_setting = [], {}
+        for j, (scenario, density) in enumerate(settings):
+            spec = RolloutSpec(scenario, density, policy, "heldout", cameras=c.policy.cameras, query_expert=False,
+                               record_frames=False)
+            mine = seeds[j::len(settings)]
+            if not mine:
+                continue
+            setting_rows = [episode_metrics(ep) for ep in self.pool.run(spec, mine)]
+            rows += setting_rows
+            if len(settings) > 1:
+                per_setting[f"{scenario}_{density}"] = self._write_eval(
+                    setting_rows, out / f"{scenario}_{density}", policy, scenario, density, mine[0])
+        metrics = self._write_eval(rows, out, policy, c.scenario, c.density, seeds[0])
+        return {**metrics, "per_setting": per_setting} if per_setting else metrics
 
-    def write_eval(self, episodes, out: Path, policy: str) -> dict:
-        rows = [episode_metrics(ep) for ep in episodes]
-        metrics = metrics_record(rows, policy, self.config.scenario, self.config.density, self.eval_seeds()[0])
+    @staticmethod
+    def _write_eval(rows: list[dict], out: Path, policy: str, scenario: str, density: str, seed: int) -> dict:
+        metrics = metrics_record(rows, policy, scenario, density, seed)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", metrics)
         write_episodes_csv(out / "episodes.csv", rows)
@@ -247,8 +285,12 @@ class DaggerSession:
             "iteration": k, "beta": self.config.beta(k),
             "dataset_episodes": sum(count_episodes(self._data_dir(j)) for j in range(k + 1)),
             "dataset_steps": samples, "train_loss": logs.get("loss"), "wall_time_s": round(time.time() - t0, 1),
-            "metrics": {key: v for key, v in metrics.items() if key not in ("policy", "scenario", "density", "seed")},
+            "metrics": {key: v for key, v in metrics.items()
+                        if key not in ("policy", "scenario", "density", "seed", "per_setting")},
         }
+        if "per_setting" in metrics:
+            line["per_setting"] = {name: {key: v for key, v in m.items() if key not in ("policy", "seed")}
+                                   for name, m in metrics["per_setting"].items()}
         write_json(done_path, line)
         return line
 

@@ -99,3 +99,23 @@ def test_session_with_goal_relabelling_records_and_trains_on_goal_labels(tmp_pat
     assert all(ep.goal_labels is not None and ep.goal_labels.shape[1] == 5 for ep in episodes)
     # every state also teaches the (possible) other goals
     assert lines[0]["dataset_steps"] > 3 * sum(ep.num_steps for ep in episodes)
+
+
+def test_one_session_drives_several_scenarios_and_densities(tmp_path):
+    """scenario / density lists: episode i of an iteration is in setting i mod S; the
+    evaluation reports each setting and all of them pooled; a resumed run continues the same
+    setting-by-setting order."""
+    cfg = tiny_config(scenario="highway,intersection", iterations=1, expert_episodes=3, rollouts=2,
+                      eval_episodes=2)
+    assert cfg.settings == [("highway", "light"), ("intersection", "light")]
+    lines = DaggerSession(cfg, tmp_path / "run", log=lambda s: None).run_all()
+    scenarios = [ep.scenario for ep in read_episodes(tmp_path / "run" / "data" / "iter_000", load_frames=False)]
+    assert scenarios == ["highway", "highway", "intersection"]
+    assert set(lines[1]["per_setting"]) == {"highway_light", "intersection_light"}
+    assert all(m["episodes"] == 1 for m in lines[1]["per_setting"].values())
+    assert lines[1]["metrics"]["episodes"] == 2
+    assert (tmp_path / "run" / "iter_001" / "eval" / "intersection_light" / "metrics.json").exists()
+    with pytest.raises(ValueError, match="twice"):
+        tiny_config(scenario="highway,highway")
+    with pytest.raises(ValueError, match="unknown scenario"):
+        tiny_config(scenario="highway,parking")

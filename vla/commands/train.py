@@ -14,14 +14,17 @@ from benchmarks.metrics import format_table
 from policies.session_options import add_session_args, dagger_config
 from vla.options import add_command_data_args, add_policy_args, policy_config
 
-ITERATION_COLUMNS = ("iteration", "beta", "dataset_episodes", "dataset_steps", "train_loss",
+ITERATION_COLUMNS = ("iteration", "setting", "beta", "dataset_episodes", "dataset_steps", "train_loss",
                      "collision_rate", "off_road_rate", "progress_mean", "goal_success_rate",
                      "jerk_long_p95", "comfort_fraction", "driving_score", "wall_time_s")
 
 
 def configure_dagger(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="highway", help="scenario family (default: %(default)s)")
-    p.add_argument("--density", default="medium", help="traffic density (default: %(default)s)")
+    p.add_argument("--scenario", default="highway",
+                   help="scenario family, or several joined by commas for one policy that drives in all "
+                        "(e.g. highway,intersection) (default: %(default)s)")
+    p.add_argument("--density", default="medium",
+                   help="traffic density, or several joined by commas (default: %(default)s)")
     p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
     p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
     add_session_args(p)
@@ -36,7 +39,13 @@ def run_dagger(args: argparse.Namespace) -> int:
     config = dagger_config(args, args.scenario, args.density, args.seed)
     session = DaggerSession(config, out, log=lambda line: print(line, flush=True))
     lines = session.run_all()
-    rows = [{**{k: v for k, v in line.items() if k != "metrics"}, **line["metrics"]} for line in lines]
+    rows = []
+    for line in lines:
+        head = {k: v for k, v in line.items() if k not in ("metrics", "per_setting")}
+        rows.append({**head, "setting": "all" if line.get("per_setting") else f"{args.scenario}_{args.density}",
+                     **line["metrics"]})
+        rows += [{"iteration": line["iteration"], "setting": name, **m}
+                 for name, m in line.get("per_setting", {}).items()]
     print(format_table(rows, ITERATION_COLUMNS))
     print(f"wrote {out / 'iterations.jsonl'} and {out / 'metrics.json'}; final policy: "
           f"{out / f'iter_{args.iterations:03d}' / 'policy'}")
