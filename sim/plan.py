@@ -113,6 +113,40 @@ def waypoints(plan: np.ndarray, start_speed: float) -> np.ndarray:
     return np.stack([times * (start_speed + plan[:, 0]), plan[:, 1]], axis=-1)
 
 
+def plan_trajectory(plan: np.ndarray, frame: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A plan as a timed world trajectory: (times (K+1,) s after it was made, points (K+1, 2)),
+    starting at the ego's position ``start`` [x, y, ...] when it was made."""
+    plan = np.asarray(plan, dtype=np.float64)
+    times = np.concatenate([[0.0], plan_times(len(plan))])
+    points = np.vstack([np.asarray(start, dtype=np.float64)[:2], from_frame(frame, waypoints(plan, float(start[3])))])
+    return times, points
+
+
+def blend_plans(plans: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], frame: np.ndarray,
+                pose: np.ndarray, decay: float) -> np.ndarray:
+    """Temporal ensembling of plans (ACT's, for trajectories): ``plans`` = [(plan (K, 2), its
+    frame, the ego's pose then, its age in seconds)], newest first with age 0. Each waypoint
+    time ``t`` of a new plan made now in ``frame`` at ``pose`` is the weighted mean of where
+    every plan puts the ego at ``t`` (older plans: at ``t + age``, while within their horizon),
+    weights ``exp(-decay * age / DT)``. A model that hesitates between two modes from one step
+    to the next (change lane or not, brake or not) then moves the reference a little each step
+    instead of jumping between them. Returns the blended (K, 2) plan."""
+    newest = np.asarray(plans[0][0], dtype=np.float64)
+    k = len(newest)
+    times = plan_times(k)
+    total = np.zeros((k, 2))
+    weight = np.zeros(k)
+    for plan, plan_frame_, start, age in plans:
+        t, pts = plan_trajectory(plan, plan_frame_, start)
+        local = times + age
+        ok = local <= t[-1] + 1e-9
+        w = np.exp(-decay * age / DT)
+        xy = np.stack([np.interp(local, t, pts[:, 0]), np.interp(local, t, pts[:, 1])], axis=-1)
+        total[ok] += w * xy[ok]
+        weight[ok] += w
+    return plan_from_poses(frame, float(pose[3]), total / weight[:, None])
+
+
 @dataclass(frozen=True)
 class VehicleGeometry:
     """The kinematic bicycle of one vehicle: ``tan(beta) = (rear_to_ref / wheelbase) tan(steer)``

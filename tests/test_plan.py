@@ -12,6 +12,7 @@ from sim.plan import (
     PlanTracker,
     TrackerParams,
     VehicleGeometry,
+    blend_plans,
     clean_steps,
     plan_frame,
     plan_from_poses,
@@ -309,3 +310,29 @@ def test_plan_goal_relabelling_labels_every_command_from_recorded_states(tmp_pat
         assert y[0] > 1.0 > -1.0 > y[1]
     with pytest.raises(ValueError, match="goal_futures needs"):
         run_episode(env, ExpertPolicy(env), seed=2, record_frames=False, goal_futures=True)
+
+
+def test_blending_plans_keeps_a_consistent_plan_and_averages_disagreeing_ones():
+    """Temporal ensembling of plans: a plan that the newer one agrees with (the ego drove along
+    it) changes (almost) nothing; two plans that disagree (keep the lane / change it) are
+    averaged by their weights, waypoint by waypoint at the same absolute times, each older plan
+    only while its horizon lasts."""
+    times = plan_times(4)
+    start, later = _reference_pose(0.0), _reference_pose(0.1)
+    frame, frame_later = np.array([*start[:2], 0.3]), np.array([*later[:2], 0.3])
+    truth = plan_from_poses(frame, start[3], np.array([_reference_pose(t) for t in times]))
+    truth_later = plan_from_poses(frame_later, later[3], np.array([_reference_pose(0.1 + t) for t in times]))
+    alone = blend_plans([(truth_later, frame_later, later, 0.0)], frame_later, later, 0.5)
+    assert np.allclose(alone, truth_later, atol=1e-9)
+    both = blend_plans([(truth_later, frame_later, later, 0.0), (truth, frame, start, 0.1)], frame_later, later, 0.5)
+    assert np.allclose(both, truth_later, atol=0.05)  # agreeing plans (linear interpolation between waypoints)
+
+    keep = np.zeros((4, 2))
+    change = np.stack([np.zeros(4), 3.5 * times / times[-1]], axis=-1)  # 3.5 m left by 2 s
+    pose, flat = np.array([0.0, 0.0, 0.0, 20.0]), np.zeros(3)
+    mid = blend_plans([(change, flat, pose, 0.0), (keep, flat, pose, 0.0)], flat, pose, 0.5)
+    assert np.allclose(mid[:, 1], change[:, 1] / 2) and np.allclose(mid[:, 0], 0.0, atol=1e-9)
+    older = blend_plans([(change, flat, pose, 0.0), (keep, flat, pose, 0.2)], flat, pose, 0.5)
+    w = np.exp(-0.5 * 2)  # 2 steps old
+    assert np.allclose(older[:3, 1], change[:3, 1] / (1 + w))
+    assert older[3, 1] == pytest.approx(change[3, 1])  # beyond the old plan's horizon: the new one alone

@@ -61,9 +61,10 @@ class PolicyConfig:
     """select_action: 'ensemble' = re-plan every step and average the overlapping chunk
     predictions with exponential weights (ACT's temporal ensembling); 'first' = re-plan every
     step and execute the first action; 'open_loop' = execute whole chunks. A 'plan' policy
-    re-plans every step under 'ensemble' / 'first' and tracks each plan for its first
-    ``sim.plan.PLAN_DT`` seconds under 'open_loop' (the tracker still closes the loop on the
-    ego's motion every step)."""
+    re-plans every step under 'ensemble' (blending each new plan with the recent ones at equal
+    absolute times, ``sim.plan.blend_plans``) and 'first' (the new plan alone), and tracks each
+    plan for its first ``sim.plan.PLAN_DT`` seconds under 'open_loop' (the tracker still closes
+    the loop on the ego's motion every step)."""
     ensemble_decay: float = 0.5
     """Temporal ensembling weight exp(-decay * age) of a chunk's prediction made `age` steps ago."""
     attn_implementation: str = "sdpa"

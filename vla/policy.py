@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
-from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, plan_frame, pose_of
+from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, blend_plans, plan_frame, pose_of
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -181,6 +181,7 @@ class VLAPolicy(torch.nn.Module):
         self._start_lane: float | None = None
         self._queue: deque = deque()  # (age, (H, 2) chunk) for ensembling / open loop
         self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, age in steps)
+        self._plans: list[tuple] = []  # the recent raw plans, newest first, for 'ensemble'
 
     def hear(self, command: str, lang: str = "en") -> None:
         self._command = self.encode_command(command, lang)
@@ -262,12 +263,22 @@ class VLAPolicy(torch.nn.Module):
         return (weights[:, None] * preds).sum(0) / weights.sum()
 
     def _track(self, obs: dict, plan: Callable[[dict], np.ndarray]) -> np.ndarray:
-        """A plan policy's action: the tracker on the current plan (a new one every step, or
-        every PLAN_DT seconds under 'open_loop'), made in the lane frame of its moment."""
+        """A plan policy's action: the tracker on the current plan, made in the lane frame of its
+        moment. 'first': a new plan every step; 'ensemble': a new plan every step, blended with
+        the plans of the last steps (``sim.plan.blend_plans``, weights exp(-ensemble_decay *
+        age)); 'open_loop': a new plan every PLAN_DT seconds, tracked in between."""
         ego = np.asarray(obs["ego"], dtype=np.float64)
-        hold = int(round(PLAN_DT / DT)) if self.config.execution == "open_loop" else 1
+        mode = self.config.execution
+        hold = int(round(PLAN_DT / DT)) if mode == "open_loop" else 1
         if self._plan is None or self._plan[3] + 1 >= hold:
-            self._plan = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), 0)
+            new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), 0)
+            if mode == "ensemble":
+                horizon = self.config.horizon * int(round(PLAN_DT / DT))
+                self._plans = [new] + [(p, f, s, a + 1) for p, f, s, a in self._plans if a + 1 < horizon]
+                blended = blend_plans([(p, f, s, a * DT) for p, f, s, a in self._plans], new[1], new[2],
+                                      self.config.ensemble_decay)
+                new = (blended, new[1], new[2], 0)
+            self._plan = new
         else:
             self._plan = (*self._plan[:3], self._plan[3] + 1)
         waypoints, frame, start, age = self._plan
