@@ -148,6 +148,17 @@ def label_horizon(policy: PolicyConfig) -> int:
     return int(plan_steps(policy.horizon)[-1]) if policy.action == "plan" else policy.horizon
 
 
+def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, density: str) -> RolloutSpec:
+    """How iteration k of a session with config ``c`` records its episodes in one setting
+    (iteration 0: the expert, with DART bursts if ``c.dart``; later ones: ``policy_dir``
+    mixed with the expert by beta_k), and what the expert labels on them."""
+    return RolloutSpec(scenario, density, policy_dir, "train", cameras=c.policy.cameras,
+                       query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
+                       plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
+                       goal_futures=c.goal_relabel and c.policy.action == "plan",
+                       noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
+
+
 class DaggerSession:
     def __init__(self, config: DaggerConfig, run_dir: str | Path, log: Callable[[str], None] = print) -> None:
         self.config, self.run, self.log = config, Path(run_dir), log
@@ -203,15 +214,7 @@ class DaggerSession:
             for j, (scenario, density) in enumerate(settings):
                 todo = [seeds[i] for i in order if i % len(settings) == j]
                 if todo:
-                    self.pool.run(self._rollout_spec(k, policy_dir, scenario, density), todo, on_episode=keep)
-
-    def _rollout_spec(self, k: int, policy_dir: str, scenario: str, density: str) -> RolloutSpec:
-        c = self.config
-        return RolloutSpec(scenario, density, policy_dir, "train", cameras=c.policy.cameras,
-                           query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
-                           plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
-                           goal_futures=c.goal_relabel and c.policy.action == "plan",
-                           noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
+                    self.pool.run(rollout_spec(c, k, policy_dir, scenario, density), todo, on_episode=keep)
 
     def _tokenizer(self) -> ActionTokenizer:
         path = self.run / "action_tokenizer.json"

@@ -53,6 +53,7 @@ import fcntl
 import json
 import math
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -370,6 +371,20 @@ class EpisodeWriter:
             raise _fail(self.root, "EpisodeWriter is closed")
         path = self.episodes_dir / f"ep_{self.next_index:06d}.h5"
         write_episode(path, ep, self.compression)
+        self.next_index += 1
+        return path
+
+    def append_copy(self, source: str | Path) -> Path:
+        """Append a copy of the complete episode file ``source`` (another dataset's), byte for
+        byte, as the next episode; the copy is written to a temp file and renamed."""
+        if self._lock.closed:
+            raise _fail(self.root, "EpisodeWriter is closed")
+        source = Path(source)
+        if _index(source) is None or not source.is_file():
+            raise _fail(source, "not a complete episode file (episodes/ep_NNNNNN.h5)")
+        path = self.episodes_dir / f"ep_{self.next_index:06d}.h5"
+        with atomic_output(path) as tmp:
+            shutil.copyfile(source, tmp)
         self.next_index += 1
         return path
 
