@@ -290,3 +290,17 @@ def test_goal_futures_are_the_expert_under_each_other_goal():
     intersection = EmbeddedDrivingEnv("intersection", "light")
     intersection.reset(seed=1)
     assert intersection.goal_futures(20) is None
+
+
+def test_traffic_wrecks_at_the_junction_are_towed_after_three_seconds():
+    from sim.highway import WRECK_CLEAR_STEPS
+
+    env = EmbeddedDrivingEnv("intersection", "medium")
+    env.reset(seed=3)
+    wreck = next(v for v in env._core.road.vehicles if v is not env._core.vehicle)
+    wreck.crashed = True
+    for _ in range(WRECK_CLEAR_STEPS):
+        assert any(v is wreck for v in env._core.road.vehicles)
+        env.step(env.expert_action())
+    env.step(env.expert_action())
+    assert not any(v is wreck for v in env._core.road.vehicles)
