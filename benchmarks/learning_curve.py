@@ -82,9 +82,11 @@ def collect_pool(base, out: Path, need: int, pool: RolloutPool, log) -> dict[tup
             continue
         log(f"expert pool {scenario}/{density}: recording episodes {done}..{need - 1}")
         first = POOL_SEED_OFFSET + j * 1_000_000
+        # beta 0: the expert drives either way; a session's beta-1 coin would only consume
+        # draws of the episode's generator that DART bursts use too
+        spec = replace(rollout_spec(base, 0, "expert", scenario, density), beta=0.0)
         with EpisodeWriter(target) as writer:
-            pool.run(rollout_spec(base, 0, "expert", scenario, density), range(first + done, first + need),
-                     on_episode=writer.append)
+            pool.run(spec, range(first + done, first + need), on_episode=writer.append)
     return dirs
 
 
