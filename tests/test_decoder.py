@@ -66,3 +66,21 @@ def test_a_full_cache_is_refused():
         decoder.run(model, x, mask, positions(mask), cache)
         with pytest.raises(ValueError, match="KV cache holds 6 tokens"):
             decoder.run(model, x[:, :1], mask[:, :1], positions(mask)[:, :1], cache)
+
+
+def test_cached_inference_weights_follow_an_optimizer_step():
+    """Inference caches the concatenated block weights; an optimizer step (in-place updates)
+    must invalidate them, or a policy evaluated between DAgger updates would act stale."""
+    model = _backbone()
+    x, mask = _padded_batch()
+    pos = positions(mask)
+    with torch.no_grad():
+        before = decoder.run(model, x, mask, pos)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    decoder.run(model, x, mask, pos).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = decoder.run(model, x, mask, pos)
+        ref = model(inputs_embeds=x, attention_mask=mask.long(), position_ids=pos).last_hidden_state
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after[mask], ref[mask], atol=1e-5)

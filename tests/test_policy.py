@@ -278,3 +278,30 @@ def test_a_checkpoint_saved_before_observations_existed_loads_as_ego_frame(episo
     del meta["config"]["observation"]
     (tmp_path / "p" / "policy.json").write_text(json.dumps(meta))
     assert VLAPolicy.load(tmp_path / "p").config.observation == "ego_frame"
+
+
+@pytest.mark.parametrize("action", ["control", "plan"])
+def test_replan_every_predicts_once_per_k_steps_and_acts_in_between(episodes, action):
+    from vla.policy import default_action_tokenizer
+
+    cfg = PolicyConfig(**{**TINY, "cameras": False, "action": action, "replan_every": 3})
+    policy = VLAPolicy(cfg, default_action_tokenizer(cfg.n_bins, action)).eval()
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=6)
+    calls = []
+
+    def counted(o):
+        calls.append(1)
+        return policy.predict_action_chunk(o)
+
+    actions = []
+    for _ in range(7):
+        actions.append(policy.select_action(obs, plan=counted))
+        obs, *_ = env.step(actions[-1])
+    assert len(calls) == 3  # steps 0, 3, 6
+    assert np.all(np.isfinite(actions))
+    policy.reset()
+    policy.select_action(obs, plan=counted)
+    assert len(calls) == 4  # a new episode plans at once
+    with pytest.raises(ValueError, match="replan_every"):
+        PolicyConfig(replan_every=0)

@@ -67,6 +67,11 @@ class PolicyConfig:
     absolute times, ``sim.plan.blend_plans``) and 'first' (the new plan alone), and tracks each
     plan for its first ``sim.plan.PLAN_DT`` seconds under 'open_loop' (the tracker still closes
     the loop on the ego's motion every step)."""
+    replan_every: int = 1
+    """Under 'ensemble' / 'first': predict a new chunk or plan every this many steps only, and
+    execute (ensembled) older predictions in between. A plan's tracker still runs every step,
+    so re-planning at 3.3 Hz costs the policy a third of the inference and the car its
+    reactions to what happened in the last 0.2 s."""
     ensemble_decay: float | None = None
     """Temporal ensembling weight exp(-decay * age) of a chunk's prediction made `age` steps ago.
     None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``): 0.5 for control chunks (4
@@ -103,7 +108,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         positive = ("d_model", "n_layers", "n_heads", "horizon", "camera_width", "camera_height",
-                    "camera_patch", "max_command_tokens")
+                    "camera_patch", "max_command_tokens", "replan_every")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PolicyConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -50,10 +50,57 @@ class KVCache:
                        torch.zeros(batch, max_len, dtype=torch.bool, device=like.device))
 
 
-def _rms_norm(norm, h: torch.Tensor) -> torch.Tensor:
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+@dataclass(frozen=True)
+class _Block:
+    """One decoder block's weights, laid out for the forward below: q / k / v as one matrix and
+    gate / up as one (same numbers as the library's modules, concatenated)."""
+
+    norm1: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor | None
+    o_w: torch.Tensor
+    o_b: torch.Tensor | None
+    norm2: torch.Tensor
+    gate_up_w: torch.Tensor
+    gate_up_b: torch.Tensor | None
+    down_w: torch.Tensor
+    down_b: torch.Tensor | None
+    eps: float
+
+
+def _cat(*tensors):
+    return None if tensors[0] is None else torch.cat(tensors)
+
+
+def _blocks(backbone) -> list[_Block]:
+    """The blocks' weights. Concatenating is differentiable, so training goes through the same
+    code; without autograd the result is cached on the backbone until a weight changes (every
+    in-place update bumps a tensor's version counter)."""
+    params = [p for layer in backbone.layers for p in layer.parameters()]
+    key = tuple((id(p), p._version) for p in params)
+    cached = getattr(backbone, "_vla_blocks", None)
+    if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+        return cached[1]
+    blocks = []
+    for layer in backbone.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        norm = layer.input_layernorm
+        blocks.append(_Block(
+            norm1=norm.weight, eps=float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))),
+            qkv_w=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            qkv_b=_cat(attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias),
+            o_w=attn.o_proj.weight, o_b=attn.o_proj.bias, norm2=layer.post_attention_layernorm.weight,
+            gate_up_w=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            gate_up_b=_cat(mlp.gate_proj.bias, mlp.up_proj.bias),
+            down_w=mlp.down_proj.weight, down_b=mlp.down_proj.bias))
+    if not torch.is_grad_enabled():
+        backbone._vla_blocks = (key, blocks)
+    return blocks
+
+
+def _rms_norm(weight: torch.Tensor, eps: float, h: torch.Tensor) -> torch.Tensor:
     h32 = h.float()
-    return norm.weight * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+    return weight * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -71,9 +118,12 @@ def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
     ``x`` comes after the ``cache.length`` tokens already there, which it also attends to, and
     its keys / values are appended (the cache must have room)."""
     cfg = backbone.config
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise ValueError(f"vla.decoder runs SiLU-gated MLPs; this backbone uses {cfg.hidden_act!r}")
     b, n = x.shape[:2]
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
     cos, sin = backbone.rotary_emb(x, positions)  # (B, L, d_head) each
     cos, sin = cos[:, None], sin[:, None]
     start = 0 if cache is None else cache.length
@@ -87,13 +137,11 @@ def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
     causal = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(diagonal=start)
     attend = causal[None, None] & keys_visible[:, None, None, :]  # (B, 1, L, L_keys)
     h = x
-    for i, layer in enumerate(backbone.layers):
-        attn = layer.self_attn
-        a = _rms_norm(layer.input_layernorm, h)
-        q = attn.q_proj(a).view(b, n, heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(a).view(b, n, kv_heads, head_dim).transpose(1, 2)
-        v = attn.v_proj(a).view(b, n, kv_heads, head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    for i, blk in enumerate(_blocks(backbone)):
+        q, k, v = F.linear(_rms_norm(blk.norm1, blk.eps, h), blk.qkv_w, blk.qkv_b).split(sizes, dim=-1)
+        q = _rotate(q.view(b, n, heads, head_dim).transpose(1, 2), cos, sin)
+        k = _rotate(k.view(b, n, kv_heads, head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, n, kv_heads, head_dim).transpose(1, 2)
         if cache is not None:
             cache.keys[i][:, :, start:start + n] = k
             cache.values[i][:, :, start:start + n] = v
@@ -102,13 +150,13 @@ def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
             k = k.repeat_interleave(heads // kv_heads, dim=1)
             v = v.repeat_interleave(heads // kv_heads, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=head_dim ** -0.5)
-        h = h + attn.o_proj(out.transpose(1, 2).reshape(b, n, heads * head_dim))
-        m = _rms_norm(layer.post_attention_layernorm, h)
-        mlp = layer.mlp
-        h = h + mlp.down_proj(F.silu(mlp.gate_proj(m)) * mlp.up_proj(m))
+        h = h + F.linear(out.transpose(1, 2).reshape(b, n, heads * head_dim), blk.o_w, blk.o_b)
+        gate, up = F.linear(_rms_norm(blk.norm2, blk.eps, h), blk.gate_up_w, blk.gate_up_b).chunk(2, dim=-1)
+        h = h + F.linear(F.silu(gate) * up, blk.down_w, blk.down_b)
     if cache is not None:
         cache.length = start + n
-    return _rms_norm(backbone.norm, h)
+    norm = backbone.norm
+    return _rms_norm(norm.weight, float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))), h)
 
 
 def new_cache(backbone, batch: int, max_len: int, like: torch.Tensor) -> KVCache:

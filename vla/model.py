@@ -186,35 +186,40 @@ class VLAModel(nn.Module):
         temperature 0."""
         h_steps, dims = self.config.horizon, len(ACTION_DIMS)
         emb, mask = self.prefix(x)
-        steps = h_steps * dims
-        cache = decoder.new_cache(self.backbone, x.batch_size, emb.shape[1] + steps - 1, emb)
-        h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1:]
+        steps, n, b = h_steps * dims, self.config.n_bins, x.batch_size
+        cache = decoder.new_cache(self.backbone, b, emb.shape[1] + steps - 1, emb)
+        h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1]
         real = mask.long().sum(1, keepdim=True)  # real tokens so far: the next one's position + 1
         one = torch.ones_like(mask[:, :1])
-        bins, res, logp, all_logits = [], [], [], []
-        for j in range(steps):
-            logits, residuals = self._heads_at(h, j)
-            log_probs = torch.log_softmax(logits, dim=-1)
+        starts = [int(s) for s in self.action_starts]
+        action_seg = self.segment.weight[SEG["action"]]
+        hidden, bins, all_logits = [], [], []
+        for j in range(steps):  # per token only what the next one needs; the rest after the loop
+            start = starts[j % dims]
+            logits = torch.nn.functional.linear(h, self.lm_head.weight[start:start + n])
             if temperature > 0:
                 choice = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
             else:
                 choice = logits.argmax(-1)
+            hidden.append(h)
             bins.append(choice)
-            res.append(residuals.gather(1, choice[:, None])[:, 0])
-            logp.append(log_probs.gather(1, choice[:, None])[:, 0])
             all_logits.append(logits)
             if j == steps - 1:
                 break
-            token = (choice + self.action_starts[j % dims])[:, None]
-            step = self.embed(token) + self.segment.weight[SEG["action"]]
-            h = decoder.run(self.backbone, step, one, real, cache)
+            step = self.embed(choice[:, None] + start) + action_seg
+            h = decoder.run(self.backbone, step, one, real, cache)[:, -1]
             real = real + 1
-        b = x.batch_size
+        chosen = torch.stack(bins, 1)  # (B, J)
+        logits = torch.stack(all_logits, 1)  # (B, J, n)
+        dim_of = torch.arange(steps, device=chosen.device) % dims
+        res = self.residual_head(torch.stack(hidden, 1)).view(b, steps, dims, n)
+        res = torch.tanh(res[:, torch.arange(steps), dim_of].gather(-1, chosen[..., None])[..., 0]) * 0.5
+        logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None])[..., 0]
         return ChunkOutput(
-            bins=torch.stack(bins, 1).view(b, h_steps, dims),
-            residual=torch.stack(res, 1).view(b, h_steps, dims),
-            logprob=torch.stack(logp, 1).view(b, h_steps, dims),
-            bin_logits=torch.stack(all_logits, 1).view(b, h_steps, dims, -1),
+            bins=chosen.view(b, h_steps, dims),
+            residual=res.view(b, h_steps, dims),
+            logprob=logp.view(b, h_steps, dims),
+            bin_logits=logits.view(b, h_steps, dims, -1),
         )
 
     def _heads_at(self, h: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:

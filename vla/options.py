@@ -25,6 +25,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                         "its lane with inverse gap and closing rate (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
+    p.add_argument("--replan-every", type=int, default=PolicyConfig().replan_every, metavar="K",
+                   help="predict a new chunk / plan every K steps only (ensemble / first execution); a plan's "
+                        "tracker still runs every step (default: %(default)s)")
     if head is None:
         p.add_argument("--head", choices=ACTION_HEADS, default="bins",
                        help="action head: bin tokens + residual, or a diffusion head denoising the "
@@ -54,6 +57,7 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
     defaults = PolicyConfig()
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
                         observation=getattr(args, "observation", defaults.observation),
+                        replan_every=getattr(args, "replan_every", defaults.replan_every),
                         action=getattr(args, "action", defaults.action), execution=args.execution, head=getattr(args, "head", defaults.head),
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),

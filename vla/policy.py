@@ -180,8 +180,9 @@ class VLAPolicy(torch.nn.Module):
         self._command = np.zeros(0, dtype=np.int64)
         self._start_lane: float | None = None
         self._queue: deque = deque()  # (age, (H, 2) chunk) for ensembling / open loop
-        self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, age in steps)
+        self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, step made)
         self._plans: list[tuple] = []  # the recent raw plans, newest first, for 'ensemble'
+        self._t = 0  # steps of this episode so far
 
     def hear(self, command: str, lang: str = "en") -> None:
         self._command = self.encode_command(command, lang)
@@ -246,43 +247,45 @@ class VLAPolicy(torch.nn.Module):
         if plan is None:
             def plan(o: dict) -> np.ndarray:
                 return self.predict_action_chunk(o, generator=self._generator)
+        t, self._t = self._t, self._t + 1
         if self.tracker is not None:
-            return self._track(obs, plan)
+            return self._track(obs, plan, t)
         mode = self.config.execution
         if mode == "open_loop":
             if not self._queue:
                 self._queue.extend(plan(obs))
             return self._queue.popleft()
-        chunk = plan(obs)
-        if mode == "first":
-            return chunk[0]
+        # the chunks still covering this step, their ages in steps
         self._queue = deque([(age + 1, c) for age, c in self._queue if age + 1 < len(c)])
-        self._queue.appendleft((0, chunk))
+        if t % self.config.replan_every == 0 or not self._queue:
+            self._queue.appendleft((0, plan(obs)))
+        if mode == "first":
+            age, chunk = self._queue[0]
+            return chunk[age]
         weights = np.array([np.exp(-self.config.ensemble_decay * age) for age, _ in self._queue])
         preds = np.stack([c[age] for age, c in self._queue])
         return (weights[:, None] * preds).sum(0) / weights.sum()
 
-    def _track(self, obs: dict, plan: Callable[[dict], np.ndarray]) -> np.ndarray:
-        """A plan policy's action: the tracker on the current plan, made in the lane frame of its
-        moment. 'first': a new plan every step; 'ensemble': a new plan every step, blended with
-        the plans of the last steps (``sim.plan.blend_plans``, weights exp(-ensemble_decay *
-        age)); 'open_loop': a new plan every PLAN_DT seconds, tracked in between."""
+    def _track(self, obs: dict, plan: Callable[[dict], np.ndarray], t: int) -> np.ndarray:
+        """A plan policy's action at step ``t`` of the episode: the tracker on the current plan,
+        made in the lane frame of its moment. A new plan every ``replan_every`` steps ('first':
+        tracked alone; 'ensemble': blended with the plans of the last 2 s,
+        ``sim.plan.blend_plans``, weights exp(-ensemble_decay * age in steps)), or every PLAN_DT
+        seconds under 'open_loop'; between two plans the tracker follows the last one."""
         ego = np.asarray(obs["ego"], dtype=np.float64)
         mode = self.config.execution
-        hold = int(round(PLAN_DT / DT)) if mode == "open_loop" else 1
-        if self._plan is None or self._plan[3] + 1 >= hold:
-            new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), 0)
+        every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_every
+        if self._plan is None or t - self._plan[3] >= every:
+            new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), t)
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
-                self._plans = [new] + [(p, f, s, a + 1) for p, f, s, a in self._plans if a + 1 < horizon]
-                blended = blend_plans([(p, f, s, a * DT) for p, f, s, a in self._plans], new[1], new[2],
+                self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
+                blended = blend_plans([(p, f, s, (t - made) * DT) for p, f, s, made in self._plans], new[1], new[2],
                                       self.config.ensemble_decay)
-                new = (blended, new[1], new[2], 0)
+                new = (blended, new[1], new[2], t)
             self._plan = new
-        else:
-            self._plan = (*self._plan[:3], self._plan[3] + 1)
-        waypoints, frame, start, age = self._plan
-        return self.tracker.control(waypoints, frame, start, pose_of(ego), age=age * DT,
+        waypoints, frame, start, made = self._plan
+        return self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                     steer_now=float(ego[EGO["steer"]]))
 
     # ------------------------------------------------------------------ save / load
