@@ -336,3 +336,26 @@ def test_blending_plans_keeps_a_consistent_plan_and_averages_disagreeing_ones():
     w = np.exp(-0.5 * 2)  # 2 steps old
     assert np.allclose(older[:3, 1], change[:3, 1] / (1 + w))
     assert older[3, 1] == pytest.approx(change[3, 1])  # beyond the old plan's horizon: the new one alone
+
+
+def test_goal_relabelling_leaves_junction_episodes_as_they_are():
+    """The junction records no goal futures: a goal-relabelling plan dataset takes its episodes
+    with their own labels only (a highway episode without futures is still refused)."""
+    from sim.highway import EmbeddedDrivingEnv
+    from sim.rollout import ExpertPolicy, run_episode
+    from vla.config import PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+    data = DemoDataset(policy, goal_relabel=True)
+    env = EmbeddedDrivingEnv("intersection", "light")
+    ep = run_episode(env, ExpertPolicy(env), 1, record_frames=False, plan_horizon=20, goal_labels=True,
+                     goal_futures=True)
+    assert ep.goal_futures is None
+    data.add_episode(ep)
+    assert len(data) > 0 and data.counterfactual_samples == 0
+    highway = EmbeddedDrivingEnv("highway", "light")
+    with pytest.raises(ValueError, match="no goal futures"):
+        data.add_episode(run_episode(highway, ExpertPolicy(highway), 1, record_frames=False))

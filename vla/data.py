@@ -44,6 +44,12 @@ from tokenizers_mm.action import ActionTokenizer
 from vla.inputs import PolicyInputs, pad_commands
 
 
+RELABELLED_SCENARIOS = ("highway",)
+"""Scenario families whose episodes carry the expert's labels under the other goals
+(``sim.highway.EmbeddedDrivingEnv.goal_labels`` / ``goal_futures``; the junction has none):
+goal relabelling uses them there and leaves other families' episodes as they are."""
+
+
 @dataclass(frozen=True)
 class _EpisodeArrays:
     frames: np.ndarray | None  # (T, N, H, W, 3) uint8
@@ -93,7 +99,7 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
     bins, residual = policy.action_tokenizer.encode(chunks) if t else (
         np.zeros(chunks.shape, np.int64), np.zeros(chunks.shape, np.float32))
     goal_bins = goal_residual = goal_valid = goal_mask = None
-    if goal_relabel and policy.config.action == "plan" and t:
+    if goal_relabel and policy.config.action == "plan" and t and ep.scenario in RELABELLED_SCENARIOS:
         if ep.goal_futures is None:
             raise ValueError(f"episode seed {ep.seed} has no goal futures; a plan policy's goal relabelling needs "
                              "episodes recorded with goal labels and a plan horizon (vla dagger --goal-relabel "
