@@ -5,8 +5,10 @@ the expert", item 7).
 ::
 
     python -m benchmarks.learning_curve --out runs/curve --scenarios highway intersection \\
-        --densities medium dense --budgets 20 40 80 --seeds 0 1 2 --eval-episodes 50 \\
-        --action plan --observation lane_frame --dart --goal-relabel --label-every 3 --no-cameras
+        --densities medium dense --budgets 40 80 160 --seeds 0 1 2 --eval-episodes 50
+
+(defaults: blind plan policy in the lane frame, DART and goal-relabelled expert data with plan
+labels at every 3rd state, 4 DAgger iterations with the learner driving).
 
 A budget B counts expert-labelled episodes (over all settings: B / S per setting). For every
 training seed and budget:
@@ -280,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient steps per budget episode, both arms (default: %(default)s)")
     p.add_argument("--min-steps", type=int, default=1000, help="fewest gradient steps of an arm (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while training (default: %(default)s)")
-    add_session_args(p, train_steps=1, eval_option="--session-eval-episodes", eval_default=1)  # steps: see above
-    p.set_defaults(iterations=4, beta0=0.0, no_cameras=True, action="plan")
+    # --train-steps is unused: the study sets each arm's steps from --steps-per-episode
+    add_session_args(p, train_steps=1, eval_option="--session-eval-episodes", eval_default=1,
+                     iterations=4, beta0=0.0, no_cameras=True, action="plan", observation="lane_frame", dart=True,
+                     goal_relabel=True, label_every=3)
     return p
 
 

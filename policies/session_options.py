@@ -10,9 +10,9 @@ from vla.options import add_command_data_args, add_policy_args, policy_config
 
 
 def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
-                     eval_option: str = "--eval-episodes", eval_default: int = 5) -> None:
+                     eval_option: str = "--eval-episodes", eval_default: int = 5, **defaults) -> None:
     """The DAgger session's options (``DaggerConfig``) and the policy's; ``dagger_config``
-    reads them back. The BC-vs-DAgger study shares them with its own defaults."""
+    reads them back. Each command and study passes its own ``defaults`` (argparse dests)."""
     p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
     p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
     p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
@@ -29,12 +29,13 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--label-every", type=int, default=1, metavar="K",
                    help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
                         "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
-    p.add_argument("--dart", action="store_true",
+    p.add_argument("--dart", action=argparse.BooleanOptionalAction, default=False,
                    help="perturb the expert's execution in iteration 0's episodes with DART bursts "
-                        "(labels stay the expert's clean actions; sim.rollout.DartNoise)")
+                        "(labels stay the expert's clean actions; sim.rollout.DartNoise) (default: %(default)s)")
     add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
                                           "highway goal at every visited state")
     add_policy_args(p)
+    p.set_defaults(**defaults)
 
 
 def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: int):

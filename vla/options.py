@@ -46,8 +46,8 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
 
 def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None:
     """How training samples hear their commands (``vla.data.DemoDataset``)."""
-    p.add_argument("--goal-relabel", action="store_true",
-                   help=relabel_help + " (experimental: jerkier policies, see docs/dagger_study.md)")
+    p.add_argument("--goal-relabel", action=argparse.BooleanOptionalAction, default=False,
+                   help=relabel_help + " (default: %(default)s)")
     p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
                    help="probability that a training sample hears another train-split phrasing of "
                         "its goal instead of the recorded one (default: %(default)s)")
