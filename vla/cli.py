@@ -82,6 +82,9 @@ def _check_rollout(args: argparse.Namespace) -> None:
     check_policy(args.policy)
     if getattr(args, "plan_horizon", 0) < 0 or getattr(args, "plan_horizon", 0) == 1:
         raise VLAError(f"--plan-horizon must be 0 (off) or >= 2, got {args.plan_horizon}")
+    for name in ("label_every", "workers"):
+        if hasattr(args, name):
+            _check_positive("--" + name.replace("_", "-"), getattr(args, name))
     if getattr(args, "goal_futures", False) and not (args.goal_labels and args.plan_horizon >= 20):
         raise VLAError("--goal-futures needs --goal-labels and --plan-horizon >= 20 (a plan's 2 s)")
     if getattr(args, "no_gif", True) is False and not 0 <= args.gif_episode < args.episodes:
@@ -192,6 +195,12 @@ def _collect_parser(sub) -> None:
     p.add_argument("--dart", action="store_true",
                    help="perturb the executed action with DART bursts; every state keeps the expert's "
                         "clean label (sim.rollout.DartNoise): recovery states without a learner")
+    p.add_argument("--label-every", type=int, default=1, metavar="K",
+                   help="simulate the expert's continuations (--plan-horizon, --goal-futures) at every K-th "
+                        "state only (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="rollout processes, one simulator each; the episodes do not depend on it "
+                        "(default: %(default)s; --recipe runs in one process)")
     from offline_rl.recipes import RECIPE_NAMES
 
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,

@@ -35,6 +35,7 @@ class RolloutSpec:
     goal_futures: bool = False  # and its plan_horizon-step continuation under each (plan labels)
     noise: DartNoise | None = None  # DART bursts on the executed action (labels stay clean)
     plan_every: int = 1  # simulate the expert's continuation at every m-th visited state only
+    camera_size: tuple[int, int] = (96, 64)  # (width, height) of a baseline's default rig
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -45,15 +46,15 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
 
     if "policy" not in cache:
         if spec.policy in BASELINES:
-            cache["policy"], rig = None, default_rig()
+            cache["policy"], rig = None, default_rig(*spec.camera_size)
         else:
             import torch
 
-            from vla.policy import VLAPolicy
+            from vla.policies_registry import load_checkpoint
 
             torch.set_num_threads(1)
-            cache["policy"] = VLAPolicy.load(spec.policy)
-            rig = cache["policy"].rig
+            cache["policy"] = load_checkpoint(spec.policy)
+            rig = getattr(cache["policy"], "rig", ())
         cache["env"] = EmbeddedDrivingEnv(spec.scenario, spec.density, cameras=rig if spec.cameras else (),
                                           rephrase=rephraser(spec.phrasings))
     env = cache["env"]

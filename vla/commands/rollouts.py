@@ -23,6 +23,7 @@ from sim.highway import EmbeddedDrivingEnv
 from sim.rollout import DartNoise, run_episode
 from sim.storage import EpisodeWriter
 from vla.policies_registry import is_checkpoint, load_checkpoint, resolve_policy
+from vla.parallel import RolloutPool, RolloutSpec
 from vla.speech_commands import rephraser
 
 
@@ -58,25 +59,51 @@ def _finish(args: argparse.Namespace, out: Path, rows: list[dict], written: list
     return record
 
 
+def _collect_spec(args: argparse.Namespace, cameras: bool) -> RolloutSpec:
+    """The rollout of ``vla collect`` without a recipe: what the pool's workers run per seed."""
+    return RolloutSpec(args.scenario, args.density, args.policy, args.phrasings, cameras=cameras,
+                       query_expert=True, record_frames=cameras, plan_horizon=args.plan_horizon,
+                       goal_labels=args.goal_labels, goal_futures=args.goal_futures,
+                       noise=DartNoise() if args.dart else None, plan_every=args.label_every,
+                       camera_size=(args.width, args.height))
+
+
 def run_collect(args: argparse.Namespace) -> int:
-    """Record episodes (frames, expert labels) into ``args.out`` and summarize them."""
+    """Record episodes (frames, expert labels) into ``args.out`` and summarize them. Without a
+    recipe the episodes come from the rollout pool (``--workers`` processes; each episode
+    depends only on its seed, so the dataset is the same for any number of workers)."""
     rig = default_rig(args.width, args.height) if args.cameras == "default" else ()
-    env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
     out = Path(args.out)
     rows: list[dict] = []
     steps = 0
     recipe, wrap = getattr(args, "recipe", None), None
-    if recipe or getattr(args, "d4rl", None):  # offline-RL datasets (offline_rl.recipes)
-        from offline_rl.recipes import collect_options
-
-        wrap, weights = collect_options(args, env)
     with EpisodeWriter(out) as writer:
         first = writer.next_index
-        for _, ep in _rollouts(args, lambda i: env, query_expert=True,
-                               desc=f"collect {recipe or args.policy}", wrap=wrap):
+
+        def keep(ep: Episode) -> None:
+            nonlocal steps
             writer.append(ep)
             rows.append(episode_metrics(ep))
             steps += ep.num_steps
+
+        if recipe or getattr(args, "d4rl", None):  # offline-RL datasets (offline_rl.recipes), one process
+            from offline_rl.recipes import collect_options
+
+            env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
+            wrap, weights = collect_options(args, env)
+            for _, ep in _rollouts(args, lambda i: env, query_expert=True,
+                                   desc=f"collect {recipe or args.policy}", wrap=wrap):
+                keep(ep)
+        else:
+            spec = _collect_spec(args, cameras=bool(rig))
+            with RolloutPool(args.workers) as pool, tqdm(total=args.episodes, desc=f"collect {args.policy}",
+                                                        unit="ep", file=sys.stderr, dynamic_ncols=True) as bar:
+                def record(ep: Episode) -> None:
+                    keep(ep)
+                    bar.set_postfix_str(f"seed {ep.seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
+                    bar.update()
+
+                pool.run(spec, range(args.seed, args.seed + args.episodes), on_episode=record)
         last = writer.next_index - 1
     _finish(argparse.Namespace(**{**vars(args), "policy": f"recipe {recipe}"}) if recipe else args, out, rows, [])
     frames = f"{len(rig)} cameras {args.width}x{args.height}" if rig else "no cameras"
