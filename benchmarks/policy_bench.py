@@ -3,7 +3,8 @@
 * ``chunk_latency_ms``: one ``predict_action_chunk`` (prefix pass + H*D KV-cached decoding
   steps) on one observation, median over repeats, one torch thread;
 * ``closed_loop_steps_per_s``: env.step with the policy's camera rig + ``select_action`` every
-  step (the DAgger / eval loop without expert queries);
+  step (the DAgger / eval loop without expert queries; a new chunk / plan every
+  ``replan_every`` steps); ``closed_loop_ratio`` = it / ``sim_steps_per_s``;
 * ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone);
 * ``train_samples_per_s``: BC updates (``policies.bc.BCMethod``, batch ``TRAIN_BATCH``) on the
   samples of one recorded expert episode, one torch thread, after 2 warm-up updates.
@@ -84,8 +85,11 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
         params = sum(p.numel() for p in policy.parameters())
         train = _train_samples_per_s(policy, env, seed)
         log(f"training (BC, batch {TRAIN_BATCH}): {train:.0f} samples/s")
+        log(f"closed loop / simulator alone: {closed / sim:.2f} (a new {config.action} every "
+            f"{config.replan_every} step(s))")
         return {"chunk_latency_ms": latency, "closed_loop_steps_per_s": closed, "sim_steps_per_s": sim,
-                "train_samples_per_s": train, "action": config.action,
+                "closed_loop_ratio": closed / sim, "replan_every": config.replan_every,
+                "train_samples_per_s": train, "action": config.action, "observation": config.observation,
                 "parameters": params, "cameras": len(policy.rig), "scenario": scenario, "density": density}
     finally:
         torch.set_num_threads(threads)

@@ -142,12 +142,14 @@ def test_bench_policy_last_line_is_json(capsys):
     code, stdout, _ = run(capsys, "bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5")
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
-    for key in ("chunk_latency_ms", "closed_loop_steps_per_s", "sim_steps_per_s", "train_samples_per_s"):
+    for key in ("chunk_latency_ms", "closed_loop_steps_per_s", "sim_steps_per_s", "train_samples_per_s",
+                "closed_loop_ratio"):
         assert result[key] > 0
-    assert result["action"] == "control"
+    assert result["action"] == "plan" and result["replan_every"] == 5  # the default policy of vla dagger
     code, stdout, _ = run(capsys, "bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5",
-                          "--no-cameras", "--action", "plan")
-    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["action"] == "plan"
+                          "--no-cameras", "--action", "control", "--replan-every", "2")
+    last = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and last["action"] == "control" and last["replan_every"] == 2
     code, _, err = run(capsys, "bench", "policy", "--size", "huge")
     assert code == 2 and "unknown --size 'huge'" in err
 

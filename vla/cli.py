@@ -302,8 +302,11 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
     b.add_argument("--steps", type=int, default=200, help="timed env steps (default: %(default)s)")
     b.add_argument("--size", default="small", help="policy size: tiny, small or base (default: %(default)s)")
     b.add_argument("--no-cameras", action="store_true", help="benchmark the blind (state-token) policy")
-    b.add_argument("--action", choices=("control", "plan"), default="control",
-                   help="what the policy predicts: raw control chunks or plans for the tracker (default: %(default)s)")
+    b.add_argument("--action", choices=("control", "plan"), default="plan",
+                   help="what the policy predicts: raw control chunks or plans for the tracker (default: %(default)s, "
+                        "as vla dagger)")
+    b.add_argument("--replan-every", type=int, default=None, metavar="K",
+                   help="a new chunk / plan every K steps (default: the action space's, 5 for plans)")
     b.set_defaults(func=_cmd_bench_policy)
     words = command_words(argv)
     add_lazy_parsers(targets, BENCH_TARGETS, words[1:2] if words[:1] == ["bench"] else [], argv)
@@ -362,7 +365,10 @@ def _cmd_bench_policy(args: argparse.Namespace) -> int:
 
     if args.size not in SIZES:
         raise VLAError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
-    config = PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, action=args.action)
+    if args.replan_every is not None:
+        _check_positive("--replan-every", args.replan_every)
+    config = PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, action=args.action,
+                          observation="lane_frame", replan_every=args.replan_every)
     result = run_policy_bench(config, args.scenario, args.density, args.steps, args.seed,
                               log=lambda line: print(line, flush=True))
     print(json.dumps({**result, "size": args.size}, sort_keys=True))

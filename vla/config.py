@@ -12,10 +12,13 @@ ACTION_SPACES = ("control", "plan")
 """What the action tokens are (``PolicyConfig.action``)."""
 DEFAULT_ENSEMBLE_DECAY = {"control": 0.5, "plan": 0.2}
 """``PolicyConfig.ensemble_decay`` when not given, per action space."""
+DEFAULT_REPLAN_EVERY = {"control": 1, "plan": 5}
+"""``PolicyConfig.replan_every`` when not given, per action space."""
 OBSERVATION_CHOICES = ("ego_frame", "lane_frame")
 """How ego and actor tokens are featurized (``vla.inputs.OBSERVATIONS``)."""
 LEGACY_OBSERVATION = "ego_frame"
-"""What a saved config without an ``observation`` field was trained on."""
+"""What a saved config without an ``observation`` field was trained on (one without
+``replan_every`` re-planned every step)."""
 ACTION_HEADS = ("bins", "diffusion")
 """Action heads of the policy (their implementations: ``vla.policy.POLICY_HEADS``)."""
 DIFFUSION_SCHEDULERS = ("ddim", "dpmsolver")
@@ -67,11 +70,13 @@ class PolicyConfig:
     absolute times, ``sim.plan.blend_plans``) and 'first' (the new plan alone), and tracks each
     plan for its first ``sim.plan.PLAN_DT`` seconds under 'open_loop' (the tracker still closes
     the loop on the ego's motion every step)."""
-    replan_every: int = 1
+    replan_every: int | None = None
     """Under 'ensemble' / 'first': predict a new chunk or plan every this many steps only, and
-    execute (ensembled) older predictions in between. A plan's tracker still runs every step,
-    so re-planning at 3.3 Hz costs the policy a third of the inference and the car its
-    reactions to what happened in the last 0.2 s."""
+    execute (ensembled) older predictions in between. None = the action space's default
+    (``DEFAULT_REPLAN_EVERY``): every step for control chunks; every 5 steps (2 Hz, the
+    spacing of a plan's waypoints) for plans, whose tracker still closes the loop at 10 Hz: on
+    validation seeds this drove like re-planning every step and cut the policy's share of a
+    closed-loop step below a fifth (``vla bench policy``)."""
     ensemble_decay: float | None = None
     """Temporal ensembling weight exp(-decay * age) of a chunk's prediction made `age` steps ago.
     None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``): 0.5 for control chunks (4
@@ -107,18 +112,22 @@ class PolicyConfig:
     Unused by the binned head."""
 
     def __post_init__(self) -> None:
+        if self.action not in ACTION_SPACES:
+            raise ValueError(f"PolicyConfig.action must be one of {ACTION_SPACES}, got {self.action!r}")
+        if self.ensemble_decay is None:
+            object.__setattr__(self, "ensemble_decay", DEFAULT_ENSEMBLE_DECAY[self.action])
+        if self.replan_every is None:
+            object.__setattr__(self, "replan_every", DEFAULT_REPLAN_EVERY[self.action])
         positive = ("d_model", "n_layers", "n_heads", "horizon", "camera_width", "camera_height",
                     "camera_patch", "max_command_tokens", "replan_every")
         for name in positive:
-            if int(getattr(self, name)) < 1:
+            if int(getattr(self, name) or 0) < 1:
                 raise ValueError(f"PolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"PolicyConfig.d_model {self.d_model} must split into {self.n_heads} heads "
                              "of even size")
         if self.n_bins < 2:
             raise ValueError(f"PolicyConfig.n_bins must be >= 2, got {self.n_bins}")
-        if self.action in ACTION_SPACES and self.ensemble_decay is None:
-            object.__setattr__(self, "ensemble_decay", DEFAULT_ENSEMBLE_DECAY[self.action])
         if self.mlp_ratio <= 0 or self.residual_weight < 0 or not 0 <= float(self.ensemble_decay or 0) < float("inf"):
             raise ValueError("PolicyConfig.mlp_ratio must be > 0, residual_weight and ensemble_decay >= 0")
         if self.camera_width % self.camera_patch or self.camera_height % self.camera_patch:
@@ -128,8 +137,6 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.command must be one of {COMMAND_MODALITIES}, got {self.command!r}")
         if self.observation not in OBSERVATION_CHOICES:
             raise ValueError(f"PolicyConfig.observation must be one of {OBSERVATION_CHOICES}, got {self.observation!r}")
-        if self.action not in ACTION_SPACES:
-            raise ValueError(f"PolicyConfig.action must be one of {ACTION_SPACES}, got {self.action!r}")
         if self.action == "plan" and self.head != "bins":
             raise ValueError(f"PolicyConfig.action 'plan' needs head 'bins' (the {self.head!r} head predicts "
                              "raw control chunks only)")
@@ -167,7 +174,7 @@ class PolicyConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown PolicyConfig fields {unknown}")
-        return PolicyConfig(**{"observation": LEGACY_OBSERVATION, **d})
+        return PolicyConfig(**{"observation": LEGACY_OBSERVATION, "replan_every": 1, **d})
 
 
 SIZES = {

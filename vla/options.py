@@ -25,9 +25,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                         "its lane with inverse gap and closing rate (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
-    p.add_argument("--replan-every", type=int, default=PolicyConfig().replan_every, metavar="K",
+    p.add_argument("--replan-every", type=int, default=None, metavar="K",
                    help="predict a new chunk / plan every K steps only (ensemble / first execution); a plan's "
-                        "tracker still runs every step (default: %(default)s)")
+                        "tracker still runs every step (default: 1 for control chunks, 5 for plans)")
     if head is None:
         p.add_argument("--head", choices=ACTION_HEADS, default="bins",
                        help="action head: bin tokens + residual, or a diffusion head denoising the "
