@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads while training (default: %(default)s)")
     # --train-steps is unused: the study sets each arm's steps from --steps-per-episode
     add_session_args(p, train_steps=1, eval_option="--session-eval-episodes", eval_default=1,
-                     iterations=4, beta0=0.0, no_cameras=True, action="plan", observation="lane_frame", dart=True,
+                     iterations=4, beta0=0.0, no_cameras=True, default_action="plan", observation="lane_frame", dart=True,
                      goal_relabel=True, label_every=3)
     return p
 

@@ -305,3 +305,49 @@ def test_replan_every_predicts_once_per_k_steps_and_acts_in_between(episodes, ac
     assert len(calls) == 4  # a new episode plans at once
     with pytest.raises(ValueError, match="replan_every"):
         PolicyConfig(replan_every=0)
+
+
+@pytest.mark.parametrize("breakage, needle", [
+    ("truncate_weights", "not a readable safetensors file"),
+    ("garbage_weights", "not a readable safetensors file"),
+    ("json_not_json", "not readable as JSON"),
+    ("json_empty", "not readable as JSON"),
+    ("json_list", "expected a JSON object"),
+    ("missing_config", "missing field(s) ['config']"),
+    ("wrong_type", "PolicyConfig.d_model must be an integer >= 1, got 'wide'"),
+    ("extra_key", "unknown PolicyConfig fields"),
+    ("changed_width", "weights do not fit the config"),
+])
+def test_a_broken_checkpoint_is_one_error_naming_the_file(episodes, tmp_path, breakage, needle):
+    import json
+
+    make_policy(episodes, cameras=False).save(tmp_path / "p")
+    meta_path, weights = tmp_path / "p" / "policy.json", tmp_path / "p" / "model.safetensors"
+    meta = json.loads(meta_path.read_text())
+    if breakage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif breakage == "garbage_weights":
+        weights.write_bytes(b"\x00garbage" * 10)
+    elif breakage == "json_not_json":
+        meta_path.write_text("{not json")
+    elif breakage == "json_empty":
+        meta_path.write_text("")
+    elif breakage == "json_list":
+        meta_path.write_text("[]")
+    elif breakage == "missing_config":
+        del meta["config"]
+        meta_path.write_text(json.dumps(meta))
+    elif breakage == "wrong_type":
+        meta["config"]["d_model"] = "wide"
+        meta_path.write_text(json.dumps(meta))
+    elif breakage == "extra_key":
+        meta["config"]["bogus"] = 1
+        meta_path.write_text(json.dumps(meta))
+    elif breakage == "changed_width":
+        meta["config"]["d_model"] = 64
+        meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        VLAPolicy.load(tmp_path / "p")
+    message = str(err.value)
+    assert needle in message and "\n" not in message.strip()
+    assert str(tmp_path / "p") in message

@@ -120,9 +120,11 @@ class PolicyConfig:
             object.__setattr__(self, "replan_every", DEFAULT_REPLAN_EVERY[self.action])
         positive = ("d_model", "n_layers", "n_heads", "horizon", "camera_width", "camera_height",
                     "camera_patch", "max_command_tokens", "replan_every")
-        for name in positive:
-            if int(getattr(self, name) or 0) < 1:
-                raise ValueError(f"PolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in positive + ("n_bins",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (2 if name == "n_bins" else 1):
+                raise ValueError(f"PolicyConfig.{name} must be an integer >= {2 if name == 'n_bins' else 1}, "
+                                 f"got {value!r}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"PolicyConfig.d_model {self.d_model} must split into {self.n_heads} heads "
                              "of even size")

@@ -17,9 +17,11 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                    help="a blind policy on state tokens only (faster; no camera rendering)")
     p.add_argument("--command", choices=("ipa", "text", "none"), default="ipa",
                    help="how the policy hears the spoken command (default: %(default)s)")
-    p.add_argument("--action", choices=ACTION_SPACES, default="control",
+    p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
-                        "that a tracking controller drives (default: %(default)s)")
+                        "that a tracking controller drives (default: the command's, control with --head "
+                        "diffusion)")
+    p.set_defaults(default_action="control")
     p.add_argument("--observation", choices=OBSERVATION_CHOICES, default=PolicyConfig().observation,
                    help="ego / actor token features: actors in the ego's body frame, or along and across "
                         "its lane with inverse gap and closing rate (default: %(default)s)")
@@ -54,11 +56,16 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
 
 
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
+    """The ``PolicyConfig`` of options added by ``add_policy_args``. Without ``--action`` the
+    command's ``default_action`` applies, except that a diffusion head predicts control chunks."""
     defaults = PolicyConfig()
+    head = getattr(args, "head", defaults.head)
+    action = getattr(args, "action", None) or ("control" if head == "diffusion"
+                                               else getattr(args, "default_action", defaults.action))
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
                         observation=getattr(args, "observation", defaults.observation),
                         replan_every=getattr(args, "replan_every", defaults.replan_every),
-                        action=getattr(args, "action", defaults.action), execution=args.execution, head=getattr(args, "head", defaults.head),
+                        action=action, execution=args.execution, head=head,
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))

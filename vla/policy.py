@@ -309,23 +309,46 @@ class VLAPolicy(torch.nn.Module):
 
     @staticmethod
     def load(directory: str | Path) -> VLAPolicy:
+        """The policy saved in ``directory``. A broken checkpoint (unreadable or non-JSON
+        ``policy.json``, a missing or mistyped field, truncated or foreign weights, weights that
+        do not fit the config) raises one ValueError naming the file and what is wrong."""
         directory = Path(directory)
         meta_path, weights = directory / "policy.json", directory / "model.safetensors"
         if not meta_path.is_file() or not weights.is_file():
             raise ValueError(f"{directory} is not a policy checkpoint (needs policy.json and model.safetensors)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{meta_path}: not readable as JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        policy = VLAPolicy(
-            PolicyConfig.from_dict(meta["config"]),
-            ActionTokenizer.from_dict(meta["action_tokenizer"]),
-            VocabLayout.from_dict(meta["vocab"]),
-            tuple(CameraSpec.from_dict(c) for c in meta["rig"]),
-            name=str(directory),
-        )
-        state = load_file(str(weights))
+        missing = [k for k in ("config", "action_tokenizer", "vocab", "rig") if k not in meta]
+        if missing:
+            raise ValueError(f"{meta_path}: missing field(s) {missing}")
+        try:
+            config = PolicyConfig.from_dict(meta["config"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{meta_path}: field 'config': {e}") from None
+        parts = {}
+        for name, build in (("action_tokenizer", ActionTokenizer.from_dict), ("vocab", VocabLayout.from_dict),
+                            ("rig", lambda rig: tuple(CameraSpec.from_dict(c) for c in rig))):
+            try:
+                parts[name] = build(meta[name])
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                raise ValueError(f"{meta_path}: field {name!r}: {type(e).__name__}: {e}") from None
+        policy = VLAPolicy(config, parts["action_tokenizer"], parts["vocab"], parts["rig"], name=str(directory))
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own SafetensorError on truncated / garbage files
+            raise ValueError(f"{weights}: not a readable safetensors file ({type(e).__name__}: {e})") from None
         ema = {k[len(EMA_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
-        policy.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)})
-        policy.load_ema_state_dict(ema)
+        try:
+            policy.model.load_state_dict({k: v for k, v in state.items() if not k.startswith(EMA_PREFIX)})
+            policy.load_ema_state_dict(ema)
+        except RuntimeError as e:  # size mismatch / missing or unexpected keys
+            first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+            raise ValueError(f"{weights}: weights do not fit the config in {meta_path.name} ({first})") from None
         policy.eval()
         return policy

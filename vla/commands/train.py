@@ -19,8 +19,8 @@ ITERATION_COLUMNS = ("iteration", "setting", "beta", "dataset_episodes", "datase
                      "jerk_long_p95", "comfort_fraction", "driving_score", "wall_time_s")
 
 
-MAIN_JOB_DEFAULTS = dict(action="plan", observation="lane_frame", dart=True, goal_relabel=True, label_every=3,
-                         beta0=0.0, expert_episodes=12, rollouts=4, train_steps=500)
+MAIN_JOB_DEFAULTS = dict(default_action="plan", observation="lane_frame", dart=True, goal_relabel=True,
+                         beta0=0.0, expert_episodes=8, rollouts=4, train_steps=400, label_every=5)
 """``vla dagger``'s defaults: the recipe of the learning-curve study (plans in the lane frame,
 DART and goal-relabelled expert data, the learner driving from iteration 1), sized so the README's
 main job finishes in minutes on 2 cores."""
@@ -83,7 +83,7 @@ def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -
                             description="Goal-conditioned behavior cloning: the policy hears each "
                                         "episode's recorded command and imitates the expert labels.")
     add_dataset_train_args(bc)
-    bc.set_defaults(func=run_train_bc, action="plan", observation="lane_frame")
+    bc.set_defaults(func=run_train_bc, default_action="plan", observation="lane_frame")
     add_lazy_parsers(methods, TRAIN_METHODS, wanted, argv)
 
 
