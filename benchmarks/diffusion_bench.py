@@ -111,13 +111,13 @@ def time_chunks(policy, steps: list[int], repeats: int, scenario: str, density: 
                 log=print) -> dict:
     """Median ms per chunk of the binned head (random weights, same config) and of ``policy``
     at each step count, timed round-robin on one thread."""
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import DEFAULT_BACKEND, make_env
     from vla.policy import VLAPolicy, default_action_tokenizer
 
     torch.manual_seed(0)
     bins = VLAPolicy(dataclasses.replace(policy.config, head="bins"), default_action_tokenizer(policy.config.n_bins),
                      policy.layout, policy.rig).eval()
-    env = EmbeddedDrivingEnv(scenario, density, cameras=policy.rig)
+    env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig)
     obs, _ = env.reset(seed=seed)
     variants = {"bins": (bins, None)} | {n: (policy, n) for n in steps}
     for p in (bins, policy):
@@ -142,11 +142,11 @@ def time_chunks(policy, steps: list[int], repeats: int, scenario: str, density: 
 def closed_loop(policy, episodes: int, scenario: str, density: str, seed: int) -> dict:
     """Aggregate metrics (CLOSED_LOOP_KEYS) of ``policy`` over held-out episodes seed + i."""
     from benchmarks.metrics import aggregate, episode_metrics
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import DEFAULT_BACKEND, make_env
     from sim.rollout import run_episode
     from vla.speech_commands import rephraser
 
-    env = EmbeddedDrivingEnv(scenario, density, cameras=policy.rig, rephrase=rephraser("heldout"))
+    env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig, rephrase=rephraser("heldout"))
     rows = [episode_metrics(run_episode(env, policy, seed + i, query_expert=False, record_frames=False))
             for i in range(episodes)]
     metrics = aggregate(rows)

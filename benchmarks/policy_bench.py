@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from sim.highway import EmbeddedDrivingEnv
+from sim.backends import DEFAULT_BACKEND, make_env
 from vla.config import PolicyConfig
 from vla.policy import VLAPolicy, default_action_tokenizer
 
@@ -65,7 +65,7 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
     try:
         torch.manual_seed(seed)
         policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action)).eval()
-        env = EmbeddedDrivingEnv(scenario, density, cameras=policy.rig)
+        env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig)
         obs, _ = env.reset(seed=seed)
         policy.hear(env.goal.command, env.goal.lang)
         for _ in range(3):

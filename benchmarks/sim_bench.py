@@ -64,7 +64,7 @@ def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int
     import cv2
 
     from sim.cameras import default_rig
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import DEFAULT_BACKEND, make_env
     from sim.render import CameraRenderer
 
     if steps <= 0:
@@ -75,10 +75,10 @@ def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int
     cv2.setNumThreads(1)
     try:
         scenes: list = []
-        plain = EmbeddedDrivingEnv(scenario, density)
+        plain = make_env(DEFAULT_BACKEND, scenario, density)
         t_env = _timed_steps(plain, steps, seed, lambda env: HOLD, scenes)
         log(_line("env.step, no cameras", steps / t_env, "steps/s"))
-        cams = EmbeddedDrivingEnv(scenario, density, cameras=rig)
+        cams = make_env(DEFAULT_BACKEND, scenario, density, cameras=rig)
         t_cam = _timed_steps(cams, steps, seed, lambda env: HOLD)
         log(_line(f"env.step, {len(rig)} cameras", steps / t_cam, "steps/s"))
         t_expert = _timed_steps(plain, steps, seed, lambda env: env.expert_action())

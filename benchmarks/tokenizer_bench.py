@@ -39,12 +39,12 @@ def _benches() -> dict[str, Callable[[], dict]]:
 
 def record_expert_actions(episodes_per_scenario: int = 4, seed: int = 0) -> list[np.ndarray]:
     """Executed actions of fresh expert episodes (no cameras), highway + intersection, medium."""
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import DEFAULT_BACKEND, make_env
     from sim.rollout import ExpertPolicy, run_episode
 
     out = []
     for scenario in ("highway", "intersection"):
-        env = EmbeddedDrivingEnv(scenario, "medium")
+        env = make_env(DEFAULT_BACKEND, scenario, "medium")
         for i in range(episodes_per_scenario):
             ep = run_episode(env, ExpertPolicy(env), seed + i, query_expert=False, record_frames=False)
             out.append(ep.actions.astype(np.float64))

@@ -23,7 +23,7 @@ Rules, in priority order (costs are computed on the continuation s_0..s_T; s_0 i
    faster than allowed).
 6. ``command``: distance from the passenger's command at s_T: lane commands, lanes between the
    ego's lateral position and the target lane's centre; speed commands, m/s outside the
-   ``sim.highway.SPEED_TOLERANCE`` band around the target speed; turns, 1 if the route was
+   ``sim.scenarios.SPEED_TOLERANCE`` band around the target speed; turns, 1 if the route was
    left (``route_deviation``). The margin is per goal kind (lanes vs m/s).
 7. ``comfort``: fraction of samples outside the nuPlan comfort bounds
    (``benchmarks.metrics.comfort_mask`` / ``NUPLAN_COMFORT``) over s_1..s_T, with the two states
@@ -50,7 +50,7 @@ from benchmarks.metrics import (
     kinematics,
     time_to_collision,
 )
-from sim.highway import SPEED_TOLERANCE
+from sim.scenarios import SPEED_TOLERANCE
 from sim.interface import DT, EGO, EVENT, REWARD, Goal
 
 

@@ -22,7 +22,7 @@ from highway_env.road.lane import CircularLane, LineType
 from highway_env.utils import wrap_to_pi
 from highway_env.vehicle.behavior import IDMVehicle
 
-from sim import expert as expert_mod
+from sim import highway_expert as expert_mod
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
 from sim.interface import (
@@ -44,11 +44,12 @@ from sim.interface import (
     TURNS,
     Goal,
     LaneGeom,
+    RewardWeights,
     Scene,
     goal_vector,
 )
-from sim.storage import RewardWeights
 from sim.scenarios import (
+    SPEED_TOLERANCE,
     GOAL_CHOICES,
     HIGHWAY_GOAL_LABELS,
     HIGHWAY_LANES,
@@ -61,7 +62,6 @@ from sim.scenarios import (
 )
 
 VEHICLE_HEIGHT = 1.5
-SPEED_TOLERANCE = 2.5  # m/s around a commanded target speed that counts as reached
 _LINES = {LineType.NONE: "none", LineType.STRIPED: "striped", LineType.CONTINUOUS: "solid",
           LineType.CONTINUOUS_LINE: "solid"}
 INTERSECTION_EXIT = 30.0  # metres into the exit lane where the route ends

@@ -35,7 +35,7 @@ clockwise seen from above.
   server.
 * other actors: ``world.get_actors().filter('vehicle.*')`` with bounding-box extents x2.
 * ``expert_action()``: CARLA's ``BehaviorAgent`` is not in the pip wheel (no
-  ``agents.navigation``), and ``sim.expert`` reads highway-env's road objects, so the CARLA
+  ``agents.navigation``), and ``sim.highway_expert`` reads highway-env's road objects, so the CARLA
   backend needs its own route-following IDM over the map's waypoints (same laws, same params).
 
 Everything a backend returns is built from the dataclasses and field tuples below, so metrics,
@@ -44,7 +44,9 @@ recording and the tokenizers never touch backend objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -102,6 +104,44 @@ REWARD_FIELDS = (
     "goal",  # 1 while the goal condition holds (target lane + speed, or turned onto the exit)
 )
 REWARD = {name: i for i, name in enumerate(REWARD_FIELDS)}
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Weights of the scalar reward ``r_t = sum_k w_k * reward_terms[t, k]``."""
+
+    progress_m: float = 0.1
+    """Per metre gained along the route this step (~0.25 per step at 25 m/s)."""
+    collision: float = -10.0
+    """On the step a collision happens."""
+    off_road: float = -1.0
+    """Per step spent off the road."""
+    lane_invasion: float = -0.1
+    """Per step the body crosses a lane marking."""
+    speed_error: float = -0.1
+    """Per unit of relative speed error |v - v_target| / v_target."""
+    goal: float = 0.1
+    """Per step the goal condition holds (target lane + speed, or on the requested exit)."""
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not math.isfinite(float(value)):
+                raise ValueError(f"RewardWeights.{name} must be finite, got {value}")
+
+    def vector(self) -> np.ndarray:
+        """(len(REWARD_FIELDS),) float32 weights in ``REWARD_FIELDS`` order."""
+        return np.array([getattr(self, f) for f in REWARD_FIELDS], dtype=np.float32)
+
+    def reward(self, terms: np.ndarray) -> np.ndarray:
+        """(..., len(REWARD_FIELDS)) reward terms -> (...) float32 rewards."""
+        terms = np.asarray(terms, dtype=np.float32)
+        if terms.shape[-1:] != (len(REWARD_FIELDS),):
+            raise ValueError(f"reward terms need last axis {len(REWARD_FIELDS)}, got {terms.shape}")
+        return (terms @ self.vector()).astype(np.float32)
+
+
+if tuple(asdict(RewardWeights())) != REWARD_FIELDS:
+    raise RuntimeError("RewardWeights fields must match REWARD_FIELDS")
+
 
 TURNS = ("left", "straight", "right")
 GOAL_KINDS = ("lane_speed", "turn")
@@ -170,16 +210,6 @@ def goal_vector(goal: Goal, ego: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class StepInfo:
-    """What ``env.step`` reports besides the observation (also found in ``info``)."""
-
-    ego: np.ndarray  # (len(EGO_FIELDS),) state after the step
-    actors: np.ndarray  # (MAX_ACTORS, len(ACTOR_FIELDS))
-    events: np.ndarray  # (len(EVENT_FIELDS),) float 0/1 for this step
-    reward_terms: np.ndarray  # (len(REWARD_FIELDS),)
-
-
-@dataclass(frozen=True)
 class LaneGeom:
     """One lane's centre line in the world frame, for rendering and metrics.
 
@@ -208,3 +238,61 @@ class Scene:
     lanes: tuple[LaneGeom, ...]
     vehicles: np.ndarray  # (K, 7): x, y, yaw, length, width, height, colour_id
     ego_pose: np.ndarray = field(default_factory=lambda: np.zeros(3))  # x, y, yaw
+
+
+@runtime_checkable
+class DrivingEnv(Protocol):
+    """What the stack needs from a simulator backend (made by ``sim.backends.make_env``).
+
+    Gymnasium-style ``reset`` / ``step`` plus the queries DAgger, the plan labels, goal
+    relabelling, preference pairs and the metrics are built on. Observations are dicts with
+    ``ego`` (``EGO_FIELDS``), ``actors`` (``MAX_ACTORS`` x ``ACTOR_FIELDS``, world frame),
+    ``goal``, ``state`` and, with a camera rig, ``cameras`` (N, H, W, 3) uint8; ``info`` holds
+    ``events`` (``EVENT_FIELDS``), ``reward_terms`` (``REWARD_FIELDS``) and, once an episode
+    ends, ``outcome``. Every array is in the frames and units of this module."""
+
+    scenario: str
+    density: str
+    cameras: tuple
+    goal: Goal | None
+    """The episode's command (set by ``reset``)."""
+    goal_feasible: bool | None
+    """Whether the expert reaches ``goal`` from the start (None when not checked)."""
+    route_length: float
+    """Metres of route the episode measures progress along."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]: ...
+
+    def step(self, action) -> tuple[dict, float, bool, bool, dict]: ...
+
+    def expert_action(self) -> np.ndarray:
+        """[accel, steer] of the expert for the CURRENT state, whatever drove there (read-only)."""
+
+    def expert_plan(self, horizon: int) -> np.ndarray:
+        """(horizon, 2) the expert's own next actions from the current state (env unchanged)."""
+
+    def expert_continuation(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """The expert's next actions (horizon, 2) and the poses they reach (horizon, 4)."""
+
+    def goal_labels(self) -> np.ndarray | None:
+        """(goals, 2) the expert's action now under every goal of the family; None if none."""
+
+    def goal_futures(self, horizon: int) -> np.ndarray | None:
+        """(goals, horizon, 4) poses the expert reaches under every other goal; None if none."""
+
+    def snapshot(self):
+        """A private copy of the whole state (``restore`` it any number of times)."""
+
+    def restore(self, snap) -> dict:
+        """Return to a snapshot's state; the observation of that state."""
+
+    def ego_state(self) -> np.ndarray:
+        """(len(EGO_FIELDS),) the ego now."""
+
+    def actors(self) -> np.ndarray:
+        """(MAX_ACTORS, len(ACTOR_FIELDS)) the other vehicles now."""
+
+    def scene(self) -> Scene:
+        """Lanes and boxes for rendering and metrics."""
+
+    def close(self) -> None: ...

@@ -67,6 +67,8 @@ SCENARIOS: dict[str, Scenario] = {
 
 HIGHWAY_LANES = 4
 HIGHWAY_SPEEDS = {"slow_down": 20.0, "keep": 25.0, "speed_up": 30.0}
+SPEED_TOLERANCE = 2.5
+"""m/s around a commanded target speed that counts as reached (goal success, the constitution)."""
 GOAL_CHOICES = ("feasible", "any")
 """How an env picks each episode's command (``EmbeddedDrivingEnv(goals=...)``)."""
 HIGHWAY_GOAL_LABELS = ("lane_left", "lane_right", "speed_up", "slow_down", "keep_lane")

@@ -66,7 +66,8 @@ from sim.atomic import atomic_output
 from sim.cameras import CameraSpec
 from sim.episode import OUTCOMES, Episode
 from sim.features import STATE_DIM, state_feature_names, state_vector
-from sim.interface import ACTION_FIELDS, ACTOR_FIELDS, EGO_FIELDS, EVENT_FIELDS, POSE_FIELDS, REWARD_FIELDS, Goal
+from sim.interface import (ACTION_FIELDS, ACTOR_FIELDS, EGO_FIELDS, EVENT_FIELDS, POSE_FIELDS, REWARD_FIELDS, Goal,
+                           RewardWeights)
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 
 FORMAT_VERSION = 1
@@ -114,44 +115,6 @@ if set(TERMINAL_OUTCOMES) | set(TIMEOUT_OUTCOMES) != set(OUTCOMES):
 
 class DatasetError(ValueError):
     """A dataset directory or file is missing, corrupted or of an unknown layout."""
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """Weights of the scalar reward ``r_t = sum_k w_k * reward_terms[t, k]``."""
-
-    progress_m: float = 0.1
-    """Per metre gained along the route this step (~0.25 per step at 25 m/s)."""
-    collision: float = -10.0
-    """On the step a collision happens."""
-    off_road: float = -1.0
-    """Per step spent off the road."""
-    lane_invasion: float = -0.1
-    """Per step the body crosses a lane marking."""
-    speed_error: float = -0.1
-    """Per unit of relative speed error |v - v_target| / v_target."""
-    goal: float = 0.1
-    """Per step the goal condition holds (target lane + speed, or on the requested exit)."""
-
-    def __post_init__(self) -> None:
-        for name, value in dataclasses.asdict(self).items():
-            if not math.isfinite(float(value)):
-                raise ValueError(f"RewardWeights.{name} must be finite, got {value}")
-
-    def vector(self) -> np.ndarray:
-        """(len(REWARD_FIELDS),) float32 weights in ``REWARD_FIELDS`` order."""
-        return np.array([getattr(self, f) for f in REWARD_FIELDS], dtype=np.float32)
-
-    def reward(self, terms: np.ndarray) -> np.ndarray:
-        """(..., len(REWARD_FIELDS)) reward terms -> (...) float32 rewards."""
-        terms = np.asarray(terms, dtype=np.float32)
-        if terms.shape[-1:] != (len(REWARD_FIELDS),):
-            raise ValueError(f"reward terms need last axis {len(REWARD_FIELDS)}, got {terms.shape}")
-        return (terms @ self.vector()).astype(np.float32)
-
-
-if tuple(f.name for f in dataclasses.fields(RewardWeights)) != REWARD_FIELDS:
-    raise RuntimeError("RewardWeights fields must match sim.interface.REWARD_FIELDS")
 
 
 def _fail(path: Path, problem: str) -> DatasetError:

@@ -36,11 +36,12 @@ class RolloutSpec:
     noise: DartNoise | None = None  # DART bursts on the executed action (labels stay clean)
     plan_every: int = 1  # simulate the expert's continuation at every m-th visited state only
     camera_size: tuple[int, int] = (96, 64)  # (width, height) of a baseline's default rig
+    backend: str = "embedded"  # the simulator (sim.backends.BACKENDS)
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
     from sim.cameras import default_rig
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import make_env
     from sim.rollout import BASELINES, run_episode
     from vla.speech_commands import rephraser
 
@@ -55,8 +56,8 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
             torch.set_num_threads(1)
             cache["policy"] = load_checkpoint(spec.policy)
             rig = getattr(cache["policy"], "rig", ())
-        cache["env"] = EmbeddedDrivingEnv(spec.scenario, spec.density, cameras=rig if spec.cameras else (),
-                                          rephrase=rephraser(spec.phrasings))
+        cache["env"] = make_env(spec.backend, spec.scenario, spec.density, cameras=rig if spec.cameras else (),
+                                rephrase=rephraser(spec.phrasings))
     env = cache["env"]
     policy = cache["policy"] or BASELINES[spec.policy](env, seed)
     rng = np.random.default_rng([seed, spec.beta_seed, 17])

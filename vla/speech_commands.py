@@ -19,7 +19,7 @@ SPLITS = ("train", "heldout", "canonical")
 
 
 def rephraser(split: str, langs: tuple[str, ...] = ("en", "zh")) -> Callable[[Goal, np.random.Generator], Goal] | None:
-    """A hook for ``EmbeddedDrivingEnv(rephrase=...)``; None for the canonical commands."""
+    """A hook for ``sim.backends.make_env(rephrase=...)``; None for the canonical commands."""
     if split not in SPLITS:
         raise ValueError(f"phrasing split must be one of {SPLITS}, got {split!r}")
     if split == "canonical":

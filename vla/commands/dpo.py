@@ -85,13 +85,13 @@ def run_make_pairs(args: argparse.Namespace) -> int:
     import torch
 
     from policies.pairs import make_pairs
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import DEFAULT_BACKEND, make_env
     from vla.policy import VLAPolicy
     from vla.speech_commands import rephraser
 
     torch.set_num_threads(1)
     policy = VLAPolicy.load(args.policy)
-    env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=policy.rig, rephrase=rephraser(args.phrasings))
+    env = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=policy.rig, rephrase=rephraser(args.phrasings))
     meta = {"policy": str(Path(args.policy).resolve()), "scenario": args.scenario, "density": args.density,
             "phrasings": args.phrasings, "command": policy.config.command}
     seeds = [args.seed + i for i in range(args.episodes)]
@@ -276,7 +276,7 @@ def _entries(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 def _evaluate(args: argparse.Namespace, label: str, policy_name: str, best_of: int, out: Path) -> dict:
     from benchmarks.metrics import episode_metrics
     from benchmarks.reports import metrics_record, write_episodes_csv, write_json
-    from sim.highway import EmbeddedDrivingEnv
+    from sim.backends import DEFAULT_BACKEND, make_env
     from sim.rollout import run_episode
     from vla.policies_registry import is_checkpoint, resolve_policy
     from vla.speech_commands import rephraser
@@ -287,7 +287,7 @@ def _evaluate(args: argparse.Namespace, label: str, policy_name: str, best_of: i
     if done.is_file() and json.loads(done.read_text()).get("what") == what:
         return json.loads((out / "metrics.json").read_text())
     rig = resolve_policy(policy_name, None, 0).rig if is_checkpoint(policy_name) else ()
-    env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
+    env = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
     scorer = None
     if best_of > 1:
         from policies.reward_model import BestOfNPolicy, TrajectoryScorer

@@ -19,7 +19,8 @@ from benchmarks import reports
 from benchmarks.metrics import episode_metrics
 from sim.cameras import default_rig
 from sim.episode import Episode
-from sim.highway import EmbeddedDrivingEnv
+from sim.backends import DEFAULT_BACKEND, make_env
+from sim.interface import DrivingEnv
 from sim.rollout import DartNoise, run_episode
 from sim.storage import EpisodeWriter
 from vla.policies_registry import is_checkpoint, load_checkpoint, resolve_policy
@@ -27,7 +28,7 @@ from vla.parallel import RolloutPool, RolloutSpec
 from vla.speech_commands import rephraser
 
 
-def _rollouts(args: argparse.Namespace, env_for: Callable[[int], EmbeddedDrivingEnv],
+def _rollouts(args: argparse.Namespace, env_for: Callable[[int], DrivingEnv],
               query_expert: bool, desc: str,
               wrap: Callable | None = None) -> Iterator[tuple[int, Episode]]:
     """Yield (i, episode) for i < args.episodes, with a progress bar on stderr. ``wrap(policy,
@@ -89,7 +90,7 @@ def run_collect(args: argparse.Namespace) -> int:
         if recipe or getattr(args, "d4rl", None):  # offline-RL datasets (offline_rl.recipes), one process
             from offline_rl.recipes import collect_options
 
-            env = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
+            env = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
             wrap, weights = collect_options(args, env)
             for _, ep in _rollouts(args, lambda i: env, query_expert=True,
                                    desc=f"collect {recipe or args.policy}", wrap=wrap):
@@ -124,17 +125,17 @@ def run_eval(args: argparse.Namespace) -> int:
     rig = ()
     if is_checkpoint(args.policy):  # a learned policy sees through its own rig every episode
         rig = load_checkpoint(args.policy).rig
-    plain = EmbeddedDrivingEnv(args.scenario, args.density, cameras=rig, rephrase=rephrase)
+    plain = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=rig, rephrase=rephrase)
     cams = plain if rig else None
     if gif_episode is not None and not rig:
-        cams = EmbeddedDrivingEnv(args.scenario, args.density, rephrase=rephrase,
+        cams = make_env(DEFAULT_BACKEND, args.scenario, args.density, rephrase=rephrase,
                                   cameras=default_rig(args.width, args.height))
     out = Path(args.out)
     writer = EpisodeWriter(out) if args.record else None
     rows: list[dict] = []
     first = gif = None
     try:
-        def env_for(i: int) -> EmbeddedDrivingEnv:
+        def env_for(i: int) -> DrivingEnv:
             return cams if i == gif_episode else plain
 
         wrap = None
