@@ -221,6 +221,25 @@ def plot_curve(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def collected_results(out: Path, args, settings) -> dict:
+    """The evaluations already on disk (``--summarize-only``): nothing is run, missing runs are
+    left out of the summary."""
+    results: dict = {}
+    for setting in settings:
+        name = _setting_name(setting)
+        per = results.setdefault(name, {})
+        expert = out / "eval_expert" / name / "metrics.json"
+        if expert.exists():
+            per["expert"] = json.loads(expert.read_text())
+        for seed in args.seeds:
+            for budget in args.budgets:
+                for arm in ARMS:
+                    path = out / f"seed_{seed}" / f"eval_{arm}_{budget}" / name / "metrics.json"
+                    if path.exists():
+                        per.setdefault(arm, {}).setdefault(budget, []).append(json.loads(path.read_text()))
+    return results
+
+
 def run_study(args: argparse.Namespace, log=print) -> dict:
     from policies.dagger import DaggerSession
     from policies.session_options import dagger_config
@@ -230,6 +249,10 @@ def run_study(args: argparse.Namespace, log=print) -> dict:
     settings = base.settings
     check_budgets(args.budgets, len(settings), args.iterations)
     out = Path(args.out)
+    if args.summarize_only:
+        if not out.is_dir():
+            raise ValueError(f"--summarize-only: {out} is not a study directory")
+        return _write(out, args, settings, collected_results(out, args, settings))
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     with RolloutPool(args.workers) as pool:
@@ -282,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient steps per budget episode, both arms (default: %(default)s)")
     p.add_argument("--min-steps", type=int, default=1000, help="fewest gradient steps of an arm (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while training (default: %(default)s)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="run nothing: summarize the evaluations already in --out (e.g. of seeds and budgets run "
+                        "by separate processes side by side)")
     # --train-steps is unused: the study sets each arm's steps from --steps-per-episode
     add_session_args(p, train_steps=1, eval_option="--session-eval-episodes", eval_default=1,
                      iterations=4, beta0=0.0, no_cameras=True, default_action="plan", observation="lane_frame", dart=True,

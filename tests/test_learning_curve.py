@@ -33,6 +33,10 @@ def test_learning_curve_shares_the_pool_and_pairs_the_arms(tmp_path):
     assert light["paired"]["8"]["collided"]["n"] == 2  # 1 seed x 2 held-out episodes
     assert light["half_labels"]["4"]["progress"]["n"] == 2  # DAgger at 4 against BC at 8
     assert (out / "learning_curve.png").stat().st_size > 0
+    (out / "study.json").unlink()
+    assert learning_curve.main([*argv, "--seeds", "0", "7", "--summarize-only"]) == 0  # seed 7 never ran
+    again = json.loads((out / "study.json").read_text())["summary"]["highway_light"]
+    assert again["arms"]["bc"]["8"]["runs"] == 1 and again["paired"] == light["paired"]
     assert learning_curve.main([*argv[:2], "--budgets", "6", *argv[10:]]) == 2  # 6 does not split
 
 
