@@ -31,10 +31,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.metrics import episode_metrics
-from benchmarks.reports import mean_std, metrics_record, to_jsonable, write_episodes_csv, write_json
+from benchmarks.reports import mean_std, to_jsonable, write_json
 from sim.atomic import atomic_output
-from vla.parallel import RolloutPool, RolloutSpec
+from vla.evaluation import evaluate
+from vla.parallel import RolloutPool
 
 STUDY_SEED_OFFSET = 3_000_000
 """Evaluation seeds of the study: disjoint from training (seed * 100000 + ...) and from the
@@ -46,18 +46,14 @@ ARMS = ("expert", "bc", "dagger")
 
 def _evaluate(pool: RolloutPool, policy: str, cameras: bool, scenario: str, density: str,
               episodes: int, out: Path, log) -> dict:
+    """``policy`` on the study's held-out episodes (``vla.evaluation.evaluate``); a finished
+    evaluation (its metrics.json) is read back instead of run again."""
     path = out / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())
     log(f"evaluating {policy} on {episodes} held-out episodes ({scenario}/{density})")
-    spec = RolloutSpec(scenario, density, policy, "heldout", cameras=cameras, query_expert=False,
-                       record_frames=False)
-    rows = [episode_metrics(ep) for ep in pool.run(spec, range(STUDY_SEED_OFFSET, STUDY_SEED_OFFSET + episodes))]
-    out.mkdir(parents=True, exist_ok=True)
-    write_episodes_csv(out / "episodes.csv", rows)
-    metrics = to_jsonable(metrics_record(rows, policy, scenario, density, STUDY_SEED_OFFSET))
-    write_json(path, metrics)
-    return metrics
+    return evaluate(policy, scenario, density, range(STUDY_SEED_OFFSET, STUDY_SEED_OFFSET + episodes),
+                    cameras=cameras, pool=pool, out=out).metrics
 
 
 def _goal_types(records: list[dict]) -> dict:

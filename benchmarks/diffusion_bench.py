@@ -141,15 +141,9 @@ def time_chunks(policy, steps: list[int], repeats: int, scenario: str, density: 
 
 def closed_loop(policy, episodes: int, scenario: str, density: str, seed: int) -> dict:
     """Aggregate metrics (CLOSED_LOOP_KEYS) of ``policy`` over held-out episodes seed + i."""
-    from benchmarks.metrics import aggregate, episode_metrics
-    from sim.backends import DEFAULT_BACKEND, make_env
-    from sim.rollout import run_episode
-    from vla.speech_commands import rephraser
+    from vla.evaluation import evaluate
 
-    env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig, rephrase=rephraser("heldout"))
-    rows = [episode_metrics(run_episode(env, policy, seed + i, query_expert=False, record_frames=False))
-            for i in range(episodes)]
-    metrics = aggregate(rows)
+    metrics = evaluate(policy, scenario, density, range(seed, seed + episodes)).metrics
     return {k: metrics[k] for k in CLOSED_LOOP_KEYS}
 
 

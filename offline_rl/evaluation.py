@@ -5,8 +5,8 @@ normalized score) and closed-loop driving metrics on the embedded simulator.
   random policy, 100 = the reference expert (D4RL's convention).
 * ``evaluate_gym``: ``episodes`` episodes with seeds ``seed, seed + 1, ...``; returns mean/std
   return and, with references, the normalized score of the mean.
-* ``evaluate_driving``: ``sim.rollout.run_episode`` on ``sim.backends.make_env``'s simulator (held-out
-  phrasings, like ``vla eval``), seeds ``seed + i``, metrics from ``benchmarks.metrics``.
+* ``evaluate_driving``: ``vla.evaluation.evaluate`` in this process (held-out phrasings, like
+  ``vla eval``), seeds ``seed + i``.
 """
 
 from __future__ import annotations
@@ -54,15 +54,7 @@ def evaluate_gym(act: Callable[[np.ndarray], np.ndarray], env_id: str, episodes:
 def evaluate_driving(policy, scenario: str = "highway", density: str = "medium", episodes: int = 10,
                      seed: int = 1000) -> dict[str, float]:
     """Closed-loop metrics of a ``DrivingPolicy`` (an ``MLPPolicy`` or the transformer policy)."""
-    from benchmarks.metrics import aggregate, episode_metrics
-    from sim.backends import DEFAULT_BACKEND, make_env
-    from sim.rollout import run_episode
-    from vla.speech_commands import rephraser
+    from vla.evaluation import evaluate
 
-    env = make_env(DEFAULT_BACKEND, scenario, density, cameras=tuple(getattr(policy, "rig", ())),
-                             rephrase=rephraser("heldout"))
-    rows = [episode_metrics(run_episode(env, policy, seed + i, query_expert=False,
-                                        record_frames=bool(env.cameras))) for i in range(episodes)]
-    env.close()
-    metrics = aggregate(rows)
-    return {k: float(metrics[k]) for k in DRIVING_KEYS if k in metrics} | {"episodes": episodes}
+    metrics = evaluate(policy, scenario, density, range(seed, seed + episodes)).metrics
+    return {k: float(metrics[k]) for k in DRIVING_KEYS if metrics.get(k) is not None} | {"episodes": episodes}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.metrics import episode_metrics, metrics_record, to_jsonable, write_episodes_csv, write_json
+from benchmarks.metrics import metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.atomic import atomic_output
 from sim.plan import plan_steps
 from sim.rollout import DartNoise
@@ -41,6 +41,7 @@ from sim.storage import EpisodeWriter, count_episodes, read_episodes
 from tokenizers_mm.action import ActionTokenizer
 from vla.config import PolicyConfig
 from vla.data import DemoDataset
+from vla.evaluation import evaluate
 from vla.parallel import RolloutPool, RolloutSpec
 from vla.policy import VLAPolicy, default_action_tokenizer
 from vla.train_loop import TrainConfig, train
@@ -253,26 +254,20 @@ class DaggerSession:
         out = self._iter_dir(k) / "eval"
         rows, per_setting = [], {}
         for j, (scenario, density) in enumerate(settings):
-            spec = RolloutSpec(scenario, density, policy, "heldout", cameras=c.policy.cameras, query_expert=False,
-                               record_frames=False)
             mine = seeds[j::len(settings)]
             if not mine:
                 continue
-            setting_rows = [episode_metrics(ep) for ep in self.pool.run(spec, mine)]
-            rows += setting_rows
-            if len(settings) > 1:
-                per_setting[f"{scenario}_{density}"] = self._write_eval(
-                    setting_rows, out / f"{scenario}_{density}", policy, scenario, density, mine[0])
-        metrics = self._write_eval(rows, out, policy, c.scenario, c.density, seeds[0])
-        return {**metrics, "per_setting": per_setting} if per_setting else metrics
-
-    @staticmethod
-    def _write_eval(rows: list[dict], out: Path, policy: str, scenario: str, density: str, seed: int) -> dict:
-        metrics = metrics_record(rows, policy, scenario, density, seed)
+            several = len(settings) > 1
+            ev = evaluate(policy, scenario, density, mine, cameras=c.policy.cameras, pool=self.pool,
+                          out=out / f"{scenario}_{density}" if several else None)
+            rows += ev.rows
+            if several:
+                per_setting[f"{scenario}_{density}"] = ev.metrics
+        metrics = to_jsonable(metrics_record(rows, policy, c.scenario, c.density, seeds[0]))
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", metrics)
         write_episodes_csv(out / "episodes.csv", rows)
-        return to_jsonable(metrics)
+        return {**metrics, "per_setting": per_setting} if per_setting else metrics
 
     # ------------------------------------------------------------------ the session
     def run_iteration(self, k: int) -> dict:
