@@ -86,9 +86,9 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
         train = _train_samples_per_s(policy, env, seed)
         log(f"training (BC, batch {TRAIN_BATCH}): {train:.0f} samples/s")
         log(f"closed loop / simulator alone: {closed / sim:.2f} (a new {config.action} every "
-            f"{config.replan_every} step(s))")
+            f"{config.replan_period} step(s))")
         return {"chunk_latency_ms": latency, "closed_loop_steps_per_s": closed, "sim_steps_per_s": sim,
-                "closed_loop_ratio": closed / sim, "replan_every": config.replan_every,
+                "closed_loop_ratio": closed / sim, "replan_every": config.replan_period,
                 "train_samples_per_s": train, "action": config.action, "observation": config.observation,
                 "parameters": params, "cameras": len(policy.rig), "scenario": scenario, "density": density}
     finally:

@@ -351,3 +351,20 @@ def test_a_broken_checkpoint_is_one_error_naming_the_file(episodes, tmp_path, br
     message = str(err.value)
     assert needle in message and "\n" not in message.strip()
     assert str(tmp_path / "p") in message
+
+
+def test_execution_defaults_follow_the_action_space():
+    """Unset ensemble_decay / replan_every read the action space's defaults, also in a config
+    copied to another action space; saved configs without replan_every re-plan every step."""
+    from dataclasses import replace
+
+    from vla.config import DEFAULT_ENSEMBLE_DECAY, DEFAULT_REPLAN_EVERY
+
+    control = PolicyConfig()
+    plan = replace(control, action="plan")
+    assert (control.decay, control.replan_period) == (DEFAULT_ENSEMBLE_DECAY["control"], DEFAULT_REPLAN_EVERY["control"])
+    assert (plan.decay, plan.replan_period) == (DEFAULT_ENSEMBLE_DECAY["plan"], DEFAULT_REPLAN_EVERY["plan"])
+    assert replace(plan, replan_every=2, ensemble_decay=0.3).replan_period == 2
+    saved = plan.to_dict()
+    del saved["replan_every"]
+    assert PolicyConfig.from_dict(saved).replan_period == 1

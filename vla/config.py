@@ -73,13 +73,14 @@ class PolicyConfig:
     replan_every: int | None = None
     """Under 'ensemble' / 'first': predict a new chunk or plan every this many steps only, and
     execute (ensembled) older predictions in between. None = the action space's default
-    (``DEFAULT_REPLAN_EVERY``): every step for control chunks; every 5 steps (2 Hz, the
+    (``DEFAULT_REPLAN_EVERY``, read through ``replan_period``, so it follows the action space
+    even when a config is copied with another one): every step for control chunks; every 5 steps (2 Hz, the
     spacing of a plan's waypoints) for plans, whose tracker still closes the loop at 10 Hz: on
     validation seeds this drove like re-planning every step and cut the policy's share of a
     closed-loop step below a fifth (``vla bench policy``)."""
     ensemble_decay: float | None = None
     """Temporal ensembling weight exp(-decay * age) of a chunk's prediction made `age` steps ago.
-    None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``): 0.5 for control chunks (4
+    None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``, read through ``decay``): 0.5 for control chunks (4
     overlapping predictions), 0.2 for plans (up to 20 overlap; on validation seeds 0.1-0.2
     halved a plan policy's lateral jerk against 0.5, at the same goal success)."""
     attn_implementation: str = "sdpa"
@@ -114,12 +115,8 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if self.action not in ACTION_SPACES:
             raise ValueError(f"PolicyConfig.action must be one of {ACTION_SPACES}, got {self.action!r}")
-        if self.ensemble_decay is None:
-            object.__setattr__(self, "ensemble_decay", DEFAULT_ENSEMBLE_DECAY[self.action])
-        if self.replan_every is None:
-            object.__setattr__(self, "replan_every", DEFAULT_REPLAN_EVERY[self.action])
         positive = ("d_model", "n_layers", "n_heads", "horizon", "camera_width", "camera_height",
-                    "camera_patch", "max_command_tokens", "replan_every")
+                    "camera_patch", "max_command_tokens") + (("replan_every",) if self.replan_every is not None else ())
         for name in positive + ("n_bins",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < (2 if name == "n_bins" else 1):
@@ -166,6 +163,16 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.diffusion_noise must be a finite number >= 0, got {self.diffusion_noise}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"PolicyConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def decay(self) -> float:
+        """``ensemble_decay``, or the action space's default when it is None."""
+        return DEFAULT_ENSEMBLE_DECAY[self.action] if self.ensemble_decay is None else float(self.ensemble_decay)
+
+    @property
+    def replan_period(self) -> int:
+        """``replan_every``, or the action space's default when it is None."""
+        return DEFAULT_REPLAN_EVERY[self.action] if self.replan_every is None else int(self.replan_every)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -257,12 +257,12 @@ class VLAPolicy(torch.nn.Module):
             return self._queue.popleft()
         # the chunks still covering this step, their ages in steps
         self._queue = deque([(age + 1, c) for age, c in self._queue if age + 1 < len(c)])
-        if t % self.config.replan_every == 0 or not self._queue:
+        if t % self.config.replan_period == 0 or not self._queue:
             self._queue.appendleft((0, plan(obs)))
         if mode == "first":
             age, chunk = self._queue[0]
             return chunk[age]
-        weights = np.array([np.exp(-self.config.ensemble_decay * age) for age, _ in self._queue])
+        weights = np.array([np.exp(-self.config.decay * age) for age, _ in self._queue])
         preds = np.stack([c[age] for age, c in self._queue])
         return (weights[:, None] * preds).sum(0) / weights.sum()
 
@@ -274,14 +274,14 @@ class VLAPolicy(torch.nn.Module):
         seconds under 'open_loop'; between two plans the tracker follows the last one."""
         ego = np.asarray(obs["ego"], dtype=np.float64)
         mode = self.config.execution
-        every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_every
+        every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
         if self._plan is None or t - self._plan[3] >= every:
             new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), t)
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
                 blended = blend_plans([(p, f, s, (t - made) * DT) for p, f, s, made in self._plans], new[1], new[2],
-                                      self.config.ensemble_decay)
+                                      self.config.decay)
                 new = (blended, new[1], new[2], t)
             self._plan = new
         waypoints, frame, start, made = self._plan
