@@ -42,7 +42,7 @@ ARMS = {
 
 
 def _vla(*args: str) -> None:
-    cmd = [sys.executable, "-m", "vla.cli", *args]
+    cmd = [sys.executable, "-m", "app.cli", *args]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sim.storage import read_episodes
-from vla import cli
+from app import cli
 
 REQUIRED_KEYS = {
     "collision_rate", "progress_mean", "goal_success_rate", "jerk_long_p95", "comfort_fraction",
@@ -117,7 +117,7 @@ def test_a_path_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_keyboard_interrupt_exits_130(tmp_path, capsys, monkeypatch):
-    from vla.commands import rollouts
+    from app.commands import rollouts
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -166,7 +166,7 @@ def test_help_and_version(capsys):
 def test_console_entry_point_subprocess(tmp_path):
     out = tmp_path / "o"
     proc = subprocess.run(
-        [sys.executable, "-m", "vla.cli", "eval", "--scenario", "nowhere", "--out", str(out)],
+        [sys.executable, "-m", "app.cli", "eval", "--scenario", "nowhere", "--out", str(out)],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
     )
     assert proc.returncode == 2

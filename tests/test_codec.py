@@ -246,7 +246,7 @@ def test_quality_measures(codec, clips):
 
 
 def _cli(argv: list[str]) -> int:
-    from vla.commands.train_codec import configure, run
+    from app.commands.train_codec import configure, run
     from vla.errors import VLAError
 
     parser = argparse.ArgumentParser()

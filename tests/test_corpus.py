@@ -14,7 +14,7 @@ from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm import corpus
 from tokenizers_mm.corpus import LABELS, PHRASINGS, build_corpus, load_audio, plan, read_items
 from tokenizers_mm.ipa import to_ipa
-from vla.commands import make_speech
+from app.commands import make_speech
 
 
 @pytest.fixture(scope="module")

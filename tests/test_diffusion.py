@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from policies.bc import BCConfig, BCMethod
 from sim.highway import EmbeddedDrivingEnv
 from sim.rollout import ExpertPolicy, run_episode
-from vla.cli import main
+from app.cli import main
 from vla.config import PolicyConfig
 from vla.data import DemoDataset
 from vla.diffusion_head import denormalize_actions, normalize_actions

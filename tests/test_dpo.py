@@ -28,7 +28,7 @@ from policies.preference_losses import (
 )
 from policies.reward_model import BestOfNPolicy, ScorerConfig, TrajectoryScorer
 from sim.highway import EmbeddedDrivingEnv
-from vla import cli
+from app import cli
 from vla.config import PolicyConfig
 from vla.policy import VLAPolicy, default_action_tokenizer
 

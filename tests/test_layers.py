@@ -27,8 +27,10 @@ def layer(module: str) -> str | None:
         return "methods"
     if top == "benchmarks":
         return "evaluation" if len(parts) > 1 and parts[1] == "reports" else "studies"
+    if top == "app":
+        return "cli"
     if top == "vla":
-        return "cli" if len(parts) > 1 and parts[1] in ("cli", "commands") else "vla_core"
+        return "vla_core"
     return None
 
 
@@ -49,7 +51,7 @@ def imports(path: Path, module: str) -> list[str]:
 
 def test_no_module_imports_from_a_higher_layer():
     found = set()
-    for top in ("sim", "tokenizers_mm", "vla", "policies", "offline_rl", "benchmarks"):
+    for top in ("sim", "tokenizers_mm", "vla", "policies", "offline_rl", "benchmarks", "app"):
         for path in sorted((ROOT / top).rglob("*.py")):
             module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             own = layer(module)

@@ -37,7 +37,7 @@ from offline_rl.policy import (
 from offline_rl.recipes import REPLAY_MIX, MediumPolicy, recipe_policy
 from offline_rl.replay import Normalizer, TransitionData
 from sim.storage import EpisodeWriter
-from vla import cli
+from app import cli
 from vla.train_loop import TrainConfig, train
 
 TINY_IQL = IQLConfig(hidden=16, n_hidden=2)
@@ -406,7 +406,7 @@ def test_auto_speed_settings_resolve_per_machine_and_refuse_unknown_values(monke
         assert resolve_compile("auto") is found and resolve_compile("on") is True
     from argparse import Namespace
 
-    from vla.commands.offline_rl import _speed_settings
+    from app.commands.offline_rl import _speed_settings
 
     import torch._dynamo
 

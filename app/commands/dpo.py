@@ -43,7 +43,7 @@ def _check_checkpoint(flag: str, path: str) -> None:
 
 
 def _check_out(out: str) -> None:
-    from vla.cli import _check_out_dir
+    from app.cli import _check_out_dir
 
     _check_out_dir(out)
 

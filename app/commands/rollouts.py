@@ -2,7 +2,7 @@
 
 Episode i of a run uses seed ``--seed + i``, whatever else the run does, so two runs with the
 same arguments give the same episodes and the same ``metrics.json``. The options have been
-validated by ``vla.cli`` before anything here runs.
+validated by ``app.cli`` before anything here runs.
 """
 
 from __future__ import annotations

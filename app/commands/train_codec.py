@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m vla.commands.train_codec ... (until the CLI wires it)
+if __name__ == "__main__":  # python -m app.commands.train_codec ... (until the CLI wires it)
     p = argparse.ArgumentParser(prog="vla train-codec")
     configure(p)
     try:

@@ -60,13 +60,13 @@ def run_dagger(args: argparse.Namespace) -> int:
 
 
 TRAIN_METHODS: dict[str, tuple[str, str, str, str]] = {
-    "diffusion": ("vla.commands.train_diffusion", "configure", "run",
+    "diffusion": ("app.commands.train_diffusion", "configure", "run",
                   "the transformer policy with a diffusion action head, on a recorded dataset"),
-    "iql": ("vla.commands.offline_rl", "configure_iql", "run_iql",
+    "iql": ("app.commands.offline_rl", "configure_iql", "run_iql",
             "offline RL: implicit Q-learning on a D4RL-layout dataset (MLP or transformer actor)"),
-    "cql": ("vla.commands.offline_rl", "configure_cql", "run_cql",
+    "cql": ("app.commands.offline_rl", "configure_cql", "run_cql",
             "offline RL: conservative Q-learning on a D4RL-layout dataset (MLP or transformer actor)"),
-    "dpo": ("vla.commands.dpo", "configure_train", "run_train",
+    "dpo": ("app.commands.dpo", "configure_train", "run_train",
             "preference optimization (DPO / IPO / ORPO) of a policy against a frozen reference"),
 }
 """``vla train METHOD`` besides ``bc``: name -> (module, configure function, run function, help).
@@ -74,7 +74,7 @@ A module is imported only when its method is on the command line, so the others 
 
 
 def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
-    from vla.cli import add_lazy_parsers, command_words
+    from app.cli import add_lazy_parsers, command_words
 
     words = command_words(argv)
     wanted = set(words[1:2]) if words[:1] == ["train"] else set()

@@ -7,7 +7,7 @@
 writes OUT/items.jsonl, OUT/audio/*.wav and OUT/manifest.json, shows a progress bar on
 stderr and prints a table of item counts per label, language and split. Problems the user can
 fix (OUT is a file, OUT already holds a corpus, a negative seed) raise ``ValueError`` before
-anything is written; ``vla.cli`` prints them as one line.
+anything is written; ``app.cli`` prints them as one line.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from vla.commands.train import add_dataset_train_args, run_train_policy
+from app.commands.train import add_dataset_train_args, run_train_policy
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -109,7 +109,7 @@ def command_words(argv: Sequence[str] | None) -> list[str]:
 # ----------------------------------------------------------------------------- commands
 def _cmd_collect(args: argparse.Namespace) -> int:
     _check_rollout(args)
-    from vla.commands.rollouts import run_collect
+    from app.commands.rollouts import run_collect
 
     return run_collect(args)
 
@@ -117,7 +117,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     _check_rollout(args)
     _check_best_of(args)
-    from vla.commands.rollouts import run_eval
+    from app.commands.rollouts import run_eval
 
     return run_eval(args)
 
@@ -313,18 +313,18 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
 
 
 EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
-    "dagger": ("vla.commands.train", "configure_dagger", "run_dagger",
+    "dagger": ("app.commands.train", "configure_dagger", "run_dagger",
                "closed-loop DAgger session: BC on expert data, then policy rollouts relabelled by the "
                "expert, aggregated and retrained, evaluated on held-out seeds every iteration"),
-    "train": ("vla.commands.train", "configure_train", None,
+    "train": ("app.commands.train", "configure_train", None,
               "train a policy: bc, diffusion, iql, cql, dpo"),
-    "make-pairs": ("vla.commands.dpo", "configure_make_pairs", "run_make_pairs",
+    "make-pairs": ("app.commands.dpo", "configure_make_pairs", "run_make_pairs",
                    "preference pairs from a policy's own rollouts, ranked by the driving constitution"),
-    "report": ("vla.commands.dpo", "configure_report", "run_report",
+    "report": ("app.commands.dpo", "configure_report", "run_report",
                "alignment-tax report: closed-loop metrics of two policies on the same held-out seeds"),
-    "make-speech": ("vla.commands.make_speech", "configure", "run",
+    "make-speech": ("app.commands.make_speech", "configure", "run",
                     "build the spoken-command corpus (espeak-ng speech, IPA, VAD, noise)"),
-    "train-codec": ("vla.commands.train_codec", "configure", "run",
+    "train-codec": ("app.commands.train_codec", "configure", "run",
                     "train the small EnCodec-architecture audio codec on a speech corpus"),
 }
 """name -> (module, configure function, run function or None when configure sets its own

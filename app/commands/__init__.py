@@ -1,0 +1,1 @@
+"""Implementations of the ``vla`` subcommands (the parser lives in ``app.cli``)."""

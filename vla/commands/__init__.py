@@ -1,1 +1,0 @@
-"""Implementations of the ``vla`` subcommands (the parser lives in ``vla.cli``)."""
