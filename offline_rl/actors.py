@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from offline_rl.datasets import D4RLData
 from offline_rl.replay import Normalizer, TransitionBatch
@@ -50,21 +49,14 @@ class MLPActor:
         return -(weights * self.log_prob(batch, dtype)).mean()
 
 
-def _weighted_residual(pred: torch.Tensor, bins: torch.Tensor, target: torch.Tensor,
-                       mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    chosen = pred.gather(-1, bins[..., None])[..., 0]
-    loss = F.smooth_l1_loss(chosen, target, reduction="none", beta=0.05)
-    m = mask.to(loss.dtype) * weight.view(-1, *([1] * (loss.dim() - 1)))
-    return (loss * m).sum() / mask.to(loss.dtype).sum().clamp(min=1.0)
-
-
 class TransformerActor:
     kind = "transformer"
 
     def __init__(self, policy, normalizer: Normalizer) -> None:
-        from vla.policy import require_control_actions
+        from vla.policy import require_control_actions, require_token_likelihood
 
         require_control_actions(policy, "the offline-RL transformer actor")
+        require_token_likelihood(policy, "the offline-RL transformer actor")
         self.policy = policy
         self.normalizer = normalizer
         tok = policy.action_tokenizer
@@ -82,15 +74,8 @@ class TransformerActor:
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The AWR loss of the transformer (``dtype`` is for MLP actors; the transformer runs
         in its own precision)."""
-        from vla.losses import weighted_bin_ce
-
-        x = batch.inputs
         self.policy.train()
-        logits, residuals = self.policy.model(x)
-        mask = x.action_mask[..., None].expand_as(x.action_bins)
-        ce = weighted_bin_ce(logits, x.action_bins, mask, weights)
-        res = _weighted_residual(residuals, x.action_bins, x.action_residual, mask, weights)
-        return ce + self.policy.config.residual_weight * res
+        return self.policy.weighted_loss(batch.inputs, weights)
 
     @torch.no_grad()
     def sample(self, inputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,24 +136,17 @@ class EpisodeInputs:
                                  "pass the directory the dataset was exported from with --episodes")
 
     def batch(self, indices: np.ndarray, next_state: bool = False):
-        from vla.inputs import PolicyInputs, pad_commands
+        from vla.inputs import collate
 
         rows = self.rows[np.asarray(indices, dtype=np.int64)]
         eps = [self.eps[e] for e in rows[:, 0]]
         steps = rows[:, 1] + int(next_state)
         last = [len(ep["bins"]) - 1 for ep in eps]
         label = np.minimum(steps, last)  # targets / frames at s_T: the last recorded ones
-        pad = self.policy.layout.special("<pad>")
-        command, cmask = pad_commands([ep["command"] for ep in eps], pad, self.policy.config.max_command_tokens)
-        frames = None
-        if self.policy.config.cameras:
-            frames = torch.as_tensor(np.stack([ep["frames"][s] for ep, s in zip(eps, label)]))
-        return PolicyInputs(
-            frames=frames,
-            ego=torch.as_tensor(np.stack([ep["ego"][s] for ep, s in zip(eps, steps)])),
-            actors=torch.as_tensor(np.stack([ep["actors"][s] for ep, s in zip(eps, steps)])),
-            command=torch.as_tensor(command), command_mask=torch.as_tensor(cmask),
-            action_bins=torch.as_tensor(np.stack([ep["bins"][s] for ep, s in zip(eps, label)])),
-            action_residual=torch.as_tensor(np.stack([ep["residual"][s] for ep, s in zip(eps, label)])),
-            action_mask=torch.as_tensor(np.stack([ep["mask"][s] for ep, s in zip(eps, label)])),
-        )
+        frames = [ep["frames"][s] for ep, s in zip(eps, label)] if self.policy.config.cameras else None
+        return collate([ep["ego"][s] for ep, s in zip(eps, steps)], [ep["actors"][s] for ep, s in zip(eps, steps)],
+                       [ep["command"] for ep in eps], self.policy.layout.special("<pad>"),
+                       self.policy.config.max_command_tokens, frames=frames,
+                       action_bins=[ep["bins"][s] for ep, s in zip(eps, label)],
+                       action_residual=[ep["residual"][s] for ep, s in zip(eps, label)],
+                       action_mask=[ep["mask"][s] for ep, s in zip(eps, label)])

@@ -5,7 +5,7 @@ Data: pairs made by ``policies.pairs`` (context x, chosen chunk y_w, rejected ch
 ``PairBatch`` stacks the chosen rows then the rejected rows into ONE ``PolicyInputs`` of 2B rows
 (the context repeated), so a single teacher-forced forward pass of ``policy.model`` scores both
 (``policy_logprob``: bin log-probabilities plus the residual term of
-``policies.preference_losses.chunk_logprob``). The reference's log-probabilities are computed
+``VLAPolicy.chunk_log_prob``). The reference's log-probabilities are computed
 once before training (``reference_logps``) and travel with the batch; the reference network is
 kept only to measure the KL on held-out pairs.
 
@@ -33,10 +33,9 @@ from policies.preference_losses import (
     PreferenceLogps,
     average_logps,
     check_loss,
-    chunk_logprob,
     log_odds,
 )
-from vla.inputs import PolicyInputs
+from vla.inputs import PolicyInputs, collate
 
 
 @dataclass(frozen=True)
@@ -85,19 +84,13 @@ class PairDataset:
         def side(name: str) -> np.ndarray:
             return np.concatenate([a[f"chosen_{name}"][i], a[f"rejected_{name}"][i]])
 
-        pad = self.policy.layout.special("<pad>")
-        length = max(1, int(a["command_mask"][i].sum(1).max(initial=0)))
-        command = np.where(a["command_mask"][both][:, :length], a["command"][both][:, :length], pad)
-        inputs = PolicyInputs(
-            frames=torch.as_tensor(a["frames"][both]) if self.policy.config.cameras else None,
-            ego=torch.as_tensor(a["ego"][both]),
-            actors=torch.as_tensor(a["actors"][both]),
-            command=torch.as_tensor(command.astype(np.int64)),
-            command_mask=torch.as_tensor(a["command_mask"][both][:, :length]),
-            action_bins=torch.as_tensor(np.concatenate([self._bins[i, 0], self._bins[i, 1]])),
-            action_residual=torch.as_tensor(np.concatenate([self._res[i, 0], self._res[i, 1]])),
-            action_mask=torch.as_tensor(side("mask")),
-        )
+        inputs = collate(a["ego"][both], a["actors"][both],
+                         [cmd[m] for cmd, m in zip(a["command"][both], a["command_mask"][both])],
+                         self.policy.layout.special("<pad>"), self.policy.config.max_command_tokens,
+                         frames=a["frames"][both] if self.policy.config.cameras else None,
+                         action_bins=np.concatenate([self._bins[i, 0], self._bins[i, 1]]),
+                         action_residual=np.concatenate([self._res[i, 0], self._res[i, 1]]),
+                         action_mask=side("mask"))
         ref = None
         if self.ref_logp is not None:
             ref = torch.as_tensor(np.concatenate([self.ref_logp[i, 0], self.ref_logp[i, 1]]).astype(np.float32))
@@ -114,10 +107,8 @@ def split_by_seed(seeds: np.ndarray, heldout_fraction: float) -> tuple[np.ndarra
 
 
 def policy_logprob(policy, inputs: PolicyInputs, residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) teacher-forced log pi(chunk | context) and (B,) token counts (``chunk_logprob``)."""
-    logits, residuals = policy.model(inputs)
-    return chunk_logprob(logits, residuals, inputs.action_bins, inputs.action_residual,
-                         inputs.action_mask, residual_scale)
+    """(B,) teacher-forced log pi(chunk | context) and (B,) token counts (the policy's head)."""
+    return policy.chunk_log_prob(inputs, residual_scale)
 
 
 @torch.no_grad()
@@ -183,9 +174,10 @@ class DPOMethod:
 
     def __init__(self, policy, config: DPOConfig = DPOConfig(), reference=None,
                  heldout: PairDataset | None = None) -> None:
-        from vla.policy import require_control_actions
+        from vla.policy import require_control_actions, require_token_likelihood
 
         require_control_actions(policy, "DPO")
+        require_token_likelihood(policy, "DPO")
         self.policy, self.config, self.reference, self.heldout = policy, config, reference, heldout
         if reference is not None:
             reference.eval()
@@ -246,8 +238,8 @@ class DPOMethod:
         return {f"heldout_{k}": v / n for k, v in sums.items()} | {"heldout_pairs": float(n)}
 
     def _kl(self, inputs: PolicyInputs) -> torch.Tensor:
-        logp = torch.log_softmax(self.policy.model(inputs)[0].float(), -1)
-        ref = torch.log_softmax(self.reference.model(inputs)[0].float(), -1)
+        logp = torch.log_softmax(self.policy.chunk_logits(inputs).float(), -1)
+        ref = torch.log_softmax(self.reference.chunk_logits(inputs).float(), -1)
         kl = (logp.exp() * (logp - ref)).sum(-1)  # (B, H, D)
         return (kl * inputs.action_mask[..., None]).flatten(1).sum(1).mean()
 

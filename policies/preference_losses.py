@@ -1,18 +1,11 @@
 """Preference losses as small pure functions, picked by name from ``PREFERENCE_LOSSES``.
 
-Trajectory log-probability (``chunk_logprob``)
-----------------------------------------------
-The policy emits an action chunk as H*D tokens (a bin per step and dimension) plus an in-bin
-residual for each (``vla.model``). The log-probability of a chunk y = (bins b, residuals r)
-given the context x, teacher-forced, is
-
-    log pi(y | x) = sum_{h,d} [ log softmax(logits_{h,d})[b_{h,d}]  -  |r_{h,d} - r^_{h,d}(b)| / s ]
-
-where r^(b) is the residual the policy predicts for the TARGET bin and s (``residual_scale``,
-in bin widths) the fixed scale of a Laplace density on the residual. The Laplace normalizer
-``-log(2 s)`` is dropped: it is a constant that cancels in every difference the DPO-family
-losses take, and without it every per-token term is <= 0, so exp(average) is a probability in
-(0, 1] as ORPO's odds need. Steps past an episode's end (mask False) count nothing.
+Trajectory log-probability
+--------------------------
+A chunk's log-probability log pi(y | x) comes from the policy's action head
+(``VLAPolicy.chunk_log_prob``; for the binned head ``vla.losses.chunk_log_prob``: bin log-softmax
+plus a Laplace term on the in-bin residual, its normalizer dropped so that every per-token term
+is <= 0 and exp(average) is a probability, as ORPO's odds need).
 
 Losses, per pair, with h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))
 ---------------------------------------------------------------------------------------
@@ -49,24 +42,6 @@ class PreferenceLogps:
     ref_rejected: torch.Tensor | None = None  # (B,) log ref(y_l | x)
     tokens_chosen: torch.Tensor | None = None  # (B,) valid action tokens of y_w (ORPO's average)
     tokens_rejected: torch.Tensor | None = None  # (B,) valid action tokens of y_l
-
-
-def chunk_logprob(logits: torch.Tensor, residuals: torch.Tensor, bins: torch.Tensor,
-                  residual_target: torch.Tensor, mask: torch.Tensor,
-                  residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced chunk log-probability (see the module docstring).
-
-    logits, residuals: (B, H, D, n_bins) from ``policy.model(inputs)``; bins: (B, H, D) int64;
-    residual_target: (B, H, D) in [-0.5, 0.5]; mask: (B, H) bool. Returns ((B,) log-prob,
-    (B,) number of valid tokens)."""
-    if residual_scale <= 0:
-        raise ValueError(f"residual_scale must be > 0, got {residual_scale}")
-    token_mask = mask[..., None].expand_as(bins).to(logits.dtype)
-    bin_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, bins[..., None])[..., 0]
-    predicted = residuals.float().gather(-1, bins[..., None])[..., 0]
-    residual_logp = -(residual_target.float() - predicted).abs() / residual_scale
-    per_token = (bin_logp + residual_logp) * token_mask
-    return per_token.flatten(1).sum(1), token_mask.flatten(1).sum(1)
 
 
 def _log_ratio_margin(x: PreferenceLogps) -> torch.Tensor:

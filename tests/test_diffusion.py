@@ -233,3 +233,18 @@ def test_bench_prints_one_json_line(episodes, tmp_path, capsys):
     assert code == 0 and [(r["steps"], r["noise"]) for r in result["closed_loop"]] == [(2, 1.0), (2, 0.0)]
     assert {"collision_rate", "progress_mean", "jerk_long_p95", "jerk_lat_p95",
             "comfort_fraction"} <= set(result["closed_loop"][0])
+
+
+def test_methods_that_need_a_token_likelihood_refuse_the_diffusion_head():
+    """DPO and the offline-RL transformer actor read the chunk's token likelihood; the diffusion
+    head has none, so they refuse it by name instead of training something that is never read."""
+    from policies.dpo import DPOConfig, DPOMethod
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=2, cameras=False, head="diffusion")
+    policy = VLAPolicy(cfg, default_action_tokenizer(16))
+    with pytest.raises(ValueError, match="token likelihood.*head 'diffusion'"):
+        DPOMethod(policy, DPOConfig(), reference=policy)
+    with pytest.raises(ValueError, match="head 'diffusion' has none"):
+        policy.chunk_log_prob(None, 0.5)

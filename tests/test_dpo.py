@@ -20,11 +20,11 @@ from policies.dpo import (
     split_by_seed,
 )
 from policies.pairs import PairConfig, PairMaker
+from vla.losses import chunk_log_prob
 from policies.preference_losses import (
     PREFERENCE_LOSSES,
     PreferenceLogps,
     check_loss,
-    chunk_logprob,
 )
 from policies.reward_model import BestOfNPolicy, ScorerConfig, TrajectoryScorer
 from sim.highway import EmbeddedDrivingEnv
@@ -89,7 +89,7 @@ def test_ipo_cdpo_orpo_match_hand_computed_values():
     assert PREFERENCE_LOSSES["orpo"](x, beta, 0.0).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_chunk_logprob_hand_computed():
+def test_chunk_log_prob_hand_computed():
     logits = torch.zeros(1, 2, 2, 4)
     logits[0, 0, 0, 1] = math.log(3.0)  # p(bin 1) = 3/6 at (step 0, accel)
     residuals = torch.zeros(1, 2, 2, 4)
@@ -97,7 +97,7 @@ def test_chunk_logprob_hand_computed():
     bins = torch.tensor([[[1, 0], [2, 3]]])
     target = torch.tensor([[[0.3, 0.0], [0.0, 0.0]]])
     mask = torch.tensor([[True, False]])  # the second step is past the end
-    lp, n = chunk_logprob(logits, residuals, bins, target, mask, residual_scale=0.5)
+    lp, n = chunk_log_prob(logits, residuals, bins, target, mask, residual_scale=0.5)
     expected = math.log(0.5) - 0.2 / 0.5 + math.log(0.25)
     assert lp.item() == pytest.approx(expected, rel=1e-6) and n.item() == 2
 

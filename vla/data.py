@@ -41,7 +41,7 @@ from sim.interface import EGO
 from sim.plan import goal_plan_labels, plan_labels
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
-from vla.inputs import PolicyInputs, pad_commands
+from vla.inputs import PolicyInputs, collate
 
 
 RELABELLED_SCENARIOS = ("highway",)
@@ -204,17 +204,7 @@ class DemoDataset:
             else:  # the expert under goal g (see goal_mask)
                 bins.append(ep.goal_bins[s, g]), residual.append(ep.goal_residual[s, g])
                 mask.append(ep.goal_mask[s, g])
-        command, cmask = pad_commands(commands, pad, self.policy.config.max_command_tokens)
-        frames = None
-        if self.policy.config.cameras:
-            frames = torch.as_tensor(np.stack([ep.frames[s] for ep, s in zip(eps, steps)]))
-        return PolicyInputs(
-            frames=frames,
-            ego=torch.as_tensor(np.stack([ep.ego[s] for ep, s in zip(eps, steps)])),
-            actors=torch.as_tensor(np.stack([ep.actors[s] for ep, s in zip(eps, steps)])),
-            command=torch.as_tensor(command),
-            command_mask=torch.as_tensor(cmask),
-            action_bins=torch.as_tensor(np.stack(bins)),
-            action_residual=torch.as_tensor(np.stack(residual)),
-            action_mask=torch.as_tensor(np.stack(mask)),
-        )
+        frames = [ep.frames[s] for ep, s in zip(eps, steps)] if self.policy.config.cameras else None
+        return collate([ep.ego[s] for ep, s in zip(eps, steps)], [ep.actors[s] for ep, s in zip(eps, steps)],
+                       commands, pad, self.policy.config.max_command_tokens, frames=frames,
+                       action_bins=bins, action_residual=residual, action_mask=mask)

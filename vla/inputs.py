@@ -20,7 +20,7 @@ Per sample (one decision step):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -157,3 +157,21 @@ def pad_commands(commands: list[np.ndarray], pad_id: int, max_len: int) -> tuple
         out[i, : len(c)] = c
         mask[i, : len(c)] = True
     return out, mask
+
+
+def collate(ego: Sequence[np.ndarray], actors: Sequence[np.ndarray], commands: Sequence[np.ndarray],
+            pad_id: int, max_command_tokens: int, frames: Sequence[np.ndarray] | None = None,
+            action_bins: Sequence[np.ndarray] | None = None, action_residual: Sequence[np.ndarray] | None = None,
+            action_mask: Sequence[np.ndarray] | None = None) -> PolicyInputs:
+    """Per-sample arrays -> one ``PolicyInputs`` batch: the one place batches are assembled (the
+    dataset, the policy's own observations, preference pairs, the offline-RL actor). Commands are
+    vocabulary id sequences of any length, right-padded here (``pad_commands``)."""
+    command, mask = pad_commands(list(commands), pad_id, max_command_tokens)
+
+    def stacked(rows):
+        return None if rows is None else torch.as_tensor(np.stack(list(rows)))
+
+    return PolicyInputs(frames=stacked(frames), ego=stacked(ego), actors=stacked(actors),
+                        command=torch.as_tensor(command), command_mask=torch.as_tensor(mask),
+                        action_bins=stacked(action_bins), action_residual=stacked(action_residual),
+                        action_mask=stacked(action_mask))

@@ -43,8 +43,8 @@ from tokenizers_mm.text import encode as encode_text
 from tokenizers_mm.vocab import VocabLayout
 from vla.config import PolicyConfig
 from vla.diffusion_head import EMA, diffusion_loss, diffusion_predict
-from vla.inputs import OBSERVATIONS, PolicyInputs, pad_commands
-from vla.losses import ACTION_LOSSES
+from vla.inputs import OBSERVATIONS, PolicyInputs, collate
+from vla.losses import ACTION_LOSSES, chunk_log_prob
 from vla.model import VLAModel
 
 FORMAT_VERSION = 1
@@ -81,6 +81,15 @@ def require_control_actions(policy, what: str) -> None:
                          f"{action!r} (PolicyConfig.action). Train a --action control policy for it.")
 
 
+def require_token_likelihood(policy, what: str) -> None:
+    """A clear error for methods that need the chunk's token likelihood (DPO, the offline-RL
+    transformer actor) when the policy's action head has none (the diffusion head)."""
+    head = getattr(getattr(policy, "config", None), "head", "bins")
+    if not POLICY_HEADS[head].likelihood:
+        raise ValueError(f"{what} needs the action head's token likelihood; policy {getattr(policy, 'name', '')!r} "
+                         f"has head {head!r}, which has none. Train a --head bins policy for it.")
+
+
 def make_layout(config: PolicyConfig) -> VocabLayout:
     return VocabLayout(ipa_symbols=INVENTORY.symbols, action_bins=(config.n_bins, config.n_bins))
 
@@ -105,9 +114,40 @@ def bins_predict(policy: VLAPolicy, model: VLAModel, inputs: PolicyInputs, tempe
     return policy.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.cpu().numpy())
 
 
+def bins_log_prob(policy: VLAPolicy, batch: PolicyInputs, residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) teacher-forced log-probability of the batch's chunks and (B,) their valid tokens."""
+    logits, residuals = policy.model(batch)
+    return chunk_log_prob(logits, residuals, batch.action_bins, batch.action_residual, batch.action_mask,
+                          residual_scale)
+
+
+def bins_weighted_loss(policy: VLAPolicy, batch: PolicyInputs, weights: torch.Tensor) -> torch.Tensor:
+    """Per-sample weighted bin CE + residual loss (advantage-weighted regression for IQL)."""
+    logits, residuals = policy.model(batch)
+    mask = batch.action_mask[..., None].expand_as(batch.action_bins)
+    ce = ACTION_LOSSES["weighted_bin_ce"](logits, batch.action_bins, mask, weights)
+    res = ACTION_LOSSES["weighted_residual"](residuals, batch.action_bins, batch.action_residual, mask, weights)
+    return ce + policy.config.residual_weight * res
+
+
+def bins_logits(policy: VLAPolicy, batch: PolicyInputs) -> torch.Tensor:
+    """(B, H, D, n_bins) teacher-forced bin logits (e.g. the KL between a policy and its reference)."""
+    return policy.model(batch)[0]
+
+
+def _no_likelihood(what: str) -> Callable[..., object]:
+    def refuse(policy: VLAPolicy, *args, **kwargs):
+        raise ValueError(f"{what} needs a token likelihood; action head {policy.config.head!r} has none "
+                         "(train the policy with --head bins)")
+    return refuse
+
+
 @dataclass(frozen=True)
 class PolicyHead:
-    """How one action head trains and predicts (``PolicyConfig.head`` picks it)."""
+    """How one action head trains and predicts (``PolicyConfig.head`` picks it). Every training
+    method goes through these: BC (``loss``), DPO and its kin (``log_prob``, ``logits``), the
+    offline-RL transformer actor (``weighted_loss``), best-of-N and evaluation (``predict``). A
+    head without a token likelihood refuses the methods that need one, by name."""
 
     loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
     """(policy, batch) -> (loss, logs)."""
@@ -115,10 +155,19 @@ class PolicyHead:
     """(policy, model, inputs, temperature, generator) -> (B, H, 2) physical actions."""
     ema: bool
     """Keep an EMA of the weights for inference (when PolicyConfig.ema_decay > 0)."""
+    log_prob: Callable[..., tuple[torch.Tensor, torch.Tensor]] = _no_likelihood("a chunk log-probability")
+    """(policy, batch, residual_scale) -> ((B,) log pi(chunk | inputs), (B,) valid tokens)."""
+    weighted_loss: Callable[..., torch.Tensor] = _no_likelihood("a weighted likelihood loss")
+    """(policy, batch, weights (B,)) -> scalar loss."""
+    logits: Callable[..., torch.Tensor] = _no_likelihood("token logits")
+    """(policy, batch) -> (B, H, D, n_bins) teacher-forced bin logits."""
+    likelihood: bool = False
+    """Whether ``log_prob`` / ``weighted_loss`` / ``logits`` exist (else they refuse by name)."""
 
 
 POLICY_HEADS = {
-    "bins": PolicyHead(bins_loss, bins_predict, ema=False),
+    "bins": PolicyHead(bins_loss, bins_predict, ema=False, log_prob=bins_log_prob, weighted_loss=bins_weighted_loss,
+                       logits=bins_logits, likelihood=True),
     "diffusion": PolicyHead(diffusion_loss, diffusion_predict, ema=True),
 }
 
@@ -209,20 +258,29 @@ class VLAPolicy(torch.nn.Module):
         if self.config.cameras:
             if "cameras" not in obs:
                 raise ValueError("this policy reads cameras: build the env with cameras=policy.rig")
-            frames = torch.as_tensor(np.asarray(obs["cameras"]))[None]
-        command, mask = pad_commands([self._command], self.layout.special("<pad>"), self.config.max_command_tokens)
-        return PolicyInputs(
-            frames=frames,
-            ego=torch.as_tensor(self.observation.ego_features(ego, self._start_lane))[None],
-            actors=torch.as_tensor(self.observation.actor_features(ego, np.asarray(obs["actors"], dtype=np.float64)))[None],
-            command=torch.as_tensor(command),
-            command_mask=torch.as_tensor(mask),
-        )
+            frames = np.asarray(obs["cameras"])
+        return collate([self.observation.ego_features(ego, self._start_lane)],
+                       [self.observation.actor_features(ego, np.asarray(obs["actors"], dtype=np.float64))],
+                       [self._command], self.layout.special("<pad>"), self.config.max_command_tokens,
+                       frames=None if frames is None else [frames])
 
     # ------------------------------------------------------------------ the interface
     def compute_loss(self, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
         """The head's training loss (bins: CE + residual; diffusion: noise-prediction MSE)."""
         return self.head.loss(self, batch)
+
+    def chunk_log_prob(self, batch: PolicyInputs, residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) teacher-forced log pi(chunk | inputs) of the batch's target chunks and (B,) their
+        valid tokens, from the action head (ValueError for a head without a likelihood)."""
+        return self.head.log_prob(self, batch, residual_scale)
+
+    def weighted_loss(self, batch: PolicyInputs, weights: torch.Tensor) -> torch.Tensor:
+        """The head's likelihood loss with per-sample ``weights`` (B,)."""
+        return self.head.weighted_loss(self, batch, weights)
+
+    def chunk_logits(self, batch: PolicyInputs) -> torch.Tensor:
+        """(B, H, D, n_bins) teacher-forced token logits of the head."""
+        return self.head.logits(self, batch)
 
     @torch.no_grad()
     def predict_chunk_batch(self, inputs: PolicyInputs, temperature: float = 0.0,
