@@ -78,10 +78,6 @@ def _worker(args: tuple[RolloutSpec, int]) -> Episode:
     return _run(spec, seed, _WORKER_CACHE)
 
 
-def default_workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
-
-
 class RolloutPool:
     """Worker processes kept for a whole session (starting one costs seconds: it imports torch,
     transformers and the simulator). ``workers <= 1`` runs in-process."""
@@ -125,13 +121,6 @@ class RolloutPool:
         if self._cache.get("key") != spec:
             self._cache = {"key": spec}
         return self._cache
-
-
-def run_episodes(spec: RolloutSpec, seeds: Sequence[int], workers: int = 1,
-                 on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
-    """One-off ``RolloutPool(workers).run(...)``."""
-    with RolloutPool(workers) as pool:
-        return pool.run(spec, seeds, on_episode)
 
 
 def _die_with_parent() -> None:
