@@ -368,3 +368,46 @@ def test_execution_defaults_follow_the_action_space():
     saved = plan.to_dict()
     del saved["replan_every"]
     assert PolicyConfig.from_dict(saved).replan_period == 1
+
+
+def test_actor_forecast_targets_follow_each_token_s_car_by_id():
+    """The forecasting targets: where the car behind each actor token is 1 and 2 s later, in the
+    ego's lane frame at t (scaled), matched by actor id; masked once that car is gone."""
+    from sim.interface import ACTOR_FIELDS, EGO_FIELDS, MAX_ACTORS
+    from vla.inputs import FORECAST_SCALE, actor_forecasts
+
+    steps = 31
+    ego = np.zeros((steps, len(EGO_FIELDS)))
+    ego[:, EGO_FIELDS.index("x")] = 25.0 * 0.1 * np.arange(steps)
+    actors = np.zeros((steps, MAX_ACTORS, len(ACTOR_FIELDS)))
+    col = {n: ACTOR_FIELDS.index(n) for n in ACTOR_FIELDS}
+    for t in range(steps):
+        # row order shuffled over time: the match must be by id, not by row
+        a, b = (0, 1) if t % 2 else (1, 0)
+        actors[t, a, [col["present"], col["id"], col["x"], col["y"], col["speed"]]] = [1, 7, 30 + 2.0 * t, 4.0, 20]
+        if t < 15:  # the second car leaves the scene after 1.4 s
+            actors[t, b, [col["present"], col["id"], col["x"], col["y"], col["speed"]]] = [1, 9, 5.0, 0.0, 0]
+    target, mask = actor_forecasts(ego, actors, k=8, steps=steps - 1)
+    assert target.shape == (30, 8, 2, 2) and mask.shape == (30, 8, 2)
+    # at t = 0 the parked car (id 9, 5 m ahead) is nearest, then the moving one (id 7)
+    assert mask[0, 0].tolist() == [True, False]  # id 9 seen at 1 s, gone at 2 s
+    np.testing.assert_allclose(target[0, 0, 0], [0.0, 0.0])
+    np.testing.assert_allclose(target[0, 1, 0] * FORECAST_SCALE, [20.0, 0.0])  # 2 m per step for 10 steps
+    np.testing.assert_allclose(target[0, 1, 1] * FORECAST_SCALE, [40.0, 0.0])
+    assert not mask[25].any()  # beyond the episode's end nothing is known
+    assert not mask[:, 2:].any()  # absent tokens
+
+
+def test_a_forecasting_policy_trains_its_head_on_recorded_episodes(episodes):
+    policy = make_policy(episodes, cameras=False, observation="lane_frame", forecast_weight=0.5)
+    data = DemoDataset(policy)
+    for ep in episodes:
+        data.add_episode(ep)
+    batch = data.batch(np.arange(min(16, len(data))))
+    assert batch.actor_future.shape == (batch.batch_size, 8, 2, 2)
+    loss, logs = policy.compute_loss(batch)
+    assert "forecast" in logs and np.isfinite(logs["forecast"])
+    loss.backward()
+    assert policy.model.forecast_head.weight.grad.abs().sum() > 0
+    plain = make_policy(episodes, cameras=False, observation="lane_frame")
+    assert plain.model.forecast_head is None and "forecast" not in plain.compute_loss(data.batch(np.arange(4)))[1]

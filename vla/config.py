@@ -49,6 +49,9 @@ class PolicyConfig:
     """Features of the ego and actor tokens (``vla.inputs.OBSERVATIONS``): 'ego_frame' = actors as
     offsets in the ego's body frame; 'lane_frame' = actors along / across the ego's lane with
     inverse gap and closing rate."""
+    forecast_weight: float = 0.0
+    """Weight of an auxiliary loss (PlanT's) that predicts from each actor token where that car
+    will be in 1 and 2 s (``vla.inputs.actor_forecasts``); 0 = no forecasting head."""
     cameras: bool = True
     """Read the 6-camera surround rig; False = state tokens only (a faster, blind policy)."""
     camera_width: int = 96
@@ -127,6 +130,8 @@ class PolicyConfig:
                              "of even size")
         if self.n_bins < 2:
             raise ValueError(f"PolicyConfig.n_bins must be >= 2, got {self.n_bins}")
+        if not 0.0 <= float(self.forecast_weight) < float("inf"):
+            raise ValueError(f"PolicyConfig.forecast_weight must be a finite number >= 0, got {self.forecast_weight}")
         if self.mlp_ratio <= 0 or self.residual_weight < 0 or not 0 <= float(self.ensemble_decay or 0) < float("inf"):
             raise ValueError("PolicyConfig.mlp_ratio must be > 0, residual_weight and ensemble_decay >= 0")
         if self.camera_width % self.camera_patch or self.camera_height % self.camera_patch:

@@ -41,7 +41,7 @@ from sim.interface import EGO
 from sim.plan import goal_plan_labels, plan_labels
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
-from vla.inputs import PolicyInputs, collate
+from vla.inputs import PolicyInputs, actor_forecasts, collate
 
 
 RELABELLED_SCENARIOS = ("highway",)
@@ -64,6 +64,8 @@ class _EpisodeArrays:
     goal_residual: np.ndarray | None = None  # (T, G, H, D) float32
     goal_valid: np.ndarray | None = None  # (T, G) bool: a counterfactual sample exists
     goal_mask: np.ndarray | None = None  # (T, G, H) bool: its known chunk steps / waypoints
+    forecast: np.ndarray | None = None  # (T, K, F, 2) float32: the actor tokens' cars later (forecast_weight > 0)
+    forecast_mask: np.ndarray | None = None  # (T, K, F) bool
 
 
 def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeArrays:
@@ -120,6 +122,9 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         goal_mask[..., 0] = True  # only the first action: the expert's later ones were never simulated
     start_lane = float(ep.ego[0, EGO["lane_id"]])
     ego, actors = policy.observation.episode(ep.ego[:t], ep.actors[:t], start_lane)
+    forecast = forecast_mask = None
+    if policy.config.forecast_weight > 0:
+        forecast, forecast_mask = actor_forecasts(ep.ego, ep.actors, policy.observation.actors, t)
     frames = None
     if policy.config.cameras:
         if ep.frames is None:
@@ -129,6 +134,8 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         frames=frames,
         ego=ego,
         actors=actors,
+        forecast=forecast,
+        forecast_mask=forecast_mask,
         command=policy.encode_command(ep.goal.command, ep.goal.lang),
         label=ep.goal.label,
         goal_bins=goal_bins,
@@ -205,6 +212,11 @@ class DemoDataset:
                 bins.append(ep.goal_bins[s, g]), residual.append(ep.goal_residual[s, g])
                 mask.append(ep.goal_mask[s, g])
         frames = [ep.frames[s] for ep, s in zip(eps, steps)] if self.policy.config.cameras else None
+        forecast = forecast_mask = None
+        if self.policy.config.forecast_weight > 0:
+            forecast = [ep.forecast[s] for ep, s in zip(eps, steps)]
+            forecast_mask = [ep.forecast_mask[s] for ep, s in zip(eps, steps)]
         return collate([ep.ego[s] for ep, s in zip(eps, steps)], [ep.actors[s] for ep, s in zip(eps, steps)],
                        commands, pad, self.policy.config.max_command_tokens, frames=frames,
-                       action_bins=bins, action_residual=residual, action_mask=mask)
+                       action_bins=bins, action_residual=residual, action_mask=mask,
+                       actor_future=forecast, actor_future_mask=forecast_mask)

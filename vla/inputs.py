@@ -47,14 +47,21 @@ BUMPERS = 5.0
 """m between the centres of two cars whose bumpers touch (two 5 m cars)."""
 
 
+def nearest_actor_rows(ego: np.ndarray, actors: np.ndarray, k: int) -> np.ndarray:
+    """Indices into ``actors`` (MAX_ACTORS rows) of the ``k`` nearest present actors, nearest
+    first: the order of the actor tokens of every ``Observation``."""
+    present = np.flatnonzero(actors[:, ACTOR["present"]] > 0.5)
+    d = np.hypot(actors[present, ACTOR["x"]] - ego[EGO["x"]], actors[present, ACTOR["y"]] - ego[EGO["y"]])
+    return present[np.argsort(d, kind="stable")][:k]
+
+
 def lane_frame_actor_rows(ego: np.ndarray, actors: np.ndarray, k: int = STATE_ACTORS) -> np.ndarray:
     """(MAX_ACTORS, A) world rows -> (k, len(LANE_ACTOR_FIELDS)) rows in the ego's lane frame,
     nearest first, zero rows for absent actors."""
     from sim.plan import plan_frame, to_frame
 
     frame = plan_frame(ego)
-    present = actors[:, ACTOR["present"]] > 0.5
-    a = actors[present]
+    a = actors[nearest_actor_rows(ego, actors, k)]
     sd = to_frame(frame, a[:, [ACTOR["x"], ACTOR["y"]]])
     rel = a[:, ACTOR["yaw"]] - frame[2]
     ego_rel = ego[EGO["lane_heading_error"]]
@@ -65,9 +72,6 @@ def lane_frame_actor_rows(ego: np.ndarray, actors: np.ndarray, k: int = STATE_AC
     rows = np.stack([np.ones(len(a)), sd[:, 0], sd[:, 1], np.cos(rel), np.sin(rel), dvs, dvd,
                      a[:, ACTOR["length"]], a[:, ACTOR["width"]], side / gap,
                      np.clip(-dvs * side / gap, -5.0, 5.0)], axis=-1)
-    ego_xy = np.array([ego[EGO["x"]], ego[EGO["y"]]])
-    dist = np.hypot(*(a[:, [ACTOR["x"], ACTOR["y"]]] - ego_xy).T) if len(a) else np.zeros(0)
-    rows = rows[np.argsort(dist, kind="stable")][:k]
     out = np.zeros((k, len(LANE_ACTOR_FIELDS)), dtype=np.float32)
     out[: len(rows)] = rows
     return out
@@ -130,6 +134,8 @@ class PolicyInputs:
     action_bins: torch.Tensor | None = None  # (B, H, D) int64 target bins
     action_residual: torch.Tensor | None = None  # (B, H, D) float32 target residuals in [-0.5, 0.5]
     action_mask: torch.Tensor | None = None  # (B, H) bool, False past the episode's end
+    actor_future: torch.Tensor | None = None  # (B, K, F, 2) float32 scaled displacement of each actor token's car
+    actor_future_mask: torch.Tensor | None = None  # (B, K, F) bool, True where that car is still seen
 
     @property
     def batch_size(self) -> int:
@@ -162,7 +168,8 @@ def pad_commands(commands: list[np.ndarray], pad_id: int, max_len: int) -> tuple
 def collate(ego: Sequence[np.ndarray], actors: Sequence[np.ndarray], commands: Sequence[np.ndarray],
             pad_id: int, max_command_tokens: int, frames: Sequence[np.ndarray] | None = None,
             action_bins: Sequence[np.ndarray] | None = None, action_residual: Sequence[np.ndarray] | None = None,
-            action_mask: Sequence[np.ndarray] | None = None) -> PolicyInputs:
+            action_mask: Sequence[np.ndarray] | None = None, actor_future: Sequence[np.ndarray] | None = None,
+            actor_future_mask: Sequence[np.ndarray] | None = None) -> PolicyInputs:
     """Per-sample arrays -> one ``PolicyInputs`` batch: the one place batches are assembled (the
     dataset, the policy's own observations, preference pairs, the offline-RL actor). Commands are
     vocabulary id sequences of any length, right-padded here (``pad_commands``)."""
@@ -174,4 +181,45 @@ def collate(ego: Sequence[np.ndarray], actors: Sequence[np.ndarray], commands: S
     return PolicyInputs(frames=stacked(frames), ego=stacked(ego), actors=stacked(actors),
                         command=torch.as_tensor(command), command_mask=torch.as_tensor(mask),
                         action_bins=stacked(action_bins), action_residual=stacked(action_residual),
-                        action_mask=stacked(action_mask))
+                        action_mask=stacked(action_mask), actor_future=stacked(actor_future),
+                        actor_future_mask=stacked(actor_future_mask))
+
+
+FORECAST_STEPS = (10, 20)
+"""Simulator steps ahead (1 s, 2 s) at which the auxiliary forecast predicts each actor."""
+FORECAST_SCALE = np.array([20.0, 4.0], dtype=np.float32)
+"""Metres along / across the ego's lane that scale a forecast displacement to about unit size."""
+
+
+def actor_forecasts(ego: np.ndarray, actors: np.ndarray, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """PlanT-style forecasting targets of an episode's first ``steps`` states: for each actor
+    token (the ``k`` nearest cars at s_t), where that car is ``FORECAST_STEPS`` later, as the
+    displacement from where it is now in the ego's lane frame at t (``sim.plan.plan_frame``),
+    divided by ``FORECAST_SCALE``. Returns ((T, k, F, 2) float32, (T, k, F) bool mask: the car
+    is still reported then). ``ego`` / ``actors`` hold the episode's T + 1 recorded states."""
+    from sim.plan import plan_frame, to_frame
+
+    f = len(FORECAST_STEPS)
+    out = np.zeros((steps, k, f, 2), dtype=np.float32)
+    mask = np.zeros((steps, k, f), dtype=bool)
+    xy = [ACTOR["x"], ACTOR["y"]]
+    last = len(ego) - 1
+    for t in range(steps):
+        rows = nearest_actor_rows(ego[t], actors[t], k)
+        if not len(rows):
+            continue
+        frame = plan_frame(ego[t])
+        now = to_frame(frame, actors[t][rows][:, xy])
+        ids = actors[t][rows, ACTOR["id"]]
+        for h, n in enumerate(FORECAST_STEPS):
+            if t + n > last:
+                break
+            later = actors[t + n]
+            seen = later[:, ACTOR["present"]] > 0.5
+            where = {float(i): r for r, i in enumerate(later[:, ACTOR["id"]]) if seen[r]}
+            for j, aid in enumerate(ids):
+                r = where.get(float(aid))
+                if r is not None:
+                    out[t, j, h] = (to_frame(frame, later[r, xy][None])[0] - now[j]) / FORECAST_SCALE
+                    mask[t, j, h] = True
+    return out, mask

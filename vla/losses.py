@@ -73,5 +73,12 @@ def chunk_log_prob(logits: torch.Tensor, residuals: torch.Tensor, bins: torch.Te
     return per_token.flatten(1).sum(1), token_mask.flatten(1).sum(1)
 
 
+def forecast_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 between predicted and recorded (scaled) actor displacements (B, K, F, 2), mean
+    over the (B, K, F) entries where the car was still seen (PlanT's auxiliary forecasting)."""
+    per = F.smooth_l1_loss(pred, target, reduction="none", beta=0.1).sum(-1)
+    return _masked_mean(per, mask)
+
+
 ACTION_LOSSES = {"bin_ce": bin_ce, "residual": residual_loss, "weighted_bin_ce": weighted_bin_ce,
-                 "weighted_residual": weighted_residual}
+                 "weighted_residual": weighted_residual, "forecast": forecast_loss}

@@ -43,7 +43,7 @@ from tokenizers_mm.camera import CameraTokenizer
 from tokenizers_mm.vocab import ACTION_DIMS, VocabLayout
 from vla import decoder
 from vla.config import PolicyConfig
-from vla.inputs import OBSERVATIONS, PolicyInputs
+from vla.inputs import FORECAST_STEPS, OBSERVATIONS, PolicyInputs
 
 SEGMENTS = ("camera", "pose", "ego", "actor", "command", "action")
 SEG = {name: i for i, name in enumerate(SEGMENTS)}
@@ -91,6 +91,9 @@ class VLAModel(nn.Module):
             from vla.diffusion_head import DiffusionHead
 
             self.diffusion_head = DiffusionHead(config)
+        self.forecast_head = None
+        if config.forecast_weight > 0:  # after everything else, for the same reason
+            self.forecast_head = nn.Linear(d, 2 * len(FORECAST_STEPS))
 
     @staticmethod
     def _backbone(config: PolicyConfig) -> LlamaModel:
@@ -150,6 +153,12 @@ class VLAModel(nn.Module):
     # ------------------------------------------------------------------ training
     def forward(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced action chunk: (bin logits, residuals per bin), each (B, H, D, n_bins)."""
+        logits, res, _ = self.forward_with_forecast(x)
+        return logits, res
+
+    def forward_with_forecast(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``forward`` plus, with a forecasting head, (B, K, F, 2) predicted displacements of the
+        actor tokens' cars read at their own positions (None without one)."""
         if x.action_bins is None:
             raise ValueError("forward needs target action bins (teacher forcing)")
         emb, mask = self.prefix(x)
@@ -157,11 +166,16 @@ class VLAModel(nn.Module):
         act = self.embed(tokens) + self.segment.weight[SEG["action"]]
         seq = torch.cat([emb, act], dim=1)
         full_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], dim=1)
-        h = self.run_backbone(seq, full_mask)
-        h = h[:, emb.shape[1] - 1:]  # positions predicting the H*D action tokens
+        h_all = self.run_backbone(seq, full_mask)
+        h = h_all[:, emb.shape[1] - 1:]  # positions predicting the H*D action tokens
         logits, res = self._heads(h)
         shape = (*x.action_bins.shape, self.config.n_bins)
-        return logits.view(shape), res.view(shape)
+        forecast = None
+        if self.forecast_head is not None:
+            first = (self.camera.tokens_per_step() if self.camera is not None else 0) + 1  # after the ego token
+            k = x.actors.shape[1]
+            forecast = self.forecast_head(h_all[:, first:first + k]).view(x.batch_size, k, len(FORECAST_STEPS), 2)
+        return logits.view(shape), res.view(shape), forecast
 
     def action_features(self, x: PolicyInputs) -> torch.Tensor:
         """(B, d) hidden state at the <action> token (the last prefix position): what the

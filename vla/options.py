@@ -27,6 +27,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                         "its lane with inverse gap and closing rate (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
+    p.add_argument("--forecast-weight", type=float, default=0.0, metavar="W",
+                   help="weight of the auxiliary loss that forecasts every actor token's car 1 and 2 s ahead "
+                        "(PlanT's); 0 = none (default: %(default)s)")
     p.add_argument("--replan-every", type=int, default=None, metavar="K",
                    help="predict a new chunk / plan every K steps only (ensemble / first execution); a plan's "
                         "tracker still runs every step (default: 1 for control chunks, 5 for plans)")
@@ -65,6 +68,7 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
                         observation=getattr(args, "observation", defaults.observation),
                         replan_every=getattr(args, "replan_every", defaults.replan_every),
+                        forecast_weight=getattr(args, "forecast_weight", defaults.forecast_weight),
                         action=action, execution=args.execution, head=head,
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),

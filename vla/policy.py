@@ -95,15 +95,23 @@ def make_layout(config: PolicyConfig) -> VocabLayout:
 
 
 def bins_loss(policy: VLAPolicy, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
-    """Bin cross-entropy + in-bin residual loss on the expert's action chunk."""
-    logits, residuals = policy.model(batch)
+    """Bin cross-entropy + in-bin residual loss on the expert's action chunk, plus
+    ``forecast_weight`` x the actor forecasting loss when the policy has that head."""
+    logits, residuals, forecast = policy.model.forward_with_forecast(batch)
     mask = batch.action_mask[..., None].expand_as(batch.action_bins)
     ce = ACTION_LOSSES["bin_ce"](logits, batch.action_bins, mask)
     res = ACTION_LOSSES["residual"](residuals, batch.action_bins, batch.action_residual, mask)
     loss = ce + policy.config.residual_weight * res
     with torch.no_grad():
         acc = ((logits.argmax(-1) == batch.action_bins) & mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"loss": loss.item(), "bin_ce": ce.item(), "residual": res.item(), "bin_acc": acc.item()}
+    logs = {"bin_ce": ce.item(), "residual": res.item(), "bin_acc": acc.item()}
+    if forecast is not None:
+        if batch.actor_future is None:
+            raise ValueError("this policy forecasts actors (forecast_weight > 0) but the batch has no actor_future")
+        fc = ACTION_LOSSES["forecast"](forecast, batch.actor_future, batch.actor_future_mask)
+        loss = loss + policy.config.forecast_weight * fc
+        logs["forecast"] = fc.item()
+    return loss, {"loss": loss.item(), **logs}
 
 
 @torch.no_grad()
