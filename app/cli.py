@@ -76,6 +76,7 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def _check_rollout(args: argparse.Namespace) -> None:
+    import offline_rl.policy  # noqa: F401  registers the offline-RL MLP checkpoint kind
     from vla.policies_registry import check_policy
 
     _check_common(args)

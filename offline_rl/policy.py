@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from offline_rl.networks import ACTORS
 from offline_rl.replay import Normalizer
 from sim.atomic import atomic_output
+from vla.policies_registry import register_checkpoint_kind
 
 KIND = "offline_rl_mlp"
 FORMAT_VERSION = 1
@@ -101,3 +102,6 @@ def load_mlp_policy(directory: str | Path) -> MLPPolicy:
                                 int(meta["n_hidden"]))
     net.load_state_dict(load_file(str(weights)))
     return MLPPolicy(net, Normalizer.from_dict(meta["normalizer"]), name=str(directory), meta=meta)
+
+
+register_checkpoint_kind(KIND, load_mlp_policy)  # vla eval / the rollout workers can load these now

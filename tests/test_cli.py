@@ -117,12 +117,12 @@ def test_a_path_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
 
 
 def test_keyboard_interrupt_exits_130(tmp_path, capsys, monkeypatch):
-    from app.commands import rollouts
+    from vla import evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rollouts, "run_episode", interrupted)
+    monkeypatch.setattr(evaluation, "run_episode", interrupted)
     out = tmp_path / "o"
     code, _, err = run(capsys, "eval", *LIGHT, "--episodes", "1", "--no-gif", "--out", str(out))
     assert code == 130 and "vla: interrupted" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from sim.rollout import ConstantPolicy
@@ -25,3 +26,24 @@ def test_by_name_in_workers_and_as_an_object_give_the_same_episodes(tmp_path):
     assert (tmp_path / "ev" / "episodes.csv").read_text().count("\n") == 3
     with pytest.raises(ValueError, match="at least one seed"):
         evaluate("constant", "highway", "light", [])
+
+
+def test_in_process_options_wrap_record_and_frames(tmp_path):
+    """What vla eval asks of it: a wrapper per episode, expert labels, one episode's frames
+    (a blind baseline gets the frames rig), every episode seen in order; the metrics are those
+    of the plain evaluation."""
+    from sim.cameras import default_rig
+
+    wrapped, seen = [], []
+
+    def wrap(policy, seed):
+        wrapped.append(seed)
+        return policy
+
+    rich = evaluate("constant", "highway", "light", [5, 6], wrap=wrap, record_expert=True, frames_episode=1,
+                    frames_rig=default_rig(32, 32), on_episode=lambda i, ep: seen.append((i, ep)))
+    plain = evaluate("constant", "highway", "light", [5, 6])
+    assert wrapped == [5, 6] and [i for i, _ in seen] == [0, 1]
+    assert seen[0][1].frames is None and seen[1][1].frames is not None and seen[1][1].frames.shape[1] == 6
+    assert not np.isnan(seen[0][1].expert_actions).any()
+    assert rich.metrics == plain.metrics

@@ -333,6 +333,31 @@ def test_mlp_checkpoint_loads_as_a_driving_policy(tmp_path):
     assert np.allclose(action, load_mlp_policy(tmp_path / "p").act(data.observations[:1])[0])
 
 
+def test_mlp_checkpoint_loads_in_rollout_workers(tmp_path):
+    """The kind's loader reaches spawned workers, which never imported offline_rl themselves."""
+    from vla.parallel import RolloutPool, RolloutSpec
+
+    norm = Normalizer.fit(random_data(s=87), action_bounds=(np.array([-6.0, -0.78]), np.array([4.0, 0.78])))
+    save_mlp_policy(tmp_path / "p", TanhGaussianActor(87, 2, hidden=8, n_hidden=1), norm, "cql", hidden=8,
+                    n_hidden=1)
+    spec = RolloutSpec("highway", "medium", str(tmp_path / "p"), "canonical", cameras=False,
+                       query_expert=False, record_frames=False)
+    with RolloutPool(2) as pool:
+        episodes = pool.run(spec, [0, 1])
+    assert [ep.seed for ep in episodes] == [0, 1] and all(ep.num_steps > 0 for ep in episodes)
+
+
+def test_unregistered_checkpoint_kind_is_named(tmp_path):
+    from vla.errors import VLAError
+    from vla.policies_registry import load_checkpoint
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "policy.json").write_text('{"kind": "someone_elses_policy"}')
+    (tmp_path / "p" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(VLAError, match="someone_elses_policy"):
+        load_checkpoint(str(tmp_path / "p"))
+
+
 def test_recipes_mix_and_medium_delay():
     assert [recipe_policy("medium-replay", None, i, i).name.split("/")[1] for i in range(10)] == list(REPLAY_MIX)
 

@@ -1,12 +1,14 @@
 """Closed-loop evaluation: ONE function that drives a policy on held-out seeds and measures it.
 
-``evaluate(policy, scenario, density, seeds, ...)`` is what ``vla dagger`` (every iteration),
-the studies (``benchmarks.dagger_study``, ``plan_study``, ``learning_curve``), the offline-RL
-driving evaluation and the diffusion benchmark call. A policy given by name (a baseline or a
-checkpoint directory) drives in the rollout pool's worker processes (one simulator each); a
-policy object drives in this process (e.g. a policy held in memory during training). Either
-way, episode i uses ``seeds[i]``, the passenger speaks the ``phrasings`` split, no expert is
-queried, and the result is the same for any number of workers.
+``evaluate(policy, scenario, density, seeds, ...)`` is what ``vla eval``, ``vla dpo compare``,
+``vla dagger`` (every iteration), the studies (``benchmarks.dagger_study``, ``plan_study``,
+``learning_curve``), the offline-RL driving evaluation and the diffusion benchmark call. A
+policy given by name (a baseline or a checkpoint directory) drives in the rollout pool's
+worker processes (one simulator each) when there is a pool or more than one worker, else in
+this process; a policy object always drives in this process (e.g. a policy held in memory
+during training), and so does an evaluation that wraps the policy (best-of-N), records expert
+labels or keeps an episode's frames. Either way, episode i uses ``seeds[i]``, the passenger
+speaks the ``phrasings`` split, and the result is the same for any number of workers.
 
 The result holds one row of ``benchmarks.metrics.episode_metrics`` per episode and the
 ``metrics.json`` record (``benchmarks.metrics.metrics_record``); with ``out`` both are written
@@ -16,14 +18,20 @@ the files).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from benchmarks.metrics import episode_metrics, metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.backends import DEFAULT_BACKEND, make_env
+from sim.episode import Episode
 from sim.rollout import BASELINES, DrivingPolicy, run_episode
 from vla.parallel import RolloutPool, RolloutSpec
+from vla.policies_registry import load_checkpoint
 from vla.speech_commands import rephraser
 
 
@@ -38,33 +46,50 @@ class Evaluation:
 def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Sequence[int], *,
              phrasings: str = "heldout", cameras: bool | None = None, backend: str = DEFAULT_BACKEND,
              pool: RolloutPool | None = None, workers: int = 1, out: str | Path | None = None,
-             name: str | None = None) -> Evaluation:
+             name: str | None = None, wrap: Callable[[DrivingPolicy, int], DrivingPolicy] | None = None,
+             record_expert: bool = False, frames_episode: int | None = None, frames_rig: tuple = (),
+             on_episode: Callable[[int, Episode], None] | None = None, progress: str | None = None) -> Evaluation:
     """Drive ``policy`` on ``seeds`` and measure it. ``cameras``: render the policy's rig (a
     named policy: None = its checkpoint's choice); ``pool``: a running rollout pool to use
     (else one of ``workers`` processes for this call); ``name``: how ``metrics.json`` names
-    the policy (default: the policy's name)."""
+    the policy (default: the policy's name).
+
+    In this process only (what ``vla eval`` and ``vla dpo compare`` use): ``wrap(policy, seed)``
+    replaces each episode's policy (best-of-N); ``record_expert`` labels every visited state
+    with the expert (``vla eval --record``); episode ``frames_episode`` keeps its frames
+    (rendered with ``frames_rig`` when the policy is blind). ``on_episode(i, episode)`` sees
+    each episode in order; ``progress`` names a progress bar on stderr."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
-    if isinstance(policy, str):
-        if cameras is None:  # a checkpoint renders its own rig (none when blind); a baseline needs none
-            cameras = policy not in BASELINES
-        spec = RolloutSpec(scenario, density, policy, phrasings, cameras=cameras,
-                           query_expert=False, record_frames=False, backend=backend)
-        if pool is not None:
-            episodes = pool.run(spec, seeds)
+    bar = tqdm(total=len(seeds), desc=progress, unit="ep", file=sys.stderr, dynamic_ncols=True,
+               disable=progress is None)
+    episodes: list[Episode] = []
+
+    def done(ep: Episode) -> None:
+        if on_episode is not None:
+            on_episode(len(episodes), ep)
+        episodes.append(dataclasses.replace(ep, frames=None, cameras=()) if ep.frames is not None else ep)
+        bar.set_postfix_str(f"seed {ep.seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
+        bar.update()
+
+    in_process = (not isinstance(policy, str) or (pool is None and workers <= 1) or wrap is not None
+                  or record_expert or frames_episode is not None)
+    with bar:
+        if in_process:
+            _drive_here(policy, scenario, density, seeds, phrasings, cameras, backend, wrap, record_expert,
+                        frames_episode, frames_rig, done)
         else:
-            with RolloutPool(workers) as own:
-                episodes = own.run(spec, seeds)
-        label = name or policy
-    else:
-        rig = tuple(getattr(policy, "rig", ())) if cameras is not False else ()
-        env = make_env(backend, scenario, density, cameras=rig, rephrase=rephraser(phrasings))
-        try:
-            episodes = [run_episode(env, policy, s, query_expert=False, record_frames=False) for s in seeds]
-        finally:
-            env.close()
-        label = name or getattr(policy, "name", type(policy).__name__)
+            if cameras is None:  # a checkpoint renders its own rig (none when blind); a baseline needs none
+                cameras = policy not in BASELINES
+            spec = RolloutSpec(scenario, density, policy, phrasings, cameras=cameras,
+                               query_expert=False, record_frames=False, backend=backend)
+            if pool is not None:
+                pool.run(spec, seeds, on_episode=done)
+            else:
+                with RolloutPool(workers) as own:
+                    own.run(spec, seeds, on_episode=done)
+    label = name or (policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__))
     rows = [episode_metrics(ep) for ep in episodes]
     metrics = to_jsonable(metrics_record(rows, label, scenario, density, seeds[0]))
     if out is not None:
@@ -73,3 +98,29 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
         write_json(out / "metrics.json", metrics)
         write_episodes_csv(out / "episodes.csv", rows)
     return Evaluation(rows, metrics)
+
+
+def _drive_here(policy: str | DrivingPolicy, scenario: str, density: str, seeds: list[int], phrasings: str,
+                cameras: bool | None, backend: str, wrap, record_expert: bool, frames_episode: int | None,
+                frames_rig: tuple, done: Callable[[Episode], None]) -> None:
+    """``evaluate``'s episodes in this process: one simulator (two when a blind policy's frames
+    episode needs a camera rig), a baseline built per episode, a checkpoint loaded once."""
+    fixed = policy if not isinstance(policy, str) else None if policy in BASELINES else load_checkpoint(policy)
+    rig = tuple(getattr(fixed, "rig", ())) if fixed is not None and cameras is not False else ()
+    rephrase = rephraser(phrasings)
+    env = make_env(backend, scenario, density, cameras=rig, rephrase=rephrase)
+    shown = env if rig else None
+    try:
+        if frames_episode is not None and not rig and frames_rig:
+            shown = make_env(backend, scenario, density, cameras=tuple(frames_rig), rephrase=rephrase)
+        for i, seed in enumerate(seeds):
+            here = shown if i == frames_episode and shown is not None else env
+            driver = fixed if fixed is not None else BASELINES[policy](here, seed)
+            if wrap is not None:
+                driver = wrap(driver, seed)
+            done(run_episode(here, driver, seed, query_expert=record_expert,
+                             record_frames=i == frames_episode and bool(here.cameras)))
+    finally:
+        env.close()
+        if shown is not None and shown is not env:
+            shown.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -108,7 +109,10 @@ class RolloutPool:
             episodes = (_run(spec, s, self._cache_for(spec)) for s in seeds)
         else:
             if self._pool is None:
-                self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_init_worker)
+                from vla.policies_registry import CHECKPOINT_KINDS
+
+                self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_init_worker,
+                                                          initargs=(pickle.dumps(dict(CHECKPOINT_KINDS)),))
             episodes = self._pool.imap(_worker, [(spec, s) for s in seeds])
         out = []
         for ep in episodes:
@@ -136,9 +140,16 @@ def _die_with_parent() -> None:
         pass
 
 
-def _init_worker() -> None:
+def _init_worker(checkpoint_kinds: bytes = b"") -> None:
+    """Worker set-up: one thread, and the checkpoint kinds the parent had registered (their
+    loaders are pickled by reference: unpickling them, once the thread count is set, imports
+    and registers their modules here too)."""
     _die_with_parent()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from vla.policies_registry import register_checkpoint_kind
+
+    for kind, loader in (pickle.loads(checkpoint_kinds) if checkpoint_kinds else {}).items():
+        register_checkpoint_kind(kind, loader)
     import cv2
 
     cv2.setNumThreads(1)

@@ -8,6 +8,7 @@ Add new kinds of policy here, never by importing modules named after them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sim.rollout import BASELINES, DrivingPolicy
@@ -40,27 +41,36 @@ _LOADED: dict[str, DrivingPolicy] = {}
 
 def load_checkpoint(name: str) -> DrivingPolicy:
     """The policy of a checkpoint directory (loaded once per process): the transformer policy,
-    or another kind named by policy.json's "kind" field (``CHECKPOINT_KINDS``)."""
+    or another kind named by policy.json's "kind" field, loaded by the loader its module
+    registered (``register_checkpoint_kind``)."""
     if name not in _LOADED:
         kind = _checkpoint_kind(name)
-        if kind in CHECKPOINT_KINDS:
-            _LOADED[name] = CHECKPOINT_KINDS[kind](name)
-        else:
+        if kind is None:
             from vla.policy import VLAPolicy
 
             _LOADED[name] = VLAPolicy.load(name)
+        elif kind in CHECKPOINT_KINDS:
+            _LOADED[name] = CHECKPOINT_KINDS[kind](name)
+        else:
+            known = ", ".join(sorted(CHECKPOINT_KINDS)) or "none"
+            raise VLAError(f"{name}: checkpoint kind {kind!r} has no loader in this process (registered: {known}); "
+                           "import the module that trains that kind (it calls register_checkpoint_kind)")
     return _LOADED[name]
 
 
-def _load_offline_rl_mlp(name: str) -> DrivingPolicy:
-    from offline_rl.policy import load_mlp_policy
-
-    return load_mlp_policy(name)
-
-
-CHECKPOINT_KINDS = {"offline_rl_mlp": _load_offline_rl_mlp}
+CHECKPOINT_KINDS: dict[str, Callable[[str], DrivingPolicy]] = {}
 """policy.json "kind" -> loader(directory), for checkpoints that are not the transformer policy
-(whose policy.json has no "kind"): an MLP actor trained by offline RL (``offline_rl.policy``)."""
+(whose policy.json has no "kind"). Filled by the modules that train such policies when they are
+imported (``offline_rl.policy`` registers "offline_rl_mlp"), so this core module names none of
+them; ``vla.parallel`` hands the registered loaders to its worker processes."""
+
+
+def register_checkpoint_kind(kind: str, loader: Callable[[str], DrivingPolicy]) -> None:
+    """Let ``load_checkpoint`` (and ``vla eval --policy DIR``) load checkpoints whose policy.json
+    says ``"kind": kind``. ``loader`` must be a module-level function (workers receive it pickled)."""
+    if CHECKPOINT_KINDS.get(kind, loader) is not loader:
+        raise ValueError(f"checkpoint kind {kind!r} is already registered to another loader")
+    CHECKPOINT_KINDS[kind] = loader
 
 
 def _checkpoint_kind(name: str) -> str | None:

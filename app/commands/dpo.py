@@ -274,39 +274,28 @@ def _entries(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 
 def _evaluate(args: argparse.Namespace, label: str, policy_name: str, best_of: int, out: Path) -> dict:
-    from benchmarks.metrics import episode_metrics
-    from benchmarks.reports import metrics_record, write_episodes_csv, write_json
-    from sim.backends import DEFAULT_BACKEND, make_env
-    from sim.rollout import run_episode
-    from vla.policies_registry import is_checkpoint, resolve_policy
-    from vla.speech_commands import rephraser
+    from benchmarks.reports import write_json
+    from vla.evaluation import evaluate
 
     what = {"policy": str(policy_name), "best_of": best_of, "scenario": args.scenario, "density": args.density,
             "seed": args.seed, "episodes": args.episodes, "phrasings": args.phrasings, "scorer": args.scorer}
     done = out / "done.json"
     if done.is_file() and json.loads(done.read_text()).get("what") == what:
         return json.loads((out / "metrics.json").read_text())
-    rig = resolve_policy(policy_name, None, 0).rig if is_checkpoint(policy_name) else ()
-    env = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
-    scorer = None
+    wrap = None
     if best_of > 1:
         from policies.reward_model import BestOfNPolicy, TrajectoryScorer
 
         scorer = TrajectoryScorer.load(args.scorer)
-    rows = []
-    for i in range(args.episodes):
-        policy = resolve_policy(policy_name, env, args.seed + i)
-        if scorer is not None:
-            policy = BestOfNPolicy(policy, scorer, best_of, seed=args.seed + i)
-        rows.append(episode_metrics(run_episode(env, policy, args.seed + i, query_expert=False, record_frames=False)))
-        print(f"  {label}: episode {i + 1}/{args.episodes} ({rows[-1]['outcome']})", flush=True)
-    record = metrics_record(rows, policy_name if best_of == 1 else f"{policy_name}+best-of-{best_of}",
-                            args.scenario, args.density, args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", record)
-    write_episodes_csv(out / "episodes.csv", rows)
+
+        def wrap(policy, seed: int):
+            return BestOfNPolicy(policy, scorer, best_of, seed=seed)
+
+    result = evaluate(policy_name, args.scenario, args.density, range(args.seed, args.seed + args.episodes),
+                      phrasings=args.phrasings, wrap=wrap, progress=label, out=out,
+                      name=policy_name if best_of == 1 else f"{policy_name}+best-of-{best_of}")
     write_json(done, {"what": what})
-    return json.loads((out / "metrics.json").read_text())
+    return result.metrics
 
 
 def _plot_tradeoff(path: Path, rows: list[dict], title: str) -> None:

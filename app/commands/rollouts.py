@@ -23,7 +23,8 @@ from sim.backends import DEFAULT_BACKEND, make_env
 from sim.interface import DrivingEnv
 from sim.rollout import DartNoise, run_episode
 from sim.storage import EpisodeWriter
-from vla.policies_registry import is_checkpoint, load_checkpoint, resolve_policy
+from vla.evaluation import evaluate
+from vla.policies_registry import resolve_policy
 from vla.parallel import RolloutPool, RolloutSpec
 from vla.speech_commands import rephraser
 
@@ -119,56 +120,48 @@ def run_collect(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Closed-loop evaluation: metrics.json, episodes.csv, trajectory.png, cameras.gif."""
+    """Closed-loop evaluation (``vla.evaluation.evaluate``): metrics.json, episodes.csv,
+    trajectory.png, cameras.gif and, with --record, the episodes with expert labels."""
     gif_episode = None if args.no_gif else args.gif_episode
-    rephrase = rephraser(args.phrasings)
-    rig = ()
-    if is_checkpoint(args.policy):  # a learned policy sees through its own rig every episode
-        rig = load_checkpoint(args.policy).rig
-    plain = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=rig, rephrase=rephrase)
-    cams = plain if rig else None
-    if gif_episode is not None and not rig:
-        cams = make_env(DEFAULT_BACKEND, args.scenario, args.density, rephrase=rephrase,
-                                  cameras=default_rig(args.width, args.height))
     out = Path(args.out)
+    wrap = None
+    if getattr(args, "best_of", 1) > 1:  # best-of-N over the policy's samples, rated by a scorer
+        from policies.reward_model import BestOfNPolicy, TrajectoryScorer
+
+        scorer = TrajectoryScorer.load(args.scorer)
+
+        def wrap(policy, seed: int):
+            return BestOfNPolicy(policy, scorer, args.best_of, temperature=args.temperature, seed=seed)
+
     writer = EpisodeWriter(out) if args.record else None
-    rows: list[dict] = []
-    first = gif = None
+    kept: dict[str, Episode] = {}
+
+    def keep(i: int, ep: Episode) -> None:
+        if i == gif_episode and ep.frames is not None:
+            kept["gif"] = ep
+        ep = dataclasses.replace(ep, frames=None, cameras=())  # recorded without frames
+        kept.setdefault("first", ep)
+        if writer is not None:
+            writer.append(ep)
+
     try:
-        def env_for(i: int) -> DrivingEnv:
-            return cams if i == gif_episode else plain
-
-        wrap = None
-        if getattr(args, "best_of", 1) > 1:  # best-of-N over the policy's samples, rated by a scorer
-            from policies.reward_model import BestOfNPolicy, TrajectoryScorer
-
-            scorer = TrajectoryScorer.load(args.scorer)
-
-            def wrap(policy, seed: int):
-                return BestOfNPolicy(policy, scorer, args.best_of, temperature=args.temperature, seed=seed)
-
-        for i, ep in _rollouts(args, env_for, query_expert=args.record, desc=f"eval {args.policy}", wrap=wrap):
-            rows.append(episode_metrics(ep))
-            if i == gif_episode and ep.frames is not None:
-                gif = ep
-            ep = dataclasses.replace(ep, frames=None, cameras=())  # recorded without frames
-            if i == 0:
-                first = ep
-            if writer is not None:
-                writer.append(ep)
+        result = evaluate(args.policy, args.scenario, args.density, range(args.seed, args.seed + args.episodes),
+                          phrasings=args.phrasings, wrap=wrap, record_expert=args.record,
+                          frames_episode=gif_episode, frames_rig=default_rig(args.width, args.height),
+                          on_episode=keep, progress=f"eval {args.policy}", out=out)
     finally:
         if writer is not None:
             writer.close()
-    out.mkdir(parents=True, exist_ok=True)
     written = [out / "episodes.csv", out / "trajectory.png"]
-    reports.write_episodes_csv(written[0], rows)
-    reports.plot_trajectory(written[1], first)
-    if gif is not None:
+    reports.plot_trajectory(written[1], kept["first"])
+    if "gif" in kept:
         written.append(out / "cameras.gif")
-        reports.write_camera_gif(written[-1], gif)
+        reports.write_camera_gif(written[-1], kept["gif"])
     else:  # an older run's GIF would not match this run's metrics
         (out / "cameras.gif").unlink(missing_ok=True)
     if writer is not None:
         written.append(out / "episodes")
-    _finish(args, out, rows, written)
+    print(reports.summary_table(result.metrics))
+    for path in [out / "metrics.json", *written]:
+        print(f"wrote {path}")
     return 0
