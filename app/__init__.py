@@ -1,4 +1,4 @@
 """The ``vla`` command line (``app.cli``) and its commands (``app.commands``): the top layer.
 
-Nothing in ``sim``, ``tokenizers_mm``, ``vla``, ``policies``, ``offline_rl`` or ``benchmarks``
+Nothing in ``sim``, ``tokenizers_mm``, ``vla``, ``methods``, ``offline_rl`` or ``benchmarks``
 imports it (``tests/test_layers.py``)."""

@@ -257,7 +257,7 @@ def _check_best_of(args: argparse.Namespace) -> None:
         raise VLAError("--best-of needs --scorer (train one: vla train dpo --loss bt-reward ...)")
     if not args.temperature > 0:
         raise VLAError(f"--temperature must be > 0, got {args.temperature}")
-    from policies.reward_model import TrajectoryScorer
+    from methods.reward_model import TrajectoryScorer
 
     TrajectoryScorer.load(args.scorer)  # a ValueError naming the problem if it is not one
 

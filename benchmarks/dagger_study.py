@@ -7,7 +7,7 @@
 
 For every density and training seed:
 
-* **dagger**: a ``policies.dagger`` session (iteration 0 = BC on ``expert_episodes`` expert
+* **dagger**: a ``methods.dagger`` session (iteration 0 = BC on ``expert_episodes`` expert
   episodes, then ``iterations`` rounds of ``rollouts`` expert-labelled policy rollouts);
 * **bc**: BC-only with the SAME label budget and the same number of gradient steps: one
   session with no DAgger iteration, ``expert_episodes + iterations * rollouts`` expert
@@ -92,8 +92,8 @@ def format_summary(summary: dict) -> str:
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
-    from policies.dagger import DaggerSession
-    from policies.session_options import dagger_config
+    from methods.dagger import DaggerSession
+    from methods.session_options import dagger_config
 
     base = dagger_config(args, args.scenario, args.densities[0], seed=0)  # validates before any write
     out = Path(args.out)
@@ -129,7 +129,7 @@ def _write(out: Path, summary: dict, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from policies.session_options import add_session_args
+    from methods.session_options import add_session_args
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.dagger_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="study directory (resumed when it exists)")

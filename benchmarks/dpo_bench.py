@@ -32,8 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def synthetic_pairs(policy, n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``n`` random pairs in the ``policies.pairs`` shard layout (values are meaningless)."""
-    from policies.constitution import RULE_NAMES
+    """``n`` random pairs in the ``methods.pairs`` shard layout (values are meaningless)."""
+    from methods.constitution import RULE_NAMES
     from sim.interface import ACTION_HIGH, ACTION_LOW, EGO_FIELDS
 
     rng = np.random.default_rng(seed)
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "steps", "repeats", "pairs"):
         if getattr(args, name) < 1:
             raise VLAError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    from policies.dpo import DPOConfig, DPOMethod, PairDataset
+    from methods.dpo import DPOConfig, DPOMethod, PairDataset
     from vla.config import PolicyConfig
     from vla.policy import VLAPolicy, default_action_tokenizer
 

@@ -13,7 +13,7 @@ labels at every 3rd state, 4 DAgger iterations with the learner driving).
 A budget B counts expert-labelled episodes (over all settings: B / S per setting). For every
 training seed and budget:
 
-* **bc**: a ``policies.dagger.DaggerSession`` without DAgger iterations on B expert episodes;
+* **bc**: a ``methods.dagger.DaggerSession`` without DAgger iterations on B expert episodes;
 * **dagger**: a session whose iteration 0 is BC on B / 2 expert episodes, followed by
   ``--iterations`` rounds in which the learner drives (beta = ``--beta0``, 0 by default: the
   issue's "the learner drives") and the expert labels what it visits, B / 2 episodes in all;
@@ -22,7 +22,7 @@ training seed and budget:
 
 The expert episodes come from ONE pool shared by every seed and budget (setting j's episode i
 has seed ``POOL_SEED_OFFSET + j * 1_000_000 + i``, recorded exactly as a session's iteration 0
-would, ``policies.dagger.rollout_spec``): budget B uses the first B / S episodes of each
+would, ``methods.dagger.rollout_spec``): budget B uses the first B / S episodes of each
 setting, so curves are nested and differences between budgets are not differences of data
 draws. Training seeds vary the weights, the sampling order and DAgger's rollouts.
 
@@ -73,7 +73,7 @@ def check_budgets(budgets: list[int], settings: int, iterations: int) -> None:
 
 def collect_pool(base, out: Path, need: int, pool: RolloutPool, log) -> dict[tuple[str, str], Path]:
     """The shared expert pool: ``need`` episodes per setting under ``out/pool/<setting>``."""
-    from policies.dagger import rollout_spec
+    from methods.dagger import rollout_spec
 
     dirs = {}
     for j, (scenario, density) in enumerate(base.settings):
@@ -241,8 +241,8 @@ def collected_results(out: Path, args, settings) -> dict:
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
-    from policies.dagger import DaggerSession
-    from policies.session_options import dagger_config
+    from methods.dagger import DaggerSession
+    from methods.session_options import dagger_config
 
     base = dagger_config(args, ",".join(args.scenarios), ",".join(args.densities), seed=0)
     base = replace(base, eval_episodes=len(base.settings), threads=args.threads)
@@ -291,7 +291,7 @@ def _write(out: Path, args, settings, results: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from policies.session_options import add_session_args
+    from methods.session_options import add_session_args
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.learning_curve", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="study directory (resumed when it exists)")

@@ -369,7 +369,7 @@ def format_table(rows: list[dict], columns: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------- records on disk
 # The formats of ``metrics.json`` and ``episodes.csv`` (see ``benchmarks.reports``), here so that
-# training code that evaluates (``policies.dagger``) writes them without the reporting layer.
+# training code that evaluates (``methods.dagger``) writes them without the reporting layer.
 
 EPISODE_COLUMNS = (
     "seed", "outcome", "goal_type", "collided", "progress", "goal_success", "jerk_long_p95",

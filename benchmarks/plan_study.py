@@ -6,7 +6,7 @@ same expert data and the same gradient steps (issue "Policies that drive like th
     python -m benchmarks.plan_study --out runs/plan_study --density medium --seeds 0 1 2 \\
         --expert-episodes 40 --train-steps 1500 --eval-episodes 50
 
-Per training seed S every arm is a ``policies.dagger.DaggerSession`` with ``iterations = 0`` (BC
+Per training seed S every arm is a ``methods.dagger.DaggerSession`` with ``iterations = 0`` (BC
 on the expert's episodes, seeds ``S * 100000 + i``), clean or with DART bursts
 (``sim.rollout.DartNoise``). The first session of each kind records them; later arms of that
 kind start from a copy (the episodes they would record themselves: they depend only on seed and
@@ -46,8 +46,8 @@ recorded state, ``Episode.goal_futures``)."""
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
-    from policies.dagger import DaggerSession
-    from policies.session_options import dagger_config
+    from methods.dagger import DaggerSession
+    from methods.session_options import dagger_config
 
     arms = args.arms
     unknown = [a for a in arms if a not in ARMS]
@@ -124,7 +124,7 @@ def _write(out: Path, args, per_arm: dict, arms) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from policies.session_options import add_session_args
+    from methods.session_options import add_session_args
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.plan_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="study directory (resumed when it exists)")

@@ -6,7 +6,7 @@
   step (the DAgger / eval loop without expert queries; a new chunk / plan every
   ``replan_every`` steps); ``closed_loop_ratio`` = it / ``sim_steps_per_s``;
 * ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone);
-* ``train_samples_per_s``: BC updates (``policies.bc.BCMethod``, batch ``TRAIN_BATCH``) on the
+* ``train_samples_per_s``: BC updates (``methods.bc.BCMethod``, batch ``TRAIN_BATCH``) on the
   samples of one recorded expert episode, one torch thread, after 2 warm-up updates.
 Weights are random (speed does not depend on them); the size is ``vla.config.SIZES``.
 """
@@ -41,7 +41,7 @@ TRAIN_UPDATES = 10
 
 
 def _train_samples_per_s(policy: VLAPolicy, env, seed: int) -> float:
-    from policies.bc import BCConfig, BCMethod
+    from methods.bc import BCConfig, BCMethod
     from sim.rollout import BASELINES, run_episode
     from vla.data import DemoDataset
 

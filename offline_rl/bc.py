@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from offline_rl.actors import MLPActor
-from offline_rl.iql import cosine_factor
+from offline_rl.common import cosine_factor
 from offline_rl.networks import ACTORS, MethodState, make_adam
 from offline_rl.replay import TransitionBatch
 
 
 @dataclass(frozen=True)
-class BCConfig:
+class MLPBCConfig:
     lr: float = 3e-4
     """Adam learning rate."""
     cosine_steps: int = 0
@@ -35,9 +35,9 @@ class BCConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.cosine_steps < 0 or self.hidden < 1 or self.n_hidden < 1:
-            raise ValueError("BCConfig.lr must be > 0, cosine_steps >= 0, hidden and n_hidden >= 1")
+            raise ValueError("MLPBCConfig.lr must be > 0, cosine_steps >= 0, hidden and n_hidden >= 1")
         if self.actor not in ACTORS:
-            raise ValueError(f"BCConfig.actor must be one of {sorted(ACTORS)}, got {self.actor!r}")
+            raise ValueError(f"MLPBCConfig.actor must be one of {sorted(ACTORS)}, got {self.actor!r}")
 
 
 class BC(MethodState):
@@ -45,7 +45,7 @@ class BC(MethodState):
 
     name = "bc"
 
-    def __init__(self, obs_dim: int, action_dim: int, config: BCConfig = BCConfig(), actor=None) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, config: MLPBCConfig = MLPBCConfig(), actor=None) -> None:
         self.config, self.obs_dim, self.action_dim = config, obs_dim, action_dim
         self.actor = actor if actor is not None else MLPActor(
             ACTORS[config.actor](obs_dim, action_dim, config.hidden, config.n_hidden))

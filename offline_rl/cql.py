@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from offline_rl.actors import MLPActor
-from offline_rl.iql import PRECISIONS, awr_weights
+from offline_rl.common import PRECISIONS, awr_weights
 from offline_rl.networks import (
     StateActionCritic,
     TanhGaussianActor,

@@ -26,12 +26,12 @@ from ``VALUE_LOSSES`` and ``ACTOR_WEIGHTS``.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 from offline_rl.actors import MLPActor
+from offline_rl.common import PRECISIONS, awr_weights, cosine_factor
 from offline_rl.networks import (
     GaussianActor,
     MethodState,
@@ -42,10 +42,6 @@ from offline_rl.networks import (
     polyak_update,
 )
 from offline_rl.replay import TransitionBatch
-
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-"""Matmul input precision of the MLPs' hidden layers (``offline_rl.networks``)."""
-
 
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     """``mean |tau - 1(u < 0)| u^2`` of ``u = diff``; at tau = 0.5 it is half the MSE."""
@@ -59,11 +55,6 @@ def quantile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     return (weight * diff.abs()).mean()
 
 
-def awr_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
-    """``min(exp(beta * adv), max_weight)`` (computed without overflow)."""
-    return torch.exp((beta * adv).clamp(max=math.log(max_weight)))
-
-
 def uniform_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.Tensor:
     """All ones: behavior cloning of every dataset action."""
     return torch.ones_like(adv)
@@ -71,15 +62,6 @@ def uniform_weights(adv: torch.Tensor, beta: float, max_weight: float) -> torch.
 
 VALUE_LOSSES = {"expectile": expectile_loss, "quantile": quantile_loss}
 ACTOR_WEIGHTS = {"awr": awr_weights, "uniform": uniform_weights}
-
-
-def cosine_factor(total_steps: int):
-    """lr multiplier ``0.5 (1 + cos(pi * step / total))`` (constant 1 when total is 0)."""
-    def factor(step: int) -> float:
-        if total_steps <= 0:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return factor
 
 
 @dataclass(frozen=True)

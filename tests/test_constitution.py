@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.metrics import NUPLAN_COMFORT
-from policies.constitution import (
+from methods.constitution import (
     RULE_NAMES,
     Constitution,
     ConstitutionConfig,

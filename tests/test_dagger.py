@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from policies import dagger
-from policies.dagger import DaggerConfig, DaggerSession
+from methods import dagger
+from methods.dagger import DaggerConfig, DaggerSession
 from sim.storage import read_episodes
 from vla.config import PolicyConfig
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from policies.bc import BCConfig, BCMethod
+from methods.bc import BCConfig, BCMethod
 from sim.highway import EmbeddedDrivingEnv
 from sim.rollout import ExpertPolicy, run_episode
 from app.cli import main
@@ -238,7 +238,7 @@ def test_bench_prints_one_json_line(episodes, tmp_path, capsys):
 def test_methods_that_need_a_token_likelihood_refuse_the_diffusion_head():
     """DPO and the offline-RL transformer actor read the chunk's token likelihood; the diffusion
     head has none, so they refuse it by name instead of training something that is never read."""
-    from policies.dpo import DPOConfig, DPOMethod
+    from methods.dpo import DPOConfig, DPOMethod
     from vla.config import PolicyConfig
     from vla.policy import VLAPolicy, default_action_tokenizer
 

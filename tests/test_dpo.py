@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.dpo_bench import synthetic_pairs
-from policies.dpo import (
+from methods.dpo import (
     DPOConfig,
     DPOMethod,
     PairDataset,
@@ -19,14 +19,14 @@ from policies.dpo import (
     reference_logps,
     split_by_seed,
 )
-from policies.pairs import PairConfig, PairMaker
+from methods.pairs import PairConfig, PairMaker
 from vla.losses import chunk_log_prob
-from policies.preference_losses import (
+from methods.preference_losses import (
     PREFERENCE_LOSSES,
     PreferenceLogps,
     check_loss,
 )
-from policies.reward_model import BestOfNPolicy, ScorerConfig, TrajectoryScorer
+from methods.reward_model import BestOfNPolicy, ScorerConfig, TrajectoryScorer
 from sim.highway import EmbeddedDrivingEnv
 from app import cli
 from vla.config import PolicyConfig

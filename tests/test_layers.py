@@ -19,7 +19,7 @@ def layer(module: str) -> str | None:
         return "metrics"
     if top in ("sim", "tokenizers_mm"):
         return top
-    if top in ("policies", "offline_rl"):
+    if top in ("methods", "offline_rl"):
         return "methods"
     if top == "benchmarks":
         return "evaluation" if len(parts) > 1 and parts[1] == "reports" else "studies"
@@ -47,7 +47,7 @@ def imports(path: Path, module: str) -> list[str]:
 
 def test_no_module_imports_from_a_higher_layer():
     found = set()
-    for top in ("sim", "tokenizers_mm", "vla", "policies", "offline_rl", "benchmarks", "app"):
+    for top in ("sim", "tokenizers_mm", "vla", "methods", "offline_rl", "benchmarks", "app"):
         for path in sorted((ROOT / top).rglob("*.py")):
             module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             own = layer(module)

@@ -15,7 +15,7 @@ import torch
 from test_storage import make_episode
 
 from offline_rl.actors import EpisodeInputs, TransformerActor
-from offline_rl.bc import BC, BCConfig
+from offline_rl.bc import BC, MLPBCConfig
 from offline_rl.cql import CQL, CQLConfig, logsumexp_penalty, tabular_cql_penalty
 from offline_rl.datasets import (
     D4RLData,
@@ -170,7 +170,7 @@ def _changed_and_finite(method, batch) -> dict:
 @pytest.mark.parametrize("make", [lambda s, a: IQL(s, a, TINY_IQL), lambda s, a: CQL(s, a, TINY_CQL),
                                   lambda s, a: CQL(s, a, CQLConfig(hidden=16, n_hidden=2, n_actions=3, lagrange=True)),
                                   lambda s, a: IQL(s, a, IQLConfig(hidden=16, precision="bfloat16")),
-                                  lambda s, a: BC(s, a, BCConfig(hidden=16))],
+                                  lambda s, a: BC(s, a, MLPBCConfig(hidden=16))],
                          ids=["iql", "cql", "cql-lagrange", "iql-bf16", "bc"])
 def test_mlp_update_changes_parameters_and_keeps_losses_finite(make):
     torch.manual_seed(0)

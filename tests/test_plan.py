@@ -214,7 +214,7 @@ def test_plan_policy_saves_loads_and_acts_identically(tmp_path):
 
 
 def test_plan_policy_refused_where_chunks_are_read_as_controls():
-    from policies.dpo import DPOMethod
+    from methods.dpo import DPOMethod
     from vla.config import PolicyConfig
     from vla.policy import VLAPolicy, default_action_tokenizer
 
@@ -231,7 +231,7 @@ def test_plan_policy_refused_where_chunks_are_read_as_controls():
 def test_short_dagger_session_with_the_plan_head(tmp_path):
     """Iteration 0 on DART-perturbed expert episodes, then one DAgger iteration whose rollouts are
     labelled with the expert's simulated continuations (every 3rd state)."""
-    from policies.dagger import DaggerConfig, DaggerSession
+    from methods.dagger import DaggerConfig, DaggerSession
     from sim.storage import read_episodes
     from vla.config import PolicyConfig
 

@@ -12,7 +12,7 @@ from tokenizers_mm.action import ActionTokenizer
 from vla.config import PolicyConfig
 from vla.data import DemoDataset
 from vla.policy import VLAPolicy
-from policies.bc import BCConfig, BCMethod
+from methods.bc import BCConfig, BCMethod
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, n_bins=16, horizon=3, camera_width=32,
             camera_height=32, camera_patch=16)

@@ -76,7 +76,7 @@ def run_make_pairs(args: argparse.Namespace) -> int:
     _check_checkpoint("--policy", args.policy)
     if args.episodes < 1 or args.seed < 0:
         _fail(f"--episodes must be >= 1 and --seed >= 0, got {args.episodes} and {args.seed}")
-    from policies.pairs import PairConfig
+    from methods.pairs import PairConfig
 
     config = PairConfig(continuation_steps=args.continuation_steps, stride=args.stride, first_branch=args.first_branch,
                         max_branches=args.max_branches, samples=args.samples, temperature=args.temperature,
@@ -84,7 +84,7 @@ def run_make_pairs(args: argparse.Namespace) -> int:
     _check_out(args.out)
     import torch
 
-    from policies.pairs import make_pairs
+    from methods.pairs import make_pairs
     from sim.backends import DEFAULT_BACKEND, make_env
     from vla.policy import VLAPolicy
     from vla.speech_commands import rephraser
@@ -127,7 +127,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def _validate_train(args: argparse.Namespace) -> None:
-    from policies.preference_losses import check_loss
+    from methods.preference_losses import check_loss
 
     if args.loss not in LOSSES:
         _fail(f"unknown --loss {args.loss!r}; choose one of {', '.join(LOSSES)}")
@@ -141,7 +141,7 @@ def _validate_train(args: argparse.Namespace) -> None:
         _fail(f"--heldout-fraction must be in [0, 1), got {args.heldout_fraction}")
     if args.lr is not None and not args.lr > 0:
         _fail(f"--lr must be > 0, got {args.lr}")
-    from policies.pairs import read_manifest
+    from methods.pairs import read_manifest
 
     read_manifest(args.pairs)
     _check_checkpoint("--ref", args.ref)
@@ -154,8 +154,8 @@ def _file_digest(path: Path) -> str:
 
 def cached_reference_logps(out: Path, ref_dir: str, reference, data, pairs_dir: str, scale: float) -> np.ndarray:
     """Reference log-probs of every pair, computed once and cached as OUT/reference_logps.npz."""
-    from policies.dpo import reference_logps
-    from policies.pairs import read_manifest
+    from methods.dpo import reference_logps
+    from methods.pairs import read_manifest
     from sim.atomic import atomic_output
 
     key = json.dumps({"ref": _file_digest(Path(ref_dir) / "model.safetensors"), "residual_scale": scale,
@@ -176,8 +176,8 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from benchmarks.reports import write_json
-    from policies.dpo import DPOConfig, DPOMethod, PairDataset, split_by_seed
-    from policies.pairs import read_manifest, read_pairs
+    from methods.dpo import DPOConfig, DPOMethod, PairDataset, split_by_seed
+    from methods.pairs import read_manifest, read_pairs
     from vla.policy import VLAPolicy
     from vla.train_loop import TrainConfig, train
 
@@ -202,7 +202,7 @@ def run_train(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, flush=True))
     print(f"{len(train_rows)} training pairs, {len(held_rows)} held-out pairs", flush=True)
     if args.loss == "bt-reward":
-        from policies.reward_model import ScorerConfig, ScorerMethod, TrajectoryScorer
+        from methods.reward_model import ScorerConfig, ScorerMethod, TrajectoryScorer
 
         torch.manual_seed(args.seed)
         scorer = TrajectoryScorer(ScorerConfig(horizon=policy.config.horizon, vocab_size=policy.layout.size,
@@ -284,7 +284,7 @@ def _evaluate(args: argparse.Namespace, label: str, policy_name: str, best_of: i
         return json.loads((out / "metrics.json").read_text())
     wrap = None
     if best_of > 1:
-        from policies.reward_model import BestOfNPolicy, TrajectoryScorer
+        from methods.reward_model import BestOfNPolicy, TrajectoryScorer
 
         scorer = TrajectoryScorer.load(args.scorer)
 
@@ -330,7 +330,7 @@ def run_report(args: argparse.Namespace) -> int:
         check_policy(name)
     if args.best_of > 1:
         _check_checkpoint("--before", args.before)
-        from policies.reward_model import TrajectoryScorer
+        from methods.reward_model import TrajectoryScorer
 
         if args.scorer is None:
             _fail("--best-of needs --scorer (train one: vla train dpo --loss bt-reward ...)")

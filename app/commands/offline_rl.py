@@ -194,13 +194,45 @@ def _speed_settings(args: argparse.Namespace, method_name: str) -> tuple[str, st
     return precision, penalty, compile_
 
 
+def _bc(args: argparse.Namespace, method_name: str, s: int, a: int, speed: tuple, actor):
+    """The behaviour-cloning baseline (``--bc``) on the same actor as ``method_name`` would train."""
+    from offline_rl.bc import BC, MLPBCConfig
+
+    kind = "gaussian" if method_name == "iql" else "tanh_gaussian"
+    return BC(s, a, MLPBCConfig(cosine_steps=args.steps if method_name == "iql" else 0, hidden=args.hidden,
+                                n_hidden=args.layers, actor=kind), actor)
+
+
+def _iql(args: argparse.Namespace, method_name: str, s: int, a: int, speed: tuple, actor):
+    from offline_rl.iql import IQL, IQLConfig
+
+    precision, _, compile_ = speed
+    return IQL(s, a, IQLConfig(tau=args.tau, beta=args.beta, discount=args.discount, critic_lr=args.lr,
+                               value_lr=args.lr, actor_lr=args.lr, actor_cosine_steps=args.steps,
+                               hidden=args.hidden, n_hidden=args.layers, value_loss=args.value_loss,
+                               precision=precision, compile=compile_), actor)
+
+
+def _cql(args: argparse.Namespace, method_name: str, s: int, a: int, speed: tuple, actor):
+    from offline_rl.cql import CQL, CQLConfig
+
+    precision, penalty_precision, compile_ = speed
+    return CQL(s, a, CQLConfig(discount=args.discount, critic_lr=args.critic_lr, actor_lr=args.actor_lr,
+                               n_actions=args.n_actions, cql_alpha=args.cql_alpha, lagrange=args.lagrange,
+                               target_action_gap=args.target_action_gap, hidden=args.hidden,
+                               n_hidden=args.layers, penalty=args.penalty, precision=precision,
+                               penalty_precision=penalty_precision, compile=compile_), actor)
+
+
+OFFLINE_METHODS = {"iql": _iql, "cql": _cql}
+"""``vla train NAME`` -> builder(args, NAME, obs_dim, action_dim, speed, actor) of its method;
+``--bc`` builds the BC baseline (``_bc``) instead. A new method is one builder and one line."""
+
+
 def _build(args: argparse.Namespace, method_name: str, data, episodes, normalizer,
            speed: tuple[str, str, bool]):
     """(training method, batch source); ``speed`` from ``_speed_settings``."""
     from offline_rl.actors import EpisodeInputs, TransformerActor
-    from offline_rl.bc import BC, BCConfig
-    from offline_rl.cql import CQL, CQLConfig
-    from offline_rl.iql import IQL, IQLConfig
     from offline_rl.replay import TransitionData
 
     actor, inputs = None, None
@@ -216,23 +248,8 @@ def _build(args: argparse.Namespace, method_name: str, data, episodes, normalize
         policy = VLAPolicy(config, default_action_tokenizer(config.n_bins), name=str(Path(args.out) / "policy"))
         inputs = EpisodeInputs(episodes, data, policy)
         actor = TransformerActor(policy, normalizer)
-    s, a = data.obs_dim, data.action_dim
-    precision, penalty_precision, compile_ = speed
-    if args.bc:
-        kind = "gaussian" if method_name == "iql" else "tanh_gaussian"
-        method = BC(s, a, BCConfig(cosine_steps=args.steps if method_name == "iql" else 0, hidden=args.hidden,
-                                   n_hidden=args.layers, actor=kind), actor)
-    elif method_name == "iql":
-        method = IQL(s, a, IQLConfig(tau=args.tau, beta=args.beta, discount=args.discount, critic_lr=args.lr,
-                                     value_lr=args.lr, actor_lr=args.lr, actor_cosine_steps=args.steps,
-                                     hidden=args.hidden, n_hidden=args.layers, value_loss=args.value_loss,
-                                     precision=precision, compile=compile_), actor)
-    else:
-        method = CQL(s, a, CQLConfig(discount=args.discount, critic_lr=args.critic_lr, actor_lr=args.actor_lr,
-                                     n_actions=args.n_actions, cql_alpha=args.cql_alpha, lagrange=args.lagrange,
-                                     target_action_gap=args.target_action_gap, hidden=args.hidden,
-                                     n_hidden=args.layers, penalty=args.penalty, precision=precision,
-                                     penalty_precision=penalty_precision, compile=compile_), actor)
+    build = _bc if args.bc else OFFLINE_METHODS[method_name]
+    method = build(args, method_name, data.obs_dim, data.action_dim, speed, actor)
     next_inputs = inputs is not None and method_name == "cql" and not args.bc
     return method, TransitionData(data, normalizer, inputs, next_inputs=next_inputs)
 

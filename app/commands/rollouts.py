@@ -126,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     wrap = None
     if getattr(args, "best_of", 1) > 1:  # best-of-N over the policy's samples, rated by a scorer
-        from policies.reward_model import BestOfNPolicy, TrajectoryScorer
+        from methods.reward_model import BestOfNPolicy, TrajectoryScorer
 
         scorer = TrajectoryScorer.load(args.scorer)
 

@@ -1,7 +1,7 @@
 """``vla dagger`` and ``vla train bc``: training the transformer policy.
 
 Both commands resume: run the same command again after an interruption (Ctrl-C, kill -9) and
-it continues where it stopped (``policies.dagger``, ``vla.train_loop``).
+it continues where it stopped (``methods.dagger``, ``vla.train_loop``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.metrics import format_table
-from policies.session_options import add_session_args, dagger_config
+from methods.session_options import add_session_args, dagger_config
 from vla.options import add_command_data_args, add_policy_args, policy_config
 
 ITERATION_COLUMNS = ("iteration", "setting", "beta", "dataset_episodes", "dataset_steps", "train_loss",
@@ -38,7 +38,7 @@ def configure_dagger(p: argparse.ArgumentParser) -> None:
 
 
 def run_dagger(args: argparse.Namespace) -> int:
-    from policies.dagger import DaggerSession
+    from methods.dagger import DaggerSession
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -111,7 +111,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     ``args.data`` through the shared training loop; writes OUT/train and OUT/policy."""
     import torch
 
-    from policies.bc import BCConfig, BCMethod
+    from methods.bc import BCConfig, BCMethod
     from sim.storage import read_episodes
     from vla.data import DemoDataset
     from vla.policy import VLAPolicy, default_action_tokenizer

@@ -2,7 +2,7 @@
 (``vla.diffusion_head``), cloned on recorded datasets (``vla collect``).
 
 The same run as ``vla train bc --head diffusion``: the shared training loop
-(``vla.train_loop``, resumable), AdamW with warm-up + cosine decay (``policies.bc``), the
+(``vla.train_loop``, resumable), AdamW with warm-up + cosine decay (``methods.bc``), the
 noise-prediction loss of the head, and an EMA of the weights saved in the policy checkpoint and
 used for inference. Evaluate the result with ``vla eval --policy OUT/policy``; time it against
 the binned head with ``vla bench diffusion --policy OUT/policy``.

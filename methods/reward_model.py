@@ -119,7 +119,7 @@ def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 
 
 class ScorerMethod:
-    """Trains a ``TrajectoryScorer`` on ``policies.dpo.PairBatch`` batches (shared loop)."""
+    """Trains a ``TrajectoryScorer`` on ``methods.dpo.PairBatch`` batches (shared loop)."""
 
     name = "bt-reward"
 

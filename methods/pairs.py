@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policies.constitution import (
+from methods.constitution import (
     RULE_INDEX,
     Constitution,
     ConstitutionConfig,

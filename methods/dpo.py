@@ -1,7 +1,7 @@
 """Preference optimization of the transformer policy (DPO / cDPO / IPO / ORPO) against a frozen
 reference, as a method of the shared training loop (``vla.train_loop``).
 
-Data: pairs made by ``policies.pairs`` (context x, chosen chunk y_w, rejected chunk y_l). A
+Data: pairs made by ``methods.pairs`` (context x, chosen chunk y_w, rejected chunk y_l). A
 ``PairBatch`` stacks the chosen rows then the rejected rows into ONE ``PolicyInputs`` of 2B rows
 (the context repeated), so a single teacher-forced forward pass of ``policy.model`` scores both
 (``policy_logprob``: bin log-probabilities plus the residual term of
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from policies.bc import warmup_cosine
-from policies.preference_losses import (
+from methods.bc import warmup_cosine
+from methods.preference_losses import (
     PREFERENCE_LOSSES,
     REFERENCE_FREE,
     PreferenceLogps,

@@ -1,4 +1,4 @@
-"""Command-line options of a DAgger / BC session (``policies.dagger.DaggerConfig``), shared by
+"""Command-line options of a DAgger / BC session (``methods.dagger.DaggerConfig``), shared by
 ``vla dagger`` and the studies (``benchmarks.dagger_study``, ``benchmarks.plan_study``), each
 with its own defaults: ``add_session_args`` adds them, ``dagger_config`` reads them back."""
 
@@ -40,7 +40,7 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
 
 def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: int):
     """The ``DaggerConfig`` of options added by ``add_session_args``."""
-    from policies.dagger import DaggerConfig
+    from methods.dagger import DaggerConfig
 
     return DaggerConfig(
         scenario=scenario, density=density, iterations=args.iterations,

@@ -45,7 +45,7 @@ from vla.evaluation import evaluate
 from vla.parallel import RolloutPool, RolloutSpec
 from vla.policy import VLAPolicy, default_action_tokenizer
 from vla.train_loop import TrainConfig, train
-from policies.bc import BCConfig, BCMethod
+from methods.bc import BCConfig, BCMethod
 
 EVAL_SEED_OFFSET = 1_000_000
 """Evaluation seeds start here: never used for training data."""

@@ -1,0 +1,1 @@
+"""Training methods for the transformer policy: BC, DAgger sessions, DPO (+ constitution-made pairs, reward model, best-of-N)."""
