@@ -275,3 +275,22 @@ def test_train_config_validation() -> None:
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
     stall = {21: lambda: time.sleep(120)}
     train(TinyMethod(fail=stall, sleep=0.05), ArraySource(), BASE, sys.argv[2])
+
+
+def test_resume_across_a_policy_field_added_later() -> None:
+    """A checkpoint written before a PolicyConfig field existed resumes when the field keeps the
+    value old checkpoints stand for, and is refused, naming the field, when it does not."""
+    from vla.checkpoint import FORMAT_VERSION, check_same_config
+    from vla.config import PolicyConfig
+    from vla.train_loop import _upgraded
+
+    now = PolicyConfig(observation="ego_frame", replan_every=1).to_dict()
+    old = {k: v for k, v in now.items() if k not in ("forecast_weight", "observation", "replan_every")}
+    record = {"method": "bc", "method_config": {"policy": now}, "train": {}}
+    saved = {"format_version": FORMAT_VERSION, "method": "bc", "method_config": {"policy": old}, "train": {}}
+    check_same_config(_upgraded(saved), record)
+    with pytest.raises(ValueError, match="<missing>"):
+        check_same_config(saved, record)  # without the upgrade an added field is "missing"
+    changed = {**record, "method_config": {"policy": {**now, "observation": "lane_frame"}}}
+    with pytest.raises(ValueError, match="policy.observation ego_frame != lane_frame"):
+        check_same_config(_upgraded(saved), changed)

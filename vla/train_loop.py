@@ -238,6 +238,19 @@ def _finite_logs(logs: dict, step: int) -> dict[str, float]:
     return values
 
 
+def _upgraded(saved: dict) -> dict:
+    """A checkpoint's config as this code reads it: a policy config written before a field
+    existed gets the value that field stands for in old checkpoints (``PolicyConfig.from_dict``),
+    so a run resumes across such an addition unless the new field is set to something else."""
+    method_config = saved.get("method_config")
+    if isinstance(method_config, dict) and isinstance(method_config.get("policy"), dict):
+        from vla.config import PolicyConfig
+
+        policy = PolicyConfig.from_dict(method_config["policy"]).to_dict()
+        saved = {**saved, "method_config": {**method_config, "policy": policy}}
+    return saved
+
+
 class _Run:
     """One ``train`` call: the state it moves forward and the files it writes."""
 
@@ -258,7 +271,7 @@ class _Run:
         if self.checkpoint is None:
             _seed_all(self.config.seed)
             return
-        check_same_config(load_config(self.checkpoint), self.record, RESUME_MAY_CHANGE)
+        check_same_config(_upgraded(load_config(self.checkpoint)), self.record, RESUME_MAY_CHANGE)
         loop = load_loop_state(self.checkpoint)
         rng = loop.pop("rng")
         if loop["data_len"] != self.state.data_len:
