@@ -19,20 +19,22 @@ clockwise seen from above.
 * ``speed`` = norm of ``vehicle.get_velocity()``; ``accel_long`` / ``accel_lat`` = the world
   acceleration from ``get_acceleration()`` (y negated) projected on the ego's forward / left
   axes; ``yaw_rate`` = ``-radians(get_angular_velocity().z)``.
-* action -> ``carla.VehicleControl``: ``accel >= 0`` -> ``throttle`` from a longitudinal PID
-  (CARLA has no acceleration command), ``accel < 0`` -> ``brake``; ``steer`` ->
-  ``control.steer = -steer / max_steer_angle`` where ``max_steer_angle`` comes from
+* action -> ``carla.VehicleControl`` (``sim.carla_frames.CarlaControlMap``): ``accel >= 0`` ->
+  ``throttle``, ``accel < 0`` -> ``brake`` (CARLA has no acceleration command; the map's
+  figures need calibrating against a server); ``steer`` -> ``control.steer = -steer /
+  max_steer_angle`` where ``max_steer_angle`` comes from
   ``vehicle.get_physics_control().wheels[0].max_steer_angle`` (degrees, convert).
 * events: ``collision_vehicle`` / ``collision_static`` from ``sensor.other.collision`` (actor
   type ``vehicle.*`` vs anything else); ``lane_invasion`` from ``sensor.other.lane_invasion``;
   ``off_road`` when ``map.get_waypoint(loc, project_to_road=False)`` is None or not a driving
-  lane; ``progress`` from the ``GlobalRoutePlanner`` route (metres along it / its length);
+  lane; ``progress`` along the backend's own route over the map topology (the wheel has no
+  ``GlobalRoutePlanner``; metres along it / its length);
   ``speeding`` against ``vehicle.get_speed_limit()`` (km/h, convert).
-* cameras: one ``sensor.camera.rgb`` per ``CameraSpec`` attached to the ego with
-  ``carla.Transform(Location(x, -y, z), Rotation(pitch=-pitch, yaw=-yaw, roll=roll))`` where
-  (roll, pitch, yaw) are ``sim.cameras.quat_to_rpy_deg(spec.rotation)``; ``fov`` = horizontal
-  FOV in degrees, ``image_size_x/y`` = width/height. The roll sign is not yet checked against a
-  server.
+* cameras: one ``sensor.camera.rgb`` per ``CameraSpec`` attached to the ego at
+  ``sim.carla_frames.camera_to_carla(spec)`` (location with y negated; CARLA pitch = -ours,
+  yaw = -ours, roll = ours, read from the mirrored rotation matrix and checked against the
+  ``carla`` wheel's own ``Transform.get_matrix`` on random poses); ``fov`` = horizontal FOV in
+  degrees, ``image_size_x/y`` = width/height.
 * other actors: ``world.get_actors().filter('vehicle.*')`` with bounding-box extents x2.
 * ``expert_action()``: CARLA's ``BehaviorAgent`` is not in the pip wheel (no
   ``agents.navigation``), and ``sim.highway_expert`` reads highway-env's road objects, so the CARLA
