@@ -1,0 +1,75 @@
+"""sim.carla_route on maps the real ``carla`` wheel builds from OpenDRIVE files on the client
+(no server): a straight 3-lane road and a junction with a left, a straight and a right exit
+(``tests/data/*.xodr``, written for these tests)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+carla = pytest.importorskip("carla")
+
+from sim.carla_route import is_off_road, plan_route  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def straight():
+    return carla.Map("straight", (DATA / "straight.xodr").read_text())
+
+
+@pytest.fixture(scope="module")
+def junction():
+    return carla.Map("junction", (DATA / "junction.xodr").read_text())
+
+
+def test_keep_lane_route_progress_and_lateral_offset(straight):
+    route = plan_route(straight, (10.0, -1.75), "keep_lane", 100.0)
+    assert route.length == pytest.approx(100.0, abs=1e-6)
+    assert np.allclose(route.points[:, 1], -1.75) and np.allclose(route.headings, 0.0)
+    along, lateral = route.locate((50.0, -1.0))
+    assert along == pytest.approx(40.0) and lateral == pytest.approx(0.75)  # + = left of the lane centre
+    assert route.locate((50.0, -2.5))[1] == pytest.approx(-0.75)
+    # the road ends at x = 200: a longer route stops there
+    assert plan_route(straight, (150.0, -1.75), "keep_lane", 100.0).length == pytest.approx(50.0, abs=1.0)
+
+
+def test_lane_changes_follow_the_neighbouring_lane(straight):
+    left = plan_route(straight, (10.0, -5.25), "lane_left", 50.0)
+    assert np.allclose(left.points[:, 1], -1.75) and left.lanes[0][2] == -1
+    right = plan_route(straight, (10.0, -1.75), "lane_right", 50.0)
+    assert np.allclose(right.points[:, 1], -5.25)
+    with pytest.raises(ValueError, match="lane_right: no driving lane"):
+        plan_route(straight, (10.0, -5.25), "lane_right", 50.0)
+    with pytest.raises(ValueError, match="lane_left: no driving lane"):  # lane 1 drives the other way
+        plan_route(straight, (10.0, -1.75), "lane_left", 50.0)
+
+
+# 30 m to the junction, a 15.7 m arc (radius 10 m, measured on the reference line), the rest on the exit
+@pytest.mark.parametrize("label, heading, end", [("turn_left", math.pi / 2, (1.75, 10.0 + 80.0 - 30.0 - 5 * math.pi)),
+                                                  ("turn_right", -math.pi / 2, (-1.75, -(10.0 + 80.0 - 30.0 - 5 * math.pi))),
+                                                  ("turn_straight", 0.0, (40.0, -1.75))])
+def test_turns_take_the_branch_the_goal_names(junction, label, heading, end):
+    route = plan_route(junction, (-40.0, -1.75), label, 80.0)
+    assert route.headings[-1] == pytest.approx(heading, abs=1e-3)
+    assert route.points[-1] == pytest.approx(end, abs=1.5)
+    assert route.locate((-30.0, -1.75))[0] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_goals_the_map_does_not_allow_are_named(junction, straight):
+    with pytest.raises(ValueError, match="turn_left: no junction within 50 m"):
+        plan_route(straight, (10.0, -1.75), "turn_left", 50.0)
+    with pytest.raises(ValueError, match="unknown goal 'fly'"):
+        plan_route(junction, (-40.0, -1.75), "fly", 50.0)
+    with pytest.raises(ValueError, match="no driving lane near"):
+        plan_route(straight, (10.0, 300.0), "keep_lane", 50.0)
+
+
+def test_off_road(straight, junction):
+    assert not is_off_road(straight, (50.0, -1.75)) and not is_off_road(straight, (50.0, 1.75))
+    assert is_off_road(straight, (50.0, 30.0)) and is_off_road(straight, (250.0, -1.75))
+    assert not is_off_road(junction, (0.0, -1.75)) and is_off_road(junction, (-30.0, 20.0))
