@@ -102,6 +102,7 @@ METRIC_DOCS = {
     "progress_mean": "mean over episodes of progress = max_t ego progress column",
     "progress_std": "population std over episodes of progress",
     "route_completion_rate": "mean of route_completed = progress >= 0.99 or route_complete event",
+    "sim_error_rate": "fraction of episodes the simulator ended by a fault (outcome sim_error; the reason is episodes.csv's error column)",
     "goal_success_rate": "mean of goal_success = reward 'goal' == 1 at the last step, no collision, no off-road",
     "goal_success_by_type": "per goal label: {rate, successes, episodes} of goal_success",
     "jerk_long_p95": "95th percentile of |jerk_long| pooled over all samples of all episodes, m/s^3",
@@ -232,7 +233,7 @@ def _abs_stat(x: np.ndarray, fn) -> float:
 
 
 def episode_metrics(ep: Episode) -> dict[str, float | str]:
-    """Scalar metrics of one episode (floats, except goal_type / outcome) plus ``_samples``."""
+    """Scalar metrics of one episode (floats, except goal_type / outcome / error) plus ``_samples``."""
     k = kinematics(ep)
     ev, T = ep.events, ep.num_steps
     crash = np.flatnonzero(np.any(ev[:, [EVENT[n] for n in COLLISIONS]] > 0.5, axis=1))
@@ -275,6 +276,7 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
         "collision_count": float(sum(counts[n] for n in COLLISIONS)),
         "num_steps": float(T),
         "outcome": ep.outcome,
+        "error": ep.error,
         "seed": float(ep.seed),
         "_samples": samples,
     }
@@ -326,6 +328,7 @@ def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
         "progress_mean": float(np.mean(progress)),
         "progress_std": float(np.std(progress)),
         "route_completion_rate": _mean(rows, "route_completed"),
+        "sim_error_rate": float(np.mean([r.get("outcome") == "sim_error" for r in rows])),
         "goal_success_rate": _mean(rows, "goal_success"),
         "goal_success_by_type": dict(sorted(by_type.items())),
         "jerk_long_p95": stat("jerk_long", p95),

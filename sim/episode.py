@@ -21,7 +21,9 @@ from sim.interface import (
     Goal,
 )
 
-OUTCOMES = ("route_complete", "collision", "off_road", "route_deviation", "timeout")
+OUTCOMES = ("route_complete", "collision", "off_road", "route_deviation", "timeout", "sim_error")
+"""``sim_error``: the simulator failed during the episode (it raised, hung past the step
+watchdog or returned a non-finite state); ``Episode.error`` says how."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Episode:
     actions from s_t (``env.expert_continuation``; NaN past its end), where the expert would
     have driven from a state a policy visited: the labels of a plan-head policy (``sim.plan``);
     None when not recorded (where the expert drove, the recorded trajectory is that future)."""
+    error: str = ""
+    """Why the simulator ended the episode when ``outcome`` is ``sim_error`` ('' otherwise)."""
     goal_futures: np.ndarray | None = None
     """(T, G, P, 4) float32 ``POSE_FIELDS``: the ego's poses in the expert's next P steps from s_t
     had the passenger asked for each highway goal ``HIGHWAY_GOAL_LABELS`` (``env.goal_futures``;
@@ -104,6 +108,9 @@ class Episode:
                                  f"{len(HIGHWAY_GOAL_LABELS)}, {len(ACTION_FIELDS)})")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"episode outcome {self.outcome!r} not in {OUTCOMES}")
+        if bool(self.error) != (self.outcome == "sim_error"):
+            raise ValueError(f"episode error {self.error!r} does not match outcome {self.outcome!r} "
+                             "(a sim_error episode says why; no other has an error)")
         if self.frames is not None:
             cams = len(self.cameras)
             if self.frames.ndim != 5 or self.frames.shape[:2] != (t, cams) or self.frames.shape[-1] != 3:
@@ -130,4 +137,5 @@ class Episode:
             "cameras": [c.to_dict() for c in self.cameras],
             "dt": float(self.dt),
             "num_steps": self.num_steps,
+            **({"error": self.error} if self.error else {}),
         }

@@ -8,7 +8,11 @@ baselines here are what every learned policy is compared with: ``expert``, ``ran
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -127,6 +131,44 @@ BASELINES: dict[str, Callable[..., DrivingPolicy]] = {
 }
 
 
+STEP_TIMEOUT = 120.0
+"""Seconds one simulator step may take before the watchdog ends the episode as ``sim_error``
+(an embedded step takes milliseconds; a CARLA tick that hangs is the case this catches)."""
+
+
+class SimulatorFault(RuntimeError):
+    """The simulator failed during a step (hung, or returned a non-finite state)."""
+
+
+@contextmanager
+def _watchdog(seconds: float | None):
+    """Raise ``SimulatorFault`` in this thread if the block runs longer than ``seconds`` (a
+    SIGALRM timer: main thread on POSIX only; elsewhere the block runs unguarded)."""
+    seconds = STEP_TIMEOUT if seconds is None else seconds
+    if not seconds or seconds <= 0 or not hasattr(signal, "setitimer") \
+            or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise SimulatorFault(f"the simulator step took longer than {seconds:g} s (watchdog)")
+
+    pending = signal.getitimer(signal.ITIMER_REAL)
+    if 0 < pending[0] <= seconds:  # someone else's alarm (e.g. a test timeout) comes first: leave it be
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, fire)
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if pending[0] > 0:  # give the outer alarm back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(pending[0] - (time.monotonic() - start), 1e-3), pending[1])
+
+
 def run_episode(
     env,
     policy: DrivingPolicy,
@@ -140,8 +182,15 @@ def run_episode(
     goal_futures: bool = False,
     noise: DartNoise | None = None,
     plan_every: int = 1,
+    step_timeout: float | None = None,
 ) -> Episode:
     """Run one episode to its end and return it.
+
+    A simulator fault during a step (``env.step`` raises, takes longer than ``step_timeout``
+    seconds, default ``STEP_TIMEOUT``, or returns a non-finite state) ends the episode with
+    outcome ``sim_error`` and the reason in ``Episode.error``, keeping every step before it, so
+    an evaluation or a DAgger session goes on with the next episode. A fault of the policy (a
+    non-finite action) raises: that is a bug to see, not a simulator to survive.
 
     ``query_expert``: label every visited state with ``env.expert_action()`` (DAgger).
     ``beta``: probability of executing the expert's action instead of the policy's at each
@@ -183,7 +232,7 @@ def run_episode(
     record_goals = goal_labels and query_expert and env.goal_labels() is not None
     record_goal_futures = record_goals and goal_futures
     goal_futures = []
-    outcome = "timeout"
+    outcome, error = "timeout", ""
     while True:
         if record_frames and "cameras" in obs:
             frames.append(obs["cameras"])
@@ -209,13 +258,27 @@ def run_episode(
             action = expert
         if bursts is not None:
             action = action + bursts()
-        obs, _, terminated, truncated, info = env.step(action)
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"policy {getattr(policy, 'name', type(policy).__name__)} returned a non-finite "
+                             f"action {action.tolist()} at step {len(actions)} (seed {seed})")
+        try:
+            with _watchdog(step_timeout):
+                obs, _, terminated, truncated, info = env.step(action)
+                ego_row, actor_rows = env.ego_state(), env.actors()
+            if not (np.all(np.isfinite(ego_row)) and np.all(np.isfinite(actor_rows))):
+                raise SimulatorFault("the simulator returned a non-finite state")
+        except Exception as e:  # the simulator failed: end this episode, keep every step before
+            error = str(e) if isinstance(e, SimulatorFault) else f"{type(e).__name__} in step: {e}"
+            outcome = "sim_error"
+            for rows in (frames, plans, futures, per_goal, goal_futures):
+                del rows[len(actions):]
+            break
         actions.append(np.clip(action, ACTION_LOW, ACTION_HIGH))
         experts.append(expert)
         events.append(info["events"])
         terms.append(info["reward_terms"])
-        ego.append(env.ego_state())
-        actors.append(env.actors())
+        ego.append(ego_row)
+        actors.append(actor_rows)
         if terminated or truncated:
             outcome = info.get("outcome", "timeout")
             break
@@ -225,6 +288,7 @@ def run_episode(
         seed=int(seed),
         goal=env.goal,
         outcome=outcome,
+        error=error,
         route_length=float(env.route_length),
         policy=getattr(policy, "name", type(policy).__name__),
         cameras=env.cameras if (record_frames and frames) else (),

@@ -107,8 +107,9 @@ D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
 """Export keys: per-row shape and dtype."""
 TERMINAL_OUTCOMES = ("collision", "off_road", "route_deviation")
 """Failures: the D4RL ``terminals`` flag (no bootstrapping past them)."""
-TIMEOUT_OUTCOMES = ("timeout", "route_complete")
-"""Cut episodes: the D4RL ``timeouts`` flag."""
+TIMEOUT_OUTCOMES = ("timeout", "route_complete", "sim_error")
+"""Cut episodes: the D4RL ``timeouts`` flag (a simulator fault cuts an episode too: what came
+next is unknown, not a failure of the driver)."""
 if set(TERMINAL_OUTCOMES) | set(TIMEOUT_OUTCOMES) != set(OUTCOMES):
     raise RuntimeError(f"every episode outcome must be a terminal or a timeout: {OUTCOMES}")
 
@@ -210,6 +211,7 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
         optional[name] = arr
     _check_values(path, optional)
     scalars = {k: meta[k] for k in ("scenario", "density", "seed", "outcome", "route_length", "policy", "dt")}
+    scalars["error"] = str(meta.get("error", ""))
     cameras = tuple(CameraSpec.from_dict(c) for c in meta["cameras"])
     return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, **optional,
                    **scalars, **arrays)
