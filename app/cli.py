@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -77,10 +78,12 @@ def _check_common(args: argparse.Namespace) -> None:
 
 def _check_rollout(args: argparse.Namespace) -> None:
     import offline_rl.policy  # noqa: F401  registers the offline-RL MLP checkpoint kind
-    from vla.policies_registry import check_policy
+    from vla.policies_registry import check_policy, is_checkpoint, load_checkpoint
 
     _check_common(args)
     check_policy(args.policy)
+    if is_checkpoint(args.policy):  # a damaged checkpoint fails here, in one line, before any output
+        load_checkpoint(args.policy)
     if getattr(args, "plan_horizon", 0) < 0 or getattr(args, "plan_horizon", 0) == 1:
         raise VLAError(f"--plan-horizon must be 0 (off) or >= 2, got {args.plan_horizon}")
     for name in ("label_every", "workers"):
@@ -247,6 +250,8 @@ def _eval_parser(sub) -> None:
 def _check_best_of(args: argparse.Namespace) -> None:
     """--best-of N > 1 needs a transformer policy checkpoint and a --scorer directory."""
     _check_positive("--best-of", args.best_of)
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise VLAError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.best_of == 1:
         return
     from vla.policies_registry import is_checkpoint
@@ -255,8 +260,6 @@ def _check_best_of(args: argparse.Namespace) -> None:
         raise VLAError(f"--best-of needs a policy checkpoint directory, got --policy {args.policy}")
     if args.scorer is None:
         raise VLAError("--best-of needs --scorer (train one: vla train dpo --loss bt-reward ...)")
-    if not args.temperature > 0:
-        raise VLAError(f"--temperature must be > 0, got {args.temperature}")
     from methods.reward_model import TrajectoryScorer
 
     TrajectoryScorer.load(args.scorer)  # a ValueError naming the problem if it is not one
@@ -385,8 +388,16 @@ def _cmd_bench_tokenizers(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one ``vla: error:`` line and exit code 2 (the
+    usage is one ``--help`` away), for every subcommand too (subparsers take this class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"vla: error: {self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vla", description="Driving policies that see, hear and act: simulate, record, evaluate.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

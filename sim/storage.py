@@ -4,7 +4,7 @@ Dataset directory
 -----------------
 ::
 
-    DIR/dataset.json            format version + creation info (optional for reading)
+    DIR/dataset.json            format version + creation info (may be absent; read when present)
     DIR/.lock                   flock'ed by the one EpisodeWriter that may append
     DIR/episodes/ep_000000.h5   one self-describing HDF5 file per finished episode
     DIR/episodes/ep_000001.h5   ...
@@ -244,11 +244,26 @@ def episode_paths(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise _fail(root, "dataset directory does not exist" if not root.exists() else "not a directory")
+    _check_info(root / "dataset.json")
     episodes_dir = root / EPISODES_DIR
     paths = [p for _, p in _scan(episodes_dir)] if episodes_dir.is_dir() else []
     if not paths:
         raise _fail(root, f"no episodes in {EPISODES_DIR}/")
     return paths
+
+
+def _check_info(info_path: Path, refusal: str = "") -> None:
+    """A dataset's ``dataset.json`` may be absent (older or hand-made datasets); when present it
+    must be readable and of this format: a damaged one means a damaged or foreign dataset."""
+    if not info_path.exists():
+        return
+    try:
+        info = json.loads(info_path.read_text())
+        version = info.get("format_version") if isinstance(info, dict) else None
+    except (OSError, ValueError) as e:
+        raise _fail(info_path, f"unreadable ({type(e).__name__}: {e})") from e
+    if version != FORMAT_VERSION:
+        raise _fail(info_path, f"format_version {version} is not {FORMAT_VERSION}{refusal}")
 
 
 def read_episodes(root: str | Path, load_frames: bool = True) -> Iterator[Episode]:
@@ -312,12 +327,7 @@ class EpisodeWriter:
             tmp.unlink(missing_ok=True)
         info_path = self.root / "dataset.json"
         if info_path.exists():
-            try:
-                version = json.loads(info_path.read_text()).get("format_version")
-            except (OSError, ValueError) as e:
-                raise _fail(info_path, f"unreadable ({e})") from e
-            if version != FORMAT_VERSION:
-                raise _fail(info_path, f"format_version {version} is not {FORMAT_VERSION}; refusing to append")
+            _check_info(info_path, "; refusing to append")
             return
         info = {
             "format_version": FORMAT_VERSION,

@@ -4,6 +4,7 @@ study that builds one: ``add_policy_args`` adds them, ``policy_config`` reads th
 from __future__ import annotations
 
 import argparse
+import math
 
 from vla.config import ACTION_HEADS, ACTION_SPACES, DIFFUSION_SCHEDULERS, OBSERVATION_CHOICES, SIZES, PolicyConfig
 
@@ -73,3 +74,31 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
+
+
+FLAG_RULES = {
+    # argparse dest: (flag, rule, what the rule says)
+    "steps": ("--steps", lambda v: v >= 1, "an integer >= 1"),
+    "train_steps": ("--train-steps", lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": ("--batch-size", lambda v: v >= 1, "an integer >= 1"),
+    "lr": ("--lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "iterations": ("--iterations", lambda v: v >= 0, "an integer >= 0"),
+    "rollouts": ("--rollouts", lambda v: v >= 1, "an integer >= 1"),
+    "expert_episodes": ("--expert-episodes", lambda v: v >= 1, "an integer >= 1"),
+    "beta0": ("--beta0", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "label_every": ("--label-every", lambda v: v >= 1, "an integer >= 1"),
+    "forecast_weight": ("--forecast-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "replan_every": ("--replan-every", lambda v: v is None or v >= 1, "an integer >= 1"),
+    "augment_commands": ("--augment-commands", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+}
+"""The training flags' ranges, checked by ``check_flags`` before anything runs, so an error names
+the flag the user typed rather than the config field it fills."""
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Raise ``VLAError`` naming the first training flag of ``args`` outside its range."""
+    from vla.errors import VLAError
+
+    for dest, (flag, ok, rule) in FLAG_RULES.items():
+        if hasattr(args, dest) and not ok(getattr(args, dest)):
+            raise VLAError(f"{flag} must be {rule}, got {getattr(args, dest)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks.metrics import format_table
 from methods.session_options import add_session_args, dagger_config
-from vla.options import add_command_data_args, add_policy_args, policy_config
+from vla.options import add_command_data_args, add_policy_args, check_flags, policy_config
 
 ITERATION_COLUMNS = ("iteration", "setting", "beta", "dataset_episodes", "dataset_steps", "train_loss",
                      "collision_rate", "off_road_rate", "progress_mean", "goal_success_rate",
@@ -40,6 +40,7 @@ def configure_dagger(p: argparse.ArgumentParser) -> None:
 def run_dagger(args: argparse.Namespace) -> int:
     from methods.dagger import DaggerSession
 
+    check_flags(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
@@ -117,11 +118,10 @@ def run_train_policy(args: argparse.Namespace) -> int:
     from vla.policy import VLAPolicy, default_action_tokenizer
     from vla.train_loop import TrainConfig, train
 
+    check_flags(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    if not 0.0 <= args.augment_commands <= 1.0:
-        raise ValueError(f"--augment-commands must be in [0, 1], got {args.augment_commands}")
     config = policy_config(args)
     episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
     out.mkdir(parents=True, exist_ok=True)
