@@ -39,6 +39,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="transitions per step (default: %(default)s)")
     p.add_argument("--transitions", type=int, default=20_000, help="dataset size (default: %(default)s)")
     p.add_argument("--no-variants", action="store_true", help="time only the headline settings")
+    p.add_argument("--emulated-bf16", action="store_true",
+                   help="also time the bf16 variants on a CPU without bf16 instructions (emulated: slow, and "
+                        "they can take far longer than the other settings; skipped by default there)")
     p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default="auto",
                    help="the headline's matmul input precision, as vla train's (default: %(default)s)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
@@ -85,13 +88,34 @@ def measure_in_fresh_process(cls, config, steps: int, args: argparse.Namespace) 
     return steps_per_second(method, data, steps, args.warmup, args.repeats, args.batch_size, args.seed)
 
 
+def bench_settings(args: argparse.Namespace, precision: str, compile_: bool, native_bf16: bool) -> tuple[dict, bool]:
+    """{result key: (method class, config, steps)} of the settings to time, and whether the bf16
+    variants were left out (a CPU without bf16 instructions, unless --emulated-bf16)."""
+    from offline_rl.cql import CQL, CQLConfig
+    from offline_rl.iql import IQL, IQLConfig
+
+    precisions = ["float32", "bfloat16"] if not args.no_variants else [precision]
+    skipped = ("bfloat16" in precisions and precision != "bfloat16"  # asked for explicitly: timed
+               and not native_bf16 and not args.emulated_bf16)
+    if skipped:
+        precisions = [p for p in precisions if p != "bfloat16"]
+    runs = {}
+    for p in precisions:
+        for c in ([False, True] if not args.no_variants else [compile_]):
+            name = f"{p}_{'compiled' if c else 'eager'}"
+            runs[f"iql_{name}_steps_per_s"] = (IQL, IQLConfig(precision=p, compile=c), args.iql_steps)
+            runs[f"cql_{name}_steps_per_s"] = (CQL, CQLConfig(precision=p, penalty_precision=p, compile=c),
+                                               args.cql_steps)
+    if not args.no_variants and not skipped:
+        runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
+    return runs, skipped
+
+
 def run(args: argparse.Namespace) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from offline_rl.cql import CQL, CQLConfig
-    from offline_rl.iql import IQL, IQLConfig
-    from offline_rl.networks import resolve_compile, resolve_precision
+    from offline_rl.networks import native_bf16_matmul, resolve_compile, resolve_precision
 
     for name in ("iql_steps", "cql_steps", "repeats", "batch_size", "transitions"):
         if getattr(args, name) < 1:
@@ -101,15 +125,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"offline-rl bench: Pendulum-v1 dataset of {args.transitions} transitions, batch {args.batch_size}, "
           f"1 thread, each setting in a fresh process, load average {os.getloadavg()[0]:.2f}; "
           f"headline settings (vla train's defaults here): {settings}", flush=True)
-    runs = {}
-    for p in (["float32", "bfloat16"] if not args.no_variants else [precision]):
-        for c in ([False, True] if not args.no_variants else [compile_]):
-            name = f"{p}_{'compiled' if c else 'eager'}"
-            runs[f"iql_{name}_steps_per_s"] = (IQL, IQLConfig(precision=p, compile=c), args.iql_steps)
-            runs[f"cql_{name}_steps_per_s"] = (CQL, CQLConfig(precision=p, penalty_precision=p, compile=c),
-                                               args.cql_steps)
-    if not args.no_variants:
-        runs["cql_bf16_penalty_steps_per_s"] = (CQL, CQLConfig(penalty_precision="bfloat16"), args.cql_steps)
+    runs, bf16_skipped = bench_settings(args, precision, compile_, native_bf16_matmul())
+    if bf16_skipped:
+        print("skipping the bf16 variants: this CPU has no bf16 instructions (AVX512-BF16 / AMX), where bf16 is "
+              "emulated and far slower; --emulated-bf16 times them anyway", flush=True)
     result: dict[str, float | int | str] = {}
     context = multiprocessing.get_context("spawn")
     for key, (cls, config, steps) in runs.items():
@@ -124,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         result[f"{method}_settings"] = settings
     print(f"headline ({settings}): iql_steps_per_s {result['iql_steps_per_s']:.1f}, "
           f"cql_steps_per_s {result['cql_steps_per_s']:.1f}", flush=True)
-    result.update(batch_size=args.batch_size, transitions=args.transitions, threads=1,
+    result.update(bf16_variants_skipped=bf16_skipped, batch_size=args.batch_size, transitions=args.transitions, threads=1,
                   load_average_1m=round(os.getloadavg()[0], 2), torch=torch.__version__)
     print(json.dumps(result, sort_keys=True))
     return 0

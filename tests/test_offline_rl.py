@@ -461,3 +461,25 @@ def test_driving_comparison_summary_and_bad_options(tmp_path, capsys):
     assert "| iql (x2) | 0.300 ± 0.141 |" in study.format_summary(summary, args)
     assert study.main(["--out", str(tmp_path / "run"), "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+def test_offline_rl_bench_skips_emulated_bf16_unless_asked():
+    """On a CPU without bf16 instructions the bench leaves out its bf16 variants (emulated, they
+    made it run for over 20 minutes), and says so; --emulated-bf16 or an explicit bfloat16
+    headline keeps them."""
+    import argparse
+
+    from benchmarks.offline_rl_bench import bench_settings, configure
+
+    p = argparse.ArgumentParser()
+    configure(p)
+    args = p.parse_args([])
+    runs, skipped = bench_settings(args, "float32", False, native_bf16=False)
+    assert skipped and not any("bfloat16" in k or "bf16" in k for k in runs)
+    assert "iql_float32_eager_steps_per_s" in runs and "cql_float32_compiled_steps_per_s" in runs
+    runs, skipped = bench_settings(args, "bfloat16", True, native_bf16=True)
+    assert not skipped and "cql_bf16_penalty_steps_per_s" in runs and "iql_bfloat16_compiled_steps_per_s" in runs
+    runs, skipped = bench_settings(p.parse_args(["--emulated-bf16"]), "float32", False, native_bf16=False)
+    assert not skipped and "iql_bfloat16_eager_steps_per_s" in runs
+    runs, skipped = bench_settings(p.parse_args(["--no-variants"]), "float32", False, native_bf16=False)
+    assert list(runs) == ["iql_float32_eager_steps_per_s", "cql_float32_eager_steps_per_s"]
