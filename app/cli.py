@@ -330,6 +330,8 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
                     "build the spoken-command corpus (espeak-ng speech, IPA, VAD, noise)"),
     "train-codec": ("app.commands.train_codec", "configure", "run",
                     "train the small EnCodec-architecture audio codec on a speech corpus"),
+    "doctor": ("app.commands.doctor", "configure", "run",
+               "check a run, dataset, checkpoint or D4RL file and list every problem found, changing nothing"),
 }
 """name -> (module, configure function, run function or None when configure sets its own
 subcommands' funcs, help). The module is imported only when its command runs (or its --help
