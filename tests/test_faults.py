@@ -121,3 +121,23 @@ def test_the_watchdog_leaves_an_outer_alarm_alone(monkeypatch):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_rollout_worker_that_dies_is_replaced_and_its_episode_rerun(tmp_path, monkeypatch, capsys):
+    from vla import parallel
+    from vla.parallel import RolloutPool, RolloutSpec
+
+    spec = RolloutSpec("highway", "light", "constant", cameras=False, query_expert=False, record_frames=False)
+    alone = RolloutPool(1).run(spec, [0, 1, 2, 3])
+    monkeypatch.setenv(parallel.FAULT_ENV, f"2:{tmp_path / 'died'}")
+    with RolloutPool(2) as pool:
+        episodes = pool.run(spec, [0, 1, 2, 3])
+    assert (tmp_path / "died").exists()  # a worker did die on seed 2
+    assert "a rollout worker died" in capsys.readouterr().err
+    assert [e.seed for e in episodes] == [0, 1, 2, 3]
+    for a, b in zip(alone, episodes):
+        assert np.array_equal(a.ego, b.ego) and a.outcome == b.outcome
+    monkeypatch.setenv(parallel.FAULT_ENV, f"1:{tmp_path / 'died_again'}")
+    monkeypatch.setattr(parallel, "MAX_POOL_RESTARTS", 0)
+    with RolloutPool(2) as pool, pytest.raises(RuntimeError, match="rollout workers died 1 times"):
+        pool.run(spec, [0, 1, 2])

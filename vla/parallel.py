@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,14 @@ import numpy as np
 
 from sim.episode import Episode
 from sim.rollout import DartNoise
+
+
+MAX_POOL_RESTARTS = 3
+"""Times one ``RolloutPool.run`` call replaces dead workers before it gives up."""
+
+FAULT_ENV = "VLA_FAULT_WORKER_EXIT"
+"""Fault injection for tests: ``SEED:MARKER`` makes the worker that starts episode SEED exit at
+once (as if killed) if the file MARKER does not exist yet, creating it (so only once)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,12 @@ _WORKER_CACHE: dict = {}
 
 def _worker(args: tuple[RolloutSpec, int]) -> Episode:
     spec, seed = args
+    fault = os.environ.get(FAULT_ENV)
+    if fault:
+        at, marker = fault.split(":", 1)
+        if int(at) == seed and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
     if _WORKER_CACHE.get("key") != spec:
         _WORKER_CACHE.clear()
         _WORKER_CACHE["key"] = spec
@@ -95,31 +110,66 @@ class RolloutPool:
         self.close()
 
     def close(self) -> None:
+        """Stop the workers now (an episode in flight is abandoned)."""
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in processes:
+                if proc.is_alive():
+                    proc.terminate()
+            for proc in processes:
+                proc.join(timeout=10)
 
     def run(self, spec: RolloutSpec, seeds: Sequence[int],
             on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
         """Episodes for ``seeds`` in order; ``on_episode`` sees each one as soon as it (and
-        every earlier seed) is done, e.g. to append it to a dataset or advance a progress bar."""
+        every earlier seed) is done, e.g. to append it to a dataset or advance a progress bar.
+        A worker process that dies (killed, out of memory, a crash in native code) is replaced
+        and the episodes not yet returned are run again, up to ``MAX_POOL_RESTARTS`` times per
+        call; each episode depends only on its seed, so the result is the same."""
         seeds = [int(s) for s in seeds]
         if self.workers == 1 or len(seeds) <= 1:
             episodes = (_run(spec, s, self._cache_for(spec)) for s in seeds)
         else:
-            if self._pool is None:
-                from vla.policies_registry import CHECKPOINT_KINDS
-
-                self._pool = mp.get_context("spawn").Pool(self.workers, initializer=_init_worker,
-                                                          initargs=(pickle.dumps(dict(CHECKPOINT_KINDS)),))
-            episodes = self._pool.imap(_worker, [(spec, s) for s in seeds])
+            episodes = self._in_workers(spec, seeds)
         out = []
         for ep in episodes:
             out.append(ep)
             if on_episode:
                 on_episode(ep)
         return out
+
+    def _executor(self):
+        if self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            from vla.policies_registry import CHECKPOINT_KINDS
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker,
+                                             initargs=(pickle.dumps(dict(CHECKPOINT_KINDS)),))
+        return self._pool
+
+    def _in_workers(self, spec: RolloutSpec, seeds: list[int]):
+        from concurrent.futures.process import BrokenProcessPool
+
+        done, restarts = 0, 0
+        while done < len(seeds):
+            futures = [self._executor().submit(_worker, (spec, s)) for s in seeds[done:]]
+            try:
+                for future in futures:
+                    episode = future.result()
+                    done += 1
+                    yield episode
+            except BrokenProcessPool:
+                self.close()
+                restarts += 1
+                if restarts > MAX_POOL_RESTARTS:
+                    raise RuntimeError(f"rollout workers died {restarts} times in one run (last at seed "
+                                       f"{seeds[done]}); giving up") from None
+                print(f"vla: a rollout worker died; restarting the pool and running seeds {seeds[done]}.. again "
+                      f"({restarts}/{MAX_POOL_RESTARTS})", file=sys.stderr, flush=True)
 
     def _cache_for(self, spec: RolloutSpec) -> dict:
         if self._cache.get("key") != spec:
