@@ -16,7 +16,9 @@ on how the passenger worded it, so with probability p a training sample hears an
 ``train``-split phrasing of its goal (``vla.speech_commands``), drawn from numpy's global RNG
 (saved in every checkpoint, so resume stays exact). A recorded episode carries one phrasing;
 without this a policy trained on a few dozen episodes hears 2-4 of each goal's 9 train
-phrasings and cannot follow the held-out ones. Held-out phrasings are never used.
+phrasings and cannot follow the held-out ones. Held-out phrasings are never used. With
+``command_grammar`` half of those swaps draw from ``tokenizers_mm.command_grammar`` instead
+(dozens of generated wordings per goal, English or Mandarin with equal odds).
 
 Goal relabelling (``goal_relabel``; episodes recorded with ``Episode.goal_labels``): the
 expert is a pure function of (state, goal), so each visited state also gives one sample per
@@ -151,19 +153,29 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
 class DemoDataset:
     """The aggregated dataset: ``len`` samples, ``batch(indices) -> PolicyInputs``."""
 
-    def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False) -> None:
+    def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
+                 command_grammar: bool = False) -> None:
         if not 0.0 <= augment_commands <= 1.0:
             raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
         self.policy = policy
         self.augment_commands = float(augment_commands)
         self.goal_relabel = bool(goal_relabel) and policy.config.command != "none"
         self._phrasings: dict[str, list[np.ndarray]] = {}
+        self._grammar: dict[str, list[list[np.ndarray]]] = {}  # label -> per language, its phrasings
         if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
 
             for p in PHRASINGS:
                 if p.split == "train":
                     self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang))
+            if command_grammar:
+                from tokenizers_mm.command_grammar import grammar_phrasings
+
+                for label in self._phrasings:
+                    by_lang: dict[str, list[np.ndarray]] = {}
+                    for text, lang in grammar_phrasings(label):
+                        by_lang.setdefault(lang, []).append(policy.encode_command(text, lang))
+                    self._grammar[label] = list(by_lang.values())
         self._episodes: list[_EpisodeArrays] = []
         self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample
 
@@ -202,6 +214,9 @@ class DemoDataset:
             for i in np.flatnonzero(swap):
                 label = eps[i].label if goals[i] < 0 else HIGHWAY_GOAL_LABELS[goals[i]]
                 options = self._phrasings.get(label)
+                grammar = self._grammar.get(label)
+                if grammar and np.random.random() < 0.5:  # a grammar phrasing, its language drawn first
+                    options = grammar[np.random.randint(len(grammar))]
                 if options:
                     commands[i] = options[np.random.randint(len(options))]
         bins, residual, mask = [], [], []
