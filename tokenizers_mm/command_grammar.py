@@ -75,7 +75,8 @@ _ZH = {
 
 @cache
 def grammar_phrasings(label: str) -> tuple[tuple[str, str], ...]:
-    """(text, lang) training phrasings of ``label`` from the grammar, none of them held out."""
+    """(text, lang) training phrasings of ``label`` from the grammar: none of them held out, none
+    already in the corpus."""
     if label not in LABELS:
         raise ValueError(f"unknown goal label {label!r}; expected one of {LABELS}")
     en: list[str] = []
@@ -88,7 +89,7 @@ def grammar_phrasings(label: str) -> tuple[tuple[str, str], ...]:
     else:
         en += list(_EN[label])
     out = [(t, "en") for t in en] + [(t, "zh") for t in _ZH.get(label, ())]
-    seen, kept = set(), []
+    seen, kept = {(p.text, p.lang) for p in PHRASINGS}, []  # only wordings the corpus does not have
     for item in out:
         if item not in seen:
             seen.add(item)

@@ -1,0 +1,50 @@
+"""tokenizers_mm.command_grammar: many training wordings per goal, never a held-out one; the
+dataset draws them when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokenizers_mm.command_grammar import grammar_phrasings
+from tokenizers_mm.corpus import LABELS, PHRASINGS
+
+
+def test_every_label_has_many_wordings_in_both_languages_and_none_held_out():
+    heldout = {(p.text, p.lang) for p in PHRASINGS if p.heldout}
+    for label in LABELS:
+        g = grammar_phrasings(label)
+        assert len(g) >= 15 and len(set(g)) == len(g)
+        assert {lang for _, lang in g} == {"en", "zh"}
+        assert not heldout & set(g) and not {(p.text, p.lang) for p in PHRASINGS} & set(g)
+    assert all("left" in t or "左" in t for t, _ in grammar_phrasings("lane_left"))
+    with pytest.raises(ValueError, match="unknown goal label"):
+        grammar_phrasings("fly")
+
+
+def test_the_dataset_hears_grammar_phrasings_only_when_asked():
+    from sim.backends import make_env
+    from sim.rollout import ExpertPolicy, run_episode
+    from vla.config import SIZES, PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(**SIZES["tiny"], cameras=False)
+    policy = VLAPolicy(config, default_action_tokenizer(config.n_bins))
+    env = make_env("embedded", "highway", "light")
+    ep = run_episode(env, ExpertPolicy(env), 0, record_frames=False)
+    label = ep.goal.label
+    pad = policy.layout.special("<pad>")
+    generated = {tuple(policy.encode_command(t, lang)) for t, lang in grammar_phrasings(label)}
+
+    def heard(data: DemoDataset) -> list[tuple]:
+        np.random.seed(0)
+        rows = data.batch(np.arange(len(data))).command.numpy()
+        return [tuple(int(v) for v in r if v != pad) for r in rows]
+
+    plain, rich = DemoDataset(policy, augment_commands=1.0), DemoDataset(policy, augment_commands=1.0,
+                                                                         command_grammar=True)
+    plain.add_episode(ep), rich.add_episode(ep)
+    assert not any(c in generated for c in heard(plain))
+    share = np.mean([c in generated for c in heard(rich)])
+    assert 0.3 < share < 0.7  # half of the swaps draw from the grammar
