@@ -70,6 +70,23 @@ def _collect_spec(args: argparse.Namespace, cameras: bool) -> RolloutSpec:
                        camera_size=(args.width, args.height))
 
 
+def _recorded(out: Path, args: argparse.Namespace, wanted: range) -> dict[int, dict]:
+    """seed -> metrics row of the episodes of this very collection (same policy, scenario,
+    density; a seed in ``wanted``) that ``out`` already holds: what a killed run recorded."""
+    from sim.storage import episode_metas, episode_paths, read_episode
+
+    if not (out / "episodes").is_dir():
+        return {}
+    mine = {(int(m["seed"]), m["scenario"], m["density"], m["policy"]) for m in episode_metas(out)}
+    seeds = {s for s in wanted if (s, args.scenario, args.density, args.policy) in mine}
+    found: dict[int, dict] = {}
+    for path in episode_paths(out) if seeds else []:
+        ep = read_episode(path, load_frames=False)
+        if ep.seed in seeds and (ep.scenario, ep.density, ep.policy) == (args.scenario, args.density, args.policy):
+            found.setdefault(ep.seed, episode_metrics(ep))
+    return found
+
+
 def run_collect(args: argparse.Namespace) -> int:
     """Record episodes (frames, expert labels) into ``args.out`` and summarize them. Without a
     recipe the episodes come from the rollout pool (``--workers`` processes; each episode
@@ -78,7 +95,7 @@ def run_collect(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows: list[dict] = []
     steps = 0
-    recipe, wrap = getattr(args, "recipe", None), None
+    recipe, wrap, kept = getattr(args, "recipe", None), None, 0
     with EpisodeWriter(out) as writer:
         first = writer.next_index
 
@@ -98,19 +115,32 @@ def run_collect(args: argparse.Namespace) -> int:
                 keep(ep)
         else:
             spec = _collect_spec(args, cameras=bool(rig))
-            with RolloutPool(args.workers) as pool, tqdm(total=args.episodes, desc=f"collect {args.policy}",
-                                                        unit="ep", file=sys.stderr, dynamic_ncols=True) as bar:
+            wanted = range(args.seed, args.seed + args.episodes)
+            have = _recorded(out, args, wanted)
+            for seed, row in have.items():  # a rerun after a kill: those episodes are kept, not redone
+                rows.append(row)
+            kept = len(have)
+            if have:
+                print(f"resuming: {len(have)} of the {args.episodes} episodes are already in {out}", file=sys.stderr)
+            with RolloutPool(args.workers) as pool, tqdm(total=args.episodes, initial=len(have),
+                                                        desc=f"collect {args.policy}", unit="ep",
+                                                        file=sys.stderr, dynamic_ncols=True) as bar:
                 def record(ep: Episode) -> None:
                     keep(ep)
                     bar.set_postfix_str(f"seed {ep.seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
                     bar.update()
 
-                pool.run(spec, range(args.seed, args.seed + args.episodes), on_episode=record)
+                pool.run(spec, [s for s in wanted if s not in have], on_episode=record)
+            rows.sort(key=lambda r: r["seed"])
         last = writer.next_index - 1
     _finish(argparse.Namespace(**{**vars(args), "policy": f"recipe {recipe}"}) if recipe else args, out, rows, [])
     frames = f"{len(rig)} cameras {args.width}x{args.height}" if rig else "no cameras"
-    print(f"recorded {len(rows)} episodes, {steps} steps ({frames}) as "
-          f"{out / 'episodes'}/ep_{first:06d}.h5 .. ep_{last:06d}.h5")
+    if len(rows) > kept:
+        print(f"recorded {len(rows) - kept} episodes, {steps} steps ({frames}) as "
+              f"{out / 'episodes'}/ep_{first:06d}.h5 .. ep_{last:06d}.h5"
+              + (f"; {kept} were already there" if kept else ""))
+    else:
+        print(f"nothing to record: all {kept} episodes are already in {out}")
     if getattr(args, "d4rl", None):
         from offline_rl.datasets import episodes_to_d4rl
 
