@@ -119,8 +119,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from vla.speech_commands import check_phrasings
+
     _check_rollout(args)
     _check_best_of(args)
+    check_phrasings(args.phrasings)
     from app.commands.rollouts import run_eval
 
     return run_eval(args)
@@ -228,9 +231,11 @@ def _eval_parser(sub) -> None:
     p.add_argument("--record", action="store_true",
                    help="also store the episodes (states, actions, expert labels; no frames) "
                         "as a dataset under OUT/episodes (appended to one already there)")
-    p.add_argument("--phrasings", choices=("heldout", "train", "canonical"), default="heldout",
+    p.add_argument("--phrasings", default="heldout", metavar="SPLIT|FILE.tsv",
                    help="how the passenger phrases each episode's command: the speech corpus's held-out "
-                        "or training phrasings, or the canonical English command (default: %(default)s)")
+                        "or training phrasings, the canonical English command, or your own phrasings in a "
+                        "tab-separated file with the header 'goal language phrasing' (en or zh; goals the "
+                        "file does not cover keep the held-out phrasings) (default: %(default)s)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",

@@ -132,6 +132,13 @@ CASES = [
     ("eval-temperature-nan", [*EVAL, "--temperature", "nan"], _nothing, "--temperature"),
     ("eval-best-of-no-scorer", [*EVAL, "--best-of", "2"], _nothing, "--scorer"),
     ("eval-phrasings", [*EVAL, "--phrasings", "klingon"], _nothing, "klingon"),
+    ("eval-phrasings-tsv-missing", [*EVAL, "--phrasings", "{d}/mine.tsv"], _nothing, "mine.tsv"),
+    ("eval-phrasings-tsv-no-header", [*EVAL, "--phrasings", "{d}/mine.tsv"],
+     lambda d: (d / "mine.tsv").write_text("lane_left\ten\tgo left\n"), "header"),
+    ("eval-phrasings-tsv-unknown-goal", [*EVAL, "--phrasings", "{d}/mine.tsv"],
+     lambda d: (d / "mine.tsv").write_text("goal\tlanguage\tphrasing\nfly\ten\tup we go\n"), "mine.tsv:2"),
+    ("eval-phrasings-tsv-bad-language", [*EVAL, "--phrasings", "{d}/mine.tsv"],
+     lambda d: (d / "mine.tsv").write_text("goal\tlanguage\tphrasing\nlane_left\tfr\tà gauche\n"), "'fr'"),
     # episode datasets (vla train bc)
     ("data-missing", [*BC[:3], "{d}/nowhere", *BC[4:]], _nothing, "nowhere"),
     ("data-empty-dir", BC, lambda d: shutil.rmtree(d / "data" / "episodes") or (d / "data" / "episodes").mkdir(),

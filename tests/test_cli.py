@@ -242,3 +242,27 @@ def test_collect_killed_with_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_p
     for a, b in zip(cut, whole):
         assert np.array_equal(a.ego, b.ego) and np.array_equal(a.expert_actions, b.expert_actions)
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["episodes"] == 6
+
+
+def test_eval_with_the_user_s_own_phrasings(tmp_path, capsys):
+    """vla eval --phrasings FILE.tsv: each episode hears one of the file's phrasings of its goal
+    (goals the file does not cover keep the corpus's held-out phrasings)."""
+    from sim.backends import make_env
+    from vla.speech_commands import rephraser
+
+    tsv = tmp_path / "mine.tsv"
+    tsv.write_text("goal\tlanguage\tphrasing\n"
+                   "keep_lane\ten\tjust carry on in this lane mate\n"
+                   "keep_lane\tzh\t就这样开\n\n")
+    env = make_env("embedded", "highway", "light", rephrase=rephraser(str(tsv)))
+    heard = set()
+    for seed in range(8):
+        env.reset(seed=seed)
+        if env.goal.label == "keep_lane":
+            heard.add(env.goal.command)
+        else:
+            assert env.goal.command not in ("just carry on in this lane mate", "就这样开")
+    assert heard and heard <= {"just carry on in this lane mate", "就这样开"}
+    code, out, _ = run(capsys, "eval", *LIGHT, "--episodes", "1", "--no-gif", "--phrasings", str(tsv),
+                       "--out", str(tmp_path / "o"))
+    assert code == 0 and (tmp_path / "o" / "metrics.json").exists()
