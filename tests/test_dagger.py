@@ -119,3 +119,46 @@ def test_one_session_drives_several_scenarios_and_densities(tmp_path):
         tiny_config(scenario="highway,highway")
     with pytest.raises(ValueError, match="unknown scenario"):
         tiny_config(scenario="highway,parking")
+
+
+def test_vla_dagger_killed_with_sigkill_and_rerun_equals_an_uninterrupted_session(tmp_path):
+    """kill -9 during a DAgger session (after its first rollout of iteration 1), rerun the same
+    command: the same datasets per iteration and the same final weights as a session never
+    killed (episodes depend only on seeds; training resumes exactly)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.numpy import load_file
+
+    from sim.storage import count_episodes
+
+    def command(out):
+        return [sys.executable, "-c", "from app.cli import main; raise SystemExit(main())", "dagger",
+                "--scenario", "highway", "--density", "light", "--iterations", "2", "--expert-episodes", "2",
+                "--rollouts", "2", "--train-steps", "20", "--eval-episodes", "1", "--no-cameras", "--size", "tiny",
+                "--workers", "1", "--out", str(out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while count_episodes(tmp_path / "cut" / "data" / "iter_001") < 1 and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "metrics.json").exists()  # it was killed before the end
+    subprocess.run(command(tmp_path / "cut"), env=env, check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
+
+    def lines(run):
+        return [{k: v for k, v in json.loads(x).items() if k in ("iteration", "dataset_episodes", "dataset_steps")}
+                for x in (run / "iterations.jsonl").read_text().splitlines()]
+
+    assert lines(tmp_path / "cut") == lines(tmp_path / "whole") and len(lines(tmp_path / "whole")) == 3
+    a = load_file(str(tmp_path / "cut" / "iter_002" / "policy" / "model.safetensors"))
+    b = load_file(str(tmp_path / "whole" / "iter_002" / "policy" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
