@@ -64,11 +64,14 @@ class Route:
 
     def locate(self, xy: tuple[float, float]) -> tuple[float, float]:
         """(metres along the route, signed lateral offset from it, + = left) of a point, by
-        projection onto the nearest segment of the polyline."""
+        projection onto the nearest segment of the polyline (extended straight before its start
+        and past its end, so ``along`` < 0 or > ``length`` there)."""
         p = np.asarray(xy, dtype=np.float64)
         a, b = self.points[:-1], self.points[1:]
         ab = b - a
-        t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), 0.0, 1.0)
+        lo, hi = np.zeros(len(ab)), np.ones(len(ab))
+        lo[0], hi[-1] = -np.inf, np.inf  # before the start / past the end: along the end segments' lines
+        t = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-12), lo, hi)
         foot = a + t[:, None] * ab
         i = int(np.argmin(np.hypot(*(p - foot).T)))
         along = float(self.cumulative[i] + t[i] * np.hypot(*ab[i]))

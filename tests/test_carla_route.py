@@ -73,3 +73,38 @@ def test_off_road(straight, junction):
     assert not is_off_road(straight, (50.0, -1.75)) and not is_off_road(straight, (50.0, 1.75))
     assert is_off_road(straight, (50.0, 30.0)) and is_off_road(straight, (250.0, -1.75))
     assert not is_off_road(junction, (0.0, -1.75)) and is_off_road(junction, (-30.0, 20.0))
+
+
+# ----------------------------------------------------------------------------- the CARLA expert
+def _drive(route, pose, others=(), steps=150, speed_limit=15.0):
+    from sim.carla_expert import expert_action
+    from sim.plan import VehicleGeometry
+
+    geometry, poses = VehicleGeometry(), [np.asarray(pose, dtype=np.float64)]
+    for _ in range(steps):
+        poses.append(geometry.step(poses[-1], expert_action(route, poses[-1], list(others), speed_limit)))
+    return np.array(poses)
+
+
+@pytest.mark.parametrize("label", ["turn_left", "turn_right", "turn_straight"])
+def test_the_expert_drives_each_junction_route_on_the_bicycle(junction, label):
+    route = plan_route(junction, (-40.0, -1.75), label, 80.0)
+    poses = _drive(route, (-40.0, -1.75, 0.0, 8.0), steps=90)
+    lateral = [abs(route.locate(p[:2])[1]) for p in poses]
+    assert max(lateral) < 0.8  # within 0.8 m of the lane centre all the way through the turn
+    assert route.locate(poses[-1][:2])[0] > 55.0  # and it got through the junction
+    assert not any(is_off_road(junction, p[:2]) for p in poses if route.locate(p[:2])[0] <= route.length)
+
+
+def test_the_expert_follows_a_slower_leader_and_keeps_its_distance(straight):
+    from sim.carla_expert import Vehicle, expert_action, expert_plan, route_leader
+
+    route = plan_route(straight, (10.0, -1.75), "keep_lane", 180.0)
+    leader = Vehicle(40.0, -1.75, 0.0, 5.0)
+    assert route_leader(route, 0.0, [leader, Vehicle(40.0, -5.25, 0.0, 1.0)]) == (pytest.approx(30.0), 5.0)
+    assert expert_action(route, np.array([10.0, -1.75, 0.0, 15.0]), [leader], 20.0)[0] < -1.0  # closing fast: brake
+    assert expert_action(route, np.array([10.0, -1.75, 0.0, 5.0]), [], 20.0)[0] > 1.0  # free road: speed up
+    actions, poses = expert_plan(route, np.array([10.0, -1.75, 0.0, 15.0]), [leader], 20.0, horizon=60)
+    gaps = [40.0 + 5.0 * 0.1 * (h + 1) - poses[h, 0] for h in range(60)]
+    assert min(gaps) > 7.0 and abs(poses[-1, 3] - 5.0) < 2.0  # no collision, settles near the leader's speed
+    assert actions.shape == (60, 2) and poses.shape == (60, 4)
