@@ -280,15 +280,15 @@ def _num_steps(path: Path) -> int:
         raise _fail(path, f"unreadable episode ({type(e).__name__}: {e})") from e
 
 
-def episode_metas(root: str | Path) -> list[dict]:
-    """``Episode.meta()`` of every complete episode of a dataset directory (header only, fast);
-    [] when it has none yet."""
+def episode_metas(root: str | Path) -> list[tuple[Path, dict]]:
+    """(file, ``Episode.meta()``) of every complete episode of a dataset directory, in index
+    order (headers only, fast); [] when it has none yet."""
     episodes_dir = Path(root) / EPISODES_DIR
     out = []
     for _, path in (_scan(episodes_dir) if episodes_dir.is_dir() else []):
         try:
             with h5py.File(path, "r") as f:
-                out.append(json.loads(f.attrs["meta"]))
+                out.append((path, json.loads(f.attrs["meta"])))
         except (OSError, KeyError, ValueError) as e:
             raise _fail(path, f"unreadable episode ({type(e).__name__}: {e})") from e
     return out

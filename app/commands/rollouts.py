@@ -73,17 +73,14 @@ def _collect_spec(args: argparse.Namespace, cameras: bool) -> RolloutSpec:
 def _recorded(out: Path, args: argparse.Namespace, wanted: range) -> dict[int, dict]:
     """seed -> metrics row of the episodes of this very collection (same policy, scenario,
     density; a seed in ``wanted``) that ``out`` already holds: what a killed run recorded."""
-    from sim.storage import episode_metas, episode_paths, read_episode
+    from sim.storage import episode_metas, read_episode
 
-    if not (out / "episodes").is_dir():
-        return {}
-    mine = {(int(m["seed"]), m["scenario"], m["density"], m["policy"]) for m in episode_metas(out)}
-    seeds = {s for s in wanted if (s, args.scenario, args.density, args.policy) in mine}
     found: dict[int, dict] = {}
-    for path in episode_paths(out) if seeds else []:
-        ep = read_episode(path, load_frames=False)
-        if ep.seed in seeds and (ep.scenario, ep.density, ep.policy) == (args.scenario, args.density, args.policy):
-            found.setdefault(ep.seed, episode_metrics(ep))
+    for path, m in episode_metas(out):
+        seed = int(m["seed"])
+        if seed in wanted and seed not in found and \
+                (m["scenario"], m["density"], m["policy"]) == (args.scenario, args.density, args.policy):
+            found[seed] = episode_metrics(read_episode(path, load_frames=False))
     return found
 
 
