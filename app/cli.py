@@ -77,12 +77,13 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def _check_rollout(args: argparse.Namespace) -> None:
-    import offline_rl.policy  # noqa: F401  registers the offline-RL MLP checkpoint kind
     from vla.policies_registry import check_policy, is_checkpoint, load_checkpoint
 
     _check_common(args)
     check_policy(args.policy)
     if is_checkpoint(args.policy):  # a damaged checkpoint fails here, in one line, before any output
+        import offline_rl.policy  # noqa: F401  registers the offline-RL MLP checkpoint kind (imports torch)
+
         load_checkpoint(args.policy)
     if getattr(args, "plan_horizon", 0) < 0 or getattr(args, "plan_horizon", 0) == 1:
         raise VLAError(f"--plan-horizon must be 0 (off) or >= 2, got {args.plan_horizon}")
