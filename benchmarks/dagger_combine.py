@@ -54,6 +54,18 @@ def _episodes(path: Path) -> dict[str, dict]:
         return {row["seed"]: row for row in reader}
 
 
+def paired_differences(pairs) -> dict[str, list[float]]:
+    """``PAIRED`` column -> per-episode differences (other minus base) over the episode seeds
+    both ``episodes.csv`` of each ``(base, other)`` pair drove."""
+    diffs: dict[str, list[float]] = {c: [] for c in PAIRED}
+    for base_csv, other_csv in pairs:
+        base, other = _episodes(Path(base_csv)), _episodes(Path(other_csv))
+        for ep in sorted(base.keys() & other.keys()):
+            for column in PAIRED:
+                diffs[column].append(float(other[ep][column]) - float(base[ep][column]))
+    return diffs
+
+
 def combine(studies: list[Path]) -> dict:
     """``{density: {"arms": summarize(...), "paired": {column: paired_bootstrap}, "seeds": [...]}}``."""
     for study in studies:

@@ -20,13 +20,12 @@ phrasings); arms are compared with the expert and, per episode, with the first a
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.dagger_combine import PAIRED, paired_bootstrap
+from benchmarks.dagger_combine import PAIRED, paired_bootstrap, paired_differences
 from benchmarks.dagger_study import _evaluate, format_summary, summarize
 from benchmarks.reports import to_jsonable, write_json
 from sim.atomic import atomic_output
@@ -87,19 +86,9 @@ def _pooled_paired(out: Path, args, arms) -> dict:
     """Paired differences pooled over all training seeds' episodes (arm minus the baseline)."""
     result = {}
     for arm in arms[1:]:
-        diffs = {c: [] for c in PAIRED}
-        for seed in args.seeds:
-            run = out / f"seed_{seed}"
-            base, other = run / f"eval_{arms[0]}" / "episodes.csv", run / f"eval_{arm}" / "episodes.csv"
-            if not (base.exists() and other.exists()):
-                continue
-            with open(base, newline="") as f:
-                a = {r["seed"]: r for r in csv.DictReader(f)}
-            with open(other, newline="") as f:
-                b = {r["seed"]: r for r in csv.DictReader(f)}
-            for s in sorted(set(a) & set(b)):
-                for c in PAIRED:
-                    diffs[c].append(float(b[s][c]) - float(a[s][c]))
+        pairs = [(out / f"seed_{s}" / f"eval_{arms[0]}" / "episodes.csv", out / f"seed_{s}" / f"eval_{arm}" / "episodes.csv")
+                 for s in args.seeds]
+        diffs = paired_differences([(a, b) for a, b in pairs if a.exists() and b.exists()])
         if diffs[PAIRED[0]]:
             result[arm] = {c: paired_bootstrap(v) for c, v in diffs.items()}
     return result

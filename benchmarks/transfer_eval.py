@@ -15,14 +15,13 @@ the first arm over (seed, episode) pairs.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.dagger_combine import PAIRED, paired_bootstrap
+from benchmarks.dagger_combine import PAIRED, paired_bootstrap, paired_differences
 from benchmarks.dagger_study import STUDY_SEED_OFFSET
 from sim.atomic import atomic_output
 
@@ -72,15 +71,8 @@ def run(args: argparse.Namespace, log=print) -> str:
         lines.append(f"| {arm} (x{len(rows)}) | " + " | ".join(cells) + " |")
     names = list(arms)
     for arm in names[1:]:
-        diffs = {c: [] for c in PAIRED}
-        for s in sorted(set(arms[names[0]]) & set(arms[arm])):
-            with open(out / f"{names[0]}_{s}" / "episodes.csv", newline="") as f:
-                a = {r["seed"]: r for r in csv.DictReader(f)}
-            with open(out / f"{arm}_{s}" / "episodes.csv", newline="") as f:
-                b = {r["seed"]: r for r in csv.DictReader(f)}
-            for k in sorted(set(a) & set(b)):
-                for c in PAIRED:
-                    diffs[c].append(float(b[k][c]) - float(a[k][c]))
+        diffs = paired_differences((out / f"{names[0]}_{s}" / "episodes.csv", out / f"{arm}_{s}" / "episodes.csv")
+                                   for s in sorted(set(arms[names[0]]) & set(arms[arm])))
         lines += ["", f"{arm} minus {names[0]}, paired over {len(diffs[PAIRED[0]])} episodes (95% bootstrap CI): "
                   + ", ".join(f"{c} {v['mean']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]"
                               for c, v in ((c, paired_bootstrap(d)) for c, d in diffs.items()))]
