@@ -401,7 +401,8 @@ class _Parser(argparse.ArgumentParser):
     usage is one ``--help`` away), for every subcommand too (subparsers take this class)."""
 
     def error(self, message: str):
-        self.exit(2, f"vla: error: {self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
+        where = "" if self.prog == "vla" else f"{self.prog}: "  # never "vla: error: vla: ..."
+        self.exit(2, f"vla: error: {where}{_one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -18,8 +18,11 @@ item gets its IPA symbols (``tokenizers_mm.ipa``), its VAD events aligned to 75 
     audio/{id}.wav   24 kHz mono 16-bit PCM
     manifest.json    version, seed, size, counts per label / lang / split, held-out phrasings
 
-Every file is written to a temporary name and renamed, items.jsonl and manifest.json last,
-so an interrupted build never leaves a manifest describing missing files.
+Every file is written to a temporary name, fsync'ed and renamed, items.jsonl and manifest.json
+last, so an interrupted build never leaves a manifest describing missing files. A killed build
+resumes when run again with the same arguments: the items it finished (``.items.jsonl.tmp``,
+each line written after its wav) are kept and the rest rendered, so the result equals an
+uninterrupted build.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.atomic import atomic_output, fsync_path
 from sim.scenarios import HIGHWAY_GOAL_LABELS, TURN_COMMANDS
 from tokenizers_mm import speech
 from tokenizers_mm.ipa import IPA_INVENTORY_VERSION, to_ipa
@@ -223,10 +227,7 @@ def render_item(spec: ItemSpec, codes_fn: Callable[[np.ndarray], np.ndarray] | N
     if codes_fn is not None:
         codes = np.asarray(codes_fn(stored)).astype(np.int64).tolist()
     record = {
-        "id": spec.id, "text": ph.text, "lang": ph.lang, "label": ph.label, "split": ph.split,
-        "voice": spec.voice, "rate": spec.rate, "pitch": spec.pitch, "snr_db": spec.snr_db,
-        "noise": spec.noise, "lead_s": spec.lead_s, "trail_s": spec.trail_s,
-        "sample_rate": SAMPLE_RATE, "num_samples": int(pcm.size), "audio": f"audio/{spec.id}.wav",
+        **_spec_fields(spec), "sample_rate": SAMPLE_RATE, "num_samples": int(pcm.size),
         "speech_span": [lead, lead + int(clean.size)], "ipa": list(_ipa(ph.text, ph.lang)),
         "vad": [e.to_dict() for e in events], "codes": codes,
     }
@@ -242,15 +243,58 @@ def _check_out(out: Path, overwrite: bool) -> None:
             if not parent.is_dir():
                 raise ValueError(f"--out {out} cannot be created: {parent} is a file")
             break
-    if not overwrite and ((out / "manifest.json").exists() or (out / "items.jsonl").exists()):
+    if not overwrite and (out / "manifest.json").exists():
         raise ValueError(f"--out {out} already holds a speech corpus; choose another directory "
                          "or pass --overwrite")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:  # fsync'ed and renamed: a kill leaves the old file or the new
+        write(tmp)
+
+
+_RENDERING_KEYS = ("id", "text", "lang", "label", "split", "voice", "rate", "pitch", "snr_db", "noise",
+                   "lead_s", "trail_s", "audio")
+
+
+def _resumable(out: Path, items_tmp: Path, specs: list[ItemSpec], with_codes: bool) -> list[dict]:
+    """The records a killed build of the same plan already finished, in order.
+
+    ``items_tmp`` gets a record's line only after its wav was renamed into place, so every
+    complete line whose rendering matches the plan's item at its position, and whose wav is
+    there with the recorded length, is reused; the first mismatch ends the reuse (a different
+    seed or size, a torn last line, a missing wav) and everything from it is rendered again."""
+    import soundfile
+
+    if not items_tmp.is_file():
+        return []
+    kept: list[dict] = []
+    for line, spec in zip(items_tmp.read_text(encoding="utf-8").splitlines(keepends=True), specs):
+        try:
+            record = json.loads(line) if line.endswith("\n") else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            break
+        if any(record.get(k) != v for k, v in _spec_fields(spec).items()) or (record.get("codes") is not None) != with_codes:
+            break
+        wav = out / record["audio"]
+        try:
+            if soundfile.info(str(wav)).frames != record["num_samples"]:
+                break
+        except (RuntimeError, OSError, KeyError):
+            break
+        kept.append(record)
+    return kept
+
+
+def _spec_fields(spec: ItemSpec) -> dict:
+    """The fields of an item record that the plan alone decides (see ``render_item``)."""
+    ph = spec.phrasing
+    return {"id": spec.id, "text": ph.text, "lang": ph.lang, "label": ph.label, "split": ph.split,
+            "voice": spec.voice, "rate": spec.rate, "pitch": spec.pitch, "snr_db": spec.snr_db,
+            "noise": spec.noise, "lead_s": spec.lead_s, "trail_s": spec.trail_s,
+            "audio": f"audio/{spec.id}.wav"}
 
 
 def _write_wav(path: Path, pcm: np.ndarray) -> None:
@@ -290,18 +334,25 @@ def build_corpus(out: str | Path, size: str | int = "small", seed: int = 0,
     specs = plan(size, seed)  # validates size and seed
     _check_out(out, overwrite)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
     items_tmp = out / ".items.jsonl.tmp"
-    with open(items_tmp, "w", encoding="utf-8") as f, \
+    if (out / "items.jsonl").exists() and not (out / "manifest.json").exists():
+        os.replace(out / "items.jsonl", items_tmp)  # killed between the two last renames
+    records = _resumable(out, items_tmp, specs, codes_fn is not None)  # a killed build goes on
+    with atomic_output(items_tmp) as rewritten:
+        rewritten.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    with open(items_tmp, "a", encoding="utf-8") as f, \
             tqdm(specs, desc="speech items", unit="item", file=sys.stderr, disable=not progress,
-                 dynamic_ncols=True) as bar:
-        for spec in bar:
+                 dynamic_ncols=True, initial=len(records)) as bar:
+        for spec in specs[len(records):]:
             record, pcm = render_item(spec, codes_fn)
             _write_wav(out / record["audio"], pcm)
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             records.append(record)
+            bar.update()
+    fsync_path(items_tmp)
     os.replace(items_tmp, out / "items.jsonl")
+    fsync_path(out)
     keep = {Path(r["audio"]).name for r in records}
     for wav in (out / "audio").glob("*.wav"):
         if wav.name not in keep:
