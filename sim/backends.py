@@ -23,7 +23,14 @@ def _embedded(scenario: str, density: str, cameras: Sequence = (), rephrase: Cal
     return EmbeddedDrivingEnv(scenario, density, cameras=cameras, rephrase=rephrase, goals=goals)
 
 
-BACKENDS: dict[str, Callable[..., DrivingEnv]] = {"embedded": _embedded}
+def _carla(scenario: str, density: str, cameras: Sequence = (), rephrase: Callable | None = None,
+           goals: str | None = None) -> DrivingEnv:
+    from sim.carla_backend import make_carla_env  # the server is named by CARLA_HOST / CARLA_PORT / ...
+
+    return make_carla_env(scenario, density, cameras=cameras, rephrase=rephrase, goals=goals)
+
+
+BACKENDS: dict[str, Callable[..., DrivingEnv]] = {"embedded": _embedded, "carla": _carla}
 """backend name -> factory(scenario, density, cameras=(), rephrase=None, goals=None)."""
 
 

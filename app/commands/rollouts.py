@@ -1,4 +1,4 @@
-"""``vla collect`` and ``vla eval``: closed-loop episodes on the embedded simulator.
+"""``vla collect`` and ``vla eval``: closed-loop episodes on a simulator backend (``--backend``).
 
 Episode i of a run uses seed ``--seed + i``, whatever else the run does, so two runs with the
 same arguments give the same episodes and the same ``metrics.json``. The options have been
@@ -67,7 +67,8 @@ def _collect_spec(args: argparse.Namespace, cameras: bool) -> RolloutSpec:
                        query_expert=True, record_frames=cameras, plan_horizon=args.plan_horizon,
                        goal_labels=args.goal_labels, goal_futures=args.goal_futures,
                        noise=DartNoise() if args.dart else None, plan_every=args.label_every,
-                       camera_size=(args.width, args.height))
+                       camera_size=(args.width, args.height),
+                       backend=getattr(args, "backend", DEFAULT_BACKEND))
 
 
 def _recorded(out: Path, args: argparse.Namespace, wanted: range) -> dict[int, dict]:
@@ -105,7 +106,8 @@ def run_collect(args: argparse.Namespace) -> int:
         if recipe or getattr(args, "d4rl", None):  # offline-RL datasets (offline_rl.recipes), one process
             from offline_rl.recipes import collect_options
 
-            env = make_env(DEFAULT_BACKEND, args.scenario, args.density, cameras=rig, rephrase=rephraser(args.phrasings))
+            env = make_env(getattr(args, "backend", DEFAULT_BACKEND), args.scenario, args.density, cameras=rig,
+                           rephrase=rephraser(args.phrasings))
             wrap, weights = collect_options(args, env)
             for _, ep in _rollouts(args, lambda i: env, query_expert=True,
                                    desc=f"collect {recipe or args.policy}", wrap=wrap):
@@ -175,7 +177,8 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate(args.policy, args.scenario, args.density, range(args.seed, args.seed + args.episodes),
                           phrasings=args.phrasings, wrap=wrap, record_expert=args.record,
                           frames_episode=gif_episode, frames_rig=default_rig(args.width, args.height),
-                          on_episode=keep, progress=f"eval {args.policy}", out=out)
+                          on_episode=keep, progress=f"eval {args.policy}", out=out,
+                          backend=getattr(args, "backend", DEFAULT_BACKEND))
     finally:
         if writer is not None:
             writer.close()
