@@ -161,6 +161,7 @@ class CarlaDrivingEnv:
         self._actors: list = []  # everything this env spawned (sensors first when destroyed)
         self._ego = None
         self._route: Route | None = None
+        self._lane_route: Route | None = None
         self._state = np.zeros(len(EGO_FIELDS))
         self._frames: dict[int, dict[int, np.ndarray]] = {}
         self._pending_events: list[tuple[str, object]] = []
@@ -275,6 +276,10 @@ class CarlaDrivingEnv:
         tm.set_random_device_seed(seed)
         wp, label, self._route = self._pick_start(rng)
         self.route_length = self._route.length
+        start_xy = (wp.transform.location.x, -wp.transform.location.y)
+        # a lane change's expert drives on in its own lane until moving over is safe
+        self._lane_route = plan_route(self._map, start_xy, "keep_lane", self._wanted_m) \
+            if label in ("lane_left", "lane_right") else None
         start_lane, _ = self._lane_index(wp)
         self.goal = self._goal(label, start_lane)
         if self.rephrase is not None:
@@ -489,11 +494,16 @@ class CarlaDrivingEnv:
         obs = {"ego": ego.astype(np.float32), "goal": goal_vector(self.goal, ego), "actors": actors,
                "state": state_vector(ego, actors, self.goal)}
         if self.cameras:
+            # a server delivers sensor data on its own thread, possibly after tick() returned
+            deadline = time.monotonic() + self.options.timeout
+            while len(self._frames.get(int(self._frame), {})) < len(self.cameras) and time.monotonic() < deadline:
+                time.sleep(0.001)
             images = self._frames.pop(int(self._frame), {})
             self._frames = {f: v for f, v in self._frames.items() if f > self._frame}
             missing = [self.cameras[i].name for i in range(len(self.cameras)) if i not in images]
             if missing:
-                raise RuntimeError(f"CARLA sent no image of frame {self._frame} for cameras {missing}")
+                raise RuntimeError(f"CARLA sent no image of frame {self._frame} for cameras {missing} "
+                                   f"within {self.options.timeout:g} s")
             obs["cameras"] = np.stack([images[i] for i in range(len(self.cameras))])
         return obs
 
@@ -519,10 +529,12 @@ class CarlaDrivingEnv:
 
     # ----------------------------------------------------------------- the expert
     def expert_action(self) -> np.ndarray:
-        return route_expert_action(self._route, self._pose(), self._others(), self._target_speed())
+        return route_expert_action(self._route, self._pose(), self._others(), self._target_speed(),
+                                   lane_route=self._lane_route)
 
     def expert_continuation(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        return route_expert_plan(self._route, self._pose(), self._others(), self._target_speed(), horizon)
+        return route_expert_plan(self._route, self._pose(), self._others(), self._target_speed(), horizon,
+                                 lane_route=self._lane_route)
 
     def expert_plan(self, horizon: int) -> np.ndarray:
         return self.expert_continuation(horizon)[0]

@@ -51,6 +51,8 @@ class Route:
     """(N,) lane heading at each point, our frame (rad, counter-clockwise from +x)."""
     lanes: tuple[tuple[int, int, int], ...]
     """(road_id, section_id, lane_id) of each point: which lane of the map it is on."""
+    junction: np.ndarray | None = None
+    """(N,) bool, True where the point is inside a junction (None: unknown, treated as none)."""
 
     @property
     def cumulative(self) -> np.ndarray:
@@ -142,6 +144,7 @@ def plan_route(carla_map, start_xy: tuple[float, float], goal_label: str, length
                              f"(road {wp.road_id}, lane {wp.lane_id})")
         wp = side
     points, lanes, walked, turned = [_xy_yaw(wp)], [(wp.road_id, wp.section_id, wp.lane_id)], 0.0, False
+    junction = [bool(wp.is_junction)]
     while walked < length:
         nxt = wp.next(step)
         if not nxt:
@@ -153,8 +156,9 @@ def plan_route(carla_map, start_xy: tuple[float, float], goal_label: str, length
             wp = nxt[0]
         points.append(_xy_yaw(wp))
         lanes.append((wp.road_id, wp.section_id, wp.lane_id))
+        junction.append(bool(wp.is_junction))
         walked += step
     if goal_label in TURNS and not turned:
         raise ValueError(f"goal {goal_label}: no junction within {length:.0f} m of {tuple(start_xy)}")
     arr = np.array(points)
-    return Route(points=arr[:, :2], headings=arr[:, 2], lanes=tuple(lanes))
+    return Route(points=arr[:, :2], headings=arr[:, 2], lanes=tuple(lanes), junction=np.array(junction))
