@@ -117,6 +117,9 @@ def _use_backend(args: argparse.Namespace) -> None:
     CARLA_TOWN / CARLA_TIMEOUT so every rollout worker process builds the same client."""
     if args.backend != "carla":
         return
+    if getattr(args, "workers", 1) > 1:
+        raise VLAError("--backend carla drives one server from one process: use --workers 1 "
+                       "(several servers: one vla collect per server)")
     import os
 
     from sim.carla_backend import CarlaOptions
