@@ -39,11 +39,15 @@ Events, progress, goal, driving score
 ``lane_invasion_rate`` / ``speeding_rate`` = fraction of steps with the event.
 ``progress`` = max of the ego "progress" column; ``route_completed`` = progress >= 0.99 or a
 route_complete event. ``goal_success`` = reward term "goal" is 1 on the last step, with no
-collision and no off-road step (a command met while leaving the road is not met). ``driving_score`` (CARLA leaderboard style, a fraction; CARLA reports x100) =
-RC * prod_i INFRACTION_PENALTIES[i] ** n_i, RC = progress (the simulator already excludes
-off-road metres from progress, which is the leaderboard-1.0 off-road rule), n_i = number of
-onsets (rising edges) of event i. Infractions the interface has no event for (pedestrian,
-red light, stop sign) count 0 until a backend reports them.
+collision and no off-road step (a command met while leaving the road is not met). ``driving_score`` (CARLA leaderboard 2.x,
+``leaderboard_score``; a fraction, CARLA reports x100) = RC * the product of one
+``INFRACTION_PENALTIES`` factor per infraction, RC = progress (the simulator already excludes
+off-road metres from progress, the leaderboard-1.0 off-road rule); the infractions of an
+episode are the onsets (rising edges) of its infraction events (``event_infractions``).
+``leaderboard_score`` also takes what the interface has no event for yet (pedestrians, red
+lights, stop signs, min speed, outside-route-lanes percentages, actor ids for the rule that
+collisions with one actor within 5 s count once) for backends that report them.
+``infractions_per_km`` = all infractions of all episodes / km driven (progress x route length).
 
 Aggregation: ``episode_metrics`` puts the raw per-sample signals under the private key
 ``"_samples"`` so ``aggregate`` can pool percentiles over ALL samples of all episodes; keys
@@ -58,6 +62,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -84,8 +89,79 @@ INFRACTION_PENALTIES = {
     "collision_pedestrian": 0.50,
     "red_light": 0.70,
     "stop_sign": 0.80,
+    "scenario_timeout": 0.70,
+    "yield_emergency_vehicle": 0.70,
 }
-"""CARLA leaderboard penalty coefficients, multiplied once per infraction onset."""
+"""CARLA leaderboard 2.x penalty coefficients, multiplied once per infraction."""
+MIN_SPEED_PENALTY = 0.70
+"""Leaderboard 2.x: driving at p% of the surrounding traffic's speed multiplies the score by
+``1 - (1 - MIN_SPEED_PENALTY) * (1 - p / 100)`` per such infraction."""
+SAME_ACTOR_WINDOW_S = 5.0
+"""Collisions with the same actor within this many seconds count once."""
+COLLISION_KINDS = ("collision_vehicle", "collision_static", "collision_pedestrian")
+
+
+@dataclass(frozen=True)
+class Infraction:
+    """One leaderboard infraction: ``kind`` is a key of ``INFRACTION_PENALTIES``,
+    "outside_route_lanes" (``value`` = % of the route driven outside its lanes) or "min_speed"
+    (``value`` = the ego's average speed in % of the surrounding traffic's); ``actor`` = the
+    other actor's id for collisions when the simulator reports it."""
+
+    kind: str
+    time_s: float = 0.0
+    actor: int | None = None
+    value: float = 0.0
+
+
+def leaderboard_score(route_completion: float, route_length_m: float, infractions: Sequence[Infraction]) -> dict:
+    """The CARLA leaderboard 2.x score of one route: ``driving_score = route_completion x
+    infraction_penalty`` (fractions; the leaderboard reports x100), the penalty the product of
+    one factor per infraction (collisions with the same actor within ``SAME_ACTOR_WINDOW_S``
+    counted once), and infractions per km driven (``route_completion x route_length_m``, at
+    least 1 m). Raises ValueError on an unknown kind or a value out of range."""
+    if not (0.0 <= route_completion <= 1.0) or not (route_length_m >= 0 and math.isfinite(route_length_m)):
+        raise ValueError(f"route completion must be in [0, 1] and route length >= 0, got {route_completion}, "
+                         f"{route_length_m}")
+    counted: list[Infraction] = []
+    last_hit: dict[tuple[str, int], float] = {}
+    for inf in sorted(infractions, key=lambda i: i.time_s):
+        if inf.kind not in INFRACTION_PENALTIES and inf.kind not in ("outside_route_lanes", "min_speed"):
+            raise ValueError(f"unknown infraction kind {inf.kind!r}; expected one of "
+                             f"{[*INFRACTION_PENALTIES, 'outside_route_lanes', 'min_speed']}")
+        if inf.kind in ("outside_route_lanes", "min_speed") and not 0.0 <= inf.value <= 100.0:
+            raise ValueError(f"{inf.kind} needs a percentage in [0, 100], got {inf.value}")
+        if inf.kind in COLLISION_KINDS and inf.actor is not None:
+            key = (inf.kind, inf.actor)
+            if key in last_hit and inf.time_s - last_hit[key] < SAME_ACTOR_WINDOW_S:
+                continue
+            last_hit[key] = inf.time_s
+        counted.append(inf)
+    penalty = 1.0
+    for inf in counted:
+        if inf.kind == "outside_route_lanes":
+            penalty *= 1.0 - inf.value / 100.0
+        elif inf.kind == "min_speed":
+            penalty *= 1.0 - (1.0 - MIN_SPEED_PENALTY) * (1.0 - inf.value / 100.0)
+        else:
+            penalty *= INFRACTION_PENALTIES[inf.kind]
+    km = max(route_completion * route_length_m / 1000.0, 0.001)
+    counts = {k: sum(1 for i in counted if i.kind == k) for k in dict.fromkeys(i.kind for i in counted)}
+    return {"route_completion": float(route_completion), "infraction_penalty": float(penalty),
+            "driving_score": float(route_completion * penalty), "infractions": counts,
+            "infractions_per_km": {k: n / km for k, n in counts.items()}, "km_driven": km}
+
+
+def event_infractions(events: np.ndarray, dt: float) -> list[Infraction]:
+    """The infractions in an episode's events: one per onset of every event that is a
+    leaderboard infraction (the interface reports no actor ids, so every onset counts)."""
+    found = []
+    for name in INFRACTION_PENALTIES:
+        if name in EVENT:
+            on = np.asarray(events[:, EVENT[name]]) > 0.5
+            starts = np.flatnonzero(on & ~np.concatenate([[False], on[:-1]]))
+            found += [Infraction(name, float(t * dt)) for t in starts]
+    return found
 
 TTC_HORIZON = 5.0  # s, look-ahead of time_to_collision; inf TTC is capped here when aggregating
 TTC_STEP = 0.1  # s
@@ -121,6 +197,7 @@ METRIC_DOCS = {
     "speeding_rate": "mean over episodes of the fraction of steps with speeding",
     "driving_score": "mean over episodes of progress * prod_i penalty_i ** onsets_i (CARLA x100)",
     "driving_score_std": "population std over episodes of driving_score",
+    "infractions_per_km": "leaderboard infractions (collision onsets) over all episodes per km driven (progress x route length)",
 }
 
 
@@ -242,7 +319,8 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
     ttc_min = float(np.min(ttc[: crash[0] + 1] if collided else ttc))
     progress = float(np.max(ep.ego[:, EGO["progress"]]))
     counts = {name: _onsets(ev[:, EVENT[name]]) for name in INFRACTION_PENALTIES if name in EVENT}
-    penalty = float(np.prod([INFRACTION_PENALTIES[n] ** c for n, c in counts.items()]))
+    score = leaderboard_score(min(max(progress, 0.0), 1.0), float(ep.route_length), event_infractions(ev, ep.dt))
+    penalty = score["infraction_penalty"]
     off_road = bool(np.any(ev[:, EVENT["off_road"]] > 0.5))
     goal_ok = T > 0 and ep.reward_terms[T - 1, REWARD["goal"]] > 0.5 and not collided and not off_road
     comfort = comfort_mask(k)
@@ -279,6 +357,8 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
         "error": ep.error,
         "seed": float(ep.seed),
         "_samples": samples,
+        "_km_driven": score["km_driven"],
+        "_infractions": float(sum(score["infractions"].values())),
     }
 
 
@@ -347,6 +427,8 @@ def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
         "speeding_rate": _mean(rows, "speeding_rate"),
         "driving_score": float(np.mean(score)),
         "driving_score_std": float(np.std(score)),
+        "infractions_per_km": float(sum(r.get("_infractions", 0.0) for r in rows)
+                                    / max(sum(r.get("_km_driven", 0.0) for r in rows), 0.001)),
     }
 
 

@@ -172,6 +172,43 @@ def test_driving_score_counts_onsets():
     assert off["driving_score"] == pytest.approx(0.8) and off["off_road"] == 1.0
 
 
+def test_leaderboard_score_against_hand_computed_infraction_lists():
+    from benchmarks.metrics import Infraction, leaderboard_score
+
+    # leaderboard 2.x result files: two min-speed infractions at 70.26% -> penalty 0.82952;
+    # 39.2% and 72.43% -> 0.749976 (published route results of a rule-based expert)
+    twice = leaderboard_score(1.0, 454.0, [Infraction("min_speed", 3.0, value=70.26)] * 2)
+    assert twice["infraction_penalty"] == pytest.approx(0.82952, abs=1e-5)
+    mixed = leaderboard_score(1.0, 66.4, [Infraction("min_speed", 1.0, value=39.2), Infraction("min_speed", 9.0, value=72.43)])
+    assert mixed["infraction_penalty"] == pytest.approx(0.749976, abs=1e-5)
+    # the same vehicle hit at 1 s and 3 s counts once, again at 7 s twice; a static hit; half of 400 m
+    hits = [Infraction("collision_vehicle", 1.0, actor=7), Infraction("collision_vehicle", 3.0, actor=7),
+            Infraction("collision_vehicle", 7.0, actor=7), Infraction("collision_static", 2.0),
+            Infraction("collision_vehicle", 3.5, actor=8)]
+    r = leaderboard_score(0.5, 400.0, hits)
+    assert r["infractions"] == {"collision_vehicle": 3, "collision_static": 1}
+    assert r["infraction_penalty"] == pytest.approx(0.6**3 * 0.65)
+    assert r["driving_score"] == pytest.approx(0.5 * 0.6**3 * 0.65)
+    assert r["infractions_per_km"] == {"collision_vehicle": pytest.approx(15.0), "collision_static": pytest.approx(5.0)}
+    other = leaderboard_score(0.9, 100.0, [Infraction("red_light"), Infraction("stop_sign"),
+                                           Infraction("outside_route_lanes", value=20.0), Infraction("scenario_timeout")])
+    assert other["infraction_penalty"] == pytest.approx(0.7 * 0.8 * 0.8 * 0.7)
+    assert leaderboard_score(0.0, 250.0, [])["km_driven"] == pytest.approx(0.001)  # never divides by zero
+    with pytest.raises(ValueError, match="unknown infraction kind 'honking'"):
+        leaderboard_score(1.0, 100.0, [Infraction("honking")])
+    with pytest.raises(ValueError, match="min_speed needs a percentage"):
+        leaderboard_score(1.0, 100.0, [Infraction("min_speed", value=120.0)])
+
+
+def test_infractions_per_km_pools_every_episode():
+    from benchmarks.metrics import aggregate
+
+    rows = [episode_metrics(straight(np.full(21, 5.0), progress=np.linspace(0, p, 21), events=ev))
+            for p, ev in ((0.8, {"collision_vehicle": [5]}), (0.4, {}))]
+    km = (0.8 + 0.4) * rows[0]["_km_driven"] / 0.8  # both episodes share the route length
+    assert aggregate(rows)["infractions_per_km"] == pytest.approx(1.0 / km)
+
+
 def test_events_progress_and_goal():
     ep = straight(np.full(11, 5.0), progress=np.linspace(0, 0.995, 11), goal_last=1.0,
                   events={"lane_invasion": [1, 2], "speeding": [0, 1, 2, 3, 4]})
