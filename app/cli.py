@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sim.scenarios import DENSITIES, SCENARIOS, check_scenario
 from vla.errors import VLAError
+from vla.options import add_backend_args, apply_backend_args
 
 MIN_IMAGE_SIDE = 8
 USER_ERRORS = (VLAError, ValueError, FileExistsError, NotADirectoryError, PermissionError)
@@ -112,30 +113,9 @@ def command_words(argv: Sequence[str] | None) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- commands
-def _use_backend(args: argparse.Namespace) -> None:
-    """Check --backend and the --carla-* flags; for CARLA, export them as CARLA_HOST / CARLA_PORT /
-    CARLA_TOWN / CARLA_TIMEOUT so every rollout worker process builds the same client."""
-    if args.backend != "carla":
-        return
-    if getattr(args, "workers", 1) > 1:
-        raise VLAError("--backend carla drives one server from one process: use --workers 1 "
-                       "(several servers: one vla collect per server)")
-    import os
-
-    from sim.carla_backend import CarlaOptions
-
-    try:
-        options = CarlaOptions.from_environment(host=args.carla_host, port=args.carla_port, town=args.carla_town,
-                                                timeout=args.carla_timeout)
-    except (TypeError, ValueError) as e:
-        raise VLAError(f"--backend carla: {e}") from None
-    os.environ.update({"CARLA_HOST": options.host, "CARLA_PORT": str(options.port), "CARLA_TOWN": options.town,
-                       "CARLA_TIMEOUT": str(options.timeout)})
-
-
 def _cmd_collect(args: argparse.Namespace) -> int:
     _check_rollout(args)
-    _use_backend(args)
+    apply_backend_args(args)
     from app.commands.rollouts import run_collect
 
     return run_collect(args)
@@ -147,7 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_rollout(args)
     _check_best_of(args)
     check_phrasings(args.phrasings)
-    _use_backend(args)
+    apply_backend_args(args)
     from app.commands.rollouts import run_eval
 
     return run_eval(args)
@@ -179,20 +159,6 @@ def _add_sim_args(p: argparse.ArgumentParser, episodes: bool = True) -> None:
                    help="seed of the first episode; episode i uses seed + i (default: %(default)s)")
 
 
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    from sim.backends import BACKENDS, DEFAULT_BACKEND
-
-    p.add_argument("--backend", choices=sorted(BACKENDS), default=DEFAULT_BACKEND,
-                   help="simulator: the embedded one, or a CARLA server (pip install -e .[carla]; see the "
-                        "README's CARLA section) (default: %(default)s)")
-    p.add_argument("--carla-host", default=None, help="CARLA server host (default: $CARLA_HOST or localhost)")
-    p.add_argument("--carla-port", type=int, default=None, help="CARLA server port (default: $CARLA_PORT or 2000)")
-    p.add_argument("--carla-town", default=None,
-                   help="map to load, e.g. Town01 (default: $CARLA_TOWN, or the server's current map)")
-    p.add_argument("--carla-timeout", type=float, default=None,
-                   help="seconds to wait for the server per call and per tick (default: $CARLA_TIMEOUT or 10)")
-
-
 def _add_size_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--width", type=int, default=96,
                    help=f"{what} camera image width in pixels, >= {MIN_IMAGE_SIDE} (default: %(default)s)")
@@ -215,7 +181,7 @@ def _collect_parser(sub) -> None:
                                    "with every visited state labelled by the expert; then write "
                                    "OUT/metrics.json for the episodes of this run.")
     _add_sim_args(p)
-    _add_backend_args(p)
+    add_backend_args(p)
     p.add_argument("--out", required=True, help="dataset directory (created; existing datasets are appended to)")
     _policy_arg(p)
     p.add_argument("--cameras", choices=("default", "none"), default="default",
@@ -266,7 +232,7 @@ def _eval_parser(sub) -> None:
                                    "OUT/trajectory.png (episode 0) and OUT/cameras.gif.")
     _policy_arg(p)
     _add_sim_args(p)
-    _add_backend_args(p)
+    add_backend_args(p)
     p.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
     p.add_argument("--record", action="store_true",
                    help="also store the episodes (states, actions, expert labels; no frames) "

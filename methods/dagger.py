@@ -106,8 +106,17 @@ class DaggerConfig:
     state (``env.goal_futures``: 20 simulator steps per goal and state)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """The transformer policy."""
+    backend: str = "embedded"
+    """The simulator every episode of the session runs on (``sim.backends``)."""
 
     def __post_init__(self) -> None:
+        from sim.backends import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown simulator backend {self.backend!r}; choose one of {sorted(BACKENDS)}")
+        if self.goal_relabel and self.backend != "embedded":
+            raise ValueError(f"goal relabelling needs the expert under every goal, which the {self.backend} "
+                             "backend does not record yet; pass --no-goal-relabel")
         settings = self.settings
         for scenario, density in settings:
             check_scenario(scenario, density)
@@ -157,7 +166,8 @@ def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, densit
                        query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
                        plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
                        goal_futures=c.goal_relabel and c.policy.action == "plan",
-                       noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every)
+                       noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every,
+                       backend=c.backend)
 
 
 class DaggerSession:
@@ -259,7 +269,7 @@ class DaggerSession:
                 continue
             several = len(settings) > 1
             ev = evaluate(policy, scenario, density, mine, cameras=c.policy.cameras, pool=self.pool,
-                          out=out / f"{scenario}_{density}" if several else None)
+                          out=out / f"{scenario}_{density}" if several else None, backend=c.backend)
             rows += ev.rows
             if several:
                 per_setting[f"{scenario}_{density}"] = ev.metrics

@@ -201,6 +201,24 @@ def test_a_policy_trained_on_the_embedded_simulator_drives_through_vla_eval(serv
     assert code == 2 and "--backend carla: CARLA port must be a TCP port" in err and not (tmp_path / "bad").exists()
 
 
+def test_a_dagger_session_runs_on_carla(server, tmp_path, capsys):
+    from app import cli
+
+    server("straight")
+    argv = ["dagger", "--backend", "carla", "--workers", "1", "--density", "light", "--iterations", "1",
+            "--expert-episodes", "2", "--rollouts", "1", "--train-steps", "5", "--eval-episodes", "1",
+            "--size", "tiny", "--no-cameras", "--no-goal-relabel", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    lines = [json.loads(x) for x in (tmp_path / "run" / "iterations.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines] == [0, 1] and lines[1]["dataset_episodes"] == 3
+    assert json.loads((tmp_path / "run" / "session.json").read_text())["backend"] == "carla"
+    assert cli.main([*argv[:4], "2", *argv[5:]]) == 2
+    assert "--backend carla drives one server from one process" in capsys.readouterr().err
+    relabel = [a for a in argv if a != "--no-goal-relabel"][:-1] + [str(tmp_path / "relabel")]
+    assert cli.main(relabel) == 2
+    assert "the carla backend does not record yet; pass --no-goal-relabel" in capsys.readouterr().err
+
+
 @pytest.mark.carla
 @pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason="live test: set CARLA_HOST (and CARLA_PORT, CARLA_TOWN)")
 def test_live_server_expert_episode():

@@ -1,5 +1,6 @@
 """Command-line options of the transformer policy (``PolicyConfig``), shared by every command and
-study that builds one: ``add_policy_args`` adds them, ``policy_config`` reads them back."""
+study that builds one: ``add_policy_args`` adds them, ``policy_config`` reads them back; and the
+simulator backend's (``add_backend_args`` / ``apply_backend_args``)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,41 @@ def check_flags(args: argparse.Namespace) -> None:
     for dest, (flag, ok, rule) in FLAG_RULES.items():
         if hasattr(args, dest) and not ok(getattr(args, dest)):
             raise VLAError(f"{flag} must be {rule}, got {getattr(args, dest)}")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    """--backend and the --carla-* flags of the commands that drive a simulator."""
+    from sim.backends import BACKENDS, DEFAULT_BACKEND
+
+    p.add_argument("--backend", choices=sorted(BACKENDS), default=DEFAULT_BACKEND,
+                   help="simulator: the embedded one, or a CARLA server (pip install -e .[carla]; see the "
+                        "README's CARLA section) (default: %(default)s)")
+    p.add_argument("--carla-host", default=None, help="CARLA server host (default: $CARLA_HOST or localhost)")
+    p.add_argument("--carla-port", type=int, default=None, help="CARLA server port (default: $CARLA_PORT or 2000)")
+    p.add_argument("--carla-town", default=None,
+                   help="map to load, e.g. Town01 (default: $CARLA_TOWN, or the server's current map)")
+    p.add_argument("--carla-timeout", type=float, default=None,
+                   help="seconds to wait for the server per call and per tick (default: $CARLA_TIMEOUT or 10)")
+
+
+def apply_backend_args(args: argparse.Namespace) -> None:
+    """Check --backend and the --carla-* flags; for CARLA, export them as CARLA_HOST / CARLA_PORT /
+    CARLA_TOWN / CARLA_TIMEOUT so every rollout worker process builds the same client."""
+    import os
+
+    from vla.errors import VLAError
+
+    if getattr(args, "backend", "embedded") != "carla":
+        return
+    if getattr(args, "workers", 1) > 1:
+        raise VLAError("--backend carla drives one server from one process: use --workers 1 "
+                       "(several servers: one command per server)")
+    from sim.carla_backend import CarlaOptions
+
+    try:
+        options = CarlaOptions.from_environment(host=args.carla_host, port=args.carla_port, town=args.carla_town,
+                                                timeout=args.carla_timeout)
+    except (TypeError, ValueError) as e:
+        raise VLAError(f"--backend carla: {e}") from None
+    os.environ.update({"CARLA_HOST": options.host, "CARLA_PORT": str(options.port), "CARLA_TOWN": options.town,
+                       "CARLA_TIMEOUT": str(options.timeout)})

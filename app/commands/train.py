@@ -12,7 +12,8 @@ from pathlib import Path
 
 from benchmarks.metrics import format_table
 from methods.session_options import add_session_args, dagger_config
-from vla.options import add_command_data_args, add_policy_args, check_flags, policy_config
+from vla.options import (add_backend_args, add_command_data_args, add_policy_args, apply_backend_args, check_flags,
+                         policy_config)
 
 ITERATION_COLUMNS = ("iteration", "setting", "beta", "dataset_episodes", "dataset_steps", "train_loss",
                      "collision_rate", "off_road_rate", "progress_mean", "goal_success_rate",
@@ -35,12 +36,14 @@ def configure_dagger(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
     p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
     add_session_args(p, **MAIN_JOB_DEFAULTS)
+    add_backend_args(p)
 
 
 def run_dagger(args: argparse.Namespace) -> int:
     from methods.dagger import DaggerSession
 
     check_flags(args)
+    apply_backend_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
