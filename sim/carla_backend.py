@@ -237,7 +237,7 @@ class CarlaDrivingEnv:
             start = (xyz.x, -xyz.y)
             for i in rng.permutation(len(labels)):
                 try:
-                    route = plan_route(self._map, start, labels[i], self.route_length)
+                    route = plan_route(self._map, start, labels[i], self._wanted_m)
                 except ValueError:
                     continue
                 if route.length >= 0.9 * self._wanted_m:  # lanes through a turn are shorter or longer
