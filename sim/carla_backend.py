@@ -96,6 +96,9 @@ class CarlaOptions:
     tm_port: int = 8000
     vehicle: str = "vehicle.lincoln.mkz_2020"
     """Ego blueprint (the first ``vehicle.*`` blueprint when the server has no such one)."""
+    launch: bool = False
+    """Start a server from ``$CARLA_ROOT`` (``CarlaUE4.sh`` or ``CarlaUnreal.sh``, off-screen) on a
+    free port pair at the first reset and stop it on ``close`` (``CARLA_LAUNCH=1``)."""
     highway_route_m: float = 150.0
     turn_route_m: float = 60.0
     control: CarlaControlMap = field(default_factory=CarlaControlMap)
@@ -118,7 +121,8 @@ class CarlaOptions:
         ``CARLA_TM_PORT`` (defaults where unset), then ``overrides`` that are not None."""
         values = {"host": os.environ.get("CARLA_HOST", "") or "localhost",
                   "port": int(_env_float("CARLA_PORT", 2000)), "town": os.environ.get("CARLA_TOWN", ""),
-                  "timeout": _env_float("CARLA_TIMEOUT", 10.0), "tm_port": int(_env_float("CARLA_TM_PORT", 8000))}
+                  "timeout": _env_float("CARLA_TIMEOUT", 10.0), "tm_port": int(_env_float("CARLA_TM_PORT", 8000)),
+                  "launch": os.environ.get("CARLA_LAUNCH", "") not in ("", "0")}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return CarlaOptions(**values)
 
@@ -134,6 +138,45 @@ def connect(options: CarlaOptions):
     client = carla.Client(options.host, options.port)
     client.set_timeout(options.timeout)
     return client
+
+
+SERVER_SCRIPTS = ("CarlaUE4.sh", "CarlaUnreal.sh")
+SERVER_START_S = 120.0
+"""Seconds a launched server gets to accept a client."""
+
+
+def free_port_pair() -> int:
+    """A TCP port p with p and p + 1 free (CARLA serves RPC on p and sensor streams on p + 1)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of TCP ports for a CARLA server")
+
+
+def launch_server(port: int):
+    """Start ``$CARLA_ROOT``'s server off-screen on ``port``; returns the ``subprocess.Popen``."""
+    import subprocess
+    from pathlib import Path
+
+    root = os.environ.get("CARLA_ROOT", "")
+    if not root:
+        raise ValueError("launching a CARLA server needs CARLA_ROOT (the server's install directory)")
+    script = next((Path(root) / name for name in SERVER_SCRIPTS if (Path(root) / name).is_file()), None)
+    if script is None:
+        raise ValueError(f"CARLA_ROOT={root} holds no server script ({' or '.join(SERVER_SCRIPTS)})")
+    return subprocess.Popen([str(script), "-RenderOffScreen", "-nosound", f"-carla-rpc-port={port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _wrap(a: float) -> float:
@@ -166,11 +209,20 @@ class CarlaDrivingEnv:
         self._frames: dict[int, dict[int, np.ndarray]] = {}
         self._pending_events: list[tuple[str, object]] = []
         self._broken = False
+        self._server = None  # a server this env launched (CarlaOptions.launch)
 
     # ----------------------------------------------------------------- connection
     def _connect(self) -> None:
         last: Exception | None = None
-        for attempt in range(CONNECT_RETRIES):
+        retries = CONNECT_RETRIES
+        if self.options.launch and self._server is None:
+            from dataclasses import replace
+
+            port = free_port_pair()
+            self._server = launch_server(port)
+            self.options = replace(self.options, host="localhost", port=port)
+            retries = max(CONNECT_RETRIES, int(SERVER_START_S / max(self.options.timeout, 1.0)))
+        for attempt in range(retries):
             try:
                 self._client = connect(self.options)
                 world = self._client.get_world()
@@ -190,7 +242,7 @@ class CarlaDrivingEnv:
                 last = e
                 time.sleep(min(CONNECT_BACKOFF_S * 2.0 ** attempt, 5.0))
         raise RuntimeError(f"CARLA server at {self.options.host}:{self.options.port} unreachable after "
-                           f"{CONNECT_RETRIES} tries: {' '.join(str(last).split())}")
+                           f"{retries} tries: {' '.join(str(last).split())}")
 
     # ----------------------------------------------------------------- episode set-up
     def _candidates(self, rng: np.random.Generator) -> list:
@@ -573,18 +625,36 @@ class CarlaDrivingEnv:
         self._ego = None
 
     def close(self) -> None:
-        """Destroy what this env spawned and give the world its settings back."""
-        if self._world is None:
+        """Destroy what this env spawned, give the world its settings back, stop a server it
+        launched."""
+        if self._world is not None:
+            try:
+                self._destroy()
+                if self._original_settings is not None:
+                    self._world.apply_settings(self._original_settings)
+                self._client.get_trafficmanager(self.options.tm_port).set_synchronous_mode(False)
+            except RuntimeError:
+                pass  # a dead server has nothing left to restore
+            self._world = None
+            self._client = None
+        self._stop_server()
+
+    def _stop_server(self) -> None:
+        if self._server is None:
             return
+        import signal
+        import subprocess
+
         try:
-            self._destroy()
-            if self._original_settings is not None:
-                self._world.apply_settings(self._original_settings)
-            self._client.get_trafficmanager(self.options.tm_port).set_synchronous_mode(False)
-        except RuntimeError:
-            pass  # a dead server has nothing left to restore
-        self._world = None
-        self._client = None
+            os.killpg(self._server.pid, signal.SIGTERM)
+            self._server.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self._server.pid, signal.SIGKILL)
+                self._server.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        self._server = None
 
 
 def make_carla_env(scenario: str, density: str, cameras: Sequence = (), rephrase: Callable | None = None,

@@ -219,6 +219,34 @@ def test_a_dagger_session_runs_on_carla(server, tmp_path, capsys):
     assert "the carla backend does not record yet; pass --no-goal-relabel" in capsys.readouterr().err
 
 
+def test_a_launched_server_gets_free_ports_and_is_stopped_on_close(server, tmp_path, monkeypatch):
+    """--carla-launch: CARLA_ROOT's server script is started off-screen on a free port pair and
+    stopped by close (here a stand-in script; the client is the double)."""
+    root = tmp_path / "carla"
+    root.mkdir()
+    script = root / "CarlaUE4.sh"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args.txt'}\nexec sleep 600\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CARLA_ROOT", str(root))
+    server("straight")
+    env = carla_backend.CarlaDrivingEnv("highway", "light", options=carla_backend.CarlaOptions(launch=True))
+    env.reset(seed=0)
+    proc = env._server
+    assert proc is not None and proc.poll() is None
+    for _ in range(200):
+        if (tmp_path / "args.txt").exists():
+            break
+        import time
+        time.sleep(0.01)
+    args = (tmp_path / "args.txt").read_text().split()
+    assert args[:2] == ["-RenderOffScreen", "-nosound"] and args[2] == f"-carla-rpc-port={env.options.port}"
+    env.close()
+    assert proc.poll() is not None  # stopped
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="holds no server script"):
+        carla_backend.launch_server(2000)
+
+
 @pytest.mark.carla
 @pytest.mark.skipif(not os.environ.get("CARLA_HOST"), reason="live test: set CARLA_HOST (and CARLA_PORT, CARLA_TOWN)")
 def test_live_server_expert_episode():

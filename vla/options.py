@@ -118,6 +118,9 @@ def add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="map to load, e.g. Town01 (default: $CARLA_TOWN, or the server's current map)")
     p.add_argument("--carla-timeout", type=float, default=None,
                    help="seconds to wait for the server per call and per tick (default: $CARLA_TIMEOUT or 10)")
+    p.add_argument("--carla-launch", action="store_true",
+                   help="start a server from $CARLA_ROOT on a free port and stop it at the end "
+                        "(default: connect to a running one)")
 
 
 def apply_backend_args(args: argparse.Namespace) -> None:
@@ -136,8 +139,11 @@ def apply_backend_args(args: argparse.Namespace) -> None:
 
     try:
         options = CarlaOptions.from_environment(host=args.carla_host, port=args.carla_port, town=args.carla_town,
-                                                timeout=args.carla_timeout)
+                                                timeout=args.carla_timeout,
+                                                launch=True if getattr(args, "carla_launch", False) else None)
     except (TypeError, ValueError) as e:
         raise VLAError(f"--backend carla: {e}") from None
+    if options.launch and not os.environ.get("CARLA_ROOT"):
+        raise VLAError("--carla-launch needs CARLA_ROOT, the directory of the CARLA server to start")
     os.environ.update({"CARLA_HOST": options.host, "CARLA_PORT": str(options.port), "CARLA_TOWN": options.town,
-                       "CARLA_TIMEOUT": str(options.timeout)})
+                       "CARLA_TIMEOUT": str(options.timeout), "CARLA_LAUNCH": "1" if options.launch else "0"})
