@@ -167,17 +167,16 @@ def test_an_unreachable_server_is_one_error_naming_it(server):
 def test_a_policy_trained_on_the_embedded_simulator_drives_through_vla_eval(server, tmp_path, capsys):
     """A checkpoint made for the embedded simulator runs unchanged on CARLA (in-process), and
     the expert through ``vla eval --backend carla`` writes the usual files."""
-    import torch
-
     from app import cli
-    from vla.config import SIZES, PolicyConfig
-    from vla.policy import VLAPolicy, default_action_tokenizer
 
     server("straight")
-    config = PolicyConfig(**SIZES["tiny"], cameras=False, action="plan", observation="lane_frame")
-    torch.manual_seed(0)
-    VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action)).save(tmp_path / "policy")
-    code = cli.main(["eval", "--backend", "carla", "--policy", str(tmp_path / "policy"), "--scenario", "highway",
+    # a plan policy cloned (briefly) on expert episodes of the embedded simulator
+    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
+                     "--out", str(tmp_path / "embedded")]) == 0
+    assert cli.main(["train", "bc", "--data", str(tmp_path / "embedded"), "--steps", "10", "--batch-size", "8",
+                     "--size", "tiny", "--no-cameras", "--action", "plan", "--observation", "lane_frame",
+                     "--out", str(tmp_path / "bc")]) == 0
+    code = cli.main(["eval", "--backend", "carla", "--policy", str(tmp_path / "bc" / "policy"), "--scenario", "highway",
                      "--density", "light", "--episodes", "2", "--no-gif", "--out", str(tmp_path / "learned")])
     assert code == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "learned" / "metrics.json").read_text())["episodes"] == 2
