@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vla.distributed import sync_gradients
+
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine decay to 0.1 at
@@ -44,6 +46,8 @@ class BCConfig:
 
 class BCMethod:
     name = "bc"
+    data_parallel = True
+    """``update`` averages gradients over data-parallel processes (``vla.distributed``)."""
 
     def __init__(self, policy, config: BCConfig = BCConfig()) -> None:
         self.policy, self.config = policy, config
@@ -58,6 +62,7 @@ class BCMethod:
         loss, logs = self.policy.compute_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients(self.policy.parameters())  # data-parallel: the whole batch's gradient (vla.distributed)
         if self.config.grad_clip > 0:
             logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip))
         self.optimizer.step()

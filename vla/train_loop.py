@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vla import distributed
 from vla.checkpoint import (
     RunLogs,
     capture_rng,
@@ -287,17 +288,27 @@ class _Run:
         return self.state.elapsed_s + time.perf_counter() - self.clock
 
     def save(self) -> Path:
-        """Checkpoint the current state (atomically)."""
-        loop = {**asdict(self.state), "elapsed_s": self.elapsed(), "rng": capture_rng()}
-        self.checkpoint = write_checkpoint(self.out, self.state.step, self.method.state_dict(),
-                                           loop, self.record, self.config.keep_checkpoints)
+        """Checkpoint the current state (atomically; in data-parallel training rank 0 writes
+        and the others wait for it)."""
+        if distributed.is_main():
+            loop = {**asdict(self.state), "elapsed_s": self.elapsed(), "rng": capture_rng()}
+            self.checkpoint = write_checkpoint(self.out, self.state.step, self.method.state_dict(),
+                                               loop, self.record, self.config.keep_checkpoints)
+        distributed.barrier()
+        if not distributed.is_main():
+            self.checkpoint = latest_checkpoint(self.out)
         return self.checkpoint
 
     def step(self) -> dict[str, float]:
-        """Draw the next batch, update the method, advance the state; return update's logs."""
+        """Draw the next batch, update the method, advance the state; return update's logs.
+        In data-parallel training this process updates on its share of the batch
+        (``vla.distributed``) and the logs are the whole batch's."""
         state = self.state
         indices, epoch, cursor = _draw(state, self.config)
-        values = _finite_logs(self.method.update(self.data.batch(indices)), state.step + 1)
+        mine, weight = distributed.shard(indices)
+        with distributed.shard_weight(weight):
+            logs = distributed.reduce_logs(self.method.update(self.data.batch(mine)))
+        values = _finite_logs(logs, state.step + 1)
         state.step, state.epoch, state.cursor = state.step + 1, epoch, cursor
         for key, value in values.items():
             state.sums[key] = state.sums.get(key, 0.0) + value
@@ -329,8 +340,9 @@ class _Run:
 
     def loop(self) -> dict[str, float]:
         """Run the steps left; checkpoint at the end; return the last step's logs."""
-        config, files, last = self.config, RunLogs(self.out, self.state.step), {}
-        bar = tqdm(total=config.steps, initial=self.state.step, disable=not config.progress,
+        config, last = self.config, {}
+        files = RunLogs(self.out, self.state.step) if distributed.is_main() else _NoLogs()
+        bar = tqdm(total=config.steps, initial=self.state.step, disable=not config.progress or not distributed.is_main(),
                    file=sys.stderr, unit="step", dynamic_ncols=True, desc=self.method.name)
         with _num_threads(config.threads), _deferred_sigint() as sigint, bar:
             while self.state.step < config.steps:
@@ -346,6 +358,16 @@ class _Run:
                     raise KeyboardInterrupt
         self.save()
         return last
+
+
+class _NoLogs:
+    """The log files of a data-parallel rank other than 0: it writes none."""
+
+    def row(self, step: int, elapsed_s: float, values: dict[str, float]) -> None:
+        pass
+
+    def evaluation(self, step: int, results: dict) -> None:
+        pass
 
 
 def _seed_all(seed: int) -> None:
@@ -369,6 +391,13 @@ def train(method: TrainingMethod, data: BatchSource, config: TrainConfig, out_di
     if config.eval_every and eval_fn is None and not callable(getattr(method, "evaluate", None)):
         raise ValueError(f"eval_every is {config.eval_every} but there is no eval_fn and "
                          f"method {method.name} has no evaluate()")
+    if distributed.active():
+        if not getattr(method, "data_parallel", False):
+            raise ValueError(f"method {method.name} does not support data-parallel training yet; "
+                             "run it as one process")
+        if config.batch_size < distributed.world()[1]:
+            raise ValueError(f"batch_size {config.batch_size} is smaller than the {distributed.world()[1]} "
+                             "processes it is split over")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(method, data, config, out, eval_fn, log or _log_stderr)

@@ -119,6 +119,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     from sim.storage import read_episodes
     from vla.data import DemoDataset
     from vla.policy import VLAPolicy, default_action_tokenizer
+    from vla.distributed import is_main
     from vla.train_loop import TrainConfig, train
 
     check_flags(args)
@@ -140,6 +141,8 @@ def run_train_policy(args: argparse.Namespace) -> int:
     result = train(method, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                              checkpoint_every=max(50, args.steps // 5)),
                    out / "train", log=lambda line: print(line, flush=True))
+    if not is_main():
+        return 0  # data-parallel: rank 0 writes the policy
     policy.save(out / "policy")
     print(json.dumps({"steps": result.steps_done, **result.last_logs}, sort_keys=True))
     print(f"wrote {out / 'policy'} (evaluate it: vla eval --policy {out / 'policy'} ...)")

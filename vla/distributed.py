@@ -1,0 +1,117 @@
+"""Data-parallel training over several processes (``torchrun`` / ``accelerate launch``): every
+process holds the whole model, takes its share of each global batch, and the gradients are
+averaged before the optimizer step, so N processes follow one process's trajectory.
+
+``vla.train_loop`` calls this module; a process learns its rank and the world size from the
+environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and
+joins the process group on first use (gloo on CPU, NCCL when CUDA is used). Without those
+variables everything here is a no-op: one process, rank 0.
+
+How a step is split: the loop draws the global batch (``TrainConfig.batch_size`` indices, the
+same on every rank because the order is a pure function of the seed), rank r takes the r-th of
+``WORLD_SIZE`` near-equal contiguous parts and the method's ``update`` computes its loss on
+them. ``sync_gradients`` (called by the method between ``backward`` and gradient clipping)
+replaces each gradient by the share-weighted sum over ranks, ``sum_r (n_r / n) g_r``. A loss
+that is a mean over samples then gives exactly the one-process gradient; the policy's token
+losses are means over VALID tokens (masked past an episode's end), so where the parts hold
+different numbers of valid tokens the result is a close approximation, as with PyTorch's own
+DDP, which averages per-process means. Logged values are reduced the same way. Only rank 0
+writes checkpoints, logs and the final policy; every rank resumes from the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+_WEIGHT = [1.0]
+"""This rank's share of the current global batch (set by ``shard_weight``)."""
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment; (0, 1) without one."""
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise ValueError(f"RANK / WORLD_SIZE must be integers, got {os.environ.get('RANK')!r} / "
+                         f"{os.environ.get('WORLD_SIZE')!r}") from None
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"RANK {rank} / WORLD_SIZE {size} is not a valid process layout")
+    return rank, size
+
+
+def active() -> bool:
+    """True when this process is one of several (and has joined their group)."""
+    if world()[1] == 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("VLA_DDP_BACKEND", "") != "gloo" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that writes files."""
+    return world()[0] == 0
+
+
+def shard(indices: np.ndarray) -> tuple[np.ndarray, float]:
+    """This rank's contiguous part of a global batch and its share of it. A rank whose part
+    is empty (a batch smaller than the world) gets the first index with share 0, so every rank
+    still runs the same collective calls."""
+    if not active():
+        return indices, 1.0
+    rank, size = world()
+    mine = np.array_split(indices, size)[rank]
+    if len(mine) == 0:
+        return indices[:1], 0.0
+    return mine, len(mine) / len(indices)
+
+
+@contextmanager
+def shard_weight(weight: float) -> Iterator[None]:
+    """Within the block, ``sync_gradients`` and ``reduce_logs`` weight this rank by ``weight``."""
+    previous = _WEIGHT[0]
+    _WEIGHT[0] = float(weight)
+    try:
+        yield
+    finally:
+        _WEIGHT[0] = previous
+
+
+def sync_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace every gradient by the share-weighted sum over ranks (one all-reduce of one flat
+    buffer); a no-op in a single process. Every rank must call it with the same parameters."""
+    if not active():
+        return
+    params = [p for p in parameters if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads]) * _WEIGHT[0]
+    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).clone()
+        offset += n
+
+
+def reduce_logs(logs: dict[str, float]) -> dict[str, float]:
+    """Share-weighted sum over ranks of each logged value (the same keys on every rank); keys
+    that are already global (``grad_norm`` after ``sync_gradients``, ``lr``) come out unchanged
+    because every rank holds the same value and the shares sum to 1."""
+    if not active():
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64) * _WEIGHT[0]
+    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+    return dict(zip(keys, values.tolist()))
+
+
+def barrier() -> None:
+    if active():
+        torch.distributed.barrier()
