@@ -172,6 +172,11 @@ def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, densit
 
 class DaggerSession:
     def __init__(self, config: DaggerConfig, run_dir: str | Path, log: Callable[[str], None] = print) -> None:
+        from vla.distributed import world
+
+        if world()[1] > 1:
+            raise ValueError("a DAgger session runs as one process (its rollouts and datasets are not split "
+                             "over ranks yet); launch it without torchrun")
         self.config, self.run, self.log = config, Path(run_dir), log
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "session.json"
