@@ -57,7 +57,8 @@ from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
                            EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD, REWARD_FIELDS, Goal, RewardWeights, Scene,
                            goal_vector)
-from sim.scenarios import (HIGHWAY_SPEEDS, SPEED_TOLERANCE, TURN_COMMANDS, check_scenario, turn_goal_for)
+from sim.scenarios import (HIGHWAY_GOAL_LABELS, HIGHWAY_SPEEDS, SPEED_TOLERANCE, TURN_COMMANDS, check_scenario,
+                            highway_goal_for, turn_goal_for)
 
 NPC_COUNTS = {"light": 5, "medium": 15, "dense": 30}
 """Traffic-manager vehicles per density."""
@@ -71,7 +72,6 @@ DEVIATION_M = 6.0
 CONNECT_RETRIES = 3
 CONNECT_BACKOFF_S = 1.0
 """Seconds before the second connection try; doubled per try, at most 5."""
-HIGHWAY_LABELS = ("lane_left", "lane_right", "speed_up", "slow_down", "keep_lane")
 TURN_LABELS = ("turn_left", "turn_straight", "turn_right")
 
 
@@ -270,20 +270,8 @@ class CarlaDrivingEnv:
         left = count(wp, "get_left_lane")
         return left, left + 1 + count(wp, "get_right_lane")
 
-    def _goal(self, label: str, start_lane: int) -> Goal:
-        if label in TURN_LABELS:
-            return turn_goal_for(label.removeprefix("turn_"))
-        lane, speed, command = start_lane, HIGHWAY_SPEEDS["keep"], "keep your lane"
-        if label == "lane_left":
-            lane, command = start_lane - 1, "change to the left lane"
-        elif label == "lane_right":
-            lane, command = start_lane + 1, "change to the right lane"
-        elif label in ("speed_up", "slow_down"):
-            lane, speed, command = -1, HIGHWAY_SPEEDS[label], label.replace("_", " ")
-        return Goal(kind="lane_speed", label=label, command=command, target_lane=lane, target_speed=speed)
-
     def _pick_start(self, rng: np.random.Generator):
-        labels = HIGHWAY_LABELS if self.scenario == "highway" else TURN_LABELS
+        labels = HIGHWAY_GOAL_LABELS if self.scenario == "highway" else TURN_LABELS
         for wp in self._candidates(rng)[:400]:
             xyz = wp.transform.location
             start = (xyz.x, -xyz.y)
@@ -332,8 +320,9 @@ class CarlaDrivingEnv:
         # a lane change's expert drives on in its own lane until moving over is safe
         self._lane_route = plan_route(self._map, start_xy, "keep_lane", self._wanted_m) \
             if label in ("lane_left", "lane_right") else None
-        start_lane, _ = self._lane_index(wp)
-        self.goal = self._goal(label, start_lane)
+        start_lane, lanes = self._lane_index(wp)
+        self.goal = turn_goal_for(label.removeprefix("turn_")) if label in TURN_LABELS \
+            else highway_goal_for(label, start_lane, lanes)
         if self.rephrase is not None:
             self.goal = self.rephrase(self.goal, rng)
         self.goal_feasible = None

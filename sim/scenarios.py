@@ -94,19 +94,19 @@ def highway_goal(rng: np.random.Generator, start_lane: int) -> Goal:
     return highway_goal_for(labels[int(rng.integers(len(labels)))], start_lane)
 
 
-def highway_goal_labels(start_lane: int) -> list[str]:
-    """The highway commands that make sense from ``start_lane`` (no change off the road)."""
+def highway_goal_labels(start_lane: int, lanes: int = HIGHWAY_LANES) -> list[str]:
+    """The highway commands that make sense from ``start_lane`` of ``lanes`` (no change off the road)."""
     return [
         lab
         for lab in HIGHWAY_GOAL_LABELS
         if not (lab == "lane_left" and start_lane == 0)
-        and not (lab == "lane_right" and start_lane == HIGHWAY_LANES - 1)
+        and not (lab == "lane_right" and start_lane == lanes - 1)
     ]
 
 
-def highway_goal_for(label: str, start_lane: int) -> Goal:
-    """The canonical goal ``label`` heard in lane ``start_lane``."""
-    if label not in highway_goal_labels(start_lane):
+def highway_goal_for(label: str, start_lane: int, lanes: int = HIGHWAY_LANES) -> Goal:
+    """The canonical goal ``label`` heard in lane ``start_lane`` (0 = leftmost) of ``lanes``."""
+    if label not in highway_goal_labels(start_lane, lanes):
         raise ValueError(f"highway goal {label!r} is not possible from lane {start_lane}")
     lane, speed = start_lane, HIGHWAY_SPEEDS["keep"]
     command = "keep your lane"
