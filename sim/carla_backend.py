@@ -55,8 +55,8 @@ from sim.carla_frames import CarlaControlMap, camera_to_carla, pose_from_carla
 from sim.carla_route import Route, is_off_road, plan_route
 from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
-                           EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD, REWARD_FIELDS, Goal, RewardWeights, Scene,
-                           goal_vector)
+                           EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD_FIELDS, Goal, RewardWeights, Scene,
+                           goal_vector, reward_terms, step_outcome)
 from sim.scenarios import (HIGHWAY_GOAL_LABELS, HIGHWAY_SPEEDS, SPEED_TOLERANCE, TURN_COMMANDS, check_scenario,
                             highway_goal_for, turn_goal_for)
 
@@ -421,8 +421,11 @@ class CarlaDrivingEnv:
         before = self._best_m
         self._state = self._read_ego()
         events = self._events()
-        terms = self._reward_terms(events, self._best_m - before)
-        terminated, truncated, outcome = self._termination(events)
+        collided = bool(events[EVENT["collision_vehicle"]] + events[EVENT["collision_static"]] > 0)
+        terms = reward_terms(events, self._best_m - before, self._state[EGO["speed"]], self.goal, self._goal_holds(),
+                             crashed=collided)
+        terminated, truncated, outcome = step_outcome(events, abs(self._lateral) > DEVIATION_M, self._steps,
+                                                      self.spec_.max_steps)
         info = {"goal": self.goal, "events": events, "reward_terms": terms}
         if outcome:
             info["outcome"] = outcome
@@ -478,34 +481,6 @@ class CarlaDrivingEnv:
                 return abs(s[EGO["speed"]] - g.target_speed) < SPEED_TOLERANCE
             return int(s[EGO["lane_id"]]) == g.target_lane and abs(s[EGO["lane_offset"]]) < 1.0
         return self._best_m >= self._route.length - 20.0 and abs(self._lateral) < 2.0  # on the asked-for exit
-
-    def _reward_terms(self, events: np.ndarray, progress_gain: float) -> np.ndarray:
-        t = np.zeros(len(REWARD_FIELDS), dtype=np.float32)
-        t[REWARD["progress_m"]] = progress_gain
-        t[REWARD["collision"]] = events[EVENT["collision_vehicle"]] + events[EVENT["collision_static"]]
-        t[REWARD["off_road"]] = events[EVENT["off_road"]]
-        t[REWARD["lane_invasion"]] = events[EVENT["lane_invasion"]]
-        if self.goal.target_speed > 0:
-            t[REWARD["speed_error"]] = abs(self._state[EGO["speed"]] - self.goal.target_speed) / self.goal.target_speed
-        collided = events[EVENT["collision_vehicle"]] + events[EVENT["collision_static"]] > 0
-        t[REWARD["goal"]] = float(self._goal_holds() and not collided)
-        return t
-
-    def _termination(self, events: np.ndarray) -> tuple[bool, bool, str]:
-        outcome = ""
-        if events[EVENT["collision_vehicle"]] or events[EVENT["collision_static"]]:
-            outcome = "collision"
-        elif events[EVENT["off_road"]]:
-            outcome = "off_road"
-        elif events[EVENT["route_complete"]]:
-            outcome = "route_complete"
-        elif abs(self._lateral) > DEVIATION_M:
-            outcome = "route_deviation"
-        if outcome:
-            return True, False, outcome
-        if self._steps >= self.spec_.max_steps:
-            return False, True, "timeout"
-        return False, False, ""
 
     # ----------------------------------------------------------------- observations
     def _scan(self) -> np.ndarray:

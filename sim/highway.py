@@ -26,6 +26,8 @@ from sim import highway_expert as expert_mod
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
 from sim.interface import (
+    reward_terms,
+    step_outcome,
     ACTION_FIELDS,
     ACTION_HIGH,
     ACTION_LOW,
@@ -320,8 +322,10 @@ class EmbeddedDrivingEnv(gym.Env):
         progress_gain = self._update_progress()
         self._ego = self._ego_vector(accel=accel, yaw_rate=yaw_rate)
         events = self._events(collided_now=bool(ego.crashed) and not was_crashed)
-        terms = self._reward_terms(events, progress_gain)
-        terminated, truncated, outcome = self._termination(events)
+        terms = reward_terms(events, progress_gain, self._ego[EGO["speed"]], self.goal, self._goal_holds(),
+                             crashed=bool(self._core.vehicle.crashed))
+        terminated, truncated, outcome = step_outcome(events, self._route is not None and self._wrong_exit(),
+                                                      self._steps, self.spec_.max_steps)
         info = {"goal": self.goal, "events": events, "reward_terms": terms}
         if outcome:
             info["outcome"] = outcome
@@ -600,33 +604,6 @@ class EmbeddedDrivingEnv(gym.Env):
             return int(ego[EGO["lane_id"]]) == g.target_lane and abs(ego[EGO["lane_offset"]]) < 1.0
         lane_index = self._core.vehicle.lane_index
         return self._route is not None and lane_index[:2] == self._route[2][:2]
-
-    def _reward_terms(self, events: np.ndarray, progress_gain: float) -> np.ndarray:
-        t = np.zeros(len(REWARD_FIELDS), dtype=np.float32)
-        t[REWARD["progress_m"]] = progress_gain
-        t[REWARD["collision"]] = events[EVENT["collision_vehicle"]] + events[EVENT["collision_static"]]
-        t[REWARD["off_road"]] = events[EVENT["off_road"]]
-        t[REWARD["lane_invasion"]] = events[EVENT["lane_invasion"]]
-        if self.goal.target_speed > 0:
-            t[REWARD["speed_error"]] = abs(self._ego[EGO["speed"]] - self.goal.target_speed) / self.goal.target_speed
-        t[REWARD["goal"]] = float(self._goal_holds() and not self._core.vehicle.crashed)
-        return t
-
-    def _termination(self, events: np.ndarray) -> tuple[bool, bool, str]:
-        outcome = ""
-        if events[EVENT["collision_vehicle"]] or events[EVENT["collision_static"]]:
-            outcome = "collision"
-        elif events[EVENT["off_road"]]:
-            outcome = "off_road"
-        elif events[EVENT["route_complete"]]:
-            outcome = "route_complete"
-        elif self._route is not None and self._wrong_exit():
-            outcome = "route_deviation"
-        if outcome:
-            return True, False, outcome
-        if self._steps >= self.spec_.max_steps:
-            return False, True, "timeout"
-        return False, False, ""
 
     def _wrong_exit(self) -> bool:
         """On another exit lane, clearly past the junction (lanes overlap inside it)."""

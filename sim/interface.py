@@ -107,6 +107,42 @@ REWARD_FIELDS = (
 )
 REWARD = {name: i for i, name in enumerate(REWARD_FIELDS)}
 
+
+def reward_terms(events: np.ndarray, progress_gain: float, speed: float, goal: Goal, goal_holds: bool,
+                 crashed: bool) -> np.ndarray:
+    """(len(REWARD_FIELDS),) reward terms of one step, the same rules on every backend:
+    ``progress_gain`` metres, this step's collision / off-road / lane-invasion events, the
+    relative speed error against a target speed, and the goal term while ``goal_holds`` and the
+    car has not crashed."""
+    t = np.zeros(len(REWARD_FIELDS), dtype=np.float32)
+    t[REWARD["progress_m"]] = progress_gain
+    t[REWARD["collision"]] = events[EVENT["collision_vehicle"]] + events[EVENT["collision_static"]]
+    t[REWARD["off_road"]] = events[EVENT["off_road"]]
+    t[REWARD["lane_invasion"]] = events[EVENT["lane_invasion"]]
+    if goal.target_speed > 0:
+        t[REWARD["speed_error"]] = abs(speed - goal.target_speed) / goal.target_speed
+    t[REWARD["goal"]] = float(goal_holds and not crashed)
+    return t
+
+
+def step_outcome(events: np.ndarray, deviated: bool, steps: int, max_steps: int) -> tuple[bool, bool, str]:
+    """(terminated, truncated, outcome) after a step, the same on every backend: collision,
+    off-road, route complete, route deviation (``deviated``), then the step limit (timeout)."""
+    outcome = ""
+    if events[EVENT["collision_vehicle"]] or events[EVENT["collision_static"]]:
+        outcome = "collision"
+    elif events[EVENT["off_road"]]:
+        outcome = "off_road"
+    elif events[EVENT["route_complete"]]:
+        outcome = "route_complete"
+    elif deviated:
+        outcome = "route_deviation"
+    if outcome:
+        return True, False, outcome
+    if steps >= max_steps:
+        return False, True, "timeout"
+    return False, False, ""
+
 @dataclass(frozen=True)
 class RewardWeights:
     """Weights of the scalar reward ``r_t = sum_k w_k * reward_terms[t, k]``."""
