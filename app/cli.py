@@ -283,6 +283,8 @@ BENCH_TARGETS: dict[str, tuple[str, str, str, str]] = {
                    "IQL and CQL gradient steps/s on one CPU thread (Pendulum-v1 dataset)"),
     "dpo": ("benchmarks.dpo_bench", "configure", "run",
             "preference-pair updates per second at the default small size on CPU"),
+    "gpu": ("benchmarks.gpu_bench", "configure", "run",
+            "training tokens/s, MFU, peak memory and action-chunk Hz of the policy on a GPU (or --device cpu)"),
 }
 """``vla bench TARGET`` kept in their own modules: name -> (module, configure, run, help); a
 module is imported only when its target is on the command line."""

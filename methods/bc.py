@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vla.accel import Accel
 from vla.distributed import sync_gradients
 
 
@@ -49,17 +50,22 @@ class BCMethod:
     data_parallel = True
     """``update`` averages gradients over data-parallel processes (``vla.distributed``)."""
 
-    def __init__(self, policy, config: BCConfig = BCConfig()) -> None:
-        self.policy, self.config = policy, config
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    def __init__(self, policy, config: BCConfig = BCConfig(), accel: Accel = Accel()) -> None:
+        """``accel`` (``vla.accel``): the device the policy is moved to, bf16 autocast of the
+        forward pass (fp32 master weights and optimizer state), fused AdamW on CUDA, compile."""
+        self.policy, self.config, self.accel = policy, config, accel
+        policy.to(accel.device)
+        self.optimizer = accel.adamw(policy.parameters(), config.lr, config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self._loss = accel.compiled(policy.compute_loss)
 
     def _lr_factor(self, step: int) -> float:
         return warmup_cosine(step, self.config.warmup_steps, self.config.total_steps)
 
     def update(self, batch) -> dict[str, float]:
         self.policy.train()
-        loss, logs = self.policy.compute_loss(batch)
+        with self.accel.autocast():
+            loss, logs = self._loss(batch.to(self.accel.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         sync_gradients(self.policy.parameters())  # data-parallel: the whole batch's gradient (vla.distributed)
@@ -86,4 +92,5 @@ class BCMethod:
             self.policy.load_ema_state_dict(state["ema"])
 
     def config_dict(self) -> dict:
-        return {"method": self.name, "bc": asdict(self.config), "policy": self.policy.config.to_dict()}
+        return {"method": self.name, "bc": asdict(self.config), "policy": self.policy.config.to_dict(),
+                "runtime": self.accel.to_dict()}

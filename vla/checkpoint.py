@@ -162,16 +162,23 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+RUNTIME_KEY = "runtime"
+"""A method config's entry for how it runs (device, precision, compile: ``vla.accel``): recorded,
+but a resumed run may change it."""
+
+
 def check_same_config(saved: dict, current: dict, may_change: tuple[str, ...] = ()) -> None:
     """Raise a one-line ValueError naming the first key where ``current`` differs from the
     checkpoint's ``saved`` config (``{"method", "method_config", "train"}``; the ``train`` keys
-    in ``may_change`` are not compared)."""
+    in ``may_change`` and the method's ``RUNTIME_KEY`` entry are not compared)."""
     current = json.loads(json.dumps(current))
     train_now = {k: v for k, v in current["train"].items() if k not in may_change}
     train_then = {k: v for k, v in saved.get("train", {}).items() if k not in may_change}
+    method_then = {k: v for k, v in saved.get("method_config", {}).items() if k != RUNTIME_KEY}
+    method_now = {k: v for k, v in current["method_config"].items() if k != RUNTIME_KEY}
     pairs = [({"format_version": saved.get("format_version")}, {"format_version": FORMAT_VERSION}),
              ({"method": saved.get("method")}, {"method": current["method"]}),
-             (_flatten(saved.get("method_config", {})), _flatten(current["method_config"])),
+             (_flatten(method_then), _flatten(method_now)),
              (train_then, train_now)]
     missing = "<missing>"
     for then, now in pairs:

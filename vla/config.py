@@ -195,5 +195,7 @@ SIZES = {
     "tiny": dict(d_model=32, n_layers=2, n_heads=2, n_bins=32, horizon=4),
     "small": dict(d_model=96, n_layers=3, n_heads=4, n_bins=64, horizon=4),
     "base": dict(d_model=192, n_layers=6, n_heads=6, n_bins=128, horizon=8),
+    "large": dict(d_model=768, n_layers=12, n_heads=12, n_bins=256, horizon=8),
 }
-"""Named policy sizes (``--size``); 'small' is the CPU default."""
+"""Named policy sizes (``--size``); 'small' is the CPU default, 'large' (~100M parameters) is
+for a GPU (``vla bench gpu``)."""

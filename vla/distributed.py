@@ -4,7 +4,7 @@ averaged before the optimizer step, so N processes follow one process's trajecto
 
 ``vla.train_loop`` calls this module; a process learns its rank and the world size from the
 environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and
-joins the process group on first use (gloo on CPU, NCCL when CUDA is used). Without those
+joins the process group on first use (gloo on CPU, NCCL when it trains on CUDA: ``use_device``). Without those
 variables everything here is a no-op: one process, rank 0.
 
 How a step is split: the loop draws the global batch (``TrainConfig.batch_size`` indices, the
@@ -30,6 +30,8 @@ import torch
 
 _WEIGHT = [1.0]
 """This rank's share of the current global batch (set by ``shard_weight``)."""
+_DEVICE = ["cpu"]
+"""The device this process trains on (``use_device``); picks the collective backend."""
 
 
 def world() -> tuple[int, int]:
@@ -50,9 +52,16 @@ def active() -> bool:
     if world()[1] == 1:
         return False
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("VLA_DDP_BACKEND", "") != "gloo" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
+        torch.distributed.init_process_group(backend="nccl" if _DEVICE[0].startswith("cuda") else "gloo")
     return True
+
+
+def use_device(device: str) -> None:
+    """Train on ``device`` (before the first collective): NCCL for CUDA devices, gloo otherwise;
+    the default is the CPU."""
+    if torch.distributed.is_initialized() and device.split(":")[0] != _DEVICE[0].split(":")[0]:
+        raise RuntimeError(f"the process group already runs on {_DEVICE[0]}; cannot switch to {device}")
+    _DEVICE[0] = device
 
 
 def is_main() -> bool:
@@ -107,9 +116,9 @@ def reduce_logs(logs: dict[str, float]) -> dict[str, float]:
     if not active():
         return logs
     keys = sorted(logs)
-    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64) * _WEIGHT[0]
+    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=_DEVICE[0]) * _WEIGHT[0]
     torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-    return dict(zip(keys, values.tolist()))
+    return dict(zip(keys, values.cpu().tolist()))
 
 
 def barrier() -> None:

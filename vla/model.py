@@ -227,7 +227,7 @@ class VLAModel(nn.Module):
         logits = torch.stack(all_logits, 1)  # (B, J, n)
         dim_of = torch.arange(steps, device=chosen.device) % dims
         res = self.residual_head(torch.stack(hidden, 1)).view(b, steps, dims, n)
-        res = torch.tanh(res[:, torch.arange(steps), dim_of].gather(-1, chosen[..., None])[..., 0]) * 0.5
+        res = torch.tanh(res[:, torch.arange(steps, device=res.device), dim_of].gather(-1, chosen[..., None])[..., 0]) * 0.5
         logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None])[..., 0]
         return ChunkOutput(
             bins=chosen.view(b, h_steps, dims),

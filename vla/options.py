@@ -42,6 +42,10 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
     else:
         p.set_defaults(head=head)
     defaults = PolicyConfig()
+    p.add_argument("--attn", choices=("sdpa", "flash_attention_2"), default=defaults.attn_implementation,
+                   help="attention kernel: torch's scaled_dot_product_attention (it picks the flash / "
+                        "memory-efficient kernels on a GPU), or the flash-attn package (pip install "
+                        "flash-attn; CUDA, bf16) (default: %(default)s)")
     p.add_argument("--diffusion-steps", type=int, default=defaults.diffusion_inference_steps,
                    help="diffusion head: denoising steps per chunk at inference (default: %(default)s)")
     p.add_argument("--diffusion-scheduler", choices=DIFFUSION_SCHEDULERS, default=defaults.diffusion_scheduler,
@@ -63,7 +67,13 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
     """The ``PolicyConfig`` of options added by ``add_policy_args``. Without ``--action`` the
     command's ``default_action`` applies, except that a diffusion head predicts control chunks."""
+    import importlib.util
+
+    from vla.errors import VLAError
+
     defaults = PolicyConfig()
+    if getattr(args, "attn", None) == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise VLAError("--attn flash_attention_2 needs the flash-attn package (pip install flash-attn) and a CUDA GPU")
     head = getattr(args, "head", defaults.head)
     action = getattr(args, "action", None) or ("control" if head == "diffusion"
                                                else getattr(args, "default_action", defaults.action))
@@ -74,7 +84,32 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         action=action, execution=args.execution, head=head,
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
-                        diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise))
+                        diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise),
+                        attn_implementation=getattr(args, "attn", defaults.attn_implementation))
+
+
+def add_accel_args(p: argparse.ArgumentParser) -> None:
+    """--device / --precision / --compile of commands that train the transformer policy (``vla.accel``)."""
+    from vla.accel import COMPILE_CHOICES, PRECISION_CHOICES
+
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N; under "
+                        "torchrun each process takes the GPU of its LOCAL_RANK (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="bf16: autocast of the forward pass with fp32 master weights and optimizer state; "
+                        "auto = bf16 on a GPU that has it, fp32 on the CPU (default: %(default)s)")
+    p.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                   help="torch.compile the training loss; auto = on for CUDA, off on the CPU; a compile "
+                        "that fails falls back to eager with a warning (default: %(default)s)")
+
+
+def accel_from_args(args: argparse.Namespace):
+    """The ``vla.accel.Accel`` of ``add_accel_args``'s options (a one-line VLAError for a device
+    that is not here)."""
+    from vla.accel import resolve
+
+    return resolve(getattr(args, "device", "auto"), getattr(args, "precision", "auto"),
+                   getattr(args, "compile", "auto"))
 
 
 FLAG_RULES = {

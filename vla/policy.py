@@ -119,7 +119,7 @@ def bins_predict(policy: VLAPolicy, model: VLAModel, inputs: PolicyInputs, tempe
                  generator: torch.Generator | None = None) -> np.ndarray:
     """(B, H, 2) physical actions decoded token by token (greedy at temperature 0)."""
     out = model.generate_chunk(inputs, temperature=temperature, generator=generator)
-    return policy.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.cpu().numpy())
+    return policy.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.float().cpu().numpy())
 
 
 def bins_log_prob(policy: VLAPolicy, batch: PolicyInputs, residual_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +294,9 @@ class VLAPolicy(torch.nn.Module):
     def predict_chunk_batch(self, inputs: PolicyInputs, temperature: float = 0.0,
                             generator: torch.Generator | None = None) -> np.ndarray:
         """(B, H, 2) physical actions for a batch of inputs (the diffusion head draws its noise
-        from ``generator``, None: torch's global RNG; it ignores ``temperature``)."""
+        from ``generator``, None: torch's global RNG; it ignores ``temperature``). The inputs
+        move to the policy's device."""
+        inputs = inputs.to(next(self.model.parameters()).device)
         return self.head.predict(self, self.inference_model, inputs, temperature, generator)
 
     def predict_action_chunk(self, obs: dict, temperature: float = 0.0,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from benchmarks.metrics import format_table
 from methods.session_options import add_session_args, dagger_config
-from vla.options import (add_backend_args, add_command_data_args, add_policy_args, apply_backend_args, check_flags,
-                         policy_config)
+from vla.options import (accel_from_args, add_accel_args, add_backend_args, add_command_data_args, add_policy_args,
+                         apply_backend_args, check_flags, policy_config)
 
 ITERATION_COLUMNS = ("iteration", "setting", "beta", "dataset_episodes", "dataset_steps", "train_loss",
                      "collision_rate", "off_road_rate", "progress_mean", "goal_success_rate",
@@ -103,6 +103,7 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     add_command_data_args(p, relabel_help="also train on the expert's actions under the other goals where "
                                           "the data has them (vla collect --goal-labels)")
     add_policy_args(p, head=head)
+    add_accel_args(p)
 
 
 def run_train_bc(args: argparse.Namespace) -> int:
@@ -127,6 +128,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
     config = policy_config(args)
+    accel = accel_from_args(args)
     episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = default_action_tokenizer(config.n_bins, config.action)
@@ -135,9 +137,10 @@ def run_train_policy(args: argparse.Namespace) -> int:
     data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel)
     for ep in episodes:
         data.add_episode(ep)
-    print(f"{len(episodes)} episodes, {len(data)} samples ({data.counterfactual_samples} under other goals)",
-          flush=True)
-    method = BCMethod(policy, BCConfig(lr=args.lr, total_steps=args.steps, warmup_steps=min(50, args.steps // 5)))
+    print(f"{len(episodes)} episodes, {len(data)} samples ({data.counterfactual_samples} under other goals); "
+          f"training on {accel.device}, {accel.precision}{', compiled' if accel.compile else ''}", flush=True)
+    method = BCMethod(policy, BCConfig(lr=args.lr, total_steps=args.steps, warmup_steps=min(50, args.steps // 5)),
+                      accel)
     result = train(method, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                              checkpoint_every=max(50, args.steps // 5)),
                    out / "train", log=lambda line: print(line, flush=True))
