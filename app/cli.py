@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sim.scenarios import DENSITIES, SCENARIOS, check_scenario
 from vla.errors import VLAError
-from vla.options import add_backend_args, apply_backend_args
+from vla.options import add_backend_args, add_ray_args, apply_backend_args
 
 MIN_IMAGE_SIDE = 8
 USER_ERRORS = (VLAError, ValueError, FileExistsError, NotADirectoryError, PermissionError)
@@ -99,6 +99,14 @@ def _check_rollout(args: argparse.Namespace) -> None:
     _check_out_dir(args.out)
 
 
+def _check_ray(args: argparse.Namespace) -> None:
+    """--ray: Ray is installed and an address answers, before anything is written."""
+    if args.ray:
+        from vla.parallel import make_pool
+
+        make_pool(1, args.ray)  # a pool checks both when made; it starts on its first run
+
+
 def command_words(argv: Sequence[str] | None) -> list[str]:
     """The command and subcommand words of a command line: its leading arguments up to the
     first option (``vla train dpo --out X`` -> ``["train", "dpo"]``), so a lazily imported
@@ -115,6 +123,9 @@ def command_words(argv: Sequence[str] | None) -> list[str]:
 # ----------------------------------------------------------------------------- commands
 def _cmd_collect(args: argparse.Namespace) -> int:
     _check_rollout(args)
+    if args.ray and (args.recipe or args.d4rl):
+        raise VLAError("--recipe and --d4rl collect in this process: drop --ray")
+    _check_ray(args)
     apply_backend_args(args)
     from app.commands.rollouts import run_collect
 
@@ -127,6 +138,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_rollout(args)
     _check_best_of(args)
     check_phrasings(args.phrasings)
+    if (args.workers > 1 or args.ray) and (args.record or args.best_of > 1 or not args.no_gif):
+        raise VLAError("--workers > 1 and --ray drive episodes in worker processes, but --record, --best-of "
+                       "and the GIF episode need this process: pass --no-gif (and no --record / --best-of)")
+    _check_ray(args)
     apply_backend_args(args)
     from app.commands.rollouts import run_eval
 
@@ -213,6 +228,7 @@ def _collect_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="rollout processes, one simulator each; the episodes do not depend on it "
                         "(default: %(default)s; --recipe runs in one process)")
+    add_ray_args(p)
     from offline_rl.recipes import RECIPE_NAMES
 
     p.add_argument("--recipe", choices=RECIPE_NAMES, default=None,
@@ -255,6 +271,10 @@ def _eval_parser(sub) -> None:
                    help="trajectory scorer directory for --best-of (vla train dpo --loss bt-reward)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature of the best-of-N candidates (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="rollout processes, one simulator each, with --no-gif; the metrics do not depend "
+                        "on it (default: %(default)s)")
+    add_ray_args(p)
     p.set_defaults(func=_cmd_eval)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from vla.options import add_command_data_args, add_policy_args, policy_config
+from vla.options import add_command_data_args, add_policy_args, add_ray_args, policy_config
 
 
 def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
@@ -26,6 +26,7 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--beta-decay", type=float, default=0.5, help="beta_k = beta0 * decay^(k-1) (default: %(default)s)")
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
+    add_ray_args(p)
     p.add_argument("--label-every", type=int, default=1, metavar="K",
                    help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
                         "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
@@ -49,4 +50,4 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
         workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
         dart=args.dart, label_every=args.label_every, policy=policy_config(args),
-        backend=getattr(args, "backend", "embedded"))
+        backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None))

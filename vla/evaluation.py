@@ -4,11 +4,12 @@
 ``vla dagger`` (every iteration), the studies (``benchmarks.dagger_study``, ``plan_study``,
 ``learning_curve``), the offline-RL driving evaluation and the diffusion benchmark call. A
 policy given by name (a baseline or a checkpoint directory) drives in the rollout pool's
-worker processes (one simulator each) when there is a pool or more than one worker, else in
-this process; a policy object always drives in this process (e.g. a policy held in memory
-during training), and so does an evaluation that wraps the policy (best-of-N), records expert
-labels or keeps an episode's frames. Either way, episode i uses ``seeds[i]``, the passenger
-speaks the ``phrasings`` split, and the result is the same for any number of workers.
+workers (one simulator each: processes, or Ray actors with ``ray``) when there is a pool,
+more than one worker or ``ray``, else in this process; a policy object always drives in this
+process (e.g. a policy held in memory during training), and so does an evaluation that wraps
+the policy (best-of-N), records expert labels or keeps an episode's frames. Either way,
+episode i uses ``seeds[i]``, the passenger speaks the ``phrasings`` split, and the result is
+the same for any number of workers.
 
 The result holds one row of ``benchmarks.metrics.episode_metrics`` per episode and the
 ``metrics.json`` record (``benchmarks.metrics.metrics_record``); with ``out`` both are written
@@ -23,6 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -30,9 +32,12 @@ from benchmarks.metrics import episode_metrics, metrics_record, to_jsonable, wri
 from sim.backends import DEFAULT_BACKEND, make_env
 from sim.episode import Episode
 from sim.rollout import BASELINES, DrivingPolicy, run_episode
-from vla.parallel import RolloutPool, RolloutSpec
+from vla.parallel import RolloutPool, RolloutSpec, make_pool
 from vla.policies_registry import load_checkpoint
 from vla.speech_commands import rephraser
+
+if TYPE_CHECKING:
+    from vla.ray_pool import RayRolloutPool
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,16 @@ class Evaluation:
 
 def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Sequence[int], *,
              phrasings: str = "heldout", cameras: bool | None = None, backend: str = DEFAULT_BACKEND,
-             pool: RolloutPool | None = None, workers: int = 1, out: str | Path | None = None,
+             pool: RolloutPool | RayRolloutPool | None = None, workers: int = 1, ray: str | None = None,
+             out: str | Path | None = None,
              name: str | None = None, wrap: Callable[[DrivingPolicy, int], DrivingPolicy] | None = None,
              record_expert: bool = False, frames_episode: int | None = None, frames_rig: tuple = (),
              on_episode: Callable[[int, Episode], None] | None = None, progress: str | None = None) -> Evaluation:
     """Drive ``policy`` on ``seeds`` and measure it. ``cameras``: render the policy's rig (a
     named policy: None = its checkpoint's choice); ``pool``: a running rollout pool to use
-    (else one of ``workers`` processes for this call); ``name``: how ``metrics.json`` names
-    the policy (default: the policy's name).
+    (else one of ``workers`` processes for this call, or of ``workers`` Ray actors with ``ray``,
+    ``vla.parallel.make_pool``'s); ``name``: how ``metrics.json`` names the policy (default:
+    the policy's name).
 
     In this process only (what ``vla eval`` and ``vla dpo compare`` use): ``wrap(policy, seed)``
     replaces each episode's policy (best-of-N); ``record_expert`` labels every visited state
@@ -73,8 +80,8 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
         bar.set_postfix_str(f"seed {ep.seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
         bar.update()
 
-    in_process = (not isinstance(policy, str) or (pool is None and workers <= 1) or wrap is not None
-                  or record_expert or frames_episode is not None)
+    in_process = (not isinstance(policy, str) or (pool is None and workers <= 1 and not ray)
+                  or wrap is not None or record_expert or frames_episode is not None)
     with bar:
         if in_process:
             _drive_here(policy, scenario, density, seeds, phrasings, cameras, backend, wrap, record_expert,
@@ -87,7 +94,7 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
             if pool is not None:
                 pool.run(spec, seeds, on_episode=done)
             else:
-                with RolloutPool(workers) as own:
+                with make_pool(workers, ray) as own:
                     own.run(spec, seeds, on_episode=done)
     label = name or (policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__))
     rows = [episode_metrics(ep) for ep in episodes]

@@ -182,3 +182,16 @@ def apply_backend_args(args: argparse.Namespace) -> None:
         raise VLAError("--carla-launch needs CARLA_ROOT, the directory of the CARLA server to start")
     os.environ.update({"CARLA_HOST": options.host, "CARLA_PORT": str(options.port), "CARLA_TOWN": options.town,
                        "CARLA_TIMEOUT": str(options.timeout), "CARLA_LAUNCH": "1" if options.launch else "0"})
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS]: the rollout workers as Ray actors (``vla.parallel.make_pool``)."""
+    from vla.parallel import LOCAL_RAY
+
+    p.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                   help="run the --workers rollout workers as Ray actors, each owning one simulator (and "
+                        "policy copy); a worker that dies loses only its episode, which is run again. "
+                        f"Alone (or '{LOCAL_RAY}'): a Ray runtime started on this machine; with ADDRESS "
+                        "(HOST:PORT, ray://HOST:PORT or auto): that cluster, whose nodes need this package "
+                        "(pip install -e .[ray]). The episodes are the same as without it "
+                        "(default: local worker processes, faster to start on one machine)")

@@ -14,15 +14,20 @@ import pickle
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sim.episode import Episode
 from sim.rollout import DartNoise
 
+if TYPE_CHECKING:
+    from vla.ray_pool import RayRolloutPool
+
 
 MAX_POOL_RESTARTS = 3
-"""Times one ``RolloutPool.run`` call replaces dead workers before it gives up."""
+"""Times one ``RolloutPool.run`` call replaces dead workers before it gives up (a
+``RayRolloutPool``: per seed, counted against the seed a dead actor was running)."""
 
 FAULT_ENV = "VLA_FAULT_WORKER_EXIT"
 """Fault injection for tests: ``SEED:MARKER`` makes the worker that starts episode SEED exit at
@@ -144,11 +149,8 @@ class RolloutPool:
         if self._pool is None:
             from concurrent.futures import ProcessPoolExecutor
 
-            from vla.policies_registry import CHECKPOINT_KINDS
-
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_init_worker,
-                                             initargs=(pickle.dumps(dict(CHECKPOINT_KINDS)),))
+                                             initializer=_init_worker, initargs=(_checkpoint_kinds(),))
         return self._pool
 
     def _in_workers(self, spec: RolloutSpec, seeds: list[int]):
@@ -177,6 +179,23 @@ class RolloutPool:
         return self._cache
 
 
+LOCAL_RAY = "local"
+"""What ``--ray`` without an address means: a Ray runtime started on this machine."""
+
+
+def make_pool(workers: int, ray: str | bool | None = False) -> RolloutPool | RayRolloutPool:
+    """The rollout pool of a command: ``workers`` local processes (``ray`` False or None, the
+    default: on one machine they start faster than Ray's runtime, see
+    ``benchmarks.rollout_engines``), or ``workers`` Ray actors (``vla.ray_pool``) on a Ray
+    runtime started here (``ray`` True, "" or ``LOCAL_RAY``) or on the cluster at address
+    ``ray``. Both give the same episodes for the same seeds."""
+    if ray is None or ray is False:
+        return RolloutPool(workers)
+    from vla.ray_pool import RayRolloutPool
+
+    return RayRolloutPool(workers, address=None if ray in (True, "", LOCAL_RAY) else str(ray))
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel SIGTERM this worker when its parent dies, so a killed session
     (kill -9, then resumed) leaves no orphan workers finishing episodes nobody will read."""
@@ -190,11 +209,24 @@ def _die_with_parent() -> None:
         pass
 
 
+def _checkpoint_kinds() -> bytes:
+    """The checkpoint kinds registered in this process, for ``_setup_worker`` in a worker."""
+    from vla.policies_registry import CHECKPOINT_KINDS
+
+    return pickle.dumps(dict(CHECKPOINT_KINDS))
+
+
 def _init_worker(checkpoint_kinds: bytes = b"") -> None:
-    """Worker set-up: one thread, and the checkpoint kinds the parent had registered (their
-    loaders are pickled by reference: unpickling them, once the thread count is set, imports
-    and registers their modules here too)."""
+    """Set-up of a pool's worker process: it dies with its parent, then ``_setup_worker``."""
     _die_with_parent()
+    _setup_worker(checkpoint_kinds)
+
+
+def _setup_worker(checkpoint_kinds: bytes = b"") -> None:
+    """What every rollout worker (a pool process, a Ray actor) does first: one thread, and the
+    checkpoint kinds the parent had registered (their loaders are pickled by reference:
+    unpickling them, once the thread count is set, imports and registers their modules here
+    too)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from vla.policies_registry import register_checkpoint_kind
 

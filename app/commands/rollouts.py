@@ -25,7 +25,7 @@ from sim.rollout import DartNoise, run_episode
 from sim.storage import EpisodeWriter
 from vla.evaluation import evaluate
 from vla.policies_registry import resolve_policy
-from vla.parallel import RolloutPool, RolloutSpec
+from vla.parallel import RolloutSpec, make_pool
 from vla.speech_commands import rephraser
 
 
@@ -87,8 +87,9 @@ def _recorded(out: Path, args: argparse.Namespace, wanted: range) -> dict[int, d
 
 def run_collect(args: argparse.Namespace) -> int:
     """Record episodes (frames, expert labels) into ``args.out`` and summarize them. Without a
-    recipe the episodes come from the rollout pool (``--workers`` processes; each episode
-    depends only on its seed, so the dataset is the same for any number of workers)."""
+    recipe the episodes come from the rollout pool (``--workers`` processes, or Ray actors with
+    ``--ray``; each episode depends only on its seed, so the dataset is the same for any number
+    of workers and either engine)."""
     rig = default_rig(args.width, args.height) if args.cameras == "default" else ()
     out = Path(args.out)
     rows: list[dict] = []
@@ -121,9 +122,9 @@ def run_collect(args: argparse.Namespace) -> int:
             kept = len(have)
             if have:
                 print(f"resuming: {len(have)} of the {args.episodes} episodes are already in {out}", file=sys.stderr)
-            with RolloutPool(args.workers) as pool, tqdm(total=args.episodes, initial=len(have),
-                                                        desc=f"collect {args.policy}", unit="ep",
-                                                        file=sys.stderr, dynamic_ncols=True) as bar:
+            pool = make_pool(args.workers, getattr(args, "ray", None))
+            with pool, tqdm(total=args.episodes, initial=len(have), desc=f"collect {args.policy}", unit="ep",
+                            file=sys.stderr, dynamic_ncols=True) as bar:
                 def record(ep: Episode) -> None:
                     keep(ep)
                     bar.set_postfix_str(f"seed {ep.seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
@@ -178,7 +179,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           phrasings=args.phrasings, wrap=wrap, record_expert=args.record,
                           frames_episode=gif_episode, frames_rig=default_rig(args.width, args.height),
                           on_episode=keep, progress=f"eval {args.policy}", out=out,
-                          backend=getattr(args, "backend", DEFAULT_BACKEND))
+                          backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
+                          ray=getattr(args, "ray", None))
     finally:
         if writer is not None:
             writer.close()
