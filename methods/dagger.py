@@ -39,10 +39,12 @@ from sim.rollout import DartNoise
 from sim.scenarios import check_scenario
 from sim.storage import EpisodeWriter, count_episodes, read_episodes
 from tokenizers_mm.action import ActionTokenizer
+from vla import distributed
+from vla.accel import Accel
 from vla.config import PolicyConfig
 from vla.data import DemoDataset
 from vla.evaluation import evaluate
-from vla.parallel import RolloutPool, RolloutSpec
+from vla.parallel import RolloutSpec, make_pool
 from vla.policy import VLAPolicy, default_action_tokenizer
 from vla.train_loop import TrainConfig, train
 from methods.bc import BCConfig, BCMethod
@@ -83,6 +85,10 @@ class DaggerConfig:
     EVAL_SEED_OFFSET + seed * 100000 + i."""
     workers: int = 2
     """Rollout processes (one simulator each)."""
+    ray: str | None = None
+    """Run the ``workers`` rollout workers as Ray actors instead (``vla.ray_pool``): "local" for
+    a Ray runtime started here, else a cluster's address; None: local processes. The episodes
+    are the same either way, so a session may resume with another value."""
     threads: int = 1
     """torch threads for training (1 avoids thread oversubscription when rollout workers or other
     processes share the cores, a 20-40x slowdown seen on small models; 0 = torch's default)."""
@@ -125,6 +131,8 @@ class DaggerConfig:
         for name in ("expert_episodes", "eval_episodes", "train_steps", "batch_size", "workers", "label_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ray is not None and not (isinstance(self.ray, str) and self.ray.strip()):
+            raise ValueError(f"DaggerConfig.ray must be None, 'local' or a Ray cluster address, got {self.ray!r}")
         if self.iterations < 0 or self.rollouts < 1:
             raise ValueError("DaggerConfig.iterations must be >= 0 and rollouts >= 1")
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
@@ -171,13 +179,13 @@ def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, densit
 
 
 class DaggerSession:
-    def __init__(self, config: DaggerConfig, run_dir: str | Path, log: Callable[[str], None] = print) -> None:
-        from vla.distributed import world
-
-        if world()[1] > 1:
-            raise ValueError("a DAgger session runs as one process (its rollouts and datasets are not split "
-                             "over ranks yet); launch it without torchrun")
-        self.config, self.run, self.log = config, Path(run_dir), log
+    def __init__(self, config: DaggerConfig, run_dir: str | Path, log: Callable[[str], None] = print,
+                 accel: Accel = Accel()) -> None:
+        """``accel`` (``vla.accel``): where and how the iterations' retraining runs; it may change
+        when a session resumes. Under torchrun every process runs the session: rank 0 alone
+        drives the rollouts and evaluations and writes, the others wait for it at a barrier,
+        and every rank takes its share of each training batch (``vla.distributed``)."""
+        self.config, self.run, self.log, self.accel = config, Path(run_dir), log, accel
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "session.json"
         if saved.exists():
@@ -185,13 +193,17 @@ class DaggerSession:
             # defaults (an older session still resumes when nothing it set has changed).
             old = json.loads(json.dumps(DaggerConfig.from_dict(json.loads(saved.read_text())).to_dict()))
             current = json.loads(json.dumps(config.to_dict()))
+            old["ray"] = current["ray"]  # where the episodes run does not change them
             if old != current:
                 diff = next(k for k in current if old.get(k) != current[k])
                 raise ValueError(f"{self.run} holds a session with a different config ({diff}: "
                                  f"{old.get(diff)!r}); use a new --out")
-        else:
+        elif distributed.is_main():
             write_json(saved, config.to_dict())
-        self.pool = RolloutPool(config.workers)  # started on first use, closed by run_all / close
+        if distributed.is_main():
+            self._tokenizer()
+        distributed.barrier()
+        self.pool = make_pool(config.workers, config.ray)  # started on first use, closed by run_all / close
 
     # ------------------------------------------------------------------ paths and seeds
     def _iter_dir(self, k: int) -> Path:
@@ -251,12 +263,13 @@ class DaggerSession:
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)
         method = BCMethod(policy, BCConfig(lr=c.lr, total_steps=c.train_steps,
-                                           warmup_steps=min(50, c.train_steps // 5)))
+                                           warmup_steps=min(50, c.train_steps // 5)), self.accel)
         cfg = TrainConfig(steps=c.train_steps, batch_size=c.batch_size, log_every=25,
                           checkpoint_every=max(50, c.train_steps // 4), seed=c.seed * 1000 + k,
                           threads=self.config.threads)
         result = train(method, data, cfg, self._iter_dir(k) / "train", log=self.log)
-        policy.save(self._iter_dir(k) / "policy")
+        if distributed.is_main():
+            policy.save(self._iter_dir(k) / "policy")
         return policy, result.last_logs, len(data)
 
     def _evaluate(self, k: int) -> dict:
@@ -291,8 +304,14 @@ class DaggerSession:
             return json.loads(done_path.read_text())
         t0 = time.time()
         previous = "expert" if k == 0 else str(self._iter_dir(k - 1) / "policy")
-        self._collect(k, previous)
+        if distributed.is_main():
+            self._collect(k, previous)
+        distributed.barrier()  # the others wait for the iteration's episodes, then train with rank 0
         policy, logs, samples = self._train(k)
+        distributed.barrier()  # rank 0 saved the policy
+        if not distributed.is_main():
+            distributed.barrier()  # while rank 0 evaluates and writes done.json
+            return json.loads(done_path.read_text())
         metrics = self._evaluate(k)
         line = {
             "iteration": k, "beta": self.config.beta(k),
@@ -305,6 +324,7 @@ class DaggerSession:
             line["per_setting"] = {name: {key: v for key, v in m.items() if key not in ("policy", "seed")}
                                    for name, m in metrics["per_setting"].items()}
         write_json(done_path, line)
+        distributed.barrier()
         return line
 
     def run_all(self) -> list[dict]:
@@ -312,8 +332,11 @@ class DaggerSession:
         with self.pool:
             for k in range(self.config.iterations + 1):
                 lines.append(self.run_iteration(k))
-                with atomic_output(self.run / "iterations.jsonl") as tmp:
-                    tmp.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
-        final = json.loads((self._iter_dir(self.config.iterations) / "eval" / "metrics.json").read_text())
-        write_json(self.run / "metrics.json", final)
+                if distributed.is_main():
+                    with atomic_output(self.run / "iterations.jsonl") as tmp:
+                        tmp.write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in lines))
+        if distributed.is_main():
+            final = json.loads((self._iter_dir(self.config.iterations) / "eval" / "metrics.json").read_text())
+            write_json(self.run / "metrics.json", final)
+        distributed.barrier()
         return lines

@@ -95,3 +95,32 @@ def test_a_method_without_gradient_averaging_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(distributed, "world", lambda: (0, 2))
     with pytest.raises(ValueError, match="method plain does not support data-parallel training"):
         train(Plain(), Data(), TrainConfig(steps=1, progress=False), tmp_path)
+
+
+DAGGER = ["dagger", "--scenario", "highway", "--density", "light", "--iterations", "1", "--expert-episodes", "1",
+          "--rollouts", "1", "--train-steps", "6", "--batch-size", "8", "--eval-episodes", "1", "--workers", "1",
+          "--no-cameras", "--size", "tiny", "--device", "cpu"]
+
+
+def test_a_dagger_session_under_torchrun_retrains_on_both_ranks(tmp_path):
+    """``vla dagger`` under torchrun: rank 0 alone drives and writes, both ranks retrain on
+    their halves of every batch (with command augmentation drawn as one process draws it), and
+    the session's losses follow the one-process session's."""
+    import json
+
+    from sim.storage import read_episodes
+
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc_per_node=2"])):
+        done = subprocess.run([sys.executable, *launcher, "-m", "app.cli", *DAGGER, "--out", str(tmp_path / name)],
+                              env=ENV, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (two / "metrics.json").exists() and len((two / "iterations.jsonl").read_text().splitlines()) == 2
+    for k in (0, 1):
+        a, b = _losses(one / f"iter_{k:03d}"), _losses(two / f"iter_{k:03d}")
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(b, a, rtol=0.02)  # token means over ranks: a close approximation
+    first = [next(iter(read_episodes(d / "data" / "iter_000", load_frames=False))) for d in (one, two)]
+    np.testing.assert_array_equal(first[0].ego, first[1].ego)  # the expert's episode, written once
+    assert json.loads((two / "iter_001" / "done.json").read_text())["dataset_episodes"] == 2

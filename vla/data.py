@@ -202,6 +202,11 @@ class DemoDataset:
     def episodes(self) -> int:
         return len(self._episodes)
 
+    def select(self, batch: PolicyInputs, positions: np.ndarray) -> PolicyInputs:
+        """Rows ``positions`` of a ``batch`` (data-parallel training: a rank's part of the whole
+        batch, augmented as one process would have; ``vla.train_loop``)."""
+        return batch.select(positions)
+
     def batch(self, indices: np.ndarray) -> PolicyInputs:
         rows = self._index[np.asarray(indices, dtype=np.int64)]
         eps = [self._episodes[e] for e in rows[:, 0]]

@@ -21,6 +21,7 @@ writes checkpoints, logs and the final policy; every rank resumes from the same 
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -52,7 +53,8 @@ def active() -> bool:
     if world()[1] == 1:
         return False
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if _DEVICE[0].startswith("cuda") else "gloo")
+        torch.distributed.init_process_group(backend="nccl" if _DEVICE[0].startswith("cuda") else "gloo",
+                                             timeout=datetime.timedelta(minutes=timeout_minutes()))
     return True
 
 
@@ -62,6 +64,23 @@ def use_device(device: str) -> None:
     if torch.distributed.is_initialized() and device.split(":")[0] != _DEVICE[0].split(":")[0]:
         raise RuntimeError(f"the process group already runs on {_DEVICE[0]}; cannot switch to {device}")
     _DEVICE[0] = device
+
+
+TIMEOUT_ENV = "VLA_DDP_TIMEOUT_MIN"
+"""Minutes a collective (a barrier) may wait for the other ranks before the run fails; long, because
+in a DAgger session the other ranks wait at a barrier while rank 0 drives its rollouts."""
+DEFAULT_TIMEOUT_MIN = 360
+
+
+def timeout_minutes() -> float:
+    value = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        minutes = float(value) if value else DEFAULT_TIMEOUT_MIN
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of minutes, got {value!r}") from None
+    if not minutes > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be > 0, got {value!r}")
+    return minutes
 
 
 def is_main() -> bool:
@@ -75,11 +94,21 @@ def shard(indices: np.ndarray) -> tuple[np.ndarray, float]:
     still runs the same collective calls."""
     if not active():
         return indices, 1.0
+    positions, weight = _part(len(indices))
+    return indices[positions], weight
+
+
+def shard_positions(n: int) -> np.ndarray:
+    """The positions in a global batch of ``n`` that ``shard`` gives this rank."""
+    return _part(n)[0]
+
+
+def _part(n: int) -> tuple[np.ndarray, float]:
     rank, size = world()
-    mine = np.array_split(indices, size)[rank]
+    mine = np.array_split(np.arange(n), size)[rank]
     if len(mine) == 0:
-        return indices[:1], 0.0
-    return mine, len(mine) / len(indices)
+        return np.zeros(1, dtype=np.int64), 0.0
+    return mine, len(mine) / n
 
 
 @contextmanager

@@ -95,7 +95,12 @@ class BatchSource(Protocol):
         """Number of samples."""
 
     def batch(self, indices: np.ndarray) -> Any:
-        """The batch of samples ``indices`` (int64, ``(B,)``) for ``update``; pure function."""
+        """The batch of samples ``indices`` (int64, ``(B,)``) for ``update``; pure function.
+
+        Optionally ``select(batch, positions) -> batch``: rows of a batch. Data-parallel
+        training then has every rank assemble the whole batch and keep its rows, so random
+        augmentations drawn in ``batch`` are those of one process; without it a rank
+        assembles only its own samples."""
 
 
 @dataclass(frozen=True)
@@ -306,8 +311,14 @@ class _Run:
         state = self.state
         indices, epoch, cursor = _draw(state, self.config)
         mine, weight = distributed.shard(indices)
+        if distributed.active() and hasattr(self.data, "select"):
+            # every rank assembles the whole batch (drawing its random augmentations as one
+            # process would, so all ranks keep one RNG stream) and keeps its part
+            batch = self.data.select(self.data.batch(indices), distributed.shard_positions(len(indices)))
+        else:
+            batch = self.data.batch(mine)
         with distributed.shard_weight(weight):
-            logs = distributed.reduce_logs(self.method.update(self.data.batch(mine)))
+            logs = distributed.reduce_logs(self.method.update(batch))
         values = _finite_logs(logs, state.step + 1)
         state.step, state.epoch, state.cursor = state.step + 1, epoch, cursor
         for key, value in values.items():

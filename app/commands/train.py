@@ -37,10 +37,12 @@ def configure_dagger(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
     add_session_args(p, **MAIN_JOB_DEFAULTS)
     add_backend_args(p)
+    add_accel_args(p)
 
 
 def run_dagger(args: argparse.Namespace) -> int:
     from methods.dagger import DaggerSession
+    from vla.distributed import is_main
 
     check_flags(args)
     apply_backend_args(args)
@@ -48,8 +50,10 @@ def run_dagger(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
     config = dagger_config(args, args.scenario, args.density, args.seed)
-    session = DaggerSession(config, out, log=lambda line: print(line, flush=True))
+    session = DaggerSession(config, out, log=lambda line: print(line, flush=True), accel=accel_from_args(args))
     lines = session.run_all()
+    if not is_main():
+        return 0  # under torchrun rank 0 reports
     rows = []
     for line in lines:
         head = {k: v for k, v in line.items() if k not in ("metrics", "per_setting")}
