@@ -147,7 +147,8 @@ def reduce_logs(logs: dict[str, float]) -> dict[str, float]:
     keys = sorted(logs)
     values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=_DEVICE[0]) * _WEIGHT[0]
     torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-    return dict(zip(keys, values.cpu().tolist()))
+    reduced = dict(zip(keys, values.cpu().tolist()))
+    return {k: reduced[k] for k in logs}  # in update's order, as log.csv's columns are in one process
 
 
 def barrier() -> None:
