@@ -334,7 +334,8 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
     t.set_defaults(func=_cmd_bench_tokenizers)
     b = targets.add_parser("policy", help="chunk latency and closed-loop steps/s of the transformer policy",
                            description="Policy inference per action chunk, closed-loop steps/s and the "
-                                       "simulator alone, on CPU; see benchmarks.policy_bench.")
+                                       "simulator alone (the policy on --device, the simulator on the "
+                                       "CPU); see benchmarks.policy_bench.")
     _add_sim_args(b, episodes=False)
     b.add_argument("--steps", type=int, default=200, help="timed env steps (default: %(default)s)")
     b.add_argument("--size", default="small", help="policy size: tiny, small or base (default: %(default)s)")
@@ -344,6 +345,10 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
                         "as vla dagger)")
     b.add_argument("--replan-every", type=int, default=None, metavar="K",
                    help="a new chunk / plan every K steps (default: the action space's, 5 for plans)")
+    b.add_argument("--device", default="cpu",
+                   help="where the policy runs: cpu, cuda, cuda:N or auto (default: %(default)s)")
+    b.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto = bf16 on a GPU that has it, fp32 on the CPU (default: %(default)s)")
     b.set_defaults(func=_cmd_bench_policy)
     words = command_words(argv)
     add_lazy_parsers(targets, BENCH_TARGETS, words[1:2] if words[:1] == ["bench"] else [], argv)
@@ -408,8 +413,11 @@ def _cmd_bench_policy(args: argparse.Namespace) -> int:
         _check_positive("--replan-every", args.replan_every)
     config = PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, action=args.action,
                           observation="lane_frame", replan_every=args.replan_every)
+    from vla.accel import resolve
+
+    accel = resolve(args.device, args.precision, "off")
     result = run_policy_bench(config, args.scenario, args.density, args.steps, args.seed,
-                              log=lambda line: print(line, flush=True))
+                              log=lambda line: print(line, flush=True), accel=accel)
     print(json.dumps({**result, "size": args.size}, sort_keys=True))
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sim.backends import DEFAULT_BACKEND, make_env
+from vla.accel import Accel
 from vla.config import PolicyConfig
 from vla.policy import VLAPolicy, default_action_tokenizer
 
@@ -40,7 +41,12 @@ TRAIN_BATCH = 32
 TRAIN_UPDATES = 10
 
 
-def _train_samples_per_s(policy: VLAPolicy, env, seed: int) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _train_samples_per_s(policy: VLAPolicy, env, seed: int, accel: Accel = Accel()) -> float:
     from methods.bc import BCConfig, BCMethod
     from sim.rollout import BASELINES, run_episode
     from vla.data import DemoDataset
@@ -48,48 +54,57 @@ def _train_samples_per_s(policy: VLAPolicy, env, seed: int) -> float:
     ep = run_episode(env, BASELINES["expert"](env, seed), seed, record_frames=policy.config.cameras)
     data = DemoDataset(policy)
     data.add_episode(ep)
-    method = BCMethod(policy, BCConfig(total_steps=TRAIN_UPDATES + 2))
+    method = BCMethod(policy, BCConfig(total_steps=TRAIN_UPDATES + 2), accel)
     rng = np.random.default_rng(seed)
     for _ in range(2):
         method.update(data.batch(rng.integers(0, len(data), TRAIN_BATCH)))
+    _sync(accel.device)
     t0 = time.perf_counter()
     for _ in range(TRAIN_UPDATES):  # batch assembly counts: it is part of every training step
         method.update(data.batch(rng.integers(0, len(data), TRAIN_BATCH)))
+    _sync(accel.device)
     return TRAIN_UPDATES * TRAIN_BATCH / (time.perf_counter() - t0)
 
 
 def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: str = "medium",
-                     steps: int = 200, seed: int = 0, log=print) -> dict:
+                     steps: int = 200, seed: int = 0, log=print, accel: Accel = Accel()) -> dict:
+    """The figures above, with the policy on ``accel.device`` under ``accel``'s precision (the
+    simulator stays on the CPU; on CUDA every timing waits for the GPU)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
         policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action)).eval()
+        policy.to(accel.device)
         env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig)
         obs, _ = env.reset(seed=seed)
         policy.hear(env.goal.command, env.goal.lang)
-        for _ in range(3):
-            policy.predict_action_chunk(obs)
         times = []
-        for _ in range(30):
-            t0 = time.perf_counter()
-            policy.predict_action_chunk(obs)
-            times.append(time.perf_counter() - t0)
+        with accel.autocast():
+            for i in range(33):
+                _sync(accel.device)
+                t0 = time.perf_counter()
+                policy.predict_action_chunk(obs)
+                _sync(accel.device)
+                if i >= 3:
+                    times.append(time.perf_counter() - t0)
         latency = 1000 * float(np.median(times))
         log(f"chunk latency: {latency:.1f} ms (H={config.horizon}, {config.horizon * 2} decoding steps)")
         policy.reset()
-        closed = _steps_per_s(env, policy.select_action, steps, seed)
+        with accel.autocast():
+            closed = _steps_per_s(env, policy.select_action, steps, seed)
         log(f"closed loop: {closed:.1f} steps/s")
         sim = _steps_per_s(env, lambda obs: np.zeros(2, np.float32), steps, seed)
         log(f"simulator alone (same rig): {sim:.1f} steps/s")
         params = sum(p.numel() for p in policy.parameters())
-        train = _train_samples_per_s(policy, env, seed)
+        train = _train_samples_per_s(policy, env, seed, accel)
         log(f"training (BC, batch {TRAIN_BATCH}): {train:.0f} samples/s")
         log(f"closed loop / simulator alone: {closed / sim:.2f} (a new {config.action} every "
             f"{config.replan_period} step(s))")
         return {"chunk_latency_ms": latency, "closed_loop_steps_per_s": closed, "sim_steps_per_s": sim,
                 "closed_loop_ratio": closed / sim, "replan_every": config.replan_period,
                 "train_samples_per_s": train, "action": config.action, "observation": config.observation,
-                "parameters": params, "cameras": len(policy.rig), "scenario": scenario, "density": density}
+                "parameters": params, "cameras": len(policy.rig), "scenario": scenario, "density": density,
+                "device": accel.device, "precision": accel.precision}
     finally:
         torch.set_num_threads(threads)

@@ -59,3 +59,11 @@ def test_cuda_run(capsys):
     assert cli.main([*TINY, "--device", "cuda"]) == 0
     out = _last_json(capsys)
     assert out["torch_device"].startswith("cuda") and out["sizes"]["tiny"]["peak_memory_mb"] > 0
+
+
+@pytest.mark.gpu
+def test_bench_policy_on_cuda(capsys):
+    assert cli.main(["bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5", "--no-cameras",
+                     "--device", "cuda"]) == 0
+    out = _last_json(capsys)
+    assert out["device"].startswith("cuda") and out["chunk_latency_ms"] > 0
