@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sim.scenarios import DENSITIES, SCENARIOS, check_scenario
 from vla.errors import VLAError
-from vla.options import add_backend_args, add_ray_args, apply_backend_args
+from vla.options import add_backend_args, add_hearing_args, add_ray_args, apply_backend_args
 
 MIN_IMAGE_SIDE = 8
 USER_ERRORS = (VLAError, ValueError, FileExistsError, NotADirectoryError, PermissionError)
@@ -258,6 +258,7 @@ def _eval_parser(sub) -> None:
                         "or training phrasings, the canonical English command, or your own phrasings in a "
                         "tab-separated file with the header 'goal language phrasing' (en or zh; goals the "
                         "file does not cover keep the held-out phrasings) (default: %(default)s)")
+    add_hearing_args(p)
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",

@@ -45,7 +45,7 @@ from vla.config import PolicyConfig
 from vla.data import DemoDataset
 from vla.evaluation import evaluate
 from vla.parallel import RolloutSpec, make_pool
-from vla.policy import VLAPolicy, default_action_tokenizer
+from vla.policy import EVAL_HEARING, VLAPolicy, default_action_tokenizer
 from vla.train_loop import TrainConfig, train
 from methods.bc import BCConfig, BCMethod
 
@@ -287,7 +287,8 @@ class DaggerSession:
                 continue
             several = len(settings) > 1
             ev = evaluate(policy, scenario, density, mine, cameras=c.policy.cameras, pool=self.pool,
-                          out=out / f"{scenario}_{density}" if several else None, backend=c.backend)
+                          out=out / f"{scenario}_{density}" if several else None, backend=c.backend,
+                          hearing=EVAL_HEARING)
             rows += ev.rows
             if several:
                 per_setting[f"{scenario}_{density}"] = ev.metrics

@@ -86,7 +86,7 @@ class PairDataset:
 
         inputs = collate(a["ego"][both], a["actors"][both],
                          [cmd[m] for cmd, m in zip(a["command"][both], a["command_mask"][both])],
-                         self.policy.layout.special("<pad>"), self.policy.config.max_command_tokens,
+                         self.policy.layout.special("<pad>"), self.policy.config.command_ids_max,
                          frames=a["frames"][both] if self.policy.config.cameras else None,
                          action_bins=np.concatenate([self._bins[i, 0], self._bins[i, 1]]),
                          action_residual=np.concatenate([self._res[i, 0], self._res[i, 1]]),

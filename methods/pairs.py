@@ -221,7 +221,7 @@ class PairMaker:
     def _context(self, obs: dict, inputs) -> dict:
         """What the policy reads at the branch state: ego, actors, the heard command, cameras."""
         p, goal = self.policy, self.env.goal
-        lc, pad = p.config.max_command_tokens, p.layout.special("<pad>")
+        lc, pad = p.config.command_ids_max, p.layout.special("<pad>")
         ids = p.encode_command(goal.command, goal.lang)[:lc]
         command, mask = np.full(lc, pad, np.int64), np.zeros(lc, bool)
         command[: len(ids)], mask[: len(ids)] = ids, True
@@ -264,7 +264,7 @@ class PairMaker:
 
 def stack_records(records: list[dict], policy) -> dict[str, np.ndarray]:
     """Rows -> the arrays of one shard (also for zero rows)."""
-    h, lc, n_rules = policy.config.horizon, policy.config.max_command_tokens, len(RULE_INDEX)
+    h, lc, n_rules = policy.config.horizon, policy.config.command_ids_max, len(RULE_INDEX)
     obs = policy.observation
     empty = {"ego": (0, len(obs.ego_fields)), "actors": (0, obs.actors, len(obs.actor_fields)),
              "chosen_actions": (0, h, 2), "rejected_actions": (0, h, 2), "chosen_costs": (0, n_rules),
@@ -333,7 +333,7 @@ def make_pairs(policy, env, seeds: list[int], out: str | Path, config: PairConfi
     out = Path(out)
     header = {"format": FORMAT, "version": VERSION, "config": json.loads(json.dumps(config.to_dict())),
               "horizon": policy.config.horizon, "cameras": bool(policy.config.cameras),
-              "max_command_tokens": policy.config.max_command_tokens, **meta}
+              "max_command_tokens": policy.config.command_ids_max, **meta}
     if (out / "pairs.json").exists():
         manifest = read_manifest(out)
         old = {k: v for k, v in manifest.items() if k != "shards"}

@@ -192,8 +192,8 @@ class BestOfNPolicy:
         self._gen = torch.Generator().manual_seed(self._seed + self._episodes)
         self._episodes += 1
 
-    def hear(self, command: str, lang: str = "en") -> None:
-        self.policy.hear(command, lang)
+    def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
+        self.policy.hear(command, lang, seed=seed)
 
     @torch.no_grad()
     def best_chunk(self, obs: dict) -> np.ndarray:

@@ -223,8 +223,8 @@ def run_episode(
     record_plans = plan_horizon > 1 and not isinstance(policy, ExpertPolicy)
     obs, _ = env.reset(seed=seed)
     policy.reset()
-    if hasattr(policy, "hear"):  # the passenger says the command once, at the start
-        policy.hear(env.goal.command, env.goal.lang)
+    if hasattr(policy, "hear"):  # the passenger says the command once, at the start (in a voice drawn for seed)
+        policy.hear(env.goal.command, env.goal.lang, seed=seed)
     rng = rng or np.random.default_rng(seed)
     bursts = _Bursts(noise, rng) if noise is not None else None
     ego, actors = [env.ego_state()], [env.actors()]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, fields
 
-COMMAND_MODALITIES = ("ipa", "text", "none")
+COMMAND_MODALITIES = ("ipa", "text", "none", "audio")
 EXECUTION_MODES = ("ensemble", "first", "open_loop")
 ACTION_SPACES = ("control", "plan")
 """What the action tokens are (``PolicyConfig.action``)."""
@@ -62,9 +62,20 @@ class PolicyConfig:
     """Square patch size of the camera tokenizer; must divide width and height."""
     command: str = "ipa"
     """How the passenger's command is heard: 'ipa' phonemes of the spoken phrasing, 'text' bytes
-    of it, or 'none' (an unconditioned policy)."""
+    of it, 'audio' (the synthesized, noisy utterance as codec tokens + VAD events:
+    ``tokenizers_mm.audio_command``) or 'none' (an unconditioned policy)."""
     max_command_tokens: int = 64
-    """Command tokens kept (longer commands are cut, never silently: a warning is counted)."""
+    """Command positions kept (longer commands are cut): tokens for ipa / text, groups of
+    ``audio_group`` codec frames or VAD events for audio."""
+    audio_codec: str = ""
+    """command 'audio': the codec checkpoint directory (``vla train-codec``); a saved policy keeps
+    its own copy and records it as 'codec' (relative to the policy directory)."""
+    audio_n_q: int = 2
+    """command 'audio': codebook levels of each codec frame the policy reads."""
+    audio_group: int = 4
+    """command 'audio': consecutive 75 Hz codec frames summed into one position (4 = 18.75 Hz)."""
+    audio_codebook_size: int = 0
+    """command 'audio': entries per codebook (set from the codec when the policy is built)."""
     execution: str = "ensemble"
     """select_action: 'ensemble' = re-plan every step and average the overlapping chunk
     predictions with exponential weights (ACT's temporal ensembling); 'first' = re-plan every
@@ -139,6 +150,13 @@ class PolicyConfig:
                              f"{self.camera_width}x{self.camera_height}")
         if self.command not in COMMAND_MODALITIES:
             raise ValueError(f"PolicyConfig.command must be one of {COMMAND_MODALITIES}, got {self.command!r}")
+        if self.command == "audio":
+            if not self.audio_codec:
+                raise ValueError("PolicyConfig.command 'audio' needs audio_codec, a codec directory (vla train-codec)")
+            for name in ("audio_n_q", "audio_group"):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                    raise ValueError(f"PolicyConfig.{name} must be an integer >= 1, got {value!r}")
         if self.observation not in OBSERVATION_CHOICES:
             raise ValueError(f"PolicyConfig.observation must be one of {OBSERVATION_CHOICES}, got {self.observation!r}")
         if self.action == "plan" and self.head != "bins":
@@ -168,6 +186,16 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.diffusion_noise must be a finite number >= 0, got {self.diffusion_noise}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"PolicyConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def command_group(self) -> int:
+        """Vocabulary ids per command position: ``audio_group * audio_n_q`` for audio, else 1."""
+        return self.audio_group * self.audio_n_q if self.command == "audio" else 1
+
+    @property
+    def command_ids_max(self) -> int:
+        """Command ids kept per sample: ``max_command_tokens`` positions."""
+        return self.max_command_tokens * self.command_group
 
     @property
     def decay(self) -> float:

@@ -138,7 +138,7 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         actors=actors,
         forecast=forecast,
         forecast_mask=forecast_mask,
-        command=policy.encode_command(ep.goal.command, ep.goal.lang),
+        command=policy.encode_command(ep.goal.command, ep.goal.lang, seed=ep.seed),
         label=ep.goal.label,
         goal_bins=goal_bins,
         goal_residual=goal_residual,
@@ -150,11 +150,16 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
     )
 
 
+AUDIO_RENDITIONS = 4
+"""Renditions (voice, rate, pitch, noise) of each train phrasing an audio policy's samples may
+hear instead of their episode's own (which is drawn from the episode's seed)."""
+
+
 class DemoDataset:
     """The aggregated dataset: ``len`` samples, ``batch(indices) -> PolicyInputs``."""
 
     def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
-                 command_grammar: bool = False) -> None:
+                 command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS) -> None:
         if not 0.0 <= augment_commands <= 1.0:
             raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
         self.policy = policy
@@ -165,9 +170,11 @@ class DemoDataset:
         if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
 
+            renditions = audio_renditions if policy.config.command == "audio" else 1
             for p in PHRASINGS:
                 if p.split == "train":
-                    self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang))
+                    for k in range(renditions):  # an audio policy hears each phrasing in several voices
+                        self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang, seed=k))
             if command_grammar:
                 from tokenizers_mm.command_grammar import grammar_phrasings
 
@@ -237,6 +244,6 @@ class DemoDataset:
             forecast = [ep.forecast[s] for ep, s in zip(eps, steps)]
             forecast_mask = [ep.forecast_mask[s] for ep, s in zip(eps, steps)]
         return collate([ep.ego[s] for ep, s in zip(eps, steps)], [ep.actors[s] for ep, s in zip(eps, steps)],
-                       commands, pad, self.policy.config.max_command_tokens, frames=frames,
+                       commands, pad, self.policy.config.command_ids_max, frames=frames,
                        action_bins=bins, action_residual=residual, action_mask=mask,
                        actor_future=forecast, actor_future_mask=forecast_mask)

@@ -54,7 +54,8 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
              out: str | Path | None = None,
              name: str | None = None, wrap: Callable[[DrivingPolicy, int], DrivingPolicy] | None = None,
              record_expert: bool = False, frames_episode: int | None = None, frames_rig: tuple = (),
-             on_episode: Callable[[int, Episode], None] | None = None, progress: str | None = None) -> Evaluation:
+             on_episode: Callable[[int, Episode], None] | None = None, progress: str | None = None,
+             hearing=None) -> Evaluation:
     """Drive ``policy`` on ``seeds`` and measure it. ``cameras``: render the policy's rig (a
     named policy: None = its checkpoint's choice); ``pool``: a running rollout pool to use
     (else one of ``workers`` processes for this call, or of ``workers`` Ray actors with ``ray``,
@@ -65,7 +66,9 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
     replaces each episode's policy (best-of-N); ``record_expert`` labels every visited state
     with the expert (``vla eval --record``); episode ``frames_episode`` keeps its frames
     (rendered with ``frames_rig`` when the policy is blind). ``on_episode(i, episode)`` sees
-    each episode in order; ``progress`` names a progress bar on stderr."""
+    each episode in order; ``progress`` names a progress bar on stderr. ``hearing``
+    (``vla.policy.Hearing``): how an audio policy hears the passenger (voices, noise); None
+    leaves the policy's own."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
@@ -85,12 +88,12 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
     with bar:
         if in_process:
             _drive_here(policy, scenario, density, seeds, phrasings, cameras, backend, wrap, record_expert,
-                        frames_episode, frames_rig, done)
+                        frames_episode, frames_rig, done, hearing)
         else:
             if cameras is None:  # a checkpoint renders its own rig (none when blind); a baseline needs none
                 cameras = policy not in BASELINES
             spec = RolloutSpec(scenario, density, policy, phrasings, cameras=cameras,
-                               query_expert=False, record_frames=False, backend=backend)
+                               query_expert=False, record_frames=False, backend=backend, hearing=hearing)
             if pool is not None:
                 pool.run(spec, seeds, on_episode=done)
             else:
@@ -109,10 +112,12 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
 
 def _drive_here(policy: str | DrivingPolicy, scenario: str, density: str, seeds: list[int], phrasings: str,
                 cameras: bool | None, backend: str, wrap, record_expert: bool, frames_episode: int | None,
-                frames_rig: tuple, done: Callable[[Episode], None]) -> None:
+                frames_rig: tuple, done: Callable[[Episode], None], hearing=None) -> None:
     """``evaluate``'s episodes in this process: one simulator (two when a blind policy's frames
     episode needs a camera rig), a baseline built per episode, a checkpoint loaded once."""
     fixed = policy if not isinstance(policy, str) else None if policy in BASELINES else load_checkpoint(policy)
+    if hearing is not None and hasattr(fixed, "hearing"):
+        fixed.hearing = hearing
     rig = tuple(getattr(fixed, "rig", ())) if fixed is not None and cameras is not False else ()
     rephrase = rephraser(phrasings)
     env = make_env(backend, scenario, density, cameras=rig, rephrase=rephrase)

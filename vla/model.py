@@ -94,6 +94,10 @@ class VLAModel(nn.Module):
         self.forecast_head = None
         if config.forecast_weight > 0:  # after everything else, for the same reason
             self.forecast_head = nn.Linear(d, 2 * len(FORECAST_STEPS))
+        self.command_group = config.command_group
+        self.command_slot = None
+        if self.command_group > 1:  # audio: one learned vector per id slot of a position
+            self.command_slot = nn.Parameter(torch.randn(self.command_group, d) * 0.02)
 
     @staticmethod
     def _backbone(config: PolicyConfig) -> LlamaModel:
@@ -117,7 +121,7 @@ class VLAModel(nn.Module):
         """(B, Lp, d) prefix embeddings ending with <action>, and its (B, Lp) attention mask."""
         b, parts, masks = x.batch_size, [], []
 
-        def add(emb: torch.Tensor, seg: str, mask: torch.Tensor | None = None) -> None:
+        def add(emb: torch.Tensor, mask: torch.Tensor | None, seg: str) -> None:
             parts.append(emb + self.segment.weight[SEG[seg]])
             masks.append(torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device) if mask is None else mask)
 
@@ -125,13 +129,13 @@ class VLAModel(nn.Module):
             if x.frames is None:
                 raise ValueError("this policy reads cameras but the inputs have no frames")
             cam = self.camera(x.frames)
-            add(cam.patch_emb, "camera")
-            add(cam.pose_emb, "pose")
-        add(self.ego_proj(x.ego)[:, None], "ego")
-        add(self.actor_proj(x.actors), "actor")
-        add(self.embed(x.command), "command", x.command_mask)
+            add(cam.patch_emb, None, "camera")
+            add(cam.pose_emb, None, "pose")
+        add(self.ego_proj(x.ego)[:, None], None, "ego")
+        add(self.actor_proj(x.actors), None, "actor")
+        add(*self.embed_command(x.command, x.command_mask), "command")
         action = torch.full((b, 1), self.action_token, dtype=torch.long, device=x.ego.device)
-        add(self.embed(action), "action")
+        add(self.embed(action), None, "action")
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
 
     def action_token_ids(self, bins: torch.Tensor) -> torch.Tensor:
@@ -155,6 +159,20 @@ class VLAModel(nn.Module):
         """Teacher-forced action chunk: (bin logits, residuals per bin), each (B, H, D, n_bins)."""
         logits, res, _ = self.forward_with_forecast(x)
         return logits, res
+
+    def embed_command(self, command: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lc) command ids and mask -> (B, P, d) embeddings and (B, P) mask. One id per
+        position for ipa / text; audio sums each position's ``command_group`` ids (codec codes of
+        consecutive frames, or a VAD event and pads: ``tokenizers_mm.audio_command``), each plus
+        its slot's vector, over the real ids."""
+        if self.command_slot is None:
+            return self.embed(command), mask
+        b, g = command.shape[0], self.command_group
+        if command.shape[1] % g:
+            raise ValueError(f"audio command of {command.shape[1]} ids is not whole positions of {g}")
+        ids, real = command.view(b, -1, g), mask.view(b, -1, g)
+        emb = ((self.embed(ids) + self.command_slot) * real[..., None]).sum(2)
+        return emb, real.any(-1)
 
     def forward_with_forecast(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``forward`` plus, with a forecasting head, (B, K, F, 2) predicted displacements of the

@@ -17,8 +17,12 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                        f"{k}: d={v['d_model']} x{v['n_layers']} layers" for k, v in SIZES.items()))
     p.add_argument("--no-cameras", action="store_true",
                    help="a blind policy on state tokens only (faster; no camera rendering)")
-    p.add_argument("--command", choices=("ipa", "text", "none"), default="ipa",
-                   help="how the policy hears the spoken command (default: %(default)s)")
+    p.add_argument("--command", choices=("ipa", "text", "none", "audio"), default="ipa",
+                   help="how the policy hears the spoken command: IPA or text of the phrasing, nothing, or "
+                        "the synthesized noisy utterance as codec tokens + VAD events (needs --audio-codec) "
+                        "(default: %(default)s)")
+    p.add_argument("--audio-codec", default="", metavar="DIR",
+                   help="--command audio: the codec checkpoint (vla train-codec); the policy keeps a copy")
     p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: the command's, control with --head "
@@ -85,7 +89,55 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         diffusion_inference_steps=getattr(args, "diffusion_steps", defaults.diffusion_inference_steps),
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise),
-                        attn_implementation=getattr(args, "attn", defaults.attn_implementation))
+                        attn_implementation=getattr(args, "attn", defaults.attn_implementation),
+                        **_audio_fields(args))
+
+
+def _audio_fields(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from vla.errors import VLAError
+
+    codec = getattr(args, "audio_codec", "")
+    if getattr(args, "command", "ipa") != "audio":
+        if codec:
+            raise VLAError("--audio-codec is for --command audio")
+        return {}
+    if not codec:
+        raise VLAError("--command audio needs --audio-codec DIR (a codec checkpoint: vla train-codec)")
+    if not (Path(codec) / "config.json").is_file():
+        raise VLAError(f"--audio-codec {codec}: not a codec checkpoint directory (no config.json)")
+    return {"audio_codec": str(Path(codec).resolve())}
+
+
+def add_hearing_args(p: argparse.ArgumentParser) -> None:
+    """How an audio policy hears the passenger in evaluation (``vla.policy.Hearing``)."""
+    p.add_argument("--voices", choices=("heldout", "train"), default="heldout",
+                   help="audio policies: espeak voices the passenger speaks in, never heard in training or "
+                        "the training ones (default: %(default)s)")
+    p.add_argument("--snr-db", default="10", metavar="DB|clean",
+                   help="audio policies: background noise, signal-to-noise in dB, or clean (default: %(default)s)")
+
+
+def hearing_from_args(args: argparse.Namespace):
+    """The ``vla.policy.Hearing`` of ``add_hearing_args``'s options (None without them)."""
+    import math
+
+    from vla.errors import VLAError
+    from vla.policy import Hearing
+
+    if not hasattr(args, "voices"):
+        return None
+    text = str(args.snr_db).strip().lower()
+    if text == "clean":
+        return Hearing(args.voices, (None,))
+    try:
+        snr = float(text)
+    except ValueError:
+        raise VLAError(f"--snr-db must be a number of dB or clean, got {args.snr_db!r}") from None
+    if not math.isfinite(snr):
+        raise VLAError(f"--snr-db must be finite, got {args.snr_db!r}")
+    return Hearing(args.voices, (snr,))
 
 
 def add_accel_args(p: argparse.ArgumentParser) -> None:

@@ -52,6 +52,7 @@ class RolloutSpec:
     plan_every: int = 1  # simulate the expert's continuation at every m-th visited state only
     camera_size: tuple[int, int] = (96, 64)  # (width, height) of a baseline's default rig
     backend: str = "embedded"  # the simulator (sim.backends.BACKENDS)
+    hearing: object = None  # vla.policy.Hearing for an audio policy (voices, noise); None: the policy's own
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -70,6 +71,8 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
 
             torch.set_num_threads(1)
             cache["policy"] = load_checkpoint(spec.policy)
+            if spec.hearing is not None and hasattr(cache["policy"], "hearing"):
+                cache["policy"].hearing = spec.hearing
             rig = getattr(cache["policy"], "rig", ())
         cache["env"] = make_env(spec.backend, spec.scenario, spec.density, cameras=rig if spec.cameras else (),
                                 rephrase=rephraser(spec.phrasings))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,12 @@ from vla.model import VLAModel
 FORMAT_VERSION = 1
 SAMPLING_SEED = 0
 """Seed of the policy's own generator (diffusion noise in select_action), reset every episode."""
+CODEC_DIR = "codec"
+"""Where a saved audio policy keeps its codec (inside the policy directory)."""
+COMMAND_CACHE_SIZE = 4096
+"""Encoded commands a policy keeps (the cache is emptied when full)."""
+AUDIO_SEED = 0xA0D1
+"""Mixed into every rendition's seed, so audio draws never repeat another stream's."""
 EMA_PREFIX = "ema."
 """Key prefix of the EMA weights in model.safetensors."""
 
@@ -91,7 +97,35 @@ def require_token_likelihood(policy, what: str) -> None:
 
 
 def make_layout(config: PolicyConfig) -> VocabLayout:
+    if config.command == "audio":
+        return VocabLayout(ipa_symbols=INVENTORY.symbols, audio_codebooks=config.audio_n_q,
+                           audio_codebook_size=config.audio_codebook_size, action_bins=(config.n_bins, config.n_bins))
     return VocabLayout(ipa_symbols=INVENTORY.symbols, action_bins=(config.n_bins, config.n_bins))
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """How the passenger sounds to an audio policy (``PolicyConfig.command == 'audio'``): the
+    voice split drawn from and the background-noise levels (None: clean), one drawn per
+    rendition. Training hears ``train`` voices; evaluation sets ``heldout`` voices and a level."""
+
+    voices: str = "train"
+    snrs_db: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0)
+
+
+EVAL_HEARING = Hearing("heldout", (10.0,))
+"""How evaluations (``vla eval``'s defaults, DAgger's iterations) let an audio policy hear:
+voices it never trained on, at 10 dB SNR."""
+
+
+def load_codec(path: str | Path):
+    """The codec checkpoint of an audio policy (a one-line ValueError naming the directory)."""
+    from tokenizers_mm.codec import AudioCodec
+
+    try:
+        return AudioCodec.from_pretrained_dir(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"audio codec {path}: {e}") from None
 
 
 def bins_loss(policy: VLAPolicy, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
@@ -188,6 +222,17 @@ class VLAPolicy(torch.nn.Module):
         if action_tokenizer.n_bins != config.n_bins or action_tokenizer.scheme == "kmeans":
             raise ValueError(f"action tokenizer has {action_tokenizer.n_bins} {action_tokenizer.scheme} "
                              f"bins; the policy needs {config.n_bins} per-dimension bins")
+        self.codec = None
+        if config.command == "audio":
+            self.codec = load_codec(config.audio_codec)
+            if self.codec.n_q < config.audio_n_q:
+                raise ValueError(f"audio codec {config.audio_codec} has {self.codec.n_q} codebooks; the policy "
+                                 f"reads {config.audio_n_q}")
+            if config.audio_codebook_size not in (0, self.codec.codebook_size):
+                raise ValueError(f"audio codec {config.audio_codec} has codebooks of {self.codec.codebook_size}, "
+                                 f"the policy was built for {config.audio_codebook_size}")
+            config = replace(config, audio_codebook_size=self.codec.codebook_size)
+        self.hearing = Hearing()
         self.config = config
         self.layout = layout or make_layout(config)
         self.rig = tuple(rig) if rig is not None else (
@@ -241,21 +286,42 @@ class VLAPolicy(torch.nn.Module):
         self._plans: list[tuple] = []  # the recent raw plans, newest first, for 'ensemble'
         self._t = 0  # steps of this episode so far
 
-    def hear(self, command: str, lang: str = "en") -> None:
-        self._command = self.encode_command(command, lang)
+    def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
+        """The passenger says ``command``; an audio policy hears the rendition drawn for
+        ``seed`` (the episode's) under ``self.hearing``."""
+        self._command = self.encode_command(command, lang, seed)
 
-    def encode_command(self, command: str, lang: str = "en") -> np.ndarray:
-        """Vocabulary ids of a spoken command in this policy's command modality (cached)."""
-        key = (command, lang)
+    def encode_command(self, command: str, lang: str = "en", seed: int = 0) -> np.ndarray:
+        """Vocabulary ids of a spoken command in this policy's command modality (cached). An
+        audio policy synthesizes it (voice, rate, pitch, noise drawn from ``seed`` and the words
+        under ``self.hearing``) and hears codec tokens + VAD events of the mixed audio."""
+        key = (command, lang) if self.config.command != "audio" else (command, lang, int(seed), self.hearing)
         if key not in self._command_cache:
-            if self.config.command == "none":
+            if len(self._command_cache) >= COMMAND_CACHE_SIZE:
+                self._command_cache.clear()
+            if self.config.command == "audio":
+                ids = self._render(command, lang, int(seed))
+            elif self.config.command == "none":
                 ids = np.zeros(0, dtype=np.int64)
             elif self.config.command == "text":
                 ids = encode_text(command, self.layout)
             else:
                 ids = INVENTORY.encode(to_ipa(command, lang), unknown="unk", layout=self.layout)
-            self._command_cache[key] = ids[: self.config.max_command_tokens]
+            self._command_cache[key] = ids[: self.config.command_ids_max]
         return self._command_cache[key]
+
+    def _render(self, command: str, lang: str, seed: int) -> np.ndarray:
+        import zlib
+
+        from tokenizers_mm.audio_command import draw_rendition, render_command
+        from tokenizers_mm.corpus import Phrasing
+
+        words = zlib.crc32(f"{lang}:{command}".encode())
+        rng = np.random.default_rng([words, seed, AUDIO_SEED])
+        spec = draw_rendition(Phrasing(command, lang, "unknown", False), rng, self.hearing.voices,
+                              self.hearing.snrs_db)
+        ids, _ = render_command(spec, self.codec, self.layout, self.config.audio_n_q, self.config.audio_group)
+        return ids
 
     # ------------------------------------------------------------------ observations -> inputs
     def inputs_from_obs(self, obs: dict) -> PolicyInputs:
@@ -269,7 +335,7 @@ class VLAPolicy(torch.nn.Module):
             frames = np.asarray(obs["cameras"])
         return collate([self.observation.ego_features(ego, self._start_lane)],
                        [self.observation.actor_features(ego, np.asarray(obs["actors"], dtype=np.float64))],
-                       [self._command], self.layout.special("<pad>"), self.config.max_command_tokens,
+                       [self._command], self.layout.special("<pad>"), self.config.command_ids_max,
                        frames=None if frames is None else [frames])
 
     # ------------------------------------------------------------------ the interface
@@ -360,10 +426,14 @@ class VLAPolicy(torch.nn.Module):
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        if self.codec is not None:  # the policy carries its codec
+            self.codec.save(directory / CODEC_DIR)
+            config["audio_codec"] = CODEC_DIR
         meta = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
-            "config": self.config.to_dict(),
+            "config": config,
             "vocab": self.layout.to_dict(),
             "action_tokenizer": self.action_tokenizer.to_dict(),
             "rig": [c.to_dict() for c in self.rig],
@@ -399,6 +469,8 @@ class VLAPolicy(torch.nn.Module):
             config = PolicyConfig.from_dict(meta["config"])
         except (TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"{meta_path}: field 'config': {e}") from None
+        if config.command == "audio" and not Path(config.audio_codec).is_absolute():
+            config = replace(config, audio_codec=str(directory / config.audio_codec))
         parts = {}
         for name, build in (("action_tokenizer", ActionTokenizer.from_dict), ("vocab", VocabLayout.from_dict),
                             ("rig", lambda rig: tuple(CameraSpec.from_dict(c) for c in rig))):

@@ -25,6 +25,7 @@ from sim.rollout import DartNoise, run_episode
 from sim.storage import EpisodeWriter
 from vla.evaluation import evaluate
 from vla.policies_registry import resolve_policy
+from vla.options import hearing_from_args
 from vla.parallel import RolloutSpec, make_pool
 from vla.speech_commands import rephraser
 
@@ -180,7 +181,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           frames_episode=gif_episode, frames_rig=default_rig(args.width, args.height),
                           on_episode=keep, progress=f"eval {args.policy}", out=out,
                           backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
-                          ray=getattr(args, "ray", None))
+                          ray=getattr(args, "ray", None), hearing=hearing_from_args(args))
     finally:
         if writer is not None:
             writer.close()

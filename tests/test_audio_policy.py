@@ -1,0 +1,115 @@
+"""A policy that hears the command as audio (PolicyConfig.command == 'audio'): it renders the
+utterance per episode seed (deterministic), reads codec tokens + VAD events grouped into
+positions, trains, saves with its codec, loads and acts identically; bad options are one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tokenizers_mm import audio_command as ac
+from tokenizers_mm import corpus
+from tokenizers_mm.codec import AudioCodec
+
+TINY_CODEC = dict(num_filters=4, hidden_size=16, codebook_size=64, target_bandwidths=[0.9])
+
+
+@pytest.fixture(scope="module")
+def codec_dir(tmp_path_factory) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    codec = AudioCodec.small(seed=0, **TINY_CODEC)
+    rng = np.random.default_rng(0)
+    specs = [ac.draw_rendition(p, rng) for p in corpus.PHRASINGS[:6]]
+    codec.init_codebooks([corpus.render_item(s)[1].astype(np.float32) / 32768.0 for s in specs], seed=0, iters=5)
+    torch.set_num_threads(threads)
+    return codec.save(tmp_path_factory.mktemp("codec") / "codec")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from app import cli
+
+    root = tmp_path_factory.mktemp("audio_data")
+    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
+                     "--out", str(root / "data")]) == 0
+    return root / "data"
+
+
+def _policy(codec_dir: Path):
+    from vla.config import SIZES, PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(**SIZES["tiny"], cameras=False, command="audio", audio_codec=str(codec_dir),
+                          action="plan", observation="lane_frame")
+    torch.manual_seed(0)
+    return VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action))
+
+
+def test_hearing_is_deterministic_per_seed_and_grouped(codec_dir):
+    from vla.policy import Hearing
+
+    policy = _policy(codec_dir)
+    g = policy.config.command_group
+    assert g == 8 and policy.config.audio_codebook_size == 64
+    a = policy.encode_command("change to the left lane", "en", seed=3)
+    policy._command_cache.clear()
+    np.testing.assert_array_equal(policy.encode_command("change to the left lane", "en", seed=3), a)
+    assert a.size % g == 0 and a.size > 0
+    assert not np.array_equal(policy.encode_command("change to the left lane", "en", seed=4), a)
+    policy.hearing = Hearing("heldout", (10.0,))
+    assert not np.array_equal(policy.encode_command("change to the left lane", "en", seed=3), a)
+    on = policy.layout.special("<vad_on>")
+    assert on in a.reshape(-1, g)[:, 0]  # the utterance was heard as speech
+
+
+def test_an_audio_policy_trains_saves_loads_and_acts_identically(codec_dir, data, tmp_path):
+    from methods.bc import BCConfig, BCMethod
+    from sim.backends import make_env
+    from sim.storage import read_episodes
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy
+
+    policy = _policy(codec_dir)
+    dataset = DemoDataset(policy, augment_commands=0.0)
+    for ep in read_episodes(data, load_frames=False):
+        dataset.add_episode(ep)
+    batch = dataset.batch(np.arange(8))
+    assert batch.command.shape[1] % policy.config.command_group == 0
+    method = BCMethod(policy, BCConfig(lr=3e-3, warmup_steps=0, total_steps=10))
+    losses = [method.update(batch)["loss"] for _ in range(10)]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert policy.model.command_slot.grad is not None and policy.model.command_slot.grad.abs().sum() > 0
+    policy.save(tmp_path / "policy")
+    assert (tmp_path / "policy" / "codec" / "config.json").is_file()
+    loaded = VLAPolicy.load(tmp_path / "policy")
+    assert Path(loaded.config.audio_codec) == tmp_path / "policy" / "codec"
+    env = make_env("embedded", "highway", "light")
+    obs, _ = env.reset(seed=11)
+    for p in (policy, loaded):
+        p.reset()
+        p.hear(env.goal.command, env.goal.lang, seed=11)
+    np.testing.assert_array_equal(loaded._command, policy._command)
+    np.testing.assert_array_equal(loaded.predict_action_chunk(obs), policy.predict_action_chunk(obs))
+
+
+def test_cli_options(codec_dir, data, tmp_path, capsys):
+    from app import cli
+
+    base = ["train", "bc", "--data", str(data), "--no-cameras", "--size", "tiny", "--steps", "2",
+            "--batch-size", "4", "--augment-commands", "0"]
+    assert cli.main([*base, "--out", str(tmp_path / "ok"), "--command", "audio", "--audio-codec", str(codec_dir)]) == 0
+    assert (tmp_path / "ok" / "policy" / "codec").is_dir()
+    assert cli.main([*base, "--out", str(tmp_path / "a"), "--command", "audio"]) == 2
+    assert "--command audio needs --audio-codec" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "b"), "--command", "audio", "--audio-codec",
+                     str(tmp_path / "nowhere")]) == 2
+    assert "not a codec checkpoint" in capsys.readouterr().err
+    ev = ["eval", "--policy", str(tmp_path / "ok" / "policy"), "--episodes", "1", "--density", "light", "--no-gif",
+          "--out", str(tmp_path / "ev")]
+    assert cli.main([*ev, "--snr-db", "loud"]) == 2
+    assert "--snr-db must be a number of dB or clean" in capsys.readouterr().err
+    assert cli.main([*ev, "--snr-db", "clean", "--voices", "heldout"]) == 0
