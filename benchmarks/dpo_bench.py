@@ -37,7 +37,7 @@ def synthetic_pairs(policy, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     from sim.interface import ACTION_HIGH, ACTION_LOW, EGO_FIELDS
 
     rng = np.random.default_rng(seed)
-    h, lc = policy.config.horizon, policy.config.max_command_tokens
+    h, lc = policy.config.horizon, policy.config.command_ids_max
     lo, hi = policy.layout.ranges["ipa"]
     command = np.full((n, lc), policy.layout.special("<pad>"), np.int64)
     command[:, :24] = rng.integers(lo, hi, size=(n, 24))

@@ -146,7 +146,7 @@ class EpisodeInputs:
         frames = [ep["frames"][s] for ep, s in zip(eps, label)] if self.policy.config.cameras else None
         return collate([ep["ego"][s] for ep, s in zip(eps, steps)], [ep["actors"][s] for ep, s in zip(eps, steps)],
                        [ep["command"] for ep in eps], self.policy.layout.special("<pad>"),
-                       self.policy.config.max_command_tokens, frames=frames,
+                       self.policy.config.command_ids_max, frames=frames,
                        action_bins=[ep["bins"][s] for ep, s in zip(eps, label)],
                        action_residual=[ep["residual"][s] for ep, s in zip(eps, label)],
                        action_mask=[ep["mask"][s] for ep, s in zip(eps, label)])
