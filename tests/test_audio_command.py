@@ -102,3 +102,19 @@ def test_voice_splits_are_disjoint_and_drawn_from_their_split():
 def test_bad_codes_are_refused(layout):
     with pytest.raises(ValueError, match="codes must have shape"):
         ac.command_tokens(np.zeros((1, 10)), [], layout, n_q=2, group=4)
+
+
+def test_the_codec_never_trains_on_test_voices_or_phrasings(tmp_path):
+    import json
+
+    from app.commands.train_codec import split_clips
+
+    records = [{"audio": "audio/a.wav", "split": "train", "voice": "en-us"},
+               {"audio": "audio/b.wav", "split": "train", "voice": ac.VOICE_SPLITS["heldout"]["en"][0]},
+               {"audio": "audio/c.wav", "split": "heldout", "voice": "en-us"},
+               {"audio": "audio/d.wav", "split": "train", "voice": "cmn"}]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    files = [tmp_path / "audio" / f"{n}.wav" for n in "abcd"]
+    train, held = split_clips(str(tmp_path), files, holdout=5, seed=0)
+    assert [f.name for f in train] == ["a.wav", "d.wav"]
+    assert sorted(f.name for f in held) == ["b.wav", "c.wav"]

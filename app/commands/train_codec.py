@@ -97,9 +97,14 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
 
 def split_clips(corpus: str, files: list[Path], holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
     """(training files, held-out files). With ``items.jsonl`` records that carry a ``split``
-    (``tokenizers_mm.corpus``), only ``train`` items train and ``holdout`` of the others (a
-    seeded draw; phrasings never heard in training) are held out; otherwise ``holdout`` of
-    all files are (a seeded shuffle)."""
+    (``tokenizers_mm.corpus``), only ``train`` items spoken in a training voice
+    (``tokenizers_mm.audio_command.VOICE_SPLITS``) train, so neither the codec nor a policy
+    reading its tokens ever heard the phrasings or voices they are tested on, and ``holdout``
+    of the others (a seeded draw) are held out; otherwise ``holdout`` of all files are (a
+    seeded shuffle)."""
+    from tokenizers_mm.audio_command import VOICE_SPLITS
+
+    test_voices = {v for voices in VOICE_SPLITS["heldout"].values() for v in voices}
     rng = np.random.default_rng(seed)
     items = Path(corpus) / "items.jsonl"
     if items.is_file():
@@ -108,7 +113,8 @@ def split_clips(corpus: str, files: list[Path], holdout: int, seed: int) -> tupl
         except json.JSONDecodeError as e:
             raise VLAError(f"{items} is not JSON lines: {e}") from e
         by_name = {f.name: f for f in files}
-        splits = {Path(r.get("audio", "")).name: r.get("split") for r in records if isinstance(r, dict)}
+        splits = {Path(r.get("audio", "")).name: ("heldout_voice" if r.get("voice") in test_voices else r.get("split"))
+                  for r in records if isinstance(r, dict)}
         train = [f for name, f in by_name.items() if splits.get(name) == "train"]
         others = [f for name, f in by_name.items() if splits.get(name) not in (None, "train")]
         if train and others:
