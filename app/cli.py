@@ -304,6 +304,8 @@ BENCH_TARGETS: dict[str, tuple[str, str, str, str]] = {
                    "IQL and CQL gradient steps/s on one CPU thread (Pendulum-v1 dataset)"),
     "dpo": ("benchmarks.dpo_bench", "configure", "run",
             "preference-pair updates per second at the default small size on CPU"),
+    "speech": ("benchmarks.speech_bench", "configure", "run",
+               "command understanding from audio vs transcript (a linear probe on the policy's features)"),
     "gpu": ("benchmarks.gpu_bench", "configure", "run",
             "training tokens/s, MFU, peak memory and action-chunk Hz of the policy on a GPU (or --device cpu)"),
 }

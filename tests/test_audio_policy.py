@@ -113,3 +113,26 @@ def test_cli_options(codec_dir, data, tmp_path, capsys):
     assert cli.main([*ev, "--snr-db", "loud"]) == 2
     assert "--snr-db must be a number of dB or clean" in capsys.readouterr().err
     assert cli.main([*ev, "--snr-db", "clean", "--voices", "heldout"]) == 0
+
+
+def test_bench_speech_probes_held_out_phrasings_and_voices(codec_dir, data, tmp_path, capsys):
+    import json
+
+    from app import cli
+
+    base = ["train", "bc", "--data", str(data), "--no-cameras", "--size", "tiny", "--steps", "2",
+            "--batch-size", "4", "--augment-commands", "0", "--out", str(tmp_path / "p"),
+            "--command", "audio", "--audio-codec", str(codec_dir)]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main(["bench", "speech", "--policy", str(tmp_path / "p" / "policy"), "--renditions", "1",
+                     "--repeats", "2", "--snrs", "clean,5", "--out", str(tmp_path / "bench")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("command_accuracy_clean", "command_accuracy_5db", "command_accuracy_zh", "hearing_ms_per_step"):
+        assert isinstance(out[key], float) and (0.0 <= out[key] <= 1.0 or key == "hearing_ms_per_step")
+    assert out["ipa_phone_error_rate"] is None and "ipa_phone_error_rate" in out["not_measured"]
+    assert out["command"] == "audio" and out["command_positions"] > 0
+    assert (tmp_path / "bench" / "confusion.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "bench" / "speech.json").read_text())
+    assert np.array(saved["confusion"]).sum() == 2 * 27  # 27 held-out phrasings at 2 noise levels
+    assert cli.main(["bench", "speech", "--policy", str(tmp_path / "p" / "policy"), "--snrs", "loud"]) == 2

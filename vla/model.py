@@ -168,9 +168,11 @@ class VLAModel(nn.Module):
         if self.command_slot is None:
             return self.embed(command), mask
         b, g = command.shape[0], self.command_group
-        if command.shape[1] % g:
-            raise ValueError(f"audio command of {command.shape[1]} ids is not whole positions of {g}")
-        ids, real = command.view(b, -1, g), mask.view(b, -1, g)
+        short = -command.shape[1] % g  # an empty command is padded to one id: fill the position
+        if short:
+            command = torch.nn.functional.pad(command, (0, short))
+            mask = torch.nn.functional.pad(mask, (0, short))  # False: not real
+        ids, real = command.reshape(b, -1, g), mask.reshape(b, -1, g)
         emb = ((self.embed(ids) + self.command_slot) * real[..., None]).sum(2)
         return emb, real.any(-1)
 

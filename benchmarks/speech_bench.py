@@ -1,0 +1,250 @@
+"""``vla bench speech --policy DIR``: does the policy's transformer understand the spoken command?
+
+Command understanding is measured by a **linear probe**: the policy reads a command at one fixed
+driving state (seed 0 of highway / medium), its hidden state at the ``<action>`` token (what
+every action is decoded from) is the feature, and a multinomial logistic regression is fitted on
+the features of the corpus's *training* phrasings spoken in *training* voices (all noise levels)
+and scored on its *held-out* phrasings spoken in *held-out* voices, per noise level (clean, 20,
+10, 5 dB), English and Mandarin apart. The 9 labels are ``tokenizers_mm.corpus.LABELS`` (the
+goals and ``none``). The same probe on an ``ipa`` or ``text`` policy gives the accuracy from the
+transcript, the reference an audio policy is compared with (its figures do not depend on voice
+or noise). A probe reads what the features hold; a policy may still not act on it.
+
+Also: ``hearing_ms_per_step``, the cost of hearing in one decision step (an action chunk with
+the command in the sequence minus one with an empty command, median over repeats), and
+``render_ms`` (synthesis + codec + VAD of one utterance). Not measured yet, reported as null
+with the reason: ``ipa_phone_error_rate`` (the policy does not produce IPA yet) and
+``act_within_1s_rate`` (commands are heard once at the start of an episode; the passenger
+speaking during the drive is not built).
+
+The last line is JSON; ``--out DIR`` also writes ``speech.json`` and ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SNR_LEVELS: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0)
+"""Noise levels of the test renditions (None: clean)."""
+NOT_BUILT = {
+    "ipa_phone_error_rate": "the policy does not produce IPA from audio yet",
+    "act_within_1s_rate": "commands are heard once at the start of an episode; speech during the drive is not built",
+}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, help="policy checkpoint directory (audio, ipa or text command)")
+    p.add_argument("--renditions", type=int, default=2,
+                   help="renditions (voice, rate, pitch, noise draw) of each phrasing per noise level (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the renditions and the probe (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=20, help="timed action chunks per variant (default: %(default)s)")
+    p.add_argument("--snrs", default="clean,20,10,5",
+                   help="noise levels of the test renditions, dB or clean (default: %(default)s)")
+    p.add_argument("--out", default=None, help="also write speech.json and confusion.png here")
+
+
+def _state(policy):
+    """The fixed observation every command is heard at."""
+    from sim.backends import DEFAULT_BACKEND, make_env
+
+    env = make_env(DEFAULT_BACKEND, "highway", "medium", cameras=policy.rig)
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    return obs
+
+
+@torch.no_grad()
+def features(policy, obs, commands: list[np.ndarray]) -> np.ndarray:
+    """(N, d) hidden states at the <action> token for each command id sequence at ``obs``."""
+    out = []
+    for ids in commands:
+        policy.reset()
+        policy._command = ids
+        out.append(policy.model.action_features(policy.inputs_from_obs(obs))[0].float().numpy())
+    return np.stack(out)
+
+
+def _name(snr: float | None) -> str:
+    return "clean" if snr is None else f"{snr:g}db"
+
+
+def parse_snrs(text: str) -> tuple[float | None, ...]:
+    """``clean,20,10`` -> (None, 20.0, 10.0); a ValueError names a bad level."""
+    out: list[float | None] = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        if part == "clean":
+            out.append(None)
+            continue
+        try:
+            value = float(part.removesuffix("db"))
+        except ValueError:
+            raise ValueError(f"--snrs: {part!r} is neither a number of dB nor clean") from None
+        if not np.isfinite(value):
+            raise ValueError(f"--snrs: {part!r} is not finite")
+        out.append(value)
+    if not out:
+        raise ValueError("--snrs names no noise level")
+    return tuple(out)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, seed: int, steps: int = 500) -> tuple:
+    """Multinomial logistic regression (L2 1e-3, Adam) on standardized features: (mean, std, W, b)."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    gen = torch.Generator().manual_seed(seed)
+    xt = torch.as_tensor((x - mean) / std, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    w = (torch.randn(x.shape[1], classes, generator=gen) * 0.01).requires_grad_()
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt) + 1e-3 * (w ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mean, std, w.detach().numpy(), b.detach().numpy()
+
+
+def predict(probe: tuple, x: np.ndarray) -> np.ndarray:
+    mean, std, w, b = probe
+    return np.argmax(((x - mean) / std) @ w + b, axis=1)
+
+
+def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeats: int = 20,
+                     log=print, snrs: tuple[float | None, ...] = SNR_LEVELS) -> tuple[dict, np.ndarray]:
+    """The figures described above and the (9, 9) confusion matrix (rows: true label) of the
+    held-out renditions at all noise levels together."""
+    from tokenizers_mm.corpus import LABELS, PHRASINGS
+    from vla.policies_registry import load_checkpoint
+    from vla.policy import Hearing
+
+    torch.set_num_threads(1)
+    policy = load_checkpoint(policy_dir)
+    if not hasattr(policy, "encode_command") or policy.config.command == "none":
+        raise ValueError(f"{policy_dir}: not a policy that hears commands (command 'none' or not a VLA policy)")
+    policy.eval()
+    audio = policy.config.command == "audio"
+    obs = _state(policy)
+    label_index = {label: i for i, label in enumerate(LABELS)}
+
+    def encode(phrasings, voices: str, snrs: tuple, offset: int) -> tuple[list, list, list]:
+        ids, labels, langs = [], [], []
+        for snr in snrs:
+            policy.hearing = Hearing(voices, (snr,))
+            for k in range(renditions if audio else 1):
+                for j, p in enumerate(phrasings):
+                    ids.append(policy.encode_command(p.text, p.lang, seed=offset + 1000 * k + j))
+                    labels.append(label_index[p.label])
+                    langs.append(p.lang)
+        return ids, labels, langs
+
+    t0 = time.perf_counter()
+    train = [p for p in PHRASINGS if not p.heldout]
+    held = [p for p in PHRASINGS if p.heldout]
+    tr_ids, tr_y, _ = encode(train, "train", tuple(snrs) if audio else (None,), seed * 100_000)
+    renders = len(tr_ids)
+    x_train = features(policy, obs, tr_ids)
+    probe = fit_probe(x_train, np.array(tr_y), len(LABELS), seed)
+    train_acc = float((predict(probe, x_train) == np.array(tr_y)).mean())
+    result: dict = {"policy": str(policy_dir), "command": policy.config.command, "probe_train_accuracy": train_acc}
+    confusion = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)
+    zh_hits, zh_total = 0, 0
+    for snr in snrs:
+        ids, y, langs = encode(held, "heldout", (snr,), seed * 100_000 + 50_000)
+        renders += len(ids)
+        pred = predict(probe, features(policy, obs, ids))
+        y, langs = np.array(y), np.array(langs)
+        en = langs == "en"
+        result[f"command_accuracy_{_name(snr)}"] = float((pred[en] == y[en]).mean())
+        zh_hits += int((pred[~en] == y[~en]).sum())
+        zh_total += int((~en).sum())
+        np.add.at(confusion, (y, pred), 1)
+        log(f"held-out phrasings x held-out voices, {_name(snr):>5}: English accuracy "
+            f"{result[f'command_accuracy_{_name(snr)}']:.3f}, Mandarin {(pred[~en] == y[~en]).mean():.3f} "
+            f"({en.sum()} + {(~en).sum()} renditions)")
+    result["command_accuracy_zh"] = zh_hits / max(1, zh_total)
+    result["render_ms"] = 1000 * (time.perf_counter() - t0) / max(1, renders) if audio else 0.0
+    policy.hearing = Hearing("heldout", (10.0,))
+    with_command = policy.encode_command(held[0].text, held[0].lang, seed=seed)
+
+    def chunk_ms(ids: np.ndarray) -> float:
+        times = []
+        for i in range(repeats + 3):
+            policy.reset()
+            policy._command = ids
+            t = time.perf_counter()
+            policy.predict_action_chunk(obs)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        return 1000 * statistics.median(times)
+
+    heard, silent = chunk_ms(with_command), chunk_ms(np.zeros(0, dtype=np.int64))
+    result.update(hearing_ms_per_step=heard - silent, chunk_ms_with_command=heard, chunk_ms_without_command=silent,
+                  command_positions=int(len(with_command) // policy.config.command_group),
+                  labels=list(LABELS), renditions=renditions, not_measured=dict(NOT_BUILT))
+    for key in NOT_BUILT:
+        result[key] = None
+    return result, confusion
+
+
+def _confusion_png(path: Path, confusion: np.ndarray, labels: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.atomic import atomic_output
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    rates = confusion / np.maximum(1, confusion.sum(1, keepdims=True))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("probe's label")
+    ax.set_ylabel("spoken label")
+    ax.set_title(title, fontsize=9)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if confusion[i, j]:
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmarks.reports import write_json
+    from vla.errors import VLAError
+
+    for name in ("renditions", "repeats"):
+        if getattr(args, name) < 1:
+            raise VLAError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise VLAError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        snrs = parse_snrs(args.snrs)
+        result, confusion = run_speech_bench(args.policy, args.renditions, args.seed, args.repeats,
+                                             log=lambda line: print(line, flush=True), snrs=snrs)
+    except ValueError as e:
+        raise VLAError(str(e)) from None
+    print(f"Mandarin (all noise levels): {result['command_accuracy_zh']:.3f}; probe on training renditions: "
+          f"{result['probe_train_accuracy']:.3f}; hearing costs {result['hearing_ms_per_step']:.2f} ms per "
+          f"decision step ({result['command_positions']} command positions)", flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "speech.json", {**result, "confusion": confusion.tolist()})
+        _confusion_png(out / "confusion.png", confusion, result["labels"],
+                       f"{result['command']} policy, held-out phrasings and voices, all noise levels")
+    print(json.dumps(result, sort_keys=True))
+    return 0
