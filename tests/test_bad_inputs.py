@@ -137,6 +137,11 @@ CASES = [
      lambda d: (d / "mine.tsv").write_text("lane_left\ten\tgo left\n"), "header"),
     ("eval-phrasings-tsv-unknown-goal", [*EVAL, "--phrasings", "{d}/mine.tsv"],
      lambda d: (d / "mine.tsv").write_text("goal\tlanguage\tphrasing\nfly\ten\tup we go\n"), "mine.tsv:2"),
+    ("eval-phrasings-tsv-missing-column", [*EVAL, "--phrasings", "{d}/mine.tsv"],
+     lambda d: (d / "mine.tsv").write_text("goal\tlanguage\tphrasing\nlane_left\tgo left\n"), "mine.tsv:2"),
+    ("eval-phrasings-tsv-empty-phrasing", [*EVAL, "--phrasings", "{d}/mine.tsv"],
+     lambda d: (d / "mine.tsv").write_text("goal\tlanguage\tphrasing\nlane_left\ten\t \n"), "empty phrasing"),
+    ("eval-snr-db", [*EVAL, "--snr-db", "loud"], _nothing, "--snr-db"),
     ("eval-phrasings-tsv-bad-language", [*EVAL, "--phrasings", "{d}/mine.tsv"],
      lambda d: (d / "mine.tsv").write_text("goal\tlanguage\tphrasing\nlane_left\tfr\tà gauche\n"), "'fr'"),
     # episode datasets (vla train bc)
