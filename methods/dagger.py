@@ -95,6 +95,8 @@ class DaggerConfig:
     augment_commands: float = 0.5
     """Probability that a training sample hears another train-split phrasing of its goal
     (``vla.data.DemoDataset``)."""
+    audio_renditions: int = 4
+    """An audio policy: renditions of each training phrasing those samples may hear."""
     label_every: int = 1
     """Simulate the expert's continuation (the chunk / plan label) at every k-th state of a
     policy rollout only; the others keep just the expert's action (a control chunk's first
@@ -137,6 +139,9 @@ class DaggerConfig:
             raise ValueError("DaggerConfig.iterations must be >= 0 and rollouts >= 1")
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
+        if isinstance(self.audio_renditions, bool) or not isinstance(self.audio_renditions, int) \
+                or self.audio_renditions < 1:
+            raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")
         if not 0.0 <= self.augment_commands <= 1.0:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
@@ -258,7 +263,8 @@ class DaggerSession:
         policy = VLAPolicy(c.policy, self._tokenizer(), name=str(self._iter_dir(k) / "policy"))
         if k > 0 and c.warm_start:
             policy.model.load_state_dict(VLAPolicy.load(self._iter_dir(k - 1) / "policy").model.state_dict())
-        data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel)
+        data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
+                           audio_renditions=c.audio_renditions)
         for j in range(k + 1):
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)

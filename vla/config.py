@@ -76,6 +76,10 @@ class PolicyConfig:
     """command 'audio': consecutive 75 Hz codec frames summed into one position (4 = 18.75 Hz)."""
     audio_codebook_size: int = 0
     """command 'audio': entries per codebook (set from the codec when the policy is built)."""
+    command_label_weight: float = 0.0
+    """Weight of an auxiliary loss: from the hidden state at ``<action>`` (what actions are
+    decoded from) a linear head names which of the 9 command labels (``tokenizers_mm.corpus``)
+    the sample heard; 0 = none. Direct supervision of understanding, for audio commands."""
     execution: str = "ensemble"
     """select_action: 'ensemble' = re-plan every step and average the overlapping chunk
     predictions with exponential weights (ACT's temporal ensembling); 'first' = re-plan every
@@ -141,6 +145,9 @@ class PolicyConfig:
                              "of even size")
         if self.n_bins < 2:
             raise ValueError(f"PolicyConfig.n_bins must be >= 2, got {self.n_bins}")
+        if not 0.0 <= float(self.command_label_weight) < float("inf"):
+            raise ValueError(f"PolicyConfig.command_label_weight must be a finite number >= 0, "
+                             f"got {self.command_label_weight}")
         if not 0.0 <= float(self.forecast_weight) < float("inf"):
             raise ValueError(f"PolicyConfig.forecast_weight must be a finite number >= 0, got {self.forecast_weight}")
         if self.mlp_ratio <= 0 or self.residual_weight < 0 or not 0 <= float(self.ensemble_decay or 0) < float("inf"):

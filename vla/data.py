@@ -243,7 +243,12 @@ class DemoDataset:
         if self.policy.config.forecast_weight > 0:
             forecast = [ep.forecast[s] for ep, s in zip(eps, steps)]
             forecast_mask = [ep.forecast_mask[s] for ep, s in zip(eps, steps)]
+        heard = None
+        if self.policy.config.command_label_weight > 0:  # the label of the command each sample hears
+            from tokenizers_mm.corpus import LABELS
+
+            heard = [LABELS.index(HIGHWAY_GOAL_LABELS[g] if g >= 0 else ep.label) for ep, g in zip(eps, goals)]
         return collate([ep.ego[s] for ep, s in zip(eps, steps)], [ep.actors[s] for ep, s in zip(eps, steps)],
                        commands, pad, self.policy.config.command_ids_max, frames=frames,
                        action_bins=bins, action_residual=residual, action_mask=mask,
-                       actor_future=forecast, actor_future_mask=forecast_mask)
+                       actor_future=forecast, actor_future_mask=forecast_mask, command_label=heard)

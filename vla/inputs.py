@@ -136,6 +136,7 @@ class PolicyInputs:
     action_mask: torch.Tensor | None = None  # (B, H) bool, False past the episode's end
     actor_future: torch.Tensor | None = None  # (B, K, F, 2) float32 scaled displacement of each actor token's car
     actor_future_mask: torch.Tensor | None = None  # (B, K, F) bool, True where that car is still seen
+    command_label: torch.Tensor | None = None  # (B,) int64 index in tokenizers_mm.corpus.LABELS of the heard command
 
     @property
     def batch_size(self) -> int:
@@ -169,7 +170,8 @@ def collate(ego: Sequence[np.ndarray], actors: Sequence[np.ndarray], commands: S
             pad_id: int, max_command_tokens: int, frames: Sequence[np.ndarray] | None = None,
             action_bins: Sequence[np.ndarray] | None = None, action_residual: Sequence[np.ndarray] | None = None,
             action_mask: Sequence[np.ndarray] | None = None, actor_future: Sequence[np.ndarray] | None = None,
-            actor_future_mask: Sequence[np.ndarray] | None = None) -> PolicyInputs:
+            actor_future_mask: Sequence[np.ndarray] | None = None,
+            command_label: Sequence[int] | None = None) -> PolicyInputs:
     """Per-sample arrays -> one ``PolicyInputs`` batch: the one place batches are assembled (the
     dataset, the policy's own observations, preference pairs, the offline-RL actor). Commands are
     vocabulary id sequences of any length, right-padded here (``pad_commands``)."""
@@ -182,7 +184,9 @@ def collate(ego: Sequence[np.ndarray], actors: Sequence[np.ndarray], commands: S
                         command=torch.as_tensor(command), command_mask=torch.as_tensor(mask),
                         action_bins=stacked(action_bins), action_residual=stacked(action_residual),
                         action_mask=stacked(action_mask), actor_future=stacked(actor_future),
-                        actor_future_mask=stacked(actor_future_mask))
+                        actor_future_mask=stacked(actor_future_mask),
+                        command_label=None if command_label is None else torch.as_tensor(np.asarray(command_label,
+                                                                                                     dtype=np.int64)))
 
 
 FORECAST_STEPS = (10, 20)

@@ -94,6 +94,11 @@ class VLAModel(nn.Module):
         self.forecast_head = None
         if config.forecast_weight > 0:  # after everything else, for the same reason
             self.forecast_head = nn.Linear(d, 2 * len(FORECAST_STEPS))
+        self.command_head = None
+        if config.command_label_weight > 0:  # built after the others, for the same reason
+            from tokenizers_mm.corpus import LABELS
+
+            self.command_head = nn.Linear(d, len(LABELS))
         self.command_group = config.command_group
         self.command_slot = None
         if self.command_group > 1:  # audio: one learned vector per id slot of a position
@@ -157,7 +162,7 @@ class VLAModel(nn.Module):
     # ------------------------------------------------------------------ training
     def forward(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced action chunk: (bin logits, residuals per bin), each (B, H, D, n_bins)."""
-        logits, res, _ = self.forward_with_forecast(x)
+        logits, res, _, _ = self.forward_with_forecast(x)
         return logits, res
 
     def embed_command(self, command: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,9 +181,11 @@ class VLAModel(nn.Module):
         emb = ((self.embed(ids) + self.command_slot) * real[..., None]).sum(2)
         return emb, real.any(-1)
 
-    def forward_with_forecast(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward_with_forecast(self, x: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                                torch.Tensor | None]:
         """``forward`` plus, with a forecasting head, (B, K, F, 2) predicted displacements of the
-        actor tokens' cars read at their own positions (None without one)."""
+        actor tokens' cars read at their own positions, and with a command-label head (B, 9)
+        logits of the heard command's label read at ``<action>`` (None without them)."""
         if x.action_bins is None:
             raise ValueError("forward needs target action bins (teacher forcing)")
         emb, mask = self.prefix(x)
@@ -195,7 +202,8 @@ class VLAModel(nn.Module):
             first = (self.camera.tokens_per_step() if self.camera is not None else 0) + 1  # after the ego token
             k = x.actors.shape[1]
             forecast = self.forecast_head(h_all[:, first:first + k]).view(x.batch_size, k, len(FORECAST_STEPS), 2)
-        return logits.view(shape), res.view(shape), forecast
+        command = None if self.command_head is None else self.command_head(h_all[:, emb.shape[1] - 1])
+        return logits.view(shape), res.view(shape), forecast, command
 
     def action_features(self, x: PolicyInputs) -> torch.Tensor:
         """(B, d) hidden state at the <action> token (the last prefix position): what the

@@ -23,6 +23,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                         "(default: %(default)s)")
     p.add_argument("--audio-codec", default="", metavar="DIR",
                    help="--command audio: the codec checkpoint (vla train-codec); the policy keeps a copy")
+    p.add_argument("--command-label-weight", type=float, default=0.0, metavar="W",
+                   help="weight of an auxiliary loss naming the heard command's label (of 9) from the "
+                        "policy's <action> state; 0 = none (default: %(default)s)")
     p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: the command's, control with --head "
@@ -66,6 +69,9 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
                    help="probability that a training sample hears another train-split phrasing of "
                         "its goal instead of the recorded one (default: %(default)s)")
+    p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
+                   help="--command audio: renditions (voice, rate, pitch, noise) of each training phrasing "
+                        "those samples may hear (default: %(default)s)")
 
 
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
@@ -90,6 +96,7 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise),
                         attn_implementation=getattr(args, "attn", defaults.attn_implementation),
+                        command_label_weight=getattr(args, "command_label_weight", defaults.command_label_weight),
                         **_audio_fields(args))
 
 
@@ -178,6 +185,8 @@ FLAG_RULES = {
     "forecast_weight": ("--forecast-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "replan_every": ("--replan-every", lambda v: v is None or v >= 1, "an integer >= 1"),
     "augment_commands": ("--augment-commands", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "command_label_weight": ("--command-label-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
 }
 """The training flags' ranges, checked by ``check_flags`` before anything runs, so an error names
 the flag the user typed rather than the config field it fills."""

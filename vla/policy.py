@@ -131,7 +131,7 @@ def load_codec(path: str | Path):
 def bins_loss(policy: VLAPolicy, batch: PolicyInputs) -> tuple[torch.Tensor, dict[str, float]]:
     """Bin cross-entropy + in-bin residual loss on the expert's action chunk, plus
     ``forecast_weight`` x the actor forecasting loss when the policy has that head."""
-    logits, residuals, forecast = policy.model.forward_with_forecast(batch)
+    logits, residuals, forecast, command = policy.model.forward_with_forecast(batch)
     mask = batch.action_mask[..., None].expand_as(batch.action_bins)
     ce = ACTION_LOSSES["bin_ce"](logits, batch.action_bins, mask)
     res = ACTION_LOSSES["residual"](residuals, batch.action_bins, batch.action_residual, mask)
@@ -145,6 +145,14 @@ def bins_loss(policy: VLAPolicy, batch: PolicyInputs) -> tuple[torch.Tensor, dic
         fc = ACTION_LOSSES["forecast"](forecast, batch.actor_future, batch.actor_future_mask)
         loss = loss + policy.config.forecast_weight * fc
         logs["forecast"] = fc.item()
+    if command is not None:
+        if batch.command_label is None:
+            raise ValueError("this policy names the heard command (command_label_weight > 0) but the batch has "
+                             "no command_label")
+        ce_label = torch.nn.functional.cross_entropy(command.float(), batch.command_label)
+        loss = loss + policy.config.command_label_weight * ce_label
+        logs["command_ce"] = ce_label.item()
+        logs["command_acc"] = (command.argmax(-1) == batch.command_label).float().mean().item()
     return loss, {"loss": loss.item(), **logs}
 
 

@@ -138,7 +138,8 @@ def run_train_policy(args: argparse.Namespace) -> int:
     tokenizer = default_action_tokenizer(config.n_bins, config.action)
     torch.manual_seed(args.seed)
     policy = VLAPolicy(config, tokenizer, name=str(out / "policy"))
-    data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel)
+    data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
+                       audio_renditions=args.audio_renditions)
     for ep in episodes:
         data.add_episode(ep)
     print(f"{len(episodes)} episodes, {len(data)} samples ({data.counterfactual_samples} under other goals); "
