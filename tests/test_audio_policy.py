@@ -136,3 +136,30 @@ def test_bench_speech_probes_held_out_phrasings_and_voices(codec_dir, data, tmp_
     saved = json.loads((tmp_path / "bench" / "speech.json").read_text())
     assert np.array(saved["confusion"]).sum() == 2 * 27  # 27 held-out phrasings at 2 noise levels
     assert cli.main(["bench", "speech", "--policy", str(tmp_path / "p" / "policy"), "--snrs", "loud"]) == 2
+
+
+def test_the_command_label_head_learns_what_each_sample_heard(data):
+    """With command_label_weight > 0 a batch carries the label each sample heard (the episode's,
+    or the other goal's for a relabelled sample) and the head learns to name it."""
+    from methods.bc import BCConfig, BCMethod
+    from sim.storage import read_episodes
+    from tokenizers_mm.corpus import LABELS
+    from vla.config import SIZES, PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(**SIZES["tiny"], cameras=False, command_label_weight=1.0, action="plan",
+                          observation="lane_frame")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action))
+    dataset = DemoDataset(policy, augment_commands=1.0)
+    episodes = list(read_episodes(data, load_frames=False))
+    for ep in episodes:
+        dataset.add_episode(ep)
+    batch = dataset.batch(np.arange(16))
+    assert batch.command_label.tolist() == [LABELS.index(episodes[0].goal.label)] * 16
+    method = BCMethod(policy, BCConfig(lr=3e-3, warmup_steps=0, total_steps=30))
+    logs = [method.update(batch) for _ in range(30)]
+    assert logs[-1]["command_ce"] < 0.5 * logs[0]["command_ce"] and logs[-1]["command_acc"] == 1.0
+    plain = VLAPolicy(PolicyConfig(**SIZES["tiny"], cameras=False), default_action_tokenizer(32, "control"))
+    assert plain.model.command_head is None
