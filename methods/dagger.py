@@ -97,6 +97,8 @@ class DaggerConfig:
     (``vla.data.DemoDataset``)."""
     audio_renditions: int = 4
     """An audio policy: renditions of each training phrasing those samples may hear."""
+    command_grammar: bool = False
+    """Half of those samples hear a ``tokenizers_mm.command_grammar`` phrasing instead."""
     label_every: int = 1
     """Simulate the expert's continuation (the chunk / plan label) at every k-th state of a
     policy rollout only; the others keep just the expert's action (a control chunk's first
@@ -264,7 +266,7 @@ class DaggerSession:
         if k > 0 and c.warm_start:
             policy.model.load_state_dict(VLAPolicy.load(self._iter_dir(k - 1) / "policy").model.state_dict())
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
-                           audio_renditions=c.audio_renditions)
+                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar)
         for j in range(k + 1):
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)

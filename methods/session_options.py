@@ -49,6 +49,6 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
         train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
         workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
-        audio_renditions=getattr(args, "audio_renditions", 4),
+        audio_renditions=getattr(args, "audio_renditions", 4), command_grammar=getattr(args, "command_grammar", False),
         dart=args.dart, label_every=args.label_every, policy=policy_config(args),
         backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None))

@@ -181,7 +181,8 @@ class DemoDataset:
                 for label in self._phrasings:
                     by_lang: dict[str, list[np.ndarray]] = {}
                     for text, lang in grammar_phrasings(label):
-                        by_lang.setdefault(lang, []).append(policy.encode_command(text, lang))
+                        for k in range(renditions):
+                            by_lang.setdefault(lang, []).append(policy.encode_command(text, lang, seed=k))
                     self._grammar[label] = list(by_lang.values())
         self._episodes: list[_EpisodeArrays] = []
         self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample

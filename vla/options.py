@@ -69,6 +69,9 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
                    help="probability that a training sample hears another train-split phrasing of "
                         "its goal instead of the recorded one (default: %(default)s)")
+    p.add_argument("--command-grammar", action="store_true",
+                   help="half of those samples hear a phrasing from tokenizers_mm.command_grammar instead "
+                        "(hundreds of training-only wordings) (default: the corpus's training phrasings only)")
     p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
                    help="--command audio: renditions (voice, rate, pitch, noise) of each training phrasing "
                         "those samples may hear (default: %(default)s)")
