@@ -30,11 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import time
 
 import numpy as np
 import torch
+
+from benchmarks.policy_bench import _sync, median_ms
 
 PEAK_BF16_TFLOPS = {
     "H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H800": 989.0,
@@ -69,11 +70,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's bf16 peak for MFU when it is not in the table (default: by name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the episode and the weights (default: %(default)s)")
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 def _block_params(policy) -> int:
@@ -151,16 +147,8 @@ def measure_size(size: str, accel, args: argparse.Namespace, batch_cache: dict, 
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     one = cpu_batch.select(np.arange(1))
     policy.eval()
-    times = []
     with accel.autocast():
-        for i in range(args.repeats + 5):
-            _sync(accel.device)
-            t0 = time.perf_counter()
-            policy.predict_chunk_batch(one)
-            _sync(accel.device)
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-    latency = 1000 * statistics.median(times)
+        latency = median_ms(lambda: policy.predict_chunk_batch(one), accel.device, args.repeats, warmup=5)
     out.update(chunk_latency_ms=latency, chunk_hz=1000 / latency, decode_steps=decode_steps)
     log(f"{size}: {params / 1e6:.1f}M parameters, {seq} tokens/sample, batch {batch.batch_size}: "
         f"{out['train_tokens_per_s']:.0f} tokens/s ({out['train_step_ms']:.1f} ms/step), "

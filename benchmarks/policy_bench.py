@@ -46,6 +46,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def median_ms(fn, device: str, repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls after ``warmup``, each waiting
+    for the device."""
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
 def _train_samples_per_s(policy: VLAPolicy, env, seed: int, accel: Accel = Accel()) -> float:
     from methods.bc import BCConfig, BCMethod
     from sim.rollout import BASELINES, run_episode
@@ -79,16 +93,8 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
         env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig)
         obs, _ = env.reset(seed=seed)
         policy.hear(env.goal.command, env.goal.lang)
-        times = []
         with accel.autocast():
-            for i in range(33):
-                _sync(accel.device)
-                t0 = time.perf_counter()
-                policy.predict_action_chunk(obs)
-                _sync(accel.device)
-                if i >= 3:
-                    times.append(time.perf_counter() - t0)
-        latency = 1000 * float(np.median(times))
+            latency = median_ms(lambda: policy.predict_action_chunk(obs), accel.device, 30)
         log(f"chunk latency: {latency:.1f} ms (H={config.horizon}, {config.horizon * 2} decoding steps)")
         policy.reset()
         with accel.autocast():

@@ -21,3 +21,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_codec():
+    """A tiny codec (2 codebooks of 64) whose codebooks are k-means-initialized on six rendered
+    spoken commands: the audio tests' codec (seconds to build, never trained)."""
+    import numpy as np
+    import torch
+
+    from tokenizers_mm import audio_command, corpus
+    from tokenizers_mm.codec import AudioCodec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        codec = AudioCodec.small(seed=0, num_filters=4, hidden_size=16, codebook_size=64, target_bandwidths=[0.9])
+        rng = np.random.default_rng(0)
+        specs = [audio_command.draw_rendition(p, rng) for p in corpus.PHRASINGS[:6]]
+        codec.init_codebooks([corpus.render_item(s)[1].astype(np.float32) / 32768.0 for s in specs], seed=0, iters=5)
+    finally:
+        torch.set_num_threads(threads)
+    return codec

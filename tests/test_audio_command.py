@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tokenizers_mm import audio_command as ac
 from tokenizers_mm import corpus
@@ -14,19 +13,10 @@ from tokenizers_mm.codec import AudioCodec
 from tokenizers_mm.vad import detect
 from tokenizers_mm.vocab import VocabLayout
 
-TINY = dict(num_filters=4, hidden_size=16, codebook_size=64, target_bandwidths=[0.9])  # 2 codebooks of 64
-
 
 @pytest.fixture(scope="module")
-def codec() -> AudioCodec:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    c = AudioCodec.small(seed=0, **TINY)
-    rng = np.random.default_rng(0)
-    specs = [ac.draw_rendition(p, rng) for p in corpus.PHRASINGS[:6]]
-    c.init_codebooks([corpus.render_item(s)[1].astype(np.float32) / 32768.0 for s in specs], seed=0, iters=5)
-    yield c
-    torch.set_num_threads(threads)
+def codec(tiny_codec) -> AudioCodec:
+    return tiny_codec  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tokenizers_mm import audio_command as ac
-from tokenizers_mm import corpus
-from tokenizers_mm.codec import AudioCodec
-
-TINY_CODEC = dict(num_filters=4, hidden_size=16, codebook_size=64, target_bandwidths=[0.9])
-
 
 @pytest.fixture(scope="module")
-def codec_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    codec = AudioCodec.small(seed=0, **TINY_CODEC)
-    rng = np.random.default_rng(0)
-    specs = [ac.draw_rendition(p, rng) for p in corpus.PHRASINGS[:6]]
-    codec.init_codebooks([corpus.render_item(s)[1].astype(np.float32) / 32768.0 for s in specs], seed=0, iters=5)
-    torch.set_num_threads(threads)
-    return codec.save(tmp_path_factory.mktemp("codec") / "codec")
+def codec_dir(tiny_codec, tmp_path_factory) -> Path:
+    return tiny_codec.save(tmp_path_factory.mktemp("codec") / "codec")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
