@@ -46,3 +46,15 @@ def tiny_codec():
     finally:
         torch.set_num_threads(threads)
     return codec
+
+
+@pytest.fixture(scope="session")
+def light_episode(tmp_path_factory):
+    """A dataset of one expert episode (highway, light traffic, no cameras), recorded once per
+    test session by ``vla collect``; tests only read it."""
+    from app import cli
+
+    root = tmp_path_factory.mktemp("light_episode")
+    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
+                     "--out", str(root / "data")]) == 0
+    return root / "data"

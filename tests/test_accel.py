@@ -16,13 +16,8 @@ from vla.errors import VLAError
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from app import cli
-
-    root = tmp_path_factory.mktemp("accel")
-    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
-                     "--out", str(root / "data")]) == 0
-    return root / "data"
+def data(light_episode) -> Path:
+    return light_episode  # tests/conftest.py
 
 
 def _tiny_policy(seed: int = 0):

@@ -17,13 +17,8 @@ def codec_dir(tiny_codec, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from app import cli
-
-    root = tmp_path_factory.mktemp("audio_data")
-    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
-                     "--out", str(root / "data")]) == 0
-    return root / "data"
+def data(light_episode) -> Path:
+    return light_episode  # tests/conftest.py
 
 
 def _policy(codec_dir: Path):

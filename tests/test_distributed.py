@@ -38,13 +38,8 @@ def _weights(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from app import cli
-
-    root = tmp_path_factory.mktemp("ddp")
-    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
-                     "--out", str(root / "data")]) == 0
-    return root / "data"
+def data(light_episode) -> Path:
+    return light_episode  # tests/conftest.py
 
 
 def test_two_processes_follow_one_and_resume(data, tmp_path):
