@@ -129,6 +129,7 @@ class PairMaker:
         self.policy, self.env, self.config = policy, env, config
         self.constitution = Constitution(config.constitution)
         self.h = policy.config.horizon
+        self._seed = 0  # the current episode's seed: what an audio policy hears is drawn from it
 
     # ------------------------------------------------------------------ one continuation
     def _drive(self, cand: _Candidate, obs: dict, last_action: np.ndarray, gen: torch.Generator,
@@ -222,7 +223,7 @@ class PairMaker:
         """What the policy reads at the branch state: ego, actors, the heard command, cameras."""
         p, goal = self.policy, self.env.goal
         lc, pad = p.config.command_ids_max, p.layout.special("<pad>")
-        ids = p.encode_command(goal.command, goal.lang)[:lc]
+        ids = p.encode_command(goal.command, goal.lang, seed=self._seed)[:lc]
         command, mask = np.full(lc, pad, np.int64), np.zeros(lc, bool)
         command[: len(ids)], mask[: len(ids)] = ids, True
         ctx = {"ego": inputs.ego[0].numpy(), "actors": inputs.actors[0].numpy(), "command": command,
@@ -248,7 +249,8 @@ class PairMaker:
         env, p, c = self.env, self.policy, self.config
         obs, _ = env.reset(seed=seed)
         p.reset()
-        p.hear(env.goal.command, env.goal.lang)
+        self._seed = seed
+        p.hear(env.goal.command, env.goal.lang, seed=seed)
         history, last_action, records, branches, step = [env.ego_state()], np.zeros(2), [], 0, 0
         while True:
             if step >= c.first_branch and (step - c.first_branch) % c.stride == 0 and branches < c.max_branches:
