@@ -34,8 +34,8 @@ VOICE_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 """espeak voices heard in training and voices kept for testing (no breath variants: see
 ``tokenizers_mm.speech``)."""
-TRAIN_SNRS_DB: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0)
-"""Background noise levels drawn in training (None: clean)."""
+TRAIN_SNRS_DB: tuple[float | None, ...] = corpus.SNRS_DB
+"""Background noise levels drawn in training (None: clean): the corpus's."""
 
 
 def draw_rendition(phrasing: Phrasing, rng: np.random.Generator, voices: str = "train",

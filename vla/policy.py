@@ -110,7 +110,8 @@ class Hearing:
     rendition. Training hears ``train`` voices; evaluation sets ``heldout`` voices and a level."""
 
     voices: str = "train"
-    snrs_db: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0)
+    snrs_db: tuple[float | None, ...] | None = None
+    """None: the training levels (``tokenizers_mm.audio_command.TRAIN_SNRS_DB``)."""
 
 
 EVAL_HEARING = Hearing("heldout", (10.0,))
@@ -326,8 +327,8 @@ class VLAPolicy(torch.nn.Module):
 
         words = zlib.crc32(f"{lang}:{command}".encode())
         rng = np.random.default_rng([words, seed, AUDIO_SEED])
-        spec = draw_rendition(Phrasing(command, lang, "unknown", False), rng, self.hearing.voices,
-                              self.hearing.snrs_db)
+        levels = {} if self.hearing.snrs_db is None else {"snrs": self.hearing.snrs_db}
+        spec = draw_rendition(Phrasing(command, lang, "unknown", False), rng, self.hearing.voices, **levels)
         ids, _ = render_command(spec, self.codec, self.layout, self.config.audio_n_q, self.config.audio_group)
         return ids
 
