@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from benchmarks.policy_bench import _sync, median_ms
+from vla.options import accel_from_args, add_accel_args
 
 PEAK_BF16_TFLOPS = {
     "H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H800": 989.0,
@@ -57,11 +58,7 @@ def peak_tflops(device_name: str) -> float | None:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="small,large",
                    help="comma-separated policy sizes (vla.config.SIZES) (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu (default: %(default)s)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto = bf16 where the device has it (default: %(default)s)")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                   help="torch.compile the training loss; auto = on for CUDA (default: %(default)s)")
+    add_accel_args(p)
     p.add_argument("--batch-size", type=int, default=128, help="samples per update (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="timed updates (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=5, help="untimed updates first (compiles) (default: %(default)s)")
@@ -76,13 +73,18 @@ def _block_params(policy) -> int:
     return sum(p.numel() for p in policy.model.backbone.layers.parameters())
 
 
-def counted_flops(method, batch) -> float:
-    """FLOPs of one ``method.update(batch)`` counted by torch's FlopCounterMode."""
+def counted_flops(policy, batch, accel) -> float:
+    """FLOPs of one training step's loss, forward and backward, counted by torch's
+    FlopCounterMode on the eager loss (a compiled graph hides its ops from the counter; the
+    optimizer's elementwise work is not counted in any case). The gradients are dropped."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        method.update(batch)
+        with accel.autocast():
+            loss, _ = policy.compute_loss(batch)
+        loss.backward()
+    policy.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
 
@@ -121,13 +123,9 @@ def measure_size(size: str, accel, args: argparse.Namespace, batch_cache: dict, 
     decode_steps = int(batch.action_bins[0].numel())  # H x D action tokens
     seq = prefix + decode_steps - 1  # teacher forcing: the last action token predicts nothing
     tokens = batch.batch_size * seq
-    flops = counted_flops(method, batch) if not accel.compile else None
+    flops = counted_flops(policy, batch, accel)
     for _ in range(args.warmup):
         method.update(batch)
-    if flops is None:  # count on the eager loss: a compiled graph hides its ops from the counter
-        compiled, method._loss = method._loss, policy.compute_loss
-        flops = counted_flops(method, batch)
-        method._loss = compiled
     if accel.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(accel.device)
     _sync(accel.device)
@@ -158,7 +156,6 @@ def measure_size(size: str, accel, args: argparse.Namespace, batch_cache: dict, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from vla.accel import resolve
     from vla.config import SIZES
     from vla.errors import VLAError
 
@@ -173,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         raise VLAError(f"--warmup must be >= 0, got {args.warmup}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise VLAError(f"--peak-tflops must be > 0, got {args.peak_tflops}")
-    accel = resolve(args.device, args.precision, args.compile)
+    accel = accel_from_args(args)
     name = torch.cuda.get_device_name(accel.device) if accel.device.startswith("cuda") else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if accel.device.startswith("cuda") else None)
     print(f"device {name} ({accel.device}), {accel.precision}{', compiled' if accel.compile else ''}; "
