@@ -138,6 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_rollout(args)
     _check_best_of(args)
     check_phrasings(args.phrasings)
+    _check_tracker_jerk(args)
     if (args.workers > 1 or args.ray) and (args.record or args.best_of > 1 or not args.no_gif):
         raise VLAError("--workers > 1 and --ray drive episodes in worker processes, but --record, --best-of "
                        "and the GIF episode need this process: pass --no-gif (and no --record / --best-of)")
@@ -259,6 +260,9 @@ def _eval_parser(sub) -> None:
                         "tab-separated file with the header 'goal language phrasing' (en or zh; goals the "
                         "file does not cover keep the held-out phrasings) (default: %(default)s)")
     add_hearing_args(p)
+    p.add_argument("--tracker-jerk", type=float, nargs=2, default=None, metavar=("LONG", "LAT"),
+                   help="a plan policy's tracker comfort limits in m/s^3 (0 = none) instead of the checkpoint's "
+                        "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 0 0 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -277,6 +281,24 @@ def _eval_parser(sub) -> None:
                         "on it (default: %(default)s)")
     add_ray_args(p)
     p.set_defaults(func=_cmd_eval)
+
+
+def _check_tracker_jerk(args: argparse.Namespace) -> None:
+    """--tracker-jerk LONG LAT: finite, >= 0, and only for a plan policy checkpoint."""
+    if args.tracker_jerk is None:
+        return
+    if not all(math.isfinite(v) and v >= 0 for v in args.tracker_jerk):
+        raise VLAError(f"--tracker-jerk takes two finite limits >= 0 in m/s^3 (0 = none), got {args.tracker_jerk}")
+    from vla.policies_registry import is_checkpoint
+
+    if not is_checkpoint(args.policy):
+        raise VLAError(f"--tracker-jerk needs a plan policy checkpoint directory, got --policy {args.policy}")
+    try:
+        action = json.loads((Path(args.policy) / "policy.json").read_text())["config"].get("action", "control")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise VLAError(f"--policy {args.policy}: cannot read its policy.json ({err})") from None
+    if action != "plan":
+        raise VLAError(f"--tracker-jerk needs a plan policy; {args.policy} predicts {action!r} chunks")
 
 
 def _check_best_of(args: argparse.Namespace) -> None:

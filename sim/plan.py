@@ -188,6 +188,20 @@ class VehicleGeometry:
         beta = 0.5 * (lo + hi)
         return float(np.arctan(self.wheelbase / self.rear_to_ref * np.tan(beta)))
 
+    def curvature(self, steer: float) -> float:
+        """1/m: the reference point's path curvature at wheel angle ``steer``."""
+        if self.rear_to_ref == 0:
+            return float(np.tan(steer) / self.wheelbase)
+        return float(np.sin(np.arctan(self.rear_to_ref / self.wheelbase * np.tan(steer))) / self.rear_to_ref)
+
+    def steer_for(self, kappa: float) -> float:
+        """The wheel angle of path curvature ``kappa`` (``curvature``'s inverse; curvatures
+        beyond the bicycle's reach give the largest angle)."""
+        if self.rear_to_ref == 0:
+            return float(np.arctan(self.wheelbase * kappa))
+        beta = np.arcsin(np.clip(kappa * self.rear_to_ref, -1.0, 1.0))
+        return float(np.arctan(self.wheelbase / self.rear_to_ref * np.tan(beta)))
+
     def step(self, pose: np.ndarray, action: np.ndarray, dt: float = DT) -> np.ndarray:
         """One explicit-Euler step of the bicycle: pose [x, y, yaw, speed] under [accel, steer]
         (speed never below 0). highway-env integrates its vehicles the same way."""
@@ -218,10 +232,21 @@ class TrackerParams:
     next, and at 25 m/s every 0.001 rad of wheel is ~0.1 m/s^2 of lateral acceleration."""
     min_speed: float = 0.5
     """m/s; below this the ego is taken as standing and the wheel is held straight."""
+    max_jerk_long: float = 0.0
+    """m/s^3; comfort limit on the change of the acceleration command from the ego's current
+    acceleration (``accel_now``), 0 = none. Braking harder than ``emergency_decel`` is never
+    delayed by it: a plan that stops the car is executed at once."""
+    emergency_decel: float = 3.5
+    """m/s^2; a command below ``-emergency_decel`` (the top of ISO 15622's comfortable range for
+    adaptive cruise control) is a hard brake, applied without the jerk limit."""
+    max_jerk_lat: float = 0.0
+    """m/s^3; comfort limit on the change of lateral acceleration ``v^2 kappa`` per step, applied
+    to the wheel angle through the bicycle's curvature (``steer_now``), 0 = none."""
     geometry: VehicleGeometry = VehicleGeometry()
 
     def __post_init__(self) -> None:
-        if min(self.lookahead_time, self.lookahead_min, self.speed_time) <= 0 or min(self.min_speed, self.steer_time) < 0:
+        if (min(self.lookahead_time, self.lookahead_min, self.speed_time, self.emergency_decel) <= 0
+                or min(self.min_speed, self.steer_time, self.max_jerk_long, self.max_jerk_lat) < 0):
             raise ValueError(f"TrackerParams must be positive, got {self}")
 
 
@@ -236,11 +261,12 @@ class PlanTracker:
         self.params = params
 
     def control(self, plan: np.ndarray, frame: np.ndarray, start: np.ndarray, pose: np.ndarray,
-                age: float = 0.0, steer_now: float | None = None) -> np.ndarray:
+                age: float = 0.0, steer_now: float | None = None, accel_now: float | None = None) -> np.ndarray:
         """``plan`` (K, 2) made ``age`` seconds ago in ``frame`` [x, y, heading] (``plan_frame``)
         when the ego was at ``start`` [x, y, yaw, speed]; the ego is now at ``pose`` with its
-        wheel at ``steer_now`` rad (used by ``TrackerParams.steer_time``; None: no lag).
-        Returns float32 [accel m/s^2, steer rad] within the limits."""
+        wheel at ``steer_now`` rad (used by ``TrackerParams.steer_time`` and ``max_jerk_lat``)
+        and its acceleration ``accel_now`` m/s^2 (used by ``max_jerk_long``); None: no lag or
+        limit on that axis. Returns float32 [accel m/s^2, steer rad] within the limits."""
         p = self.params
         plan = np.asarray(plan, dtype=np.float64)
         if plan.ndim != 2 or plan.shape[1] != len(PLAN_FIELDS) or not np.all(np.isfinite(plan)):
@@ -260,8 +286,30 @@ class PlanTracker:
             steer = self.geometry_steer(local, max(p.lookahead_min, v * p.lookahead_time))
         if p.steer_time > 0 and steer_now is not None:
             steer = float(steer_now) + DT / (p.steer_time + DT) * (steer - float(steer_now))
+        if p.max_jerk_long > 0 and accel_now is not None:
+            accel = self._limit_accel(accel, float(accel_now))
+        if p.max_jerk_lat > 0 and steer_now is not None and v >= p.min_speed:
+            steer = self._limit_steer(steer, float(steer_now), v)
         action = np.array([accel, steer], dtype=np.float32)
         return np.clip(action, ACTION_LOW, ACTION_HIGH)
+
+    def _limit_accel(self, accel: float, accel_now: float) -> float:
+        """The command moved toward ``accel`` by at most ``max_jerk_long * DT`` from
+        ``accel_now``, except a hard brake (below ``-emergency_decel``), taken at once."""
+        p = self.params
+        step = p.max_jerk_long * DT
+        if accel < -p.emergency_decel and accel < accel_now:
+            return accel
+        return float(np.clip(accel, accel_now - step, accel_now + step))
+
+    def _limit_steer(self, steer: float, steer_now: float, speed: float) -> float:
+        """The wheel angle whose path curvature is within ``max_jerk_lat * DT / speed^2`` of the
+        current wheel's: lateral acceleration ``speed^2 kappa`` moves by at most
+        ``max_jerk_lat * DT`` per step."""
+        geometry = self.params.geometry
+        band = self.params.max_jerk_lat * DT / (speed * speed)
+        now = geometry.curvature(steer_now)
+        return geometry.steer_for(float(np.clip(geometry.curvature(steer), now - band, now + band)))
 
     def geometry_steer(self, local: np.ndarray, lookahead: float) -> float:
         """Pure pursuit: the wheel angle whose arc from the ego (origin, heading +x) passes

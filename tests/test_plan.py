@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -193,11 +195,15 @@ def test_plan_policy_saves_loads_and_acts_identically(tmp_path):
     from vla.config import PolicyConfig
     from vla.policy import VLAPolicy, default_action_tokenizer
 
-    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          tracker_jerk_long=1.0)
     policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
     policy.save(tmp_path / "p")
     loaded = VLAPolicy.load(tmp_path / "p")
     assert loaded.config.action == "plan" and loaded.tracker is not None
+    assert loaded.tracker.params.max_jerk_long == 1.0 and loaded.tracker.params.max_jerk_lat == 0.0  # its comfort limits
+    with pytest.raises(ValueError, match="tracker_jerk"):
+        PolicyConfig(tracker_jerk_lat=-1.0)
     np.testing.assert_allclose(loaded.action_tokenizer.high, PLAN_HIGH)
     env = EmbeddedDrivingEnv("highway", "light")
     for p in (policy, loaded):
@@ -258,6 +264,31 @@ def test_steering_lag_moves_part_way_toward_pure_pursuit():
     assert target > 0 and np.isclose(lagged, target * 0.1 / 0.4, rtol=1e-5)
     with pytest.raises(ValueError):
         TrackerParams(steer_time=-1.0)
+
+
+def test_comfort_limits_bound_the_change_of_each_command_but_not_a_hard_brake():
+    pose = np.array([0.0, 0.0, 0.0, 20.0])
+    limited = PlanTracker(TrackerParams(max_jerk_long=2.0, max_jerk_lat=2.0))
+    speed_up = np.stack([[0.5, 1.0, 1.5, 2.0], np.zeros(4)], axis=-1)  # +2 m/s^2
+    free = PlanTracker().control(speed_up, np.zeros(3), pose, pose)[0]
+    assert free > 1.5
+    assert np.isclose(limited.control(speed_up, np.zeros(3), pose, pose, accel_now=0.0)[0], 0.2)  # 2 m/s^3 * 0.1 s
+    assert np.isclose(limited.control(speed_up, np.zeros(3), pose, pose, accel_now=free)[0], free)  # reached
+    stop = np.stack([-3.0 * plan_times(4), np.zeros(4)], axis=-1)  # -6 m/s^2: a hard brake goes at once
+    assert limited.control(stop, np.zeros(3), pose, pose, accel_now=0.0)[0] < -5.0
+    mild = np.stack([-0.5 * plan_times(4), np.zeros(4)], axis=-1)  # -1 m/s^2: limited
+    assert np.isclose(limited.control(mild, np.zeros(3), pose, pose, accel_now=0.0)[0], -0.2)
+    # lateral: the wheel's curvature moves by at most 2 m/s^3 * 0.1 s / v^2 from the current wheel's
+    drift = np.stack([np.zeros(4), [0.5, 1.5, 2.5, 3.5]], axis=-1)
+    geometry = VehicleGeometry()
+    steer = limited.control(drift, np.zeros(3), pose, pose, steer_now=0.0)[1]
+    assert 0 < steer < PlanTracker().control(drift, np.zeros(3), pose, pose)[1]
+    assert np.isclose(geometry.curvature(steer) * 20.0 ** 2, 0.2, rtol=1e-4)
+    assert np.isclose(geometry.steer_for(geometry.curvature(0.1)), 0.1)
+    # without the current state (None) there is nothing to limit against
+    assert np.isclose(limited.control(speed_up, np.zeros(3), pose, pose)[0], free)
+    with pytest.raises(ValueError):
+        TrackerParams(max_jerk_long=-1.0)
 
 
 def test_plan_goal_relabelling_labels_every_command_from_recorded_states(tmp_path):
@@ -359,3 +390,28 @@ def test_goal_relabelling_leaves_junction_episodes_as_they_are():
     highway = EmbeddedDrivingEnv("highway", "light")
     with pytest.raises(ValueError, match="no goal futures"):
         data.add_episode(run_episode(highway, ExpertPolicy(highway), 1, record_frames=False))
+
+
+def test_eval_tracker_jerk_option_drives_a_plan_policy_with_other_limits(tmp_path, capsys):
+    from app import cli
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    for action in ("plan", "control"):
+        config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action=action)
+        VLAPolicy(config, default_action_tokenizer(16, action)).save(tmp_path / action)
+    light = ["--scenario", "highway", "--density", "light", "--episodes", "1", "--no-gif"]
+    jerk = {}
+    for limits in (None, ("0", "2")):
+        out = tmp_path / f"eval_{limits}"
+        extra = ["--tracker-jerk", *limits] if limits else []
+        assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *light, *extra, "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        jerk[limits] = metrics["jerk_lat_max"]
+    assert jerk[("0", "2")] < jerk[None]  # a lateral limit of 2 m/s^3 binds on an untrained policy
+    capsys.readouterr()
+    for policy, limits in ((tmp_path / "plan", ("-1", "0")), ("expert", ("0", "0")), (tmp_path / "control", ("0", "0"))):
+        code = cli.main(["eval", "--policy", str(policy), *light, "--tracker-jerk", *limits, "--out", str(tmp_path / "bad")])
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and "--tracker-jerk" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "bad" / "metrics.json").exists()

@@ -101,6 +101,17 @@ class PolicyConfig:
     None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``, read through ``decay``): 0.5 for control chunks (4
     overlapping predictions), 0.2 for plans (up to 20 overlap; on validation seeds 0.1-0.2
     halved a plan policy's lateral jerk against 0.5, at the same goal success)."""
+    tracker_jerk_long: float = 0.0
+    """A plan policy's tracker (``sim.plan.TrackerParams.max_jerk_long``): comfort limit on the
+    change of its acceleration command, m/s^3 (hard braking exempt); 0 = none (the default: on
+    validation seeds a 1.5-2 m/s^3 limit delayed the cloned policy's speed decisions and cost
+    goal success and off-road, docs/drive_like_expert.md). An execution setting, not learned: a
+    saved policy drives with whatever its config says."""
+    tracker_jerk_lat: float = 0.0
+    """A plan policy's tracker (``TrackerParams.max_jerk_lat``): comfort limit on the change of
+    lateral acceleration through the wheel, m/s^3; 0 = none (the default: on validation seeds 2
+    m/s^3 met the highway's lateral-jerk target at no cost there, but the junction's turns need
+    the wheel faster and lost half their goal success)."""
     attn_implementation: str = "sdpa"
     """transformers attention kernel: 'sdpa', 'eager' or 'flash_attention_2' (GPU only)."""
     backbone_dir: str = ""
@@ -169,6 +180,9 @@ class PolicyConfig:
         if self.action == "plan" and self.head != "bins":
             raise ValueError(f"PolicyConfig.action 'plan' needs head 'bins' (the {self.head!r} head predicts "
                              "raw control chunks only)")
+        if min(self.tracker_jerk_long, self.tracker_jerk_lat) < 0:
+            raise ValueError(f"PolicyConfig.tracker_jerk_long / tracker_jerk_lat must be >= 0 (0 = no limit), got "
+                             f"{self.tracker_jerk_long} / {self.tracker_jerk_lat}")
         if self.execution not in EXECUTION_MODES:
             raise ValueError(f"PolicyConfig.execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2"):

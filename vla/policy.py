@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
-from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, blend_plans, plan_frame, pose_of
+from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, plan_frame, pose_of
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -254,8 +254,20 @@ class VLAPolicy(torch.nn.Module):
         self.name = name
         self._command_cache: dict[tuple[str, str], np.ndarray] = {}
         self._generator = torch.Generator()
-        self.tracker = PlanTracker() if config.action == "plan" else None
+        self.tracker = None
+        if config.action == "plan":
+            self.tracker = PlanTracker()
+            self.set_tracker_jerk(config.tracker_jerk_long, config.tracker_jerk_lat)
         self.reset()
+
+    def set_tracker_jerk(self, jerk_long: float, jerk_lat: float) -> None:
+        """Drive with other comfort limits on the tracker (``PolicyConfig.tracker_jerk_long`` /
+        ``tracker_jerk_lat``, m/s^3, 0 = none); recorded in the config, so a save keeps them."""
+        if self.tracker is None:
+            raise ValueError(f"only a plan policy has a tracker; this one predicts {self.config.action!r} chunks")
+        self.config = replace(self.config, tracker_jerk_long=float(jerk_long), tracker_jerk_lat=float(jerk_lat))
+        self.tracker = PlanTracker(TrackerParams(max_jerk_long=self.config.tracker_jerk_long,
+                                                 max_jerk_lat=self.config.tracker_jerk_lat))
 
     # ------------------------------------------------------------------ EMA weights
     @property
@@ -429,7 +441,7 @@ class VLAPolicy(torch.nn.Module):
             self._plan = new
         waypoints, frame, start, made = self._plan
         return self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
-                                    steer_now=float(ego[EGO["steer"]]))
+                                    steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:

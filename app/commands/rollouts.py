@@ -181,7 +181,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           frames_episode=gif_episode, frames_rig=default_rig(args.width, args.height),
                           on_episode=keep, progress=f"eval {args.policy}", out=out,
                           backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
-                          ray=getattr(args, "ray", None), hearing=hearing_from_args(args))
+                          ray=getattr(args, "ray", None), hearing=hearing_from_args(args),
+                          tracker_jerk=getattr(args, "tracker_jerk", None))
     finally:
         if writer is not None:
             writer.close()
