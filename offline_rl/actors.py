@@ -120,7 +120,7 @@ class EpisodeInputs:
             lane0 = float(ep.ego[0, EGO["lane_id"]])
             chunks, mask = ActionTokenizer.chunk(ep.actions, h)
             bins, res = policy.action_tokenizer.encode(chunks)
-            ego, actors = policy.observation.episode(ep.ego, ep.actors, lane0)
+            ego, actors = policy.observation.episode(ep.ego, ep.actors, lane0, route=ep.route)
             self.eps.append({
                 "ego": ego,
                 "actors": actors,

@@ -52,7 +52,9 @@ from sim.carla_expert import Vehicle
 from sim.carla_expert import expert_action as route_expert_action
 from sim.carla_expert import expert_plan as route_expert_plan
 from sim.carla_frames import CarlaControlMap, camera_to_carla, pose_from_carla
+from sim.carla_route import TURNS as ROUTE_TURNS
 from sim.carla_route import Route, is_off_road, plan_route
+from sim.route import ROUTE_AHEAD, route_features
 from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
                            EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD_FIELDS, Goal, RewardWeights, Scene,
@@ -457,11 +459,27 @@ class CarlaDrivingEnv:
         e[EGO["speed_limit"]] = float(limit_kmh or 0.0) / 3.6
         along, lateral = self._route.locate((x, y))
         self._lateral = lateral
+        self._route_now = self._route_state(e, wp, along)
         self._off_road = is_off_road(self._map, (x, y))
         if not first and not self._off_road:
             self._best_m = max(self._best_m, min(along, self._route.length))
         e[EGO["progress"]] = min(1.0, self._best_m / self._route.length)
         return e
+
+    def _route_state(self, ego: np.ndarray, wp, along: float) -> np.ndarray:
+        """``sim.route.route_features`` of the ego: the junction distance along the episode's
+        route; the point ahead on that route for a turn, on the current lane otherwise (as the
+        embedded highway: a lane change is the command's business, not the route's)."""
+        route = self._route
+        features = route_features(route.points, route.junction, along, ego)
+        if self.goal.label not in ROUTE_TURNS and wp is not None:
+            ahead = wp.next(ROUTE_AHEAD)
+            if ahead:
+                here = pose_from_carla((wp.transform.location.x, wp.transform.location.y, 0.0), 0.0)[:2]
+                there = ahead[0].transform.location
+                far = pose_from_carla((there.x, there.y, 0.0), 0.0)[:2]
+                features[1:] = route_features(np.array([here, far]), None, 0.0, ego)[1:]
+        return features
 
     def _events(self) -> np.ndarray:
         e = np.zeros(len(EVENT_FIELDS), dtype=np.float32)
@@ -508,7 +526,7 @@ class CarlaDrivingEnv:
         actors = self._actors_now = self._scan()
         ego = self._state
         obs = {"ego": ego.astype(np.float32), "goal": goal_vector(self.goal, ego), "actors": actors,
-               "state": state_vector(ego, actors, self.goal)}
+               "state": state_vector(ego, actors, self.goal), "route": self._route_now}
         if self.cameras:
             # a server delivers sensor data on its own thread, possibly after tick() returned
             deadline = time.monotonic() + self.options.timeout

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.cameras import CameraSpec
+from sim.route import ROUTE_FIELDS
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from sim.interface import (
     ACTION_FIELDS,
@@ -72,6 +73,11 @@ class Episode:
     NaN for the episode's own goal, impossible goals, unrecorded states and past the end): the
     plan labels of goal relabelling; None when not recorded."""
 
+    route: np.ndarray | None = None
+    """(T+1, len(ROUTE_FIELDS)) float32: ``obs["route"]`` at s_0..s_T (``sim.route``: the distance to
+    the next junction and the route's point ahead in the lane frame), or None when the backend
+    did not report it (episodes recorded before it existed)."""
+
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
         expect = {
@@ -106,6 +112,8 @@ class Episode:
             if g.ndim != 3 or g.shape[0] != t or g.shape[1] != len(HIGHWAY_GOAL_LABELS) or g.shape[2] != len(ACTION_FIELDS):
                 raise ValueError(f"episode field 'goal_labels' has shape {g.shape}, expected ({t}, "
                                  f"{len(HIGHWAY_GOAL_LABELS)}, {len(ACTION_FIELDS)})")
+        if self.route is not None and self.route.shape != (t + 1, len(ROUTE_FIELDS)):
+            raise ValueError(f"episode field 'route' has shape {self.route.shape}, expected ({t + 1}, {len(ROUTE_FIELDS)})")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"episode outcome {self.outcome!r} not in {OUTCOMES}")
         if bool(self.error) != (self.outcome == "sim_error"):

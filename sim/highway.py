@@ -25,6 +25,7 @@ from highway_env.vehicle.behavior import IDMVehicle
 from sim import highway_expert as expert_mod
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
+from sim.route import ROUTE_AHEAD, ROUTE_FIELDS, route_features
 from sim.interface import (
     reward_terms,
     step_outcome,
@@ -86,7 +87,8 @@ class EnvSnapshot:
 
 
 _EPISODE_ATTRS = ("goal", "route_length", "_route", "_s0", "_steps", "_done_outcome",
-                  "_best_progress_m", "_lanes", "_prev", "_ego", "_actors", "_start_lane", "goal_feasible")
+                  "_best_progress_m", "_lanes", "_prev", "_ego", "_actors", "_start_lane", "goal_feasible",
+                  "_route_poly", "_along")
 """What ``reset`` / ``step`` keep per episode besides the highway-env core and actor ids."""
 
 
@@ -215,6 +217,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "goal": gym.spaces.Box(-np.inf, np.inf, (len(GOAL_VECTOR_FIELDS),), np.float32),
             "actors": gym.spaces.Box(-np.inf, np.inf, (MAX_ACTORS, len(ACTOR_FIELDS)), np.float32),
             "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+            "route": gym.spaces.Box(-np.inf, np.inf, (len(ROUTE_FIELDS),), np.float32),
         }
         if self.cameras:
             h, w = self.cameras[0].height, self.cameras[0].width
@@ -258,6 +261,7 @@ class EmbeddedDrivingEnv(gym.Env):
         if self.scenario == "highway":
             self._route = None
             self._s0 = float(ego.position[0])
+            self._route_poly, self._along = None, 0.0
         else:
             exit_corner = TURN_EXITS[goal.turn]
             self._route = [("o0", "ir0", 0), ("ir0", f"il{exit_corner}", 0), (f"il{exit_corner}", f"o{exit_corner}", 0)]
@@ -266,6 +270,8 @@ class EmbeddedDrivingEnv(gym.Env):
             self._s0 = float(s_start)
             self.route_length = (net.get_lane(self._route[0]).length - s_start
                                  + net.get_lane(self._route[1]).length + INTERSECTION_EXIT)
+            self._route_poly = self._route_polyline()
+            self._along = 0.0
         self._best_progress_m = 0.0
         self._ego = self._ego_vector(accel=0.0, yaw_rate=0.0)
         self._actors = self._scan_actors()
@@ -540,6 +546,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "goal": goal_vector(self.goal, self._ego),
             "actors": actors.astype(np.float32),
             "state": state_vector(self._ego, actors, self.goal),
+            "route": self.route_state(),
         }
         if self._renderer is not None:
             obs["cameras"] = self.render_cameras()
@@ -560,6 +567,36 @@ class EmbeddedDrivingEnv(gym.Env):
         e[EGO["speed_limit"]] = lane.speed_limit or 0.0
         e[EGO["progress"]] = min(1.0, self._best_progress_m / self.route_length)
         return e
+
+    def _route_polyline(self) -> tuple[np.ndarray, np.ndarray]:
+        """The junction route's centre line in the world frame, 1 m apart from the start of its
+        first lane to ``ROUTE_AHEAD`` past its end, and which points are in the junction (the
+        connecting lane)."""
+        net, points, junction = self._core.road.network, [], []
+        for k, index in enumerate(self._route):
+            lane = net.get_lane(index)
+            end = lane.length if k < len(self._route) - 1 else min(lane.length, INTERSECTION_EXIT + 2 * ROUTE_AHEAD)
+            for s in np.arange(0.0, end, 1.0):
+                x, y = lane.position(float(s), 0.0)
+                points.append((x, -y))  # our frame: highway-env's y negated
+                junction.append(k == 1)
+        return np.array(points), np.array(junction)
+
+    def route_state(self) -> np.ndarray:
+        """(len(ROUTE_FIELDS),) ``sim.route.route_features`` of the ego now: on the highway the
+        current lane ahead (no junction); at the intersection the episode's route."""
+        ego = self._core.vehicle
+        if self._route is None:
+            lane = ego.lane
+            s, _ = lane.local_coordinates(ego.position)
+            ahead = [lane.position(float(s), 0.0), lane.position(float(s) + 2 * ROUTE_AHEAD, 0.0)]
+            points = np.array([(x, -y) for x, y in ahead])
+            return route_features(points, None, 0.0, self._ego)
+        pos = self._route_position()
+        if pos is not None:
+            self._along = pos + self._s0  # metres along the polyline, which starts at the first lane's s = 0
+        points, junction = self._route_poly
+        return route_features(points, junction, self._along, self._ego)
 
     def _route_position(self) -> float | None:
         """Metres along the route of the ego's position, or None when it is off the route."""

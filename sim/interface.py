@@ -285,7 +285,9 @@ class DrivingEnv(Protocol):
     Gymnasium-style ``reset`` / ``step`` plus the queries DAgger, the plan labels, goal
     relabelling, preference pairs and the metrics are built on. Observations are dicts with
     ``ego`` (``EGO_FIELDS``), ``actors`` (``MAX_ACTORS`` x ``ACTOR_FIELDS``, world frame),
-    ``goal``, ``state`` and, with a camera rig, ``cameras`` (N, H, W, 3) uint8; ``info`` holds
+    ``goal``, ``state``, ``route`` (``sim.route.ROUTE_FIELDS``: the distance to the next junction
+    and the route's point ahead in the lane frame) and, with a camera rig, ``cameras`` (N, H, W,
+    3) uint8; ``info`` holds
     ``events`` (``EVENT_FIELDS``), ``reward_terms`` (``REWARD_FIELDS``) and, once an episode
     ends, ``outcome``. Every array is in the frames and units of this module."""
 

@@ -229,6 +229,7 @@ def run_episode(
     bursts = _Bursts(noise, rng) if noise is not None else None
     ego, actors = [env.ego_state()], [env.actors()]
     actions, experts, events, terms, frames, plans, futures, per_goal = [], [], [], [], [], [], [], []
+    routes: list | None = [obs["route"]] if "route" in obs else None  # the backend's route features, per state
     record_goals = goal_labels and query_expert and env.goal_labels() is not None
     record_goal_futures = record_goals and goal_futures
     goal_futures = []
@@ -279,6 +280,8 @@ def run_episode(
         terms.append(info["reward_terms"])
         ego.append(ego_row)
         actors.append(actor_rows)
+        if routes is not None:
+            routes.append(obs["route"])
         if terminated or truncated:
             outcome = info.get("outcome", "timeout")
             break
@@ -304,4 +307,5 @@ def run_episode(
         goal_labels=np.array(per_goal, dtype=np.float32).reshape(len(actions), -1, 2) if record_goals else None,
         goal_futures=(np.array(goal_futures, dtype=np.float32).reshape(len(actions), -1, plan_horizon, 4)
                       if record_goal_futures else None),
+        route=None if routes is None else np.array(routes, dtype=np.float32).reshape(len(actions) + 1, -1),
     )

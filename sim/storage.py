@@ -68,6 +68,7 @@ from sim.episode import OUTCOMES, Episode
 from sim.features import STATE_DIM, state_feature_names, state_vector
 from sim.interface import (ACTION_FIELDS, ACTOR_FIELDS, EGO_FIELDS, EVENT_FIELDS, POSE_FIELDS, REWARD_FIELDS, Goal,
                            RewardWeights)
+from sim.route import ROUTE_FIELDS
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 
 FORMAT_VERSION = 1
@@ -88,10 +89,12 @@ OPTIONAL_TABLES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]], in
     "goal_labels": (ACTION_FIELDS, {"goals": HIGHWAY_GOAL_LABELS}, 3),
     "expert_futures": (POSE_FIELDS, {}, 3),
     "goal_futures": (POSE_FIELDS, {"goals": HIGHWAY_GOAL_LABELS}, 4),
+    "route": (ROUTE_FIELDS, {}, 2),
 }
 """Per-step (T, ..., F) float32 tables an episode may carry (the ``Episode`` fields of the same
 names): the column names of the last axis (attr ``fields``), further attrs (checked on read)
-and the number of axes."""
+and the number of axes. ``PER_STATE`` ones have a row per state, T+1, like ``ego``."""
+PER_STATE = ("route",)
 NAN_ALLOWED = ("expert_actions", *OPTIONAL_TABLES)
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
@@ -202,9 +205,10 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
         if name not in f:
             continue
         arr = _read_table(f, path, name, (columns, np.float32))
-        if arr.ndim != ndim or arr.shape[0] != steps:
-            middle = "K" if ndim == 3 else "G, K"
-            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({steps}, {middle}, {len(columns)})")
+        rows = steps + 1 if name in PER_STATE else steps
+        if arr.ndim != ndim or arr.shape[0] != rows:
+            middle = {2: "", 3: "K, ", 4: "G, K, "}[ndim]
+            raise _fail(path, f"dataset {name!r} has shape {arr.shape}, expected ({rows}, {middle}{len(columns)})")
         for key, expected in attrs.items():
             if tuple(_names(f[name], key)) != expected:
                 raise _fail(path, f"dataset {name!r} has {key} {_names(f[name], key)}, this code has {list(expected)}")

@@ -53,8 +53,10 @@ def test_the_expert_completes_every_route_without_infractions(server, map_name, 
         assert m["collided"] == 0 and m["off_road"] == 0 and m["infraction_penalty"] == 1.0
         assert m["route_completed"] == 1.0
         assert np.all(np.diff(ep.ego[:, EGO["progress"]]) >= 0)
+        assert ep.route is not None and np.all(np.isfinite(ep.route))  # sim.route, as the embedded backend
         if ep.goal.label.startswith("turn_"):
             assert m["goal_success"] == 1.0, (seed, ep.goal.label)  # it ends on the exit asked for
+            assert (ep.route[:, 0] == 0.0).any()  # the junction distance reached 0 as it drove through
         if ep.goal.label.startswith("lane_") and m["goal_success"] == 0:
             assert density != "light", (seed, ep.goal.label)  # only traffic keeps it from moving over
         labels.add(ep.goal.label)
@@ -100,6 +102,7 @@ def test_protocol_observations_and_lane_indices(server):
     assert client.tm.synchronous and client.tm.seed == 2
     assert obs["ego"].shape == (len(EGO_FIELDS),) and obs["actors"].shape == (MAX_ACTORS, len(ACTOR_FIELDS))
     assert info["events"].shape == (len(EVENT_FIELDS),) and info["reward_terms"].shape == (len(REWARD_FIELDS),)
+    assert np.allclose(obs["route"], [50.0, 20.0, 0.0], atol=0.05)  # no junction; the straight lane ahead
     ego = env.ego_state()
     # lanes counted from the left among the lanes of the ego's direction, as in the embedded highway
     expected = {-1.75: 0, -5.25: 1, 1.75: 0}[round(float(ego[EGO["y"]]), 2)]

@@ -72,7 +72,7 @@ def test_save_load_gives_identical_actions(episodes, tmp_path):
     assert a.shape == (3, 2) and np.all(np.isfinite(a))
 
 
-@pytest.mark.parametrize("observation", ["ego_frame", "lane_frame"])
+@pytest.mark.parametrize("observation", ["ego_frame", "lane_frame", "lane_route"])
 def test_both_observations_train_and_act(episodes, observation):
     policy = make_policy(episodes, observation=observation, cameras=False)
     data = DemoDataset(policy)

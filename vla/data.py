@@ -123,7 +123,7 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         goal_mask = np.zeros((*goal_valid.shape, horizon), dtype=bool)
         goal_mask[..., 0] = True  # only the first action: the expert's later ones were never simulated
     start_lane = float(ep.ego[0, EGO["lane_id"]])
-    ego, actors = policy.observation.episode(ep.ego[:t], ep.actors[:t], start_lane)
+    ego, actors = policy.observation.episode(ep.ego[:t], ep.actors[:t], start_lane, route=ep.route)
     forecast = forecast_mask = None
     if policy.config.forecast_weight > 0:
         forecast, forecast_mask = actor_forecasts(ep.ego, ep.actors, policy.observation.actors, t)

@@ -28,6 +28,7 @@ import torch
 
 from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS, actors_in_ego_frame
 from sim.interface import ACTOR, EGO
+from sim.route import ROUTE_FIELDS
 
 EGO_INPUT_FIELDS = ("speed", "lane_offset", "lane_heading_error", "lane_id", "speed_limit", "progress",
                     "lanes_moved")
@@ -42,6 +43,9 @@ centre level with the ego, s along the lane, d to its left): position, heading r
 lane, velocity relative to the ego's, size, and the two numbers car following is made of:
 ``inv_gap = sign(s) / max(|s| - BUMPERS, 1)`` (1/m, larger = closer) and ``closing_rate =
 -dvs * sign(s) / max(|s| - BUMPERS, 1)`` (1/s, > 0 = closing in; the inverse time to contact)."""
+ROUTE_SCALE = np.array([50.0, 20.0, 10.0], dtype=np.float32)
+"""``sim.route.ROUTE_FIELDS`` scales: junction distance (m), the route's point ahead (m, m)."""
+assert len(ROUTE_SCALE) == len(ROUTE_FIELDS)
 LANE_ACTOR_SCALE = np.array([1.0, 50.0, 8.0, 1.0, 1.0, 10.0, 2.0, 5.0, 2.0, 0.25, 0.5], dtype=np.float32)
 BUMPERS = 5.0
 """m between the centres of two cars whose bumpers touch (two 5 m cars)."""
@@ -91,24 +95,42 @@ class Observation:
     """(ego row, (MAX_ACTORS, A) world actor rows, k) -> (k, len(actor_fields)) unscaled rows."""
     actors: int = STATE_ACTORS
     """Actor tokens per step (the nearest ones)."""
+    route: bool = False
+    """The ego token also reads ``sim.route.ROUTE_FIELDS`` (the backend's ``obs["route"]``,
+    an episode's ``route`` table), the last fields of ``ego_fields``."""
 
-    def ego_features(self, ego: np.ndarray, start_lane: float) -> np.ndarray:
+    def ego_features(self, ego: np.ndarray, start_lane: float, route: np.ndarray | None = None) -> np.ndarray:
         """(len(ego_fields),) scaled ego features of one state; ``lanes_moved`` counts lanes
-        moved to the left since ``start_lane`` (the lane the command was heard in)."""
-        raw = [start_lane - ego[EGO["lane_id"]] if n == "lanes_moved" else ego[EGO[n]] for n in self.ego_fields]
+        moved to the left since ``start_lane`` (the lane the command was heard in); ``route``:
+        the state's ``ROUTE_FIELDS`` row (needed when ``self.route``)."""
+        names = self.ego_fields[: len(self.ego_fields) - len(ROUTE_FIELDS)] if self.route else self.ego_fields
+        raw = [start_lane - ego[EGO["lane_id"]] if n == "lanes_moved" else ego[EGO[n]] for n in names]
+        if self.route:
+            if route is None:
+                raise ValueError(f"observation {self.name!r} reads the route (sim.route), but none was given: "
+                                 "the backend's obs has no 'route', or the episode was recorded without it")
+            raw = [*raw, *np.asarray(route, dtype=np.float64).reshape(len(ROUTE_FIELDS))]
         return (np.asarray(raw, dtype=np.float32) / self.ego_scale).astype(np.float32)
 
     def actor_features(self, ego: np.ndarray, actors: np.ndarray) -> np.ndarray:
         """(actors, len(actor_fields)) scaled features of the nearest actors."""
         return (self.actor_rows(ego, actors, self.actors) / self.actor_scale).astype(np.float32)
 
-    def episode(self, ego: np.ndarray, actors: np.ndarray, start_lane: float) -> tuple[np.ndarray, np.ndarray]:
-        """Features of every state of an episode: ((T, E), (T, K, A)) for ego rows (T, ...)."""
+    def episode(self, ego: np.ndarray, actors: np.ndarray, start_lane: float,
+                route: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Features of every state of an episode: ((T, E), (T, K, A)) for ego rows (T, ...) and
+        ``route`` rows (>= T, len(ROUTE_FIELDS); ``Episode.route``) when the observation reads
+        the route."""
         t = len(ego)
         if not t:
             return (np.zeros((0, len(self.ego_fields)), np.float32),
                     np.zeros((0, self.actors, len(self.actor_fields)), np.float32))
-        return (np.stack([self.ego_features(ego[i], start_lane) for i in range(t)]),
+        if self.route and (route is None or len(route) < t):
+            raise ValueError(f"observation {self.name!r} reads the route (sim.route), but the episode has "
+                             f"{'no route table' if route is None else f'{len(route)} route rows for {t} states'}: "
+                             "record it again with this code")
+        rows = route if self.route else [None] * t
+        return (np.stack([self.ego_features(ego[i], start_lane, rows[i]) for i in range(t)]),
                 np.stack([self.actor_features(ego[i], actors[i]) for i in range(t)]))
 
 
@@ -117,11 +139,15 @@ OBSERVATIONS = {
                              actors_in_ego_frame),
     "lane_frame": Observation("lane_frame", EGO_INPUT_FIELDS, EGO_SCALE, LANE_ACTOR_FIELDS, LANE_ACTOR_SCALE,
                               lane_frame_actor_rows),
+    "lane_route": Observation("lane_route", EGO_INPUT_FIELDS + ROUTE_FIELDS, np.concatenate([EGO_SCALE, ROUTE_SCALE]),
+                              LANE_ACTOR_FIELDS, LANE_ACTOR_SCALE, lane_frame_actor_rows, route=True),
 }
 """``ego_frame``: actors as offsets in the ego's body frame (the first layout; checkpoints
 without ``PolicyConfig.observation`` use it). ``lane_frame``: actors placed along and across
 the ego's lane, with inverse gap and closing rate (what the expert's car following and
-lane-change safety checks read)."""
+lane-change safety checks read). ``lane_route``: ``lane_frame`` plus where the route goes
+(``sim.route``: the distance to the next junction and the route's point 20 m ahead), what the
+expert's junction decisions read."""
 
 
 @dataclass(frozen=True)

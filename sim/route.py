@@ -1,0 +1,71 @@
+"""Where the route goes, as the ego sees it: the observation the expert's junction decisions read.
+
+The expert at the junction knows its route (which exit) and where the junction begins; a policy
+that sees only its lane and the nearest actors has to guess both from the command and its
+progress. Every backend reports, with each observation, ``obs["route"]`` = ``ROUTE_FIELDS``:
+
+* ``junction_distance``: metres along the route from the ego to the next junction's entry,
+  clipped to ``[0, JUNCTION_HORIZON]``; 0 inside the junction, ``JUNCTION_HORIZON`` when none is
+  that close (the highway: always);
+* ``route_x``, ``route_y``: the route's centre-line point ``ROUTE_AHEAD`` metres further along
+  it, in the ego's lane frame (``sim.plan.plan_frame``: x along the current lane, y to its left).
+  On a straight road it is ``(ROUTE_AHEAD, 0)``; approaching a left turn ``route_y`` grows
+  positive, a right turn negative. No absolute position.
+
+``route_features`` computes them from a route polyline in the world frame (the embedded
+backend samples its route's lanes; CARLA's ``sim.carla_route.Route`` is one already), so every
+backend defines them the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.plan import plan_frame, to_frame
+
+ROUTE_FIELDS = ("junction_distance", "route_x", "route_y")
+ROUTE_AHEAD = 20.0
+"""m along the route to the point ``route_x, route_y``: about 2 s ahead in town, where a turn
+shows before the junction begins."""
+JUNCTION_HORIZON = 50.0
+"""m: ``junction_distance`` is clipped here (beyond it the junction does not change what to do)."""
+
+
+def route_features(points: np.ndarray, junction: np.ndarray | None, along: float, ego: np.ndarray) -> np.ndarray:
+    """(len(ROUTE_FIELDS),) float32 for the ego row ``ego`` at ``along`` metres along the route
+    polyline ``points`` ((N >= 2, 2) world frame) whose points lie in a junction where
+    ``junction`` ((N,) bool; None: no junction). Past the polyline's ends the route continues
+    straight along its end segments."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
+        raise ValueError(f"a route needs a (N >= 2, 2) polyline, got shape {points.shape}")
+    cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
+    distance = JUNCTION_HORIZON
+    if junction is not None:
+        junction = np.asarray(junction, dtype=bool)
+        inside = np.flatnonzero(junction)
+        if len(inside):
+            # the junction the ego is in or approaches: the first junction run not yet left behind
+            runs = np.split(inside, np.flatnonzero(np.diff(inside) > 1) + 1)
+            for run in runs:
+                start, end = cum[run[0]], cum[min(run[-1] + 1, len(cum) - 1)]
+                if along <= end:
+                    distance = float(np.clip(start - along, 0.0, JUNCTION_HORIZON))
+                    break
+    target = _point_at(points, cum, along + ROUTE_AHEAD)
+    local = to_frame(plan_frame(np.asarray(ego, dtype=np.float64)), target)
+    return np.array([distance, local[0], local[1]], dtype=np.float32)
+
+
+def _point_at(points: np.ndarray, cum: np.ndarray, s: float) -> np.ndarray:
+    """The polyline's point ``s`` metres along it (extended straight past either end)."""
+    if s <= cum[0]:
+        i = 0
+    elif s >= cum[-1]:
+        i = len(points) - 2
+    else:
+        i = int(np.searchsorted(cum, s, side="right") - 1)
+        i = min(i, len(points) - 2)
+    seg = cum[i + 1] - cum[i]
+    t = (s - cum[i]) / seg if seg > 1e-9 else 0.0
+    return points[i] + t * (points[i + 1] - points[i])

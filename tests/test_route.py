@@ -1,0 +1,102 @@
+"""Where the route goes (sim.route): the features, what the backends report, storage, the policy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sim.highway import EmbeddedDrivingEnv
+from sim.interface import EGO, EGO_FIELDS
+from sim.route import JUNCTION_HORIZON, ROUTE_AHEAD, ROUTE_FIELDS, route_features
+from sim.storage import read_episodes, write_episode, read_episode
+
+
+def _ego(x=0.0, y=0.0, yaw=0.0):
+    e = np.zeros(len(EGO_FIELDS))
+    e[EGO["x"]], e[EGO["y"]], e[EGO["yaw"]], e[EGO["speed"]] = x, y, yaw, 10.0
+    return e
+
+
+def test_route_features_on_a_left_turn():
+    # straight along +x for 40 m, a quarter circle of 10 m radius (the junction), then up +y: a left turn
+    straight = np.stack([np.arange(0.0, 40.0), np.zeros(40)], axis=-1)
+    corner = np.stack([40.0 + 10 * np.sin(np.linspace(0, np.pi / 2, 16)), 10 - 10 * np.cos(np.linspace(0, np.pi / 2, 16))], axis=-1)
+    exit_ = np.stack([np.full(40, 50.0), 10.0 + np.arange(1.0, 41.0)], axis=-1)
+    points = np.concatenate([straight, corner, exit_])
+    junction = np.r_[np.zeros(40, bool), np.ones(16, bool), np.zeros(40, bool)]
+    far = route_features(points, junction, 0.0, _ego())
+    assert np.allclose(far, [40.0, ROUTE_AHEAD, 0.0], atol=1e-6)  # the junction begins 40 m along
+    near = route_features(points, junction, 30.0, _ego(x=30.0))
+    assert np.isclose(near[0], 10.0) and near[2] > 2.0  # 10 m to the junction, the route bends left ahead
+    inside = route_features(points, junction, 45.0, _ego(x=44.0, y=2.0, yaw=0.6))
+    assert inside[0] == 0.0
+    cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
+    y70 = np.interp(70.0, cum, points[:, 1])  # on the exit, 70 m along the route
+    after = route_features(points, junction, 70.0, _ego(x=50.0, y=y70, yaw=np.pi / 2))
+    assert after[0] == JUNCTION_HORIZON and np.allclose(after[1:], [ROUTE_AHEAD, 0.0], atol=1e-6)
+    right = route_features(points * [1, -1], junction, 30.0, _ego(x=30.0))
+    assert right[2] < -2.0
+    assert route_features(points, None, 30.0, _ego(x=30.0))[0] == JUNCTION_HORIZON
+    with pytest.raises(ValueError, match="polyline"):
+        route_features(np.zeros((1, 2)), None, 0.0, _ego())
+
+
+@pytest.mark.parametrize("turn", ["turn_left", "turn_right", "turn_straight"])
+def test_the_embedded_junction_reports_its_route_as_the_expert_drives_it(turn):
+    env = EmbeddedDrivingEnv("intersection", "light")
+    for seed in range(40):
+        obs, _ = env.reset(seed=seed)
+        if env.goal.label == turn:
+            break
+    rows = [obs["route"]]
+    for _ in range(120):
+        obs, _, terminated, truncated, _ = env.step(env.expert_action())
+        rows.append(obs["route"])
+        if terminated or truncated:
+            break
+    rows = np.array(rows)
+    assert rows.shape[1] == len(ROUTE_FIELDS) and np.all(np.isfinite(rows))
+    approach = rows[: int(np.argmax(rows[:, 0] == 0.0))]
+    assert len(approach) > 10 and approach[0, 0] > 20.0 and np.all(np.diff(approach[:, 0]) <= 1e-6)
+    assert (rows[:, 0] == 0.0).any()  # it went through the junction
+    bend = rows[np.argmax(rows[:, 0] == 0.0), 2]  # the route's point ahead as the junction begins
+    if turn == "turn_left":
+        assert bend > 3.0
+    elif turn == "turn_right":
+        assert bend < -3.0
+    else:
+        assert abs(bend) < 1.0
+
+
+def test_the_highway_route_is_the_lane_ahead():
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=3)
+    assert np.allclose(obs["route"], [JUNCTION_HORIZON, ROUTE_AHEAD, 0.0], atol=0.05)
+
+
+def test_episodes_record_the_route_and_old_ones_read_without_it(light_episode, tmp_path):
+    (ep,) = read_episodes(light_episode, load_frames=False)
+    assert ep.route is not None and ep.route.shape == (ep.num_steps + 1, len(ROUTE_FIELDS))
+    old = dataclasses.replace(ep, route=None)
+    write_episode(tmp_path / "old.h5", old)
+    assert read_episode(tmp_path / "old.h5").route is None
+    with pytest.raises(ValueError, match="route"):
+        dataclasses.replace(ep, route=ep.route[:-1])
+
+    from vla.config import PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          observation="lane_route")
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    data = DemoDataset(policy)
+    data.add_episode(ep)
+    assert len(data) > 0
+    with pytest.raises(ValueError, match="route"):
+        DemoDataset(policy).add_episode(old)
+    obs, _ = EmbeddedDrivingEnv("highway", "light").reset(seed=1)
+    with pytest.raises(ValueError, match="route"):
+        policy.inputs_from_obs({k: v for k, v in obs.items() if k != "route"})
