@@ -234,19 +234,20 @@ class TrackerParams:
     """m/s; below this the ego is taken as standing and the wheel is held straight."""
     max_jerk_long: float = 0.0
     """m/s^3; comfort limit on the change of the acceleration command from the ego's current
-    acceleration (``accel_now``), 0 = none. Braking harder than ``emergency_decel`` is never
-    delayed by it: a plan that stops the car is executed at once."""
-    emergency_decel: float = 3.5
-    """m/s^2; a command below ``-emergency_decel`` (the top of ISO 15622's comfortable range for
-    adaptive cruise control) is a hard brake, applied without the jerk limit."""
+    acceleration (``accel_now``), 0 = none. Braking harder than ``brake_exempt`` is never
+    delayed by it: the limit smooths throttle and brake release, not the decision to brake."""
+    brake_exempt: float = 0.0
+    """m/s^2; a command below ``-brake_exempt`` that brakes harder than now is applied at once
+    (0: every brake; 3.5, the top of ISO 15622's comfortable range for adaptive cruise control,
+    exempts only hard ones, which cost goal success and off-road on validation seeds)."""
     max_jerk_lat: float = 0.0
     """m/s^3; comfort limit on the change of lateral acceleration ``v^2 kappa`` per step, applied
     to the wheel angle through the bicycle's curvature (``steer_now``), 0 = none."""
     geometry: VehicleGeometry = VehicleGeometry()
 
     def __post_init__(self) -> None:
-        if (min(self.lookahead_time, self.lookahead_min, self.speed_time, self.emergency_decel) <= 0
-                or min(self.min_speed, self.steer_time, self.max_jerk_long, self.max_jerk_lat) < 0):
+        if (min(self.lookahead_time, self.lookahead_min, self.speed_time) <= 0
+                or min(self.min_speed, self.steer_time, self.max_jerk_long, self.max_jerk_lat, self.brake_exempt) < 0):
             raise ValueError(f"TrackerParams must be positive, got {self}")
 
 
@@ -295,10 +296,10 @@ class PlanTracker:
 
     def _limit_accel(self, accel: float, accel_now: float) -> float:
         """The command moved toward ``accel`` by at most ``max_jerk_long * DT`` from
-        ``accel_now``, except a hard brake (below ``-emergency_decel``), taken at once."""
+        ``accel_now``, except a brake (below ``-brake_exempt``) harder than now, taken at once."""
         p = self.params
         step = p.max_jerk_long * DT
-        if accel < -p.emergency_decel and accel < accel_now:
+        if accel < -p.brake_exempt and accel < accel_now:
             return accel
         return float(np.clip(accel, accel_now - step, accel_now + step))
 

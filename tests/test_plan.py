@@ -266,7 +266,7 @@ def test_steering_lag_moves_part_way_toward_pure_pursuit():
         TrackerParams(steer_time=-1.0)
 
 
-def test_comfort_limits_bound_the_change_of_each_command_but_not_a_hard_brake():
+def test_comfort_limits_bound_the_change_of_each_command_but_never_delay_a_brake():
     pose = np.array([0.0, 0.0, 0.0, 20.0])
     limited = PlanTracker(TrackerParams(max_jerk_long=2.0, max_jerk_lat=2.0))
     speed_up = np.stack([[0.5, 1.0, 1.5, 2.0], np.zeros(4)], axis=-1)  # +2 m/s^2
@@ -274,10 +274,15 @@ def test_comfort_limits_bound_the_change_of_each_command_but_not_a_hard_brake():
     assert free > 1.5
     assert np.isclose(limited.control(speed_up, np.zeros(3), pose, pose, accel_now=0.0)[0], 0.2)  # 2 m/s^3 * 0.1 s
     assert np.isclose(limited.control(speed_up, np.zeros(3), pose, pose, accel_now=free)[0], free)  # reached
-    stop = np.stack([-3.0 * plan_times(4), np.zeros(4)], axis=-1)  # -6 m/s^2: a hard brake goes at once
+    stop = np.stack([-3.0 * plan_times(4), np.zeros(4)], axis=-1)  # -6 m/s^2: a brake goes at once
     assert limited.control(stop, np.zeros(3), pose, pose, accel_now=0.0)[0] < -5.0
-    mild = np.stack([-0.5 * plan_times(4), np.zeros(4)], axis=-1)  # -1 m/s^2: limited
-    assert np.isclose(limited.control(mild, np.zeros(3), pose, pose, accel_now=0.0)[0], -0.2)
+    mild = np.stack([-0.5 * plan_times(4), np.zeros(4)], axis=-1)  # -1 m/s^2: a brake too, by default
+    assert limited.control(mild, np.zeros(3), pose, pose, accel_now=0.0)[0] < -0.9
+    hard_only = PlanTracker(TrackerParams(max_jerk_long=2.0, brake_exempt=3.5))  # only hard brakes exempt
+    assert np.isclose(hard_only.control(mild, np.zeros(3), pose, pose, accel_now=0.0)[0], -0.2)
+    assert hard_only.control(stop, np.zeros(3), pose, pose, accel_now=0.0)[0] < -5.0
+    # releasing a brake is limited: from -3 toward 0 by 0.2 per step
+    assert np.isclose(limited.control(np.zeros((4, 2)), np.zeros(3), pose, pose, accel_now=-3.0)[0], -2.8)
     # lateral: the wheel's curvature moves by at most 2 m/s^3 * 0.1 s / v^2 from the current wheel's
     drift = np.stack([np.zeros(4), [0.5, 1.5, 2.5, 3.5]], axis=-1)
     geometry = VehicleGeometry()

@@ -105,7 +105,7 @@ class PolicyConfig:
     halved a plan policy's lateral jerk against 0.5, at the same goal success)."""
     tracker_jerk_long: float = 0.0
     """A plan policy's tracker (``sim.plan.TrackerParams.max_jerk_long``): comfort limit on the
-    change of its acceleration command, m/s^3 (hard braking exempt); 0 = none (the default: on
+    change of its acceleration command, m/s^3 (braking exempt); 0 = none (the default: on
     validation seeds a 1.5-2 m/s^3 limit delayed the cloned policy's speed decisions and cost
     goal success and off-road, docs/drive_like_expert.md). An execution setting, not learned: a
     saved policy drives with whatever its config says."""
