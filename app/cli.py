@@ -262,7 +262,7 @@ def _eval_parser(sub) -> None:
     add_hearing_args(p)
     p.add_argument("--tracker-jerk", type=float, nargs=2, default=None, metavar=("LONG", "LAT"),
                    help="a plan policy's tracker comfort limits in m/s^3 (0 = none) instead of the checkpoint's "
-                        "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 0 0 unless set)")
+                        "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 2 0 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",

@@ -103,12 +103,14 @@ class PolicyConfig:
     None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``, read through ``decay``): 0.5 for control chunks (4
     overlapping predictions), 0.2 for plans (up to 20 overlap; on validation seeds 0.1-0.2
     halved a plan policy's lateral jerk against 0.5, at the same goal success)."""
-    tracker_jerk_long: float = 0.0
+    tracker_jerk_long: float = 2.0
     """A plan policy's tracker (``sim.plan.TrackerParams.max_jerk_long``): comfort limit on the
-    change of its acceleration command, m/s^3 (braking exempt); 0 = none (the default: on
-    validation seeds a 1.5-2 m/s^3 limit delayed the cloned policy's speed decisions and cost
-    goal success and off-road, docs/drive_like_expert.md). An execution setting, not learned: a
-    saved policy drives with whatever its config says."""
+    change of its acceleration command, m/s^3; 0 = none. Braking is never delayed (a limit that
+    delayed it cost goal success and off-road); throttle and brake release are smoothed, which
+    on 3 seeds x 50 held-out highway episodes halved longitudinal jerk and lifted comfort above
+    0.95 at no safety cost (docs/drive_like_expert.md). An execution setting, not learned: a
+    saved policy drives with whatever its config says (checkpoints from before it existed get
+    this default)."""
     tracker_jerk_lat: float = 0.0
     """A plan policy's tracker (``TrackerParams.max_jerk_lat``): comfort limit on the change of
     lateral acceleration through the wheel, m/s^3; 0 = none (the default: on validation seeds 2
