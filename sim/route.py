@@ -7,10 +7,12 @@ progress. Every backend reports, with each observation, ``obs["route"]`` = ``ROU
 * ``junction_distance``: metres along the route from the ego to the next junction's entry,
   clipped to ``[0, JUNCTION_HORIZON]``; 0 inside the junction, ``JUNCTION_HORIZON`` when none is
   that close (the highway: always);
-* ``route_x``, ``route_y``: the route's centre-line point ``ROUTE_AHEAD`` metres further along
-  it, in the ego's lane frame (``sim.plan.plan_frame``: x along the current lane, y to its left).
-  On a straight road it is ``(ROUTE_AHEAD, 0)``; approaching a left turn ``route_y`` grows
-  positive, a right turn negative. No absolute position.
+* ``route_x``, ``route_y``: the route's centre-line point the ego reaches in ``ROUTE_AHEAD_TIME``
+  seconds at its current speed (at least ``ROUTE_MIN_AHEAD`` metres further along the route), in
+  the ego's lane frame (``sim.plan.plan_frame``: x along the current lane, y to its left): where
+  a 2 s plan should end if the ego kept its speed. On a straight road it is ``(ahead, 0)``;
+  approaching a left turn ``route_y`` grows positive, a right turn negative. No absolute
+  position. (A fixed 20 m point made a slow car steer for a corner it was still far from.)
 
 ``route_features`` computes them from a route polyline in the world frame (the embedded
 backend samples its route's lanes; CARLA's ``sim.carla_route.Route`` is one already), so every
@@ -21,12 +23,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.interface import EGO
 from sim.plan import plan_frame, to_frame
 
 ROUTE_FIELDS = ("junction_distance", "route_x", "route_y")
+ROUTE_AHEAD_TIME = 2.0
+"""s: the route point ``route_x, route_y`` is ``speed * ROUTE_AHEAD_TIME`` metres along the route,
+the horizon of a plan (``PolicyConfig.horizon`` 4 x 0.5 s)."""
+ROUTE_MIN_AHEAD = 5.0
+"""m: the route point's least distance ahead (a standing car still sees where the route goes)."""
 ROUTE_AHEAD = 20.0
-"""m along the route to the point ``route_x, route_y``: about 2 s ahead in town, where a turn
-shows before the junction begins."""
+"""m: how far ahead a backend's polyline must reach at least (the embedded highway's lane ahead
+is ``2 * ROUTE_AHEAD``; points past a polyline's end continue along its last segment)."""
 JUNCTION_HORIZON = 50.0
 """m: ``junction_distance`` is clipped here (beyond it the junction does not change what to do)."""
 
@@ -52,8 +60,10 @@ def route_features(points: np.ndarray, junction: np.ndarray | None, along: float
                 if along <= end:
                     distance = float(np.clip(start - along, 0.0, JUNCTION_HORIZON))
                     break
-    target = _point_at(points, cum, along + ROUTE_AHEAD)
-    local = to_frame(plan_frame(np.asarray(ego, dtype=np.float64)), target)
+    ego = np.asarray(ego, dtype=np.float64)
+    ahead = max(ROUTE_MIN_AHEAD, float(ego[EGO["speed"]]) * ROUTE_AHEAD_TIME)
+    target = _point_at(points, cum, along + ahead)
+    local = to_frame(plan_frame(ego), target)
     return np.array([distance, local[0], local[1]], dtype=np.float32)
 
 

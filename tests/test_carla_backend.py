@@ -102,7 +102,8 @@ def test_protocol_observations_and_lane_indices(server):
     assert client.tm.synchronous and client.tm.seed == 2
     assert obs["ego"].shape == (len(EGO_FIELDS),) and obs["actors"].shape == (MAX_ACTORS, len(ACTOR_FIELDS))
     assert info["events"].shape == (len(EVENT_FIELDS),) and info["reward_terms"].shape == (len(REWARD_FIELDS),)
-    assert np.allclose(obs["route"], [50.0, 20.0, 0.0], atol=0.05)  # no junction; the straight lane ahead
+    ahead = max(5.0, 2.0 * float(obs["ego"][EGO["speed"]]))  # sim.route: where a 2 s plan at this speed ends
+    assert np.allclose(obs["route"], [50.0, ahead, 0.0], atol=0.05)  # no junction; the straight lane ahead
     ego = env.ego_state()
     # lanes counted from the left among the lanes of the ego's direction, as in the embedded highway
     expected = {-1.75: 0, -5.25: 1, 1.75: 0}[round(float(ego[EGO["y"]]), 2)]

@@ -9,7 +9,9 @@ import pytest
 
 from sim.highway import EmbeddedDrivingEnv
 from sim.interface import EGO, EGO_FIELDS
-from sim.route import JUNCTION_HORIZON, ROUTE_AHEAD, ROUTE_FIELDS, route_features
+from sim.route import JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, route_features
+
+ROUTE_AHEAD = 10.0 * ROUTE_AHEAD_TIME  # the test ego drives at 10 m/s
 from sim.storage import read_episodes, write_episode, read_episode
 
 
@@ -70,10 +72,13 @@ def test_the_embedded_junction_reports_its_route_as_the_expert_drives_it(turn):
         assert abs(bend) < 1.0
 
 
-def test_the_highway_route_is_the_lane_ahead():
+def test_the_highway_route_is_the_lane_ahead_at_the_ego_s_speed():
     env = EmbeddedDrivingEnv("highway", "light")
     obs, _ = env.reset(seed=3)
-    assert np.allclose(obs["route"], [JUNCTION_HORIZON, ROUTE_AHEAD, 0.0], atol=0.05)
+    ahead = max(ROUTE_MIN_AHEAD, float(obs["ego"][EGO["speed"]]) * ROUTE_AHEAD_TIME)
+    assert np.allclose(obs["route"], [JUNCTION_HORIZON, ahead, 0.0], atol=0.05)
+    slow = route_features(np.array([[0.0, 0.0], [1.0, 0.0]]), None, 0.0, _ego() * 0.0)  # standing at the origin
+    assert np.allclose(slow, [JUNCTION_HORIZON, ROUTE_MIN_AHEAD, 0.0])
 
 
 def test_episodes_record_the_route_and_old_ones_read_without_it(light_episode, tmp_path):
