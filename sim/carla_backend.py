@@ -54,7 +54,7 @@ from sim.carla_expert import expert_plan as route_expert_plan
 from sim.carla_frames import CarlaControlMap, camera_to_carla, pose_from_carla
 from sim.carla_route import TURNS as ROUTE_TURNS
 from sim.carla_route import Route, is_off_road, plan_route
-from sim.route import ROUTE_AHEAD, route_features
+from sim.route import ROUTE_AHEAD_TIME, ROUTE_MIN_AHEAD, route_features
 from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
                            EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD_FIELDS, Goal, RewardWeights, Scene,
@@ -473,7 +473,7 @@ class CarlaDrivingEnv:
         route = self._route
         features = route_features(route.points, route.junction, along, ego)
         if self.goal.label not in ROUTE_TURNS and wp is not None:
-            ahead = wp.next(ROUTE_AHEAD)
+            ahead = wp.next(max(ROUTE_MIN_AHEAD, float(ego[EGO["speed"]]) * ROUTE_AHEAD_TIME))  # the lane's own curve
             if ahead:
                 here = pose_from_carla((wp.transform.location.x, wp.transform.location.y, 0.0), 0.0)[:2]
                 there = ahead[0].transform.location

@@ -146,7 +146,7 @@ OBSERVATIONS = {
 without ``PolicyConfig.observation`` use it). ``lane_frame``: actors placed along and across
 the ego's lane, with inverse gap and closing rate (what the expert's car following and
 lane-change safety checks read). ``lane_route``: ``lane_frame`` plus where the route goes
-(``sim.route``: the distance to the next junction and the route's point 20 m ahead), what the
+(``sim.route``: the distance to the next junction and the route's point 2 s ahead), what the
 expert's junction decisions read."""
 
 

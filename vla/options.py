@@ -34,7 +34,7 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
     p.add_argument("--observation", choices=OBSERVATION_CHOICES, default=PolicyConfig().observation,
                    help="ego / actor token features: actors in the ego's body frame, or along and across "
                         "its lane with inverse gap and closing rate (lane_frame), plus where the route goes: "
-                        "the distance to the next junction and the route's point 20 m ahead (lane_route; needs "
+                        "the distance to the next junction and the route's point 2 s ahead (lane_route; needs "
                         "data recorded with them) (default: %(default)s)")
     p.add_argument("--execution", choices=("ensemble", "first", "open_loop"), default="ensemble",
                    help="chunk execution: temporal ensembling, first action, or open loop (default: %(default)s)")
