@@ -254,16 +254,15 @@ class VLAPolicy(torch.nn.Module):
         self.name = name
         self._command_cache: dict[tuple[str, str], np.ndarray] = {}
         self._generator = torch.Generator()
-        self.tracker = None
+        self.tracker: PlanTracker | None = None
         if config.action == "plan":
-            self.tracker = PlanTracker()
             self.set_tracker_jerk(config.tracker_jerk_long, config.tracker_jerk_lat)
         self.reset()
 
     def set_tracker_jerk(self, jerk_long: float, jerk_lat: float) -> None:
         """Drive with other comfort limits on the tracker (``PolicyConfig.tracker_jerk_long`` /
         ``tracker_jerk_lat``, m/s^3, 0 = none); recorded in the config, so a save keeps them."""
-        if self.tracker is None:
+        if self.config.action != "plan":
             raise ValueError(f"only a plan policy has a tracker; this one predicts {self.config.action!r} chunks")
         self.config = replace(self.config, tracker_jerk_long=float(jerk_long), tracker_jerk_lat=float(jerk_lat))
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=self.config.tracker_jerk_long,
