@@ -95,7 +95,8 @@ OPTIONAL_TABLES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]], in
 names): the column names of the last axis (attr ``fields``), further attrs (checked on read)
 and the number of axes. ``PER_STATE`` ones have a row per state, T+1, like ``ego``."""
 PER_STATE = ("route",)
-NAN_ALLOWED = ("expert_actions", *OPTIONAL_TABLES)
+NAN_ALLOWED = ("expert_actions", *(name for name in OPTIONAL_TABLES if name not in PER_STATE))
+"""Tables where NaN means "not recorded"; a per-state table is always measured, so finite."""
 D4RL_KEYS: dict[str, tuple[tuple[int, ...], type]] = {
     "observations": ((STATE_DIM,), np.float32),
     "next_observations": ((STATE_DIM,), np.float32),

@@ -10,9 +10,9 @@ import pytest
 from sim.highway import EmbeddedDrivingEnv
 from sim.interface import EGO, EGO_FIELDS
 from sim.route import JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, route_features
+from sim.storage import DatasetError, read_episode, read_episodes, write_episode
 
 ROUTE_AHEAD = 10.0 * ROUTE_AHEAD_TIME  # the test ego drives at 10 m/s
-from sim.storage import read_episodes, write_episode, read_episode
 
 
 def _ego(x=0.0, y=0.0, yaw=0.0):
@@ -89,6 +89,10 @@ def test_episodes_record_the_route_and_old_ones_read_without_it(light_episode, t
     assert read_episode(tmp_path / "old.h5").route is None
     with pytest.raises(ValueError, match="route"):
         dataclasses.replace(ep, route=ep.route[:-1])
+    broken = ep.route.copy()
+    broken[1, 0] = np.nan
+    with pytest.raises(DatasetError, match="route"):  # measured every state: NaN is damage, not "not recorded"
+        write_episode(tmp_path / "nan.h5", dataclasses.replace(ep, route=broken))
 
     from vla.config import PolicyConfig
     from vla.data import DemoDataset
