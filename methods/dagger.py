@@ -1,6 +1,8 @@
 """Closed-loop DAgger sessions (Ross et al. 2011) with the transformer policy.
 
-Iteration 0 is behavior cloning on expert episodes. Iteration k >= 1 rolls out the policy of
+Iteration 0 is behavior cloning on expert episodes (recorded by the session, or copied from
+datasets the user recorded, ``expert_data``), or a policy the user already trained
+(``start_policy``): DAgger then improves that checkpoint. Iteration k >= 1 rolls out the policy of
 iteration k-1 in the simulator, executing the expert's action instead with probability
 ``beta_k = beta0 * beta_decay^(k-1)``, queries the expert on EVERY visited state (its own
 H-step plan from there, ``env.expert_plan``, labels the state's action chunk), appends
@@ -37,7 +39,7 @@ from sim.atomic import atomic_output
 from sim.plan import plan_steps
 from sim.rollout import DartNoise
 from sim.scenarios import check_scenario
-from sim.storage import EpisodeWriter, count_episodes, read_episodes
+from sim.storage import EpisodeWriter, count_episodes, episode_paths, read_episodes
 from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
 from vla.accel import Accel
@@ -115,7 +117,13 @@ class DaggerConfig:
     the expert's whole plan under each goal, simulated at every ``label_every``-th recorded
     state (``env.goal_futures``: 20 simulator steps per goal and state)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    """The transformer policy."""
+    """The transformer policy (with ``start_policy``: that checkpoint's config)."""
+    expert_data: tuple[str, ...] = ()
+    """Datasets (``vla collect``) whose first ``expert_episodes`` episodes, in order, are
+    iteration 0's expert data, copied into the session; () = the session records them."""
+    start_policy: str = ""
+    """A checkpoint that is iteration 0's policy instead of BC on the expert data (it is
+    evaluated as iteration 0, and iteration 1 warm-starts from it); "" = train BC."""
     backend: str = "embedded"
     """The simulator every episode of the session runs on (``sim.backends``)."""
 
@@ -146,6 +154,8 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")
         if not 0.0 <= self.augment_commands <= 1.0:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
+        if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
+            raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
             raise ValueError("DaggerConfig.lr must be > 0, seed and threads >= 0")
 
@@ -164,7 +174,8 @@ class DaggerConfig:
 
     @staticmethod
     def from_dict(d: dict) -> DaggerConfig:
-        return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"])})
+        return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"]),
+                               "expert_data": tuple(d.get("expert_data", ()))})
 
 
 def label_horizon(policy: PolicyConfig) -> int:
@@ -193,6 +204,8 @@ class DaggerSession:
         drives the rollouts and evaluations and writes, the others wait for it at a barrier,
         and every rank takes its share of each training batch (``vla.distributed``)."""
         self.config, self.run, self.log, self.accel = config, Path(run_dir), log, accel
+        if config.expert_data and count_episodes(self._data_dir(0)) < config.expert_episodes:
+            self._expert_sources()  # refuse missing or too few episodes before writing anything
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "session.json"
         if saved.exists():
@@ -239,6 +252,9 @@ class DaggerSession:
         order = sorted(range(n), key=lambda i: (i % len(settings), i))[done:]
         if not order:
             return
+        if k == 0 and c.expert_data:
+            self._copy_expert_data(data, done)
+            return
         from tqdm import tqdm
 
         with EpisodeWriter(data) as writer, tqdm(total=n, initial=done, desc=f"iter {k} rollouts",
@@ -251,25 +267,45 @@ class DaggerSession:
                 if todo:
                     self.pool.run(rollout_spec(c, k, policy_dir, scenario, density), todo, on_episode=keep)
 
+    def _expert_sources(self) -> list[Path]:
+        """The episode files of ``expert_data`` in order; ValueError naming the datasets when
+        they hold fewer than ``expert_episodes``."""
+        c = self.config
+        sources = [path for d in c.expert_data for path in episode_paths(d)]
+        if len(sources) < c.expert_episodes:
+            raise ValueError(f"--expert-data {' '.join(c.expert_data)} holds {len(sources)} episodes; "
+                             f"--expert-episodes asks for {c.expert_episodes}")
+        return sources
+
+    def _copy_expert_data(self, data: Path, done: int) -> None:
+        """Iteration 0's episodes from ``expert_data``: the first ``expert_episodes`` of the
+        datasets in order, copied byte for byte after the ``done`` already copied."""
+        c = self.config
+        sources = self._expert_sources()
+        self.log(f"iteration 0: the first {c.expert_episodes} of the {len(sources)} episodes in "
+                 f"{', '.join(c.expert_data)} ({done} copied before)")
+        with EpisodeWriter(data) as writer:
+            for path in sources[done:c.expert_episodes]:
+                writer.append_copy(path)
+
     def _tokenizer(self) -> ActionTokenizer:
         path = self.run / "action_tokenizer.json"
         if path.exists():
             return ActionTokenizer.load(path)
-        tok = default_action_tokenizer(self.config.policy.n_bins, self.config.policy.action)
+        tok = (VLAPolicy.load(self.config.start_policy).action_tokenizer if self.config.start_policy
+               else default_action_tokenizer(self.config.policy.n_bins, self.config.policy.action))
         tok.save(path)
         return tok
 
     def _train(self, k: int) -> tuple[VLAPolicy, dict, int]:
         c = self.config
         torch.manual_seed(c.seed * 1000 + k)
+        if k == 0 and c.start_policy:
+            return self._start_from(c.start_policy)
         policy = VLAPolicy(c.policy, self._tokenizer(), name=str(self._iter_dir(k) / "policy"))
         if k > 0 and c.warm_start:
             policy.model.load_state_dict(VLAPolicy.load(self._iter_dir(k - 1) / "policy").model.state_dict())
-        data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
-                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar)
-        for j in range(k + 1):
-            for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
-                data.add_episode(ep)
+        data = self._dataset(policy, k)
         method = BCMethod(policy, BCConfig(lr=c.lr, total_steps=c.train_steps,
                                            warmup_steps=min(50, c.train_steps // 5)), self.accel)
         cfg = TrainConfig(steps=c.train_steps, batch_size=c.batch_size, log_every=25,
@@ -279,6 +315,28 @@ class DaggerSession:
         if distributed.is_main():
             policy.save(self._iter_dir(k) / "policy")
         return policy, result.last_logs, len(data)
+
+    def _dataset(self, policy: VLAPolicy, k: int) -> DemoDataset:
+        """The aggregated episodes of iterations 0..k as ``policy``'s training samples."""
+        c = self.config
+        data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
+                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar)
+        for j in range(k + 1):
+            for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
+                data.add_episode(ep)
+        return data
+
+    def _start_from(self, checkpoint: str) -> tuple[VLAPolicy, dict, int]:
+        """Iteration 0 = the user's checkpoint, saved as the session's own (weights and config
+        unchanged); the expert data is read once to check that it can train this policy."""
+        policy = VLAPolicy.load(checkpoint)
+        if policy.config != self.config.policy:
+            raise ValueError(f"DaggerConfig.policy differs from the config saved with {checkpoint}; "
+                             "a session that starts from a checkpoint trains that policy")
+        samples = len(self._dataset(policy, 0))
+        if distributed.is_main():
+            policy.save(self._iter_dir(0) / "policy")
+        return policy, {}, samples
 
     def _evaluate(self, k: int) -> dict:
         """The iteration's policy on the held-out seeds, in every setting; with several settings

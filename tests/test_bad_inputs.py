@@ -180,6 +180,11 @@ CASES = [
     ("dagger-expert-episodes", [*DAGGER, "--expert-episodes", "0"], _nothing, "expert"),
     ("dagger-beta", [*DAGGER, "--beta0", "1.5"], _nothing, "beta"),
     ("dagger-out-is-a-file", [*DAGGER, "--out", "{d}/d4rl.h5"], _nothing, "is a file"),
+    ("dagger-start-from-missing", [*DAGGER, "--start-from", "{d}/nope"], _nothing, "nope"),
+    ("dagger-start-from-other-size", [*DAGGER, "--start-from", "{d}/policy", "--size", "base"], _nothing, "d_model"),
+    ("dagger-expert-data-missing", [*DAGGER, "--expert-data", "{d}/none"], _nothing, "none"),
+    ("dagger-expert-data-too-few", [*DAGGER, "--expert-data", "{d}/data", "--expert-episodes", "3"], _nothing,
+     "holds 1 episodes"),
 ]
 
 

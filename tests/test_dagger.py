@@ -40,6 +40,39 @@ def test_session_end_to_end(tmp_path):
     assert any(not np.allclose(ep.actions, ep.expert_actions) for ep in rollouts)
 
 
+def test_a_session_can_start_from_a_trained_policy_and_recorded_expert_data(tmp_path):
+    """--start-from / --expert-data: iteration 0 is the user's checkpoint and the user's
+    episodes (copied byte for byte), evaluated like a BC iteration 0; DAgger rolls that
+    checkpoint out and warm-starts from it."""
+    first = DaggerSession(tiny_config(iterations=0), tmp_path / "bc", log=lambda s: None).run_all()
+    checkpoint, data = tmp_path / "bc" / "iter_000" / "policy", tmp_path / "bc" / "data" / "iter_000"
+    cfg = tiny_config(start_policy=str(checkpoint), expert_data=(str(data),))
+    lines = DaggerSession(cfg, tmp_path / "run", log=lambda s: None).run_all()
+    assert lines[0]["metrics"] == first[0]["metrics"] and lines[0]["train_loss"] is None
+    assert lines[0]["dataset_steps"] == first[0]["dataset_steps"] and lines[1]["dataset_episodes"] == 4
+    copied = sorted((tmp_path / "run" / "data" / "iter_000" / "episodes").glob("ep_*.h5"))
+    assert [p.read_bytes() for p in copied] == [p.read_bytes() for p in sorted((data / "episodes").glob("ep_*.h5"))]
+    wa = load_file(str(checkpoint / "model.safetensors"))
+    wb = load_file(str(tmp_path / "run" / "iter_000" / "policy" / "model.safetensors"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    rollouts = list(read_episodes(tmp_path / "run" / "data" / "iter_001", load_frames=False))
+    assert all(ep.policy.endswith("run/iter_000/policy") for ep in rollouts)
+    assert DaggerSession(cfg, tmp_path / "run", log=lambda s: None).run_all() == lines  # resumes as done
+    with pytest.raises(ValueError, match="holds 2 episodes"):
+        DaggerSession(tiny_config(expert_data=(str(data),), expert_episodes=3), tmp_path / "few", log=lambda s: None)
+    assert not (tmp_path / "few").exists()
+    from app import cli
+
+    assert cli.main(["dagger", "--start-from", str(checkpoint), "--expert-data", str(data), "--expert-episodes", "2",
+                     "--density", "light", "--iterations", "1", "--rollouts", "1", "--train-steps", "2",
+                     "--eval-episodes", "1", "--workers", "1", "--no-goal-relabel", "--out", str(tmp_path / "cli")]) == 0
+    session = json.loads((tmp_path / "cli" / "session.json").read_text())
+    assert session["policy"] == json.loads(json.dumps(TINY_POLICY.to_dict())) and session["start_policy"] == str(checkpoint)
+    other = tiny_config(start_policy=str(checkpoint), policy=PolicyConfig(**{**TINY_POLICY.to_dict(), "d_model": 16}))
+    with pytest.raises(ValueError, match="differs from the config saved"):
+        DaggerSession(other, tmp_path / "other", log=lambda s: None).run_all()
+
+
 class _Crash(RuntimeError):
     pass
 

@@ -223,6 +223,37 @@ POLICY_HEADS = {
 }
 
 
+def _read_policy_meta(directory: Path) -> tuple[dict, PolicyConfig]:
+    """A checkpoint's ``policy.json`` and the config in it (an audio policy's codec path made
+    absolute); one ValueError naming the file and what is wrong."""
+    meta_path, weights = directory / "policy.json", directory / "model.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise ValueError(f"{directory} is not a policy checkpoint (needs policy.json and model.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{meta_path}: not readable as JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+    missing = [k for k in ("config", "action_tokenizer", "vocab", "rig") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path}: missing field(s) {missing}")
+    try:
+        config = PolicyConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{meta_path}: field 'config': {e}") from None
+    if config.command == "audio" and not Path(config.audio_codec).is_absolute():
+        config = replace(config, audio_codec=str(directory / config.audio_codec))
+    return meta, config
+
+
+def read_policy_config(directory: str | Path) -> PolicyConfig:
+    """The config saved with the checkpoint in ``directory``, without building the model."""
+    return _read_policy_meta(Path(directory))[1]
+
+
 class VLAPolicy(torch.nn.Module):
     def __init__(self, config: PolicyConfig, action_tokenizer: ActionTokenizer,
                  layout: VocabLayout | None = None, rig: tuple[CameraSpec, ...] | None = None,
@@ -472,25 +503,7 @@ class VLAPolicy(torch.nn.Module):
         do not fit the config) raises one ValueError naming the file and what is wrong."""
         directory = Path(directory)
         meta_path, weights = directory / "policy.json", directory / "model.safetensors"
-        if not meta_path.is_file() or not weights.is_file():
-            raise ValueError(f"{directory} is not a policy checkpoint (needs policy.json and model.safetensors)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"{meta_path}: not readable as JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
-        missing = [k for k in ("config", "action_tokenizer", "vocab", "rig") if k not in meta]
-        if missing:
-            raise ValueError(f"{meta_path}: missing field(s) {missing}")
-        try:
-            config = PolicyConfig.from_dict(meta["config"])
-        except (TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{meta_path}: field 'config': {e}") from None
-        if config.command == "audio" and not Path(config.audio_codec).is_absolute():
-            config = replace(config, audio_codec=str(directory / config.audio_codec))
+        meta, config = _read_policy_meta(directory)
         parts = {}
         for name, build in (("action_tokenizer", ActionTokenizer.from_dict), ("vocab", VocabLayout.from_dict),
                             ("rig", lambda rig: tuple(CameraSpec.from_dict(c) for c in rig))):

@@ -35,9 +35,40 @@ def configure_dagger(p: argparse.ArgumentParser) -> None:
                    help="traffic density, or several joined by commas (default: %(default)s)")
     p.add_argument("--out", required=True, help="run directory (created; an existing one is resumed)")
     p.add_argument("--seed", type=int, default=0, help="session seed (default: %(default)s)")
+    p.add_argument("--start-from", default="", metavar="POLICY",
+                   help="improve this checkpoint (vla train bc, an earlier session) instead of training BC in "
+                        "iteration 0; the policy is the checkpoint's (size, inputs, action head), so the policy "
+                        "options below may only repeat what it already is")
+    p.add_argument("--expert-data", nargs="+", default=[], metavar="DIR",
+                   help="iteration 0's expert episodes: the first --expert-episodes episodes of these datasets "
+                        "(vla collect), copied into the run, instead of recording new ones")
     add_session_args(p, **MAIN_JOB_DEFAULTS)
     add_backend_args(p)
     add_accel_args(p)
+
+
+def _start_from(args: argparse.Namespace, config):
+    """``config`` with ``--start-from`` / ``--expert-data`` applied: the policy config becomes
+    the checkpoint's, and a policy option given on the command line that contradicts it is a
+    one-line error (a warm start cannot change the architecture)."""
+    from dataclasses import fields, replace
+
+    from vla.policy import read_policy_config
+
+    if args.expert_data:
+        config = replace(config, expert_data=tuple(args.expert_data))
+    if not args.start_from:
+        return config
+    saved = read_policy_config(args.start_from)
+    defaults = argparse.ArgumentParser()
+    configure_dagger(defaults)
+    default_policy = policy_config(defaults.parse_args(["--out", "-"]))
+    for f in fields(saved):
+        given, default = getattr(config.policy, f.name), getattr(default_policy, f.name)
+        if given != default and given != getattr(saved, f.name):
+            raise ValueError(f"--start-from {args.start_from}: its {f.name} is {getattr(saved, f.name)!r}, the "
+                             f"command line asks for {given!r}; drop that option (the session trains the checkpoint)")
+    return replace(config, policy=saved, start_policy=args.start_from)
 
 
 def run_dagger(args: argparse.Namespace) -> int:
@@ -49,7 +80,7 @@ def run_dagger(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
-    config = dagger_config(args, args.scenario, args.density, args.seed)
+    config = _start_from(args, dagger_config(args, args.scenario, args.density, args.seed))
     session = DaggerSession(config, out, log=lambda line: print(line, flush=True), accel=accel_from_args(args))
     lines = session.run_all()
     if not is_main():
