@@ -202,6 +202,14 @@ def test_plan_policy_saves_loads_and_acts_identically(tmp_path):
     loaded = VLAPolicy.load(tmp_path / "p")
     assert loaded.config.action == "plan" and loaded.tracker is not None
     assert loaded.tracker.params.max_jerk_long == 1.0 and loaded.tracker.params.max_jerk_lat == 0.0  # its comfort limits
+    assert loaded.tracker.params.lookahead_time == 0.6  # and its look-ahead (the default)
+    loaded.set_tracker(tracker_lookahead=1.0)
+    assert loaded.tracker.params.lookahead_time == 1.0 and loaded.tracker.params.max_jerk_long == 1.0
+    loaded.set_tracker(tracker_lookahead=0.6)  # back to the saved settings for the comparison below
+    with pytest.raises(ValueError, match="unknown tracker settings"):
+        loaded.set_tracker(lookahead=0.6)
+    with pytest.raises(ValueError, match="tracker_lookahead"):
+        PolicyConfig(tracker_lookahead=0.0)
     with pytest.raises(ValueError, match="tracker_jerk"):
         PolicyConfig(tracker_jerk_lat=-1.0)
     np.testing.assert_allclose(loaded.action_tokenizer.high, PLAN_HIGH)
@@ -414,9 +422,15 @@ def test_eval_tracker_jerk_option_drives_a_plan_policy_with_other_limits(tmp_pat
         metrics = json.loads((out / "metrics.json").read_text())
         jerk[limits] = metrics["jerk_lat_max"]
     assert jerk[("0", "2")] < jerk[None]  # a lateral limit of 2 m/s^3 binds on an untrained policy
+    out = tmp_path / "eval_lookahead"
+    assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *light, "--tracker-lookahead", "0.3", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["jerk_lat_max"] != jerk[None]  # it drives with that look-ahead
     capsys.readouterr()
-    for policy, limits in ((tmp_path / "plan", ("-1", "0")), ("expert", ("0", "0")), (tmp_path / "control", ("0", "0"))):
-        code = cli.main(["eval", "--policy", str(policy), *light, "--tracker-jerk", *limits, "--out", str(tmp_path / "bad")])
+    bad = [(tmp_path / "plan", ["--tracker-jerk", "-1", "0"]), ("expert", ["--tracker-jerk", "0", "0"]),
+           (tmp_path / "control", ["--tracker-jerk", "0", "0"]), (tmp_path / "plan", ["--tracker-lookahead", "0"]),
+           (tmp_path / "plan", ["--tracker-lookahead", "nan"]), (tmp_path / "control", ["--tracker-lookahead", "1"])]
+    for policy, flags in bad:
+        code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()
-        assert code != 0 and "--tracker-jerk" in err and len(err.splitlines()) == 1
+        assert code != 0 and flags[0] in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "bad" / "metrics.json").exists()

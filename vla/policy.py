@@ -223,6 +223,11 @@ POLICY_HEADS = {
 }
 
 
+TRACKER_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead")
+"""``PolicyConfig`` fields that set a plan policy's tracker (``VLAPolicy.set_tracker``): how a
+plan is executed, not what was learned, so any checkpoint can drive with others."""
+
+
 def _read_policy_meta(directory: Path) -> tuple[dict, PolicyConfig]:
     """A checkpoint's ``policy.json`` and the config in it (an audio policy's codec path made
     absolute); one ValueError naming the file and what is wrong."""
@@ -287,17 +292,21 @@ class VLAPolicy(torch.nn.Module):
         self._generator = torch.Generator()
         self.tracker: PlanTracker | None = None
         if config.action == "plan":
-            self.set_tracker_jerk(config.tracker_jerk_long, config.tracker_jerk_lat)
+            self.set_tracker()
         self.reset()
 
-    def set_tracker_jerk(self, jerk_long: float, jerk_lat: float) -> None:
-        """Drive with other comfort limits on the tracker (``PolicyConfig.tracker_jerk_long`` /
-        ``tracker_jerk_lat``, m/s^3, 0 = none); recorded in the config, so a save keeps them."""
+    def set_tracker(self, **settings: float) -> None:
+        """(Re)build the plan tracker, driving with other ``TRACKER_SETTINGS`` (``PolicyConfig``
+        fields: comfort limits in m/s^3, look-ahead in s) where given; recorded in the config, so
+        a save keeps them. ValueError for a control-chunk policy or an unknown / bad setting."""
         if self.config.action != "plan":
             raise ValueError(f"only a plan policy has a tracker; this one predicts {self.config.action!r} chunks")
-        self.config = replace(self.config, tracker_jerk_long=float(jerk_long), tracker_jerk_lat=float(jerk_lat))
-        self.tracker = PlanTracker(TrackerParams(max_jerk_long=self.config.tracker_jerk_long,
-                                                 max_jerk_lat=self.config.tracker_jerk_lat))
+        unknown = sorted(set(settings) - set(TRACKER_SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown tracker settings {unknown}; choose from {list(TRACKER_SETTINGS)}")
+        self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
+        self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
+                                                 lookahead_time=c.tracker_lookahead))
 
     # ------------------------------------------------------------------ EMA weights
     @property
