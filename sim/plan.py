@@ -122,6 +122,21 @@ def plan_trajectory(plan: np.ndarray, frame: np.ndarray, start: np.ndarray) -> t
     return times, points
 
 
+def continue_plan(plan: np.ndarray, frame: np.ndarray, start: np.ndarray, age: float, new_frame: np.ndarray,
+                  speed: float) -> np.ndarray:
+    """An older plan (made ``age`` s ago in ``frame`` when the ego was at ``start``) as a plan
+    made now in ``new_frame`` at ``speed``: where it puts the ego at ``age + plan_times(K)``,
+    past its horizon extended at its last segment's velocity. (K, 2)."""
+    k = len(plan)
+    t, pts = plan_trajectory(plan, frame, start)
+    local = age + plan_times(k)
+    velocity = (pts[-1] - pts[-2]) / (t[-1] - t[-2])
+    xy = np.stack([np.interp(local, t, pts[:, 0]), np.interp(local, t, pts[:, 1])], axis=-1)
+    beyond = local > t[-1]
+    xy[beyond] = pts[-1] + (local[beyond] - t[-1])[:, None] * velocity
+    return plan_from_poses(new_frame, speed, xy)
+
+
 def blend_plans(plans: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], frame: np.ndarray,
                 pose: np.ndarray, decay: float) -> np.ndarray:
     """Temporal ensembling of plans (ACT's, for trajectories): ``plans`` = [(plan (K, 2), its

@@ -16,6 +16,7 @@ from sim.plan import (
     VehicleGeometry,
     blend_plans,
     clean_steps,
+    continue_plan,
     plan_frame,
     plan_from_poses,
     plan_labels,
@@ -380,6 +381,62 @@ def test_blending_plans_keeps_a_consistent_plan_and_averages_disagreeing_ones():
     w = np.exp(-0.5 * 2)  # 2 steps old
     assert np.allclose(older[:3, 1], change[:3, 1] / (1 + w))
     assert older[3, 1] == pytest.approx(change[3, 1])  # beyond the old plan's horizon: the new one alone
+
+
+def test_an_older_plan_continued_from_now_is_the_same_motion():
+    """continue_plan: a plan of constant speed and lateral drift, made 0.3 s ago, is from now the
+    same motion (past its horizon extended at its last velocity), expressed in the new frame."""
+    times = plan_times(4)
+    speed, drift = 20.0, 0.5  # m/s along, m/s across
+    start, frame = np.array([0.0, 0.0, 0.0, speed]), np.zeros(3)
+    old = np.stack([np.zeros(4), drift * times], axis=-1)
+    age = 0.3
+    new_frame = np.array([speed * age, 0.0, 0.0])
+    got = continue_plan(old, frame, start, age, new_frame, speed)
+    want = np.stack([np.zeros(4), drift * (age + times)], axis=-1)  # lateral from the lane centre
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier():
+    """commit_margin: with an enormous margin every re-plan keeps the plan being executed,
+    continued from now; with margin 0 the policy drives exactly as without the option."""
+    from dataclasses import replace
+
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          execution="first")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    env = EmbeddedDrivingEnv("highway", "light")
+
+    def drive(margin: float, steps: int = 11) -> tuple[list, list]:
+        policy.config = replace(config, commit_margin=margin)
+        obs, _ = env.reset(seed=3)
+        policy.reset()
+        plans, actions = [], []
+        for _ in range(steps):
+            actions.append(policy.select_action(obs))
+            plans.append(policy._plan)
+            obs, *_ = env.step(actions[-1])
+        return plans, actions
+
+    free_plans, free = drive(0.0)
+    policy.config = config
+    _, default = drive(0.0)
+    np.testing.assert_array_equal(np.array(free), np.array(default))
+    plans, _ = drive(1e9)
+    first, second = plans[0], plans[config.replan_period]
+    assert second[3] == config.replan_period  # a re-plan happened ...
+    want = continue_plan(first[0], first[1], first[2], (second[3] - first[3]) * 0.1, second[1], second[2][3])
+    np.testing.assert_allclose(second[0], want, atol=1e-9)  # ... and kept the plan it was executing
+    assert not np.allclose(free_plans[config.replan_period][0], want, atol=1e-3)  # which the model alone did not
+    with pytest.raises(ValueError, match="commit_margin"):
+        PolicyConfig(action="control", commit_margin=1.0)
 
 
 def test_goal_relabelling_leaves_junction_episodes_as_they_are():

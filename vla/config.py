@@ -104,6 +104,12 @@ class PolicyConfig:
     None = the action space's default (``DEFAULT_ENSEMBLE_DECAY``, read through ``decay``): 0.5 for control chunks (4
     overlapping predictions), 0.2 for plans (up to 20 overlap; on validation seeds 0.1-0.2
     halved a plan policy's lateral jerk against 0.5, at the same goal success)."""
+    commit_margin: float = 0.0
+    """A plan policy: at a re-plan, keep following the plan it is executing (continued from now)
+    unless the model scores the new plan more likely by more than this many nats (teacher-forced
+    log-probability of the plan tokens, ``chunk_log_prob``); 0 = always take the new plan.
+    Hysteresis for a model that hesitates between two decisions (change lane or not); a new plan
+    that slows down is always taken (``vla.policy.COMMIT_BRAKE_M``)."""
     tracker_jerk_long: float = 2.0
     """A plan policy's tracker (``sim.plan.TrackerParams.max_jerk_long``): comfort limit on the
     change of its acceleration command, m/s^3; 0 = none. Braking is never delayed (a limit that
@@ -195,6 +201,11 @@ class PolicyConfig:
                              "raw control chunks only)")
         if not (math.isfinite(self.tracker_lookahead) and self.tracker_lookahead > 0):
             raise ValueError(f"PolicyConfig.tracker_lookahead must be a finite time > 0 in s, got {self.tracker_lookahead}")
+        if not (math.isfinite(self.commit_margin) and self.commit_margin >= 0):
+            raise ValueError(f"PolicyConfig.commit_margin must be a finite number of nats >= 0, got {self.commit_margin}")
+        if self.commit_margin > 0 and (self.action != "plan" or self.head != "bins"):
+            raise ValueError("PolicyConfig.commit_margin needs a plan policy with the bins head (it scores plans by "
+                             f"their token likelihood), got action {self.action!r}, head {self.head!r}")
         if min(self.tracker_jerk_long, self.tracker_jerk_lat) < 0:
             raise ValueError(f"PolicyConfig.tracker_jerk_long / tracker_jerk_lat must be >= 0 (0 = no limit), got "
                              f"{self.tracker_jerk_long} / {self.tracker_jerk_lat}")

@@ -36,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
-from sim.plan import PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, plan_frame, pose_of
+from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
+                      plan_times, pose_of)
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -222,6 +223,14 @@ POLICY_HEADS = {
     "diffusion": PolicyHead(diffusion_loss, diffusion_predict, ema=True),
 }
 
+
+COMMIT_BRAKE_M = 1.0
+"""m; a new plan that ends this much shorter than the one being executed (it slows down) is
+always taken: commitment holds decisions, never a brake (as the tracker never delays one)."""
+
+COMMIT_BIN_WINDOW = 2
+"""A plan is scored for commitment by the probability of landing within this many bins of each
+of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 TRACKER_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead")
 """``PolicyConfig`` fields that set a plan policy's tracker (``VLAPolicy.set_tracker``): how a
@@ -471,6 +480,13 @@ class VLAPolicy(torch.nn.Module):
         every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
         if self._plan is None or t - self._plan[3] >= every:
             new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), t)
+            if self.config.commit_margin > 0 and self._plan is not None:
+                old, frame, start, made = self._plan
+                kept = continue_plan(old, frame, start, (t - made) * DT, new[1], float(new[2][3]))
+                # never committed against a new plan that slows down: travels COMMIT_BRAKE_M less by its end
+                brakes = (kept[-1, 0] - new[0][-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M
+                if not brakes and self._plan_log_prob(obs, kept) >= self._plan_log_prob(obs, new[0]) - self.config.commit_margin:
+                    new = (kept, new[1], new[2], t)
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
@@ -481,6 +497,20 @@ class VLAPolicy(torch.nn.Module):
         waypoints, frame, start, made = self._plan
         return self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                     steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
+
+    @torch.no_grad()
+    def _plan_log_prob(self, obs: dict, plan: np.ndarray) -> float:
+        """The model's teacher-forced log-probability of ``plan`` (K, 2) from ``obs``."""
+        bins, residual = self.action_tokenizer.encode(np.clip(plan, PLAN_LOW, PLAN_HIGH).astype(np.float32))
+        inputs = replace(self.inputs_from_obs(obs), action_bins=torch.as_tensor(bins)[None],
+                         action_residual=torch.as_tensor(residual)[None],
+                         action_mask=torch.ones(1, len(plan), dtype=torch.bool))
+        inputs = inputs.to(next(self.model.parameters()).device)
+        logp = torch.log_softmax(self.chunk_logits(inputs).float(), dim=-1)[0]  # (H, D, n_bins)
+        near = torch.arange(logp.shape[-1], device=logp.device)
+        target = inputs.action_bins[0][..., None]  # (H, D, 1)
+        window = (near - target).abs() <= COMMIT_BIN_WINDOW
+        return float(torch.logsumexp(logp.masked_fill(~window, float("-inf")), dim=-1).sum())
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:
