@@ -138,7 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_rollout(args)
     _check_best_of(args)
     check_phrasings(args.phrasings)
-    _check_tracker(args)
+    _check_execution(args)
     if (args.workers > 1 or args.ray) and (args.record or args.best_of > 1 or not args.no_gif):
         raise VLAError("--workers > 1 and --ray drive episodes in worker processes, but --record, --best-of "
                        "and the GIF episode need this process: pass --no-gif (and no --record / --best-of)")
@@ -263,6 +263,9 @@ def _eval_parser(sub) -> None:
     p.add_argument("--tracker-jerk", type=float, nargs=2, default=None, metavar=("LONG", "LAT"),
                    help="a plan policy's tracker comfort limits in m/s^3 (0 = none) instead of the checkpoint's "
                         "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 2 0 unless set)")
+    p.add_argument("--commit-margin", type=float, default=None, metavar="NATS",
+                   help="a plan policy keeps the plan it is executing unless the new one is likelier by this many "
+                        "nats (PolicyConfig.commit_margin; 0 = off; default: the checkpoint's, 0 unless set)")
     p.add_argument("--tracker-lookahead", type=float, default=None, metavar="S",
                    help="a plan policy's pure-pursuit look-ahead in seconds of speed (at least 3 m) instead of the "
                         "checkpoint's (PolicyConfig.tracker_lookahead; default: the checkpoint's, 0.6 unless set; 1.0 is "
@@ -287,34 +290,43 @@ def _eval_parser(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
-def _check_tracker(args: argparse.Namespace) -> None:
-    """--tracker-jerk LONG LAT (finite, >= 0) and --tracker-lookahead S (finite, > 0), only for a
-    plan policy checkpoint; sets ``args.tracker``, the settings ``evaluate`` drives with."""
-    args.tracker = None
-    given = [flag for flag, value in (("--tracker-jerk", args.tracker_jerk), ("--tracker-lookahead", args.tracker_lookahead))
-             if value is not None]
+def _check_execution(args: argparse.Namespace) -> None:
+    """--tracker-jerk LONG LAT (finite, >= 0), --tracker-lookahead S (finite, > 0) and
+    --commit-margin NATS (finite, >= 0), only for a plan policy checkpoint; sets
+    ``args.execution``, the plan-execution settings ``evaluate`` drives with."""
+    args.execution = None
+    flags = (("--tracker-jerk", args.tracker_jerk), ("--tracker-lookahead", args.tracker_lookahead),
+             ("--commit-margin", args.commit_margin))
+    given = [flag for flag, value in flags if value is not None]
     if not given:
         return
     if args.tracker_jerk is not None and not all(math.isfinite(v) and v >= 0 for v in args.tracker_jerk):
         raise VLAError(f"--tracker-jerk takes two finite limits >= 0 in m/s^3 (0 = none), got {args.tracker_jerk}")
     if args.tracker_lookahead is not None and not (math.isfinite(args.tracker_lookahead) and args.tracker_lookahead > 0):
         raise VLAError(f"--tracker-lookahead takes a finite time > 0 in s, got {args.tracker_lookahead}")
+    if args.commit_margin is not None and not (math.isfinite(args.commit_margin) and args.commit_margin >= 0):
+        raise VLAError(f"--commit-margin takes a finite number of nats >= 0, got {args.commit_margin}")
     from vla.policies_registry import is_checkpoint
 
     flag = given[0]
     if not is_checkpoint(args.policy):
         raise VLAError(f"{flag} needs a plan policy checkpoint directory, got --policy {args.policy}")
     try:
-        action = json.loads((Path(args.policy) / "policy.json").read_text())["config"].get("action", "control")
+        config = json.loads((Path(args.policy) / "policy.json").read_text())["config"]
+        action, head = config.get("action", "control"), config.get("head", "bins")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise VLAError(f"--policy {args.policy}: cannot read its policy.json ({err})") from None
     if action != "plan":
         raise VLAError(f"{flag} needs a plan policy; {args.policy} predicts {action!r} chunks")
-    args.tracker = {}
+    if args.commit_margin and head != "bins":
+        raise VLAError(f"--commit-margin needs the bins head (it scores plans by their tokens); {args.policy} has {head!r}")
+    args.execution = {}
     if args.tracker_jerk is not None:
-        args.tracker.update(tracker_jerk_long=args.tracker_jerk[0], tracker_jerk_lat=args.tracker_jerk[1])
+        args.execution.update(tracker_jerk_long=args.tracker_jerk[0], tracker_jerk_lat=args.tracker_jerk[1])
     if args.tracker_lookahead is not None:
-        args.tracker["tracker_lookahead"] = args.tracker_lookahead
+        args.execution["tracker_lookahead"] = args.tracker_lookahead
+    if args.commit_margin is not None:
+        args.execution["commit_margin"] = args.commit_margin
 
 
 def _check_best_of(args: argparse.Namespace) -> None:

@@ -204,11 +204,11 @@ def test_plan_policy_saves_loads_and_acts_identically(tmp_path):
     assert loaded.config.action == "plan" and loaded.tracker is not None
     assert loaded.tracker.params.max_jerk_long == 1.0 and loaded.tracker.params.max_jerk_lat == 0.0  # its comfort limits
     assert loaded.tracker.params.lookahead_time == 0.6  # and its look-ahead (the default)
-    loaded.set_tracker(tracker_lookahead=1.0)
+    loaded.set_execution(tracker_lookahead=1.0)
     assert loaded.tracker.params.lookahead_time == 1.0 and loaded.tracker.params.max_jerk_long == 1.0
-    loaded.set_tracker(tracker_lookahead=0.6)  # back to the saved settings for the comparison below
-    with pytest.raises(ValueError, match="unknown tracker settings"):
-        loaded.set_tracker(lookahead=0.6)
+    loaded.set_execution(tracker_lookahead=0.6)  # back to the saved settings for the comparison below
+    with pytest.raises(ValueError, match="unknown plan execution settings"):
+        loaded.set_execution(lookahead=0.6)
     with pytest.raises(ValueError, match="tracker_lookahead"):
         PolicyConfig(tracker_lookahead=0.0)
     with pytest.raises(ValueError, match="tracker_jerk"):
@@ -462,7 +462,7 @@ def test_goal_relabelling_leaves_junction_episodes_as_they_are():
         data.add_episode(run_episode(highway, ExpertPolicy(highway), 1, record_frames=False))
 
 
-def test_eval_tracker_jerk_option_drives_a_plan_policy_with_other_limits(tmp_path, capsys):
+def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path, capsys):
     from app import cli
     from vla.config import PolicyConfig
     from vla.policy import VLAPolicy, default_action_tokenizer
@@ -482,10 +482,14 @@ def test_eval_tracker_jerk_option_drives_a_plan_policy_with_other_limits(tmp_pat
     out = tmp_path / "eval_lookahead"
     assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *light, "--tracker-lookahead", "0.3", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["jerk_lat_max"] != jerk[None]  # it drives with that look-ahead
+    out = tmp_path / "eval_commit"
+    assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *light, "--commit-margin", "1e9", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["jerk_lat_max"] != jerk[None]  # it keeps its first plan
     capsys.readouterr()
     bad = [(tmp_path / "plan", ["--tracker-jerk", "-1", "0"]), ("expert", ["--tracker-jerk", "0", "0"]),
            (tmp_path / "control", ["--tracker-jerk", "0", "0"]), (tmp_path / "plan", ["--tracker-lookahead", "0"]),
-           (tmp_path / "plan", ["--tracker-lookahead", "nan"]), (tmp_path / "control", ["--tracker-lookahead", "1"])]
+           (tmp_path / "plan", ["--tracker-lookahead", "nan"]), (tmp_path / "control", ["--tracker-lookahead", "1"]),
+           (tmp_path / "plan", ["--commit-margin", "-1"]), (tmp_path / "control", ["--commit-margin", "1"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()

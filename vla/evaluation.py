@@ -55,7 +55,7 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
              name: str | None = None, wrap: Callable[[DrivingPolicy, int], DrivingPolicy] | None = None,
              record_expert: bool = False, frames_episode: int | None = None, frames_rig: tuple = (),
              on_episode: Callable[[int, Episode], None] | None = None, progress: str | None = None,
-             hearing=None, tracker: dict[str, float] | None = None) -> Evaluation:
+             hearing=None, execution: dict[str, float] | None = None) -> Evaluation:
     """Drive ``policy`` on ``seeds`` and measure it. ``cameras``: render the policy's rig (a
     named policy: None = its checkpoint's choice); ``pool``: a running rollout pool to use
     (else one of ``workers`` processes for this call, or of ``workers`` Ray actors with ``ray``,
@@ -68,8 +68,8 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
     (rendered with ``frames_rig`` when the policy is blind). ``on_episode(i, episode)`` sees
     each episode in order; ``progress`` names a progress bar on stderr. ``hearing``
     (``vla.policy.Hearing``): how an audio policy hears the passenger (voices, noise); None
-    leaves the policy's own. ``tracker``: a plan policy's tracker settings
-    (``VLAPolicy.set_tracker``, e.g. ``{"tracker_lookahead": 1.0}``); None leaves the checkpoint's."""
+    leaves the policy's own. ``execution``: how a plan policy executes its plans
+    (``VLAPolicy.set_execution``, e.g. ``{"tracker_lookahead": 1.0}``); None leaves the checkpoint's."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
@@ -89,13 +89,13 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
     with bar:
         if in_process:
             _drive_here(policy, scenario, density, seeds, phrasings, cameras, backend, wrap, record_expert,
-                        frames_episode, frames_rig, done, hearing, tracker)
+                        frames_episode, frames_rig, done, hearing, execution)
         else:
             if cameras is None:  # a checkpoint renders its own rig (none when blind); a baseline needs none
                 cameras = policy not in BASELINES
             spec = RolloutSpec(scenario, density, policy, phrasings, cameras=cameras,
                                query_expert=False, record_frames=False, backend=backend, hearing=hearing,
-                               tracker=tuple(sorted((tracker or {}).items())))
+                               execution=tuple(sorted((execution or {}).items())))
             if pool is not None:
                 pool.run(spec, seeds, on_episode=done)
             else:
@@ -115,16 +115,16 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
 def _drive_here(policy: str | DrivingPolicy, scenario: str, density: str, seeds: list[int], phrasings: str,
                 cameras: bool | None, backend: str, wrap, record_expert: bool, frames_episode: int | None,
                 frames_rig: tuple, done: Callable[[Episode], None], hearing=None,
-                tracker: dict[str, float] | None = None) -> None:
+                execution: dict[str, float] | None = None) -> None:
     """``evaluate``'s episodes in this process: one simulator (two when a blind policy's frames
     episode needs a camera rig), a baseline built per episode, a checkpoint loaded once."""
     fixed = policy if not isinstance(policy, str) else None if policy in BASELINES else load_checkpoint(policy)
     if hearing is not None and hasattr(fixed, "hearing"):
         fixed.hearing = hearing
-    if tracker:
-        if fixed is None or not hasattr(fixed, "set_tracker"):
-            raise ValueError(f"tracker settings need a plan policy checkpoint, got {policy!r}")
-        fixed.set_tracker(**tracker)
+    if execution:
+        if fixed is None or not hasattr(fixed, "set_execution"):
+            raise ValueError(f"plan execution settings need a plan policy checkpoint, got {policy!r}")
+        fixed.set_execution(**execution)
     rig = tuple(getattr(fixed, "rig", ())) if fixed is not None and cameras is not False else ()
     rephrase = rephraser(phrasings)
     env = make_env(backend, scenario, density, cameras=rig, rephrase=rephrase)

@@ -53,7 +53,7 @@ class RolloutSpec:
     camera_size: tuple[int, int] = (96, 64)  # (width, height) of a baseline's default rig
     backend: str = "embedded"  # the simulator (sim.backends.BACKENDS)
     hearing: object = None  # vla.policy.Hearing for an audio policy (voices, noise); None: the policy's own
-    tracker: tuple[tuple[str, float], ...] = ()  # a plan policy's tracker settings (VLAPolicy.set_tracker); (): its own
+    execution: tuple[tuple[str, float], ...] = ()  # how a plan policy executes plans (VLAPolicy.set_execution); (): its own
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -74,8 +74,8 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
             cache["policy"] = load_checkpoint(spec.policy)
             if spec.hearing is not None and hasattr(cache["policy"], "hearing"):
                 cache["policy"].hearing = spec.hearing
-            if spec.tracker:
-                cache["policy"].set_tracker(**dict(spec.tracker))
+            if spec.execution:
+                cache["policy"].set_execution(**dict(spec.execution))
             rig = getattr(cache["policy"], "rig", ())
         cache["env"] = make_env(spec.backend, spec.scenario, spec.density, cameras=rig if spec.cameras else (),
                                 rephrase=rephraser(spec.phrasings))

@@ -232,9 +232,9 @@ COMMIT_BIN_WINDOW = 2
 """A plan is scored for commitment by the probability of landing within this many bins of each
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
-TRACKER_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead")
-"""``PolicyConfig`` fields that set a plan policy's tracker (``VLAPolicy.set_tracker``): how a
-plan is executed, not what was learned, so any checkpoint can drive with others."""
+EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin")
+"""``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
+not what was learned, so any checkpoint can drive with others."""
 
 
 def _read_policy_meta(directory: Path) -> tuple[dict, PolicyConfig]:
@@ -301,18 +301,19 @@ class VLAPolicy(torch.nn.Module):
         self._generator = torch.Generator()
         self.tracker: PlanTracker | None = None
         if config.action == "plan":
-            self.set_tracker()
+            self.set_execution()
         self.reset()
 
-    def set_tracker(self, **settings: float) -> None:
-        """(Re)build the plan tracker, driving with other ``TRACKER_SETTINGS`` (``PolicyConfig``
-        fields: comfort limits in m/s^3, look-ahead in s) where given; recorded in the config, so
-        a save keeps them. ValueError for a control-chunk policy or an unknown / bad setting."""
+    def set_execution(self, **settings: float) -> None:
+        """(Re)build the plan tracker, driving with other ``EXECUTION_SETTINGS`` (``PolicyConfig``
+        fields: comfort limits in m/s^3, look-ahead in s, commitment margin in nats) where given;
+        recorded in the config, so a save keeps them. ValueError for a control-chunk policy or an
+        unknown / bad setting."""
         if self.config.action != "plan":
             raise ValueError(f"only a plan policy has a tracker; this one predicts {self.config.action!r} chunks")
-        unknown = sorted(set(settings) - set(TRACKER_SETTINGS))
+        unknown = sorted(set(settings) - set(EXECUTION_SETTINGS))
         if unknown:
-            raise ValueError(f"unknown tracker settings {unknown}; choose from {list(TRACKER_SETTINGS)}")
+            raise ValueError(f"unknown plan execution settings {unknown}; choose from {list(EXECUTION_SETTINGS)}")
         self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))

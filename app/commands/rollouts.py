@@ -182,7 +182,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           on_episode=keep, progress=f"eval {args.policy}", out=out,
                           backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
                           ray=getattr(args, "ray", None), hearing=hearing_from_args(args),
-                          tracker=getattr(args, "tracker", None))
+                          execution=getattr(args, "execution", None))
     finally:
         if writer is not None:
             writer.close()
