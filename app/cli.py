@@ -265,11 +265,10 @@ def _eval_parser(sub) -> None:
                         "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 2 0 unless set)")
     p.add_argument("--commit-margin", type=float, default=None, metavar="NATS",
                    help="a plan policy keeps the plan it is executing unless the new one is likelier by this many "
-                        "nats (PolicyConfig.commit_margin; 0 = off; default: the checkpoint's, 0 unless set)")
+                        "nats, on open road (PolicyConfig.commit_margin; 0 = off; default: the checkpoint's, 1.5 unless set)")
     p.add_argument("--tracker-lookahead", type=float, default=None, metavar="S",
                    help="a plan policy's pure-pursuit look-ahead in seconds of speed (at least 3 m) instead of the "
-                        "checkpoint's (PolicyConfig.tracker_lookahead; default: the checkpoint's, 0.6 unless set; 1.0 is "
-                        "smoother and changes lane less often)")
+                        "checkpoint's (PolicyConfig.tracker_lookahead; default: the checkpoint's, 1.0 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",

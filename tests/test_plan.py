@@ -203,10 +203,10 @@ def test_plan_policy_saves_loads_and_acts_identically(tmp_path):
     loaded = VLAPolicy.load(tmp_path / "p")
     assert loaded.config.action == "plan" and loaded.tracker is not None
     assert loaded.tracker.params.max_jerk_long == 1.0 and loaded.tracker.params.max_jerk_lat == 0.0  # its comfort limits
-    assert loaded.tracker.params.lookahead_time == 0.6  # and its look-ahead (the default)
-    loaded.set_execution(tracker_lookahead=1.0)
-    assert loaded.tracker.params.lookahead_time == 1.0 and loaded.tracker.params.max_jerk_long == 1.0
-    loaded.set_execution(tracker_lookahead=0.6)  # back to the saved settings for the comparison below
+    assert loaded.tracker.params.lookahead_time == 1.0  # and its look-ahead (the default)
+    loaded.set_execution(tracker_lookahead=0.6)
+    assert loaded.tracker.params.lookahead_time == 0.6 and loaded.tracker.params.max_jerk_long == 1.0
+    loaded.set_execution(tracker_lookahead=1.0)  # back to the saved settings for the comparison below
     with pytest.raises(ValueError, match="unknown plan execution settings"):
         loaded.set_execution(lookahead=0.6)
     with pytest.raises(ValueError, match="tracker_lookahead"):
@@ -399,7 +399,8 @@ def test_an_older_plan_continued_from_now_is_the_same_motion():
 
 def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier():
     """commit_margin: with an enormous margin every re-plan keeps the plan being executed,
-    continued from now; with margin 0 the policy drives exactly as without the option."""
+    continued from now; with margin 0 the policy drives exactly as without the option; within
+    50 m of a junction it takes every new plan."""
     from dataclasses import replace
 
     import torch
@@ -435,8 +436,12 @@ def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier()
     want = continue_plan(first[0], first[1], first[2], (second[3] - first[3]) * 0.1, second[1], second[2][3])
     np.testing.assert_allclose(second[0], want, atol=1e-9)  # ... and kept the plan it was executing
     assert not np.allclose(free_plans[config.replan_period][0], want, atol=1e-3)  # which the model alone did not
-    with pytest.raises(ValueError, match="commit_margin"):
-        PolicyConfig(action="control", commit_margin=1.0)
+    obs, _ = env.reset(seed=3)
+    one = [policy._plan_scores(obs, [p])[0] for p in (first[0], second[0])]
+    np.testing.assert_allclose(policy._plan_scores(obs, [first[0], second[0]]), one, rtol=1e-5)  # batched = alone
+    env = EmbeddedDrivingEnv("intersection", "light")  # near a junction nothing is held
+    assert env.reset(seed=3)[0]["route"][0] < 50
+    np.testing.assert_array_equal(np.array(drive(1e9)[1]), np.array(drive(0.0)[1]))
 
 
 def test_goal_relabelling_leaves_junction_episodes_as_they_are():

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
+from sim.route import JUNCTION_HORIZON
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, pose_of)
 from tokenizers_mm.action import ActionTokenizer
@@ -222,6 +223,14 @@ POLICY_HEADS = {
                        logits=bins_logits, likelihood=True),
     "diffusion": PolicyHead(diffusion_loss, diffusion_predict, ema=True),
 }
+
+
+def _open_road(obs: dict) -> bool:
+    """No junction within ``sim.route.JUNCTION_HORIZON`` m along the route (``obs["route"]``, which
+    both backends report whatever the policy reads): where commitment holds plans. At a junction
+    the decision has to follow crossing traffic and the turn, and held plans collided more (dev)."""
+    route = obs.get("route")
+    return route is not None and float(np.asarray(route)[0]) >= JUNCTION_HORIZON
 
 
 COMMIT_BRAKE_M = 1.0
@@ -481,13 +490,15 @@ class VLAPolicy(torch.nn.Module):
         every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
         if self._plan is None or t - self._plan[3] >= every:
             new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), t)
-            if self.config.commit_margin > 0 and self._plan is not None:
+            if self.config.commit_margin > 0 and self.head.likelihood and self._plan is not None and _open_road(obs):
                 old, frame, start, made = self._plan
                 kept = continue_plan(old, frame, start, (t - made) * DT, new[1], float(new[2][3]))
                 # never committed against a new plan that slows down: travels COMMIT_BRAKE_M less by its end
                 brakes = (kept[-1, 0] - new[0][-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M
-                if not brakes and self._plan_log_prob(obs, kept) >= self._plan_log_prob(obs, new[0]) - self.config.commit_margin:
-                    new = (kept, new[1], new[2], t)
+                if not brakes:
+                    score_kept, score_new = self._plan_scores(obs, [kept, new[0]])
+                    if score_kept >= score_new - self.config.commit_margin:
+                        new = (kept, new[1], new[2], t)
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
@@ -500,18 +511,18 @@ class VLAPolicy(torch.nn.Module):
                                     steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
 
     @torch.no_grad()
-    def _plan_log_prob(self, obs: dict, plan: np.ndarray) -> float:
-        """The model's teacher-forced log-probability of ``plan`` (K, 2) from ``obs``."""
-        bins, residual = self.action_tokenizer.encode(np.clip(plan, PLAN_LOW, PLAN_HIGH).astype(np.float32))
-        inputs = replace(self.inputs_from_obs(obs), action_bins=torch.as_tensor(bins)[None],
-                         action_residual=torch.as_tensor(residual)[None],
-                         action_mask=torch.ones(1, len(plan), dtype=torch.bool))
+    def _plan_scores(self, obs: dict, plans: list[np.ndarray]) -> list[float]:
+        """For each plan (K, 2): the model's teacher-forced log-probability, from ``obs``, of landing
+        within ``COMMIT_BIN_WINDOW`` bins of each of its tokens (one forward pass for all)."""
+        bins, residual = self.action_tokenizer.encode(np.clip(np.stack(plans), PLAN_LOW, PLAN_HIGH).astype(np.float32))
+        inputs = replace(self.inputs_from_obs(obs).select([0] * len(plans)), action_bins=torch.as_tensor(bins),
+                         action_residual=torch.as_tensor(residual),
+                         action_mask=torch.ones(len(plans), bins.shape[1], dtype=torch.bool))
         inputs = inputs.to(next(self.model.parameters()).device)
-        logp = torch.log_softmax(self.chunk_logits(inputs).float(), dim=-1)[0]  # (H, D, n_bins)
+        logp = torch.log_softmax(self.chunk_logits(inputs).float(), dim=-1)  # (B, H, D, n_bins)
         near = torch.arange(logp.shape[-1], device=logp.device)
-        target = inputs.action_bins[0][..., None]  # (H, D, 1)
-        window = (near - target).abs() <= COMMIT_BIN_WINDOW
-        return float(torch.logsumexp(logp.masked_fill(~window, float("-inf")), dim=-1).sum())
+        window = (near - inputs.action_bins[..., None]).abs() <= COMMIT_BIN_WINDOW
+        return logp.masked_fill(~window, float("-inf")).logsumexp(-1).flatten(1).sum(1).tolist()
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:
