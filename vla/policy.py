@@ -36,9 +36,9 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
-from sim.route import JUNCTION_HORIZON
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, pose_of)
+from sim.route import JUNCTION_HORIZON
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -489,16 +489,8 @@ class VLAPolicy(torch.nn.Module):
         mode = self.config.execution
         every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
         if self._plan is None or t - self._plan[3] >= every:
-            new = (np.asarray(plan(obs), dtype=np.float64), plan_frame(ego), pose_of(ego), t)
-            if self.config.commit_margin > 0 and self.head.likelihood and self._plan is not None and _open_road(obs):
-                old, frame, start, made = self._plan
-                kept = continue_plan(old, frame, start, (t - made) * DT, new[1], float(new[2][3]))
-                # never committed against a new plan that slows down: travels COMMIT_BRAKE_M less by its end
-                brakes = (kept[-1, 0] - new[0][-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M
-                if not brakes:
-                    score_kept, score_new = self._plan_scores(obs, [kept, new[0]])
-                    if score_kept >= score_new - self.config.commit_margin:
-                        new = (kept, new[1], new[2], t)
+            frame, pose = plan_frame(ego), pose_of(ego)
+            new = (self._commit(obs, np.asarray(plan(obs), dtype=np.float64), frame, pose, t), frame, pose, t)
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
@@ -509,6 +501,20 @@ class VLAPolicy(torch.nn.Module):
         waypoints, frame, start, made = self._plan
         return self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                     steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
+
+    def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
+        """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
+        ``commit_margin`` on open road, the plan being executed continued from now when the model
+        does not find ``new`` likelier by the margin. A new plan that slows down (ends
+        ``COMMIT_BRAKE_M`` shorter) is always taken."""
+        if not (self.config.commit_margin > 0 and self.head.likelihood and self._plan is not None and _open_road(obs)):
+            return new
+        old, old_frame, start, made = self._plan
+        kept = continue_plan(old, old_frame, start, (t - made) * DT, frame, float(pose[3]))
+        if (kept[-1, 0] - new[-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M:
+            return new
+        score_kept, score_new = self._plan_scores(obs, [kept, new])
+        return kept if score_kept >= score_new - self.config.commit_margin else new
 
     @torch.no_grad()
     def _plan_scores(self, obs: dict, plans: list[np.ndarray]) -> list[float]:
