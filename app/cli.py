@@ -311,14 +311,11 @@ def _check_execution(args: argparse.Namespace) -> None:
     if not is_checkpoint(args.policy):
         raise VLAError(f"{flag} needs a plan policy checkpoint directory, got --policy {args.policy}")
     try:
-        config = json.loads((Path(args.policy) / "policy.json").read_text())["config"]
-        action, head = config.get("action", "control"), config.get("head", "bins")
+        action = json.loads((Path(args.policy) / "policy.json").read_text())["config"].get("action", "control")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise VLAError(f"--policy {args.policy}: cannot read its policy.json ({err})") from None
     if action != "plan":
         raise VLAError(f"{flag} needs a plan policy; {args.policy} predicts {action!r} chunks")
-    if args.commit_margin and head != "bins":
-        raise VLAError(f"--commit-margin needs the bins head (it scores plans by their tokens); {args.policy} has {head!r}")
     args.execution = {}
     if args.tracker_jerk is not None:
         args.execution.update(tracker_jerk_long=args.tracker_jerk[0], tracker_jerk_lat=args.tracker_jerk[1])

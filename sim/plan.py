@@ -122,6 +122,12 @@ def plan_trajectory(plan: np.ndarray, frame: np.ndarray, start: np.ndarray) -> t
     return times, points
 
 
+def _position_at(t: np.ndarray, pts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(len(times), 2) points of the timed trajectory (t, pts), linearly interpolated (held at
+    its ends)."""
+    return np.stack([np.interp(times, t, pts[:, 0]), np.interp(times, t, pts[:, 1])], axis=-1)
+
+
 def continue_plan(plan: np.ndarray, frame: np.ndarray, start: np.ndarray, age: float, new_frame: np.ndarray,
                   speed: float) -> np.ndarray:
     """An older plan (made ``age`` s ago in ``frame`` when the ego was at ``start``) as a plan
@@ -131,7 +137,7 @@ def continue_plan(plan: np.ndarray, frame: np.ndarray, start: np.ndarray, age: f
     t, pts = plan_trajectory(plan, frame, start)
     local = age + plan_times(k)
     velocity = (pts[-1] - pts[-2]) / (t[-1] - t[-2])
-    xy = np.stack([np.interp(local, t, pts[:, 0]), np.interp(local, t, pts[:, 1])], axis=-1)
+    xy = _position_at(t, pts, local)
     beyond = local > t[-1]
     xy[beyond] = pts[-1] + (local[beyond] - t[-1])[:, None] * velocity
     return plan_from_poses(new_frame, speed, xy)
@@ -156,7 +162,7 @@ def blend_plans(plans: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]], f
         local = times + age
         ok = local <= t[-1] + 1e-9
         w = np.exp(-decay * age / DT)
-        xy = np.stack([np.interp(local, t, pts[:, 0]), np.interp(local, t, pts[:, 1])], axis=-1)
+        xy = _position_at(t, pts, local)
         total[ok] += w * xy[ok]
         weight[ok] += w
     return plan_from_poses(frame, float(pose[3]), total / weight[:, None])

@@ -108,13 +108,12 @@ class PolicyConfig:
     """A plan policy: at a re-plan, keep following the plan it is executing (continued from now)
     unless the model scores the new plan more likely by more than this many nats (teacher-forced
     probability of landing within 2 bins of each plan token, ``VLAPolicy._plan_scores``); 0 =
-    always take the new plan. With ``tracker_lookahead`` 1.0 it met the lateral-jerk target on 3
-    seeds x 50 held-out highway episodes (docs/drive_like_expert.md). Plan policies with the
-    bins head only (it scores plans by their tokens; others ignore it). An execution setting:
-    checkpoints from before it existed get this default.
-    Hysteresis for a model that hesitates between two decisions (change lane or not); a new plan
-    that slows down is always taken (``vla.policy.COMMIT_BRAKE_M``), and only on open road (no
-    junction within 50 m along the route: at the junction holding decisions collided more)."""
+    always take the new plan. Hysteresis for a model that hesitates between two decisions (change
+    lane or not); a new plan that slows down is always taken (``vla.policy.COMMIT_BRAKE_M``), and
+    only on open road (no junction within 50 m along the route: at the junction holding decisions
+    collided more). With ``tracker_lookahead`` 1.0 it met the lateral-jerk target on 3 seeds x 50
+    held-out highway episodes (docs/drive_like_expert.md). Plan policies only (control-chunk
+    policies ignore it). An execution setting: checkpoints from before it existed get this default."""
     tracker_jerk_long: float = 2.0
     """A plan policy's tracker (``sim.plan.TrackerParams.max_jerk_long``): comfort limit on the
     change of its acceleration command, m/s^3; 0 = none. Braking is never delayed (a limit that

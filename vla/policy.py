@@ -507,7 +507,7 @@ class VLAPolicy(torch.nn.Module):
         ``commit_margin`` on open road, the plan being executed continued from now when the model
         does not find ``new`` likelier by the margin. A new plan that slows down (ends
         ``COMMIT_BRAKE_M`` shorter) is always taken."""
-        if not (self.config.commit_margin > 0 and self.head.likelihood and self._plan is not None and _open_road(obs)):
+        if not (self.config.commit_margin > 0 and self._plan is not None and _open_road(obs)):
             return new
         old, old_frame, start, made = self._plan
         kept = continue_plan(old, old_frame, start, (t - made) * DT, frame, float(pose[3]))
