@@ -310,6 +310,9 @@ class PlanTracker:
             steer = float(steer_now) + DT / (p.steer_time + DT) * (steer - float(steer_now))
         if p.max_jerk_long > 0 and accel_now is not None:
             accel = self._limit_accel(accel, float(accel_now))
+        # a plan never drives backwards (its speeds are >= 0): never brake past standstill. Without
+        # this, releasing a hard stop at the jerk limit kept braking at 0 m/s and reversed the car.
+        accel = max(accel, -v / DT)
         if p.max_jerk_lat > 0 and steer_now is not None and v >= p.min_speed:
             steer = self._limit_steer(steer, float(steer_now), v)
         action = np.array([accel, steer], dtype=np.float32)

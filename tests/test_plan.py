@@ -305,6 +305,22 @@ def test_comfort_limits_bound_the_change_of_each_command_but_never_delay_a_brake
         TrackerParams(max_jerk_long=-1.0)
 
 
+def test_the_tracker_never_brakes_past_standstill():
+    """A car stopped hard (accel_now -6) whose plan says stay put: releasing the brake at the
+    jerk limit would keep braking at 0 m/s, which drives a point-mass vehicle backwards. The
+    command brakes at most to standstill in one step, at any speed."""
+    hold = np.zeros((4, 2))
+    hold[:, 0] = -1.0  # the plan's speeds: max(0, v0 - 1) = 0 from 0.5 m/s
+    for v in (0.0, 0.05, 0.5):
+        pose = np.array([0.0, 0.0, 0.0, v])
+        accel = PlanTracker(TrackerParams(max_jerk_long=2.0)).control(hold, np.zeros(3), pose, pose, accel_now=-6.0)[0]
+        assert -v / 0.1 - 1e-5 <= accel <= 0.0
+    # above standstill a limited brake release still applies (from -3 toward 0 by 0.2 per step)
+    pose = np.array([0.0, 0.0, 0.0, 20.0])
+    assert np.isclose(PlanTracker(TrackerParams(max_jerk_long=2.0)).control(
+        np.zeros((4, 2)), np.zeros(3), pose, pose, accel_now=-3.0)[0], -2.8)
+
+
 def test_plan_goal_relabelling_labels_every_command_from_recorded_states(tmp_path):
     """An expert episode recorded with goal futures (every 4th state) round-trips through HDF5
     and gives a plan policy one sample per other possible goal at those states, labelled with
