@@ -269,6 +269,10 @@ def _eval_parser(sub) -> None:
     p.add_argument("--tracker-lookahead", type=float, default=None, metavar="S",
                    help="a plan policy's pure-pursuit look-ahead in seconds of speed (at least 3 m) instead of the "
                         "checkpoint's (PolicyConfig.tracker_lookahead; default: the checkpoint's, 1.0 unless set)")
+    p.add_argument("--yield-zone", type=float, default=None, metavar="M",
+                   help="a plan policy holds the line while crossing traffic would meet its path, within this many "
+                        "metres before a junction (PolicyConfig.yield_zone, sim.yield_check; 0 = off; default: the "
+                        "checkpoint's)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -290,12 +294,12 @@ def _eval_parser(sub) -> None:
 
 
 def _check_execution(args: argparse.Namespace) -> None:
-    """--tracker-jerk LONG LAT (finite, >= 0), --tracker-lookahead S (finite, > 0) and
-    --commit-margin NATS (finite, >= 0), only for a plan policy checkpoint; sets
-    ``args.execution``, the plan-execution settings ``evaluate`` drives with."""
+    """--tracker-jerk LONG LAT (finite, >= 0), --tracker-lookahead S (finite, > 0),
+    --commit-margin NATS and --yield-zone M (finite, >= 0), only for a plan policy checkpoint;
+    sets ``args.execution``, the plan-execution settings ``evaluate`` drives with."""
     args.execution = None
     flags = (("--tracker-jerk", args.tracker_jerk), ("--tracker-lookahead", args.tracker_lookahead),
-             ("--commit-margin", args.commit_margin))
+             ("--commit-margin", args.commit_margin), ("--yield-zone", args.yield_zone))
     given = [flag for flag, value in flags if value is not None]
     if not given:
         return
@@ -305,6 +309,8 @@ def _check_execution(args: argparse.Namespace) -> None:
         raise VLAError(f"--tracker-lookahead takes a finite time > 0 in s, got {args.tracker_lookahead}")
     if args.commit_margin is not None and not (math.isfinite(args.commit_margin) and args.commit_margin >= 0):
         raise VLAError(f"--commit-margin takes a finite number of nats >= 0, got {args.commit_margin}")
+    if args.yield_zone is not None and not (math.isfinite(args.yield_zone) and args.yield_zone >= 0):
+        raise VLAError(f"--yield-zone takes a finite distance >= 0 in m (0 = off), got {args.yield_zone}")
     from vla.policies_registry import is_checkpoint
 
     flag = given[0]
@@ -323,6 +329,8 @@ def _check_execution(args: argparse.Namespace) -> None:
         args.execution["tracker_lookahead"] = args.tracker_lookahead
     if args.commit_margin is not None:
         args.execution["commit_margin"] = args.commit_margin
+    if args.yield_zone is not None:
+        args.execution["yield_zone"] = args.yield_zone
 
 
 def _check_best_of(args: argparse.Namespace) -> None:

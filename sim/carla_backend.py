@@ -54,7 +54,7 @@ from sim.carla_expert import expert_plan as route_expert_plan
 from sim.carla_frames import CarlaControlMap, camera_to_carla, pose_from_carla
 from sim.carla_route import TURNS as ROUTE_TURNS
 from sim.carla_route import Route, is_off_road, plan_route
-from sim.route import ROUTE_AHEAD_TIME, ROUTE_MIN_AHEAD, route_features
+from sim.route import ROUTE_AHEAD_TIME, ROUTE_MIN_AHEAD, route_features, route_path
 from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
                            EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD_FIELDS, Goal, RewardWeights, Scene,
@@ -460,6 +460,7 @@ class CarlaDrivingEnv:
         along, lateral = self._route.locate((x, y))
         self._lateral = lateral
         self._route_now = self._route_state(e, wp, along)
+        self._route_path_now = route_path(self._route.points, along)
         self._off_road = is_off_road(self._map, (x, y))
         if not first and not self._off_road:
             self._best_m = max(self._best_m, min(along, self._route.length))
@@ -526,7 +527,8 @@ class CarlaDrivingEnv:
         actors = self._actors_now = self._scan()
         ego = self._state
         obs = {"ego": ego.astype(np.float32), "goal": goal_vector(self.goal, ego), "actors": actors,
-               "state": state_vector(ego, actors, self.goal), "route": self._route_now}
+               "state": state_vector(ego, actors, self.goal), "route": self._route_now,
+               "route_path": self._route_path_now}
         if self.cameras:
             # a server delivers sensor data on its own thread, possibly after tick() returned
             deadline = time.monotonic() + self.options.timeout

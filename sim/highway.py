@@ -25,7 +25,7 @@ from highway_env.vehicle.behavior import IDMVehicle
 from sim import highway_expert as expert_mod
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
-from sim.route import ROUTE_AHEAD, ROUTE_FIELDS, route_features
+from sim.route import ROUTE_AHEAD, ROUTE_FIELDS, ROUTE_PATH_POINTS, route_features, route_path
 from sim.interface import (
     reward_terms,
     step_outcome,
@@ -218,6 +218,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "actors": gym.spaces.Box(-np.inf, np.inf, (MAX_ACTORS, len(ACTOR_FIELDS)), np.float32),
             "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
             "route": gym.spaces.Box(-np.inf, np.inf, (len(ROUTE_FIELDS),), np.float32),
+            "route_path": gym.spaces.Box(-np.inf, np.inf, (ROUTE_PATH_POINTS, 2), np.float32),
         }
         if self.cameras:
             h, w = self.cameras[0].height, self.cameras[0].width
@@ -547,6 +548,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "actors": actors.astype(np.float32),
             "state": state_vector(self._ego, actors, self.goal),
             "route": self.route_state(),
+            "route_path": self.route_path(),
         }
         if self._renderer is not None:
             obs["cameras"] = self.render_cameras()
@@ -597,6 +599,17 @@ class EmbeddedDrivingEnv(gym.Env):
             self._along = pos + self._s0  # metres along the polyline, which starts at the first lane's s = 0
         points, junction = self._route_poly
         return route_features(points, junction, self._along, self._ego)
+
+    def route_path(self) -> np.ndarray:
+        """(ROUTE_PATH_POINTS, 2) ``sim.route.route_path`` of the ego now: the current lane ahead
+        on the highway, the episode's route at the intersection (``route_state`` has updated
+        where along it the ego is)."""
+        if self._route is None:
+            lane = self._core.vehicle.lane
+            s, _ = lane.local_coordinates(self._core.vehicle.position)
+            ahead = [lane.position(float(s), 0.0), lane.position(float(s) + 2 * ROUTE_AHEAD, 0.0)]
+            return route_path(np.array([(x, -y) for x, y in ahead]), 0.0)
+        return route_path(self._route_poly[0], self._along)
 
     def _route_position(self) -> float | None:
         """Metres along the route of the ego's position, or None when it is off the route."""

@@ -286,7 +286,8 @@ class DrivingEnv(Protocol):
     relabelling, preference pairs and the metrics are built on. Observations are dicts with
     ``ego`` (``EGO_FIELDS``), ``actors`` (``MAX_ACTORS`` x ``ACTOR_FIELDS``, world frame),
     ``goal``, ``state``, ``route`` (``sim.route.ROUTE_FIELDS``: the distance to the next junction
-    and the route's point ahead in the lane frame) and, with a camera rig, ``cameras`` (N, H, W,
+    and the route's point ahead in the lane frame), ``route_path`` (``sim.route.route_path``: the
+    route's centre line 0-40 m ahead, world frame) and, with a camera rig, ``cameras`` (N, H, W,
     3) uint8; ``info`` holds
     ``events`` (``EVENT_FIELDS``), ``reward_terms`` (``REWARD_FIELDS``) and, once an episode
     ends, ``outcome``. Every array is in the frames and units of this module."""

@@ -67,6 +67,26 @@ def route_features(points: np.ndarray, junction: np.ndarray | None, along: float
     return np.array([distance, local[0], local[1]], dtype=np.float32)
 
 
+ROUTE_PATH_POINTS = 17
+ROUTE_PATH_SPACING = 2.5
+"""``obs["route_path"]``: the route's centre line ahead of the ego, ``ROUTE_PATH_POINTS`` world
+points every ``ROUTE_PATH_SPACING`` m from the ego's position along it (0 to 40 m): where the car
+will drive if it follows its route, through the junction. The yield check (``sim.yield_check``)
+reads it; the policy's tokens do not."""
+
+
+def route_path(points: np.ndarray, along: float) -> np.ndarray:
+    """(ROUTE_PATH_POINTS, 2) float32 world points of the route polyline ``points`` ((N >= 2, 2)
+    world frame) every ``ROUTE_PATH_SPACING`` m from ``along`` metres along it (extended straight
+    past its end)."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
+        raise ValueError(f"a route needs a (N >= 2, 2) polyline, got shape {points.shape}")
+    cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
+    return np.array([_point_at(points, cum, along + ROUTE_PATH_SPACING * k) for k in range(ROUTE_PATH_POINTS)],
+                    dtype=np.float32)
+
+
 def _point_at(points: np.ndarray, cum: np.ndarray, s: float) -> np.ndarray:
     """The polyline's point ``s`` metres along it (extended straight past either end)."""
     if s <= cum[0]:

@@ -510,7 +510,9 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
     bad = [(tmp_path / "plan", ["--tracker-jerk", "-1", "0"]), ("expert", ["--tracker-jerk", "0", "0"]),
            (tmp_path / "control", ["--tracker-jerk", "0", "0"]), (tmp_path / "plan", ["--tracker-lookahead", "0"]),
            (tmp_path / "plan", ["--tracker-lookahead", "nan"]), (tmp_path / "control", ["--tracker-lookahead", "1"]),
-           (tmp_path / "plan", ["--commit-margin", "-1"]), (tmp_path / "control", ["--commit-margin", "1"])]
+           (tmp_path / "plan", ["--commit-margin", "-1"]), (tmp_path / "control", ["--commit-margin", "1"]),
+           (tmp_path / "plan", ["--yield-zone", "-5"]), (tmp_path / "plan", ["--yield-zone", "inf"]),
+           (tmp_path / "control", ["--yield-zone", "30"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()

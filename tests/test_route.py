@@ -9,7 +9,8 @@ import pytest
 
 from sim.highway import EmbeddedDrivingEnv
 from sim.interface import EGO, EGO_FIELDS
-from sim.route import JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, route_features
+from sim.route import (JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, ROUTE_PATH_POINTS,
+                       ROUTE_PATH_SPACING, route_features, route_path)
 from sim.storage import DatasetError, read_episode, read_episodes, write_episode
 
 ROUTE_AHEAD = 10.0 * ROUTE_AHEAD_TIME  # the test ego drives at 10 m/s
@@ -52,13 +53,29 @@ def test_the_embedded_junction_reports_its_route_as_the_expert_drives_it(turn):
         obs, _ = env.reset(seed=seed)
         if env.goal.label == turn:
             break
-    rows = [obs["route"]]
+    rows, paths, positions = [obs["route"]], [obs["route_path"]], [obs["ego"][[EGO["x"], EGO["y"]]]]
     for _ in range(120):
         obs, _, terminated, truncated, _ = env.step(env.expert_action())
         rows.append(obs["route"])
+        paths.append(obs["route_path"])
+        positions.append(obs["ego"][[EGO["x"], EGO["y"]]])
         if terminated or truncated:
             break
-    rows = np.array(rows)
+    rows, positions = np.array(rows), np.array(positions)
+    # route_path: the route's centre line from the ego on, every 2.5 m; the expert drives along it
+    paths = np.array(paths)
+    assert paths.shape[1:] == (ROUTE_PATH_POINTS, 2) and np.all(np.isfinite(paths))
+    assert np.allclose(np.hypot(*np.diff(paths[0], axis=0).T), ROUTE_PATH_SPACING, atol=0.05)
+    assert np.all(np.hypot(*(paths[:, 0] - positions).T) < 1.0)
+    travelled = positions[np.hypot(*(positions - positions[0]).T) < 35.0]
+    assert np.min(np.hypot(*(travelled[:, None] - paths[0][None]).transpose(2, 0, 1)), axis=1).max() < 1.5
+    entry = int(np.argmax(rows[:, 0] == 0.0))  # where the path goes from the junction's entry, seen from the ego
+    ego = obs["ego"].copy()
+    ego[[EGO["x"], EGO["y"]]] = positions[entry]
+    ego[EGO["yaw"]] = np.arctan2(*(paths[entry][1] - paths[entry][0])[::-1])
+    side = -np.sin(ego[EGO["yaw"]]) * (paths[entry][-1, 0] - positions[entry][0]) + np.cos(ego[EGO["yaw"]]) * (
+        paths[entry][-1, 1] - positions[entry][1])
+    assert side > 10.0 if turn == "turn_left" else (side < -10.0 if turn == "turn_right" else abs(side) < 2.0)
     assert rows.shape[1] == len(ROUTE_FIELDS) and np.all(np.isfinite(rows))
     approach = rows[: int(np.argmax(rows[:, 0] == 0.0))]
     assert len(approach) > 10 and approach[0, 0] > 20.0 and np.all(np.diff(approach[:, 0]) <= 1e-6)
@@ -79,6 +96,20 @@ def test_the_highway_route_is_the_lane_ahead_at_the_ego_s_speed():
     assert np.allclose(obs["route"], [JUNCTION_HORIZON, ahead, 0.0], atol=0.05)
     slow = route_features(np.array([[0.0, 0.0], [1.0, 0.0]]), None, 0.0, _ego() * 0.0)  # standing at the origin
     assert np.allclose(slow, [JUNCTION_HORIZON, ROUTE_MIN_AHEAD, 0.0])
+
+
+def test_route_path_samples_the_route_ahead_and_runs_on_past_its_end():
+    points = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]])  # 10 m east, then 10 m north
+    path = route_path(points, 5.0)
+    assert path.shape == (ROUTE_PATH_POINTS, 2)
+    assert np.allclose(path[:3], [[5.0, 0.0], [7.5, 0.0], [10.0, 0.0]])
+    assert np.allclose(path[4], [10.0, 5.0]) and np.allclose(path[-1], [10.0, 5.0 + 2.5 * (ROUTE_PATH_POINTS - 5)])
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=3)
+    lane_ahead = obs["route_path"] - obs["ego"][[EGO["x"], EGO["y"]]]
+    assert np.allclose(lane_ahead[-1], [40.0, 0.0], atol=1.0)  # the highway's lanes run along +x
+    with pytest.raises(ValueError, match="polyline"):
+        route_path(np.zeros((1, 2)), 0.0)
 
 
 def test_episodes_record_the_route_and_old_ones_read_without_it(light_episode, tmp_path):

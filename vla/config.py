@@ -135,6 +135,12 @@ class PolicyConfig:
     held-out highway episodes 2 m/s^3 met the lateral-jerk target but made 7-11% leave the road,
     the limit being a lag inside pure pursuit, and the junction's turns lost half their goal
     success on validation seeds)."""
+    yield_zone: float = 0.0
+    """A plan policy: metres before a junction's entry within which the yield check
+    (``sim.yield_check``) holds the car at the line while an observed actor crossing our way
+    would meet the plan's path within 1.5 s of us; 0 = off. A rule beside the network, read
+    from the observation only (actors, ``obs["route"]``), so every backend gets it. An execution
+    setting."""
     attn_implementation: str = "sdpa"
     """transformers attention kernel: 'sdpa', 'eager' or 'flash_attention_2' (GPU only)."""
     backbone_dir: str = ""
@@ -207,6 +213,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.tracker_lookahead must be a finite time > 0 in s, got {self.tracker_lookahead}")
         if not (math.isfinite(self.commit_margin) and self.commit_margin >= 0):
             raise ValueError(f"PolicyConfig.commit_margin must be a finite number of nats >= 0, got {self.commit_margin}")
+        if not (math.isfinite(self.yield_zone) and self.yield_zone >= 0):
+            raise ValueError(f"PolicyConfig.yield_zone must be a finite distance >= 0 in m (0 = off), got {self.yield_zone}")
         if min(self.tracker_jerk_long, self.tracker_jerk_lat) < 0:
             raise ValueError(f"PolicyConfig.tracker_jerk_long / tracker_jerk_lat must be >= 0 (0 = no limit), got "
                              f"{self.tracker_jerk_long} / {self.tracker_jerk_lat}")

@@ -37,8 +37,9 @@ from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
-                      plan_times, pose_of)
+                      plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
+from sim.yield_check import YieldParams, ego_path, yield_accel
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
@@ -241,7 +242,7 @@ COMMIT_BIN_WINDOW = 2
 """A plan is scored for commitment by the probability of landing within this many bins of each
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
-EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin")
+EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone")
 """``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
 not what was learned, so any checkpoint can drive with others."""
 
@@ -326,6 +327,7 @@ class VLAPolicy(torch.nn.Module):
         self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
+        self._yield_params = YieldParams(zone=c.yield_zone)
 
     # ------------------------------------------------------------------ EMA weights
     @property
@@ -499,8 +501,31 @@ class VLAPolicy(torch.nn.Module):
                 new = (blended, new[1], new[2], t)
             self._plan = new
         waypoints, frame, start, made = self._plan
-        return self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
-                                    steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
+        action = self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
+                                      steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
+        return self._yield(obs, action, t)
+
+    def _yield(self, obs: dict, action: np.ndarray, t: int) -> np.ndarray:
+        """``action`` with its acceleration lowered to the yield check's brake (``sim.yield_check``)
+        while ``yield_zone`` is on, the car is on a junction's approach and crossing traffic
+        would meet its path (the route ahead, ``obs["route_path"]``; a backend without it: the
+        executed plan's); otherwise ``action`` itself."""
+        route = obs.get("route")
+        if self.config.yield_zone <= 0 or route is None:
+            return action
+        ego = np.asarray(obs["ego"], dtype=np.float64)
+        if obs.get("route_path") is not None:
+            path = ego_path(ego, obs["route_path"])  # where the route goes through the junction
+        else:
+            waypoints, frame, start, made = self._plan
+            times, points = plan_trajectory(waypoints, frame, start)
+            path = ego_path(ego, points[times > (t - made) * DT])
+        brake = yield_accel(ego, obs["actors"], float(np.asarray(route)[0]), path, self._yield_params)
+        if brake is None or brake >= action[0]:
+            return action
+        held = action.copy()
+        held[0] = brake
+        return held
 
     def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
         """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under

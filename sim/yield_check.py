@@ -1,0 +1,147 @@
+"""The yield check: before a junction, hold the line while crossing traffic would meet our path.
+
+A cloned plan policy averages the expert's threshold decision at the junction ("go" or "stop at
+the line for the car coming from the right", made late and executed at up to -6 m/s^2) into a
+-0.5 to -1.5 m/s^2 drift into the crossing, and most of its junction collisions are of that kind
+(docs/drive_like_expert.md). Learned planners that drive closed loop in traffic keep a rule
+beside the network for exactly this (TransFuser's and InterFuser's safety brakes, the creep and
+stop rules of nuPlan's hybrid planners); this is ours, built on the same test as the expert's
+own yield decision (``sim.highway_expert._conflict``) but from the observation alone:
+
+* **Where**: only on the approach, while ``0 < junction_distance <= zone`` metres
+  (``obs["route"]``, ``sim.route``): once inside the junction stopping would block it.
+* **Our path**: the plan being executed (world points, from now on), extended along its last
+  segment, driven as if we went now: accelerating at ``a_go`` toward ``v_go`` (the expert
+  assumes the same: the question is whether going is safe, not whether the plan goes).
+* **Their paths**: every observed actor (``obs["actors"]``: position, heading, speed) at
+  constant speed along its heading. Actors heading within ``same_direction_deg`` of us are
+  leaders or followers, which the plan itself follows; they are left out. No lanes, no
+  "is yielding" flags: nothing a backend does not report.
+* **Conflict**: some point of our path within ``radius`` m of some point of theirs at times
+  no more than ``time_gap`` s apart, within ``horizon`` s.
+* **Yield**: brake to stop ``stop_back`` m before the junction's entry (``-v^2 / 2d``, never
+  harder than ``max_brake``, never past standstill); where that stop is no longer possible the
+  car is committed and the check stays out of the way. The plan's steering is untouched, and a
+  plan that brakes harder than the check keeps its brake.
+
+Backend-agnostic (the embedded highway-env and CARLA report the same fields), applied by
+``vla.policy.VLAPolicy`` on a plan policy's tracker command; ``PolicyConfig.yield_zone`` turns
+it on and off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.interface import ACTOR, DT, EGO
+
+
+@dataclass(frozen=True)
+class YieldParams:
+    zone: float = 30.0
+    """m before the junction's entry (along the route) within which the check runs; 0 = never."""
+    horizon: float = 5.0
+    """s of our path and theirs that are compared."""
+    radius: float = 3.5
+    """m; two centre points closer than this are the same spot (the expert's ``conflict_radius``)."""
+    time_gap: float = 1.5
+    """s; how close in time two vehicles may use one spot (the expert's ``conflict_time_gap``)."""
+    a_go: float = 2.0
+    """m/s^2; how our path is timed: 'if we went now', accelerating at this..."""
+    v_go: float = 8.0
+    """m/s; ...up to this speed (or the current speed, if higher)."""
+    same_direction_deg: float = 30.0
+    """Actors heading within this many degrees of us are leaders or followers, not crossing traffic."""
+    stop_back: float = 3.0
+    """m before the junction's entry where the ego's reference point stops (about a half car length)."""
+    max_brake: float = 6.0
+    """m/s^2; the hardest brake the check asks for; a stop that needs more is not attempted."""
+    actor_range: float = 60.0
+    """m; actors farther than this are not considered."""
+
+    def __post_init__(self) -> None:
+        values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
+                  self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range)
+        if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
+            raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
+
+
+def _along(path: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """(len(distances), 2) points ``distances`` metres along the polyline ``path`` (N >= 2, 2),
+    past its end along its last segment."""
+    seg = np.hypot(*np.diff(path, axis=0).T)
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    tail = path[-1] - path[-2]
+    tail = tail / max(float(np.hypot(*tail)), 1e-9)
+    out = np.stack([np.interp(distances, cum, path[:, 0]), np.interp(distances, cum, path[:, 1])], axis=-1)
+    beyond = distances > cum[-1]
+    out[beyond] = path[-1] + (distances[beyond] - cum[-1])[:, None] * tail
+    return out
+
+
+def ego_path(ego: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 2) world polyline from the ego's position through ``points`` (the plan's points still
+    ahead, (M, 2) world), degenerate steps dropped; a plan that stands still (or none) gives the
+    ego's heading."""
+    ego = np.asarray(ego, dtype=np.float64)
+    here = ego[[EGO["x"], EGO["y"]]]
+    path = [here]
+    for p in np.asarray(points, dtype=np.float64).reshape(-1, 2):
+        if np.hypot(*(p - path[-1])) > 0.05:
+            path.append(p)
+    if len(path) < 2:
+        yaw = float(ego[EGO["yaw"]])
+        path.append(here + np.array([np.cos(yaw), np.sin(yaw)]))
+    return np.array(path)
+
+
+def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams()) -> bool:
+    """Would an observed actor not heading our way use a spot of ``path`` (world polyline from
+    the ego, ``ego_path``) within ``time_gap`` of us, if we went now? (module docstring)"""
+    p = params
+    ego = np.asarray(ego, dtype=np.float64)
+    actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
+    v = max(float(ego[EGO["speed"]]), 0.0)
+    times = np.arange(0.0, p.horizon + 1e-9, 0.25)
+    v_go = max(p.v_go, v)
+    t_cap = np.minimum(times, (v_go - v) / p.a_go)
+    ours = _along(np.asarray(path, dtype=np.float64), v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap))
+    here = ego[[EGO["x"], EGO["y"]]]
+    yaw = actors[:, ACTOR["yaw"]]
+    dyaw = np.abs((yaw - ego[EGO["yaw"]] + np.pi) % (2 * np.pi) - np.pi)
+    near = np.hypot(actors[:, ACTOR["x"]] - here[0], actors[:, ACTOR["y"]] - here[1]) <= p.actor_range
+    keep = (actors[:, ACTOR["present"]] > 0.5) & (dyaw >= np.radians(p.same_direction_deg)) & near
+    if not keep.any():
+        return False
+    a = actors[keep]
+    step = a[:, ACTOR["speed"], None] * times[None, :]  # (A, T)
+    theirs = np.stack([a[:, ACTOR["x"], None] + np.cos(a[:, ACTOR["yaw"], None]) * step,
+                       a[:, ACTOR["y"], None] + np.sin(a[:, ACTOR["yaw"], None]) * step], axis=-1)  # (A, T, 2)
+    dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
+    close_in_time = np.abs(times[:, None] - times[None, :]) <= p.time_gap
+    return bool(np.any((dist < p.radius) & close_in_time[None]))
+
+
+def yield_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
+                params: YieldParams = YieldParams()) -> float | None:
+    """The acceleration (m/s^2, <= 0) that holds the ego at the junction's line now, or None when
+    the check does not apply (not on the approach, no conflict, or too late to stop)."""
+    p = params
+    if not (0.0 < junction_distance <= p.zone):
+        return None
+    if not crossing_conflict(ego, actors, path, p):
+        return None
+    v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
+    room = junction_distance - p.stop_back
+    if room > 0.3:
+        need = v * v / (2.0 * room)
+        if need > p.max_brake:
+            return None  # committed: it cannot stop before the line any more
+        accel = -need
+    elif v > 1.0:
+        return None  # at the line and still moving: stopping now would stand in the junction
+    else:
+        accel = -p.max_brake
+    return max(accel, -v / DT)  # never past standstill

@@ -1,0 +1,111 @@
+"""The yield check (sim.yield_check) and its use by a plan policy (PolicyConfig.yield_zone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
+from sim.yield_check import YieldParams, crossing_conflict, ego_path, yield_accel
+
+
+def _ego(speed: float, x: float = 0.0) -> np.ndarray:
+    """Heading east (+x) along y = 0 at ``speed``, in the centre of its lane."""
+    ego = np.zeros(len(EGO_FIELDS))
+    ego[EGO["x"]], ego[EGO["speed"]] = x, speed
+    return ego
+
+
+def _actors(*rows: tuple[float, float, float, float]) -> np.ndarray:
+    """(MAX_ACTORS, ACTOR_FIELDS) from (x, y, yaw, speed) rows, the rest padding."""
+    out = np.zeros((MAX_ACTORS, len(ACTOR_FIELDS)))
+    for i, (x, y, yaw, speed) in enumerate(rows):
+        out[i, [ACTOR["present"], ACTOR["id"], ACTOR["x"], ACTOR["y"], ACTOR["yaw"], ACTOR["speed"]]] = (1, i + 1, x, y, yaw, speed)
+        out[i, [ACTOR["length"], ACTOR["width"]]] = (5.0, 2.0)
+    return out
+
+
+STRAIGHT = np.array([[0.0, 0.0], [10.0, 0.0]])
+
+
+def test_a_car_crossing_our_path_when_we_would_be_there_is_a_conflict_and_we_stop_at_the_line():
+    # we are 20 m before the junction at 6 m/s; the crossing road runs north at x = 25, a car 25 m
+    # south of our path drives north at 8 m/s: both reach (25, 0) about 3 s from now
+    ego, crossing = _ego(6.0), _actors((25.0, -25.0, np.pi / 2, 8.0))
+    path = ego_path(ego, np.array([[6.0, 0.0], [12.0, 0.0]]))
+    assert crossing_conflict(ego, crossing, path)
+    brake = yield_accel(ego, crossing, 20.0, path)
+    assert brake is not None and np.isclose(brake, -6.0**2 / (2 * (20.0 - YieldParams().stop_back)))
+    # standing at the line with the car still coming: hold, and never past standstill
+    assert yield_accel(_ego(0.0), crossing, 3.0, STRAIGHT) == 0.0
+    assert -1.0 <= yield_accel(_ego(0.1), crossing, 3.0, STRAIGHT) < 0.0
+
+
+def test_no_conflict_when_traffic_is_elsewhere_in_time_or_space_or_goes_our_way():
+    ego = _ego(6.0)
+    assert not crossing_conflict(ego, _actors((25.0, -80.0, np.pi / 2, 8.0)), STRAIGHT)  # arrives > 5 s later
+    assert not crossing_conflict(ego, _actors((25.0, 5.0, np.pi / 2, 8.0)), STRAIGHT)  # already past our path
+    assert not crossing_conflict(ego, _actors((25.0, -25.0, np.pi / 2, 0.0)), STRAIGHT)  # waiting at its line
+    # a slower leader in our lane is the plan's business (car following), not a crossing
+    assert not crossing_conflict(ego, _actors((8.0, 0.0, 0.0, 2.0)), STRAIGHT)
+    assert not crossing_conflict(ego, _actors(), STRAIGHT)  # nobody there
+    # an oncoming car in the next lane (4 m to our left) passes us, it does not cross us
+    assert not crossing_conflict(ego, _actors((40.0, 4.0, np.pi, 8.0)), STRAIGHT)
+    # but it crosses a left turn
+    left = ego_path(ego, np.array([[8.0, 1.0], [12.0, 5.0], [13.0, 12.0]]))
+    assert crossing_conflict(ego, _actors((40.0, 4.0, np.pi, 8.0)), left)
+
+
+def test_the_check_applies_only_on_the_approach_and_while_a_stop_is_possible():
+    crossing = _actors((25.0, -25.0, np.pi / 2, 8.0))
+    path = ego_path(_ego(6.0), STRAIGHT)
+    assert yield_accel(_ego(6.0), crossing, 50.0, path) is None  # no junction within the zone
+    assert yield_accel(_ego(6.0), crossing, 0.0, path) is None  # inside the junction: never stop there
+    assert yield_accel(_ego(6.0), crossing, 20.0, path, YieldParams(zone=0.0)) is None  # off
+    # 15 m/s with 8 m of room needs 14 m/s^2: committed, the check stays out of the way
+    assert yield_accel(_ego(15.0), _actors((25.0, -40.0, np.pi / 2, 8.0)), 11.0, ego_path(_ego(15.0), STRAIGHT)) is None
+    assert yield_accel(_ego(3.0), crossing, 2.0, path) is None  # at the line, still moving: go through
+    with pytest.raises(ValueError):
+        YieldParams(radius=float("nan"))
+    with pytest.raises(ValueError):
+        YieldParams(horizon=0.0)
+
+
+def test_ego_path_starts_at_the_ego_and_a_standing_plan_points_along_its_heading():
+    ego = _ego(0.0, x=3.0)
+    ego[EGO["yaw"]] = np.pi / 2
+    path = ego_path(ego, np.array([[3.0, 0.0], [3.0, 0.0]]))
+    assert np.allclose(path, [[3.0, 0.0], [3.0, 1.0]])
+    assert np.allclose(ego_path(_ego(5.0), np.array([[5.0, 0.0]]))[0], [0.0, 0.0])
+
+
+def test_a_plan_policy_with_a_yield_zone_brakes_for_crossing_traffic_and_only_then():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    go = np.zeros((4, 2))  # keep speed, keep the lane
+
+    def accel(zone: float, actors: np.ndarray, junction: float = 20.0, route_path: np.ndarray | None = None) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(yield_zone=zone)
+        obs = {"ego": _ego(6.0), "actors": actors, "route": np.array([junction, 12.0, 0.0]), "goal": None}
+        if route_path is not None:
+            obs["route_path"] = route_path
+        return float(policy.select_action(obs, plan=lambda o: go)[0])
+
+    crossing = _actors((25.0, -25.0, np.pi / 2, 8.0))
+    free = accel(0.0, crossing)
+    assert abs(free) < 0.5  # the plan holds its speed
+    held = accel(30.0, crossing)
+    assert np.isclose(held, -6.0**2 / (2 * (20.0 - 3.0)), atol=1e-4)
+    assert np.isclose(accel(30.0, _actors()), free)  # nobody crossing: the plan's own command
+    assert np.isclose(accel(30.0, crossing, junction=50.0), free)  # open road
+    # the route (when the backend reports it) is the path checked: straight on meets the car ...
+    straight = np.stack([np.arange(17) * 2.5, np.zeros(17)], axis=-1)
+    assert np.isclose(accel(30.0, crossing, route_path=straight), held, atol=1e-4)
+    # ... a right turn at x = 15 runs south 10 m clear of the car's road, ahead of it: no conflict
+    right = np.array([[min(d, 15.0), -max(d - 15.0, 0.0)] for d in np.arange(17) * 2.5])
+    assert np.isclose(accel(30.0, crossing, route_path=right), free)
+    with pytest.raises(ValueError, match="yield_zone"):
+        PolicyConfig(yield_zone=-1.0)
