@@ -262,7 +262,7 @@ def _eval_parser(sub) -> None:
     add_hearing_args(p)
     p.add_argument("--tracker-jerk", type=float, nargs=2, default=None, metavar=("LONG", "LAT"),
                    help="a plan policy's tracker comfort limits in m/s^3 (0 = none) instead of the checkpoint's "
-                        "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 2 0 unless set)")
+                        "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 1.5 0 for new ones)")
     p.add_argument("--commit-margin", type=float, default=None, metavar="NATS",
                    help="a plan policy keeps the plan it is executing unless the new one is likelier by this many "
                         "nats, on open road (PolicyConfig.commit_margin; 0 = off; default: the checkpoint's, 1.5 unless set)")

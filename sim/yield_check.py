@@ -13,8 +13,9 @@ own yield decision (``sim.highway_expert._conflict``) but from the observation a
 * **Our path**: the plan being executed (world points, from now on), extended along its last
   segment, driven as if we went now: accelerating at ``a_go`` toward ``v_go`` (the expert
   assumes the same: the question is whether going is safe, not whether the plan goes).
-* **Their paths**: every observed actor (``obs["actors"]``: position, heading, speed) at
-  constant speed along its heading. Actors heading within ``same_direction_deg`` of us are
+* **Their paths**: every observed actor (``obs["actors"]``: position, heading, speed) along
+  its heading at constant speed, or, when it slowed since the last step (same ``id``), braking
+  at that rate until it stands: a car yielding to us is no conflict. Actors heading within ``same_direction_deg`` of us are
   leaders or followers, which the plan itself follows; they are left out. No lanes, no
   "is yielding" flags: nothing a backend does not report.
 * **Conflict**: some point of our path within ``radius`` m of some point of theirs at times
@@ -60,10 +61,14 @@ class YieldParams:
     """m/s^2; the hardest brake the check asks for; a stop that needs more is not attempted."""
     actor_range: float = 60.0
     """m; actors farther than this are not considered."""
+    moving: float = 1.0
+    """m/s; actors slower than this are standing obstacles, which the plan itself drives around or
+    stops for, not crossing traffic to wait for (one standing in the junction held the car at its
+    line until the episode ended, on dev episodes)."""
 
     def __post_init__(self) -> None:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
-                  self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range)
+                  self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -97,9 +102,12 @@ def ego_path(ego: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.array(path)
 
 
-def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams()) -> bool:
+def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams(),
+                      accels: np.ndarray | None = None) -> bool:
     """Would an observed actor not heading our way use a spot of ``path`` (world polyline from
-    the ego, ``ego_path``) within ``time_gap`` of us, if we went now? (module docstring)"""
+    the ego, ``ego_path``) within ``time_gap`` of us, if we went now? (module docstring)
+    ``accels`` (one per actor row, m/s^2, e.g. from its speed a step ago; None: all 0): an actor
+    that is braking is predicted to keep braking until it stands (a car yielding to us)."""
     p = params
     ego = np.asarray(ego, dtype=np.float64)
     actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
@@ -112,11 +120,16 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
     yaw = actors[:, ACTOR["yaw"]]
     dyaw = np.abs((yaw - ego[EGO["yaw"]] + np.pi) % (2 * np.pi) - np.pi)
     near = np.hypot(actors[:, ACTOR["x"]] - here[0], actors[:, ACTOR["y"]] - here[1]) <= p.actor_range
-    keep = (actors[:, ACTOR["present"]] > 0.5) & (dyaw >= np.radians(p.same_direction_deg)) & near
+    keep = ((actors[:, ACTOR["present"]] > 0.5) & (dyaw >= np.radians(p.same_direction_deg)) & near
+            & (actors[:, ACTOR["speed"]] >= p.moving))
     if not keep.any():
         return False
     a = actors[keep]
-    step = a[:, ACTOR["speed"], None] * times[None, :]  # (A, T)
+    speed = np.maximum(a[:, ACTOR["speed"], None], 0.0)
+    brake = np.zeros_like(speed) if accels is None else np.minimum(np.asarray(accels, dtype=np.float64)[keep, None], 0.0)
+    t_stop = np.where(brake < 0, speed / np.maximum(-brake, 1e-9), np.inf)
+    moving = np.minimum(times[None, :], t_stop)
+    step = speed * moving + 0.5 * brake * moving**2  # (A, T): constant speed, or braking to a stand
     theirs = np.stack([a[:, ACTOR["x"], None] + np.cos(a[:, ACTOR["yaw"], None]) * step,
                        a[:, ACTOR["y"], None] + np.sin(a[:, ACTOR["yaw"], None]) * step], axis=-1)  # (A, T, 2)
     dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
@@ -125,13 +138,13 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
 
 
 def yield_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
-                params: YieldParams = YieldParams()) -> float | None:
+                params: YieldParams = YieldParams(), accels: np.ndarray | None = None) -> float | None:
     """The acceleration (m/s^2, <= 0) that holds the ego at the junction's line now, or None when
     the check does not apply (not on the approach, no conflict, or too late to stop)."""
     p = params
     if not (0.0 < junction_distance <= p.zone):
         return None
-    if not crossing_conflict(ego, actors, path, p):
+    if not crossing_conflict(ego, actors, path, p, accels):
         return None
     v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
     room = junction_distance - p.stop_back

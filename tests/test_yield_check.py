@@ -49,6 +49,11 @@ def test_no_conflict_when_traffic_is_elsewhere_in_time_or_space_or_goes_our_way(
     # a slower leader in our lane is the plan's business (car following), not a crossing
     assert not crossing_conflict(ego, _actors((8.0, 0.0, 0.0, 2.0)), STRAIGHT)
     assert not crossing_conflict(ego, _actors(), STRAIGHT)  # nobody there
+    # a crossing car that is braking (yielding to us) stands 8 m short of our path: no conflict
+    coming = _actors((25.0, -25.0, np.pi / 2, 8.0))
+    assert crossing_conflict(ego, coming, STRAIGHT, accels=np.full(MAX_ACTORS, 0.0))
+    assert not crossing_conflict(ego, coming, STRAIGHT, accels=np.full(MAX_ACTORS, -4.0))
+    assert crossing_conflict(ego, coming, STRAIGHT, accels=np.full(MAX_ACTORS, 2.0))  # speeding up: constant speed
     # an oncoming car in the next lane (4 m to our left) passes us, it does not cross us
     assert not crossing_conflict(ego, _actors((40.0, 4.0, np.pi, 8.0)), STRAIGHT)
     # but it crosses a left turn
@@ -95,6 +100,14 @@ def test_a_plan_policy_with_a_yield_zone_brakes_for_crossing_traffic_and_only_th
         return float(policy.select_action(obs, plan=lambda o: go)[0])
 
     crossing = _actors((25.0, -25.0, np.pi / 2, 8.0))
+    # the policy reads how fast each actor (by id) slowed since the step before
+    policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+    policy.set_execution(yield_zone=30.0)
+    obs = {"ego": _ego(6.0), "actors": crossing, "route": np.array([20.0, 12.0, 0.0]), "goal": None}
+    assert policy.select_action(obs, plan=lambda o: go)[0] < -1.0  # coming on: held
+    braking = crossing.copy()
+    braking[0, ACTOR["speed"]] = 7.6  # -4 m/s^2 over the last step: it yields to us
+    assert policy.select_action({**obs, "actors": braking}, plan=lambda o: go)[0] > -0.5
     free = accel(0.0, crossing)
     assert abs(free) < 0.5  # the plan holds its speed
     held = accel(30.0, crossing)

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
-from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO
+from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
@@ -366,6 +366,8 @@ class VLAPolicy(torch.nn.Module):
         self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, step made)
         self._plans: list[tuple] = []  # the recent raw plans, newest first, for 'ensemble'
         self._t = 0  # steps of this episode so far
+        self._actor_speeds: dict[float, float] = {}  # actor id -> speed at step _actor_speeds_t (yield check)
+        self._actor_speeds_t = -2
 
     def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
         """The passenger says ``command``; an audio policy hears the rendition drawn for
@@ -513,6 +515,12 @@ class VLAPolicy(torch.nn.Module):
         route = obs.get("route")
         if self.config.yield_zone <= 0 or route is None:
             return action
+        actors = np.asarray(obs["actors"], dtype=np.float64)
+        ids, speeds = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]]
+        last = self._actor_speeds if self._actor_speeds_t == t - 1 else {}
+        accels = np.array([(v - last[i]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
+        present = actors[:, ACTOR["present"]] > 0.5
+        self._actor_speeds, self._actor_speeds_t = dict(zip(ids[present], speeds[present])), t
         ego = np.asarray(obs["ego"], dtype=np.float64)
         if obs.get("route_path") is not None:
             path = ego_path(ego, obs["route_path"])  # where the route goes through the junction
@@ -520,7 +528,7 @@ class VLAPolicy(torch.nn.Module):
             waypoints, frame, start, made = self._plan
             times, points = plan_trajectory(waypoints, frame, start)
             path = ego_path(ego, points[times > (t - made) * DT])
-        brake = yield_accel(ego, obs["actors"], float(np.asarray(route)[0]), path, self._yield_params)
+        brake = yield_accel(ego, actors, float(np.asarray(route)[0]), path, self._yield_params, accels)
         if brake is None or brake >= action[0]:
             return action
         held = action.copy()
