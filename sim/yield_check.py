@@ -43,12 +43,14 @@ from sim.interface import ACTOR, DT, EGO
 class YieldParams:
     zone: float = 30.0
     """m before the junction's entry (along the route) within which the check runs; 0 = never."""
-    horizon: float = 5.0
-    """s of our path and theirs that are compared."""
+    horizon: float = 4.0
+    """s of our path and theirs that are compared (the expert: 5 s, with lane-following predictions;
+    from straight-line predictions 5 s held the car at the line into more timeouts, dev)."""
     radius: float = 3.5
     """m; two centre points closer than this are the same spot (the expert's ``conflict_radius``)."""
-    time_gap: float = 1.5
-    """s; how close in time two vehicles may use one spot (the expert's ``conflict_time_gap``)."""
+    time_gap: float = 1.0
+    """s; how close in time two vehicles may use one spot (the expert: 1.5 s; with 1.5 s the car
+    waited for gaps medium traffic rarely has and timed out, dev)."""
     a_go: float = 2.0
     """m/s^2; how our path is timed: 'if we went now', accelerating at this..."""
     v_go: float = 8.0

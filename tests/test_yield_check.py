@@ -36,16 +36,22 @@ def test_a_car_crossing_our_path_when_we_would_be_there_is_a_conflict_and_we_sto
     assert crossing_conflict(ego, crossing, path)
     brake = yield_accel(ego, crossing, 20.0, path)
     assert brake is not None and np.isclose(brake, -6.0**2 / (2 * (20.0 - YieldParams().stop_back)))
-    # standing at the line with the car still coming: hold, and never past standstill
-    assert yield_accel(_ego(0.0), crossing, 3.0, STRAIGHT) == 0.0
-    assert -1.0 <= yield_accel(_ego(0.1), crossing, 3.0, STRAIGHT) < 0.0
+    # standing at the line, a car coming along the crossing road 8 m ahead (we would reach it in
+    # 2.8 s from standstill, it in 2.5 s): hold, and never past standstill
+    near = _actors((8.0, -20.0, np.pi / 2, 8.0))
+    assert yield_accel(_ego(0.0), near, 3.0, STRAIGHT) == 0.0
+    assert -1.0 <= yield_accel(_ego(0.1), near, 3.0, STRAIGHT) < 0.0
 
 
 def test_no_conflict_when_traffic_is_elsewhere_in_time_or_space_or_goes_our_way():
     ego = _ego(6.0)
-    assert not crossing_conflict(ego, _actors((25.0, -80.0, np.pi / 2, 8.0)), STRAIGHT)  # arrives > 5 s later
+    assert not crossing_conflict(ego, _actors((25.0, -80.0, np.pi / 2, 8.0)), STRAIGHT)  # arrives > 4 s later
+    assert not crossing_conflict(ego, _actors((25.0, -12.0, np.pi / 2, 8.0)), STRAIGHT)  # 1.5 s before us
     assert not crossing_conflict(ego, _actors((25.0, 5.0, np.pi / 2, 8.0)), STRAIGHT)  # already past our path
     assert not crossing_conflict(ego, _actors((25.0, -25.0, np.pi / 2, 0.0)), STRAIGHT)  # waiting at its line
+    # one standing across our path is an obstacle for the plan (car following), not traffic to wait for
+    assert not crossing_conflict(ego, _actors((10.0, 0.5, np.pi / 2, 0.3)), STRAIGHT)
+    assert crossing_conflict(ego, _actors((10.0, 0.5, np.pi / 2, 0.3)), STRAIGHT, YieldParams(moving=0.0))
     # a slower leader in our lane is the plan's business (car following), not a crossing
     assert not crossing_conflict(ego, _actors((8.0, 0.0, 0.0, 2.0)), STRAIGHT)
     assert not crossing_conflict(ego, _actors(), STRAIGHT)  # nobody there
@@ -55,10 +61,10 @@ def test_no_conflict_when_traffic_is_elsewhere_in_time_or_space_or_goes_our_way(
     assert not crossing_conflict(ego, coming, STRAIGHT, accels=np.full(MAX_ACTORS, -4.0))
     assert crossing_conflict(ego, coming, STRAIGHT, accels=np.full(MAX_ACTORS, 2.0))  # speeding up: constant speed
     # an oncoming car in the next lane (4 m to our left) passes us, it does not cross us
-    assert not crossing_conflict(ego, _actors((40.0, 4.0, np.pi, 8.0)), STRAIGHT)
-    # but it crosses a left turn
+    assert not crossing_conflict(ego, _actors((30.0, 4.0, np.pi, 8.0)), STRAIGHT)
+    # but it crosses a left turn (we reach its lane in 1.7 s, it that spot in 2.4 s)
     left = ego_path(ego, np.array([[8.0, 1.0], [12.0, 5.0], [13.0, 12.0]]))
-    assert crossing_conflict(ego, _actors((40.0, 4.0, np.pi, 8.0)), left)
+    assert crossing_conflict(ego, _actors((30.0, 4.0, np.pi, 8.0)), left)
 
 
 def test_the_check_applies_only_on_the_approach_and_while_a_stop_is_possible():
