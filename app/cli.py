@@ -273,6 +273,9 @@ def _eval_parser(sub) -> None:
                    help="a plan policy holds the line while crossing traffic would meet its path, within this many "
                         "metres before a junction (PolicyConfig.yield_zone, sim.yield_check; 0 = off; default: the "
                         "checkpoint's)")
+    p.add_argument("--route-steer-speed", type=float, default=None, metavar="MPS",
+                   help="a plan policy steers along its route's centre line instead of the plan below this speed, "
+                        "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -295,11 +298,13 @@ def _eval_parser(sub) -> None:
 
 def _check_execution(args: argparse.Namespace) -> None:
     """--tracker-jerk LONG LAT (finite, >= 0), --tracker-lookahead S (finite, > 0),
-    --commit-margin NATS and --yield-zone M (finite, >= 0), only for a plan policy checkpoint;
+    --commit-margin NATS, --yield-zone M and --route-steer-speed MPS (finite, >= 0), only for a
+    plan policy checkpoint;
     sets ``args.execution``, the plan-execution settings ``evaluate`` drives with."""
     args.execution = None
     flags = (("--tracker-jerk", args.tracker_jerk), ("--tracker-lookahead", args.tracker_lookahead),
-             ("--commit-margin", args.commit_margin), ("--yield-zone", args.yield_zone))
+             ("--commit-margin", args.commit_margin), ("--yield-zone", args.yield_zone),
+             ("--route-steer-speed", args.route_steer_speed))
     given = [flag for flag, value in flags if value is not None]
     if not given:
         return
@@ -311,6 +316,8 @@ def _check_execution(args: argparse.Namespace) -> None:
         raise VLAError(f"--commit-margin takes a finite number of nats >= 0, got {args.commit_margin}")
     if args.yield_zone is not None and not (math.isfinite(args.yield_zone) and args.yield_zone >= 0):
         raise VLAError(f"--yield-zone takes a finite distance >= 0 in m (0 = off), got {args.yield_zone}")
+    if args.route_steer_speed is not None and not (math.isfinite(args.route_steer_speed) and args.route_steer_speed >= 0):
+        raise VLAError(f"--route-steer-speed takes a finite speed >= 0 in m/s (0 = off), got {args.route_steer_speed}")
     from vla.policies_registry import is_checkpoint
 
     flag = given[0]
@@ -331,6 +338,8 @@ def _check_execution(args: argparse.Namespace) -> None:
         args.execution["commit_margin"] = args.commit_margin
     if args.yield_zone is not None:
         args.execution["yield_zone"] = args.yield_zone
+    if args.route_steer_speed is not None:
+        args.execution["route_steer_speed"] = args.route_steer_speed
 
 
 def _check_best_of(args: argparse.Namespace) -> None:

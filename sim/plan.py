@@ -336,6 +336,16 @@ class PlanTracker:
         now = geometry.curvature(steer_now)
         return geometry.steer_for(float(np.clip(geometry.curvature(steer), now - band, now + band)))
 
+    def steer_along(self, pose: np.ndarray, path: np.ndarray) -> float:
+        """Pure pursuit on a world polyline ``path`` (N, 2) from the ego at ``pose`` [x, y, yaw,
+        speed], with the tracker's look-ahead; 0 below ``min_speed`` (as ``control``)."""
+        p = self.params
+        pose = np.asarray(pose, dtype=np.float64)
+        if pose[3] < p.min_speed:
+            return 0.0
+        steer = self.geometry_steer(to_frame(pose, path), max(p.lookahead_min, pose[3] * p.lookahead_time))
+        return float(np.clip(steer, ACTION_LOW[1], ACTION_HIGH[1]))
+
     def geometry_steer(self, local: np.ndarray, lookahead: float) -> float:
         """Pure pursuit: the wheel angle whose arc from the ego (origin, heading +x) passes
         through the point of the polyline ``local`` (N, 2) at distance ``lookahead`` (past the

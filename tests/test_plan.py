@@ -512,7 +512,7 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
            (tmp_path / "plan", ["--tracker-lookahead", "nan"]), (tmp_path / "control", ["--tracker-lookahead", "1"]),
            (tmp_path / "plan", ["--commit-margin", "-1"]), (tmp_path / "control", ["--commit-margin", "1"]),
            (tmp_path / "plan", ["--yield-zone", "-5"]), (tmp_path / "plan", ["--yield-zone", "inf"]),
-           (tmp_path / "control", ["--yield-zone", "30"])]
+           (tmp_path / "control", ["--yield-zone", "30"]), (tmp_path / "plan", ["--route-steer-speed", "-1"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()

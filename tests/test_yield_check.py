@@ -128,3 +128,31 @@ def test_a_plan_policy_with_a_yield_zone_brakes_for_crossing_traffic_and_only_th
     assert np.isclose(accel(30.0, crossing, route_path=right), free)
     with pytest.raises(ValueError, match="yield_zone"):
         PolicyConfig(yield_zone=-1.0)
+
+
+def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not_the_plan():
+    from sim.plan import PlanTracker
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    straight_plan = np.zeros((4, 2))
+    right = np.array([[min(d, 2.0), -max(d - 2.0, 0.0)] for d in np.arange(17) * 2.5])  # turns right 2 m ahead
+
+    def steer(speed_limit: float, speed: float, junction: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(route_steer_speed=speed_limit)
+        obs = {"ego": _ego(speed), "actors": _actors(), "route": np.array([junction, 5.0, 0.0]), "goal": None,
+               "route_path": right}
+        return float(policy.select_action(obs, plan=lambda o: straight_plan)[1])
+
+    assert abs(steer(0.0, 2.0, 10.0)) < 1e-3  # off: the plan says straight on
+    along = steer(4.0, 2.0, 10.0)
+    assert along < -0.1  # a crawl near the junction: the route's right turn
+    assert np.isclose(along, PlanTracker().steer_along(np.array([0.0, 0.0, 0.0, 2.0]), right), atol=1e-6)
+    assert abs(steer(4.0, 2.0, 50.0)) < 1e-3  # open road: the plan
+    assert abs(steer(4.0, 6.0, 10.0)) < 1e-3  # faster than the limit: the plan
+    assert steer(4.0, 2.0, 0.0) < -0.1  # inside the junction too
+    assert PlanTracker().steer_along(np.array([0.0, 0.0, 0.0, 0.1]), right) == 0.0  # standing: wheel straight
+    with pytest.raises(ValueError, match="route_steer_speed"):
+        PolicyConfig(route_steer_speed=float("nan"))

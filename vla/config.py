@@ -143,6 +143,12 @@ class PolicyConfig:
     would meet the plan's path within 1.5 s of us; 0 = off. A rule beside the network, read
     from the observation only (actors, ``obs["route"]``), so every backend gets it. An execution
     setting."""
+    route_steer_speed: float = 0.0
+    """A plan policy: below this speed (m/s), on a junction's approach or inside it, the wheel
+    follows the route's centre line (``obs["route_path"]``, pure pursuit with the tracker's
+    look-ahead) instead of the plan's lateral offsets; the plan still sets the speed. 0 = off.
+    Cloned plans wobble by decimetres at a crawl, which at a 3 m look-ahead turns the wheel
+    lock to lock (the junction's off-road episodes). An execution setting."""
     attn_implementation: str = "sdpa"
     """transformers attention kernel: 'sdpa', 'eager' or 'flash_attention_2' (GPU only)."""
     backbone_dir: str = ""
@@ -215,6 +221,9 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.tracker_lookahead must be a finite time > 0 in s, got {self.tracker_lookahead}")
         if not (math.isfinite(self.commit_margin) and self.commit_margin >= 0):
             raise ValueError(f"PolicyConfig.commit_margin must be a finite number of nats >= 0, got {self.commit_margin}")
+        if not (math.isfinite(self.route_steer_speed) and self.route_steer_speed >= 0):
+            raise ValueError(f"PolicyConfig.route_steer_speed must be a finite speed >= 0 in m/s (0 = off), got "
+                             f"{self.route_steer_speed}")
         if not (math.isfinite(self.yield_zone) and self.yield_zone >= 0):
             raise ValueError(f"PolicyConfig.yield_zone must be a finite distance >= 0 in m (0 = off), got {self.yield_zone}")
         if min(self.tracker_jerk_long, self.tracker_jerk_lat) < 0:

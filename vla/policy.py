@@ -242,7 +242,8 @@ COMMIT_BIN_WINDOW = 2
 """A plan is scored for commitment by the probability of landing within this many bins of each
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
-EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone")
+EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
+                      "route_steer_speed")
 """``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
 not what was learned, so any checkpoint can drive with others."""
 
@@ -505,6 +506,11 @@ class VLAPolicy(torch.nn.Module):
         waypoints, frame, start, made = self._plan
         action = self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                       steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
+        route, path = obs.get("route"), obs.get("route_path")
+        if (self.config.route_steer_speed > 0 and route is not None and path is not None
+                and float(np.asarray(route)[0]) < JUNCTION_HORIZON and ego[EGO["speed"]] < self.config.route_steer_speed):
+            action = action.copy()
+            action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
         return self._yield(obs, action, t)
 
     def _yield(self, obs: dict, action: np.ndarray, t: int) -> np.ndarray:
@@ -515,12 +521,17 @@ class VLAPolicy(torch.nn.Module):
         route = obs.get("route")
         if self.config.yield_zone <= 0 or route is None:
             return action
+        junction = float(np.asarray(route)[0])
+        if not 0.0 < junction < JUNCTION_HORIZON:  # open road or inside: no check, no history needed
+            return action
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ids, speeds = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]]
         last = self._actor_speeds if self._actor_speeds_t == t - 1 else {}
         accels = np.array([(v - last[i]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
         present = actors[:, ACTOR["present"]] > 0.5
         self._actor_speeds, self._actor_speeds_t = dict(zip(ids[present], speeds[present])), t
+        if junction > self.config.yield_zone:
+            return action
         ego = np.asarray(obs["ego"], dtype=np.float64)
         if obs.get("route_path") is not None:
             path = ego_path(ego, obs["route_path"])  # where the route goes through the junction
@@ -528,7 +539,7 @@ class VLAPolicy(torch.nn.Module):
             waypoints, frame, start, made = self._plan
             times, points = plan_trajectory(waypoints, frame, start)
             path = ego_path(ego, points[times > (t - made) * DT])
-        brake = yield_accel(ego, actors, float(np.asarray(route)[0]), path, self._yield_params, accels)
+        brake = yield_accel(ego, actors, junction, path, self._yield_params, accels)
         if brake is None or brake >= action[0]:
             return action
         held = action.copy()
