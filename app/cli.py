@@ -272,10 +272,11 @@ def _eval_parser(sub) -> None:
     p.add_argument("--yield-zone", type=float, default=None, metavar="M",
                    help="a plan policy holds the line while crossing traffic would meet its path, within this many "
                         "metres before a junction (PolicyConfig.yield_zone, sim.yield_check; 0 = off; default: the "
-                        "checkpoint's)")
+                        "checkpoint's, 30 unless set)")
     p.add_argument("--route-steer-speed", type=float, default=None, metavar="MPS",
                    help="a plan policy steers along its route's centre line instead of the plan below this speed, "
-                        "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's)")
+                        "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's, "
+                        "4 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",

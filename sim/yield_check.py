@@ -26,8 +26,8 @@ own yield decision (``sim.highway_expert._conflict``) but from the observation a
   plan that brakes harder than the check keeps its brake.
 
 Backend-agnostic (the embedded highway-env and CARLA report the same fields), applied by
-``vla.policy.VLAPolicy`` on a plan policy's tracker command; ``PolicyConfig.yield_zone`` turns
-it on and off.
+``vla.policy.VLAPolicy`` on a plan policy's tracker command; ``PolicyConfig.yield_zone`` (30 m by
+default, 0 = off) turns it on and off.
 """
 
 from __future__ import annotations

@@ -137,18 +137,22 @@ class PolicyConfig:
     held-out highway episodes 2 m/s^3 met the lateral-jerk target but made 7-11% leave the road,
     the limit being a lag inside pure pursuit, and the junction's turns lost half their goal
     success on validation seeds)."""
-    yield_zone: float = 0.0
+    yield_zone: float = 30.0
     """A plan policy: metres before a junction's entry within which the yield check
     (``sim.yield_check``) holds the car at the line while an observed actor crossing our way
-    would meet the plan's path within 1.5 s of us; 0 = off. A rule beside the network, read
-    from the observation only (actors, ``obs["route"]``), so every backend gets it. An execution
-    setting."""
-    route_steer_speed: float = 0.0
+    would meet our route within 1 s of us; 0 = off. A rule beside the network, read from the
+    observation only (actors, ``obs["route"]``, ``obs["route_path"]``), so every backend gets it.
+    With ``route_steer_speed`` 4 it cut collisions at the held-out junction from 0.23-0.27 to
+    0.09 (3 seeds x 50, medium and dense; docs/drive_like_expert.md). An execution setting:
+    checkpoints from before it existed get this default (0 restores their old driving)."""
+    route_steer_speed: float = 4.0
     """A plan policy: below this speed (m/s), on a junction's approach or inside it, the wheel
     follows the route's centre line (``obs["route_path"]``, pure pursuit with the tracker's
     look-ahead) instead of the plan's lateral offsets; the plan still sets the speed. 0 = off.
     Cloned plans wobble by decimetres at a crawl, which at a 3 m look-ahead turns the wheel
-    lock to lock (the junction's off-road episodes). An execution setting."""
+    lock to lock (the junction's off-road episodes). With ``yield_zone`` 30 it roughly halved
+    leaving the road at the held-out junction (docs/drive_like_expert.md). An execution setting:
+    checkpoints from before it existed get this default (0 restores their old driving)."""
     attn_implementation: str = "sdpa"
     """transformers attention kernel: 'sdpa', 'eager' or 'flash_attention_2' (GPU only)."""
     backbone_dir: str = ""
