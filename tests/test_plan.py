@@ -506,6 +506,11 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
     out = tmp_path / "eval_commit"
     assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *light, "--commit-margin", "1e9", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["jerk_lat_max"] != jerk[None]  # it keeps its first plan
+    junction = ["--scenario", "intersection", "--density", "light", "--episodes", "1", "--no-gif"]
+    for flags in (["--yield-zone", "0", "--route-steer-speed", "0"], ["--yield-zone", "50", "--route-steer-speed", "20"]):
+        out = tmp_path / f"eval_junction_{flags[1]}"
+        assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *junction, *flags, "--out", str(out)]) == 0
+        assert json.loads((out / "metrics.json").read_text())["episodes"] == 1
     capsys.readouterr()
     bad = [(tmp_path / "plan", ["--tracker-jerk", "-1", "0"]), ("expert", ["--tracker-jerk", "0", "0"]),
            (tmp_path / "control", ["--tracker-jerk", "0", "0"]), (tmp_path / "plan", ["--tracker-lookahead", "0"]),
