@@ -62,7 +62,7 @@ def route_features(points: np.ndarray, junction: np.ndarray | None, along: float
                     break
     ego = np.asarray(ego, dtype=np.float64)
     ahead = max(ROUTE_MIN_AHEAD, float(ego[EGO["speed"]]) * ROUTE_AHEAD_TIME)
-    target = _point_at(points, cum, along + ahead)
+    target = points_along(points, [along + ahead])[0]
     local = to_frame(plan_frame(ego), target)
     return np.array([distance, local[0], local[1]], dtype=np.float32)
 
@@ -82,20 +82,16 @@ def route_path(points: np.ndarray, along: float) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or len(points) < 2:
         raise ValueError(f"a route needs a (N >= 2, 2) polyline, got shape {points.shape}")
+    return points_along(points, along + ROUTE_PATH_SPACING * np.arange(ROUTE_PATH_POINTS)).astype(np.float32)
+
+
+def points_along(points: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """(len(distances), 2) points of the polyline ``points`` (N >= 2, 2) at those distances along
+    it (m), extended straight along its first / last segment before / past its ends."""
+    points = np.asarray(points, dtype=np.float64)
+    distances = np.asarray(distances, dtype=np.float64).reshape(-1)
     cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
-    return np.array([_point_at(points, cum, along + ROUTE_PATH_SPACING * k) for k in range(ROUTE_PATH_POINTS)],
-                    dtype=np.float32)
-
-
-def _point_at(points: np.ndarray, cum: np.ndarray, s: float) -> np.ndarray:
-    """The polyline's point ``s`` metres along it (extended straight past either end)."""
-    if s <= cum[0]:
-        i = 0
-    elif s >= cum[-1]:
-        i = len(points) - 2
-    else:
-        i = int(np.searchsorted(cum, s, side="right") - 1)
-        i = min(i, len(points) - 2)
+    i = np.clip(np.searchsorted(cum, distances, side="right") - 1, 0, len(points) - 2)
     seg = cum[i + 1] - cum[i]
-    t = (s - cum[i]) / seg if seg > 1e-9 else 0.0
-    return points[i] + t * (points[i + 1] - points[i])
+    t = np.where(seg > 1e-9, (distances - cum[i]) / np.maximum(seg, 1e-9), 0.0)
+    return points[i] + t[:, None] * (points[i + 1] - points[i])

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.interface import ACTOR, DT, EGO
+from sim.route import points_along
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,6 @@ class YieldParams:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
 
-def _along(path: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    """(len(distances), 2) points ``distances`` metres along the polyline ``path`` (N >= 2, 2),
-    past its end along its last segment."""
-    seg = np.hypot(*np.diff(path, axis=0).T)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    tail = path[-1] - path[-2]
-    tail = tail / max(float(np.hypot(*tail)), 1e-9)
-    out = np.stack([np.interp(distances, cum, path[:, 0]), np.interp(distances, cum, path[:, 1])], axis=-1)
-    beyond = distances > cum[-1]
-    out[beyond] = path[-1] + (distances[beyond] - cum[-1])[:, None] * tail
-    return out
-
-
 def ego_path(ego: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(N, 2) world polyline from the ego's position through ``points`` (the plan's points still
     ahead, (M, 2) world), degenerate steps dropped; a plan that stands still (or none) gives the
@@ -117,7 +105,7 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
     times = np.arange(0.0, p.horizon + 1e-9, 0.25)
     v_go = max(p.v_go, v)
     t_cap = np.minimum(times, (v_go - v) / p.a_go)
-    ours = _along(np.asarray(path, dtype=np.float64), v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap))
+    ours = points_along(path, v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap))
     here = ego[[EGO["x"], EGO["y"]]]
     yaw = actors[:, ACTOR["yaw"]]
     dyaw = np.abs((yaw - ego[EGO["yaw"]] + np.pi) % (2 * np.pi) - np.pi)

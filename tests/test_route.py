@@ -10,7 +10,7 @@ import pytest
 from sim.highway import EmbeddedDrivingEnv
 from sim.interface import EGO, EGO_FIELDS
 from sim.route import (JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, ROUTE_PATH_POINTS,
-                       ROUTE_PATH_SPACING, route_features, route_path)
+                       ROUTE_PATH_SPACING, points_along, route_features, route_path)
 from sim.storage import DatasetError, read_episode, read_episodes, write_episode
 
 ROUTE_AHEAD = 10.0 * ROUTE_AHEAD_TIME  # the test ego drives at 10 m/s
@@ -110,6 +110,8 @@ def test_route_path_samples_the_route_ahead_and_runs_on_past_its_end():
     assert np.allclose(lane_ahead[-1], [40.0, 0.0], atol=1.0)  # the highway's lanes run along +x
     with pytest.raises(ValueError, match="polyline"):
         route_path(np.zeros((1, 2)), 0.0)
+    # the same sampling at any distances, straight on before the start and past the end
+    assert np.allclose(points_along(points, [-2.0, 0.0, 12.5, 30.0]), [[-2.0, 0.0], [0.0, 0.0], [10.0, 2.5], [10.0, 20.0]])
 
 
 def test_episodes_record_the_route_and_old_ones_read_without_it(light_episode, tmp_path):
