@@ -587,13 +587,8 @@ class EmbeddedDrivingEnv(gym.Env):
     def route_state(self) -> np.ndarray:
         """(len(ROUTE_FIELDS),) ``sim.route.route_features`` of the ego now: on the highway the
         current lane ahead (no junction); at the intersection the episode's route."""
-        ego = self._core.vehicle
         if self._route is None:
-            lane = ego.lane
-            s, _ = lane.local_coordinates(ego.position)
-            ahead = [lane.position(float(s), 0.0), lane.position(float(s) + 2 * ROUTE_AHEAD, 0.0)]
-            points = np.array([(x, -y) for x, y in ahead])
-            return route_features(points, None, 0.0, self._ego)
+            return route_features(self._lane_ahead(), None, 0.0, self._ego)
         pos = self._route_position()
         if pos is not None:
             self._along = pos + self._s0  # metres along the polyline, which starts at the first lane's s = 0
@@ -605,11 +600,16 @@ class EmbeddedDrivingEnv(gym.Env):
         on the highway, the episode's route at the intersection (``route_state`` has updated
         where along it the ego is)."""
         if self._route is None:
-            lane = self._core.vehicle.lane
-            s, _ = lane.local_coordinates(self._core.vehicle.position)
-            ahead = [lane.position(float(s), 0.0), lane.position(float(s) + 2 * ROUTE_AHEAD, 0.0)]
-            return route_path(np.array([(x, -y) for x, y in ahead]), 0.0)
+            return route_path(self._lane_ahead(), 0.0)
         return route_path(self._route_poly[0], self._along)
+
+    def _lane_ahead(self) -> np.ndarray:
+        """(2, 2) world polyline of the ego's current lane centre from level with the ego to
+        ``2 * ROUTE_AHEAD`` m ahead (the highway's route)."""
+        ego = self._core.vehicle
+        s, _ = ego.lane.local_coordinates(ego.position)
+        ahead = [ego.lane.position(float(s), 0.0), ego.lane.position(float(s) + 2 * ROUTE_AHEAD, 0.0)]
+        return np.array([(x, -y) for x, y in ahead])
 
     def _route_position(self) -> float | None:
         """Metres along the route of the ego's position, or None when it is off the route."""

@@ -118,8 +118,8 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
     speed = np.maximum(a[:, ACTOR["speed"], None], 0.0)
     brake = np.zeros_like(speed) if accels is None else np.minimum(np.asarray(accels, dtype=np.float64)[keep, None], 0.0)
     t_stop = np.where(brake < 0, speed / np.maximum(-brake, 1e-9), np.inf)
-    moving = np.minimum(times[None, :], t_stop)
-    step = speed * moving + 0.5 * brake * moving**2  # (A, T): constant speed, or braking to a stand
+    t_moving = np.minimum(times[None, :], t_stop)
+    step = speed * t_moving + 0.5 * brake * t_moving**2  # (A, T): constant speed, or braking to a stand
     theirs = np.stack([a[:, ACTOR["x"], None] + np.cos(a[:, ACTOR["yaw"], None]) * step,
                        a[:, ACTOR["y"], None] + np.sin(a[:, ACTOR["yaw"], None]) * step], axis=-1)  # (A, T, 2)
     dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
