@@ -5,7 +5,12 @@ and tested on held-out phrasings spoken in held-out voices:
 
 * ``codes``: the codec's first ``--n-q`` codebook levels per 75 Hz frame (what an audio policy reads);
 * ``mel``: 40 log-mel bands per 75 Hz frame of the same mixed audio (what the codec had to keep);
-* ``ipa``: the phrasing's IPA symbols (the transcript; no voice, no noise).
+* ``ipa``: the phrasing's IPA symbols (the transcript; no voice, no noise);
+* ``heard``: with a codec that has a phone head (``vla train-codec --content-weight``), the
+  phones it transcribes from the audio (``AudioCodec.transcribe``), in training and test alike.
+
+With a phone head the phone error rate of its transcriptions (against the phrasing's IPA) is
+reported per test set too (``phone_error_rate``).
 
 Training: the corpus's training phrasings, ``--renditions`` renditions each in training voices
 (noise drawn from clean / 20 / 10 / 5 dB). Testing: the held-out phrasings, ``--test-renditions``
@@ -41,7 +46,8 @@ def _render(codec, phrasings, renditions: int, voices: str, snrs, seed: int, n_q
             audio = pcm.astype(np.float32) / 32768.0
             mel = log_mel(audio, corpus.SAMPLE_RATE).T  # (frames, bands)
             codes = np.asarray(record["codes"])[:n_q].T  # (T, n_q)
-            out.append((codes, mel, corpus._ipa(p.text, p.lang), corpus.LABELS.index(p.label)))
+            heard = codec.transcribe(audio) if codec.phone_head is not None else None
+            out.append((codes, mel, corpus._ipa(p.text, p.lang), corpus.LABELS.index(p.label), heard))
     return out
 
 
@@ -63,13 +69,14 @@ class Recognizer(torch.nn.Module):
 
 def _tensors(items, kind: str, symbols: dict, codebook: int):
     seqs = []
-    for codes, mel, ipa, _ in items:
+    for codes, mel, ipa, _, heard in items:
         if kind == "codes":
             seqs.append(torch.as_tensor(codes + np.arange(codes.shape[1]) * codebook))  # (T, n_q) ids per level
         elif kind == "mel":
             seqs.append(torch.as_tensor(mel, dtype=torch.float32))
-        else:
-            seqs.append(torch.as_tensor([[symbols.setdefault(s, len(symbols) + 1)] for s in ipa]))
+        else:  # ipa / heard: symbols; an empty transcription is one unknown symbol
+            seq = (ipa if kind == "ipa" else heard) or ("<none>",)
+            seqs.append(torch.as_tensor([[symbols.setdefault(s, len(symbols) + 1)] for s in seq]))
     lengths = torch.tensor([len(s) for s in seqs])
     x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
     y = torch.tensor([it[3] for it in items])
@@ -124,10 +131,18 @@ def main(argv=None) -> int:
              "trainphrasing_heldoutvoice_10db": _render(codec, train_ph, 1, "heldout", (10.0,), args.seed + 3, args.n_q)}
     print(f"rendered {len(train)} training and {sum(map(len, tests.values()))} test utterances in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    results = {}
-    for kind in ("codes", "mel", "ipa"):
+    results: dict = {}
+    kinds = ("codes", "mel", "ipa") + (("heard",) if codec.phone_head is not None else ())
+    if codec.phone_head is not None:
+        from tokenizers_mm.codec_train import phone_error_rate
+
+        results["phone_error_rate"] = {name: phone_error_rate([it[2] for it in items], [it[4] for it in items])
+                                       for name, items in {"train": train, **tests}.items()}
+        print("phone error rate: " + ", ".join(f"{k} {v:.3f}" for k, v in results["phone_error_rate"].items()),
+              flush=True)
+    for kind in kinds:
         results[kind] = train_and_test(kind, train, tests, args.epochs, args.seed, args.n_q, codec.codebook_size)
-        print(f"{kind:>5}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[kind].items()), flush=True)
+        print(f"{kind:>6}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[kind].items()), flush=True)
     print(json.dumps({"renditions": args.renditions, "n_q": args.n_q, "results": results}, sort_keys=True))
     return 0
 

@@ -294,3 +294,157 @@ def test_bench_codec_figures():
 
     figures = bench_codec(seconds=1.0)
     assert figures["tokens_per_audio_s"] == 300.0 and figures["encode_audio_s_per_s"] > 0
+
+
+# ----------------------------------------------------------------------------- phone head
+TONES = {"m": 250.0, "a": 800.0, "s": 3000.0}
+"""Three synthetic 'phones' (pure tones), named by IPA inventory symbols."""
+
+
+def tone_clip(rng: np.random.Generator, symbols) -> np.ndarray:
+    parts = [np.zeros(int(0.05 * SR), np.float32)]
+    for s in symbols:
+        n = int(rng.uniform(0.12, 0.2) * SR)
+        parts += [(0.4 * np.sin(2 * np.pi * TONES[s] * np.arange(n) / SR) * np.hanning(n)).astype(np.float32),
+                  np.zeros(int(0.04 * SR), np.float32)]
+    x = np.concatenate(parts)
+    return x + 0.003 * rng.standard_normal(len(x)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tone_set():
+    rng = np.random.default_rng(3)
+    seqs = [[str(s) for s in rng.choice(list(TONES), size=int(rng.integers(2, 5)))] for _ in range(8)]
+    return [tone_clip(rng, s) for s in seqs], seqs
+
+
+def test_phone_helpers():
+    from tokenizers_mm.codec import ctc_greedy, phones_of
+    from tokenizers_mm.codec_train import edit_distance, phone_error_rate
+
+    assert phones_of(("ˈ", "s", "|", "a", "˥˩", "ˌ", "m")) == ("s", "a", "˥˩", "m")
+    lp = torch.full((7, 4), -10.0)
+    for t, c in enumerate([0, 2, 2, 0, 2, 3, 0]):  # blank, s1, s1 (merged), blank, s1 again, s2, blank
+        lp[t, c] = 0.0
+    assert ctc_greedy(lp) == [1, 1, 2]
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance([], ["a"]) == 1
+    assert phone_error_rate([("a", "|", "b")], [("ˈ", "a", "b")]) == 0.0
+    assert phone_error_rate([("a", "b"), ("c", "d")], [("a",), ("c", "x", "d")]) == 0.5
+    with pytest.raises(ValueError, match="as many hypotheses"):
+        phone_error_rate([("a",)], [])
+
+
+def test_content_loss_trains_the_encoder_through_level_0(tone_set):
+    """The CTC term reaches the encoder (straight through level 0's quantization) and falls on a
+    fixed batch; a head reading detached codes would leave the encoder without gradient."""
+    from tokenizers_mm.codec import PhoneHead
+    from tokenizers_mm.codec_train import content_loss, phone_targets, utterance_batch
+    from tokenizers_mm.ipa import INVENTORY
+
+    wavs, seqs = tone_set
+    c = AudioCodec.small(seed=0, **TINY)
+    c.init_codebooks(wavs, seed=0)
+    torch.manual_seed(0)
+    c.phone_head = PhoneHead(TINY["hidden_size"], len(INVENTORY.symbols))
+    targets = phone_targets(seqs)
+    x, lengths, picks = utterance_batch(wavs, range(len(wavs)), 4, np.random.default_rng(0))
+    loss = content_loss(c, x, lengths, [targets[i] for i in picks])
+    loss.backward()
+    enc_grad = sum(float(p.grad.abs().sum()) for p in c.model.encoder.parameters() if p.grad is not None)
+    assert enc_grad > 0
+    params = list(c.model.encoder.parameters()) + list(c.phone_head.parameters())
+    opt = torch.optim.Adam(params, 1e-2)
+    losses = []
+    for _ in range(25):
+        loss = content_loss(c, x, lengths, [targets[i] for i in picks])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_train_codec_with_content_saves_a_phone_head(tone_set, tmp_path):
+    from tokenizers_mm.codec_train import transcription_report
+
+    wavs, seqs = tone_set
+    c = AudioCodec.small(seed=0, **TINY)
+    metrics = train_codec(c, wavs, steps=3, batch=2, seconds=0.2, seed=0, progress=False,
+                          transcripts=seqs, content_weight=1.0, content_batch=2, checkpoint=tmp_path / "ck")
+    assert np.isfinite(metrics["ctc"]) and metrics["content_weight"] == 1.0
+    meta = json.loads((tmp_path / "ck" / "vla_codec.json").read_text())
+    assert meta["phone_head"]["n_symbols"] > 0 and (tmp_path / "ck" / "phone_head.safetensors").is_file()
+    loaded = AudioCodec.load(tmp_path / "ck")
+    for w in wavs[:3]:
+        assert loaded.transcribe(w) == c.transcribe(w)
+    report = transcription_report(loaded, wavs[:2], seqs[:2])
+    assert report["clips"] == 2 and 0.0 <= report["phone_error_rate"]
+    # a damaged checkpoint is a one-line error naming what is wrong
+    (tmp_path / "ck" / "phone_head.safetensors").unlink()
+    with pytest.raises(ValueError, match="phone_head.safetensors is missing"):
+        AudioCodec.load(tmp_path / "ck")
+    meta["phone_head"]["n_symbols"] += 1
+    (tmp_path / "ck" / "phone_head.safetensors").write_bytes(b"")
+    (tmp_path / "ck" / "vla_codec.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="IPA inventory"):
+        AudioCodec.load(tmp_path / "ck")
+
+
+def test_content_training_refuses_bad_transcripts(tone_set, codec):
+    wavs, seqs = tone_set
+    c = AudioCodec.small(seed=0, **TINY)
+    with pytest.raises(ValueError, match="one transcript"):
+        train_codec(c, wavs, steps=1, progress=False, content_weight=1.0)
+    with pytest.raises(ValueError, match="not in inventory"):
+        train_codec(c, wavs, steps=1, progress=False, content_weight=1.0,
+                    transcripts=[["m", "§"]] + seqs[1:])
+    with pytest.raises(ValueError, match="no phone"):
+        train_codec(c, wavs, steps=1, progress=False, content_weight=1.0, transcripts=[["|", "ˈ"]] + seqs[1:])
+    with pytest.raises(ValueError, match="content_weight >= 0"):
+        train_codec(c, wavs, steps=1, progress=False, content_weight=float("nan"), transcripts=seqs)
+    with pytest.raises(ValueError, match="no phone head"):
+        codec.transcribe(wavs[0])
+
+
+def test_cli_content_weight_reads_transcripts(tone_set, tmp_path):
+    import soundfile as sf
+
+    wavs, seqs = tone_set
+    corpus = tmp_path / "corpus"
+    (corpus / "audio").mkdir(parents=True)
+    lines = []
+    for i, (w, s) in enumerate(zip(wavs[:4], seqs[:4])):
+        sf.write(corpus / "audio" / f"{i:03d}.wav", w, SR, subtype="PCM_16")
+        lines.append(json.dumps({"audio": f"audio/{i:03d}.wav", "ipa": s}))
+    out = tmp_path / "codec"
+    with pytest.raises(ValueError, match="items.jsonl does not exist"):
+        _cli(["--corpus", str(corpus), "--out", str(out), "--steps", "1", "--holdout", "1", "--content-weight", "1"])
+    (corpus / "items.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    with pytest.raises(ValueError, match="none for 1 of them"):
+        _cli(["--corpus", str(corpus), "--out", str(out), "--steps", "1", "--holdout", "0", "--content-weight", "1"])
+    with pytest.raises(ValueError, match="--content-weight must be"):
+        _cli(["--corpus", str(corpus), "--out", str(out), "--content-weight", "-1"])
+    (corpus / "items.jsonl").write_text("\n".join(lines) + "\n")
+    assert _cli(["--corpus", str(corpus), "--out", str(out), "--steps", "2", "--batch", "2",
+                 "--holdout", "1", "--content-weight", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["trained"]["phone_error_rate"] and AudioCodec.load(out).phone_head is not None
+
+
+def test_codec_words_reads_what_the_phone_head_hears(tone_set, tmp_path):
+    """benchmarks.codec_words gives a phone-head codec's transcriptions to its ``heard`` recognizer."""
+    from benchmarks import codec_words
+    from tokenizers_mm import audio_command as ac
+    from tokenizers_mm import corpus
+    from tokenizers_mm.codec import PhoneHead
+    from tokenizers_mm.ipa import INVENTORY
+
+    wavs, _ = tone_set
+    c = AudioCodec.small(seed=0, **TINY)
+    c.init_codebooks(wavs, seed=0)
+    c.phone_head = PhoneHead(TINY["hidden_size"], len(INVENTORY.symbols))
+    items = codec_words._render(c, corpus.PHRASINGS[:2], 1, "train", ac.TRAIN_SNRS_DB, 0, 2)
+    assert all(isinstance(it[4], tuple) for it in items)  # the codec's transcription of each rendition
+    x, lengths, y = codec_words._tensors(items, "heard", {}, c.codebook_size)
+    assert x.shape[0] == 2 and (lengths >= 1).all() and y.tolist() == [corpus.LABELS.index(p.label)
+                                                                       for p in corpus.PHRASINGS[:2]]

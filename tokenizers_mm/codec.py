@@ -30,8 +30,16 @@ constant codes. ``init_codebooks(wavs)`` fills each level by k-means on the enco
 (level 0) and the residuals left by the levels before (level k) on real audio; ``encode``
 refuses an uninitialized codec instead of returning constant tokens.
 
-``save(dir)`` writes ``save_pretrained``'s files plus ``vla_codec.json`` into a temp
-directory beside ``dir`` and renames it onto ``dir``, so ``dir`` holds a whole checkpoint.
+A codec may carry a **phone head** (``PhoneHead``, trained by ``tokenizers_mm.codec_train``
+with ``content_weight > 0``): a small local conv net that reads only the level-0 code vectors
+and emits CTC log-probabilities over the phones of ``tokenizers_mm.ipa.INVENTORY``. Training it
+through the codes (straight-through) is what makes level 0 carry phones, the content a command
+is made of, rather than only what reconstruction needs. ``transcribe(audio)`` is its greedy CTC
+decoding: the IPA phones the codec hears (``phones_of`` says which symbols count as phones).
+
+``save(dir)`` writes ``save_pretrained``'s files plus ``vla_codec.json`` (and the phone head's
+``phone_head.safetensors``) into a temp directory beside ``dir`` and renames it onto ``dir``, so
+``dir`` holds a whole checkpoint.
 """
 
 from __future__ import annotations
@@ -62,6 +70,47 @@ SMALL_CONFIG: dict = dict(
 n_q = 2400 bit/s // (75 Hz * 8 bit) = 4 codebooks of 256."""
 META_FILE = "vla_codec.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+PHONE_HEAD_FILE = "phone_head.safetensors"
+NOT_PHONES = frozenset({"|", "ˈ", "ˌ"})
+"""IPA symbols that are not sounds of their own (word / syllable boundaries, stress marks): the
+phone head neither predicts nor is scored on them. Tones and length marks are kept."""
+
+
+def phones_of(symbols: Sequence[str]) -> tuple[str, ...]:
+    """The phones of an IPA symbol sequence (``tokenizers_mm.ipa.to_ipa``): ``NOT_PHONES`` dropped."""
+    return tuple(s for s in symbols if s not in NOT_PHONES)
+
+
+class PhoneHead(torch.nn.Module):
+    """CTC phone classifier on level-0 code vectors ``(B, D, T)`` -> log-probs ``(B, T, 1 + P)``,
+    index 0 the CTC blank and index ``1 + i`` symbol ``i`` of the IPA inventory (``version``).
+    Deliberately small and local (one conv of ``kernel`` frames, 67 ms at 75 Hz for 5, then a
+    1x1 conv): what it reads must be in the codes themselves, not assembled by the head."""
+
+    def __init__(self, dim: int, n_symbols: int, kernel: int = 5, hidden: int = 128, version: int = 1) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"phone head kernel must be odd and >= 1, got {kernel}")
+        self.config = {"dim": int(dim), "n_symbols": int(n_symbols), "kernel": int(kernel),
+                       "hidden": int(hidden), "version": int(version)}
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv1d(dim, hidden, kernel, padding=kernel // 2), torch.nn.GELU(),
+            torch.nn.Conv1d(hidden, 1 + n_symbols, 1))
+
+    def forward(self, code_vectors: torch.Tensor) -> torch.Tensor:
+        return self.net(code_vectors).transpose(1, 2).log_softmax(-1)
+
+
+def ctc_greedy(log_probs: torch.Tensor) -> list[int]:
+    """Greedy CTC decoding of ``(T, 1 + P)`` log-probs: best class per frame, repeats merged,
+    blanks (0) dropped; returns symbol indices (class - 1)."""
+    best = log_probs.argmax(-1).tolist()
+    out, prev = [], 0
+    for c in best:
+        if c != prev and c != 0:
+            out.append(c - 1)
+        prev = c
+    return out
 
 
 @contextmanager
@@ -127,6 +176,7 @@ class AudioCodec:
             raise ValueError(f"n_q must be in [1, {len(model.quantizer.layers)}], got {n_q}")
         self.model = model.eval()
         self._n_q = n_q
+        self.phone_head: PhoneHead | None = None
 
     # ------------------------------------------------------------------ construction / IO
     @classmethod
@@ -158,7 +208,11 @@ class AudioCodec:
         missing = [k for k in info.get("missing_keys", ()) if k]
         if missing:
             raise ValueError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
-        return cls(model.float(), n_q)
+        codec = cls(model.float(), n_q)
+        head_config = json.loads(meta_file.read_text()).get("phone_head") if meta_file.is_file() else None
+        if head_config:
+            codec.phone_head = _load_phone_head(path, head_config)
+        return codec
 
     load = from_pretrained_dir
 
@@ -176,6 +230,12 @@ class AudioCodec:
                 self.model.save_pretrained(tmp)
             meta = {"n_q": self.n_q, "frame_rate": self.frame_rate, "codebook_size": self.codebook_size,
                     "sample_rate": self.sample_rate, **(extra or {})}
+            if self.phone_head is not None:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.phone_head.state_dict().items()},
+                          str(tmp / PHONE_HEAD_FILE))
+                meta["phone_head"] = self.phone_head.config
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
@@ -259,6 +319,26 @@ class AudioCodec:
         codes, _ = self.quantize(self.model.encoder(x))
         return codes[:, 0].numpy().astype(np.int64)
 
+    def level0_vectors(self, latent: torch.Tensor) -> torch.Tensor:
+        """Level-0 code vectors ``(B, D, T)`` of encoder output ``latent`` (what the phone head reads)."""
+        layer = self.model.quantizer.layers[0]
+        return layer.decode(layer.encode(latent))
+
+    @torch.no_grad()
+    def transcribe(self, audio: np.ndarray, sample_rate: int | None = None) -> tuple[str, ...]:
+        """The IPA phones the phone head hears in float mono ``audio`` (greedy CTC decoding of
+        the level-0 codes; see ``phones_of``). A codec without a phone head is a ValueError."""
+        from tokenizers_mm.ipa import INVENTORY
+
+        if self.phone_head is None:
+            raise ValueError("this codec has no phone head: train one with `vla train-codec "
+                             "--content-weight W` (W > 0)")
+        x = self._check_audio(audio, sample_rate)
+        if not self.codebooks_initialized:
+            raise ValueError("codec codebooks are not initialized; load a trained codec")
+        log_probs = self.phone_head(self.level0_vectors(self.model.encoder(x)))[0]
+        return tuple(INVENTORY.symbol(i) for i in ctc_greedy(log_probs))
+
     def _check_codes(self, codes: np.ndarray) -> torch.Tensor:
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[0] != self.n_q or codes.shape[1] == 0:
@@ -323,6 +403,30 @@ class AudioCodec:
             cb.cluster_size.fill_(1.0)
             cb.inited.fill_(1.0)
             vectors = vectors - embed[cb.quantize(vectors)]
+
+
+def _load_phone_head(path: Path, config: dict) -> PhoneHead:
+    """The phone head saved in checkpoint ``path`` with its ``vla_codec.json`` ``config``."""
+    from safetensors.torch import load_file
+
+    from tokenizers_mm.ipa import INVENTORY
+
+    file = path / PHONE_HEAD_FILE
+    if not file.is_file():
+        raise ValueError(f"{path}: vla_codec.json describes a phone head but {PHONE_HEAD_FILE} is missing")
+    try:
+        head = PhoneHead(**config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad phone_head entry in {META_FILE}: {e}") from None
+    if config.get("version") != INVENTORY.version or config.get("n_symbols") != len(INVENTORY.symbols):
+        raise ValueError(f"{path}: the phone head was trained on IPA inventory v{config.get('version')} "
+                         f"({config.get('n_symbols')} symbols); this code has v{INVENTORY.version} "
+                         f"({len(INVENTORY.symbols)})")
+    try:
+        head.load_state_dict(load_file(str(file)))
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"{path}: {PHONE_HEAD_FILE} does not match its config: {str(e).splitlines()[0]}") from None
+    return head.eval()
 
 
 @torch.no_grad()

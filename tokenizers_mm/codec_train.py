@@ -10,8 +10,20 @@ crops ``x`` goes through encoder -> RVQ -> decoder and
                                              + mean|ln(S_hat + eps) - ln(S + eps)| )  log
          + COMMIT_WEIGHT * 1/n_q sum_k mean (z - sum_{j<=k} sg(e_j))^2           commitment
 
+         + content_weight * CTC(phone_head(z + sg(e_0 - z)), phones)             content (optional)
+
 with S the STFT magnitude (Hann, hop n_fft/4) divided by the window's L2 norm, eps =
-``LOG_EPS``, z the encoder output and e_j the code vector level j chose. The codes reach the
+``LOG_EPS``, z the encoder output and e_j the code vector level j chose. The content term
+(``content_weight > 0``, needs each clip's IPA) runs a second batch of ``content_batch`` WHOLE
+utterances (a transcript belongs to a clip, not to a 0.25 s crop) through the encoder and
+scores the codec's ``PhoneHead``, which reads only the level-0 code vectors, with CTC against
+the phones of the clip's IPA (``tokenizers_mm.codec.phones_of``). The gradient reaches the
+encoder straight through level 0's quantization, so the encoder learns to put phones where
+level 0 picks its code. Why: reconstruction alone lets level 0 spend its 8 bits on whatever
+dominates the waveform (the voice, the noise); a recognizer trained on such codes did not carry
+words from training voices to others (``benchmarks.codec_words``). This is the idea of
+semantic distillation into the first RVQ level (SpeechTokenizer), with phone labels in place
+of a pretrained speech model's features, which this project does not have offline. The codes reach the
 decoder straight-through (``z + sg(q - z)``). The codebooks get no gradient: as in the
 original EnCodec they follow an exponential moving average of the residuals assigned to them
 (``ema_update``: decay ``EMA_DECAY``, Laplace smoothing), and a code whose EMA count falls
@@ -44,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tokenizers_mm.codec import AudioCodec
+from tokenizers_mm.codec import AudioCodec, PhoneHead, phones_of
 
 STFT_SIZES = (512, 1024, 2048)
 LOG_EPS = 1e-2
@@ -56,6 +68,8 @@ EMA_EPS = 1e-5
 DEAD_CODE_THRESHOLD = 0.5
 """EMA count (assignments per batch) below which a code is restarted from a batch residual."""
 BETAS = (0.9, 0.99)
+CONTENT_BATCH = 4
+"""Whole utterances per step in the content (CTC) term."""
 N_MELS = 80
 MEL_FFT, MEL_HOP = 1024, 256
 MEL_TOP_DB = 80.0
@@ -133,6 +147,54 @@ def codec_loss(codec: AudioCodec, x: torch.Tensor, gen: torch.Generator | None =
     return parts
 
 
+def phone_targets(transcripts: Sequence[Sequence[str] | None]) -> list[list[int] | None]:
+    """Inventory indices of each transcript's phones (None stays None); a symbol outside the
+    IPA inventory, or a transcript without a phone, is a ValueError naming the clip."""
+    from tokenizers_mm.ipa import INVENTORY
+
+    out: list[list[int] | None] = []
+    for i, symbols in enumerate(transcripts):
+        if symbols is None:
+            out.append(None)
+            continue
+        phones = phones_of(symbols)
+        if not phones:
+            raise ValueError(f"transcript {i} has no phone (only boundaries / stress marks): {list(symbols)}")
+        try:
+            out.append([INVENTORY.index(p) for p in phones])
+        except ValueError as e:
+            raise ValueError(f"transcript {i}: {e}") from None
+    return out
+
+
+def content_loss(codec: AudioCodec, x: torch.Tensor, lengths: torch.Tensor,
+                 targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean CTC loss (per target phone) of the phone head on zero-padded utterances ``x``
+    ``(B, S)`` of ``lengths`` samples, against their phone indices ``targets``."""
+    if codec.phone_head is None:
+        raise ValueError("content_loss needs a codec with a phone head")
+    latent = codec.model.encoder(x[:, None, :])
+    e0 = codec.level0_vectors(latent.detach())
+    log_probs = codec.phone_head(latent + (e0 - latent).detach())  # (B, T, C)
+    frames = torch.clamp(torch.div(lengths + codec.hop_length - 1, codec.hop_length, rounding_mode="floor"),
+                         max=log_probs.shape[1])
+    flat = torch.tensor([i + 1 for t in targets for i in t], dtype=torch.long)
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    return F.ctc_loss(log_probs.transpose(0, 1), flat, frames, target_lengths, blank=0,
+                      reduction="mean", zero_infinity=True)
+
+
+def utterance_batch(wavs: Sequence[np.ndarray], pool: Sequence[int], batch: int,
+                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(zero-padded ``(batch, S)`` clips, their lengths, their indices) drawn from ``pool``."""
+    picks = [int(pool[i]) for i in rng.integers(len(pool), size=batch)]
+    lengths = [len(wavs[i]) for i in picks]
+    out = np.zeros((batch, max(lengths)), dtype=np.float32)
+    for row, i in enumerate(picks):
+        out[row, : lengths[row]] = wavs[i]
+    return torch.from_numpy(out), torch.tensor(lengths), picks
+
+
 # ----------------------------------------------------------------------------- training
 def random_crops(wavs: Sequence[np.ndarray], batch: int, length: int,
                  rng: np.random.Generator) -> torch.Tensor:
@@ -153,22 +215,51 @@ def random_crops(wavs: Sequence[np.ndarray], batch: int, length: int,
 def train_codec(codec: AudioCodec, wavs: Sequence[np.ndarray], steps: int = 1000, batch: int = 8,
                 seconds: float = 0.25, lr: float = 3e-3, seed: int = 0,
                 log: Callable[[str], None] | None = None, checkpoint: str | Path | None = None,
-                progress: bool = True) -> dict[str, float]:
+                progress: bool = True, transcripts: Sequence[Sequence[str] | None] | None = None,
+                content_weight: float = 0.0, content_batch: int = CONTENT_BATCH) -> dict[str, float]:
     """Train ``codec`` in place on float mono clips at ``codec.sample_rate`` (codebooks are
     k-means-initialized on them first when still zero) and return the final metrics (losses
     averaged over the last 10% of steps, time). ``checkpoint``: directory saved (atomically)
-    at the end, with the metrics."""
+    at the end, with the metrics.
+
+    ``content_weight > 0`` adds the content term of the module docstring: ``transcripts`` (IPA
+    symbols per clip, aligned with ``wavs``; None for a clip without one) are required, and a
+    ``PhoneHead`` is created on the codec unless it has one."""
     if steps < 1 or batch < 1 or seconds <= 0:
         raise ValueError(f"need steps >= 1, batch >= 1, seconds > 0; got {steps}, {batch}, {seconds}")
     if not wavs:
         raise ValueError("train_codec needs at least one clip of audio")
+    if not (content_weight >= 0 and np.isfinite(content_weight)) or content_batch < 1:
+        raise ValueError(f"need content_weight >= 0 (finite) and content_batch >= 1; got "
+                         f"{content_weight}, {content_batch}")
+    pool: list[int] = []
+    targets: list[list[int] | None] = []
+    if content_weight > 0:
+        if transcripts is None or len(transcripts) != len(wavs):
+            raise ValueError(f"content_weight > 0 needs one transcript (or None) per clip: {len(wavs)} clips, "
+                             f"{'no' if transcripts is None else len(transcripts)} transcripts")
+        targets = phone_targets(transcripts)
+        pool = [i for i, t in enumerate(targets) if t is not None]
+        if not pool:
+            raise ValueError("content_weight > 0 but no clip has a transcript")
+        if codec.phone_head is None:
+            from tokenizers_mm.ipa import INVENTORY
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                codec.phone_head = PhoneHead(int(codec.model.config.hidden_size), len(INVENTORY.symbols),
+                                             version=INVENTORY.version)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     if not codec.codebooks_initialized:
         codec.init_codebooks(wavs, seed=seed)
     length = max(codec.hop_length, int(round(seconds * codec.sample_rate / codec.hop_length)) * codec.hop_length)
-    opt = torch.optim.AdamW(codec.model.parameters(), lr=lr, betas=BETAS, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+    params = list(codec.model.parameters()) + (list(codec.phone_head.parameters()) if pool else [])
+    opt = torch.optim.AdamW(params, lr=lr, betas=BETAS, weight_decay=0.0)
+    # 5% warm-up; at least 1.5 steps of it, so OneCycleLR's phase ends never coincide (at
+    # exactly 20 steps a 5% warm-up ends on step 0 and OneCycleLR divides by zero)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps,
+                                                pct_start=min(0.75, max(0.05, 1.5 / steps)))
     codec.model.train()
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -176,9 +267,13 @@ def train_codec(codec: AudioCodec, wavs: Sequence[np.ndarray], steps: int = 1000
               dynamic_ncols=True) as bar:
         for step in range(steps):
             parts = codec_loss(codec, random_crops(wavs, batch, length, rng), gen)
+            if pool:
+                x, lengths, picks = utterance_batch(wavs, pool, content_batch, rng)
+                parts["ctc"] = content_loss(codec, x, lengths, [targets[i] for i in picks])
+                parts["loss"] = parts["loss"] + content_weight * parts["ctc"]
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(codec.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             history.append({k: float(v.detach()) for k, v in parts.items()})
@@ -190,7 +285,7 @@ def train_codec(codec: AudioCodec, wavs: Sequence[np.ndarray], steps: int = 1000
     tail = history[-max(1, steps // 10):]
     metrics = {k: float(np.mean([h[k] for h in tail])) for k in tail[0]}
     metrics.update(first_loss=history[0]["loss"], steps=steps, batch=batch, seconds=seconds,
-                   lr=lr, seed=seed, train_seconds=time.perf_counter() - start)
+                   lr=lr, seed=seed, content_weight=content_weight, train_seconds=time.perf_counter() - start)
     if checkpoint is not None:
         codec.save(checkpoint, extra={"training": metrics})
     return metrics
@@ -249,3 +344,32 @@ def reconstruction_report(codec: AudioCodec, wavs: Sequence[np.ndarray]) -> dict
         mel.append(mel_distance(w, y, codec.sample_rate))
     return {"si_snr_db": float(np.mean(snr)), "mel_distance": float(np.mean(mel)),
             "clips": len(wavs), "seconds": float(sum(len(w) for w in wavs) / codec.sample_rate)}
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def phone_error_rate(references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str]]) -> float:
+    """Total edit distance over total reference length, on phones (``phones_of`` of both)."""
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"need as many hypotheses as references (>= 1); got {len(hypotheses)} and {len(references)}")
+    refs = [phones_of(r) for r in references]
+    total = sum(len(r) for r in refs)
+    if total == 0:
+        raise ValueError("the references hold no phone")
+    return sum(edit_distance(r, phones_of(h)) for r, h in zip(refs, hypotheses)) / total
+
+
+def transcription_report(codec: AudioCodec, wavs: Sequence[np.ndarray],
+                         transcripts: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Phone error rate of ``codec.transcribe`` on clips against their IPA transcripts."""
+    hyps = [codec.transcribe(w) for w in wavs]
+    return {"phone_error_rate": phone_error_rate(transcripts, hyps), "clips": len(wavs)}

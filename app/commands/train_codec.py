@@ -13,6 +13,11 @@ adversarial discriminator, so expect intelligible-but-buzzy audio). Writes the c
 ``OUT/`` (config.json, model.safetensors, vla_codec.json) atomically, then ``OUT/report.json``:
 SI-SNR and log-mel distance on the held-out clips for the codec before training (random
 weights, k-means codebooks) and after. The last line printed is that report as JSON.
+
+``--content-weight W`` (W > 0) also trains a phone head on the level-0 codes with CTC against
+each clip's IPA (the ``ipa`` of its ``items.jsonl`` record; a clip without one is an error), so
+that level 0 carries phones; the report then adds the held-out clips' ``phone_error_rate``
+(``tokenizers_mm.codec_train``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, split and crops (default: %(default)s)")
     parser.add_argument("--holdout", type=int, default=10,
                         help="clips held out of training for report.json; 0: no report (default: %(default)s)")
+    parser.add_argument("--content-weight", type=float, default=0.0,
+                        help="weight of the content term: a phone head on the level-0 codes, CTC "
+                             "against each clip's IPA from the corpus's items.jsonl (0: off; "
+                             "see tokenizers_mm.codec_train) (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads; 1 is fastest for this small model when the cores "
                              "are shared (default: %(default)s)")
@@ -68,6 +77,8 @@ def _check(args: argparse.Namespace, n_files: int) -> None:
         raise VLAError(f"--seconds must be in [0.05, 30], got {args.seconds}")
     if not 0 < args.lr < 1:
         raise VLAError(f"--lr must be in (0, 1), got {args.lr}")
+    if not (args.content_weight >= 0 and np.isfinite(args.content_weight)):
+        raise VLAError(f"--content-weight must be a finite number >= 0, got {args.content_weight}")
     if args.holdout >= n_files:
         raise VLAError(f"--holdout {args.holdout} leaves no training clip: the corpus has {n_files}")
     out = Path(args.out)
@@ -93,6 +104,31 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
     if audio.size == 0 or not np.isfinite(audio).all():
         raise VLAError(f"{path} is empty or holds NaN/inf samples")
     return audio
+
+
+def transcripts_of(corpus: str, files: list[Path]) -> list[list[str]]:
+    """The IPA symbols of each file from the corpus's ``items.jsonl`` (``ipa`` of the record
+    whose ``audio`` names the file); a file without one is a VLAError naming it."""
+    items = Path(corpus) / "items.jsonl"
+    if not items.is_file():
+        raise VLAError(f"--content-weight needs transcripts: {items} does not exist (build the corpus "
+                       "with `vla make-speech`)")
+    by_name: dict[str, list[str]] = {}
+    for n, line in enumerate(items.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VLAError(f"{items} line {n} is not JSON: {e}") from None
+        ipa = record.get("ipa") if isinstance(record, dict) else None
+        if isinstance(ipa, list) and all(isinstance(s, str) for s in ipa):
+            by_name[Path(str(record.get("audio", ""))).name] = ipa
+    missing = [f.name for f in files if f.name not in by_name]
+    if missing:
+        raise VLAError(f"--content-weight needs an IPA transcript for every training clip; {items} has "
+                       f"none for {len(missing)} of them, e.g. {missing[0]}")
+    return [by_name[f.name] for f in files]
 
 
 def split_clips(corpus: str, files: list[Path], holdout: int, seed: int) -> tuple[list[Path], list[Path]]:
@@ -132,13 +168,16 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmarks.reports import write_json
     from tokenizers_mm.codec import AudioCodec
-    from tokenizers_mm.codec_train import reconstruction_report, train_codec
+    from tokenizers_mm.codec_train import reconstruction_report, train_codec, transcription_report
 
     torch.set_num_threads(args.threads)
     codec = AudioCodec.small(seed=args.seed)
     train_files, held_files = split_clips(args.corpus, files, args.holdout, args.seed)
     train = [read_wav(f, codec.sample_rate) for f in train_files]
     held = [read_wav(f, codec.sample_rate) for f in held_files]
+    content = args.content_weight > 0
+    train_ipa = transcripts_of(args.corpus, train_files) if content else None
+    held_ipa = transcripts_of(args.corpus, held_files) if content else None
     print(f"train-codec: {len(train)} training clips ({sum(map(len, train)) / codec.sample_rate:.1f} s), "
           f"{len(held)} held out; n_q {codec.n_q} x {codec.codebook_size} codes at "
           f"{codec.frame_rate:g} Hz, {codec.num_parameters / 1e6:.2f} M parameters", flush=True)
@@ -149,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if held:
         report["untrained"] = reconstruction_report(codec, held)
     metrics = train_codec(codec, train, steps=args.steps, batch=args.batch, seconds=args.seconds,
-                          lr=args.lr, seed=args.seed, log=lambda line: print(line, file=sys.stderr))
+                          lr=args.lr, seed=args.seed, log=lambda line: print(line, file=sys.stderr),
+                          transcripts=train_ipa, content_weight=args.content_weight)
     report["training"] = metrics
     codec.save(args.out, extra={"training": metrics})
     if held:
@@ -157,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
         for name in ("untrained", "trained"):
             r = report[name]
             print(f"{name:>9}: SI-SNR {r['si_snr_db']:7.2f} dB   log-mel distance {r['mel_distance']:6.2f} dB")
+        if content:
+            report["trained"].update(transcription_report(codec, held, held_ipa))
+            print(f"  trained: phone error rate {report['trained']['phone_error_rate']:.3f} on the held-out clips")
     write_json(Path(args.out) / "report.json", report)
     print(f"wrote {args.out} ({metrics['train_seconds']:.0f} s of training)")
     print(json.dumps(report, sort_keys=True, default=float))
