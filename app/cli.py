@@ -297,28 +297,31 @@ def _eval_parser(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+_SCALAR_EXECUTION_FLAGS = (
+    # (flag, args attribute = PolicyConfig field, strictly positive?, what it takes)
+    ("--tracker-lookahead", "tracker_lookahead", True, "a finite time > 0 in s"),
+    ("--commit-margin", "commit_margin", False, "a finite number of nats >= 0"),
+    ("--yield-zone", "yield_zone", False, "a finite distance >= 0 in m (0 = off)"),
+    ("--route-steer-speed", "route_steer_speed", False, "a finite speed >= 0 in m/s (0 = off)"),
+)
+
+
 def _check_execution(args: argparse.Namespace) -> None:
     """--tracker-jerk LONG LAT (finite, >= 0), --tracker-lookahead S (finite, > 0),
     --commit-margin NATS, --yield-zone M and --route-steer-speed MPS (finite, >= 0), only for a
     plan policy checkpoint;
     sets ``args.execution``, the plan-execution settings ``evaluate`` drives with."""
     args.execution = None
-    flags = (("--tracker-jerk", args.tracker_jerk), ("--tracker-lookahead", args.tracker_lookahead),
-             ("--commit-margin", args.commit_margin), ("--yield-zone", args.yield_zone),
-             ("--route-steer-speed", args.route_steer_speed))
-    given = [flag for flag, value in flags if value is not None]
+    given = [flag for flag, value in [("--tracker-jerk", args.tracker_jerk)]
+             + [(flag, getattr(args, attr)) for flag, attr, _, _ in _SCALAR_EXECUTION_FLAGS] if value is not None]
     if not given:
         return
     if args.tracker_jerk is not None and not all(math.isfinite(v) and v >= 0 for v in args.tracker_jerk):
         raise VLAError(f"--tracker-jerk takes two finite limits >= 0 in m/s^3 (0 = none), got {args.tracker_jerk}")
-    if args.tracker_lookahead is not None and not (math.isfinite(args.tracker_lookahead) and args.tracker_lookahead > 0):
-        raise VLAError(f"--tracker-lookahead takes a finite time > 0 in s, got {args.tracker_lookahead}")
-    if args.commit_margin is not None and not (math.isfinite(args.commit_margin) and args.commit_margin >= 0):
-        raise VLAError(f"--commit-margin takes a finite number of nats >= 0, got {args.commit_margin}")
-    if args.yield_zone is not None and not (math.isfinite(args.yield_zone) and args.yield_zone >= 0):
-        raise VLAError(f"--yield-zone takes a finite distance >= 0 in m (0 = off), got {args.yield_zone}")
-    if args.route_steer_speed is not None and not (math.isfinite(args.route_steer_speed) and args.route_steer_speed >= 0):
-        raise VLAError(f"--route-steer-speed takes a finite speed >= 0 in m/s (0 = off), got {args.route_steer_speed}")
+    for flag, attr, positive, takes in _SCALAR_EXECUTION_FLAGS:
+        value = getattr(args, attr)
+        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise VLAError(f"{flag} takes {takes}, got {value}")
     from vla.policies_registry import is_checkpoint
 
     flag = given[0]
@@ -330,17 +333,10 @@ def _check_execution(args: argparse.Namespace) -> None:
         raise VLAError(f"--policy {args.policy}: cannot read its policy.json ({err})") from None
     if action != "plan":
         raise VLAError(f"{flag} needs a plan policy; {args.policy} predicts {action!r} chunks")
-    args.execution = {}
+    args.execution = {attr: getattr(args, attr) for _, attr, _, _ in _SCALAR_EXECUTION_FLAGS
+                      if getattr(args, attr) is not None}
     if args.tracker_jerk is not None:
         args.execution.update(tracker_jerk_long=args.tracker_jerk[0], tracker_jerk_lat=args.tracker_jerk[1])
-    if args.tracker_lookahead is not None:
-        args.execution["tracker_lookahead"] = args.tracker_lookahead
-    if args.commit_margin is not None:
-        args.execution["commit_margin"] = args.commit_margin
-    if args.yield_zone is not None:
-        args.execution["yield_zone"] = args.yield_zone
-    if args.route_steer_speed is not None:
-        args.execution["route_steer_speed"] = args.route_steer_speed
 
 
 def _check_best_of(args: argparse.Namespace) -> None:
