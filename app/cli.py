@@ -431,6 +431,9 @@ EXTRA_COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
                     "build the spoken-command corpus (espeak-ng speech, IPA, VAD, noise)"),
     "train-codec": ("app.commands.train_codec", "configure", "run",
                     "train the small EnCodec-architecture audio codec on a speech corpus"),
+    "train-ear": ("app.commands.train_ear", "configure", "run",
+                  "train the ear: a phone recognizer (log-mel -> BiGRU -> CTC) that gives an audio "
+                  "policy the IPA it hears"),
     "doctor": ("app.commands.doctor", "configure", "run",
                "check a run, dataset, checkpoint or D4RL file and list every problem found, changing nothing"),
 }

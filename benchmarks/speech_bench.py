@@ -12,8 +12,11 @@ or noise). A probe reads what the features hold; a policy may still not act on i
 
 Also: ``hearing_ms_per_step``, the cost of hearing in one decision step (an action chunk with
 the command in the sequence minus one with an empty command, median over repeats), and
-``render_ms`` (synthesis + codec + VAD of one utterance). Not measured yet, reported as null
-with the reason: ``ipa_phone_error_rate`` (the policy does not produce IPA yet) and
+``render_ms`` (synthesis + codec + VAD of one utterance). ``ipa_phone_error_rate``: for a
+``heard`` policy, the phone error rate of the IPA its ear produced from the held-out renditions
+(all noise levels) against phonemizer's IPA of the phrasing's text (per level too,
+``ipa_phone_error_rate_{level}``); for other policies null with the reason (an ``audio``
+policy produces no IPA). Not measured yet, reported as null with the reason:
 ``act_within_1s_rate`` (commands are heard once at the start of an episode; the passenger
 speaking during the drive is not built).
 
@@ -34,7 +37,7 @@ import torch
 SNR_LEVELS: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0)
 """Noise levels of the test renditions (None: clean)."""
 NOT_BUILT = {
-    "ipa_phone_error_rate": "the policy does not produce IPA from audio yet",
+    "ipa_phone_error_rate": "only a 'heard' policy produces IPA from audio (its ear); this one does not",
     "act_within_1s_rate": "commands are heard once at the start of an episode; speech during the drive is not built",
 }
 
@@ -131,7 +134,7 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     if not hasattr(policy, "encode_command") or policy.config.command == "none":
         raise ValueError(f"{policy_dir}: not a policy that hears commands (command 'none' or not a VLA policy)")
     policy.eval()
-    audio = policy.config.command == "audio"
+    audio = policy.config.command in ("audio", "heard")
     obs = _state(policy)
     label_index = {label: i for i, label in enumerate(LABELS)}
 
@@ -157,8 +160,20 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     result: dict = {"policy": str(policy_dir), "command": policy.config.command, "probe_train_accuracy": train_acc}
     confusion = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)
     zh_hits, zh_total = 0, 0
+    ears = policy.config.command == "heard"
+    refs_all: list = []
+    hyps_all: list = []
     for snr in snrs:
         ids, y, langs = encode(held, "heldout", (snr,), seed * 100_000 + 50_000)
+        if ears:  # the ids ARE the ear's transcription (IPA tokens), cut at the policy's command length
+            from tokenizers_mm.codec_train import phone_error_rate
+            from tokenizers_mm.ipa import INVENTORY, to_ipa
+
+            refs = [to_ipa(p.text, p.lang) for _ in range(renditions) for p in held]
+            hyps = [INVENTORY.decode(i, layout=policy.layout) for i in ids]
+            result[f"ipa_phone_error_rate_{_name(snr)}"] = phone_error_rate(refs, hyps)
+            refs_all += refs
+            hyps_all += hyps
         renders += len(ids)
         pred = predict(probe, features(policy, obs, ids))
         y, langs = np.array(y), np.array(langs)
@@ -189,9 +204,14 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     heard, silent = chunk_ms(with_command), chunk_ms(np.zeros(0, dtype=np.int64))
     result.update(hearing_ms_per_step=heard - silent, chunk_ms_with_command=heard, chunk_ms_without_command=silent,
                   command_positions=int(len(with_command) // policy.config.command_group),
-                  labels=list(LABELS), renditions=renditions, not_measured=dict(NOT_BUILT))
-    for key in NOT_BUILT:
+                  labels=list(LABELS), renditions=renditions,
+                  not_measured={k: v for k, v in NOT_BUILT.items() if not (ears and k == "ipa_phone_error_rate")})
+    for key in result["not_measured"]:
         result[key] = None
+    if ears:
+        from tokenizers_mm.codec_train import phone_error_rate
+
+        result["ipa_phone_error_rate"] = phone_error_rate(refs_all, hyps_all)
     return result, confusion
 
 

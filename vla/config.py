@@ -7,7 +7,9 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, fields
 
-COMMAND_MODALITIES = ("ipa", "text", "none", "audio")
+COMMAND_MODALITIES = ("ipa", "text", "none", "audio", "heard")
+SPOKEN_MODALITIES = ("audio", "heard")
+"""Modalities that synthesize the utterance and hear it (a voice and noise drawn per rendition)."""
 EXECUTION_MODES = ("ensemble", "first", "open_loop")
 ACTION_SPACES = ("control", "plan")
 """What the action tokens are (``PolicyConfig.action``)."""
@@ -66,13 +68,17 @@ class PolicyConfig:
     command: str = "ipa"
     """How the passenger's command is heard: 'ipa' phonemes of the spoken phrasing, 'text' bytes
     of it, 'audio' (the synthesized, noisy utterance as codec tokens + VAD events:
-    ``tokenizers_mm.audio_command``) or 'none' (an unconditioned policy)."""
+    ``tokenizers_mm.audio_command``), 'heard' (the same utterance, and the IPA phones the ear
+    ``audio_ear`` recognizes in it: ``tokenizers_mm.ear``) or 'none' (an unconditioned policy)."""
     max_command_tokens: int = 64
     """Command positions kept (longer commands are cut): tokens for ipa / text, groups of
     ``audio_group`` codec frames or VAD events for audio."""
     audio_codec: str = ""
     """command 'audio': the codec checkpoint directory (``vla train-codec``); a saved policy keeps
     its own copy and records it as 'codec' (relative to the policy directory)."""
+    audio_ear: str = ""
+    """command 'heard': the ear directory (``vla train-ear``); a saved policy keeps its own copy
+    and records it as 'ear' (relative to the policy directory)."""
     audio_n_q: int = 2
     """command 'audio': codebook levels of each codec frame the policy reads."""
     audio_group: int = 4
@@ -216,6 +222,8 @@ class PolicyConfig:
                 value = getattr(self, name)
                 if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                     raise ValueError(f"PolicyConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.command == "heard" and not self.audio_ear:
+            raise ValueError("PolicyConfig.command 'heard' needs audio_ear, an ear directory (vla train-ear)")
         if self.observation not in OBSERVATION_CHOICES:
             raise ValueError(f"PolicyConfig.observation must be one of {OBSERVATION_CHOICES}, got {self.observation!r}")
         if self.action == "plan" and self.head != "bins":

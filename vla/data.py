@@ -170,7 +170,7 @@ class DemoDataset:
         if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
 
-            renditions = audio_renditions if policy.config.command == "audio" else 1
+            renditions = audio_renditions if policy.config.command in ("audio", "heard") else 1
             for p in PHRASINGS:
                 if p.split == "train":
                     for k in range(renditions):  # an audio policy hears each phrasing in several voices

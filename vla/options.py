@@ -17,12 +17,15 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                        f"{k}: d={v['d_model']} x{v['n_layers']} layers" for k, v in SIZES.items()))
     p.add_argument("--no-cameras", action="store_true",
                    help="a blind policy on state tokens only (faster; no camera rendering)")
-    p.add_argument("--command", choices=("ipa", "text", "none", "audio"), default="ipa",
-                   help="how the policy hears the spoken command: IPA or text of the phrasing, nothing, or "
-                        "the synthesized noisy utterance as codec tokens + VAD events (needs --audio-codec) "
+    p.add_argument("--command", choices=("ipa", "text", "none", "audio", "heard"), default="ipa",
+                   help="how the policy hears the spoken command: IPA or text of the phrasing, nothing, "
+                        "the synthesized noisy utterance as codec tokens + VAD events (needs --audio-codec), "
+                        "or the IPA an ear recognizes in that utterance (needs --audio-ear) "
                         "(default: %(default)s)")
     p.add_argument("--audio-codec", default="", metavar="DIR",
                    help="--command audio: the codec checkpoint (vla train-codec); the policy keeps a copy")
+    p.add_argument("--audio-ear", default="", metavar="DIR",
+                   help="--command heard: the ear (vla train-ear); the policy keeps a copy")
     p.add_argument("--command-label-weight", type=float, default=0.0, metavar="W",
                    help="weight of an auxiliary loss naming the heard command's label (of 9) from the "
                         "policy's <action> state; 0 = none (default: %(default)s)")
@@ -110,8 +113,19 @@ def _audio_fields(args: argparse.Namespace) -> dict:
 
     from vla.errors import VLAError
 
-    codec = getattr(args, "audio_codec", "")
-    if getattr(args, "command", "ipa") != "audio":
+    codec, ear = getattr(args, "audio_codec", ""), getattr(args, "audio_ear", "")
+    command = getattr(args, "command", "ipa")
+    if ear and command != "heard":
+        raise VLAError("--audio-ear is for --command heard")
+    if command == "heard":
+        if codec:
+            raise VLAError("--audio-codec is for --command audio (--command heard reads --audio-ear)")
+        if not ear:
+            raise VLAError("--command heard needs --audio-ear DIR (an ear: vla train-ear)")
+        if not (Path(ear) / "ear.json").is_file():
+            raise VLAError(f"--audio-ear {ear}: not an ear directory (no ear.json)")
+        return {"audio_ear": str(Path(ear).resolve())}
+    if command != "audio":
         if codec:
             raise VLAError("--audio-codec is for --command audio")
         return {}

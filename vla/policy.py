@@ -44,7 +44,7 @@ from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
 from tokenizers_mm.vocab import VocabLayout
-from vla.config import PolicyConfig
+from vla.config import SPOKEN_MODALITIES, PolicyConfig
 from vla.diffusion_head import EMA, diffusion_loss, diffusion_predict
 from vla.inputs import OBSERVATIONS, PolicyInputs, collate
 from vla.losses import ACTION_LOSSES, chunk_log_prob
@@ -55,6 +55,8 @@ SAMPLING_SEED = 0
 """Seed of the policy's own generator (diffusion noise in select_action), reset every episode."""
 CODEC_DIR = "codec"
 """Where a saved audio policy keeps its codec (inside the policy directory)."""
+EAR_DIR = "ear"
+"""Where a saved 'heard' policy keeps its ear (inside the policy directory)."""
 COMMAND_CACHE_SIZE = 4096
 """Encoded commands a policy keeps (the cache is emptied when full)."""
 AUDIO_SEED = 0xA0D1
@@ -271,6 +273,8 @@ def _read_policy_meta(directory: Path) -> tuple[dict, PolicyConfig]:
         raise ValueError(f"{meta_path}: field 'config': {e}") from None
     if config.command == "audio" and not Path(config.audio_codec).is_absolute():
         config = replace(config, audio_codec=str(directory / config.audio_codec))
+    if config.command == "heard" and not Path(config.audio_ear).is_absolute():
+        config = replace(config, audio_ear=str(directory / config.audio_ear))
     return meta, config
 
 
@@ -297,6 +301,17 @@ class VLAPolicy(torch.nn.Module):
                 raise ValueError(f"audio codec {config.audio_codec} has codebooks of {self.codec.codebook_size}, "
                                  f"the policy was built for {config.audio_codebook_size}")
             config = replace(config, audio_codebook_size=self.codec.codebook_size)
+        self.ear = None
+        if config.command == "heard":
+            from tokenizers_mm.ear import PhoneRecognizer
+
+            try:
+                ear = PhoneRecognizer.load(config.audio_ear)
+            except ValueError as e:
+                raise ValueError(f"audio ear {config.audio_ear}: {e}") from None
+            # kept out of the policy's submodules: training must not touch it (no weight decay,
+            # no state in model.safetensors; it is saved beside the weights) and it stays on the CPU
+            self.__dict__["ear"] = ear
         self.hearing = Hearing()
         self.config = config
         self.layout = layout or make_layout(config)
@@ -379,11 +394,12 @@ class VLAPolicy(torch.nn.Module):
         """Vocabulary ids of a spoken command in this policy's command modality (cached). An
         audio policy synthesizes it (voice, rate, pitch, noise drawn from ``seed`` and the words
         under ``self.hearing``) and hears codec tokens + VAD events of the mixed audio."""
-        key = (command, lang) if self.config.command != "audio" else (command, lang, int(seed), self.hearing)
+        spoken = self.config.command in SPOKEN_MODALITIES
+        key = (command, lang, int(seed), self.hearing) if spoken else (command, lang)
         if key not in self._command_cache:
             if len(self._command_cache) >= COMMAND_CACHE_SIZE:
                 self._command_cache.clear()
-            if self.config.command == "audio":
+            if spoken:
                 ids = self._render(command, lang, int(seed))
             elif self.config.command == "none":
                 ids = np.zeros(0, dtype=np.int64)
@@ -404,6 +420,12 @@ class VLAPolicy(torch.nn.Module):
         rng = np.random.default_rng([words, seed, AUDIO_SEED])
         levels = {} if self.hearing.snrs_db is None else {"snrs": self.hearing.snrs_db}
         spec = draw_rendition(Phrasing(command, lang, "unknown", False), rng, self.hearing.voices, **levels)
+        if self.ear is not None:  # 'heard': the IPA phones the ear recognizes in the mixed audio
+            from tokenizers_mm.corpus import render_item
+
+            _, pcm = render_item(spec)
+            heard = self.ear.transcribe(pcm.astype(np.float32) / 32768.0)
+            return INVENTORY.encode(heard, unknown="unk", layout=self.layout)
         ids, _ = render_command(spec, self.codec, self.layout, self.config.audio_n_q, self.config.audio_group)
         return ids
 
@@ -582,6 +604,9 @@ class VLAPolicy(torch.nn.Module):
         if self.codec is not None:  # the policy carries its codec
             self.codec.save(directory / CODEC_DIR)
             config["audio_codec"] = CODEC_DIR
+        if self.ear is not None:  # ... or its ear
+            self.ear.save(directory / EAR_DIR)
+            config["audio_ear"] = EAR_DIR
         meta = {
             "format_version": FORMAT_VERSION,
             "name": self.name,

@@ -1,0 +1,134 @@
+"""``vla train-ear``: train the ear (``tokenizers_mm.ear``) on a spoken-command corpus.
+
+::
+
+    vla make-speech --out runs/audio/corpus_full --size full
+    vla train-ear --corpus runs/audio/corpus_full --out runs/audio/ear --steps 3000
+
+Trains on the corpus's training phrasings spoken in training voices only (the clips and IPA of
+``items.jsonl``; the same split as ``vla train-codec``), so the figures below are on speech the
+ear never heard. Writes ``OUT/`` (``ear.json``, ``ear.safetensors``), then ``OUT/report.json``:
+the phone error rate (edit distance over reference phones, boundaries and stress marks not
+counted) on up to ``--holdout`` clips of each held-out kind: training phrasings in held-out
+voices, held-out phrasings in training voices, held-out phrasings in held-out voices, English
+and Mandarin apart. The last line printed is that report as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vla.errors import VLAError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--corpus", required=True, help="spoken-command corpus directory (vla make-speech)")
+    parser.add_argument("--out", required=True, help="ear directory (created; an older ear there is replaced)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=8, help="clips per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--hidden", type=int, default=128, help="GRU width per direction (default: %(default)s)")
+    parser.add_argument("--layers", type=int, default=2, help="GRU layers (default: %(default)s)")
+    parser.add_argument("--no-augment", action="store_true", help="no band / frame masking in training")
+    parser.add_argument("--holdout", type=int, default=100,
+                        help="held-out clips scored per kind (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+
+
+def _records(corpus: str) -> list[dict]:
+    items = Path(corpus) / "items.jsonl"
+    if not Path(corpus).is_dir():
+        raise VLAError(f"--corpus {corpus} is not a directory")
+    if not items.is_file():
+        raise VLAError(f"--corpus {corpus} has no items.jsonl (build one with `vla make-speech`)")
+    records = []
+    for n, line in enumerate(items.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VLAError(f"{items} line {n} is not JSON: {e}") from None
+        if not isinstance(r, dict) or not all(k in r for k in ("audio", "ipa", "split", "voice", "lang")):
+            raise VLAError(f"{items} line {n} lacks one of audio, ipa, split, voice, lang")
+        records.append(r)
+    if not records:
+        raise VLAError(f"{items} holds no item")
+    return records
+
+
+def kind_of(record: dict) -> str:
+    """train | heldout_voice | heldout_phrasing | heldout_both, from the phrasing's split and the
+    voice split of ``tokenizers_mm.audio_command.VOICE_SPLITS``."""
+    from tokenizers_mm.audio_command import VOICE_SPLITS
+
+    new_voice = record["voice"] in {v for vs in VOICE_SPLITS["heldout"].values() for v in vs}
+    new_words = record["split"] != "train"
+    return {(False, False): "train", (True, False): "heldout_voice", (False, True): "heldout_phrasing",
+            (True, True): "heldout_both"}[(new_voice, new_words)]
+
+
+def run(args: argparse.Namespace) -> int:
+    for name, value, minimum in (("--steps", args.steps, 1), ("--batch", args.batch, 1), ("--hidden", args.hidden, 1),
+                                 ("--layers", args.layers, 1), ("--holdout", args.holdout, 0),
+                                 ("--seed", args.seed, 0), ("--threads", args.threads, 1)):
+        if value < minimum:
+            raise VLAError(f"{name} must be >= {minimum}, got {value}")
+    if not 0 < args.lr < 1:
+        raise VLAError(f"--lr must be in (0, 1), got {args.lr}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise VLAError(f"--out {args.out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "ear.json").is_file():
+        raise VLAError(f"--out {args.out} is a non-empty directory that holds no ear: not overwriting it")
+    records = _records(args.corpus)
+    import torch
+
+    from app.commands.train_codec import read_wav
+    from benchmarks.reports import write_json
+    from tokenizers_mm.ear import SAMPLE_RATE, PhoneRecognizer, phone_error_report, train_ear
+
+    torch.set_num_threads(args.threads)
+    by_kind: dict[str, list[dict]] = {}
+    for r in records:
+        by_kind.setdefault(kind_of(r), []).append(r)
+    train = by_kind.get("train", [])
+    if not train:
+        raise VLAError(f"--corpus {args.corpus} has no training phrasing in a training voice to train on")
+    root = Path(args.corpus)
+    wavs = [read_wav(root / r["audio"], SAMPLE_RATE) for r in train]
+    print(f"train-ear: {len(train)} training clips ({sum(map(len, wavs)) / SAMPLE_RATE:.0f} s); held out: "
+          + ", ".join(f"{k} {len(v)}" for k, v in sorted(by_kind.items()) if k != "train"), flush=True)
+    ear = PhoneRecognizer(hidden=args.hidden, layers=args.layers)
+    try:
+        metrics = train_ear(ear, wavs, [r["ipa"] for r in train], steps=args.steps, batch=args.batch, lr=args.lr,
+                            seed=args.seed, augment=not args.no_augment,
+                            log=lambda line: print(line, file=sys.stderr))
+    except ValueError as e:
+        raise VLAError(str(e)) from None
+    ear.save(out, extra={"training": metrics, "corpus": str(args.corpus)})
+    report: dict = {"corpus": str(args.corpus), "train_clips": len(train), "training": metrics, "phone_error_rate": {}}
+    rng = np.random.default_rng(args.seed)
+    for kind in ("train", "heldout_voice", "heldout_phrasing", "heldout_both"):
+        pool = by_kind.get(kind, [])
+        if kind == "train" or not pool or args.holdout == 0:
+            continue
+        picked = [pool[i] for i in sorted(rng.permutation(len(pool))[: args.holdout])]
+        for lang in ("en", "zh"):
+            rs = [r for r in picked if r["lang"] == lang]
+            if rs:
+                figures = phone_error_report(ear, [read_wav(root / r["audio"], SAMPLE_RATE) for r in rs],
+                                             [r["ipa"] for r in rs])
+                report["phone_error_rate"][f"{kind}_{lang}"] = figures
+                print(f"{kind:>16} {lang}: phone error rate {figures['phone_error_rate']:.3f} "
+                      f"({figures['clips']} clips)", flush=True)
+    write_json(out / "report.json", report)
+    print(f"wrote {args.out} ({metrics['train_seconds']:.0f} s of training)")
+    print(json.dumps(report, sort_keys=True, default=float))
+    return 0

@@ -1,0 +1,204 @@
+"""The ear (tokenizers_mm.ear, vla train-ear) and the policy that reads what it hears
+(PolicyConfig.command == 'heard'): tiny models, synthetic 'phones' (tones) and the real espeak."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tokenizers_mm.ear import PhoneRecognizer, mel_features, phone_error_report, train_ear
+
+SR = 24_000
+TONES = {"m": 300.0, "a": 1200.0, "s": 4000.0}
+"""Three synthetic 'phones' (pure tones) named by IPA inventory symbols."""
+
+
+def tone_clip(rng: np.random.Generator, symbols) -> np.ndarray:
+    parts = [np.zeros(int(0.05 * SR), np.float32)]
+    for s in symbols:
+        n = int(rng.uniform(0.12, 0.2) * SR)
+        parts += [(0.4 * np.sin(2 * np.pi * TONES[s] * np.arange(n) / SR) * np.hanning(n)).astype(np.float32),
+                  np.zeros(int(0.05 * SR), np.float32)]
+    x = np.concatenate(parts)
+    return x + 0.02 * rng.standard_normal(len(x)).astype(np.float32)  # every band varies: standardization is tame
+
+
+@pytest.fixture(scope="module")
+def tones():
+    rng = np.random.default_rng(0)
+    seqs = [[str(s) for s in rng.choice(list(TONES), size=int(rng.integers(2, 5)))] for _ in range(24)]
+    return [tone_clip(rng, s) for s in seqs], seqs
+
+
+@pytest.fixture(scope="module")
+def trained_ear(tones):
+    wavs, seqs = tones
+    torch.manual_seed(0)
+    ear = PhoneRecognizer(hidden=32, layers=1)
+    train_ear(ear, wavs[:16], seqs[:16], steps=150, batch=8, lr=1e-2, augment=False, progress=False)
+    return ear
+
+
+def test_the_ear_learns_to_transcribe_phones_it_was_taught(tones, trained_ear):
+    """CTC training reaches the transcriptions of its clips (a mechanics check: how well the ear
+    hears speech it never heard is measured by `vla train-ear`'s report, not here)."""
+    wavs, seqs = tones
+    untrained = phone_error_report(PhoneRecognizer(hidden=32, layers=1), wavs[:16], seqs[:16])
+    trained = phone_error_report(trained_ear, wavs[:16], seqs[:16])
+    assert untrained["phone_error_rate"] >= 0.9
+    assert trained["phone_error_rate"] <= 0.1, trained
+
+
+def test_the_ear_saves_loads_and_hears_identically(tones, trained_ear, tmp_path):
+    wavs, _ = tones
+    trained_ear.save(tmp_path / "ear", extra={"note": "x"})
+    loaded = PhoneRecognizer.load(tmp_path / "ear")
+    for w in wavs[:4]:
+        assert loaded.transcribe(w) == trained_ear.transcribe(w)
+    with pytest.raises(ValueError, match="is not an ear"):
+        PhoneRecognizer.load(tmp_path / "nowhere")
+    config = json.loads((tmp_path / "ear" / "ear.json").read_text())
+    (tmp_path / "ear" / "ear.json").write_text(json.dumps({**config, "version": 99}))
+    with pytest.raises(ValueError, match="IPA inventory v99"):
+        PhoneRecognizer.load(tmp_path / "ear")
+    (tmp_path / "ear" / "ear.json").write_text(json.dumps({**config, "hidden": 8}))
+    with pytest.raises(ValueError, match="does not match"):
+        PhoneRecognizer.load(tmp_path / "ear")
+
+
+def test_bad_input_to_the_ear(tones):
+    wavs, seqs = tones
+    ear = PhoneRecognizer(hidden=8, layers=1)
+    with pytest.raises(ValueError, match="one transcript per clip"):
+        train_ear(ear, wavs[:3], seqs[:2], steps=1, progress=False)
+    with pytest.raises(ValueError, match="too short"):
+        train_ear(ear, [np.zeros(300, np.float32)], [["m"] * 10], steps=1, progress=False)
+    with pytest.raises(ValueError, match="not in inventory"):
+        train_ear(ear, wavs[:1], [["§"]], steps=1, progress=False)
+    with pytest.raises(ValueError, match="finite"):
+        mel_features(np.array([0.0, np.nan], dtype=np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        mel_features(np.zeros((2, 100), np.float32))
+
+
+def _corpus(tmp_path: Path, tones, n: int = 6) -> Path:
+    import soundfile as sf
+
+    wavs, seqs = tones
+    corpus = tmp_path / "corpus"
+    (corpus / "audio").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        sf.write(corpus / "audio" / f"{i:03d}.wav", wavs[i], SR, subtype="PCM_16")
+        held_voice = i % 3 == 2
+        lines.append(json.dumps({"audio": f"audio/{i:03d}.wav", "ipa": seqs[i], "lang": "en",
+                                 "split": "heldout" if i == 4 else "train",
+                                 "voice": "en-gb+f4" if held_voice else "en-us"}))
+    (corpus / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return corpus
+
+
+def test_cli_trains_an_ear_and_reports_phone_error_per_held_out_kind(tones, tmp_path, capsys):
+    from app import cli
+
+    corpus = _corpus(tmp_path, tones)
+    out = tmp_path / "ear"
+    assert cli.main(["train-ear", "--corpus", str(corpus), "--out", str(out), "--steps", "3", "--hidden", "8",
+                     "--layers", "1"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["train_clips"] == 3  # items 0, 1, 3: training phrasings in training voices
+    assert set(report["phone_error_rate"]) == {"heldout_voice_en", "heldout_phrasing_en"}  # items 2, 5 and 4
+    assert PhoneRecognizer.load(out).config["hidden"] == 8
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    bad = [(["--corpus", str(tmp_path / "none")], "not a directory"),
+           (["--corpus", str(tmp_path)], "no items.jsonl"),
+           (["--corpus", str(corpus), "--steps", "0"], "--steps must be >= 1"),
+           (["--corpus", str(corpus), "--lr", "2"], "--lr must be in"),
+           (["--corpus", str(corpus), "--out", str(tmp_path / "mine")], "holds no ear")]
+    for flags, message in bad:
+        argv = ["train-ear", "--out", str(tmp_path / "e2"), *flags] if "--out" not in flags else ["train-ear", *flags]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    (corpus / "items.jsonl").write_text('{"audio": "audio/000.wav"}\n')
+    assert cli.main(["train-ear", "--corpus", str(corpus), "--out", str(tmp_path / "e3")]) == 2
+    assert "lacks one of audio, ipa" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the 'heard' policy
+def _heard_policy(ear_dir: Path):
+    from vla.config import SIZES, PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(**SIZES["tiny"], cameras=False, command="heard", audio_ear=str(ear_dir),
+                          action="plan", observation="lane_frame")
+    torch.manual_seed(0)
+    return VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action))
+
+
+def test_a_heard_policy_reads_its_ears_ipa_saves_loads_and_acts_identically(trained_ear, tmp_path):
+    from sim.backends import make_env
+    from tokenizers_mm.ipa import INVENTORY
+    from vla.policy import Hearing, VLAPolicy
+
+    trained_ear.save(tmp_path / "ear")
+    policy = _heard_policy(tmp_path / "ear")
+    assert not any("ear" in name for name, _ in policy.named_parameters())  # BC never updates the ear
+    ids = policy.encode_command("change to the left lane", "en", seed=3)
+    ipa_range = policy.layout.ranges["ipa"]
+    assert ids.size > 0 and all(ipa_range[0] <= i < ipa_range[1] or i == policy.layout.special("<unk>") for i in ids)
+    assert INVENTORY.decode(ids, layout=policy.layout) == policy.ear.transcribe(
+        _rendition(policy, "change to the left lane", "en", 3))[: policy.config.command_ids_max]
+    policy._command_cache.clear()
+    np.testing.assert_array_equal(policy.encode_command("change to the left lane", "en", seed=3), ids)
+    policy.save(tmp_path / "policy")
+    assert (tmp_path / "policy" / "ear" / "ear.json").is_file()
+    loaded = VLAPolicy.load(tmp_path / "policy")
+    assert Path(loaded.config.audio_ear) == tmp_path / "policy" / "ear"
+    env = make_env("embedded", "highway", "light")
+    obs, _ = env.reset(seed=11)
+    for p in (policy, loaded):
+        p.hearing = Hearing("heldout", (10.0,))
+        p.reset()
+        p.hear(env.goal.command, env.goal.lang, seed=11)
+    np.testing.assert_array_equal(loaded._command, policy._command)
+    np.testing.assert_array_equal(loaded.predict_action_chunk(obs), policy.predict_action_chunk(obs))
+
+
+def _rendition(policy, text: str, lang: str, seed: int) -> np.ndarray:
+    """The mixed audio a spoken-command policy hears for ``seed`` (as ``VLAPolicy._render`` draws it)."""
+    import zlib
+
+    from tokenizers_mm.audio_command import draw_rendition
+    from tokenizers_mm.corpus import Phrasing, render_item
+    from vla.policy import AUDIO_SEED
+
+    rng = np.random.default_rng([zlib.crc32(f"{lang}:{text}".encode()), seed, AUDIO_SEED])
+    spec = draw_rendition(Phrasing(text, lang, "unknown", False), rng, policy.hearing.voices)
+    return render_item(spec)[1].astype(np.float32) / 32768.0
+
+
+def test_cli_heard_options(trained_ear, light_episode, tmp_path, capsys):
+    from app import cli
+
+    trained_ear.save(tmp_path / "ear")
+    base = ["train", "bc", "--data", str(light_episode), "--no-cameras", "--size", "tiny", "--steps", "2",
+            "--batch-size", "4", "--augment-commands", "0"]
+    assert cli.main([*base, "--out", str(tmp_path / "ok"), "--command", "heard", "--audio-ear", str(tmp_path / "ear")]) == 0
+    assert (tmp_path / "ok" / "policy" / "ear" / "ear.json").is_file()
+    for flags, message in ((["--command", "heard"], "--command heard needs --audio-ear"),
+                           (["--command", "heard", "--audio-ear", str(tmp_path / "nowhere")], "not an ear directory"),
+                           (["--audio-ear", str(tmp_path / "ear")], "--audio-ear is for --command heard")):
+        assert cli.main([*base, "--out", str(tmp_path / "bad"), *flags]) == 2
+        assert message in capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main(["bench", "speech", "--policy", str(tmp_path / "ok" / "policy"), "--renditions", "1",
+                     "--repeats", "2", "--snrs", "clean"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["command"] == "heard" and 0.0 <= out["ipa_phone_error_rate"] == out["ipa_phone_error_rate_clean"]
+    assert "ipa_phone_error_rate" not in out["not_measured"]
