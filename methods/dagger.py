@@ -99,6 +99,9 @@ class DaggerConfig:
     (``vla.data.DemoDataset``)."""
     audio_renditions: int = 4
     """An audio policy: renditions of each training phrasing those samples may hear."""
+    phone_errors: float = 0.0
+    """An ipa / heard policy: chance that each IPA token of a training command is corrupted
+    (``vla.data.DemoDataset``)."""
     command_grammar: bool = False
     """Half of those samples hear a ``tokenizers_mm.command_grammar`` phrasing instead."""
     label_every: int = 1
@@ -154,6 +157,8 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")
         if not 0.0 <= self.augment_commands <= 1.0:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
+        if not 0.0 <= self.phone_errors <= 1.0:
+            raise ValueError(f"DaggerConfig.phone_errors must be in [0, 1], got {self.phone_errors}")
         if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
             raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
@@ -320,7 +325,8 @@ class DaggerSession:
         """The aggregated episodes of iterations 0..k as ``policy``'s training samples."""
         c = self.config
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
-                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar)
+                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar,
+                           phone_errors=c.phone_errors)
         for j in range(k + 1):
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)

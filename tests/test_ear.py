@@ -202,3 +202,37 @@ def test_cli_heard_options(trained_ear, light_episode, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["command"] == "heard" and 0.0 <= out["ipa_phone_error_rate"] == out["ipa_phone_error_rate_clean"]
     assert "ipa_phone_error_rate" not in out["not_measured"]
+
+
+def test_phone_errors_corrupt_only_ipa_tokens_at_the_asked_rate(light_episode):
+    from sim.storage import read_episodes
+    from vla.config import SIZES, PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(**SIZES["tiny"], cameras=False, action="plan", observation="lane_frame")
+    policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action))
+    clean = DemoDataset(policy)
+    noisy = DemoDataset(policy, phone_errors=0.5)
+    for ep in read_episodes(light_episode, load_frames=False):
+        clean.add_episode(ep)
+        noisy.add_episode(ep)
+    ids = np.asarray(clean._episodes[0].command)
+    lo, hi = policy.layout.ranges["ipa"]
+    assert ids.size > 5 and ((ids >= lo) & (ids < hi)).all()
+    np.random.seed(0)
+    changed = [not np.array_equal(noisy._with_phone_errors(ids), ids) for _ in range(50)]
+    assert all(changed)  # 0.5 per token over > 5 tokens: practically always some error
+    np.random.seed(0)
+    outs = [noisy._with_phone_errors(ids) for _ in range(200)]
+    assert all(((o >= lo) & (o < hi)).all() for o in outs)
+    mean_len = np.mean([len(o) for o in outs])  # drops (1/8 per token) and insertions (1/8) balance
+    assert abs(mean_len - len(ids)) < 0.15 * len(ids)
+    pad = policy.layout.special("<pad>")
+    np.testing.assert_array_equal(noisy._with_phone_errors(np.array([pad, pad])), [pad, pad])
+    with pytest.raises(ValueError, match="phone_errors must be in"):
+        DemoDataset(policy, phone_errors=1.5)
+    blind_config = PolicyConfig(**SIZES["tiny"], cameras=False, command="none")
+    blind = VLAPolicy(blind_config, default_action_tokenizer(blind_config.n_bins))
+    with pytest.raises(ValueError, match="for ipa / heard policies"):
+        DemoDataset(blind, phone_errors=0.1)

@@ -20,6 +20,14 @@ phrasings and cannot follow the held-out ones. Held-out phrasings are never used
 ``command_grammar`` half of those swaps draw from ``tokenizers_mm.command_grammar`` instead
 (dozens of generated wordings per goal, English or Mandarin with equal odds).
 
+Phone errors (``phone_errors`` = r, ``ipa`` and ``heard`` policies): each IPA token of a
+sample's command is, with probability r, replaced by a random inventory symbol (half the
+time), dropped (a quarter) or followed by a random symbol (a quarter), drawn from numpy's global
+RNG. Why: a ``heard`` policy trains on its ear's transcriptions of training phrasings in
+training voices, which the ear heard nearly perfectly, and is tested on speech the ear hears
+with phone error rates of 0.25-0.5 (``vla train-ear``'s report); without errors in training the
+policy meets its first garbled command at test time.
+
 Goal relabelling (``goal_relabel``; episodes recorded with ``Episode.goal_labels``): the
 expert is a pure function of (state, goal), so each visited state also gives one sample per
 OTHER highway goal, labelled with the expert's action under that goal and heard as a
@@ -159,9 +167,15 @@ class DemoDataset:
     """The aggregated dataset: ``len`` samples, ``batch(indices) -> PolicyInputs``."""
 
     def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
-                 command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS) -> None:
+                 command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS,
+                 phone_errors: float = 0.0) -> None:
         if not 0.0 <= augment_commands <= 1.0:
             raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
+        if not 0.0 <= phone_errors <= 1.0:
+            raise ValueError(f"phone_errors must be in [0, 1], got {phone_errors}")
+        if phone_errors > 0 and policy.config.command not in ("ipa", "heard"):
+            raise ValueError(f"phone_errors is for ipa / heard policies; this one hears {policy.config.command!r}")
+        self.phone_errors = float(phone_errors)
         self.policy = policy
         self.augment_commands = float(augment_commands)
         self.goal_relabel = bool(goal_relabel) and policy.config.command != "none"
@@ -215,6 +229,22 @@ class DemoDataset:
         batch, augmented as one process would have; ``vla.train_loop``)."""
         return batch.select(positions)
 
+    def _with_phone_errors(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` with each IPA token substituted / dropped / followed by a random IPA token with
+        probability ``phone_errors`` (module docstring); other ids are kept as they are."""
+        lo, hi = self.policy.layout.ranges["ipa"]
+        out: list[int] = []
+        for token in np.asarray(ids).tolist():
+            if not lo <= token < hi or np.random.random() >= self.phone_errors:
+                out.append(token)
+                continue
+            kind = np.random.random()
+            if kind < 0.5:
+                out.append(int(np.random.randint(lo, hi)))
+            elif kind >= 0.75:
+                out += [token, int(np.random.randint(lo, hi))]
+        return np.asarray(out, dtype=np.int64)
+
     def batch(self, indices: np.ndarray) -> PolicyInputs:
         rows = self._index[np.asarray(indices, dtype=np.int64)]
         eps = [self._episodes[e] for e in rows[:, 0]]
@@ -232,6 +262,8 @@ class DemoDataset:
                     options = grammar[np.random.randint(len(grammar))]
                 if options:
                     commands[i] = options[np.random.randint(len(options))]
+        if self.phone_errors > 0:
+            commands = [self._with_phone_errors(c) for c in commands]
         bins, residual, mask = [], [], []
         for ep, s, g in zip(eps, steps, goals):
             if g < 0:

@@ -77,8 +77,11 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--command-grammar", action="store_true",
                    help="half of those samples hear a phrasing from tokenizers_mm.command_grammar instead "
                         "(hundreds of training-only wordings) (default: the corpus's training phrasings only)")
+    p.add_argument("--phone-errors", type=float, default=0.0, metavar="R",
+                   help="--command ipa or heard: probability that each IPA token of a training command is "
+                        "substituted, dropped or doubled by a random one (0 = none) (default: %(default)s)")
     p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
-                   help="--command audio: renditions (voice, rate, pitch, noise) of each training phrasing "
+                   help="--command audio or heard: renditions (voice, rate, pitch, noise) of each training phrasing "
                         "those samples may hear (default: %(default)s)")
 
 
@@ -206,6 +209,7 @@ FLAG_RULES = {
     "augment_commands": ("--augment-commands", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "command_label_weight": ("--command-label-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
+    "phone_errors": ("--phone-errors", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
 }
 """The training flags' ranges, checked by ``check_flags`` before anything runs, so an error names
 the flag the user typed rather than the config field it fills."""
