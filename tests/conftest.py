@@ -58,3 +58,27 @@ def light_episode(tmp_path_factory):
     assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--cameras", "none",
                      "--out", str(root / "data")]) == 0
     return root / "data"
+
+
+TONES = {"m": 300.0, "a": 1200.0, "s": 4000.0}
+"""Three synthetic 'phones' (pure tones) named by IPA inventory symbols (phone recognizer tests)."""
+
+
+@pytest.fixture(scope="session")
+def tone_clip():
+    """``tone_clip(rng, symbols)``: float32 24 kHz audio saying ``symbols`` (keys of ``TONES``),
+    each a 0.12-0.2 s tone between short silences, under broadband noise (so every mel band varies)."""
+    import numpy as np
+
+    sr = 24_000
+
+    def make(rng, symbols):
+        parts = [np.zeros(int(0.05 * sr), np.float32)]
+        for s in symbols:
+            n = int(rng.uniform(0.12, 0.2) * sr)
+            parts += [(0.4 * np.sin(2 * np.pi * TONES[s] * np.arange(n) / sr) * np.hanning(n)).astype(np.float32),
+                      np.zeros(int(0.05 * sr), np.float32)]
+        x = np.concatenate(parts)
+        return x + 0.02 * rng.standard_normal(len(x)).astype(np.float32)
+
+    return make

@@ -418,10 +418,7 @@ def _load_phone_head(path: Path, config: dict) -> PhoneHead:
         head = PhoneHead(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad phone_head entry in {META_FILE}: {e}") from None
-    if config.get("version") != INVENTORY.version or config.get("n_symbols") != len(INVENTORY.symbols):
-        raise ValueError(f"{path}: the phone head was trained on IPA inventory v{config.get('version')} "
-                         f"({config.get('n_symbols')} symbols); this code has v{INVENTORY.version} "
-                         f"({len(INVENTORY.symbols)})")
+    INVENTORY.check_trained_on(config.get("version"), config.get("n_symbols"), f"{path}: the phone head")
     try:
         head.load_state_dict(load_file(str(file)))
     except (RuntimeError, OSError) as e:

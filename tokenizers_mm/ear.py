@@ -125,10 +125,7 @@ class PhoneRecognizer(torch.nn.Module):
             ear = cls(**{k: config[k] for k in ("hidden", "layers", "n_symbols", "version")})
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{config_file}: not an ear config ({e})") from None
-        if ear.config["version"] != INVENTORY.version or ear.config["n_symbols"] != len(INVENTORY.symbols):
-            raise ValueError(f"{directory}: the ear was trained on IPA inventory v{ear.config['version']} "
-                             f"({ear.config['n_symbols']} symbols); this code has v{INVENTORY.version} "
-                             f"({len(INVENTORY.symbols)})")
+        INVENTORY.check_trained_on(ear.config["version"], ear.config["n_symbols"], f"{directory}: the ear")
         try:
             ear.load_state_dict(load_file(str(weights)))
         except (RuntimeError, OSError) as e:

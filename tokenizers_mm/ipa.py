@@ -99,6 +99,13 @@ class IpaInventory:
         except KeyError:
             raise ValueError(f"IPA symbol {symbol!r} is not in inventory v{self.version}") from None
 
+    def check_trained_on(self, version, n_symbols, what: str) -> None:
+        """A ValueError naming ``what`` when a model trained on inventory ``version`` of
+        ``n_symbols`` symbols (its saved config) cannot be read with this inventory."""
+        if version != self.version or n_symbols != len(self.symbols):
+            raise ValueError(f"{what} was trained on IPA inventory v{version} ({n_symbols} symbols); this "
+                             f"code has v{self.version} ({len(self.symbols)})")
+
     def symbol(self, i: int) -> str:
         """The symbol at local index ``i``."""
         if not 0 <= i < len(self.symbols):

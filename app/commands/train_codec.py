@@ -106,14 +106,13 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
     return audio
 
 
-def transcripts_of(corpus: str, files: list[Path]) -> list[list[str]]:
-    """The IPA symbols of each file from the corpus's ``items.jsonl`` (``ipa`` of the record
-    whose ``audio`` names the file); a file without one is a VLAError naming it."""
+def corpus_records(corpus: str, needs: tuple[str, ...] = ()) -> list[dict]:
+    """The records of ``CORPUS/items.jsonl`` (``vla make-speech``); a missing file, a line that is
+    not a JSON object, or one without a field of ``needs`` is a VLAError naming it."""
     items = Path(corpus) / "items.jsonl"
     if not items.is_file():
-        raise VLAError(f"--content-weight needs transcripts: {items} does not exist (build the corpus "
-                       "with `vla make-speech`)")
-    by_name: dict[str, list[str]] = {}
+        raise VLAError(f"{items} does not exist (build the corpus with `vla make-speech`)")
+    records = []
     for n, line in enumerate(items.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -121,13 +120,25 @@ def transcripts_of(corpus: str, files: list[Path]) -> list[list[str]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise VLAError(f"{items} line {n} is not JSON: {e}") from None
-        ipa = record.get("ipa") if isinstance(record, dict) else None
-        if isinstance(ipa, list) and all(isinstance(s, str) for s in ipa):
-            by_name[Path(str(record.get("audio", ""))).name] = ipa
+        if not isinstance(record, dict) or not all(k in record for k in needs):
+            raise VLAError(f"{items} line {n} lacks one of {', '.join(needs)}" if needs
+                           else f"{items} line {n} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def transcripts_of(corpus: str, files: list[Path]) -> list[list[str]]:
+    """The IPA symbols of each file from the corpus's ``items.jsonl`` (``ipa`` of the record
+    whose ``audio`` names the file); a file without one is a VLAError naming it."""
+    if not (Path(corpus) / "items.jsonl").is_file():
+        raise VLAError(f"--content-weight needs transcripts: {Path(corpus) / 'items.jsonl'} does not exist "
+                       "(build the corpus with `vla make-speech`)")
+    by_name = {Path(str(r.get("audio", ""))).name: r["ipa"] for r in corpus_records(corpus)
+               if isinstance(r.get("ipa"), list) and all(isinstance(s, str) for s in r["ipa"])}
     missing = [f.name for f in files if f.name not in by_name]
     if missing:
-        raise VLAError(f"--content-weight needs an IPA transcript for every training clip; {items} has "
-                       f"none for {len(missing)} of them, e.g. {missing[0]}")
+        raise VLAError(f"--content-weight needs an IPA transcript for every training clip; "
+                       f"{Path(corpus) / 'items.jsonl'} has none for {len(missing)} of them, e.g. {missing[0]}")
     return [by_name[f.name] for f in files]
 
 

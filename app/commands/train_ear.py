@@ -42,24 +42,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _records(corpus: str) -> list[dict]:
-    items = Path(corpus) / "items.jsonl"
+    from app.commands.train_codec import corpus_records
+
     if not Path(corpus).is_dir():
         raise VLAError(f"--corpus {corpus} is not a directory")
-    if not items.is_file():
+    if not (Path(corpus) / "items.jsonl").is_file():
         raise VLAError(f"--corpus {corpus} has no items.jsonl (build one with `vla make-speech`)")
-    records = []
-    for n, line in enumerate(items.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VLAError(f"{items} line {n} is not JSON: {e}") from None
-        if not isinstance(r, dict) or not all(k in r for k in ("audio", "ipa", "split", "voice", "lang")):
-            raise VLAError(f"{items} line {n} lacks one of audio, ipa, split, voice, lang")
-        records.append(r)
+    records = corpus_records(corpus, needs=("audio", "ipa", "split", "voice", "lang"))
     if not records:
-        raise VLAError(f"{items} holds no item")
+        raise VLAError(f"{Path(corpus) / 'items.jsonl'} holds no item")
     return records
 
 
