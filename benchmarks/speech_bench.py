@@ -161,14 +161,14 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     confusion = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)
     zh_hits, zh_total = 0, 0
     ears = policy.config.command == "heard"
+    if ears:
+        from tokenizers_mm.codec_train import phone_error_rate
+        from tokenizers_mm.ipa import INVENTORY, to_ipa
     refs_all: list = []
     hyps_all: list = []
     for snr in snrs:
         ids, y, langs = encode(held, "heldout", (snr,), seed * 100_000 + 50_000)
         if ears:  # the ids ARE the ear's transcription (IPA tokens), cut at the policy's command length
-            from tokenizers_mm.codec_train import phone_error_rate
-            from tokenizers_mm.ipa import INVENTORY, to_ipa
-
             refs = [to_ipa(p.text, p.lang) for _ in range(renditions) for p in held]
             hyps = [INVENTORY.decode(i, layout=policy.layout) for i in ids]
             result[f"ipa_phone_error_rate_{_name(snr)}"] = phone_error_rate(refs, hyps)
@@ -209,8 +209,6 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     for key in result["not_measured"]:
         result[key] = None
     if ears:
-        from tokenizers_mm.codec_train import phone_error_rate
-
         result["ipa_phone_error_rate"] = phone_error_rate(refs_all, hyps_all)
     return result, confusion
 

@@ -163,12 +163,12 @@ def _rendition(policy, text: str, lang: str, seed: int) -> np.ndarray:
     import zlib
 
     from tokenizers_mm.audio_command import draw_rendition
-    from tokenizers_mm.corpus import Phrasing, render_item
+    from tokenizers_mm.corpus import Phrasing, render_audio
     from vla.policy import AUDIO_SEED
 
     rng = np.random.default_rng([zlib.crc32(f"{lang}:{text}".encode()), seed, AUDIO_SEED])
     spec = draw_rendition(Phrasing(text, lang, "unknown", False), rng, policy.hearing.voices)
-    return render_item(spec)[1].astype(np.float32) / 32768.0
+    return render_audio(spec)[0].astype(np.float32) / 32768.0
 
 
 def test_cli_heard_options(trained_ear, light_episode, tmp_path, capsys):

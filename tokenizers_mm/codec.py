@@ -101,6 +101,18 @@ class PhoneHead(torch.nn.Module):
         return self.net(code_vectors).transpose(1, 2).log_softmax(-1)
 
 
+def ctc_phone_loss(log_probs: torch.Tensor, frames: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Mean CTC loss (per target symbol) of log-probs ``(B, T, 1 + P)`` (class 0 the blank,
+    class ``1 + i`` symbol ``i``), ``frames`` valid frames per row, against symbol indices
+    ``targets``; impossible alignments count 0 instead of inf."""
+    import torch.nn.functional as F
+
+    flat = torch.tensor([i + 1 for t in targets for i in t], dtype=torch.long)
+    lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    return F.ctc_loss(log_probs.transpose(0, 1), flat, frames, lengths, blank=0, reduction="mean",
+                      zero_infinity=True)
+
+
 def ctc_greedy(log_probs: torch.Tensor) -> list[int]:
     """Greedy CTC decoding of ``(T, 1 + P)`` log-probs: best class per frame, repeats merged,
     blanks (0) dropped; returns symbol indices (class - 1)."""

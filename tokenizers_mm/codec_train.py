@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tokenizers_mm.codec import AudioCodec, PhoneHead, phones_of
+from tokenizers_mm.codec import AudioCodec, PhoneHead, ctc_phone_loss, phones_of
 
 STFT_SIZES = (512, 1024, 2048)
 LOG_EPS = 1e-2
@@ -182,10 +182,7 @@ def content_loss(codec: AudioCodec, x: torch.Tensor, lengths: torch.Tensor,
     log_probs = codec.phone_head(latent + (e0 - latent).detach())  # (B, T, C)
     frames = torch.clamp(torch.div(lengths + codec.hop_length - 1, codec.hop_length, rounding_mode="floor"),
                          max=log_probs.shape[1])
-    flat = torch.tensor([i + 1 for t in targets for i in t], dtype=torch.long)
-    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
-    return F.ctc_loss(log_probs.transpose(0, 1), flat, frames, target_lengths, blank=0,
-                      reduction="mean", zero_infinity=True)
+    return ctc_phone_loss(log_probs, frames, targets)
 
 
 def utterance_batch(wavs: Sequence[np.ndarray], pool: Sequence[int], batch: int,

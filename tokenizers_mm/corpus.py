@@ -198,6 +198,23 @@ def _ipa(text: str, lang: str) -> tuple[str, ...]:
     return to_ipa(text, lang)
 
 
+def render_audio(spec: ItemSpec) -> tuple[np.ndarray, int]:
+    """(int16 samples, samples of speech inside the padding) of one spec: espeak speech trimmed
+    of its near-silence, scaled to the spec's peak, padded with silence, mixed with the spec's
+    noise, peak-normalized. What ``render_item`` stores, without its VAD and codes."""
+    ph = spec.phrasing
+    clean = speech.trim_silence(speech.synthesize(ph.text, voice=spec.voice, rate=spec.rate,
+                                                  pitch=spec.pitch, sample_rate=SAMPLE_RATE))
+    clean = clean * np.float32(spec.peak / max(float(np.max(np.abs(clean))), 1e-9))
+    audio = speech.pad_silence(clean, spec.lead_s, spec.trail_s, SAMPLE_RATE)
+    if spec.snr_db is not None:
+        audio, _ = speech.mix_at_snr(audio, spec.snr_db, spec.noise,
+                                     np.random.default_rng(spec.noise_seed),
+                                     reference_power=speech.power(clean))
+    audio, _ = speech.peak_normalize(audio, 0.99)
+    return np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16), int(clean.size)
+
+
 def render_item(spec: ItemSpec, codes_fn: Callable[[np.ndarray], np.ndarray] | None = None
                 ) -> tuple[dict, np.ndarray]:
     """(item record, int16 samples) of one spec.
@@ -210,17 +227,8 @@ def render_item(spec: ItemSpec, codes_fn: Callable[[np.ndarray], np.ndarray] | N
     exactly as stored in the wav.
     """
     ph = spec.phrasing
-    clean = speech.trim_silence(speech.synthesize(ph.text, voice=spec.voice, rate=spec.rate,
-                                                  pitch=spec.pitch, sample_rate=SAMPLE_RATE))
-    clean = clean * np.float32(spec.peak / max(float(np.max(np.abs(clean))), 1e-9))
-    audio = speech.pad_silence(clean, spec.lead_s, spec.trail_s, SAMPLE_RATE)
+    pcm, speech_samples = render_audio(spec)
     lead = int(round(spec.lead_s * SAMPLE_RATE))
-    if spec.snr_db is not None:
-        audio, _ = speech.mix_at_snr(audio, spec.snr_db, spec.noise,
-                                     np.random.default_rng(spec.noise_seed),
-                                     reference_power=speech.power(clean))
-    audio, _ = speech.peak_normalize(audio, 0.99)
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
     stored = pcm.astype(np.float32) / 32768.0  # exactly what soundfile reads back from the wav
     events = detect(stored, SAMPLE_RATE, frame_rate=CODEC_FRAME_RATE)
     codes = None
@@ -228,7 +236,7 @@ def render_item(spec: ItemSpec, codes_fn: Callable[[np.ndarray], np.ndarray] | N
         codes = np.asarray(codes_fn(stored)).astype(np.int64).tolist()
     record = {
         **_spec_fields(spec), "sample_rate": SAMPLE_RATE, "num_samples": int(pcm.size),
-        "speech_span": [lead, lead + int(clean.size)], "ipa": list(_ipa(ph.text, ph.lang)),
+        "speech_span": [lead, lead + speech_samples], "ipa": list(_ipa(ph.text, ph.lang)),
         "vad": [e.to_dict() for e in events], "codes": codes,
     }
     return record, pcm

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from sim.atomic import atomic_output
-from tokenizers_mm.codec import ctc_greedy, phones_of
+from tokenizers_mm.codec import ctc_greedy, ctc_phone_loss, phones_of
 from tokenizers_mm.ipa import INVENTORY
 
 SAMPLE_RATE = 24_000
@@ -183,9 +182,7 @@ def train_ear(ear: PhoneRecognizer, wavs: Sequence[np.ndarray], transcripts: Seq
             rows = [_spec_augment(mels[i], ear.mean, rng) if augment else mels[i] for i in picks]
             x = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
             log_probs = ear(x, lengths)
-            flat = torch.tensor([j + 1 for i in picks for j in targets[i]], dtype=torch.long)
-            loss = F.ctc_loss(log_probs.transpose(0, 1), flat, lengths,
-                              torch.tensor([len(targets[i]) for i in picks]), blank=0, zero_infinity=True)
+            loss = ctc_phone_loss(log_probs, lengths, [targets[i] for i in picks])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ear.parameters(), 1.0)

@@ -421,9 +421,9 @@ class VLAPolicy(torch.nn.Module):
         levels = {} if self.hearing.snrs_db is None else {"snrs": self.hearing.snrs_db}
         spec = draw_rendition(Phrasing(command, lang, "unknown", False), rng, self.hearing.voices, **levels)
         if self.ear is not None:  # 'heard': the IPA phones the ear recognizes in the mixed audio
-            from tokenizers_mm.corpus import render_item
+            from tokenizers_mm.corpus import render_audio
 
-            _, pcm = render_item(spec)
+            pcm, _ = render_audio(spec)
             heard = self.ear.transcribe(pcm.astype(np.float32) / 32768.0)
             return INVENTORY.encode(heard, unknown="unk", layout=self.layout)
         ids, _ = render_command(spec, self.codec, self.layout, self.config.audio_n_q, self.config.audio_group)

@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
     ear.save(out, extra={"training": metrics, "corpus": str(args.corpus)})
     report: dict = {"corpus": str(args.corpus), "train_clips": len(train), "training": metrics, "phone_error_rate": {}}
     rng = np.random.default_rng(args.seed)
-    for kind in ("train", "heldout_voice", "heldout_phrasing", "heldout_both"):
+    for kind in ("heldout_voice", "heldout_phrasing", "heldout_both"):
         pool = by_kind.get(kind, [])
-        if kind == "train" or not pool or args.holdout == 0:
+        if not pool or args.holdout == 0:
             continue
         picked = [pool[i] for i in sorted(rng.permutation(len(pool))[: args.holdout])]
         for lang in ("en", "zh"):
