@@ -104,6 +104,9 @@ class DaggerConfig:
     (``vla.data.DemoDataset``)."""
     command_grammar: bool = False
     """Half of those samples hear a ``tokenizers_mm.command_grammar`` phrasing instead."""
+    paraphrase: float = 0.0
+    """An ipa / text policy: chance that a sample hearing an English training phrasing hears one
+    of its WordNet paraphrases instead (``vla.data.DemoDataset``)."""
     label_every: int = 1
     """Simulate the expert's continuation (the chunk / plan label) at every k-th state of a
     policy rollout only; the others keep just the expert's action (a control chunk's first
@@ -159,6 +162,8 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
         if not 0.0 <= self.phone_errors <= 1.0:
             raise ValueError(f"DaggerConfig.phone_errors must be in [0, 1], got {self.phone_errors}")
+        if not 0.0 <= self.paraphrase <= 1.0:
+            raise ValueError(f"DaggerConfig.paraphrase must be in [0, 1], got {self.paraphrase}")
         if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
             raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
@@ -326,7 +331,7 @@ class DaggerSession:
         c = self.config
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
                            audio_renditions=c.audio_renditions, command_grammar=c.command_grammar,
-                           phone_errors=c.phone_errors)
+                           phone_errors=c.phone_errors, paraphrase=c.paraphrase)
         for j in range(k + 1):
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)

@@ -166,6 +166,8 @@ CASES = [
     ("bc-batch-0", [*BC, "--batch-size", "0"], _nothing, "--batch-size"),
     ("bc-forecast-negative", [*BC, "--forecast-weight", "-1"], _nothing, "--forecast-weight"),
     ("bc-replan-0", [*BC, "--replan-every", "0"], _nothing, "replan"),
+    ("bc-paraphrase-range", [*BC, "--paraphrase", "1.5"], _nothing, "--paraphrase"),
+    ("bc-paraphrase-blind", [*BC, "--paraphrase", "0.5", "--command", "none"], _nothing, "paraphrase"),
     # D4RL files (vla train iql)
     ("d4rl-missing", [*IQL[:3], "{d}/nothing.h5", *IQL[4:]], _nothing, "nothing.h5"),
     ("d4rl-not-hdf5", IQL, lambda d: (d / "d4rl.h5").write_bytes(b"plain text" * 10), "d4rl.h5"),

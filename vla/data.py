@@ -20,6 +20,12 @@ phrasings and cannot follow the held-out ones. Held-out phrasings are never used
 ``command_grammar`` half of those swaps draw from ``tokenizers_mm.command_grammar`` instead
 (dozens of generated wordings per goal, English or Mandarin with equal odds).
 
+Paraphrases (``paraphrase`` = q, ``ipa`` and ``text`` policies): each of those swaps that
+drew an English corpus phrasing hears, with probability q, one of up to ``PARAPHRASES`` of its
+WordNet paraphrases instead (``tokenizers_mm.thesaurus``: words and expressions replaced by
+synonyms of their most frequent sense, "stay in this lane" -> "remain in this lane"), so the
+policy meets many wordings of each goal made by a lexical database rather than by a person.
+
 Phone errors (``phone_errors`` = r, ``ipa`` and ``heard`` policies): each IPA token of a
 sample's command is, with probability r, replaced by a random inventory symbol (half the
 time), dropped (a quarter) or followed by a random symbol (a quarter), drawn from numpy's global
@@ -158,6 +164,9 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
     )
 
 
+PARAPHRASES = 16
+"""Paraphrases per English training phrasing (``paraphrase`` > 0), made once per dataset."""
+
 AUDIO_RENDITIONS = 4
 """Renditions (voice, rate, pitch, noise) of each train phrasing an audio policy's samples may
 hear instead of their episode's own (which is drawn from the episode's seed)."""
@@ -168,9 +177,15 @@ class DemoDataset:
 
     def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
                  command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS,
-                 phone_errors: float = 0.0) -> None:
+                 phone_errors: float = 0.0, paraphrase: float = 0.0) -> None:
         if not 0.0 <= augment_commands <= 1.0:
             raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
+        if not 0.0 <= paraphrase <= 1.0:
+            raise ValueError(f"paraphrase must be in [0, 1], got {paraphrase}")
+        if paraphrase > 0 and policy.config.command not in ("ipa", "text"):
+            raise ValueError(f"paraphrase is for ipa / text policies; this one hears {policy.config.command!r}")
+        self.paraphrase = float(paraphrase)
+        self._variants: dict[str, list[list[np.ndarray]]] = {}  # label -> per _phrasings entry, its paraphrases
         if not 0.0 <= phone_errors <= 1.0:
             raise ValueError(f"phone_errors must be in [0, 1], got {phone_errors}")
         if phone_errors > 0 and policy.config.command not in ("ipa", "heard"):
@@ -183,12 +198,17 @@ class DemoDataset:
         self._grammar: dict[str, list[list[np.ndarray]]] = {}  # label -> per language, its phrasings
         if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
+            from tokenizers_mm.thesaurus import paraphrases
 
             renditions = audio_renditions if policy.config.command in ("audio", "heard") else 1
             for p in PHRASINGS:
                 if p.split == "train":
                     for k in range(renditions):  # an audio policy hears each phrasing in several voices
                         self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang, seed=k))
+                        if self.paraphrase > 0:
+                            texts = paraphrases(p.text, PARAPHRASES) if p.lang == "en" else []
+                            self._variants.setdefault(p.label, []).append(
+                                [policy.encode_command(t, p.lang) for t in texts])
             if command_grammar:
                 from tokenizers_mm.command_grammar import grammar_phrasings
 
@@ -258,10 +278,14 @@ class DemoDataset:
                 label = eps[i].label if goals[i] < 0 else HIGHWAY_GOAL_LABELS[goals[i]]
                 options = self._phrasings.get(label)
                 grammar = self._grammar.get(label)
+                variants = self._variants.get(label, [])  # aligned with the corpus options
                 if grammar and np.random.random() < 0.5:  # a grammar phrasing, its language drawn first
-                    options = grammar[np.random.randint(len(grammar))]
+                    options, variants = grammar[np.random.randint(len(grammar))], []
                 if options:
-                    commands[i] = options[np.random.randint(len(options))]
+                    j = np.random.randint(len(options))
+                    commands[i] = options[j]
+                    if j < len(variants) and variants[j] and np.random.random() < self.paraphrase:
+                        commands[i] = variants[j][np.random.randint(len(variants[j]))]
         if self.phone_errors > 0:
             commands = [self._with_phone_errors(c) for c in commands]
         bins, residual, mask = [], [], []

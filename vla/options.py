@@ -80,6 +80,10 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--phone-errors", type=float, default=0.0, metavar="R",
                    help="--command ipa or heard: probability that each IPA token of a training command is "
                         "substituted, dropped or doubled by a random one (0 = none) (default: %(default)s)")
+    p.add_argument("--paraphrase", type=float, default=0.0, metavar="Q",
+                   help="--command ipa or text: probability that a sample hearing an English training phrasing "
+                        "hears one of its WordNet paraphrases instead (tokenizers_mm.thesaurus; 0 = none) "
+                        "(default: %(default)s)")
     p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
                    help="--command audio or heard: renditions (voice, rate, pitch, noise) of each training phrasing "
                         "those samples may hear (default: %(default)s)")
@@ -210,6 +214,7 @@ FLAG_RULES = {
     "command_label_weight": ("--command-label-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
     "phone_errors": ("--phone-errors", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "paraphrase": ("--paraphrase", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
 }
 """The training flags' ranges, checked by ``check_flags`` before anything runs, so an error names
 the flag the user typed rather than the config field it fills."""
