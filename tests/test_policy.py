@@ -241,6 +241,29 @@ def test_goal_relabelling_adds_one_first_action_sample_per_other_goal(episodes):
                      if p.split == "train" and p.label == others[0]}
 
 
+def test_goal_relabelling_stops_once_the_ego_has_left_its_start_lane(episodes):
+    """Goals count lanes from the lane the command was heard in, so after a lane change the other
+    goals' labels would drive back or two lanes over: those states keep only their own label."""
+    import dataclasses
+
+    from sim.interface import EGO
+    from sim.scenarios import HIGHWAY_GOAL_LABELS
+
+    policy = make_policy(episodes, cameras=False)
+    ep = episodes[0]
+    labels = np.zeros((ep.num_steps, len(HIGHWAY_GOAL_LABELS), 2), np.float32)
+    ego = ep.ego.copy()
+    moved = ep.num_steps // 2
+    ego[moved:, EGO["lane_id"]] -= 1  # one lane to the left from here on
+    data = DemoDataset(policy, goal_relabel=True)
+    data.add_episode(dataclasses.replace(ep, ego=ego, goal_labels=labels))
+    others = len(HIGHWAY_GOAL_LABELS) - 1
+    assert data.counterfactual_samples == moved * others
+    relabelled_steps = data._index[data._index[:, 2] >= 0, 1]
+    assert relabelled_steps.max() == moved - 1
+    assert len(data) == ep.num_steps + moved * others  # every state keeps its own goal's sample
+
+
 def test_lane_frame_observation_places_actors_along_and_across_the_lane():
     from sim.interface import ACTOR_FIELDS, EGO_FIELDS, MAX_ACTORS
     from vla.inputs import OBSERVATIONS
