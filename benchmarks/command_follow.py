@@ -96,7 +96,8 @@ def follow(policy, at: list[dict], phrasings: list[tuple[str, str, str]], batch:
                              policy.config.command_ids_max, action_bins=[s["bins"][g] for s, g in rows],
                              action_residual=[np.zeros(s["bins"][g].shape, np.float32) for s, g in rows],
                              action_mask=[np.ones(s["bins"][g].shape[0], bool) for s, g in rows])
-            logits = policy.chunk_logits(inputs.to(next(model.parameters()).device)).float()
+            inputs = inputs.to(next(model.parameters()).device)
+            logits = policy.chunk_logits(inputs).float()
             logp = torch.log_softmax(logits, -1).gather(-1, inputs.action_bins.unsqueeze(-1)).squeeze(-1)
             score = logp.sum((1, 2)).view(len(chunk), len(goals)).cpu().numpy()
             for i, s in enumerate(chunk):

@@ -70,10 +70,10 @@ class WordNet:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        missing = [f for p in _POS_FILES.values() for f in (f"index.{p}", f"data.{p}") if not (self.root / f).is_file()]
-        if missing or not (self.root / "cntlist.rev").is_file():
-            raise ValueError(f"{self.root}: not a WordNet 3.0 database directory "
-                             f"(missing {', '.join(missing + ['cntlist.rev'] * (not (self.root / 'cntlist.rev').is_file()))})")
+        needed = [f for p in _POS_FILES.values() for f in (f"index.{p}", f"data.{p}")] + ["cntlist.rev"]
+        missing = [f for f in needed if not (self.root / f).is_file()]
+        if missing:
+            raise ValueError(f"{self.root}: not a WordNet 3.0 database directory (missing {', '.join(missing)})")
         self._offsets: dict[tuple[str, str], list[int]] = {}
         for pos, name in _POS_FILES.items():
             for line in (self.root / f"index.{name}").read_text(encoding="latin-1").splitlines():
