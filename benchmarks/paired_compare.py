@@ -1,0 +1,97 @@
+"""``python -m benchmarks.paired_compare --a DIR... --b DIR...``: arm B against arm A on the same
+held-out episodes, from ``vla eval --out`` directories.
+
+The i-th directory of ``--a`` and of ``--b`` are the same training seed of the two recipes;
+inside each pair, episodes are matched by their seed (both must have driven the same ones).
+Prints each arm's mean per metric, goal success per directory and per goal type, and B minus
+A with a 95% percentile-bootstrap interval over all (training seed, episode) pairs. The last
+line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.dagger_combine import paired_bootstrap
+
+METRICS = ("goal_success", "collided", "off_road", "progress", "jerk_long_p95", "jerk_lat_p95", "comfort_fraction")
+"""Per-episode columns of ``episodes.csv`` compared."""
+
+
+def read_episodes_csv(directory: str | Path) -> dict[str, dict[str, str]]:
+    """episode seed -> row of ``DIR/episodes.csv``; ``ValueError`` naming the file when missing
+    or lacking a compared column."""
+    path = Path(directory) / "episodes.csv"
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("seed", "goal_type", *METRICS) if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: lacks the columns {missing}")
+            return {row["seed"]: row for row in reader}
+    except OSError as e:
+        raise ValueError(f"{path}: not readable ({e.strerror or e})") from None
+
+
+def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> dict:
+    if len(a_dirs) != len(b_dirs) or not a_dirs:
+        raise ValueError(f"--a and --b need the same number (>= 1) of directories, got {len(a_dirs)} and {len(b_dirs)}")
+    diffs: dict[str, list[float]] = {m: [] for m in METRICS}
+    means: dict[str, dict[str, list[float]]] = {"a": {m: [] for m in METRICS}, "b": {m: [] for m in METRICS}}
+    per_dir: dict[str, list[float]] = {"a": [], "b": []}
+    by_goal: dict[str, dict[str, list[int]]] = {"a": {}, "b": {}}
+    for da, db in zip(a_dirs, b_dirs):
+        ea, eb = read_episodes_csv(da), read_episodes_csv(db)
+        if set(ea) != set(eb):
+            raise ValueError(f"{da} and {db} drove different episodes ({len(set(ea) ^ set(eb))} seeds differ)")
+        for arm, rows in (("a", ea), ("b", eb)):
+            per_dir[arm].append(float(np.mean([float(r["goal_success"]) for r in rows.values()])))
+            for r in rows.values():
+                counts = by_goal[arm].setdefault(r["goal_type"], [0, 0])
+                counts[0] += int(float(r["goal_success"]))
+                counts[1] += 1
+        for seed in sorted(ea):
+            for m in METRICS:
+                va, vb = float(ea[seed][m]), float(eb[seed][m])
+                means["a"][m].append(va)
+                means["b"][m].append(vb)
+                diffs[m].append(vb - va)
+    return {
+        "pairs": len(diffs["goal_success"]),
+        "a": {m: float(np.mean(v)) for m, v in means["a"].items()},
+        "b": {m: float(np.mean(v)) for m, v in means["b"].items()},
+        "b_minus_a": {m: paired_bootstrap(d, resamples=resamples) for m, d in diffs.items()},
+        "goal_success_per_dir": per_dir,
+        "goal_success_by_type": {arm: {g: f"{s}/{n}" for g, (s, n) in sorted(v.items())} for arm, v in by_goal.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paired_compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a", nargs="+", required=True, help="arm A: vla eval --out directories, one per training seed")
+    ap.add_argument("--b", nargs="+", required=True, help="arm B: the same training seeds, in the same order")
+    args = ap.parse_args(argv)
+    try:
+        report = compare(args.a, args.b)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{report['pairs']} episode pairs; B minus A with 95% bootstrap intervals")
+    for m, r in report["b_minus_a"].items():
+        print(f"  {m:16s} A {report['a'][m]:.3f}  B {report['b'][m]:.3f}  B-A {r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]")
+    for arm in ("a", "b"):
+        per = " / ".join(f"{x:.2f}" for x in report["goal_success_per_dir"][arm])
+        kinds = ", ".join(f"{g} {c}" for g, c in report["goal_success_by_type"][arm].items())
+        print(f"  {arm.upper()} goal success per directory {per}; by type {kinds}")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
