@@ -45,10 +45,12 @@ def paired_bootstrap(diffs, resamples: int = 10_000, seed: int = 0, level: float
             "hi": float(np.percentile(means, 100.0 - tail)), "n": int(d.size)}
 
 
-def _episodes(path: Path) -> dict[str, dict]:
+def episode_rows(path: Path, columns: tuple[str, ...] = PAIRED) -> dict[str, dict]:
+    """Episode seed -> row of an ``episodes.csv`` (``vla eval``'s); ``ValueError`` naming the file
+    when it lacks ``seed`` or one of ``columns``."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in ("seed", *PAIRED) if c not in (reader.fieldnames or [])]
+        missing = [c for c in ("seed", *columns) if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path} lacks the columns {missing}")
         return {row["seed"]: row for row in reader}
@@ -59,7 +61,7 @@ def paired_differences(pairs) -> dict[str, list[float]]:
     both ``episodes.csv`` of each ``(base, other)`` pair drove."""
     diffs: dict[str, list[float]] = {c: [] for c in PAIRED}
     for base_csv, other_csv in pairs:
-        base, other = _episodes(Path(base_csv)), _episodes(Path(other_csv))
+        base, other = episode_rows(Path(base_csv)), episode_rows(Path(other_csv))
         for ep in sorted(base.keys() & other.keys()):
             for column in PAIRED:
                 diffs[column].append(float(other[ep][column]) - float(base[ep][column]))
@@ -89,7 +91,7 @@ def combine(studies: list[Path]) -> dict:
                 seeds.append(run.name)
                 for arm in ("bc", "dagger"):
                     per_arm[arm].append(json.loads((run / f"eval_{arm}" / "metrics.json").read_text()))
-                bc, dagger = _episodes(run / "eval_bc" / "episodes.csv"), _episodes(run / "eval_dagger" / "episodes.csv")
+                bc, dagger = episode_rows(run / "eval_bc" / "episodes.csv"), episode_rows(run / "eval_dagger" / "episodes.csv")
                 if bc.keys() != dagger.keys():
                     raise ValueError(f"{run}: eval_bc and eval_dagger drove different episode seeds")
                 for ep in bc:

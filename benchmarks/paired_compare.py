@@ -11,14 +11,13 @@ line is JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.dagger_combine import paired_bootstrap
+from benchmarks.dagger_combine import episode_rows, paired_bootstrap
 
 METRICS = ("goal_success", "collided", "off_road", "progress", "jerk_long_p95", "jerk_lat_p95", "comfort_fraction")
 """Per-episode columns of ``episodes.csv`` compared."""
@@ -29,12 +28,7 @@ def read_episodes_csv(directory: str | Path) -> dict[str, dict[str, str]]:
     or lacking a compared column."""
     path = Path(directory) / "episodes.csv"
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in ("seed", "goal_type", *METRICS) if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: lacks the columns {missing}")
-            return {row["seed"]: row for row in reader}
+        return episode_rows(path, ("goal_type", *METRICS))
     except OSError as e:
         raise ValueError(f"{path}: not readable ({e.strerror or e})") from None
 
