@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from functools import cache
@@ -147,15 +145,15 @@ def build_table(wordnet: WordNet, texts: Iterable[str]) -> dict[str, list[str]]:
 
 
 def write_table(table: dict[str, list[str]], path: str | Path = TABLE_PATH) -> Path:
-    """Write the table atomically (temp file, then rename)."""
+    """Write the table atomically (``sim.atomic.atomic_output``: temp file, fsync, rename)."""
+    from sim.atomic import atomic_output
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"version": TABLE_VERSION, "source": "WordNet 3.0 (Princeton University), see WORDNET_LICENSE",
            "table": table}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=0, ensure_ascii=False, sort_keys=True)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=0, ensure_ascii=False, sort_keys=True), encoding="utf-8")
     return path
 
 
