@@ -310,7 +310,9 @@ def _abs_stat(x: np.ndarray, fn) -> float:
 
 
 def episode_metrics(ep: Episode) -> dict[str, float | str]:
-    """Scalar metrics of one episode (floats, except goal_type / outcome / error) plus ``_samples``."""
+    """Scalar metrics of one episode (floats, except goal_type / command / command_lang / outcome /
+    error) plus ``_samples``. ``command`` is what the passenger said (the phrasing), so failures
+    can be read per wording."""
     k = kinematics(ep)
     ev, T = ep.events, ep.num_steps
     crash = np.flatnonzero(np.any(ev[:, [EVENT[n] for n in COLLISIONS]] > 0.5, axis=1))
@@ -336,6 +338,8 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
         "route_completed": float(progress >= 0.99 or np.any(ev[:, EVENT["route_complete"]] > 0.5)),
         "goal_success": float(goal_ok),
         "goal_type": ep.goal.label,
+        "command": ep.goal.command,
+        "command_lang": ep.goal.lang,
         "jerk_long_p95": _abs_stat(k["jerk_long"], partial(np.percentile, q=95)),
         "jerk_long_max": _abs_stat(k["jerk_long"], np.max),
         "jerk_lat_p95": _abs_stat(k["jerk_lat"], partial(np.percentile, q=95)),

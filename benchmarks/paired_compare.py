@@ -3,9 +3,10 @@ held-out episodes, from ``vla eval --out`` directories.
 
 The i-th directory of ``--a`` and of ``--b`` are the same training seed of the two recipes;
 inside each pair, episodes are matched by their seed (both must have driven the same ones).
-Prints each arm's mean per metric, goal success per directory and per goal type, and B minus
-A with a 95% percentile-bootstrap interval over all (training seed, episode) pairs. The last
-line is JSON.
+Prints each arm's mean per metric, goal success per directory, per goal type and (when the
+files have the ``command`` column, ``vla eval`` writes it since 2026-12) per phrasing the
+passenger used, and B minus A with a 95% percentile-bootstrap interval over all (training
+seed, episode) pairs. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
     means: dict[str, dict[str, list[float]]] = {"a": {m: [] for m in METRICS}, "b": {m: [] for m in METRICS}}
     per_dir: dict[str, list[float]] = {"a": [], "b": []}
     by_goal: dict[str, dict[str, list[int]]] = {"a": {}, "b": {}}
+    by_command: dict[str, dict[str, list[int]]] | None = {"a": {}, "b": {}}
     for da, db in zip(a_dirs, b_dirs):
         ea, eb = read_episodes_csv(da), read_episodes_csv(db)
         if set(ea) != set(eb):
@@ -50,6 +52,12 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
                 counts = by_goal[arm].setdefault(r["goal_type"], [0, 0])
                 counts[0] += int(float(r["goal_success"]))
                 counts[1] += 1
+                if by_command is not None and "command" not in r:  # a file from before the column
+                    by_command = None
+                if by_command is not None:
+                    counts = by_command[arm].setdefault(f"{r['goal_type']}: {r['command']}", [0, 0])
+                    counts[0] += int(float(r["goal_success"]))
+                    counts[1] += 1
         for seed in sorted(ea):
             for m in METRICS:
                 va, vb = float(ea[seed][m]), float(eb[seed][m])
@@ -63,6 +71,8 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
         "b_minus_a": {m: paired_bootstrap(d, resamples=resamples) for m, d in diffs.items()},
         "goal_success_per_dir": per_dir,
         "goal_success_by_type": {arm: {g: f"{s}/{n}" for g, (s, n) in sorted(v.items())} for arm, v in by_goal.items()},
+        "goal_success_by_command": None if by_command is None else
+        {arm: {c: f"{s}/{n}" for c, (s, n) in sorted(v.items())} for arm, v in by_command.items()},
     }
 
 
@@ -83,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         per = " / ".join(f"{x:.2f}" for x in report["goal_success_per_dir"][arm])
         kinds = ", ".join(f"{g} {c}" for g, c in report["goal_success_by_type"][arm].items())
         print(f"  {arm.upper()} goal success per directory {per}; by type {kinds}")
+    if report["goal_success_by_command"] is not None:
+        print("  goal success by phrasing (A | B):")
+        a, b = report["goal_success_by_command"]["a"], report["goal_success_by_command"]["b"]
+        for c in sorted(set(a) | set(b)):
+            print(f"    {a.get(c, '-'):>7s} | {b.get(c, '-'):>7s}  {c}")
     print(json.dumps(report))
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -42,6 +44,12 @@ def test_eval_writes_outputs_deterministically(tmp_path, capsys):
         lines = (out / "episodes.csv").read_text().splitlines()
         assert lines[0].startswith("seed,outcome,goal_type,collided,progress")
         assert [row.split(",")[0] for row in lines[1:]] == ["0", "1"]
+        # what the passenger said is in the file: a held-out phrasing (the default split) of the goal
+        from tokenizers_mm.corpus import PHRASINGS
+
+        heard = {(p.label, p.text, p.lang) for p in PHRASINGS if p.heldout}
+        for row in csv.DictReader(io.StringIO((out / "episodes.csv").read_text())):
+            assert (row["goal_type"], row["command"], row["command_lang"]) in heard, row
         assert (out / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
         assert not (out / "cameras.gif").exists()
         assert not list(out.glob(".*tmp*"))
