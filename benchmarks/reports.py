@@ -72,6 +72,18 @@ def summary_table(record: dict) -> str:
     return table
 
 
+def phrasing_table(rows: Sequence[dict]) -> str:
+    """Goal success per phrasing the passenger used (``episode_metrics``' ``command``), one line
+    each ("successes/episodes  goal: phrasing"), goals then phrasings in sorted order."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        c = counts.setdefault((str(r["goal_type"]), str(r["command"])), [0, 0])
+        c[0] += int(r["goal_success"] > 0.5)
+        c[1] += 1
+    lines = [f"  {f'{s}/{n}':>7s}  {goal}: {said}" for (goal, said), (s, n) in sorted(counts.items())]
+    return "\n".join(["goal success by phrasing:", *lines])
+
+
 def plot_trajectory(path: str | Path, ep: Episode) -> None:
     """Speed, longitudinal acceleration and jerk of ``ep`` over time (3 stacked plots); atomic."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state

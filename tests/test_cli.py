@@ -271,6 +271,13 @@ def test_eval_with_the_user_s_own_phrasings(tmp_path, capsys):
         else:
             assert env.goal.command not in ("just carry on in this lane mate", "就这样开")
     assert heard and heard <= {"just carry on in this lane mate", "就这样开"}
-    code, out, _ = run(capsys, "eval", *LIGHT, "--episodes", "1", "--no-gif", "--phrasings", str(tsv),
+    code, out, _ = run(capsys, "eval", *LIGHT, "--episodes", "3", "--no-gif", "--phrasings", str(tsv),
                        "--out", str(tmp_path / "o"))
     assert code == 0 and (tmp_path / "o" / "metrics.json").exists()
+    # which of the user's words were followed: one line per phrasing heard, counts from episodes.csv
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "o" / "episodes.csv").read_text())))
+    table = out[out.index("goal success by phrasing:"):].splitlines()
+    for r in rows:
+        expected = sum(float(x["goal_success"]) for x in rows if x["command"] == r["command"])
+        n = sum(x["command"] == r["command"] for x in rows)
+        assert f"{int(expected)}/{n}  {r['goal_type']}: {r['command']}" in "\n".join(table), (r, table)

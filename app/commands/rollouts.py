@@ -196,6 +196,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if writer is not None:
         written.append(out / "episodes")
     print(reports.summary_table(result.metrics))
+    if str(args.phrasings).endswith(".tsv"):  # the user's own words: which of them were followed
+        print(reports.phrasing_table(result.rows))
     for path in [out / "metrics.json", *written]:
         print(f"wrote {path}")
     return 0
