@@ -48,3 +48,25 @@ def test_the_dataset_hears_grammar_phrasings_only_when_asked():
     assert not any(c in generated for c in heard(plain))
     share = np.mean([c in generated for c in heard(rich)])
     assert 0.3 < share < 0.7  # half of the swaps draw from the grammar
+
+
+def test_the_main_job_hears_the_grammar_by_default_and_can_turn_it_off(tmp_path):
+    """vla dagger (the README's main job) trains with the grammar unless told not to; vla train bc
+    only when asked (its recipes in the docs pass --command-grammar)."""
+    import argparse
+
+    from app.commands.train import configure_dagger
+    from methods.session_options import dagger_config
+
+    p = argparse.ArgumentParser()
+    configure_dagger(p)
+    on = p.parse_args(["--out", str(tmp_path / "run")])
+    off = p.parse_args(["--out", str(tmp_path / "run"), "--no-command-grammar"])
+    assert dagger_config(on, on.scenario, on.density, on.seed).command_grammar is True
+    assert dagger_config(off, off.scenario, off.density, off.seed).command_grammar is False
+    from app.cli import build_parser
+
+    argv = ["train", "bc", "--data", "d", "--out", "o"]
+    assert build_parser(argv).parse_args(argv).command_grammar is False
+    argv.append("--command-grammar")
+    assert build_parser(argv).parse_args(argv).command_grammar is True

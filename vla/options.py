@@ -74,9 +74,10 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--augment-commands", type=float, default=0.5, metavar="P",
                    help="probability that a training sample hears another train-split phrasing of "
                         "its goal instead of the recorded one (default: %(default)s)")
-    p.add_argument("--command-grammar", action="store_true",
+    p.add_argument("--command-grammar", action=argparse.BooleanOptionalAction, default=False,
                    help="half of those samples hear a phrasing from tokenizers_mm.command_grammar instead "
-                        "(hundreds of training-only wordings) (default: the corpus's training phrasings only)")
+                        "(hundreds of training-only wordings; an audio / heard policy synthesizes each of "
+                        "them --audio-renditions times) (default: %(default)s)")
     p.add_argument("--phone-errors", type=float, default=0.0, metavar="R",
                    help="--command ipa or heard: probability that each IPA token of a training command is "
                         "substituted, dropped or doubled by a random one (0 = none) (default: %(default)s)")
