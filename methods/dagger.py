@@ -67,7 +67,9 @@ class DaggerConfig:
     expert_episodes: int = 8
     """Expert episodes recorded for iteration 0."""
     rollouts: int = 4
-    """Policy rollouts (expert-labelled) added per DAgger iteration."""
+    """Policy rollouts (expert-labelled) added per DAgger iteration. 0: none, so every iteration
+    only retrains on the expert data for ``train_steps`` more steps: DAgger's equal-compute BC
+    control (the same warm-started steps, schedule and seeds, without the learner's states)."""
     eval_episodes: int = 5
     """Held-out evaluation episodes after every iteration (split over the settings)."""
     beta0: float = 0.5
@@ -151,8 +153,8 @@ class DaggerConfig:
                 raise ValueError(f"DaggerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.ray is not None and not (isinstance(self.ray, str) and self.ray.strip()):
             raise ValueError(f"DaggerConfig.ray must be None, 'local' or a Ray cluster address, got {self.ray!r}")
-        if self.iterations < 0 or self.rollouts < 1:
-            raise ValueError("DaggerConfig.iterations must be >= 0 and rollouts >= 1")
+        if self.iterations < 0 or self.rollouts < 0:
+            raise ValueError("DaggerConfig.iterations and rollouts must be >= 0")
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
         if isinstance(self.audio_renditions, bool) or not isinstance(self.audio_renditions, int) \
@@ -333,6 +335,8 @@ class DaggerSession:
                            audio_renditions=c.audio_renditions, command_grammar=c.command_grammar,
                            phone_errors=c.phone_errors, paraphrase=c.paraphrase)
         for j in range(k + 1):
+            if j > 0 and c.rollouts == 0:  # the equal-compute control: expert data only
+                continue
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
                 data.add_episode(ep)
         return data

@@ -15,7 +15,9 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     reads them back. Each command and study passes its own ``defaults`` (argparse dests)."""
     p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
     p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
-    p.add_argument("--rollouts", type=int, default=4, help="policy rollouts per iteration (default: %(default)s)")
+    p.add_argument("--rollouts", type=int, default=4,
+                   help="policy rollouts per iteration; 0 = none: the iterations only retrain on the expert data, "
+                        "DAgger's equal-compute BC control (default: %(default)s)")
     p.add_argument(eval_option, dest="session_eval_episodes", type=int, default=eval_default,
                    metavar=eval_option.lstrip("-").replace("-", "_").upper(),
                    help="held-out evaluation episodes per iteration (default: %(default)s)")

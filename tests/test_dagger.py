@@ -22,6 +22,20 @@ def tiny_config(**overrides) -> DaggerConfig:
     return DaggerConfig(**{**base, **overrides})
 
 
+def test_no_rollouts_is_the_equal_compute_bc_control(tmp_path):
+    """rollouts=0: each iteration retrains on the expert episodes alone for train_steps more steps
+    (warm-started), so DAgger can be compared at equal compute; nothing is rolled out."""
+    lines = DaggerSession(tiny_config(rollouts=0), tmp_path / "run", log=lambda s: None).run_all()
+    assert [line["iteration"] for line in lines] == [0, 1]
+    assert lines[1]["dataset_episodes"] == 2 and lines[1]["dataset_steps"] == lines[0]["dataset_steps"]
+    assert not (tmp_path / "run" / "data" / "iter_001" / "episodes").exists()
+    before = load_file(str(tmp_path / "run" / "iter_000" / "policy" / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "iter_001" / "policy" / "model.safetensors"))
+    assert any(not np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)  # it trained
+    with pytest.raises(ValueError, match="rollouts must be >= 0"):
+        tiny_config(rollouts=-1)
+
+
 def test_session_end_to_end(tmp_path):
     lines = DaggerSession(tiny_config(), tmp_path / "run", log=lambda s: None).run_all()
     assert [line["iteration"] for line in lines] == [0, 1]
