@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.dagger_combine import episode_rows, paired_bootstrap
+from benchmarks.reports import goal_success_counts, said
 
 METRICS = ("goal_success", "collided", "off_road", "progress", "jerk_long_p95", "jerk_lat_p95", "comfort_fraction")
 """Per-episode columns of ``episodes.csv`` compared."""
@@ -40,24 +42,14 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
     diffs: dict[str, list[float]] = {m: [] for m in METRICS}
     means: dict[str, dict[str, list[float]]] = {"a": {m: [] for m in METRICS}, "b": {m: [] for m in METRICS}}
     per_dir: dict[str, list[float]] = {"a": [], "b": []}
-    by_goal: dict[str, dict[str, list[int]]] = {"a": {}, "b": {}}
-    by_command: dict[str, dict[str, list[int]]] | None = {"a": {}, "b": {}}
+    rows: dict[str, list[dict]] = {"a": [], "b": []}
     for da, db in zip(a_dirs, b_dirs):
         ea, eb = read_episodes_csv(da), read_episodes_csv(db)
         if set(ea) != set(eb):
             raise ValueError(f"{da} and {db} drove different episodes ({len(set(ea) ^ set(eb))} seeds differ)")
-        for arm, rows in (("a", ea), ("b", eb)):
-            per_dir[arm].append(float(np.mean([float(r["goal_success"]) for r in rows.values()])))
-            for r in rows.values():
-                counts = by_goal[arm].setdefault(r["goal_type"], [0, 0])
-                counts[0] += int(float(r["goal_success"]))
-                counts[1] += 1
-                if by_command is not None and "command" not in r:  # a file from before the column
-                    by_command = None
-                if by_command is not None:
-                    counts = by_command[arm].setdefault(f"{r['goal_type']}: {r['command']}", [0, 0])
-                    counts[0] += int(float(r["goal_success"]))
-                    counts[1] += 1
+        for arm, episodes in (("a", ea), ("b", eb)):
+            per_dir[arm].append(float(np.mean([float(r["goal_success"]) for r in episodes.values()])))
+            rows[arm] += episodes.values()
         for seed in sorted(ea):
             for m in METRICS:
                 va, vb = float(ea[seed][m]), float(eb[seed][m])
@@ -70,9 +62,10 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
         "b": {m: float(np.mean(v)) for m, v in means["b"].items()},
         "b_minus_a": {m: paired_bootstrap(d, resamples=resamples) for m, d in diffs.items()},
         "goal_success_per_dir": per_dir,
-        "goal_success_by_type": {arm: {g: f"{s}/{n}" for g, (s, n) in sorted(v.items())} for arm, v in by_goal.items()},
-        "goal_success_by_command": None if by_command is None else
-        {arm: {c: f"{s}/{n}" for c, (s, n) in sorted(v.items())} for arm, v in by_command.items()},
+        "goal_success_by_type": {arm: goal_success_counts(v, itemgetter("goal_type")) for arm, v in rows.items()},
+        # files from before vla eval wrote the command column have no per-phrasing counts
+        "goal_success_by_command": {arm: goal_success_counts(v, said) for arm, v in rows.items()}
+        if all("command" in r for v in rows.values() for r in v) else None,
     }
 
 

@@ -72,15 +72,26 @@ def summary_table(record: dict) -> str:
     return table
 
 
+def goal_success_counts(rows, key) -> dict[str, str]:
+    """``key(row)`` -> "successes/episodes" over per-episode rows (``episode_metrics`` dicts or
+    ``episodes.csv`` rows, whose ``goal_success`` is a string), in sorted key order."""
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        c = counts.setdefault(key(r), [0, 0])
+        c[0] += int(float(r["goal_success"]) > 0.5)
+        c[1] += 1
+    return {k: f"{s}/{n}" for k, (s, n) in sorted(counts.items())}
+
+
+def said(row: dict) -> str:
+    """An episode row's goal and what the passenger said: "goal: phrasing"."""
+    return f"{row['goal_type']}: {row['command']}"
+
+
 def phrasing_table(rows: Sequence[dict]) -> str:
     """Goal success per phrasing the passenger used (``episode_metrics``' ``command``), one line
     each ("successes/episodes  goal: phrasing"), goals then phrasings in sorted order."""
-    counts: dict[tuple[str, str], list[int]] = {}
-    for r in rows:
-        c = counts.setdefault((str(r["goal_type"]), str(r["command"])), [0, 0])
-        c[0] += int(r["goal_success"] > 0.5)
-        c[1] += 1
-    lines = [f"  {f'{s}/{n}':>7s}  {goal}: {said}" for (goal, said), (s, n) in sorted(counts.items())]
+    lines = [f"  {c:>7s}  {k}" for k, c in goal_success_counts(rows, said).items()]
     return "\n".join(["goal success by phrasing:", *lines])
 
 
