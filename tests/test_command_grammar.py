@@ -70,3 +70,15 @@ def test_the_main_job_hears_the_grammar_by_default_and_can_turn_it_off(tmp_path)
     assert build_parser(argv).parse_args(argv).command_grammar is False
     argv.append("--command-grammar")
     assert build_parser(argv).parse_args(argv).command_grammar is True
+
+
+def test_the_dev_phrasings_are_neither_corpus_nor_grammar_wordings():
+    """docs/dev_phrasings.tsv screens language changes on dev seeds; a wording that training can
+    hear would make the screen measure memory."""
+    from pathlib import Path
+
+    from vla.speech_commands import read_phrasings_tsv
+
+    dev = read_phrasings_tsv(Path(__file__).resolve().parents[1] / "docs" / "dev_phrasings.tsv")
+    trained = {p.text for p in PHRASINGS} | {t for label in LABELS for t, _ in grammar_phrasings(label)}
+    assert len(dev) >= 15 and not {p.text for p in dev} & trained
