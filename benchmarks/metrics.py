@@ -381,6 +381,18 @@ def _pooled(rows: list[dict], name: str) -> np.ndarray:
     return np.concatenate([np.asarray(r["_samples"][name], dtype=np.float64) for r in rows])
 
 
+def goal_success_counts(rows, key) -> dict[str, tuple[int, int]]:
+    """``key(row)`` -> (successes, episodes) of ``goal_success`` over per-episode rows
+    (``episode_metrics`` dicts, or ``episodes.csv`` rows whose values are strings), in sorted key
+    order."""
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        c = counts.setdefault(key(r), [0, 0])
+        c[0] += int(float(r["goal_success"]) > 0.5)
+        c[1] += 1
+    return {k: (s, n) for k, (s, n) in sorted(counts.items())}
+
+
 def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
     """Aggregate ``episode_metrics`` dicts (with their ``_samples``) into METRIC_DOCS's keys."""
     if not per_episode:
@@ -391,13 +403,8 @@ def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
     progress = np.array([r["progress"] for r in rows])
     score = np.array([r["driving_score"] for r in rows])
     ttc = np.minimum(np.array([r["ttc_min"] for r in rows], dtype=np.float64), TTC_HORIZON)
-    by_type: dict[str, dict] = {}
-    for r in rows:
-        d = by_type.setdefault(str(r["goal_type"]), {"rate": 0.0, "successes": 0, "episodes": 0})
-        d["successes"] += int(r["goal_success"] > 0.5)
-        d["episodes"] += 1
-    for d in by_type.values():
-        d["rate"] = d["successes"] / d["episodes"]
+    by_type = {goal: {"rate": s / n, "successes": s, "episodes": n}
+               for goal, (s, n) in goal_success_counts(rows, lambda r: str(r["goal_type"])).items()}
     pooled = {name: _pooled(rows, name) for name in SAMPLE_SIGNALS}
 
     def stat(name: str, fn, absolute: bool = True) -> float:
@@ -414,7 +421,7 @@ def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
         "route_completion_rate": _mean(rows, "route_completed"),
         "sim_error_rate": float(np.mean([r.get("outcome") == "sim_error" for r in rows])),
         "goal_success_rate": _mean(rows, "goal_success"),
-        "goal_success_by_type": dict(sorted(by_type.items())),
+        "goal_success_by_type": by_type,
         "jerk_long_p95": stat("jerk_long", p95),
         "jerk_long_max": stat("jerk_long", np.max),
         "jerk_lat_p95": stat("jerk_lat", p95),

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.dagger_combine import episode_rows, paired_bootstrap
-from benchmarks.reports import goal_success_counts, said
+from benchmarks.metrics import goal_success_counts
+from benchmarks.reports import said
 
 METRICS = ("goal_success", "collided", "off_road", "progress", "jerk_long_p95", "jerk_lat_p95", "comfort_fraction")
 """Per-episode columns of ``episodes.csv`` compared."""
@@ -62,11 +63,15 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
         "b": {m: float(np.mean(v)) for m, v in means["b"].items()},
         "b_minus_a": {m: paired_bootstrap(d, resamples=resamples) for m, d in diffs.items()},
         "goal_success_per_dir": per_dir,
-        "goal_success_by_type": {arm: goal_success_counts(v, itemgetter("goal_type")) for arm, v in rows.items()},
+        "goal_success_by_type": {arm: _fractions(v, itemgetter("goal_type")) for arm, v in rows.items()},
         # files from before vla eval wrote the command column have no per-phrasing counts
-        "goal_success_by_command": {arm: goal_success_counts(v, said) for arm, v in rows.items()}
+        "goal_success_by_command": {arm: _fractions(v, said) for arm, v in rows.items()}
         if all("command" in r for v in rows.values() for r in v) else None,
     }
+
+
+def _fractions(rows: list[dict], key) -> dict[str, str]:
+    return {k: f"{s}/{n}" for k, (s, n) in goal_success_counts(rows, key).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from benchmarks.metrics import (  # noqa: F401 (the record writers live with the
     EPISODE_COLUMNS,
     NUPLAN_COMFORT,
     format_table,
+    goal_success_counts,
     kinematics,
     metrics_record,
     to_jsonable,
@@ -72,17 +73,6 @@ def summary_table(record: dict) -> str:
     return table
 
 
-def goal_success_counts(rows, key) -> dict[str, str]:
-    """``key(row)`` -> "successes/episodes" over per-episode rows (``episode_metrics`` dicts or
-    ``episodes.csv`` rows, whose ``goal_success`` is a string), in sorted key order."""
-    counts: dict[str, list[int]] = {}
-    for r in rows:
-        c = counts.setdefault(key(r), [0, 0])
-        c[0] += int(float(r["goal_success"]) > 0.5)
-        c[1] += 1
-    return {k: f"{s}/{n}" for k, (s, n) in sorted(counts.items())}
-
-
 def said(row: dict) -> str:
     """An episode row's goal and what the passenger said: "goal: phrasing"."""
     return f"{row['goal_type']}: {row['command']}"
@@ -91,7 +81,7 @@ def said(row: dict) -> str:
 def phrasing_table(rows: Sequence[dict]) -> str:
     """Goal success per phrasing the passenger used (``episode_metrics``' ``command``), one line
     each ("successes/episodes  goal: phrasing"), goals then phrasings in sorted order."""
-    lines = [f"  {c:>7s}  {k}" for k, c in goal_success_counts(rows, said).items()]
+    lines = [f"  {f'{s}/{n}':>7s}  {k}" for k, (s, n) in goal_success_counts(rows, said).items()]
     return "\n".join(["goal success by phrasing:", *lines])
 
 
