@@ -15,6 +15,11 @@ a minute, with no simulator. It measures what the policy would plan, not what ha
 (closed loop remains the claim). Use states the policy never trained on (a separately
 collected dataset).
 
+A spoken policy (``audio`` / ``heard``) hears each phrasing synthesized in ``--renditions``
+renditions in the ``--voices`` split at ``--snr-db`` (``vla eval``'s options and defaults:
+held-out voices, 10 dB), so the same measure separates what the ear or codec loses from what
+the policy does with what it hears (e.g. ``--phrasings train --voices train --snr-db clean``).
+
 The last line is JSON: ``follow_rate``, ``follow_rate_canonical``, ``by_goal``, ``by_phrasing``.
 """
 
@@ -29,6 +34,8 @@ import numpy as np
 import torch
 
 from sim.scenarios import HIGHWAY_GOAL_LABELS
+from vla.options import add_hearing_args, hearing_from_args
+from vla.config import SPOKEN_MODALITIES
 
 
 def _phrasings(split: str) -> list[tuple[str, str, str]]:
@@ -76,8 +83,11 @@ def states(policy, data: str, max_states: int, seed: int) -> list[dict]:
 
 
 @torch.no_grad()
-def follow(policy, at: list[dict], phrasings: list[tuple[str, str, str]], batch: int = 256) -> dict:
-    """Per phrasing: followed / compared (see the module docstring)."""
+def follow(policy, at: list[dict], phrasings: list[tuple[str, str, str]], batch: int = 256,
+           renditions: int = 1) -> dict:
+    """Per phrasing: followed / compared (see the module docstring). A spoken policy (``audio`` /
+    ``heard``) hears each phrasing in ``renditions`` renditions (seeds 0..renditions-1 under
+    its ``hearing``), each tested at every state."""
     from vla.inputs import collate
 
     pad = policy.layout.special("<pad>")
@@ -87,9 +97,10 @@ def follow(policy, at: list[dict], phrasings: list[tuple[str, str, str]], batch:
     results = {}
     for label, lang, text in phrasings:
         own = goals.index(label)
-        ids = policy.encode_command(text, lang)
+        spoken = policy.config.command in SPOKEN_MODALITIES
+        heard = [policy.encode_command(text, lang, seed=k) for k in range(renditions if spoken else 1)]
         followed = compared = 0
-        for start in range(0, len(at), batch):
+        for ids, start in ((ids, start) for ids in heard for start in range(0, len(at), batch)):
             chunk = at[start:start + batch]
             rows = [(s, g) for s in chunk for g in range(len(goals))]
             inputs = collate([s["ego"] for s, _ in rows], [s["actors"] for s, _ in rows], [ids] * len(rows), pad,
@@ -126,33 +137,45 @@ def summarize(results: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.command_follow", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--policy", required=True, help="policy checkpoint directory (plan head, ipa or text command)")
+    ap.add_argument("--policy", required=True, help="policy checkpoint directory (plan head; any command modality)")
     ap.add_argument("--data", required=True, help="episodes recorded with --goal-labels --goal-futures "
                                                   "(use episodes the policy never trained on)")
     ap.add_argument("--phrasings", default="heldout", help="train, heldout, canonical or a .tsv file (default: %(default)s)")
     ap.add_argument("--states", type=int, default=300, help="states to test at (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="which states (default: %(default)s)")
     ap.add_argument("--out", default=None, help="also write command_follow.json here")
+    ap.add_argument("--renditions", type=int, default=4,
+                    help="audio / heard policies: renditions (voice, rate, pitch, noise) of each phrasing (default: %(default)s)")
+    add_hearing_args(ap)
     args = ap.parse_args(argv)
+    from vla.errors import VLAError
     from vla.policy import VLAPolicy
 
     try:
         if args.states < 1:
             raise ValueError(f"--states must be >= 1, got {args.states}")
+        if args.renditions < 1:
+            raise ValueError(f"--renditions must be >= 1, got {args.renditions}")
+        hearing = hearing_from_args(args)
         phrasings = _phrasings(args.phrasings)
         if not Path(args.data).is_dir():
             raise ValueError(f"--data {args.data}: not a directory")
         policy = VLAPolicy.load(args.policy)
-        if policy.config.action != "plan" or policy.config.command not in ("ipa", "text"):
-            raise ValueError(f"{args.policy}: needs a plan-head policy reading ipa or text commands "
+        if policy.config.action != "plan" or policy.config.command == "none":
+            raise ValueError(f"{args.policy}: needs a plan-head policy that hears commands "
                              f"(this one: action {policy.config.action!r}, command {policy.config.command!r})")
+        policy.hearing = hearing
         at = states(policy, args.data, args.states, args.seed)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, VLAError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = summarize(follow(policy, at, phrasings))
-    report["follow_rate_canonical"] = summarize(follow(policy, at, _phrasings("canonical")))["follow_rate"]
+    spoken = policy.config.command in SPOKEN_MODALITIES
+    n = args.renditions if spoken else 1
+    report = summarize(follow(policy, at, phrasings, renditions=n))
+    report["follow_rate_canonical"] = summarize(follow(policy, at, _phrasings("canonical"), renditions=n))["follow_rate"]
     report.update(states=len(at), phrasings=args.phrasings, policy=args.policy)
+    if spoken:
+        report.update(renditions=n, voices=hearing.voices, snr_db=hearing.snrs_db[0])
     for key, r in report["by_phrasing"].items():
         print(f"  {r if r is not None else '-':>6}  {key}")
     print(f"follow rate {report['follow_rate']} ({args.phrasings}), canonical {report['follow_rate_canonical']}, "

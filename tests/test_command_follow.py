@@ -85,3 +85,37 @@ def test_bad_inputs_are_one_line_errors(goal_episode, light_episode, tmp_path, c
         assert len(err.splitlines()) == 1 and needle in err, (extra, err)
     assert cf.main(["--policy", str(tmp_path / "c"), "--data", str(goal_episode)]) == 2
     assert "plan-head" in capsys.readouterr().err
+
+
+def test_a_spoken_policy_hears_each_phrasing_in_several_renditions(goal_episode, monkeypatch):
+    """Audio / heard policies: every phrasing is heard in ``renditions`` renditions (seeds 0..R-1),
+    each tested at every state, so the counts scale with R; text policies hear each once."""
+    from benchmarks import command_follow as cf
+
+    policy = _policy()
+    at = cf.states(policy, str(goal_episode), 40, seed=0)
+    heard = []
+    encode = policy.encode_command
+
+    def recording(text, lang="en", seed=0):
+        heard.append((text, seed))
+        return encode(text, lang)
+
+    monkeypatch.setattr(policy, "encode_command", recording)
+    once = cf.summarize(cf.follow(policy, at, cf._phrasings("canonical"), renditions=3))
+    assert {s for _, s in heard} == {0}  # an ipa policy: one rendition whatever is asked
+    heard.clear()
+    monkeypatch.setattr(cf, "SPOKEN_MODALITIES", ("ipa",))  # now treat it as a spoken policy
+    thrice = cf.summarize(cf.follow(policy, at, cf._phrasings("canonical"), renditions=3))
+    assert sorted({s for _, s in heard}) == [0, 1, 2] and len(heard) == 3 * len(cf._phrasings("canonical"))
+    assert thrice["compared"] == 3 * once["compared"] > 0
+
+
+def test_hearing_options_are_checked(goal_episode, tmp_path, capsys):
+    from benchmarks import command_follow as cf
+
+    _policy().save(tmp_path / "p")
+    for extra, needle in ((["--renditions", "0"], "--renditions"), (["--snr-db", "loud"], "--snr-db")):
+        assert cf.main(["--policy", str(tmp_path / "p"), "--data", str(goal_episode), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, (extra, err)
