@@ -72,6 +72,29 @@ def test_the_main_job_hears_the_grammar_by_default_and_can_turn_it_off(tmp_path)
     assert build_parser(argv).parse_args(argv).command_grammar is True
 
 
+def test_the_main_job_names_the_heard_command_by_default(tmp_path):
+    """vla dagger's policies train the command-label loss (weight 1) unless told otherwise; a
+    policy that hears nothing gets none; vla train bc only when asked."""
+    import argparse
+
+    from app.cli import build_parser
+    from app.commands.train import configure_dagger
+    from methods.session_options import dagger_config
+
+    p = argparse.ArgumentParser()
+    configure_dagger(p)
+
+    def weight(*extra):
+        args = p.parse_args(["--out", str(tmp_path / "run"), *extra])
+        return dagger_config(args, args.scenario, args.density, args.seed).policy.command_label_weight
+
+    assert weight() == 1.0
+    assert weight("--command-label-weight", "0") == 0.0
+    assert weight("--command", "none") == 0.0
+    argv = ["train", "bc", "--data", "d", "--out", "o"]
+    assert build_parser(argv).parse_args(argv).command_label_weight == 0.0
+
+
 def test_the_dev_phrasings_are_neither_corpus_nor_grammar_wordings():
     """docs/dev_phrasings.tsv screens language changes on dev seeds; a wording that training can
     hear would make the screen measure memory."""

@@ -28,7 +28,7 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                    help="--command heard: the ear (vla train-ear); the policy keeps a copy")
     p.add_argument("--command-label-weight", type=float, default=0.0, metavar="W",
                    help="weight of an auxiliary loss naming the heard command's label (of 9) from the "
-                        "policy's <action> state; 0 = none (default: %(default)s)")
+                        "policy's <action> state; 0 = none; not used with --command none (default: %(default)s)")
     p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: the command's, control with --head "
@@ -112,7 +112,8 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         diffusion_scheduler=getattr(args, "diffusion_scheduler", defaults.diffusion_scheduler),
                         diffusion_noise=getattr(args, "diffusion_noise", defaults.diffusion_noise),
                         attn_implementation=getattr(args, "attn", defaults.attn_implementation),
-                        command_label_weight=getattr(args, "command_label_weight", defaults.command_label_weight),
+                        command_label_weight=(0.0 if args.command == "none"  # nothing heard, nothing to name
+                                              else getattr(args, "command_label_weight", defaults.command_label_weight)),
                         **_audio_fields(args))
 
 
