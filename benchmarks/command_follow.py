@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from sim.scenarios import HIGHWAY_GOAL_LABELS
-from vla.options import add_hearing_args, hearing_from_args
 from vla.config import SPOKEN_MODALITIES
+from vla.options import add_hearing_args, hearing_from_args
 
 
 def _phrasings(split: str) -> list[tuple[str, str, str]]:
@@ -95,9 +95,9 @@ def follow(policy, at: list[dict], phrasings: list[tuple[str, str, str]], batch:
     model = policy.inference_model
     model.eval()
     results = {}
+    spoken = policy.config.command in SPOKEN_MODALITIES
     for label, lang, text in phrasings:
         own = goals.index(label)
-        spoken = policy.config.command in SPOKEN_MODALITIES
         heard = [policy.encode_command(text, lang, seed=k) for k in range(renditions if spoken else 1)]
         followed = compared = 0
         for ids, start in ((ids, start) for ids in heard for start in range(0, len(at), batch)):
