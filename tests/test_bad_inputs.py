@@ -177,6 +177,7 @@ CASES = [
     ("d4rl-string-rewards", IQL, _d4rl(_set("rewards", lambda a: np.array([b"x"] * len(a)))), "rewards"),
     # DAgger sessions
     ("dagger-iterations", [*DAGGER, "--iterations", "-1"], _nothing, "--iterations"),
+    ("dagger-rollouts", [*DAGGER, "--rollouts", "-1"], _nothing, "--rollouts"),
     ("dagger-scenario", [*DAGGER, "--scenario", "highway,moon"], _nothing, "moon"),
     ("dagger-density", [*DAGGER, "--density", "medium,jammed"], _nothing, "jammed"),
     ("dagger-expert-episodes", [*DAGGER, "--expert-episodes", "0"], _nothing, "expert"),

@@ -36,6 +36,19 @@ def test_no_rollouts_is_the_equal_compute_bc_control(tmp_path):
         tiny_config(rollouts=-1)
 
 
+def test_the_command_line_takes_no_rollouts(tmp_path):
+    """vla dagger --rollouts 0 (the control the docs give) passes the flag checks; -1 does not."""
+    from app.cli import build_parser
+    from vla.errors import VLAError
+    from vla.options import check_flags
+
+    argv = ["dagger", "--out", str(tmp_path / "run"), "--rollouts", "0"]
+    check_flags(build_parser(argv).parse_args(argv))
+    argv[-1] = "-1"
+    with pytest.raises(VLAError, match="--rollouts must be an integer >= 0"):
+        check_flags(build_parser(argv).parse_args(argv))
+
+
 def test_session_end_to_end(tmp_path):
     lines = DaggerSession(tiny_config(), tmp_path / "run", log=lambda s: None).run_all()
     assert [line["iteration"] for line in lines] == [0, 1]

@@ -206,7 +206,7 @@ FLAG_RULES = {
     "batch_size": ("--batch-size", lambda v: v >= 1, "an integer >= 1"),
     "lr": ("--lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
     "iterations": ("--iterations", lambda v: v >= 0, "an integer >= 0"),
-    "rollouts": ("--rollouts", lambda v: v >= 1, "an integer >= 1"),
+    "rollouts": ("--rollouts", lambda v: v >= 0, "an integer >= 0 (0: the equal-compute BC control)"),
     "expert_episodes": ("--expert-episodes", lambda v: v >= 1, "an integer >= 1"),
     "beta0": ("--beta0", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "label_every": ("--label-every", lambda v: v >= 1, "an integer >= 1"),
