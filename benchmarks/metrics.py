@@ -71,6 +71,7 @@ import numpy as np
 from sim.atomic import atomic_output
 from sim.episode import Episode
 from sim.interface import ACTOR, EGO, EVENT, REWARD
+from sim.scenarios import SPEED_TOLERANCE
 
 NUPLAN_COMFORT = {
     "jerk_long_abs_max": 4.13,  # m/s^3, |longitudinal jerk|
@@ -199,6 +200,48 @@ METRIC_DOCS = {
     "driving_score_std": "population std over episodes of driving_score",
     "infractions_per_km": "leaderboard infractions (collision onsets) over all episodes per km driven (progress x route length)",
 }
+
+
+TALK_METRIC_DOCS = {
+    "talk_episodes": "episodes whose passenger gave a new command during the drive (Episode.heard_at > 0)",
+    "act_within_1s_rate": "of those, the fraction whose car acts on it (act_latency) within 1 s of hearing it",
+    "act_latency_s_median": "median over those episodes of act_latency, s (inf: never acted)",
+    "talk_goal_success_rate": "goal success of those episodes (their goal is the command heard during the drive)",
+}
+"""Aggregate keys added when some episodes heard a command during the drive (``vla eval --talk
+drive``); see ``act_latency``."""
+
+ACT_LATERAL_SPEED = 0.3
+"""m/s toward the commanded lane (speed x sin(lane heading error)) that counts as starting a lane
+change; lane keeping stays under 0.1."""
+ACT_ACCEL = 0.3
+"""m/s^2 of speed change (diff(v)/dt) in the commanded direction that counts as acting on a
+speed command."""
+
+
+def act_latency(ep: Episode) -> float:
+    """Seconds from the moment a command heard during the drive was heard (``ep.heard_at``) to
+    the first later state where the car acts on it: for a lane command, it moves toward the
+    commanded lane at ``ACT_LATERAL_SPEED`` or is in it; for a speed command, its speed changes
+    toward the target at ``ACT_ACCEL`` or is within ``SPEED_TOLERANCE`` of it. The first state
+    that can show a response is one step after hearing (latency >= dt). NaN when the command was
+    heard before the drive (or is a turn), inf when the car never acts. Computed from the
+    recorded states only, so it is the same for every backend."""
+    h, g = int(ep.heard_at), ep.goal
+    if h == 0 or g.kind != "lane_speed":
+        return float("nan")
+    ego = ep.ego.astype(np.float64)
+    if g.target_lane >= 0:
+        toward = 1.0 if g.target_lane < ego[h, EGO["lane_id"]] else -1.0  # lane 0 is the leftmost; left is +
+        lateral = ego[:, EGO["speed"]] * np.sin(ego[:, EGO["lane_heading_error"]])
+        acts = (ego[:, EGO["lane_id"]] == g.target_lane) | (toward * lateral >= ACT_LATERAL_SPEED)
+    else:
+        speed = ego[:, EGO["speed"]]
+        toward = 1.0 if g.target_speed > speed[h] else -1.0
+        accel = _backward_diff(speed, float(ep.dt))
+        acts = (np.abs(speed - g.target_speed) < SPEED_TOLERANCE) | (toward * np.nan_to_num(accel) >= ACT_ACCEL)
+    later = np.flatnonzero(acts[h + 1:])
+    return float((later[0] + 1) * ep.dt) if len(later) else float("inf")
 
 
 def _backward_diff(x: np.ndarray, dt: float) -> np.ndarray:
@@ -357,6 +400,8 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
         "infraction_penalty": penalty,
         "collision_count": float(sum(counts[n] for n in COLLISIONS)),
         "num_steps": float(T),
+        "heard_at_s": float(ep.heard_at * ep.dt),
+        "act_latency_s": act_latency(ep),
         "outcome": ep.outcome,
         "error": ep.error,
         "seed": float(ep.seed),
@@ -440,6 +485,22 @@ def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
         "driving_score_std": float(np.std(score)),
         "infractions_per_km": float(sum(r.get("_infractions", 0.0) for r in rows)
                                     / max(sum(r.get("_km_driven", 0.0) for r in rows), 0.001)),
+        **_talk_aggregate(rows),
+    }
+
+
+def _talk_aggregate(rows: list[dict]) -> dict[str, float]:
+    """``TALK_METRIC_DOCS``'s keys over the episodes that heard a command during the drive; {}
+    when none did (rows without ``heard_at_s``, e.g. older episodes.csv files, count as none)."""
+    talk = [r for r in rows if float(r.get("heard_at_s", 0.0)) > 0]
+    if not talk:
+        return {}
+    latency = np.array([float(r["act_latency_s"]) for r in talk], dtype=np.float64)
+    return {
+        "talk_episodes": len(talk),
+        "act_within_1s_rate": float(np.mean(latency <= 1.0 + 1e-9)),
+        "act_latency_s_median": float(np.median(latency)),
+        "talk_goal_success_rate": _mean(talk, "goal_success"),
     }
 
 

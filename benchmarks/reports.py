@@ -70,6 +70,10 @@ def summary_table(record: dict) -> str:
     if by_type:
         parts = ", ".join(f"{k} {v['successes']}/{v['episodes']}" for k, v in by_type.items())
         table += f"\ngoal success by type: {parts}"
+    if record.get("talk_episodes"):
+        table += (f"\nspoken during the drive: {record['talk_episodes']} episodes, acted within 1 s in "
+                  f"{record['act_within_1s_rate']:.2f}, median {record['act_latency_s_median']:.1f} s, "
+                  f"goal success {record['talk_goal_success_rate']:.2f}")
     return table
 
 

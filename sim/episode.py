@@ -73,6 +73,11 @@ class Episode:
     NaN for the episode's own goal, impossible goals, unrecorded states and past the end): the
     plan labels of goal relabelling; None when not recorded."""
 
+    heard_at: int = 0
+    """The step at which the passenger finished saying ``goal``: 0 when it was said before the
+    drive, t > 0 when it came during the drive (``run_episode(talk=...)``), replacing the
+    command heard before; the states before t were driven under that earlier command."""
+
     route: np.ndarray | None = None
     """(T+1, len(ROUTE_FIELDS)) float32: ``obs["route"]`` at s_0..s_T (``sim.route``: the distance to
     the next junction and the route's point ahead in the lane frame), or None when the backend
@@ -114,6 +119,8 @@ class Episode:
                                  f"{len(HIGHWAY_GOAL_LABELS)}, {len(ACTION_FIELDS)})")
         if self.route is not None and self.route.shape != (t + 1, len(ROUTE_FIELDS)):
             raise ValueError(f"episode field 'route' has shape {self.route.shape}, expected ({t + 1}, {len(ROUTE_FIELDS)})")
+        if not 0 <= self.heard_at <= t:
+            raise ValueError(f"episode heard_at {self.heard_at} is outside its steps 0..{t}")
         if self.outcome not in OUTCOMES:
             raise ValueError(f"episode outcome {self.outcome!r} not in {OUTCOMES}")
         if bool(self.error) != (self.outcome == "sim_error"):
@@ -146,4 +153,5 @@ class Episode:
             "dt": float(self.dt),
             "num_steps": self.num_steps,
             **({"error": self.error} if self.error else {}),
+            **({"heard_at": int(self.heard_at)} if self.heard_at else {}),
         }

@@ -52,6 +52,7 @@ from sim.interface import (
     goal_vector,
 )
 from sim.scenarios import (
+    DRIVE_COMMANDS,
     SPEED_TOLERANCE,
     GOAL_CHOICES,
     HIGHWAY_GOAL_LABELS,
@@ -291,6 +292,42 @@ class EmbeddedDrivingEnv(gym.Env):
                 return
         self._set_goal(candidates[order[0]])
         self.goal_feasible = False
+
+    def speak(self, rng: np.random.Generator,
+              labels: Sequence[str] = DRIVE_COMMANDS) -> tuple[Goal, dict] | None:
+        """The passenger gives a new command NOW, during the drive (highway only): the first of
+        ``labels`` (a seeded random order) that is possible from the current lane, differs from
+        the current goal, asks for a change (not met already; "slow down" only above its target
+        speed, "speed up" below) and the expert reaches from this state (as at the start, under
+        ``goals="feasible"``; ``goals="any"``: the first possible one). It becomes the episode's
+        goal, worded by ``rephrase``, and lane commands count from the lane the ego is in now
+        (also for ``goal_labels`` / ``goal_futures`` from here on). Progress and the route are
+        kept. Returns the new goal and the observation under it (its goal features changed), or
+        None when no command qualifies (the goal is unchanged). ValueError at the
+        intersection (a turn is decided before the junction, by the first command)."""
+        if self.goal is None:
+            raise RuntimeError("speak() before reset()")
+        if self.scenario != "highway":
+            raise ValueError(f"a command during the drive is for the highway, not the {self.scenario}")
+        unknown = sorted(set(labels) - set(HIGHWAY_GOAL_LABELS))
+        if unknown:
+            raise ValueError(f"unknown highway commands {unknown}; choose from {list(HIGHWAY_GOAL_LABELS)}")
+        lane = int(self._core.vehicle.lane_index[2])
+        old = (self.goal, self._start_lane, self.goal_feasible)
+        candidates = [lab for lab in labels if lab in highway_goal_labels(lane) and lab != self.goal.label]
+        for i in rng.permutation(len(candidates)):
+            self.goal, self._start_lane = highway_goal_for(candidates[i], lane), lane
+            speed = float(self._ego[EGO["speed"]])
+            if self._goal_holds() or (candidates[i] == "slow_down" and speed < self.goal.target_speed) or (
+                    candidates[i] == "speed_up" and speed > self.goal.target_speed):
+                continue  # met already, or a speed command that would mean the opposite: asks for nothing
+            if self.goals == "any" or self._expert_reaches_goal():
+                self.goal_feasible = None if self.goals == "any" else True
+                if self.rephrase is not None:
+                    self.goal = self.rephrase(self.goal, rng)
+                return self.goal, self._observation()
+        self.goal, self._start_lane, self.goal_feasible = old
+        return None
 
     def _expert_reaches_goal(self) -> bool:
         """The expert drives the episode from here to its end on a private copy: does the goal

@@ -19,7 +19,38 @@ from typing import Protocol
 import numpy as np
 
 from sim.episode import Episode
-from sim.interface import ACTION_HIGH, ACTION_LOW
+from sim.interface import ACTION_HIGH, ACTION_LOW, DT
+from sim.scenarios import DRIVE_COMMANDS
+
+TALK_SEED = 0x7A1C
+"""Mixed into an episode's seed for what the passenger says during the drive (``DriveTalk``)."""
+
+
+@dataclass(frozen=True)
+class DriveTalk:
+    """The passenger speaks again during the drive: one new command (``env.speak``: one of
+    ``labels`` the expert can meet from there), finished at a time drawn uniformly in
+    [``earliest_s``, ``latest_s``] after the start, from the episode's seed alone, so every
+    policy hears it at the same moment of the same episode. The command heard at the start
+    stays the episode's first."""
+
+    earliest_s: float = 3.0
+    latest_s: float = 6.0
+    labels: tuple[str, ...] = DRIVE_COMMANDS
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.earliest_s <= self.latest_s:
+            raise ValueError(f"talk times must satisfy 0 < earliest_s <= latest_s, got {self.earliest_s}, "
+                             f"{self.latest_s}")
+        unknown = sorted(set(self.labels) - set(DRIVE_COMMANDS))
+        if not self.labels or unknown:
+            raise ValueError(f"talk labels must be a non-empty subset of {list(DRIVE_COMMANDS)}, got "
+                             f"{list(self.labels)}")
+
+    def draw(self, seed: int) -> tuple[int, np.random.Generator]:
+        """(the step at which the command has been heard, the generator that picks and words it)."""
+        rng = np.random.default_rng([int(seed), TALK_SEED])
+        return max(1, int(round(rng.uniform(self.earliest_s, self.latest_s) / DT))), rng
 
 
 class DrivingPolicy(Protocol):
@@ -183,6 +214,7 @@ def run_episode(
     noise: DartNoise | None = None,
     plan_every: int = 1,
     step_timeout: float | None = None,
+    talk: DriveTalk | None = None,
 ) -> Episode:
     """Run one episode to its end and return it.
 
@@ -211,6 +243,9 @@ def run_episode(
     expert's P-step continuation under every other highway goal at every ``plan_every``-th
     state (``env.goal_futures``, ``Episode.goal_futures``: the plan labels of goal
     relabelling; recorded when the expert drives too; P simulator steps per goal and state).
+    ``talk``: the passenger gives a new command during the drive (``DriveTalk``; highway): the
+    env's goal changes at the drawn step, a policy with ``hear`` hears the new words then, and
+    ``Episode.goal`` / ``heard_at`` record it (no new command when none qualifies).
     """
     if goal_futures and not (goal_labels and plan_horizon > 1):
         raise ValueError("goal_futures needs goal_labels and plan_horizon > 1")
@@ -220,6 +255,8 @@ def run_episode(
         raise ValueError(f"plan_every must be >= 1, got {plan_every}")
     if noise is not None and not query_expert:
         raise ValueError("DART noise needs query_expert (its labels are the expert's clean actions)")
+    if talk is not None and not hasattr(env, "speak"):
+        raise ValueError(f"the {type(env).__name__} backend cannot take a command during the drive (no speak())")
     record_plans = plan_horizon > 1 and not isinstance(policy, ExpertPolicy)
     obs, _ = env.reset(seed=seed)
     policy.reset()
@@ -234,7 +271,16 @@ def run_episode(
     record_goal_futures = record_goals and goal_futures
     goal_futures = []
     outcome, error = "timeout", ""
+    talk_step, talk_rng = talk.draw(seed) if talk is not None else (-1, None)
+    heard_at = 0
     while True:
+        if len(actions) == talk_step:
+            said = env.speak(talk_rng, talk.labels)
+            if said is not None:
+                goal, obs = said
+                heard_at = talk_step
+                if hasattr(policy, "hear"):
+                    policy.hear(goal.command, goal.lang, seed=seed)
         if record_frames and "cameras" in obs:
             frames.append(obs["cameras"])
         if record_plans and len(actions) % plan_every == 0:
@@ -308,4 +354,5 @@ def run_episode(
         goal_futures=(np.array(goal_futures, dtype=np.float32).reshape(len(actions), -1, plan_horizon, 4)
                       if record_goal_futures else None),
         route=None if routes is None else np.array(routes, dtype=np.float32).reshape(len(actions) + 1, -1),
+        heard_at=heard_at,
     )

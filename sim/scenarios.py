@@ -72,6 +72,9 @@ SPEED_TOLERANCE = 2.5
 GOAL_CHOICES = ("feasible", "any")
 """How an env picks each episode's command (``EmbeddedDrivingEnv(goals=...)``)."""
 HIGHWAY_GOAL_LABELS = ("lane_left", "lane_right", "speed_up", "slow_down", "keep_lane")
+DRIVE_COMMANDS = ("lane_left", "lane_right", "speed_up", "slow_down")
+"""The commands a passenger gives during the drive (``env.speak``): each asks for a change the
+car must start (``keep_lane`` mid-drive asks for nothing new)."""
 TURN_COMMANDS = {
     "left": "turn left at the intersection",
     "straight": "go straight through the intersection",

@@ -217,6 +217,7 @@ def _episode_from_file(f: h5py.File, path: Path, load_frames: bool) -> Episode:
     _check_values(path, optional)
     scalars = {k: meta[k] for k in ("scenario", "density", "seed", "outcome", "route_length", "policy", "dt")}
     scalars["error"] = str(meta.get("error", ""))
+    scalars["heard_at"] = int(meta.get("heard_at", 0))
     cameras = tuple(CameraSpec.from_dict(c) for c in meta["cameras"])
     return Episode(goal=Goal.from_dict(meta["goal"]), cameras=cameras, frames=frames, **optional,
                    **scalars, **arrays)

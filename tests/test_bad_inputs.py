@@ -132,6 +132,8 @@ CASES = [
     ("eval-temperature-nan", [*EVAL, "--temperature", "nan"], _nothing, "--temperature"),
     ("eval-best-of-no-scorer", [*EVAL, "--best-of", "2"], _nothing, "--scorer"),
     ("eval-phrasings", [*EVAL, "--phrasings", "klingon"], _nothing, "klingon"),
+    ("eval-talk-at-the-junction", [*EVAL, "--talk", "drive", "--scenario", "intersection"], _nothing, "--talk drive"),
+    ("eval-talk", [*EVAL, "--talk", "often"], _nothing, "--talk"),
     ("eval-phrasings-tsv-missing", [*EVAL, "--phrasings", "{d}/mine.tsv"], _nothing, "mine.tsv"),
     ("eval-phrasings-tsv-no-header", [*EVAL, "--phrasings", "{d}/mine.tsv"],
      lambda d: (d / "mine.tsv").write_text("lane_left\ten\tgo left\n"), "header"),

@@ -142,10 +142,17 @@ def episode_arrays(ep: Episode, policy, goal_relabel: bool = False) -> _EpisodeA
         goal_bins, goal_residual = goal_bins.astype(np.int64), goal_residual.astype(np.float32)
         goal_mask = np.zeros((*goal_valid.shape, horizon), dtype=bool)
         goal_mask[..., 0] = True  # only the first action: the expert's later ones were never simulated
+    # A command heard during the drive (ep.heard_at > 0) labels the states from then on only:
+    # the earlier ones were driven under the command it replaced, whose words are not kept.
+    heard = int(ep.heard_at)
+    start_lane = float(ep.ego[heard, EGO["lane_id"]])
+    if heard:
+        mask = mask.copy()
+        mask[:heard] = False
     if goal_valid is not None:  # only where the ego is still in the lane the command was heard in
         lanes = ep.ego[: len(goal_valid), EGO["lane_id"]]
-        goal_valid = goal_valid & (lanes == ep.ego[0, EGO["lane_id"]])[:, None]
-    start_lane = float(ep.ego[0, EGO["lane_id"]])
+        goal_valid = goal_valid & (lanes == start_lane)[:, None]
+        goal_valid[:heard] = False
     ego, actors = policy.observation.episode(ep.ego[:t], ep.actors[:t], start_lane, route=ep.route)
     forecast = forecast_mask = None
     if policy.config.forecast_weight > 0:

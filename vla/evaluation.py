@@ -31,7 +31,7 @@ from tqdm import tqdm
 from benchmarks.metrics import episode_metrics, metrics_record, to_jsonable, write_episodes_csv, write_json
 from sim.backends import DEFAULT_BACKEND, make_env
 from sim.episode import Episode
-from sim.rollout import BASELINES, DrivingPolicy, run_episode
+from sim.rollout import BASELINES, DriveTalk, DrivingPolicy, run_episode
 from vla.parallel import RolloutPool, RolloutSpec, make_pool
 from vla.policies_registry import load_checkpoint
 from vla.speech_commands import rephraser
@@ -55,7 +55,8 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
              name: str | None = None, wrap: Callable[[DrivingPolicy, int], DrivingPolicy] | None = None,
              record_expert: bool = False, frames_episode: int | None = None, frames_rig: tuple = (),
              on_episode: Callable[[int, Episode], None] | None = None, progress: str | None = None,
-             hearing=None, execution: dict[str, float] | None = None) -> Evaluation:
+             hearing=None, execution: dict[str, float] | None = None,
+             talk: DriveTalk | None = None) -> Evaluation:
     """Drive ``policy`` on ``seeds`` and measure it. ``cameras``: render the policy's rig (a
     named policy: None = its checkpoint's choice); ``pool``: a running rollout pool to use
     (else one of ``workers`` processes for this call, or of ``workers`` Ray actors with ``ray``,
@@ -69,7 +70,9 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
     each episode in order; ``progress`` names a progress bar on stderr. ``hearing``
     (``vla.policy.Hearing``): how an audio policy hears the passenger (voices, noise); None
     leaves the policy's own. ``execution``: how a plan policy executes its plans
-    (``VLAPolicy.set_execution``, e.g. ``{"tracker_lookahead": 1.0}``); None leaves the checkpoint's."""
+    (``VLAPolicy.set_execution``, e.g. ``{"tracker_lookahead": 1.0}``); None leaves the checkpoint's.
+    ``talk``: the passenger also gives a new command during each drive (``sim.rollout.DriveTalk``;
+    the metrics then add ``TALK_METRIC_DOCS``'s, e.g. ``act_within_1s_rate``)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
@@ -89,13 +92,13 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
     with bar:
         if in_process:
             _drive_here(policy, scenario, density, seeds, phrasings, cameras, backend, wrap, record_expert,
-                        frames_episode, frames_rig, done, hearing, execution)
+                        frames_episode, frames_rig, done, hearing, execution, talk)
         else:
             if cameras is None:  # a checkpoint renders its own rig (none when blind); a baseline needs none
                 cameras = policy not in BASELINES
             spec = RolloutSpec(scenario, density, policy, phrasings, cameras=cameras,
                                query_expert=False, record_frames=False, backend=backend, hearing=hearing,
-                               execution=tuple(sorted((execution or {}).items())))
+                               execution=tuple(sorted((execution or {}).items())), talk=talk)
             if pool is not None:
                 pool.run(spec, seeds, on_episode=done)
             else:
@@ -115,7 +118,7 @@ def evaluate(policy: str | DrivingPolicy, scenario: str, density: str, seeds: Se
 def _drive_here(policy: str | DrivingPolicy, scenario: str, density: str, seeds: list[int], phrasings: str,
                 cameras: bool | None, backend: str, wrap, record_expert: bool, frames_episode: int | None,
                 frames_rig: tuple, done: Callable[[Episode], None], hearing=None,
-                execution: dict[str, float] | None = None) -> None:
+                execution: dict[str, float] | None = None, talk: DriveTalk | None = None) -> None:
     """``evaluate``'s episodes in this process: one simulator (two when a blind policy's frames
     episode needs a camera rig), a baseline built per episode, a checkpoint loaded once."""
     fixed = policy if not isinstance(policy, str) else None if policy in BASELINES else load_checkpoint(policy)
@@ -138,7 +141,7 @@ def _drive_here(policy: str | DrivingPolicy, scenario: str, density: str, seeds:
             if wrap is not None:
                 driver = wrap(driver, seed)
             done(run_episode(here, driver, seed, query_expert=record_expert,
-                             record_frames=i == frames_episode and bool(here.cameras)))
+                             record_frames=i == frames_episode and bool(here.cameras), talk=talk))
     finally:
         env.close()
         if shown is not None and shown is not env:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.episode import Episode
-from sim.rollout import DartNoise
+from sim.rollout import DartNoise, DriveTalk
 
 if TYPE_CHECKING:
     from vla.ray_pool import RayRolloutPool
@@ -54,6 +54,7 @@ class RolloutSpec:
     backend: str = "embedded"  # the simulator (sim.backends.BACKENDS)
     hearing: object = None  # vla.policy.Hearing for an audio policy (voices, noise); None: the policy's own
     execution: tuple[tuple[str, float], ...] = ()  # how a plan policy executes plans (VLAPolicy.set_execution); (): its own
+    talk: DriveTalk | None = None  # a new command during the drive (sim.rollout.DriveTalk); None: only the first
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -85,7 +86,7 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
     return run_episode(env, policy, seed, query_expert=spec.query_expert, record_frames=spec.record_frames,
                        beta=spec.beta, rng=rng, plan_horizon=spec.plan_horizon,
                        goal_labels=spec.goal_labels, goal_futures=spec.goal_futures, noise=spec.noise,
-                       plan_every=spec.plan_every)
+                       plan_every=spec.plan_every, talk=spec.talk)
 
 
 _WORKER_CACHE: dict = {}

@@ -387,8 +387,18 @@ class VLAPolicy(torch.nn.Module):
 
     def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
         """The passenger says ``command``; an audio policy hears the rendition drawn for
-        ``seed`` (the episode's) under ``self.hearing``."""
+        ``seed`` (the episode's) under ``self.hearing``.
+
+        During the drive (after the first step) the new words replace the old ones in the
+        sequence from the next decision on: the lane a lane command counts from becomes the lane
+        the car is in then (as it was the start lane for the first command, and as the goal
+        relabelling trained it), and the plan being executed is dropped with the plans blended
+        with it, so nothing made for the old command is kept or committed to."""
         self._command = self.encode_command(command, lang, seed)
+        if self._t > 0:
+            self._start_lane = None
+            self._plan, self._plans = None, []
+            self._queue.clear()
 
     def encode_command(self, command: str, lang: str = "en", seed: int = 0) -> np.ndarray:
         """Vocabulary ids of a spoken command in this policy's command modality (cached). An

@@ -21,7 +21,7 @@ from sim.cameras import default_rig
 from sim.episode import Episode
 from sim.backends import DEFAULT_BACKEND, make_env
 from sim.interface import DrivingEnv
-from sim.rollout import DartNoise, run_episode
+from sim.rollout import DartNoise, DriveTalk, run_episode
 from sim.storage import EpisodeWriter
 from vla.evaluation import evaluate
 from vla.policies_registry import resolve_policy
@@ -182,7 +182,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           on_episode=keep, progress=f"eval {args.policy}", out=out,
                           backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
                           ray=getattr(args, "ray", None), hearing=hearing_from_args(args),
-                          execution=getattr(args, "execution", None))
+                          execution=getattr(args, "execution", None),
+                          talk=DriveTalk() if getattr(args, "talk", "start") == "drive" else None)
     finally:
         if writer is not None:
             writer.close()

@@ -1,0 +1,198 @@
+"""Commands during the drive: the passenger speaks again (``env.speak``, ``DriveTalk``), the
+policy hears the new words mid-episode, and the metrics time how soon the car acts on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.episode import Episode
+from sim.interface import ACTOR_FIELDS, EGO, EGO_FIELDS, EVENT_FIELDS, MAX_ACTORS, REWARD, REWARD_FIELDS, Goal
+from sim.rollout import DriveTalk, ExpertPolicy, run_episode
+from sim.scenarios import DRIVE_COMMANDS, highway_goal_for
+
+
+def _expert_steps(env, seed: int, steps: int) -> dict:
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        obs, *_ = env.step(env.expert_action())
+    return obs
+
+
+def test_a_command_during_the_drive_counts_from_the_lane_the_car_is_in_and_keeps_the_progress():
+    from sim.highway import EmbeddedDrivingEnv
+
+    env = EmbeddedDrivingEnv("highway", "light", goals="feasible")  # (the tests' default is "any")
+    said = []
+    for seed in range(4):
+        _expert_steps(env, seed, 30)
+        first, lane = env.goal, int(env.ego_state()[EGO["lane_id"]])
+        progress = env._best_progress_m
+        goal, obs = env.speak(np.random.default_rng(seed))
+        said.append(goal.label)
+        assert goal.label in DRIVE_COMMANDS and goal.label != first.label and env.goal == goal
+        assert env._best_progress_m == progress  # the route and what was driven of it are kept
+        if goal.target_lane >= 0:
+            assert goal.target_lane == lane + (1 if goal.label == "lane_right" else -1)
+            assert obs["goal"][0] == lane - goal.target_lane  # the observation is the new goal's
+        else:
+            assert obs["goal"][1] == goal.target_speed
+        while True:  # the expert meets it: under "feasible" speak() issues only what the expert reaches
+            _, _, term, trunc, info = env.step(env.expert_action())
+            if term or trunc:
+                break
+        assert info["reward_terms"][REWARD["goal"]] > 0.5, (seed, goal, info.get("outcome"))
+    assert len(set(said)) >= 2
+    _expert_steps(env, 0, 30)  # the same state and generator: the same command
+    assert env.speak(np.random.default_rng(0))[0].label == said[0]
+    with pytest.raises(ValueError, match="unknown highway commands"):
+        env.speak(np.random.default_rng(0), ["fly"])
+    junction = EmbeddedDrivingEnv("intersection", "light")
+    junction.reset(seed=0)
+    with pytest.raises(ValueError, match="highway"):
+        junction.speak(np.random.default_rng(0))
+
+
+def test_an_episode_records_when_its_command_was_heard_and_keeps_it_on_disk(tmp_path):
+    from benchmarks.metrics import METRIC_DOCS, TALK_METRIC_DOCS, aggregate, episode_metrics
+    from sim.highway import EmbeddedDrivingEnv
+    from sim.storage import EpisodeWriter, read_episodes
+
+    env = EmbeddedDrivingEnv("highway", "light")
+    talk = DriveTalk(earliest_s=2.0, latest_s=4.0)
+    eps = [run_episode(env, ExpertPolicy(env), seed, query_expert=False, record_frames=False, talk=talk)
+           for seed in range(3)]
+    for ep in eps:
+        assert 20 <= ep.heard_at <= 40 and ep.heard_at == talk.draw(ep.seed)[0]
+        assert ep.goal.label in DRIVE_COMMANDS and ep.outcome == "route_complete"
+    again = run_episode(env, ExpertPolicy(env), 1, query_expert=False, record_frames=False, talk=talk)
+    assert (again.heard_at, again.goal) == (eps[1].heard_at, eps[1].goal)
+    quiet = run_episode(env, ExpertPolicy(env), 1, query_expert=False, record_frames=False)
+    assert quiet.heard_at == 0
+    with EpisodeWriter(tmp_path / "d") as w:
+        w.append(eps[0])
+        w.append(quiet)
+    back, back_quiet = read_episodes(tmp_path / "d", load_frames=False)
+    assert (back.heard_at, back.goal, back_quiet.heard_at) == (eps[0].heard_at, eps[0].goal, 0)
+    rows = [episode_metrics(ep) for ep in eps]
+    assert all(0 < r["act_latency_s"] < 5 and r["goal_success"] == 1 for r in rows)
+    agg = aggregate(rows)
+    assert set(agg) == set(METRIC_DOCS) | set(TALK_METRIC_DOCS) and agg["talk_episodes"] == 3
+    assert agg["act_within_1s_rate"] == np.mean([r["act_latency_s"] <= 1.0 for r in rows])
+    assert set(aggregate([episode_metrics(quiet)])) == set(METRIC_DOCS)  # no talk, no talk keys
+    assert np.isnan(episode_metrics(quiet)["act_latency_s"])
+    for bad in ({"earliest_s": 0.0}, {"earliest_s": 5.0, "latest_s": 4.0}, {"labels": ("keep_lane",)},
+                {"labels": ()}):
+        with pytest.raises(ValueError, match="talk"):
+            DriveTalk(**bad)
+    with pytest.raises(ValueError, match="heard_at"):
+        Episode(**{**_fields(np.zeros((3, len(EGO_FIELDS)))), "heard_at": 5})
+
+
+def _fields(ego: np.ndarray, goal: Goal | None = None, heard_at: int = 0) -> dict:
+    t = len(ego) - 1
+    return dict(scenario="highway", density="light", seed=0, goal=goal or highway_goal_for("keep_lane", 1),
+                outcome="timeout", route_length=100.0, policy="test", cameras=(), ego=ego,
+                actors=np.zeros((t + 1, MAX_ACTORS, len(ACTOR_FIELDS))), actions=np.zeros((t, 2), np.float32),
+                expert_actions=np.zeros((t, 2), np.float32), events=np.zeros((t, len(EVENT_FIELDS)), np.float32),
+                reward_terms=np.zeros((t, len(REWARD_FIELDS)), np.float32), heard_at=heard_at)
+
+
+def test_act_latency_is_the_first_response_toward_the_command_after_hearing_it():
+    from benchmarks.metrics import ACT_ACCEL, ACT_LATERAL_SPEED, act_latency
+
+    ego = np.zeros((41, len(EGO_FIELDS)))
+    ego[:, EGO["speed"]], ego[:, EGO["lane_id"]] = 25.0, 2
+    ego[14:, EGO["lane_heading_error"]] = np.arcsin(1.2 * ACT_LATERAL_SPEED / 25.0)  # drifting left from state 14
+    ego[6, EGO["lane_heading_error"]] = 0.1  # before the command: not a response to it
+    left, right = highway_goal_for("lane_left", 2), highway_goal_for("lane_right", 2)
+    assert act_latency(Episode(**_fields(ego, left, heard_at=10))) == pytest.approx(0.4)
+    assert act_latency(Episode(**_fields(ego, right, heard_at=10))) == np.inf  # it drifts the wrong way
+    assert np.isnan(act_latency(Episode(**_fields(ego, left, heard_at=0))))  # heard before the drive
+    ego[:, EGO["lane_heading_error"]] = 0.0
+    ego[30:, EGO["lane_id"]] = 1  # crossed into the commanded lane at state 30
+    assert act_latency(Episode(**_fields(ego, left, heard_at=10))) == pytest.approx(2.0)
+    speed = np.full(41, 25.0)
+    speed[21:] = 25.0 - 1.5 * ACT_ACCEL * 0.1 * np.arange(1, 21)  # braking from state 21
+    ego[:, EGO["speed"]] = speed
+    slow = highway_goal_for("slow_down", 2)
+    assert act_latency(Episode(**_fields(ego, slow, heard_at=10))) == pytest.approx(1.1)
+    assert act_latency(Episode(**_fields(ego, highway_goal_for("speed_up", 2), heard_at=10))) == np.inf
+
+
+def test_a_policy_hearing_during_the_drive_reads_the_state_as_if_it_had_heard_there():
+    """The new words replace the old from the next decision; lane commands count from the lane
+    the car is in then (its inputs equal a policy's that heard them at the start from there)
+    and the plan made for the old command is dropped, not committed to."""
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          observation="lane_frame")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=1)
+    policy.reset()
+    policy.hear("keep your lane")
+    for _ in range(3):
+        obs, *_ = env.step(policy.select_action(obs))
+    for _ in range(25):  # the expert moves the car; the policy's anchor stays where it heard
+        obs, *_ = env.step(env.expert_action())
+    obs = dict(obs)
+    obs["ego"] = np.array(obs["ego"])
+    obs["ego"][EGO["lane_id"]] = policy._start_lane + 1  # as if it had changed lane since
+    before = policy.inputs_from_obs(obs)
+    policy.hear("change to the left lane")
+    assert policy._plan is None and policy._plans == []
+    heard = policy.inputs_from_obs(obs)
+    fresh = VLAPolicy(config, policy.action_tokenizer)
+    fresh.load_state_dict(policy.state_dict())
+    fresh.reset()
+    fresh.hear("change to the left lane")
+    want = fresh.inputs_from_obs(obs)
+    torch.testing.assert_close(heard.ego, want.ego)
+    torch.testing.assert_close(heard.command, want.command)
+    assert not torch.equal(before.ego, heard.ego) and not torch.equal(before.command, heard.command)
+    t = policy._t
+    policy.select_action(obs)
+    assert policy._plan[3] == t  # a new plan at once, for the new command
+
+
+def test_only_the_states_after_a_command_heard_during_the_drive_train_on_it():
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import SIZES, PolicyConfig
+    from vla.data import DemoDataset
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    env = EmbeddedDrivingEnv("highway", "light")
+    ep = run_episode(env, ExpertPolicy(env), 0, record_frames=False, goal_labels=True, talk=DriveTalk())
+    assert ep.heard_at > 0
+    config = PolicyConfig(**SIZES["tiny"], cameras=False)
+    policy = VLAPolicy(config, default_action_tokenizer(config.n_bins))
+    from dataclasses import replace
+
+    talked, whole = DemoDataset(policy, goal_relabel=True), DemoDataset(policy, goal_relabel=True)
+    talked.add_episode(ep)
+    whole.add_episode(replace(ep, heard_at=0))
+    steps = talked._index[:, 1]
+    assert steps.min() == ep.heard_at and (talked._index[:, 2] == -1).sum() == ep.num_steps - ep.heard_at
+    assert (whole._index[:, 2] == -1).sum() == ep.num_steps
+    assert talked.counterfactual_samples > 0  # relabelled from the lane the command was heard in
+
+
+def test_eval_talk_drive_prints_how_soon_the_car_acted(tmp_path, capsys):
+    import json
+
+    from app import cli
+
+    code = cli.main(["eval", "--policy", "expert", "--scenario", "highway", "--density", "light", "--episodes", "2",
+                     "--no-gif", "--talk", "drive", "--out", str(tmp_path / "e")])
+    out = capsys.readouterr().out
+    assert code == 0 and "spoken during the drive: 2 episodes" in out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["talk_episodes"] == 2 and 0 <= metrics["act_within_1s_rate"] <= 1
+    assert "act_latency_s" in (tmp_path / "e" / "episodes.csv").read_text().splitlines()[0]
