@@ -139,8 +139,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_best_of(args)
     check_phrasings(args.phrasings)
     _check_execution(args)
-    if args.talk == "drive" and args.scenario != "highway":
-        raise VLAError(f"--talk drive is for the highway (a turn is decided by the first command), not --scenario "
+    if args.talk != "start" and args.scenario != "highway":
+        raise VLAError(f"--talk {args.talk} is for the highway (a turn is decided by the first command), not --scenario "
                        f"{args.scenario}")
     if (args.workers > 1 or args.ray) and (args.record or args.best_of > 1 or not args.no_gif):
         raise VLAError("--workers > 1 and --ray drive episodes in worker processes, but --record, --best-of "
@@ -263,10 +263,11 @@ def _eval_parser(sub) -> None:
                         "tab-separated file with the header 'goal language phrasing' (en or zh; goals the "
                         "file does not cover keep the held-out phrasings) (default: %(default)s)")
     add_hearing_args(p)
-    p.add_argument("--talk", choices=("start", "drive"), default="start",
-                   help="when the passenger speaks: once before the drive (start), or also once during it "
-                        "(drive, highway: a new lane or speed command 3-6 s in, the one the episode is judged "
-                        "on; metrics.json adds act_within_1s_rate) (default: %(default)s)")
+    p.add_argument("--talk", choices=("start", "drive", "chitchat"), default="start",
+                   help="when the passenger speaks: once before the drive (start); also once during it (drive, "
+                        "highway: a new lane or speed command 3-6 s in, the one the episode is judged on; "
+                        "metrics.json adds act_within_1s_rate); or says chit-chat 3-6 s in (chitchat: the "
+                        "episode is judged on its first command, which the policy should keep) (default: %(default)s)")
     p.add_argument("--tracker-jerk", type=float, nargs=2, default=None, metavar=("LONG", "LAT"),
                    help="a plan policy's tracker comfort limits in m/s^3 (0 = none) instead of the checkpoint's "
                         "(PolicyConfig.tracker_jerk_long / tracker_jerk_lat; default: the checkpoint's, 1.5 0 for new ones)")

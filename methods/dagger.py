@@ -106,6 +106,9 @@ class DaggerConfig:
     (``vla.data.DemoDataset``)."""
     command_grammar: bool = False
     """Half of those samples hear a ``tokenizers_mm.command_grammar`` phrasing instead."""
+    chitchat: float = 0.0
+    """Chance that a sample hears chit-chat instead, labelled ``none`` for the command-label head
+    and without an action target (``vla.data.DemoDataset``)."""
     paraphrase: float = 0.0
     """An ipa / text policy: chance that a sample hearing an English training phrasing hears one
     of its WordNet paraphrases instead (``vla.data.DemoDataset``)."""
@@ -166,6 +169,8 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.phone_errors must be in [0, 1], got {self.phone_errors}")
         if not 0.0 <= self.paraphrase <= 1.0:
             raise ValueError(f"DaggerConfig.paraphrase must be in [0, 1], got {self.paraphrase}")
+        if not 0.0 <= self.chitchat <= 1.0:
+            raise ValueError(f"DaggerConfig.chitchat must be in [0, 1], got {self.chitchat}")
         if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
             raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
@@ -332,7 +337,7 @@ class DaggerSession:
         """The aggregated episodes of iterations 0..k as ``policy``'s training samples."""
         c = self.config
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
-                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar,
+                           audio_renditions=c.audio_renditions, command_grammar=c.command_grammar, chitchat=c.chitchat,
                            phone_errors=c.phone_errors, paraphrase=c.paraphrase)
         for j in range(k + 1):
             if j > 0 and c.rollouts == 0:  # the equal-compute control: expert data only

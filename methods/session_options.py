@@ -53,5 +53,6 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
         audio_renditions=getattr(args, "audio_renditions", 4), command_grammar=getattr(args, "command_grammar", False),
         phone_errors=getattr(args, "phone_errors", 0.0), paraphrase=getattr(args, "paraphrase", 0.0),
+        chitchat=getattr(args, "chitchat", 0.0),
         dart=args.dart, label_every=args.label_every, policy=policy_config(args),
         backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None))

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +24,8 @@ from sim.scenarios import DRIVE_COMMANDS
 
 TALK_SEED = 0x7A1C
 """Mixed into an episode's seed for what the passenger says during the drive (``DriveTalk``)."""
+CHITCHAT = "what a nice day"
+"""What the passenger says when it is not a command and the env words nothing (canonical)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class DriveTalk:
     earliest_s: float = 3.0
     latest_s: float = 6.0
     labels: tuple[str, ...] = DRIVE_COMMANDS
+    chitchat: bool = False
+    """Say chit-chat instead ("play some music": the env's ``rephrase`` of label ``none``, else
+    ``CHITCHAT``): the goal stays the first command's, and a policy should drive on as before."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.earliest_s <= self.latest_s:
@@ -245,7 +250,8 @@ def run_episode(
     relabelling; recorded when the expert drives too; P simulator steps per goal and state).
     ``talk``: the passenger gives a new command during the drive (``DriveTalk``; highway): the
     env's goal changes at the drawn step, a policy with ``hear`` hears the new words then, and
-    ``Episode.goal`` / ``heard_at`` record it (no new command when none qualifies).
+    ``Episode.goal`` / ``heard_at`` record it (no new command when none qualifies); or, with
+    ``DriveTalk(chitchat=True)``, the policy hears chit-chat then and nothing else changes.
     """
     if goal_futures and not (goal_labels and plan_horizon > 1):
         raise ValueError("goal_futures needs goal_labels and plan_horizon > 1")
@@ -274,7 +280,12 @@ def run_episode(
     talk_step, talk_rng = talk.draw(seed) if talk is not None else (-1, None)
     heard_at = 0
     while True:
-        if len(actions) == talk_step:
+        if len(actions) == talk_step and talk.chitchat:
+            if hasattr(policy, "hear"):
+                rephrase = getattr(env, "rephrase", None)
+                chat = rephrase(replace(env.goal, label="none"), talk_rng) if rephrase is not None else None
+                policy.hear(*((chat.command, chat.lang) if chat is not None else (CHITCHAT, "en")), seed=seed)
+        elif len(actions) == talk_step:
             said = env.speak(talk_rng, talk.labels)
             if said is not None:
                 goal, obs = said

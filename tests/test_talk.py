@@ -120,22 +120,8 @@ def test_act_latency_is_the_first_response_toward_the_command_after_hearing_it()
     assert act_latency(Episode(**_fields(ego, highway_goal_for("speed_up", 2), heard_at=10))) == np.inf
 
 
-def test_a_policy_hearing_during_the_drive_reads_the_state_as_if_it_had_heard_there():
-    """The new words replace the old from the next decision; lane commands count from the lane
-    the car is in then (its inputs equal a policy's that heard them at the start from there)
-    and the plan made for the old command is dropped, not committed to."""
-    import torch
-
-    from sim.highway import EmbeddedDrivingEnv
-    from vla.config import PolicyConfig
-    from vla.policy import VLAPolicy, default_action_tokenizer
-
-    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
-                          observation="lane_frame")
-    torch.manual_seed(0)
-    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
-    env = EmbeddedDrivingEnv("highway", "light")
-    obs, _ = env.reset(seed=1)
+def _drive_a_little(policy, env, seed: int = 1) -> dict:
+    obs, _ = env.reset(seed=seed)
     policy.reset()
     policy.hear("keep your lane")
     for _ in range(3):
@@ -145,21 +131,99 @@ def test_a_policy_hearing_during_the_drive_reads_the_state_as_if_it_had_heard_th
     obs = dict(obs)
     obs["ego"] = np.array(obs["ego"])
     obs["ego"][EGO["lane_id"]] = policy._start_lane + 1  # as if it had changed lane since
+    return obs
+
+
+def _plan_policy(**config):
+    import torch
+
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          observation="lane_frame", **config)
+    torch.manual_seed(0)
+    return VLAPolicy(config, default_action_tokenizer(16, "plan"))
+
+
+def test_a_policy_hearing_during_the_drive_reads_the_state_as_if_it_had_heard_there():
+    """The new words replace the old at the next decision; lane commands count from the lane
+    the car is in then (its inputs equal a policy's that heard them at the start from there)
+    and the plan made for the old command is dropped, not committed to."""
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.policy import VLAPolicy
+
+    policy = _plan_policy()
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs = _drive_a_little(policy, env)
     before = policy.inputs_from_obs(obs)
     policy.hear("change to the left lane")
-    assert policy._plan is None and policy._plans == []
-    heard = policy.inputs_from_obs(obs)
-    fresh = VLAPolicy(config, policy.action_tokenizer)
+    t = policy._t
+    policy.select_action(obs)
+    assert policy._plan[3] == t and policy.last_heard == "command"  # a new plan at once, for the new command
+    fresh = VLAPolicy(policy.config, policy.action_tokenizer)
     fresh.load_state_dict(policy.state_dict())
     fresh.reset()
     fresh.hear("change to the left lane")
-    want = fresh.inputs_from_obs(obs)
+    want, heard = fresh.inputs_from_obs(obs), policy.inputs_from_obs(obs)
     torch.testing.assert_close(heard.ego, want.ego)
     torch.testing.assert_close(heard.command, want.command)
     assert not torch.equal(before.ego, heard.ego) and not torch.equal(before.command, heard.command)
-    t = policy._t
+
+
+@pytest.mark.parametrize("named", ["none", "lane_left"])
+def test_words_the_label_head_names_none_change_nothing(named):
+    """A policy with the command-label head weighs words heard during the drive: chit-chat
+    (named ``none``) leaves its command, its lane anchor and its plan as they were."""
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from tokenizers_mm.corpus import LABELS
+
+    policy = _plan_policy(command_label_weight=1.0)
+    head = policy.model.command_head
+    with torch.no_grad():  # make the head name everything `named`
+        head.weight.zero_()
+        head.bias.fill_(-10.0)
+        head.bias[LABELS.index(named)] = 10.0
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs = _drive_a_little(policy, env)
+    command, anchor, plan = policy._command, policy._start_lane, policy._plan
+    policy.hear("play some music")
     policy.select_action(obs)
-    assert policy._plan[3] == t  # a new plan at once, for the new command
+    assert policy.last_heard == named
+    if named == "none":
+        assert policy._command is command and policy._start_lane == anchor and policy._plan[3] == plan[3]
+    else:
+        assert not np.array_equal(policy._command, command) and policy._start_lane == anchor + 1
+        assert policy._plan[3] == policy._t - 1
+
+
+def test_chitchat_samples_teach_the_label_head_only():
+    from sim.highway import EmbeddedDrivingEnv
+    from tokenizers_mm.corpus import LABELS, PHRASINGS
+    from vla.data import DemoDataset
+
+    policy = _plan_policy(command_label_weight=1.0)
+    env = EmbeddedDrivingEnv("highway", "light")
+    ep = run_episode(env, ExpertPolicy(env), 0, record_frames=False, plan_horizon=20)
+    data = DemoDataset(policy, chitchat=0.5)
+    data.add_episode(ep)
+    np.random.seed(0)
+    batch = data.batch(np.arange(len(data)))
+    chat = batch.command_label.numpy() == LABELS.index("none")
+    assert 0.3 < chat.mean() < 0.7
+    assert not batch.action_mask.numpy()[chat].any() and batch.action_mask.numpy()[~chat, 0].all()
+    pad = policy.layout.special("<pad>")
+    said = {tuple(policy.encode_command(p.text, p.lang)) for p in PHRASINGS if p.label == "none" and not p.heldout}
+    rows = batch.command.numpy()[chat]
+    assert all(tuple(int(v) for v in r if v != pad) in said for r in rows)
+    with pytest.raises(ValueError, match="label"):
+        DemoDataset(_plan_policy(), chitchat=0.5)
+    with pytest.raises(ValueError, match="chitchat"):
+        DemoDataset(policy, chitchat=1.5)
 
 
 def test_only_the_states_after_a_command_heard_during_the_drive_train_on_it():
@@ -196,3 +260,31 @@ def test_eval_talk_drive_prints_how_soon_the_car_acted(tmp_path, capsys):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["talk_episodes"] == 2 and 0 <= metrics["act_within_1s_rate"] <= 1
     assert "act_latency_s" in (tmp_path / "e" / "episodes.csv").read_text().splitlines()[0]
+
+
+def test_chitchat_during_the_drive_reaches_the_policy_and_changes_no_goal():
+    from sim.highway import EmbeddedDrivingEnv
+    from tokenizers_mm.corpus import PHRASINGS
+    from vla.speech_commands import rephraser
+
+    class Listener(ExpertPolicy):
+        def reset(self) -> None:
+            self.heard, self.t = [], 0
+
+        def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
+            self.heard.append((self.t, command))
+
+        def select_action(self, obs: dict) -> np.ndarray:
+            self.t += 1
+            return super().select_action(obs)
+
+    env = EmbeddedDrivingEnv("highway", "light", rephrase=rephraser("heldout"))
+    talk = DriveTalk(chitchat=True)
+    listener = Listener(env)
+    ep = run_episode(env, listener, 2, query_expert=False, record_frames=False, talk=talk)
+    quiet = run_episode(env, ExpertPolicy(env), 2, query_expert=False, record_frames=False)
+    (start, first), (when, chat) = listener.heard
+    assert start == 0 and first == quiet.goal.command and when == talk.draw(2)[0]
+    assert chat in {p.text for p in PHRASINGS if p.label == "none" and p.heldout}
+    assert ep.heard_at == 0 and ep.goal == quiet.goal
+    np.testing.assert_array_equal(ep.actions, quiet.actions)  # the env did not change; the expert drove on

@@ -48,6 +48,14 @@ labels drive back ("keep your lane" means the start lane) or two lanes over, com
 passenger gave there. With them a policy unsure of a new wording changed lane, heard "keep" in
 it, drove back, and repeated (lane_left in held-out words: 0/15 on 2 of 3 seeds); without them
 every label at a moved state is the episode's own goal (stay in the new lane).
+
+Chit-chat (``chitchat`` = c; needs the command-label head, ``command_label_weight`` > 0): with
+probability c a sample hears a ``none`` training phrasing ("play some music"; the grammar's too
+with ``command_grammar``) instead of a command, with label ``none`` and no action target: no
+action follows from chit-chat alone. A policy that hears words during the drive asks its label
+head whether they are a command (``VLAPolicy.hear``) and keeps the command it had when they
+are not. Episodes heard during the drive (``Episode.heard_at`` > 0) train only on the states
+from then on, counted from the lane the command was heard in.
 """
 
 from __future__ import annotations
@@ -193,7 +201,13 @@ class DemoDataset:
 
     def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
                  command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS,
-                 phone_errors: float = 0.0, paraphrase: float = 0.0) -> None:
+                 phone_errors: float = 0.0, paraphrase: float = 0.0, chitchat: float = 0.0) -> None:
+        if not 0.0 <= chitchat <= 1.0:
+            raise ValueError(f"chitchat must be in [0, 1], got {chitchat}")
+        if chitchat > 0 and policy.config.command_label_weight <= 0:
+            raise ValueError("chitchat samples teach the command-label head to name chit-chat 'none'; this policy "
+                             "has no such head (command_label_weight 0)")
+        self.chitchat = float(chitchat)
         if not 0.0 <= augment_commands <= 1.0:
             raise ValueError(f"augment_commands must be in [0, 1], got {augment_commands}")
         if not 0.0 <= paraphrase <= 1.0:
@@ -212,7 +226,7 @@ class DemoDataset:
         self.goal_relabel = bool(goal_relabel) and policy.config.command != "none"
         self._phrasings: dict[str, list[np.ndarray]] = {}
         self._grammar: dict[str, list[list[np.ndarray]]] = {}  # label -> per language, its phrasings
-        if (self.augment_commands > 0 or self.goal_relabel) and policy.config.command != "none":
+        if (self.augment_commands > 0 or self.goal_relabel or self.chitchat > 0) and policy.config.command != "none":
             from tokenizers_mm.corpus import PHRASINGS
             from tokenizers_mm.thesaurus import paraphrases
 
@@ -302,15 +316,25 @@ class DemoDataset:
                     commands[i] = options[j]
                     if j < len(variants) and variants[j] and np.random.random() < self.paraphrase:
                         commands[i] = variants[j][np.random.randint(len(variants[j]))]
+        chat = np.zeros(len(eps), dtype=bool)
+        if self.chitchat > 0:  # chit-chat instead: only the label head learns from it ('none')
+            chat = np.random.random(len(eps)) < self.chitchat
+            for i in np.flatnonzero(chat):
+                options, grammar = self._phrasings["none"], self._grammar.get("none")
+                if grammar and np.random.random() < 0.5:
+                    options = grammar[np.random.randint(len(grammar))]
+                commands[i] = options[np.random.randint(len(options))]
         if self.phone_errors > 0:
             commands = [self._with_phone_errors(c) for c in commands]
         bins, residual, mask = [], [], []
-        for ep, s, g in zip(eps, steps, goals):
+        for ep, s, g, c in zip(eps, steps, goals, chat):
             if g < 0:
                 bins.append(ep.bins[s]), residual.append(ep.residual[s]), mask.append(ep.mask[s])
             else:  # the expert under goal g (see goal_mask)
                 bins.append(ep.goal_bins[s, g]), residual.append(ep.goal_residual[s, g])
                 mask.append(ep.goal_mask[s, g])
+            if c:  # no action is right for chit-chat alone: the policy keeps the command it had
+                mask[-1] = np.zeros_like(mask[-1])
         frames = [ep.frames[s] for ep, s in zip(eps, steps)] if self.policy.config.cameras else None
         forecast = forecast_mask = None
         if self.policy.config.forecast_weight > 0:
@@ -320,7 +344,8 @@ class DemoDataset:
         if self.policy.config.command_label_weight > 0:  # the label of the command each sample hears
             from tokenizers_mm.corpus import LABELS
 
-            heard = [LABELS.index(HIGHWAY_GOAL_LABELS[g] if g >= 0 else ep.label) for ep, g in zip(eps, goals)]
+            heard = [LABELS.index("none" if c else HIGHWAY_GOAL_LABELS[g] if g >= 0 else ep.label)
+                     for ep, g, c in zip(eps, goals, chat)]
         return collate([ep.ego[s] for ep, s in zip(eps, steps)], [ep.actors[s] for ep, s in zip(eps, steps)],
                        commands, pad, self.policy.config.command_ids_max, frames=frames,
                        action_bins=bins, action_residual=residual, action_mask=mask,

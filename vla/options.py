@@ -85,6 +85,11 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
                    help="--command ipa or text: probability that a sample hearing an English training phrasing "
                         "hears one of its WordNet paraphrases instead (tokenizers_mm.thesaurus; 0 = none) "
                         "(default: %(default)s)")
+    p.add_argument("--chitchat", type=float, default=0.0, metavar="C",
+                   help="probability that a training sample hears chit-chat (a 'none' phrasing) instead, labelled "
+                        "'none' for the command-label head and with no action target, so that words heard during "
+                        "the drive that are not a command are ignored (needs --command-label-weight > 0; 0 = none) "
+                        "(default: %(default)s)")
     p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
                    help="--command audio or heard: renditions (voice, rate, pitch, noise) of each training phrasing "
                         "those samples may hear (default: %(default)s)")
@@ -217,6 +222,7 @@ FLAG_RULES = {
     "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
     "phone_errors": ("--phone-errors", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "paraphrase": ("--paraphrase", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "chitchat": ("--chitchat", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
 }
 """The training flags' ranges, checked by ``check_flags`` before anything runs, so an error names
 the flag the user typed rather than the config field it fills."""

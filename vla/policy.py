@@ -41,6 +41,7 @@ from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, 
 from sim.route import JUNCTION_HORIZON
 from sim.yield_check import YieldParams, ego_path, yield_accel
 from tokenizers_mm.action import ActionTokenizer
+from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
 from tokenizers_mm.vocab import VocabLayout
@@ -384,21 +385,47 @@ class VLAPolicy(torch.nn.Module):
         self._t = 0  # steps of this episode so far
         self._actor_speeds: dict[float, float] = {}  # actor id -> speed at step _actor_speeds_t (yield check)
         self._actor_speeds_t = -2
+        self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
+        self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
 
     def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
         """The passenger says ``command``; an audio policy hears the rendition drawn for
         ``seed`` (the episode's) under ``self.hearing``.
 
-        During the drive (after the first step) the new words replace the old ones in the
-        sequence from the next decision on: the lane a lane command counts from becomes the lane
-        the car is in then (as it was the start lane for the first command, and as the goal
+        During the drive (after the first step) the words are weighed at the next decision: a
+        policy with the command-label head (``command_label_weight`` > 0) reads them at that
+        state and ignores them when it names them ``none`` (chit-chat; trained with
+        ``DemoDataset(chitchat=...)``), keeping the command it had. Otherwise they replace the
+        old command in the sequence: the lane a lane command counts from becomes the lane the
+        car is in then (as it was the start lane for the first command, and as the goal
         relabelling trained it), and the plan being executed is dropped with the plans blended
-        with it, so nothing made for the old command is kept or committed to."""
-        self._command = self.encode_command(command, lang, seed)
-        if self._t > 0:
-            self._start_lane = None
-            self._plan, self._plans = None, []
-            self._queue.clear()
+        with it, so nothing made for the old command is kept or committed to. ``last_heard``
+        says what the policy made of the last words heard during the drive."""
+        ids = self.encode_command(command, lang, seed)
+        if self._t == 0:
+            self._command = ids
+        else:
+            self._pending = ids
+
+    def _weigh_pending(self, obs: dict) -> None:
+        """Words heard since the last decision (``hear``): adopt them as the command unless the
+        label head names them ``none``."""
+        ids, self._pending = self._pending, None
+        old = (self._command, self._start_lane)
+        self._command, self._start_lane = ids, None  # read as if heard here
+        inputs = self.inputs_from_obs(obs)
+        self.last_heard = "command"
+        if self.model.command_head is not None:
+            with torch.no_grad():
+                model = self.inference_model.eval()
+                inputs = inputs.to(next(model.parameters()).device)
+                label = LABELS[int(model.command_head(model.action_features(inputs)).argmax(-1)[0])]
+            self.last_heard = label
+            if label == "none":
+                self._command, self._start_lane = old
+                return
+        self._plan, self._plans = None, []
+        self._queue.clear()
 
     def encode_command(self, command: str, lang: str = "en", seed: int = 0) -> np.ndarray:
         """Vocabulary ids of a spoken command in this policy's command modality (cached). An
@@ -497,6 +524,8 @@ class VLAPolicy(torch.nn.Module):
         if plan is None:
             def plan(o: dict) -> np.ndarray:
                 return self.predict_action_chunk(o, generator=self._generator)
+        if self._pending is not None:
+            self._weigh_pending(obs)
         t, self._t = self._t, self._t + 1
         if self.tracker is not None:
             return self._track(obs, plan, t)

@@ -150,6 +150,11 @@ def run_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _talk(when: str) -> DriveTalk | None:
+    """``vla eval --talk``: start (None), drive (a new command) or chitchat."""
+    return None if when == "start" else DriveTalk(chitchat=when == "chitchat")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Closed-loop evaluation (``vla.evaluation.evaluate``): metrics.json, episodes.csv,
     trajectory.png, cameras.gif and, with --record, the episodes with expert labels."""
@@ -183,7 +188,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
                           ray=getattr(args, "ray", None), hearing=hearing_from_args(args),
                           execution=getattr(args, "execution", None),
-                          talk=DriveTalk() if getattr(args, "talk", "start") == "drive" else None)
+                          talk=_talk(getattr(args, "talk", "start")))
     finally:
         if writer is not None:
             writer.close()
