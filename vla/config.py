@@ -159,6 +159,11 @@ class PolicyConfig:
     lock to lock (the junction's off-road episodes). With ``yield_zone`` 30 it roughly halved
     leaving the road at the held-out junction (docs/drive_like_expert.md). An execution setting:
     checkpoints from before it existed get this default (0 restores their old driving)."""
+    merge_brake: float = 0.0
+    """A plan policy: a lane change begins only when the merge check (``sim.merge_check``: the
+    expert's MOBIL criterion read from the observed actors) finds that neither the new follower
+    nor we would brake harder than this many m/s^2 (the expert's 2); until then the plan keeps
+    its lane. 0 = off. An execution setting (any checkpoint can drive with it)."""
     attn_implementation: str = "sdpa"
     """transformers attention kernel: 'sdpa', 'eager' or 'flash_attention_2' (GPU only)."""
     backbone_dir: str = ""
@@ -236,6 +241,9 @@ class PolicyConfig:
         if not (math.isfinite(self.route_steer_speed) and self.route_steer_speed >= 0):
             raise ValueError(f"PolicyConfig.route_steer_speed must be a finite speed >= 0 in m/s (0 = off), got "
                              f"{self.route_steer_speed}")
+        if not (math.isfinite(self.merge_brake) and self.merge_brake >= 0):
+            raise ValueError(f"PolicyConfig.merge_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
+                             f"{self.merge_brake}")
         if not (math.isfinite(self.yield_zone) and self.yield_zone >= 0):
             raise ValueError(f"PolicyConfig.yield_zone must be a finite distance >= 0 in m (0 = off), got {self.yield_zone}")
         if min(self.tracker_jerk_long, self.tracker_jerk_lat) < 0:

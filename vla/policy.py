@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO
+from sim.merge_check import MergeParams, hold_lane, lane_change_side, merge_safe
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
@@ -246,7 +247,7 @@ COMMIT_BIN_WINDOW = 2
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed")
+                      "route_steer_speed", "merge_brake")
 """``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
 not what was learned, so any checkpoint can drive with others."""
 
@@ -345,6 +346,7 @@ class VLAPolicy(torch.nn.Module):
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone)
+        self._merge_params = MergeParams(b_safe=c.merge_brake)
 
     # ------------------------------------------------------------------ EMA weights
     @property
@@ -563,7 +565,7 @@ class VLAPolicy(torch.nn.Module):
                 blended = blend_plans([(p, f, s, (t - made) * DT) for p, f, s, made in self._plans], new[1], new[2],
                                       self.config.decay)
                 new = (blended, new[1], new[2], t)
-            self._plan = new
+            self._plan = self._merge(obs, new)
         waypoints, frame, start, made = self._plan
         action = self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                       steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
@@ -573,6 +575,17 @@ class VLAPolicy(torch.nn.Module):
             action = action.copy()
             action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
         return self._yield(obs, action, t)
+
+    def _merge(self, obs: dict, plan: tuple) -> tuple:
+        """``plan`` (plan, frame, pose, step) kept in its lane while it begins a lane change the
+        merge check (``sim.merge_check``) finds unsafe; itself otherwise or with ``merge_brake`` 0."""
+        if self.config.merge_brake <= 0:
+            return plan
+        ego = np.asarray(obs["ego"], dtype=np.float64)
+        side = lane_change_side(plan[0], float(ego[EGO["lane_offset"]]), self._merge_params)
+        if side == 0 or merge_safe(ego, np.asarray(obs["actors"]), side, self._merge_params):
+            return plan
+        return (hold_lane(plan[0]), *plan[1:])
 
     def _yield(self, obs: dict, action: np.ndarray, t: int) -> np.ndarray:
         """``action`` with its acceleration lowered to the yield check's brake (``sim.yield_check``)

@@ -1,0 +1,97 @@
+"""The merge check: begin a lane change only into a gap the expert would take.
+
+In dense traffic a cloned plan policy's collisions are lane changes begun into a car in the
+target lane (docs/drive_like_expert.md): the expert decides a change by MOBIL's safety
+criterion (``sim.highway_expert._lane_change_safe``), a threshold on two gaps that a network
+trained on a few hundred episodes reads only approximately. This is the same criterion from the
+observation alone, applied beside the network like the junction's yield check
+(``sim.yield_check``):
+
+* **When**: the plan being executed ends more than half a lane to one side (a lane change) and
+  the car is not yet committed to it (less than ``committed`` m toward the new lane).
+* **The gap**: the nearest observed actor behind and ahead in the target lane (actors' positions
+  in the current lane's frame, lanes ``lane_width`` apart; no lane ids, nothing a backend does
+  not report).
+* **Safe**: the new follower, following us by IDM toward its desired speed (estimated as the
+  larger of its speed and the lane's speed limit), would brake no harder than ``b_safe``
+  (MOBIL's criterion, the expert's 2 m/s^2), and we would brake behind the new leader (more
+  than the jam distance ahead) no harder than ``b_safe`` or than behind the current one (the
+  expert's own condition; our desired speed taken as our speed).
+* **Otherwise**: the plan keeps its speed profile and stays in the lane (its lateral offsets
+  become the lane centre's); the next plan asks again.
+
+``PolicyConfig.merge_brake`` (m/s^2; 0 = off) turns it on for a plan policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.driver_models import PARAMS, ExpertParams, acc_model, idm
+from sim.interface import ACTOR, EGO
+from sim.plan import plan_frame, to_frame
+
+
+@dataclass(frozen=True)
+class MergeParams:
+    b_safe: float = 2.0
+    """m/s^2: the most braking a lane change may impose on the new follower, or on us behind the
+    new leader (the expert's MOBIL ``b_safe``); 0 turns the check off."""
+    lane_width: float = 4.0
+    """m between lane centres (highway-env's; CARLA's highways: about 3.5)."""
+    committed: float = 1.0
+    """m toward the new lane after which a change under way is no longer checked (turning back
+    from there is the riskier move; the expert commits at 0.5 m)."""
+
+
+def lane_change_side(plan: np.ndarray, lane_offset: float, params: MergeParams = MergeParams()) -> int:
+    """+1 / -1 when the plan (K, 2) [speed term, lateral offset in the lane frame] ends more
+    than half a lane to the left / right and the car is not yet ``committed`` toward it; 0 else."""
+    y = float(np.asarray(plan)[-1, 1])
+    if abs(y) <= params.lane_width / 2:
+        return 0
+    side = 1 if y > 0 else -1
+    return 0 if side * lane_offset > params.committed else side
+
+
+def merge_safe(ego: np.ndarray, actors: np.ndarray, side: int, params: MergeParams = MergeParams(),
+               p: ExpertParams = PARAMS) -> bool:
+    """Whether a lane change toward ``side`` (+1 left, -1 right) is safe now by MOBIL's criterion
+    (module docstring), from the ego row and the observed actors (N, ACTOR_FIELDS)."""
+    ego = np.asarray(ego, dtype=np.float64)
+    actors = np.asarray(actors, dtype=np.float64)
+    actors = actors[actors[:, ACTOR["present"]] > 0.5]
+    if not len(actors):
+        return True
+    frame = plan_frame(ego)
+    local = to_frame(frame, actors[:, [ACTOR["x"], ACTOR["y"]]])
+    ego_x = float(to_frame(frame, ego[[EGO["x"], EGO["y"]]])[0])
+    in_target = np.abs(local[:, 1] - side * params.lane_width) < params.lane_width / 2
+    dx = local[:, 0] - ego_x
+    v, speeds = float(ego[EGO["speed"]]), actors[:, ACTOR["speed"]]
+    behind, ahead = np.flatnonzero(in_target & (dx <= 0)), np.flatnonzero(in_target & (dx > 0))
+    if len(behind):
+        f = behind[np.argmax(dx[behind])]
+        v_f = float(speeds[f])
+        v0_f = max(v_f, float(ego[EGO["speed_limit"]]))
+        if idm(v_f, v0_f, -float(dx[f]), v_f - v, p) < -params.b_safe:
+            return False
+    if not len(ahead):
+        return True
+    lead = ahead[np.argmin(dx[ahead])]
+    if dx[lead] <= p.s0:
+        return False
+    # as the expert: no harder braking behind the new leader than behind the current one, or b_safe
+    current = np.flatnonzero((np.abs(local[:, 1]) < params.lane_width / 2) & (dx > 0))
+    now = (acc_model(v, v, None, 0.0, p) if not len(current) else
+           acc_model(v, v, float(dx[current].min()), v - float(speeds[current[np.argmin(dx[current])]]), p))
+    return acc_model(v, v, float(dx[lead]), v - float(speeds[lead]), p) >= min(now, -params.b_safe)
+
+
+def hold_lane(plan: np.ndarray) -> np.ndarray:
+    """The plan with its speed profile and the lane centre for every waypoint."""
+    held = np.array(plan, dtype=np.float64, copy=True)
+    held[:, 1] = 0.0
+    return held

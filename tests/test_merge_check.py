@@ -1,0 +1,87 @@
+"""sim.merge_check: a plan policy begins a lane change only into a gap the expert's MOBIL
+criterion accepts, read from the observed actors; otherwise its plan keeps the lane."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.driver_models import PARAMS, acc_model, idm
+from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS
+from sim.merge_check import MergeParams, hold_lane, lane_change_side, merge_safe
+
+
+def _ego(speed: float = 25.0, yaw: float = 0.0, x: float = 0.0, y: float = 0.0) -> np.ndarray:
+    ego = np.zeros(len(EGO_FIELDS))
+    ego[[EGO["x"], EGO["y"], EGO["yaw"], EGO["speed"], EGO["speed_limit"]]] = x, y, yaw, speed, 30.0
+    return ego
+
+
+def _actor(x: float, y: float, speed: float) -> np.ndarray:
+    a = np.zeros(len(ACTOR_FIELDS))
+    a[[ACTOR["present"], ACTOR["x"], ACTOR["y"], ACTOR["speed"]]] = 1.0, x, y, speed
+    return a
+
+
+def test_a_lane_change_is_a_plan_ending_over_half_a_lane_aside_before_the_car_is_committed():
+    plan = np.zeros((4, 2))
+    assert lane_change_side(plan, 0.0) == 0
+    plan[-1, 1] = 3.5
+    assert lane_change_side(plan, 0.0) == 1 and lane_change_side(plan, 0.9) == 1
+    assert lane_change_side(plan, 1.2) == 0  # committed: under way, not checked
+    plan[-1, 1] = -3.5
+    assert lane_change_side(plan, -0.3) == -1
+    held = hold_lane(plan)
+    assert np.all(held[:, 1] == 0) and np.all(held[:, 0] == plan[:, 0]) and plan[-1, 1] == -3.5
+
+
+def test_the_gap_is_judged_as_the_expert_judges_it():
+    """The follower's IDM braking against b_safe, the new leader against the current one; only
+    actors in the target lane count, wherever the road points."""
+    ego = _ego()
+    assert merge_safe(ego, np.zeros((0, len(ACTOR_FIELDS))), 1)
+    assert merge_safe(ego, np.stack([_actor(-5.0, 0.0, 25.0), _actor(-5.0, -4.0, 25.0)]), 1)  # not in the left lane
+    for gap in (20.0, 40.0, 60.0, 90.0):
+        follower = np.stack([_actor(-gap, 4.0, 25.0)])
+        want = idm(25.0, 30.0, gap, 0.0, PARAMS) >= -2.0
+        assert merge_safe(ego, follower, 1) == want
+        assert merge_safe(ego, follower, 1, MergeParams(b_safe=50.0))  # a lenient check lets everything by
+    assert not merge_safe(ego, np.stack([_actor(-20.0, 4.0, 25.0)]), 1)  # 20 m behind at our speed: too close
+    assert merge_safe(ego, np.stack([_actor(-20.0, 4.0, 15.0)]), 1)  # ... unless it is much slower
+    assert not merge_safe(ego, np.stack([_actor(8.0, 4.0, 25.0)]), 1)  # inside the jam distance
+    lead = _actor(30.0, 4.0, 25.0)
+    now = acc_model(25.0, 25.0, 20.0, 0.0)
+    assert merge_safe(ego, np.stack([lead, _actor(20.0, 0.0, 25.0)]), 1) == (acc_model(25.0, 25.0, 30.0, 0.0) >= now)
+    # the same scene turned by 90 degrees and moved: the lane frame follows the ego
+    turned = _ego(yaw=np.pi / 2, x=100.0, y=50.0)
+    scene = np.stack([_actor(100.0 - 4.0, 50.0 - 30.0, 25.0)])  # left of a car heading +y is -x; 30 m behind
+    assert merge_safe(turned, scene, 1) == merge_safe(ego, np.stack([_actor(-30.0, 4.0, 25.0)]), 1)
+
+
+@pytest.mark.parametrize("brake", [0.0, 2.0])
+def test_a_plan_policy_with_the_check_keeps_its_lane_beside_a_car(brake):
+    """With a car right beside it in the target lane a plan asking for the left lane is held in
+    the lane (merge_brake 2); without the check (0) it is executed as predicted."""
+    import torch
+
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          execution="first", merge_brake=brake)
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    ego = _ego()
+    obs = {"ego": ego, "actors": np.stack([_actor(-3.0, 4.0, 25.0)])}
+    change = np.array([[0.0, 0.5], [0.0, 1.5], [0.0, 2.8], [0.0, 3.8]])
+    policy.reset()
+    policy.select_action(obs, plan=lambda o: change)
+    executed = policy._plan[0]
+    if brake:
+        np.testing.assert_array_equal(executed, hold_lane(change))
+    else:
+        np.testing.assert_array_equal(executed, change)
+    policy.reset()
+    obs["actors"] = np.stack([_actor(-200.0, 4.0, 25.0)])  # the lane is free: the change goes ahead
+    policy.select_action(obs, plan=lambda o: change)
+    np.testing.assert_array_equal(policy._plan[0], change)
