@@ -288,7 +288,11 @@ def _eval_parser(sub) -> None:
     p.add_argument("--merge-brake", type=float, default=None, metavar="MPS2",
                    help="a plan policy begins a lane change only when neither the new follower nor it would brake "
                         "harder than this (m/s^2) by the expert's MOBIL criterion read from the observed actors "
-                        "(PolicyConfig.merge_brake, sim.merge_check; 0 = off; default: the checkpoint's, 0 unless set)")
+                        "(PolicyConfig.merge_brake, sim.gap_checks; 0 = off; default: the checkpoint's, 0 unless set)")
+    p.add_argument("--follow-brake", type=float, default=None, metavar="MPS2",
+                   help="a plan policy brakes harder than its plan when keeping 2 m behind the car ahead needs more "
+                        "than this (m/s^2) (PolicyConfig.follow_brake, sim.gap_checks; 0 = off; default: the "
+                        "checkpoint's, 0 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -316,12 +320,13 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--yield-zone", "yield_zone", False, "a finite distance >= 0 in m (0 = off)"),
     ("--route-steer-speed", "route_steer_speed", False, "a finite speed >= 0 in m/s (0 = off)"),
     ("--merge-brake", "merge_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
+    ("--follow-brake", "follow_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
 )
 
 
 def _check_execution(args: argparse.Namespace) -> None:
     """--tracker-jerk LONG LAT (finite, >= 0), --tracker-lookahead S (finite, > 0),
-    --commit-margin NATS, --yield-zone M, --route-steer-speed MPS and --merge-brake MPS2 (finite, >= 0), only for a
+    --commit-margin NATS, --yield-zone M, --route-steer-speed MPS, --merge-brake and --follow-brake MPS2 (finite, >= 0), only for a
     plan policy checkpoint;
     sets ``args.execution``, the plan-execution settings ``evaluate`` drives with."""
     args.execution = None

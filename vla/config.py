@@ -160,10 +160,14 @@ class PolicyConfig:
     leaving the road at the held-out junction (docs/drive_like_expert.md). An execution setting:
     checkpoints from before it existed get this default (0 restores their old driving)."""
     merge_brake: float = 0.0
-    """A plan policy: a lane change begins only when the merge check (``sim.merge_check``: the
+    """A plan policy: a lane change begins only when the merge check (``sim.gap_checks``: the
     expert's MOBIL criterion read from the observed actors) finds that neither the new follower
     nor we would brake harder than this many m/s^2 (the expert's 2); until then the plan keeps
     its lane. 0 = off. An execution setting (any checkpoint can drive with it)."""
+    follow_brake: float = 0.0
+    """A plan policy: the following check (``sim.gap_checks``) brakes harder than the plan when
+    keeping 2 m behind the observed car ahead (at its speed, or stopping behind it while it brakes)
+    needs more than this many m/s^2 of braking. 0 = off. An execution setting."""
     attn_implementation: str = "sdpa"
     """transformers attention kernel: 'sdpa', 'eager' or 'flash_attention_2' (GPU only)."""
     backbone_dir: str = ""
@@ -241,6 +245,9 @@ class PolicyConfig:
         if not (math.isfinite(self.route_steer_speed) and self.route_steer_speed >= 0):
             raise ValueError(f"PolicyConfig.route_steer_speed must be a finite speed >= 0 in m/s (0 = off), got "
                              f"{self.route_steer_speed}")
+        if not (math.isfinite(self.follow_brake) and self.follow_brake >= 0):
+            raise ValueError(f"PolicyConfig.follow_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
+                             f"{self.follow_brake}")
         if not (math.isfinite(self.merge_brake) and self.merge_brake >= 0):
             raise ValueError(f"PolicyConfig.merge_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.merge_brake}")

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO
-from sim.merge_check import MergeParams, hold_lane, lane_change_side, merge_safe
+from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, lane_change_side, merge_safe
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
@@ -247,7 +247,7 @@ COMMIT_BIN_WINDOW = 2
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "merge_brake")
+                      "route_steer_speed", "merge_brake", "follow_brake")
 """``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
 not what was learned, so any checkpoint can drive with others."""
 
@@ -347,6 +347,7 @@ class VLAPolicy(torch.nn.Module):
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
+        self._follow_params = FollowParams(trigger=c.follow_brake)
 
     # ------------------------------------------------------------------ EMA weights
     @property
@@ -574,11 +575,28 @@ class VLAPolicy(torch.nn.Module):
                 and float(np.asarray(route)[0]) < JUNCTION_HORIZON and ego[EGO["speed"]] < self.config.route_steer_speed):
             action = action.copy()
             action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
-        return self._yield(obs, action, t)
+        accels = self._actor_accels(obs, t)
+        if self.config.follow_brake > 0:
+            brake = follow_brake(np.asarray(obs["ego"]), np.asarray(obs["actors"]), accels, self._follow_params)
+            if brake is not None and brake < action[0]:
+                action = action.copy()
+                action[0] = brake
+        return self._yield(obs, action, accels, t)
+
+    def _actor_accels(self, obs: dict, t: int) -> np.ndarray:
+        """Each observed actor's acceleration (m/s^2) from its speed at the previous step (same
+        ``id``; 0 for one not seen then), for the gap and yield checks."""
+        actors = np.asarray(obs["actors"], dtype=np.float64)
+        ids, speeds = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]]
+        last = self._actor_speeds if self._actor_speeds_t == t - 1 else {}
+        accels = np.array([(v - last[i]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
+        present = actors[:, ACTOR["present"]] > 0.5
+        self._actor_speeds, self._actor_speeds_t = dict(zip(ids[present], speeds[present])), t
+        return accels
 
     def _merge(self, obs: dict, plan: tuple) -> tuple:
         """``plan`` (plan, frame, pose, step) kept in its lane while it begins a lane change the
-        merge check (``sim.merge_check``) finds unsafe; itself otherwise or with ``merge_brake`` 0."""
+        merge check (``sim.gap_checks``) finds unsafe; itself otherwise or with ``merge_brake`` 0."""
         if self.config.merge_brake <= 0:
             return plan
         ego = np.asarray(obs["ego"], dtype=np.float64)
@@ -587,7 +605,7 @@ class VLAPolicy(torch.nn.Module):
             return plan
         return (hold_lane(plan[0]), *plan[1:])
 
-    def _yield(self, obs: dict, action: np.ndarray, t: int) -> np.ndarray:
+    def _yield(self, obs: dict, action: np.ndarray, accels: np.ndarray, t: int) -> np.ndarray:
         """``action`` with its acceleration lowered to the yield check's brake (``sim.yield_check``)
         while ``yield_zone`` is on, the car is on a junction's approach and crossing traffic
         would meet its path (the route ahead, ``obs["route_path"]``; a backend without it: the
@@ -596,16 +614,9 @@ class VLAPolicy(torch.nn.Module):
         if self.config.yield_zone <= 0 or route is None:
             return action
         junction = float(np.asarray(route)[0])
-        if not 0.0 < junction < JUNCTION_HORIZON:  # open road or inside: no check, no history needed
+        if not 0.0 < junction <= self.config.yield_zone:  # open road, inside, or not yet near
             return action
         actors = np.asarray(obs["actors"], dtype=np.float64)
-        ids, speeds = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]]
-        last = self._actor_speeds if self._actor_speeds_t == t - 1 else {}
-        accels = np.array([(v - last[i]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
-        present = actors[:, ACTOR["present"]] > 0.5
-        self._actor_speeds, self._actor_speeds_t = dict(zip(ids[present], speeds[present])), t
-        if junction > self.config.yield_zone:
-            return action
         ego = np.asarray(obs["ego"], dtype=np.float64)
         if obs.get("route_path") is not None:
             path = ego_path(ego, obs["route_path"])  # where the route goes through the junction

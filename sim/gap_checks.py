@@ -1,4 +1,6 @@
-"""The merge check: begin a lane change only into a gap the expert would take.
+"""Two checks on the gaps in traffic, beside the network: the merge check and the following check.
+
+The merge check: begin a lane change only into a gap the expert would take.
 
 In dense traffic a cloned plan policy's collisions are lane changes begun into a car in the
 target lane (docs/drive_like_expert.md): the expert decides a change by MOBIL's safety
@@ -21,6 +23,17 @@ observation alone, applied beside the network like the junction's yield check
   become the lane centre's); the next plan asks again.
 
 ``PolicyConfig.merge_brake`` (m/s^2; 0 = off) turns it on for a plan policy.
+
+The following check: never close on the car ahead faster than braking can undo. A cloned plan
+brakes as the expert usually does (up to about 3 m/s^2) also where the expert's car-following law
+would brake harder, e.g. behind a slower car that cut in or brakes itself (dense traffic's
+rear-end collisions). Each step, the nearest observed actor ahead within half a lane of our
+lateral position is the leader. Keeping ``margin`` m of bumper gap (``room`` beyond it) takes
+``dv^2 / (2 room)`` of braking while the leader holds its speed (``dv``: the closing speed),
+and, while it brakes at ``b`` (from its speed one step ago), ``v^2 / (2 (room + v_lead^2 / 2b))``
+to stop behind where it will stop. When the larger exceeds ``trigger`` m/s^2 the car brakes at
+it (up to the actuator's limit), unless the plan already brakes harder.
+``PolicyConfig.follow_brake`` (the trigger; 0 = off) turns it on.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.driver_models import PARAMS, ExpertParams, acc_model, idm
-from sim.interface import ACTOR, EGO
+from sim.interface import ACTION_LOW, ACTOR, EGO
 from sim.plan import plan_frame, to_frame
 
 
@@ -95,3 +108,51 @@ def hold_lane(plan: np.ndarray) -> np.ndarray:
     held = np.array(plan, dtype=np.float64, copy=True)
     held[:, 1] = 0.0
     return held
+
+
+BRAKING = 0.5
+"""m/s^2: a leader slowing harder than this is braking (below: speed noise, drag)."""
+
+
+@dataclass(frozen=True)
+class FollowParams:
+    trigger: float = 3.0
+    """m/s^2 of needed braking above which the check brakes (the expert's comfortable 3); 0 = off."""
+    margin: float = 2.0
+    """m of bumper gap to keep."""
+    lane_width: float = 4.0
+    """m; actors within half of it of our lateral position are in our path."""
+    car_length: float = 5.0
+    """m between a leader's centre and ours at bumper contact (highway-env's cars)."""
+
+
+def follow_brake(ego: np.ndarray, actors: np.ndarray, accels: np.ndarray | None = None,
+                 params: FollowParams = FollowParams()) -> float | None:
+    """The braking (a negative acceleration, m/s^2) the following check asks for now, or None
+    when keeping ``margin`` behind the leader needs no more than ``trigger`` (module docstring).
+    ``accels``: each actor's acceleration (m/s^2, rows of ``actors``; None: all 0)."""
+    ego = np.asarray(ego, dtype=np.float64)
+    actors = np.asarray(actors, dtype=np.float64)
+    accels = np.zeros(len(actors)) if accels is None else np.asarray(accels, dtype=np.float64)
+    keep = actors[:, ACTOR["present"]] > 0.5
+    actors, accels = actors[keep], accels[keep]
+    if not len(actors) or params.trigger <= 0:
+        return None
+    frame = plan_frame(ego)
+    local = to_frame(frame, actors[:, [ACTOR["x"], ACTOR["y"]]])
+    me = to_frame(frame, ego[[EGO["x"], EGO["y"]]])
+    ahead = np.flatnonzero((np.abs(local[:, 1] - me[1]) < params.lane_width / 2) & (local[:, 0] > me[0]))
+    if not len(ahead):
+        return None
+    lead = ahead[np.argmin(local[ahead, 0])]
+    v, v_lead = max(float(ego[EGO["speed"]]), 0.0), max(float(actors[lead, ACTOR["speed"]]), 0.0)
+    room = float(local[lead, 0] - me[0]) - params.car_length - params.margin
+    if room <= 0.1:
+        return float(ACTION_LOW[0]) if v > v_lead else None
+    need = (v - v_lead) ** 2 / (2.0 * room) if v > v_lead else 0.0  # the leader holds its speed
+    lead_brake = -float(accels[lead])
+    if lead_brake > BRAKING:  # the leader brakes: stop behind where it would stop
+        need = max(need, v * v / (2.0 * (room + v_lead * v_lead / (2.0 * lead_brake))))
+    if need <= params.trigger:
+        return None
+    return max(-need, float(ACTION_LOW[0]))

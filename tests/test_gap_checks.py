@@ -1,4 +1,4 @@
-"""sim.merge_check: a plan policy begins a lane change only into a gap the expert's MOBIL
+"""sim.gap_checks: a plan policy begins a lane change only into a gap the expert's MOBIL
 criterion accepts, read from the observed actors; otherwise its plan keeps the lane."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 
 from sim.driver_models import PARAMS, acc_model, idm
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS
-from sim.merge_check import MergeParams, hold_lane, lane_change_side, merge_safe
+from sim.gap_checks import MergeParams, hold_lane, lane_change_side, merge_safe
 
 
 def _ego(speed: float = 25.0, yaw: float = 0.0, x: float = 0.0, y: float = 0.0) -> np.ndarray:
@@ -85,3 +85,42 @@ def test_a_plan_policy_with_the_check_keeps_its_lane_beside_a_car(brake):
     obs["actors"] = np.stack([_actor(-200.0, 4.0, 25.0)])  # the lane is free: the change goes ahead
     policy.select_action(obs, plan=lambda o: change)
     np.testing.assert_array_equal(policy._plan[0], change)
+
+
+def test_the_following_check_brakes_only_when_the_gap_needs_more_than_the_trigger():
+    from sim.gap_checks import FollowParams, follow_brake
+
+    ego = _ego(speed=22.7)
+    free = follow_brake(ego, np.stack([_actor(-10.0, 0.0, 30.0), _actor(12.0, 4.0, 10.0)]))
+    assert free is None  # behind us, or in the next lane: not our leader
+    assert follow_brake(ego, np.stack([_actor(60.0, 0.0, 22.0)])) is None  # a slightly slower car far ahead
+    lead = np.stack([_actor(10.3, 0.0, 18.2)])  # 3.3 m of room beyond the margin, closing at 4.5 m/s
+    steady = follow_brake(ego, lead)
+    assert steady == pytest.approx(-(4.5 ** 2) / (2 * 3.3))
+    braking = follow_brake(ego, lead, accels=np.array([-6.0]))  # and it brakes hard: stop behind its stop
+    assert braking == pytest.approx(max(-(22.7 ** 2) / (2 * (3.3 + 18.2 ** 2 / 12.0)), -6.0))
+    assert follow_brake(ego, lead, params=FollowParams(trigger=5.0)) is None
+    assert follow_brake(ego, lead, params=FollowParams(trigger=0.0)) is None  # off
+    assert follow_brake(ego, np.stack([_actor(6.0, 0.0, 18.0)])) == -6.0  # no room left: the hardest brake
+    assert follow_brake(ego, np.stack([_actor(30.0, 0.0, 22.0)]), accels=np.array([-0.3])) is None
+
+
+@pytest.mark.parametrize("trigger", [0.0, 3.0])
+def test_a_plan_policy_with_the_following_check_brakes_behind_a_slow_car(trigger):
+    import torch
+
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          execution="first", follow_brake=trigger)
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    policy.reset()
+    cruise = np.zeros((4, 2))
+    obs = {"ego": _ego(speed=22.7), "actors": np.stack([_actor(10.3, 0.0, 18.2)])}
+    action = policy.select_action(obs, plan=lambda o: cruise)
+    if trigger:
+        assert action[0] == pytest.approx(-(4.5 ** 2) / (2 * 3.3), rel=1e-5)
+    else:
+        assert action[0] > -1.0  # the plan holds its speed and nothing overrides it
