@@ -29,10 +29,11 @@ brakes as the expert usually does (up to about 3 m/s^2) also where the expert's 
 would brake harder, e.g. behind a slower car that cut in or brakes itself (dense traffic's
 rear-end collisions). Each step, the nearest observed actor ahead within half a lane of our
 lateral position is the leader. Keeping ``margin`` m of bumper gap (``room`` beyond it) takes
-``dv^2 / (2 room)`` of braking while the leader holds its speed (``dv``: the closing speed),
-and, while it brakes at ``b`` (from its speed one step ago), ``v^2 / (2 (room + v_lead^2 / 2b))``
-to stop behind where it will stop. When the larger exceeds ``trigger`` m/s^2 the car brakes at
-it (up to the actuator's limit), unless the plan already brakes harder.
+``dv^2 / (2 room)`` of braking, ``dv`` the closing speed on the leader's speed ``lookahead`` s
+later (its braking, from its speed one step ago, carried on that long; a leader assumed to brake
+to a stop made the check brake at the limit in a third of dense episodes, dev). When that
+exceeds ``trigger`` m/s^2 the car brakes at it (up to the actuator's limit), unless the plan
+already brakes harder; no room left at all: the hardest brake.
 ``PolicyConfig.follow_brake`` (the trigger; 0 = off) turns it on.
 """
 
@@ -110,10 +111,6 @@ def hold_lane(plan: np.ndarray) -> np.ndarray:
     return held
 
 
-BRAKING = 0.5
-"""m/s^2: a leader slowing harder than this is braking (below: speed noise, drag)."""
-
-
 @dataclass(frozen=True)
 class FollowParams:
     trigger: float = 3.0
@@ -124,6 +121,8 @@ class FollowParams:
     """m; actors within half of it of our lateral position are in our path."""
     car_length: float = 5.0
     """m between a leader's centre and ours at bumper contact (highway-env's cars)."""
+    lookahead: float = 0.5
+    """s; a braking leader is judged by its speed this much later, at its current braking."""
 
 
 def follow_brake(ego: np.ndarray, actors: np.ndarray, accels: np.ndarray | None = None,
@@ -149,10 +148,11 @@ def follow_brake(ego: np.ndarray, actors: np.ndarray, accels: np.ndarray | None 
     room = float(local[lead, 0] - me[0]) - params.car_length - params.margin
     if room <= 0.1:
         return float(ACTION_LOW[0]) if v > v_lead else None
-    need = (v - v_lead) ** 2 / (2.0 * room) if v > v_lead else 0.0  # the leader holds its speed
-    lead_brake = -float(accels[lead])
-    if lead_brake > BRAKING:  # the leader brakes: stop behind where it would stop
-        need = max(need, v * v / (2.0 * (room + v_lead * v_lead / (2.0 * lead_brake))))
+    # the leader's speed a moment ahead, when it brakes: it may brake on, the check re-reads it every step
+    v_soon = max(0.0, v_lead + min(float(accels[lead]), 0.0) * params.lookahead)
+    if v <= v_soon:
+        return None
+    need = (v - v_soon) ** 2 / (2.0 * room)
     if need <= params.trigger:
         return None
     return max(-need, float(ACTION_LOW[0]))

@@ -97,8 +97,9 @@ def test_the_following_check_brakes_only_when_the_gap_needs_more_than_the_trigge
     lead = np.stack([_actor(10.3, 0.0, 18.2)])  # 3.3 m of room beyond the margin, closing at 4.5 m/s
     steady = follow_brake(ego, lead)
     assert steady == pytest.approx(-(4.5 ** 2) / (2 * 3.3))
-    braking = follow_brake(ego, lead, accels=np.array([-6.0]))  # and it brakes hard: stop behind its stop
-    assert braking == pytest.approx(max(-(22.7 ** 2) / (2 * (3.3 + 18.2 ** 2 / 12.0)), -6.0))
+    braking = follow_brake(ego, lead, accels=np.array([-2.0]))  # and it brakes: judged by its speed 0.5 s on
+    assert braking == pytest.approx(-(5.5 ** 2) / (2 * 3.3))
+    assert follow_brake(ego, np.stack([_actor(15.0, 0.0, 22.8)]), accels=np.array([-6.0])) is None  # far enough
     assert follow_brake(ego, lead, params=FollowParams(trigger=5.0)) is None
     assert follow_brake(ego, lead, params=FollowParams(trigger=0.0)) is None  # off
     assert follow_brake(ego, np.stack([_actor(6.0, 0.0, 18.0)])) == -6.0  # no room left: the hardest brake
