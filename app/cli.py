@@ -288,11 +288,11 @@ def _eval_parser(sub) -> None:
     p.add_argument("--merge-brake", type=float, default=None, metavar="MPS2",
                    help="a plan policy begins a lane change only when neither the new follower nor it would brake "
                         "harder than this (m/s^2) by the expert's MOBIL criterion read from the observed actors "
-                        "(PolicyConfig.merge_brake, sim.gap_checks; 0 = off; default: the checkpoint's, 0 unless set)")
+                        "(PolicyConfig.merge_brake, sim.gap_checks; 0 = off; default: the checkpoint's, 2 unless set)")
     p.add_argument("--follow-brake", type=float, default=None, metavar="MPS2",
                    help="a plan policy brakes harder than its plan when keeping 2 m behind the car ahead needs more "
                         "than this (m/s^2) (PolicyConfig.follow_brake, sim.gap_checks; 0 = off; default: the "
-                        "checkpoint's, 0 unless set)")
+                        "checkpoint's, 3 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
