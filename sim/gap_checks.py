@@ -22,7 +22,9 @@ observation alone, applied beside the network like the junction's yield check
 * **Otherwise**: the plan keeps its speed profile and stays in the lane (its lateral offsets
   become the lane centre's); the next plan asks again.
 
-``PolicyConfig.merge_brake`` (m/s^2; 0 = off) turns it on for a plan policy.
+``PolicyConfig.merge_brake`` (m/s^2; 0 = off) turns it on for a plan policy. Both checks act on
+open road only (no junction within ``sim.route.JUNCTION_HORIZON`` m): a turn's plan also ends far
+to one side, and crossing traffic is the yield check's (``sim.yield_check``).
 
 The following check: never close on the car ahead faster than braking can undo. A cloned plan
 brakes as the expert usually does (up to about 3 m/s^2) also where the expert's car-following law

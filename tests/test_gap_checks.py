@@ -23,6 +23,14 @@ def _actor(x: float, y: float, speed: float) -> np.ndarray:
     return a
 
 
+def _open_road(junction: float = 50.0) -> np.ndarray:
+    from sim.route import ROUTE_FIELDS
+
+    route = np.zeros(len(ROUTE_FIELDS), dtype=np.float32)
+    route[0] = junction  # metres to the next junction along the route (clipped at 50: none near)
+    return route
+
+
 def test_a_lane_change_is_a_plan_ending_over_half_a_lane_aside_before_the_car_is_committed():
     plan = np.zeros((4, 2))
     assert lane_change_side(plan, 0.0) == 0
@@ -72,7 +80,7 @@ def test_a_plan_policy_with_the_check_keeps_its_lane_beside_a_car(brake):
     torch.manual_seed(0)
     policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
     ego = _ego()
-    obs = {"ego": ego, "actors": np.stack([_actor(-3.0, 4.0, 25.0)])}
+    obs = {"ego": ego, "actors": np.stack([_actor(-3.0, 4.0, 25.0)]), "route": _open_road()}
     change = np.array([[0.0, 0.5], [0.0, 1.5], [0.0, 2.8], [0.0, 3.8]])
     policy.reset()
     policy.select_action(obs, plan=lambda o: change)
@@ -81,6 +89,9 @@ def test_a_plan_policy_with_the_check_keeps_its_lane_beside_a_car(brake):
         np.testing.assert_array_equal(executed, hold_lane(change))
     else:
         np.testing.assert_array_equal(executed, change)
+    policy.reset()
+    policy.select_action({**obs, "route": _open_road(20.0)}, plan=lambda o: change)  # a junction 20 m on: a turn
+    np.testing.assert_array_equal(policy._plan[0], change)
     policy.reset()
     obs["actors"] = np.stack([_actor(-200.0, 4.0, 25.0)])  # the lane is free: the change goes ahead
     policy.select_action(obs, plan=lambda o: change)
@@ -119,9 +130,11 @@ def test_a_plan_policy_with_the_following_check_brakes_behind_a_slow_car(trigger
     policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
     policy.reset()
     cruise = np.zeros((4, 2))
-    obs = {"ego": _ego(speed=22.7), "actors": np.stack([_actor(10.3, 0.0, 18.2)])}
+    obs = {"ego": _ego(speed=22.7), "actors": np.stack([_actor(10.3, 0.0, 18.2)]), "route": _open_road()}
     action = policy.select_action(obs, plan=lambda o: cruise)
     if trigger:
         assert action[0] == pytest.approx(-(4.5 ** 2) / (2 * 3.3), rel=1e-5)
     else:
         assert action[0] > -1.0  # the plan holds its speed and nothing overrides it
+    policy.reset()
+    assert policy.select_action({**obs, "route": _open_road(30.0)}, plan=lambda o: cruise)[0] > -1.0  # junction

@@ -576,7 +576,7 @@ class VLAPolicy(torch.nn.Module):
             action = action.copy()
             action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
         accels = self._actor_accels(obs, t)
-        if self.config.follow_brake > 0:
+        if self.config.follow_brake > 0 and _open_road(obs):
             brake = follow_brake(np.asarray(obs["ego"]), np.asarray(obs["actors"]), accels, self._follow_params)
             if brake is not None and brake < action[0]:
                 action = action.copy()
@@ -596,8 +596,9 @@ class VLAPolicy(torch.nn.Module):
 
     def _merge(self, obs: dict, plan: tuple) -> tuple:
         """``plan`` (plan, frame, pose, step) kept in its lane while it begins a lane change the
-        merge check (``sim.gap_checks``) finds unsafe; itself otherwise or with ``merge_brake`` 0."""
-        if self.config.merge_brake <= 0:
+        merge check (``sim.gap_checks``) finds unsafe; itself otherwise, with ``merge_brake`` 0 and
+        near a junction (a turn's plan ends far to one side too; the gap checks are for open road)."""
+        if self.config.merge_brake <= 0 or not _open_road(obs):
             return plan
         ego = np.asarray(obs["ego"], dtype=np.float64)
         side = lane_change_side(plan[0], float(ego[EGO["lane_offset"]]), self._merge_params)
@@ -614,7 +615,7 @@ class VLAPolicy(torch.nn.Module):
         if self.config.yield_zone <= 0 or route is None:
             return action
         junction = float(np.asarray(route)[0])
-        if not 0.0 < junction <= self.config.yield_zone:  # open road, inside, or not yet near
+        if not 0.0 < junction < JUNCTION_HORIZON or junction > self.config.yield_zone:  # open road, inside, not near
             return action
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ego = np.asarray(obs["ego"], dtype=np.float64)
