@@ -315,9 +315,9 @@ class EmbeddedDrivingEnv(gym.Env):
         lane = int(self._core.vehicle.lane_index[2])
         old = (self.goal, self._start_lane, self.goal_feasible)
         candidates = [lab for lab in labels if lab in highway_goal_labels(lane) and lab != self.goal.label]
+        speed = float(self._ego[EGO["speed"]])
         for i in rng.permutation(len(candidates)):
             self.goal, self._start_lane = highway_goal_for(candidates[i], lane), lane
-            speed = float(self._ego[EGO["speed"]])
             if self._goal_holds() or (candidates[i] == "slow_down" and speed < self.goal.target_speed) or (
                     candidates[i] == "speed_up" and speed > self.goal.target_speed):
                 continue  # met already, or a speed command that would mean the opposite: asks for nothing
