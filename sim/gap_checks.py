@@ -62,6 +62,15 @@ class MergeParams:
     from there is the riskier move; the expert commits at 0.5 m)."""
 
 
+def _lane_frame(ego: np.ndarray, actors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The present actors' rows, their positions and the ego's in the current lane's frame (x
+    along the lane, y to its left): (rows (M,), local (M, 2), ego (2,))."""
+    ego, actors = np.asarray(ego, dtype=np.float64), np.asarray(actors, dtype=np.float64)
+    rows = np.flatnonzero(actors[:, ACTOR["present"]] > 0.5)
+    frame = plan_frame(ego)
+    return rows, to_frame(frame, actors[rows][:, [ACTOR["x"], ACTOR["y"]]]), to_frame(frame, ego[[EGO["x"], EGO["y"]]])
+
+
 def lane_change_side(plan: np.ndarray, lane_offset: float, params: MergeParams = MergeParams()) -> int:
     """+1 / -1 when the plan (K, 2) [speed term, lateral offset in the lane frame] ends more
     than half a lane to the left / right and the car is not yet ``committed`` toward it; 0 else."""
@@ -76,17 +85,12 @@ def merge_safe(ego: np.ndarray, actors: np.ndarray, side: int, params: MergePara
                p: ExpertParams = PARAMS) -> bool:
     """Whether a lane change toward ``side`` (+1 left, -1 right) is safe now by MOBIL's criterion
     (module docstring), from the ego row and the observed actors (N, ACTOR_FIELDS)."""
-    ego = np.asarray(ego, dtype=np.float64)
-    actors = np.asarray(actors, dtype=np.float64)
-    actors = actors[actors[:, ACTOR["present"]] > 0.5]
-    if not len(actors):
+    rows, local, me = _lane_frame(ego, actors)
+    if not len(rows):
         return True
-    frame = plan_frame(ego)
-    local = to_frame(frame, actors[:, [ACTOR["x"], ACTOR["y"]]])
-    ego_x = float(to_frame(frame, ego[[EGO["x"], EGO["y"]]])[0])
     in_target = np.abs(local[:, 1] - side * params.lane_width) < params.lane_width / 2
-    dx = local[:, 0] - ego_x
-    v, speeds = float(ego[EGO["speed"]]), actors[:, ACTOR["speed"]]
+    dx = local[:, 0] - me[0]
+    v, speeds = float(ego[EGO["speed"]]), np.asarray(actors, dtype=np.float64)[rows, ACTOR["speed"]]
     behind, ahead = np.flatnonzero(in_target & (dx <= 0)), np.flatnonzero(in_target & (dx > 0))
     if len(behind):
         f = behind[np.argmax(dx[behind])]
@@ -132,26 +136,22 @@ def follow_brake(ego: np.ndarray, actors: np.ndarray, accels: np.ndarray | None 
     """The braking (a negative acceleration, m/s^2) the following check asks for now, or None
     when keeping ``margin`` behind the leader needs no more than ``trigger`` (module docstring).
     ``accels``: each actor's acceleration (m/s^2, rows of ``actors``; None: all 0)."""
-    ego = np.asarray(ego, dtype=np.float64)
-    actors = np.asarray(actors, dtype=np.float64)
-    accels = np.zeros(len(actors)) if accels is None else np.asarray(accels, dtype=np.float64)
-    keep = actors[:, ACTOR["present"]] > 0.5
-    actors, accels = actors[keep], accels[keep]
-    if not len(actors) or params.trigger <= 0:
+    if params.trigger <= 0:
         return None
-    frame = plan_frame(ego)
-    local = to_frame(frame, actors[:, [ACTOR["x"], ACTOR["y"]]])
-    me = to_frame(frame, ego[[EGO["x"], EGO["y"]]])
+    rows, local, me = _lane_frame(ego, actors)
     ahead = np.flatnonzero((np.abs(local[:, 1] - me[1]) < params.lane_width / 2) & (local[:, 0] > me[0]))
     if not len(ahead):
         return None
     lead = ahead[np.argmin(local[ahead, 0])]
-    v, v_lead = max(float(ego[EGO["speed"]]), 0.0), max(float(actors[lead, ACTOR["speed"]]), 0.0)
+    row = rows[lead]
+    v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
+    v_lead = max(float(np.asarray(actors)[row, ACTOR["speed"]]), 0.0)
+    lead_accel = 0.0 if accels is None else float(np.asarray(accels)[row])
     room = float(local[lead, 0] - me[0]) - params.car_length - params.margin
     if room <= 0.1:
         return float(ACTION_LOW[0]) if v > v_lead else None
     # the leader's speed a moment ahead, when it brakes: it may brake on, the check re-reads it every step
-    v_soon = max(0.0, v_lead + min(float(accels[lead]), 0.0) * params.lookahead)
+    v_soon = max(0.0, v_lead + min(lead_accel, 0.0) * params.lookahead)
     if v <= v_soon:
         return None
     need = (v - v_soon) ** 2 / (2.0 * room)
