@@ -285,6 +285,10 @@ def _eval_parser(sub) -> None:
                    help="a plan policy steers along its route's centre line instead of the plan below this speed, "
                         "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's, "
                         "4 unless set)")
+    p.add_argument("--go-zone", type=float, default=None, metavar="M",
+                   help="a plan policy standing or creeping within this many metres of a junction (or inside it) "
+                        "goes when no crossing traffic would meet its path and its next 12 m are free "
+                        "(PolicyConfig.go_zone, sim.yield_check.go_accel; 0 = off; default: the checkpoint's)")
     p.add_argument("--merge-brake", type=float, default=None, metavar="MPS2",
                    help="a plan policy begins a lane change only when neither the new follower nor it would brake "
                         "harder than this (m/s^2) by the expert's MOBIL criterion read from the observed actors "
@@ -321,6 +325,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--route-steer-speed", "route_steer_speed", False, "a finite speed >= 0 in m/s (0 = off)"),
     ("--merge-brake", "merge_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--follow-brake", "follow_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
+    ("--go-zone", "go_zone", False, "a finite distance >= 0 in m (0 = off)"),
 )
 
 

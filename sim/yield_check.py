@@ -68,10 +68,22 @@ class YieldParams:
     """m/s; actors slower than this are standing obstacles, which the plan itself drives around or
     stops for, not crossing traffic to wait for (one standing in the junction held the car at its
     line until the episode ended, on dev episodes)."""
+    go_zone: float = 0.0
+    """m before the junction's entry (and inside it) within which the go rule (``go_accel``)
+    takes a car slower than its crossing speed up to it when the crossing is clear; 0 = never."""
+    go_lat_acc: float = 3.0
+    """m/s^2; the crossing speed is ``v_go``, lower where the route bends: at most
+    sqrt(go_lat_acc / curvature) (the expert's curve speed)."""
+    clear_ahead: float = 12.0
+    """m of our path that must be free of any actor (standing ones too) before the go rule starts the car."""
+    clear_width: float = 2.5
+    """m; an actor's long axis this close to our path's centre line is on it (half our width, half
+    theirs and 0.5 m)."""
 
     def __post_init__(self) -> None:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
-                  self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving)
+                  self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
+                  self.go_zone, self.go_lat_acc, self.clear_ahead, self.clear_width)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -148,3 +160,70 @@ def yield_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, p
     else:
         accel = -p.max_brake
     return max(accel, -v / DT)  # never past standstill
+
+
+def path_block(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams()) -> float | None:
+    """Metres along ``path`` (from the ego's centre) to the first point of its first
+    ``clear_ahead`` m that a present actor (moving or not, any heading) covers, or None when
+    they are free. An actor covers a point within ``clear_width`` m of its long axis (its centre
+    and the two points half a width in from its ends: a car crossing at an angle reaches across
+    our lane with its nose, not its centre)."""
+    p = params
+    actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
+    a = actors[actors[:, ACTOR["present"]] > 0.5]
+    if not len(a):
+        return None
+    along = np.arange(0.0, p.clear_ahead + 1e-9, 0.5)
+    ours = points_along(path, along)
+    reach = np.maximum(a[:, ACTOR["length"]] - a[:, ACTOR["width"]], 0.0) / 2.0
+    axis = np.stack([np.cos(a[:, ACTOR["yaw"]]), np.sin(a[:, ACTOR["yaw"]])], axis=-1)
+    centre = a[:, [ACTOR["x"], ACTOR["y"]]]
+    body = np.concatenate([centre, centre + reach[:, None] * axis, centre - reach[:, None] * axis])
+    covered = np.min(np.linalg.norm(ours[:, None, :] - body[None, :, :], axis=-1), axis=1) < p.clear_width
+    return float(along[np.argmax(covered)]) if covered.any() else None
+
+
+def block_brake(ego: np.ndarray, distance: float, params: YieldParams = YieldParams()) -> float:
+    """The acceleration (<= 0) that stops the ego's centre ``stop_back`` + 0.5 m short of a point
+    ``distance`` m ahead on its path (no harder than ``max_brake``, never past standstill)."""
+    p = params
+    v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
+    room = distance - p.stop_back - 0.5
+    accel = -v * v / (2.0 * room) if room > 0.3 else -p.max_brake
+    return max(accel, -p.max_brake, -v / DT)
+
+
+def crossing_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead: float = 25.0) -> float:
+    """m/s: ``v_go``, or less where the first ``ahead`` m of ``path`` bend: sqrt(go_lat_acc /
+    the sharpest curvature), the curvature from the heading change between 2.5 m steps."""
+    pts = points_along(path, np.arange(0.0, ahead + 1e-9, 2.5))
+    heading = np.unwrap(np.arctan2(*np.diff(pts, axis=0).T[::-1]))
+    kappa = float(np.max(np.abs(np.diff(heading)))) / 2.5 if len(heading) > 1 else 0.0
+    return min(params.v_go, float(np.sqrt(params.go_lat_acc / kappa))) if kappa > 1e-6 else params.v_go
+
+
+def go_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
+             params: YieldParams = YieldParams(), accels: np.ndarray | None = None) -> float | None:
+    """The acceleration (``a_go``, m/s^2) that takes a car standing or creeping at a junction up
+    to its crossing speed when going is clear, or None when the rule does not apply.
+
+    The other half of the yield check. A cloned plan policy stands at the line long after the
+    expert would have gone, and crawls through the junction when it goes: standing, the
+    expert's data mostly says "stay", and the plan averages the moment it says "go" away (BC's
+    inertia problem; dev traces: the expert's conflict test clears and it accelerates at 3
+    m/s^2 while the policy creeps at 0.2 m/s^2 until the episode times out). So within
+    ``go_zone`` m of the entry, below ``crossing_speed``, with no actor (standing ones too) on the
+    first ``clear_ahead`` m of our path, accelerate at least at ``a_go``: before the entry only
+    when no crossing actor would meet our path if we went now (``crossing_conflict``, which
+    times our path at exactly this pace); inside the junction always (committed: stopping
+    there blocks the crossing, clearing it is what the test assumed)."""
+    p = params
+    if p.go_zone <= 0 or not (0.0 <= junction_distance <= p.go_zone):
+        return None
+    if float(np.asarray(ego)[EGO["speed"]]) >= crossing_speed(path, p):
+        return None
+    if path_block(ego, actors, path, p) is not None:
+        return None
+    if junction_distance > 0.0 and crossing_conflict(ego, actors, path, p, accels):
+        return None
+    return p.a_go

@@ -507,7 +507,8 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
     assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *light, "--commit-margin", "1e9", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["jerk_lat_max"] != jerk[None]  # it keeps its first plan
     junction = ["--scenario", "intersection", "--density", "light", "--episodes", "1", "--no-gif"]
-    for flags in (["--yield-zone", "0", "--route-steer-speed", "0"], ["--yield-zone", "50", "--route-steer-speed", "20"]):
+    for flags in (["--yield-zone", "0", "--route-steer-speed", "0"],
+                  ["--yield-zone", "50", "--route-steer-speed", "20", "--go-zone", "10"]):
         out = tmp_path / f"eval_junction_{flags[1]}"
         assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *junction, *flags, "--out", str(out)]) == 0
         assert json.loads((out / "metrics.json").read_text())["episodes"] == 1
@@ -517,9 +518,28 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
            (tmp_path / "plan", ["--tracker-lookahead", "nan"]), (tmp_path / "control", ["--tracker-lookahead", "1"]),
            (tmp_path / "plan", ["--commit-margin", "-1"]), (tmp_path / "control", ["--commit-margin", "1"]),
            (tmp_path / "plan", ["--yield-zone", "-5"]), (tmp_path / "plan", ["--yield-zone", "inf"]),
-           (tmp_path / "control", ["--yield-zone", "30"]), (tmp_path / "plan", ["--route-steer-speed", "-1"])]
+           (tmp_path / "control", ["--yield-zone", "30"]), (tmp_path / "plan", ["--route-steer-speed", "-1"]),
+           (tmp_path / "plan", ["--go-zone", "-1"]), (tmp_path / "plan", ["--go-zone", "nan"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()
         assert code != 0 and flags[0] in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(tmp_path):
+    """A flag that parses but never reaches ``args.execution`` drives the checkpoint's settings while
+    the user believes otherwise (it happened to --go-zone once): every setting, one flag each."""
+    from app import cli
+    from vla.config import PolicyConfig
+    from vla.policy import EXECUTION_SETTINGS, VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    VLAPolicy(config, default_action_tokenizer(16, "plan")).save(tmp_path / "plan")
+    flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
+    assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
+    for attr, flag in flags.items():
+        argv = ["eval", "--policy", str(tmp_path / "plan"), flag, "1.5", "--out", str(tmp_path / "out")]
+        args = cli.build_parser(argv).parse_args(argv)
+        cli._check_execution(args)
+        assert args.execution == {attr: 1.5}, flag

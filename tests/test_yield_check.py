@@ -1,4 +1,5 @@
-"""The yield check (sim.yield_check) and its use by a plan policy (PolicyConfig.yield_zone)."""
+"""The yield check and the go rule (sim.yield_check) and their use by a plan policy (PolicyConfig.yield_zone,
+go_zone)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
-from sim.yield_check import YieldParams, crossing_conflict, ego_path, yield_accel
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, go_accel, path_block,
+                              yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -156,3 +158,80 @@ def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not
     assert PlanTracker().steer_along(np.array([0.0, 0.0, 0.0, 0.1]), right) == 0.0  # standing: wheel straight
     with pytest.raises(ValueError, match="route_steer_speed"):
         PolicyConfig(route_steer_speed=float("nan"))
+
+
+GO = YieldParams(go_zone=10.0)
+
+
+def test_the_go_rule_starts_a_car_standing_at_the_line_only_when_the_crossing_and_its_path_are_clear():
+    ego, path = _ego(0.0), ego_path(_ego(0.0), STRAIGHT)
+    assert go_accel(ego, _actors(), 3.0, path, GO) == GO.a_go  # nobody there: go
+    assert go_accel(ego, _actors(), 3.0, path) is None  # off by default (go_zone 0)
+    assert go_accel(ego, _actors(), 20.0, path, GO) is None  # farther than go_zone from the entry
+    assert go_accel(ego, _actors(), 50.0, path, GO) is None  # open road
+    # a car coming along the crossing road would meet us (the yield check's own test): stay
+    near = _actors((8.0, -20.0, np.pi / 2, 8.0))
+    assert crossing_conflict(ego, near, path, GO)
+    assert go_accel(ego, near, 3.0, path, GO) is None
+    # inside the junction the car is committed: the crossing does not stop it, its path does
+    assert go_accel(ego, near, 0.0, path, GO) == GO.a_go
+    # a car standing 8 m ahead on our path (the queue, a yielding car): never start into it
+    assert go_accel(ego, _actors((8.0, 0.0, 0.0, 0.0)), 3.0, path, GO) is None
+    assert go_accel(ego, _actors((8.0, 0.0, 0.0, 0.0)), 0.0, path, GO) is None
+    # already at the crossing speed (8 m/s straight on): the plan's business
+    assert go_accel(_ego(8.5), _actors(), 3.0, ego_path(_ego(8.5), STRAIGHT), GO) is None
+    with pytest.raises(ValueError):
+        YieldParams(go_zone=-1.0)
+
+
+def test_path_block_sees_a_crossing_car_by_its_nose_and_ignores_cars_beside_our_lane():
+    path = ego_path(_ego(0.0), STRAIGHT)
+    # a car in the next lane, parallel, 4 m to our left: not on our path
+    assert path_block(_ego(0.0), _actors((6.0, 4.0, 0.0, 5.0)), path) is None
+    # turning across at 45 degrees with its centre 2.8 m beside our centre line: its front is on it
+    turning = _actors((6.0, 2.8, -np.pi / 4, 2.0))
+    assert np.hypot(0.0, 2.8) > YieldParams().clear_width  # its centre alone would be missed
+    d = path_block(_ego(0.0), turning, path)
+    assert d is not None and 5.0 <= d <= 9.0
+    assert path_block(_ego(0.0), _actors((30.0, 0.0, 0.0, 0.0)), path) is None  # beyond clear_ahead
+    assert path_block(_ego(0.0), _actors(), path) is None
+
+
+def test_block_brake_stops_short_of_what_is_on_the_path():
+    # 6 m/s, something 12 m ahead: stop 3.5 m short of it, 8.5 m of room
+    assert np.isclose(block_brake(_ego(6.0), 12.0), -36.0 / (2 * 8.5))
+    assert block_brake(_ego(6.0), 2.0) == -YieldParams().max_brake  # no room: the hardest brake
+    assert block_brake(_ego(0.2), 2.0) == pytest.approx(-2.0)  # never past standstill (0.2 m/s in one step)
+    assert block_brake(_ego(0.0), 12.0) == 0.0
+
+
+def test_crossing_speed_is_the_expert_s_curve_speed():
+    assert crossing_speed(STRAIGHT) == YieldParams().v_go
+    t = np.linspace(0.0, np.pi / 2, 40)
+    arc = np.stack([9.0 * np.sin(t), 9.0 - 9.0 * np.cos(t)], axis=-1)  # a right turn of radius 9 m
+    assert crossing_speed(arc) == pytest.approx(np.sqrt(3.0 * 9.0), rel=0.05)
+
+
+def test_a_plan_policy_with_a_go_zone_starts_at_the_line_and_brakes_for_its_path():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    stand = np.zeros((4, 2))  # the cloned plan keeps its speed: standing at the line, it stays there
+    straight = np.stack([np.arange(17) * 2.5, np.zeros(17)], axis=-1)
+
+    def accel(go_zone: float, actors: np.ndarray, speed: float = 0.0, junction: float = 3.0) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(go_zone=go_zone)
+        obs = {"ego": _ego(speed), "actors": actors, "route": np.array([junction, 5.0, 0.0]), "goal": None,
+               "route_path": straight}
+        return float(policy.select_action(obs, plan=lambda o: stand)[0])
+
+    assert abs(accel(0.0, _actors())) < 0.5  # off: the plan stands
+    assert accel(10.0, _actors()) == pytest.approx(2.0)  # clear: go at a_go
+    assert abs(accel(10.0, _actors((8.0, -20.0, np.pi / 2, 8.0)))) < 0.5  # crossing traffic coming: stay
+    assert abs(accel(10.0, _actors(), junction=50.0)) < 0.5  # open road: the plan
+    # moving at 5 m/s inside the junction with a car standing 9 m ahead on the path: brake for it
+    assert accel(10.0, _actors((9.0, 0.0, 0.0, 0.0)), speed=5.0, junction=0.0) < -2.0
+    with pytest.raises(ValueError, match="go_zone"):
+        PolicyConfig(go_zone=float("inf"))

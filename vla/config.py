@@ -159,6 +159,14 @@ class PolicyConfig:
     lock to lock (the junction's off-road episodes). With ``yield_zone`` 30 it roughly halved
     leaving the road at the held-out junction (docs/drive_like_expert.md). An execution setting:
     checkpoints from before it existed get this default (0 restores their old driving)."""
+    go_zone: float = 0.0
+    """A plan policy: the go rule (``sim.yield_check.go_accel``), within this many metres before a
+    junction's entry and inside it; 0 = off. A car slower than its crossing speed (8 m/s, less
+    on a curve) accelerates at least at 2 m/s^2 (the pace the yield check judges) when nothing
+    is on its next 12 m of route and, before the entry, no crossing actor would meet it; and
+    it brakes to stop short of anything on those 12 m. The other half of the yield check:
+    cloned plans stand at the line long after the expert would go, and crawl through the
+    junction once they do (BC's inertia problem). An execution setting (0 restores the old driving)."""
     merge_brake: float = 2.0
     """A plan policy: a lane change begins only when the merge check (``sim.gap_checks``: the
     expert's MOBIL criterion read from the observed actors) finds that neither the new follower
@@ -254,6 +262,8 @@ class PolicyConfig:
         if not (math.isfinite(self.merge_brake) and self.merge_brake >= 0):
             raise ValueError(f"PolicyConfig.merge_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.merge_brake}")
+        if not (math.isfinite(self.go_zone) and self.go_zone >= 0):
+            raise ValueError(f"PolicyConfig.go_zone must be a finite distance >= 0 in m (0 = off), got {self.go_zone}")
         if not (math.isfinite(self.yield_zone) and self.yield_zone >= 0):
             raise ValueError(f"PolicyConfig.yield_zone must be a finite distance >= 0 in m (0 = off), got {self.yield_zone}")
         if min(self.tracker_jerk_long, self.tracker_jerk_lat) < 0:

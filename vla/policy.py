@@ -40,7 +40,7 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
-from sim.yield_check import YieldParams, ego_path, yield_accel
+from sim.yield_check import YieldParams, block_brake, ego_path, go_accel, path_block, yield_accel
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -247,7 +247,7 @@ COMMIT_BIN_WINDOW = 2
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "merge_brake", "follow_brake")
+                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone")
 """``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
 not what was learned, so any checkpoint can drive with others."""
 
@@ -345,7 +345,7 @@ class VLAPolicy(torch.nn.Module):
         self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
-        self._yield_params = YieldParams(zone=c.yield_zone)
+        self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
@@ -610,12 +610,14 @@ class VLAPolicy(torch.nn.Module):
         """``action`` with its acceleration lowered to the yield check's brake (``sim.yield_check``)
         while ``yield_zone`` is on, the car is on a junction's approach and crossing traffic
         would meet its path (the route ahead, ``obs["route_path"]``; a backend without it: the
-        executed plan's); otherwise ``action`` itself."""
+        executed plan's); raised to the go rule's start (``go_zone``, ``sim.yield_check.go_accel``)
+        when the car stands at or in a junction and going now is clear; otherwise ``action`` itself."""
         route = obs.get("route")
-        if self.config.yield_zone <= 0 or route is None:
+        c = self.config
+        if (c.yield_zone <= 0 and c.go_zone <= 0) or route is None:
             return action
         junction = float(np.asarray(route)[0])
-        if not 0.0 < junction < JUNCTION_HORIZON or junction > self.config.yield_zone:  # open road, inside, not near
+        if not 0.0 <= junction < JUNCTION_HORIZON or junction > max(c.yield_zone, c.go_zone):  # open road, not near
             return action
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ego = np.asarray(obs["ego"], dtype=np.float64)
@@ -625,12 +627,24 @@ class VLAPolicy(torch.nn.Module):
             waypoints, frame, start, made = self._plan
             times, points = plan_trajectory(waypoints, frame, start)
             path = ego_path(ego, points[times > (t - made) * DT])
-        brake = yield_accel(ego, actors, junction, path, self._yield_params, accels)
-        if brake is None or brake >= action[0]:
+        brake = yield_accel(ego, actors, junction, path, self._yield_params, accels) if c.yield_zone > 0 else None
+        if c.go_zone > 0 and 0.0 <= junction <= c.go_zone:
+            block = path_block(ego, actors, path, self._yield_params)
+            if block is not None:  # something stands or drives on our next metres: stop short of it
+                stop = block_brake(ego, block, self._yield_params)
+                brake = stop if brake is None else min(brake, stop)
+        if brake is not None:
+            if brake >= action[0]:
+                return action
+            held = action.copy()
+            held[0] = brake
+            return held
+        go = go_accel(ego, actors, junction, path, self._yield_params, accels)
+        if go is None or go <= action[0]:
             return action
-        held = action.copy()
-        held[0] = brake
-        return held
+        started = action.copy()
+        started[0] = go
+        return started
 
     def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
         """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
