@@ -220,15 +220,17 @@ def test_a_plan_policy_with_a_go_zone_starts_at_the_line_and_brakes_for_its_path
     stand = np.zeros((4, 2))  # the cloned plan keeps its speed: standing at the line, it stays there
     straight = np.stack([np.arange(17) * 2.5, np.zeros(17)], axis=-1)
 
-    def accel(go_zone: float, actors: np.ndarray, speed: float = 0.0, junction: float = 3.0) -> float:
+    def accel(go_zone: float, actors: np.ndarray, speed: float = 0.0, junction: float = 3.0, jerk: float = 0.0) -> float:
         policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
-        policy.set_execution(go_zone=go_zone)
+        policy.set_execution(go_zone=go_zone, tracker_jerk_long=jerk)
         obs = {"ego": _ego(speed), "actors": actors, "route": np.array([junction, 5.0, 0.0]), "goal": None,
                "route_path": straight}
         return float(policy.select_action(obs, plan=lambda o: stand)[0])
 
     assert abs(accel(0.0, _actors())) < 0.5  # off: the plan stands
     assert accel(10.0, _actors()) == pytest.approx(2.0)  # clear: go at a_go
+    # a throttle like the tracker's: ramped from the car's acceleration now at its jerk limit
+    assert accel(10.0, _actors(), jerk=1.5) == pytest.approx(1.5 * 0.1)
     assert abs(accel(10.0, _actors((8.0, -20.0, np.pi / 2, 8.0)))) < 0.5  # crossing traffic coming: stay
     assert abs(accel(10.0, _actors(), junction=50.0)) < 0.5  # open road: the plan
     # moving at 5 m/s inside the junction with a car standing 9 m ahead on the path: brake for it
