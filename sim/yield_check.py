@@ -71,6 +71,9 @@ class YieldParams:
     go_zone: float = 0.0
     """m before the junction's entry (and inside it) within which the go rule (``go_accel``)
     takes a car slower than its crossing speed up to it when the crossing is clear; 0 = never."""
+    go_jerk: float = 0.0
+    """m/s^3; how fast our acceleration reaches ``a_go`` when we go (the tracker's throttle limit
+    when the go rule is on), for the timing of our path; 0 = at once."""
     go_lat_acc: float = 3.0
     """m/s^2; the crossing speed is ``v_go``, lower where the route bends: at most
     sqrt(go_lat_acc / curvature) (the expert's curve speed)."""
@@ -83,7 +86,7 @@ class YieldParams:
     def __post_init__(self) -> None:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
-                  self.go_zone, self.go_lat_acc, self.clear_ahead, self.clear_width)
+                  self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -104,6 +107,27 @@ def ego_path(ego: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.array(path)
 
 
+def go_distances(v: float, accel_now: float, times: np.ndarray, params: YieldParams = YieldParams()) -> np.ndarray:
+    """Metres we cover by each of ``times`` (s) if we go now: accelerating at ``a_go`` up to
+    ``max(v_go, v)``, reached from ``accel_now`` at ``go_jerk`` m/s^3 when that is > 0 (the go
+    rule's throttle is ramped like the tracker's; timing our path as if it jumped to ``a_go``
+    would find gaps the car then arrives at late), at once when 0."""
+    p = params
+    v_go = max(p.v_go, v)
+    if p.go_jerk <= 0:
+        t_cap = np.minimum(times, (v_go - v) / p.a_go)
+        return v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap)
+    dt = 0.05
+    grid = np.arange(0.0, float(np.max(times)) + dt + 1e-9, dt)
+    accel = np.minimum(p.a_go, min(max(accel_now, -p.max_brake), p.a_go) + p.go_jerk * grid)
+    speed, dist = np.empty_like(grid), np.empty_like(grid)
+    speed[0], dist[0] = v, 0.0
+    for i in range(1, len(grid)):
+        speed[i] = min(max(speed[i - 1] + accel[i - 1] * dt, 0.0), v_go)
+        dist[i] = dist[i - 1] + 0.5 * (speed[i - 1] + speed[i]) * dt
+    return np.interp(times, grid, dist)
+
+
 def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams(),
                       accels: np.ndarray | None = None) -> bool:
     """Would an observed actor not heading our way use a spot of ``path`` (world polyline from
@@ -115,9 +139,7 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
     actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
     v = max(float(ego[EGO["speed"]]), 0.0)
     times = np.arange(0.0, p.horizon + 1e-9, 0.25)
-    v_go = max(p.v_go, v)
-    t_cap = np.minimum(times, (v_go - v) / p.a_go)
-    ours = points_along(path, v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap))
+    ours = points_along(path, go_distances(v, float(ego[EGO["accel_long"]]), times, p))
     here = ego[[EGO["x"], EGO["y"]]]
     yaw = actors[:, ACTOR["yaw"]]
     dyaw = np.abs((yaw - ego[EGO["yaw"]] + np.pi) % (2 * np.pi) - np.pi)

@@ -345,7 +345,8 @@ class VLAPolicy(torch.nn.Module):
         self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
-        self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone)
+        self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone,
+                                         go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
