@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
-from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, go_accel, path_block,
-                              yield_accel)
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, go_accel, go_distances,
+                              path_block, yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -237,3 +237,19 @@ def test_a_plan_policy_with_a_go_zone_starts_at_the_line_and_brakes_for_its_path
     assert accel(10.0, _actors((9.0, 0.0, 0.0, 0.0)), speed=5.0, junction=0.0) < -2.0
     with pytest.raises(ValueError, match="go_zone"):
         PolicyConfig(go_zone=float("inf"))
+
+
+def test_our_path_is_timed_with_the_go_rule_s_throttle_ramp():
+    times = np.arange(0.0, 4.01, 0.25)
+    instant = go_distances(0.0, 0.0, times)
+    assert np.allclose(instant, 0.5 * 2.0 * times**2)  # 2 m/s^2 from standstill, under 8 m/s within 4 s
+    ramped = go_distances(0.0, 0.0, times, YieldParams(go_jerk=1.5))
+    # the acceleration reaches 2 m/s^2 after 4/3 s: a(t) = 1.5 t until then, so d(1 s) = 1.5 / 6
+    assert ramped[4] == pytest.approx(1.5 / 6.0, abs=0.02)
+    assert np.all(ramped <= instant + 1e-9) and ramped[-1] < instant[-1] - 1.0
+    # a car already braking first releases its brake
+    assert go_distances(3.0, -3.0, times, YieldParams(go_jerk=1.5))[-1] < go_distances(3.0, 0.0, times, YieldParams(go_jerk=1.5))[-1]
+    # late in the horizon both run at v_go: the same speed, the ramp a constant distance behind
+    long = np.arange(0.0, 12.01, 0.25)
+    gap = go_distances(0.0, 0.0, long) - go_distances(0.0, 0.0, long, YieldParams(go_jerk=1.5))
+    assert gap[-1] == pytest.approx(gap[-5], abs=0.05)
