@@ -286,9 +286,10 @@ def _eval_parser(sub) -> None:
                         "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's, "
                         "4 unless set)")
     p.add_argument("--go-zone", type=float, default=None, metavar="M",
-                   help="a plan policy standing or creeping within this many metres of a junction (or inside it) "
-                        "goes when no crossing traffic would meet its path and its next 12 m are free "
-                        "(PolicyConfig.go_zone, sim.yield_check.go_accel; 0 = off; default: the checkpoint's)")
+                   help="the go rule: within this many metres of a junction (or inside it) a plan policy slower than "
+                        "its crossing speed accelerates when its next 12 m are free and no crossing traffic would meet "
+                        "it, and brakes short of anything on those 12 m (PolicyConfig.go_zone, "
+                        "sim.yield_check.go_accel; 0 = off; default: the checkpoint's, 0 unless set)")
     p.add_argument("--merge-brake", type=float, default=None, metavar="MPS2",
                    help="a plan policy begins a lane change only when neither the new follower nor it would brake "
                         "harder than this (m/s^2) by the expert's MOBIL criterion read from the observed actors "
