@@ -162,8 +162,9 @@ class PolicyConfig:
     go_zone: float = 0.0
     """A plan policy: the go rule (``sim.yield_check.go_accel``), within this many metres before a
     junction's entry and inside it; 0 = off. A car slower than its crossing speed (8 m/s, less
-    on a curve) accelerates at least at 2 m/s^2 (the pace the yield check judges) when nothing
-    is on its next 12 m of route and, before the entry, no crossing actor would meet it; and
+    on a curve) accelerates at least toward 2 m/s^2, ramped at ``tracker_jerk_long`` (the pace
+    the yield check then times our path with), when nothing is on its next 12 m of route and,
+    before the entry, no crossing actor would meet it; and
     it brakes to stop short of anything on those 12 m. The other half of the yield check:
     cloned plans stand at the line long after the expert would go, and crawl through the
     junction once they do (BC's inertia problem). An execution setting (0 restores the old driving)."""
