@@ -231,10 +231,17 @@ class DaggerSession:
             old = json.loads(json.dumps(DaggerConfig.from_dict(json.loads(saved.read_text())).to_dict()))
             current = json.loads(json.dumps(config.to_dict()))
             old["ray"] = current["ray"]  # where the episodes run does not change them
+            # More iterations extend a session: iteration k's beta, seeds and schedule do not
+            # depend on the total, so the iterations done stay what they would have been.
+            extend = current["iterations"] > old["iterations"]
+            if extend:
+                old["iterations"] = current["iterations"]
             if old != current:
                 diff = next(k for k in current if old.get(k) != current[k])
                 raise ValueError(f"{self.run} holds a session with a different config ({diff}: "
-                                 f"{old.get(diff)!r}); use a new --out")
+                                 f"{old.get(diff)!r}); use a new --out (only --iterations may be raised)")
+            if extend and distributed.is_main():
+                write_json(saved, config.to_dict())
         elif distributed.is_main():
             write_json(saved, config.to_dict())
         if distributed.is_main():

@@ -13,7 +13,8 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
                      eval_option: str = "--eval-episodes", eval_default: int = 5, **defaults) -> None:
     """The DAgger session's options (``DaggerConfig``) and the policy's; ``dagger_config``
     reads them back. Each command and study passes its own ``defaults`` (argparse dests)."""
-    p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=3, help="DAgger iterations after BC; resuming a finished session with more "
+                   "extends it (default: %(default)s)")
     p.add_argument("--expert-episodes", type=int, default=8, help="expert episodes for iteration 0 (default: %(default)s)")
     p.add_argument("--rollouts", type=int, default=4,
                    help="policy rollouts per iteration; 0 = none: the iterations only retrain on the expert data, "

@@ -143,6 +143,22 @@ def test_a_different_config_is_refused_on_resume(tmp_path):
         DaggerSession(tiny_config(train_steps=9), tmp_path / "run", log=lambda s: None)
 
 
+def test_a_resumed_session_may_only_raise_its_iterations(tmp_path):
+    """Two iterations, then the same session extended to three, equal a three-iteration session
+    run straight; fewer iterations than the saved session is refused."""
+    two = DaggerSession(tiny_config(iterations=1), tmp_path / "ext", log=lambda s: None).run_all()
+    assert len(two) == 2
+    with pytest.raises(ValueError, match="different config .iterations"):
+        DaggerSession(tiny_config(iterations=0), tmp_path / "ext", log=lambda s: None)
+    extended = DaggerSession(tiny_config(iterations=2), tmp_path / "ext", log=lambda s: None).run_all()
+    straight = DaggerSession(tiny_config(iterations=2), tmp_path / "straight", log=lambda s: None).run_all()
+    assert [x["dataset_steps"] for x in extended] == [x["dataset_steps"] for x in straight]
+    assert [x["train_loss"] for x in extended] == [x["train_loss"] for x in straight]
+    assert json.loads((tmp_path / "ext" / "session.json").read_text())["iterations"] == 2
+    assert json.loads((tmp_path / "ext" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "ext" / "iter_002" / "eval" / "metrics.json").read_text())
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="unknown scenario"):
         tiny_config(scenario="moon")
