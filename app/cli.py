@@ -298,6 +298,10 @@ def _eval_parser(sub) -> None:
                    help="a plan policy brakes harder than its plan when keeping 2 m behind the car ahead needs more "
                         "than this (m/s^2) (PolicyConfig.follow_brake, sim.gap_checks; 0 = off; default: the "
                         "checkpoint's, 3 unless set)")
+    p.add_argument("--chitchat-threshold", type=float, default=None, metavar="P",
+                   help="a plan policy with the command-label head ignores words heard during the drive as chit-chat "
+                        "when it gives 'none' at least this probability (PolicyConfig.chitchat_threshold; default: "
+                        "the checkpoint's, 0.95 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -327,6 +331,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--merge-brake", "merge_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--follow-brake", "follow_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--go-zone", "go_zone", False, "a finite distance >= 0 in m (0 = off)"),
+    ("--chitchat-threshold", "chitchat_threshold", True, "a probability in (0, 1]"),
 )
 
 
@@ -344,7 +349,8 @@ def _check_execution(args: argparse.Namespace) -> None:
         raise VLAError(f"--tracker-jerk takes two finite limits >= 0 in m/s^3 (0 = none), got {args.tracker_jerk}")
     for flag, attr, positive, takes in _SCALAR_EXECUTION_FLAGS:
         value = getattr(args, attr)
-        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+        bound = 1.0 if attr == "chitchat_threshold" else math.inf
+        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0) and value <= bound):
             raise VLAError(f"{flag} takes {takes}, got {value}")
     from vla.policies_registry import is_checkpoint
 

@@ -519,7 +519,8 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
            (tmp_path / "plan", ["--commit-margin", "-1"]), (tmp_path / "control", ["--commit-margin", "1"]),
            (tmp_path / "plan", ["--yield-zone", "-5"]), (tmp_path / "plan", ["--yield-zone", "inf"]),
            (tmp_path / "control", ["--yield-zone", "30"]), (tmp_path / "plan", ["--route-steer-speed", "-1"]),
-           (tmp_path / "plan", ["--go-zone", "-1"]), (tmp_path / "plan", ["--go-zone", "nan"])]
+           (tmp_path / "plan", ["--go-zone", "-1"]), (tmp_path / "plan", ["--go-zone", "nan"]),
+           (tmp_path / "plan", ["--chitchat-threshold", "0"]), (tmp_path / "plan", ["--chitchat-threshold", "1.5"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()
@@ -539,7 +540,7 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
     for attr, flag in flags.items():
-        argv = ["eval", "--policy", str(tmp_path / "plan"), flag, "1.5", "--out", str(tmp_path / "out")]
+        argv = ["eval", "--policy", str(tmp_path / "plan"), flag, "0.5", "--out", str(tmp_path / "out")]
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)
-        assert args.execution == {attr: 1.5}, flag
+        assert args.execution == {attr: 0.5}, flag

@@ -73,6 +73,46 @@ _ZH = {
 }
 
 
+# Chit-chat ('none'): what passengers say that is not a driving command. A head trained on a few
+# dozen such lines learned them by heart and named every unfamiliar sentence 'none', commands
+# included (docs/audio_policy.md), so here are hundreds, built from small-talk topics, and hard
+# negatives: the command words (left, right, turn, fast, slow, lane, speed, straight, keep)
+# in senses that are not about driving. Questions about the time and remarks about the song
+# playing are left out on purpose: the held-out chit-chat is of those kinds.
+_CHAT_TOPICS_EN = ("the game last night", "the new cafe downtown", "the weather this weekend", "that billboard",
+                   "the news this morning", "my sister's wedding", "the movie we saw", "this podcast",
+                   "the price of coffee", "our holiday plans", "the neighbours' dog", "that old bridge")
+_CHAT_ASK_EN = ("what do you think about {t}", "have you heard about {t}", "did you see {t}",
+                "remind me to tell you about {t}", "i keep thinking about {t}", "tell me more about {t}")
+_CHAT_FEEL_EN = ("i am {a}", "i feel {a}", "i am getting {a}", "honestly i am {a} today", "are you {a}")
+_CHAT_ADJ_EN = ("tired", "sleepy", "a bit cold", "thirsty", "bored", "a little carsick", "really happy",
+                "nervous about the meeting", "hungry again", "too warm")
+_CHAT_HARD_EN = (
+    "i left my wallet at home", "i left my keys in the office", "we left a bit late today", "you are right about that",
+    "right, that makes sense", "that is the right answer", "turn the fan down a little", "turn the heating up",
+    "turn the volume down please", "can you turn off the air conditioning", "it is my turn to pay for lunch",
+    "that meeting went fast", "time flies so fast", "the internet here is so slow", "it was a slow day at work",
+    "the speed of this wifi is terrible", "keep the change", "keep me posted about dinner",
+    "let me get this straight, you never saw it", "the lanes here are so narrow", "the left side of the menu",
+    "my left shoe is too tight", "the shop on the right sells bread", "stop talking about work",
+    "go ahead and tell me the story", "i could use a faster phone", "slowly but surely we get there",
+    "we should speed up the project at work", "the cyclists have their own lane here",
+)
+_CHAT_ZH_SUBJ = ("今天", "明天", "这个周末", "昨天晚上")
+_CHAT_ZH_PRED = ("好冷啊", "我想吃火锅", "你有空吗", "会下雨吗", "我要加班", "电影真好看", "我们去哪儿玩")
+_CHAT_HARD_ZH = ("我把钥匙落在左边的口袋里了", "你说得对", "把空调关小一点", "把音乐声音调小", "网速太慢了",
+                 "时间过得真快", "右边那家店的面包很好吃", "轮到我请客了", "直说吧", "保持联系")
+
+
+def _chitchat_en() -> list[str]:
+    return ([a.format(t=t) for a, t in product(_CHAT_ASK_EN, _CHAT_TOPICS_EN)]
+            + [f.format(a=a) for f, a in product(_CHAT_FEEL_EN, _CHAT_ADJ_EN)] + list(_EN["none"]) + list(_CHAT_HARD_EN))
+
+
+def _chitchat_zh() -> list[str]:
+    return [s + p for s, p in product(_CHAT_ZH_SUBJ, _CHAT_ZH_PRED)] + list(_ZH["none"]) + list(_CHAT_HARD_ZH)
+
+
 @cache
 def grammar_phrasings(label: str) -> tuple[tuple[str, str], ...]:
     """(text, lang) training phrasings of ``label`` from the grammar: none of them held out, none
@@ -86,9 +126,12 @@ def grammar_phrasings(label: str) -> tuple[tuple[str, str], ...]:
         en += [t.format(s=side) for t in _LANE_EXTRA_EN]
     elif label in ("turn_left", "turn_right"):
         en += [t.format(s=label.split("_")[1]) for t in _TURN_EN]
+    elif label == "none":
+        en += _chitchat_en()
     else:
         en += list(_EN[label])
-    out = [(t, "en") for t in en] + [(t, "zh") for t in _ZH.get(label, ())]
+    zh = _chitchat_zh() if label == "none" else list(_ZH.get(label, ()))
+    out = [(t, "en") for t in en] + [(t, "zh") for t in zh]
     seen, kept = {(p.text, p.lang) for p in PHRASINGS}, []  # only wordings the corpus does not have
     for item in out:
         if item not in seen:

@@ -159,6 +159,12 @@ class PolicyConfig:
     lock to lock (the junction's off-road episodes). With ``yield_zone`` 30 it roughly halved
     leaving the road at the held-out junction (docs/drive_like_expert.md). An execution setting:
     checkpoints from before it existed get this default (0 restores their old driving)."""
+    chitchat_threshold: float = 0.95
+    """A policy with the command-label head (``command_label_weight`` > 0): words heard during
+    the drive are ignored as chit-chat when the head gives ``none`` at least this probability
+    (else they become the command). Not the head's argmax: a head trained on chit-chat
+    (``--chitchat``) also names unfamiliar commands ``none``, mostly less surely than real
+    chit-chat; 0.95 was chosen on dev phrasings (docs/audio_policy.md). An execution setting."""
     go_zone: float = 0.0
     """A plan policy: the go rule (``sim.yield_check.go_accel``), within this many metres before a
     junction's entry and inside it; 0 = off. A car slower than its crossing speed (8 m/s, less
@@ -263,6 +269,8 @@ class PolicyConfig:
         if not (math.isfinite(self.merge_brake) and self.merge_brake >= 0):
             raise ValueError(f"PolicyConfig.merge_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.merge_brake}")
+        if not 0.0 < self.chitchat_threshold <= 1.0:
+            raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
         if not (math.isfinite(self.go_zone) and self.go_zone >= 0):
             raise ValueError(f"PolicyConfig.go_zone must be a finite distance >= 0 in m (0 = off), got {self.go_zone}")
         if not (math.isfinite(self.yield_zone) and self.yield_zone >= 0):

@@ -243,6 +243,8 @@ class DemoDataset:
                 from tokenizers_mm.command_grammar import grammar_phrasings
 
                 for label in self._phrasings:
+                    if label == "none" and self.chitchat <= 0:
+                        continue  # chit-chat is only ever drawn for chitchat samples
                     by_lang: dict[str, list[np.ndarray]] = {}
                     for text, lang in grammar_phrasings(label):
                         for k in range(renditions):

@@ -247,9 +247,10 @@ COMMIT_BIN_WINDOW = 2
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone")
-"""``PolicyConfig`` fields that say how a plan policy executes its plans (``VLAPolicy.set_execution``):
-not what was learned, so any checkpoint can drive with others."""
+                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "chitchat_threshold")
+"""``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
+heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
+drive with others."""
 
 
 def _read_policy_meta(directory: Path) -> tuple[dict, PolicyConfig]:
@@ -398,8 +399,9 @@ class VLAPolicy(torch.nn.Module):
 
         During the drive (after the first step) the words are weighed at the next decision: a
         policy with the command-label head (``command_label_weight`` > 0) reads them at that
-        state and ignores them when it names them ``none`` (chit-chat; trained with
-        ``DemoDataset(chitchat=...)``), keeping the command it had. Otherwise they replace the
+        state and ignores them when it gives ``none`` a probability of at least
+        ``PolicyConfig.chitchat_threshold`` (chit-chat; trained with ``DemoDataset(chitchat=...)``),
+        keeping the command it had. Otherwise they replace the
         old command in the sequence: the lane a lane command counts from becomes the lane the
         car is in then (as it was the start lane for the first command, and as the goal
         relabelling trained it), and the plan being executed is dropped with the plans blended
@@ -423,9 +425,11 @@ class VLAPolicy(torch.nn.Module):
             with torch.no_grad():
                 model = self.inference_model.eval()
                 inputs = inputs.to(next(model.parameters()).device)
-                label = LABELS[int(model.command_head(model.action_features(inputs)).argmax(-1)[0])]
-            self.last_heard = label
-            if label == "none":
+                probs = torch.softmax(model.command_head(model.action_features(inputs))[0].float(), -1)
+            label = LABELS[int(probs.argmax())]
+            chitchat = float(probs[LABELS.index("none")]) >= self.config.chitchat_threshold
+            self.last_heard = "none" if chitchat else (label if label != "none" else "command")
+            if chitchat:
                 self._command, self._start_lane = old
                 return
         self._plan, self._plans = None, []
