@@ -102,6 +102,9 @@ def test_the_dev_phrasings_are_neither_corpus_nor_grammar_wordings():
 
     from vla.speech_commands import read_phrasings_tsv
 
-    dev = read_phrasings_tsv(Path(__file__).resolve().parents[1] / "docs" / "dev_phrasings.tsv")
+    docs = Path(__file__).resolve().parents[1] / "docs"
     trained = {p.text for p in PHRASINGS} | {t for label in LABELS for t, _ in grammar_phrasings(label)}
-    assert len(dev) >= 15 and not {p.text for p in dev} & trained
+    for name in ("dev_phrasings.tsv", "dev_hearing.tsv"):  # the second: dev chit-chat + commands
+        dev = read_phrasings_tsv(docs / name)
+        assert len(dev) >= 15 and not {p.text for p in dev} & trained, name
+    assert sum(p.label == "none" for p in read_phrasings_tsv(docs / "dev_hearing.tsv")) >= 20

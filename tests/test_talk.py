@@ -227,6 +227,32 @@ def test_words_are_chitchat_only_when_the_head_is_sure(threshold, ignored):
     assert (policy._command is command) == ignored
 
 
+def test_chitchat_probability_reads_the_head_and_leaves_the_policy_as_it_was():
+    import math
+
+    import torch
+
+    from benchmarks.chitchat_probe import sweep
+    from sim.highway import EmbeddedDrivingEnv
+    from tokenizers_mm.corpus import LABELS
+
+    policy = _plan_policy(command_label_weight=1.0)
+    with torch.no_grad():
+        policy.model.command_head.weight.zero_()
+        policy.model.command_head.bias.zero_()
+        policy.model.command_head.bias[LABELS.index("none")] = math.log(0.8 / 0.2 * (len(LABELS) - 1))
+    obs = _drive_a_little(policy, EmbeddedDrivingEnv("highway", "light"))
+    command, anchor = policy._command, policy._start_lane
+    assert abs(policy.chitchat_probability(obs, "play some music") - 0.8) < 1e-5
+    assert policy._command is command and policy._start_lane == anchor
+    with pytest.raises(ValueError, match="no command-label head"):
+        _plan_policy().chitchat_probability(obs, "play some music")
+    rows = {r["threshold"]: r for r in sweep({("none", "en", "a"): 0.97, ("none", "en", "b"): 0.6,
+                                              ("lane_left", "en", "c"): 0.1, ("speed_up", "en", "d"): 0.99})}
+    assert rows[0.5] == {"threshold": 0.5, "commands_adopted": 0.5, "chitchat_ignored": 1.0, "balanced": 0.75}
+    assert rows[0.95]["chitchat_ignored"] == 0.5 and rows[0.99]["commands_adopted"] == 0.5
+
+
 def test_chitchat_samples_teach_the_label_head_only():
     from sim.highway import EmbeddedDrivingEnv
     from tokenizers_mm.corpus import LABELS, PHRASINGS

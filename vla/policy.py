@@ -415,25 +415,41 @@ class VLAPolicy(torch.nn.Module):
 
     def _weigh_pending(self, obs: dict) -> None:
         """Words heard since the last decision (``hear``): adopt them as the command unless the
-        label head names them ``none``."""
+        label head gives them ``none`` at least ``chitchat_threshold``."""
         ids, self._pending = self._pending, None
-        old = (self._command, self._start_lane)
-        self._command, self._start_lane = ids, None  # read as if heard here
-        inputs = self.inputs_from_obs(obs)
         self.last_heard = "command"
         if self.model.command_head is not None:
-            with torch.no_grad():
-                model = self.inference_model.eval()
-                inputs = inputs.to(next(model.parameters()).device)
-                probs = torch.softmax(model.command_head(model.action_features(inputs))[0].float(), -1)
+            probs = self._label_probs(obs, ids)
             label = LABELS[int(probs.argmax())]
-            chitchat = float(probs[LABELS.index("none")]) >= self.config.chitchat_threshold
-            self.last_heard = "none" if chitchat else (label if label != "none" else "command")
-            if chitchat:
-                self._command, self._start_lane = old
+            if float(probs[LABELS.index("none")]) >= self.config.chitchat_threshold:
+                self.last_heard = "none"
                 return
+            self.last_heard = label if label != "none" else "command"
+        self._command, self._start_lane = ids, None  # read as if heard here: the lane is anchored now
         self._plan, self._plans = None, []
         self._queue.clear()
+
+    def _label_probs(self, obs: dict, ids: np.ndarray) -> torch.Tensor:
+        """The command-label head's 9 probabilities for words ``ids`` heard at ``obs`` (the lane
+        anchored where the car is), leaving the policy's command and anchor as they were."""
+        old = (self._command, self._start_lane)
+        self._command, self._start_lane = ids, None
+        try:
+            inputs = self.inputs_from_obs(obs)
+        finally:
+            self._command, self._start_lane = old
+        with torch.no_grad():
+            model = self.inference_model.eval()
+            inputs = inputs.to(next(model.parameters()).device)
+            return torch.softmax(model.command_head(model.action_features(inputs))[0].float(), -1).cpu()
+
+    def chitchat_probability(self, obs: dict, words: str, lang: str = "en", seed: int = 0) -> float:
+        """The probability the command-label head gives ``none`` (not a command) for ``words``
+        heard at ``obs``, as the policy weighs words heard during the drive; the policy's state is
+        unchanged. ValueError for a policy without the head."""
+        if self.model.command_head is None:
+            raise ValueError("this policy has no command-label head (command_label_weight 0); it adopts every command")
+        return float(self._label_probs(obs, self.encode_command(words, lang, seed))[LABELS.index("none")])
 
     def encode_command(self, command: str, lang: str = "en", seed: int = 0) -> np.ndarray:
         """Vocabulary ids of a spoken command in this policy's command modality (cached). An
