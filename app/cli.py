@@ -322,16 +322,24 @@ def _eval_parser(sub) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
 _SCALAR_EXECUTION_FLAGS = (
-    # (flag, args attribute = PolicyConfig field, strictly positive?, what it takes)
-    ("--tracker-lookahead", "tracker_lookahead", True, "a finite time > 0 in s"),
-    ("--commit-margin", "commit_margin", False, "a finite number of nats >= 0"),
-    ("--yield-zone", "yield_zone", False, "a finite distance >= 0 in m (0 = off)"),
-    ("--route-steer-speed", "route_steer_speed", False, "a finite speed >= 0 in m/s (0 = off)"),
-    ("--merge-brake", "merge_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
-    ("--follow-brake", "follow_brake", False, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
-    ("--go-zone", "go_zone", False, "a finite distance >= 0 in m (0 = off)"),
-    ("--chitchat-threshold", "chitchat_threshold", True, "a probability in (0, 1]"),
+    # (flag, args attribute = PolicyConfig field, which finite values it takes, what it takes)
+    ("--tracker-lookahead", "tracker_lookahead", _positive, "a finite time > 0 in s"),
+    ("--commit-margin", "commit_margin", _non_negative, "a finite number of nats >= 0"),
+    ("--yield-zone", "yield_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),
+    ("--route-steer-speed", "route_steer_speed", _non_negative, "a finite speed >= 0 in m/s (0 = off)"),
+    ("--merge-brake", "merge_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
+    ("--follow-brake", "follow_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
+    ("--go-zone", "go_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),
+    ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )
 
 
@@ -347,10 +355,9 @@ def _check_execution(args: argparse.Namespace) -> None:
         return
     if args.tracker_jerk is not None and not all(math.isfinite(v) and v >= 0 for v in args.tracker_jerk):
         raise VLAError(f"--tracker-jerk takes two finite limits >= 0 in m/s^3 (0 = none), got {args.tracker_jerk}")
-    for flag, attr, positive, takes in _SCALAR_EXECUTION_FLAGS:
+    for flag, attr, valid, takes in _SCALAR_EXECUTION_FLAGS:
         value = getattr(args, attr)
-        bound = 1.0 if attr == "chitchat_threshold" else math.inf
-        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0) and value <= bound):
+        if value is not None and not (math.isfinite(value) and valid(value)):
             raise VLAError(f"{flag} takes {takes}, got {value}")
     from vla.policies_registry import is_checkpoint
 

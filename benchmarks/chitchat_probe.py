@@ -39,19 +39,21 @@ def probe_states(policy, scenario: str, density: str, seeds: list[int], steps: t
 
     class Recorder:
         name = "probe"
+        t = 0
 
         def __getattr__(self, key):
             return getattr(policy, key)
 
         def reset(self):
+            self.t = 0
             policy.reset()
 
         def select_action(self, obs):
-            t = policy._t
-            if t in steps:
+            if self.t in steps:
                 states.append(obs)
-            if t >= last:
+            if self.t >= last:
                 raise _StopAt
+            self.t += 1
             return policy.select_action(obs)
 
     for seed in seeds:
