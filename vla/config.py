@@ -163,8 +163,9 @@ class PolicyConfig:
     """A policy with the command-label head (``command_label_weight`` > 0): words heard during
     the drive are ignored as chit-chat when the head gives ``none`` at least this probability
     (else they become the command). Not the head's argmax: a head trained on chit-chat
-    (``--chitchat``) also names unfamiliar commands ``none``, mostly less surely than real
-    chit-chat; 0.95 was chosen on dev phrasings (docs/audio_policy.md). An execution setting."""
+    (``--chitchat``) also names unfamiliar commands ``none``. 0.95 balanced dev commands adopted
+    against dev chit-chat ignored best (``benchmarks.chitchat_probe``), but no threshold separates
+    the two (docs/audio_policy.md). An execution setting."""
     go_zone: float = 0.0
     """A plan policy: the go rule (``sim.yield_check.go_accel``), within this many metres before a
     junction's entry and inside it; 0 = off. A car slower than its crossing speed (8 m/s, less
