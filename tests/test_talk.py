@@ -201,24 +201,31 @@ def test_words_the_label_head_names_none_change_nothing(named):
         assert policy._plan[3] == policy._t - 1
 
 
+def _head_saying_none(policy, p: float) -> None:
+    """Set the command-label head to give 'none' probability ``p`` whatever it hears, the other
+    labels sharing the rest."""
+    import math
+
+    import torch
+
+    from tokenizers_mm.corpus import LABELS
+
+    with torch.no_grad():
+        policy.model.command_head.weight.zero_()
+        policy.model.command_head.bias.zero_()
+        policy.model.command_head.bias[LABELS.index("none")] = math.log(p / (1 - p) * (len(LABELS) - 1))
+
+
 @pytest.mark.parametrize("threshold, ignored", [(0.95, False), (0.7, True)])
 def test_words_are_chitchat_only_when_the_head_is_sure(threshold, ignored):
     """The head gives 'none' 0.8 (its argmax): below ``chitchat_threshold`` the words still
     become the command (a chit-chat-trained head names unfamiliar commands 'none' too), at or
     above it they are ignored."""
-    import math
-
-    import torch
-
     from sim.highway import EmbeddedDrivingEnv
-    from tokenizers_mm.corpus import LABELS
 
     policy = _plan_policy(command_label_weight=1.0)
     policy.set_execution(chitchat_threshold=threshold)
-    with torch.no_grad():  # p(none) = 0.8, the other 8 labels share the rest
-        policy.model.command_head.weight.zero_()
-        policy.model.command_head.bias.zero_()
-        policy.model.command_head.bias[LABELS.index("none")] = math.log(0.8 / 0.2 * (len(LABELS) - 1))
+    _head_saying_none(policy, 0.8)
     obs = _drive_a_little(policy, EmbeddedDrivingEnv("highway", "light"))
     command = policy._command
     policy.hear("play some music")
@@ -228,19 +235,11 @@ def test_words_are_chitchat_only_when_the_head_is_sure(threshold, ignored):
 
 
 def test_chitchat_probability_reads_the_head_and_leaves_the_policy_as_it_was():
-    import math
-
-    import torch
-
     from benchmarks.chitchat_probe import sweep
     from sim.highway import EmbeddedDrivingEnv
-    from tokenizers_mm.corpus import LABELS
 
     policy = _plan_policy(command_label_weight=1.0)
-    with torch.no_grad():
-        policy.model.command_head.weight.zero_()
-        policy.model.command_head.bias.zero_()
-        policy.model.command_head.bias[LABELS.index("none")] = math.log(0.8 / 0.2 * (len(LABELS) - 1))
+    _head_saying_none(policy, 0.8)
     obs = _drive_a_little(policy, EmbeddedDrivingEnv("highway", "light"))
     command, anchor = policy._command, policy._start_lane
     assert abs(policy.chitchat_probability(obs, "play some music") - 0.8) < 1e-5
