@@ -661,8 +661,8 @@ class VLAPolicy(torch.nn.Module):
             held[0] = brake
             return held
         go = go_accel(ego, actors, junction, path, self._yield_params, accels)
-        if go is not None and c.tracker_jerk_long > 0:  # a throttle: ramped like the tracker's own
-            go = min(go, float(ego[EGO["accel_long"]]) + c.tracker_jerk_long * DT)
+        if go is not None and self._yield_params.go_jerk > 0:  # a throttle: ramped as the check timed it
+            go = min(go, float(ego[EGO["accel_long"]]) + self._yield_params.go_jerk * DT)
         if go is None or go <= action[0]:
             return action
         started = action.copy()
