@@ -290,6 +290,10 @@ def _eval_parser(sub) -> None:
                         "its crossing speed accelerates when its next 12 m are free and no crossing traffic would meet "
                         "it, and brakes short of anything on those 12 m (PolicyConfig.go_zone, "
                         "sim.yield_check.go_accel; 0 = off; default: the checkpoint's, 0 unless set)")
+    p.add_argument("--yield-turn", type=float, default=None, metavar="RAD",
+                   help="the yield check and the go rule predict a crossing actor whose heading is changing on an arc "
+                        "at its observed yaw rate, until it has turned this many radians (PolicyConfig.yield_turn; "
+                        "0 = straight lines; default: the checkpoint's, 0 unless set)")
     p.add_argument("--merge-brake", type=float, default=None, metavar="MPS2",
                    help="a plan policy begins a lane change only when neither the new follower nor it would brake "
                         "harder than this (m/s^2) by the expert's MOBIL criterion read from the observed actors "
@@ -339,6 +343,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--merge-brake", "merge_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--follow-brake", "follow_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--go-zone", "go_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),
+    ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )
 

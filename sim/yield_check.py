@@ -15,7 +15,9 @@ own yield decision (``sim.highway_expert._conflict``) but from the observation a
   assumes the same: the question is whether going is safe, not whether the plan goes).
 * **Their paths**: every observed actor (``obs["actors"]``: position, heading, speed) along
   its heading at constant speed, or, when it slowed since the last step (same ``id``), braking
-  at that rate until it stands: a car yielding to us is no conflict. Actors heading within ``same_direction_deg`` of us are
+  at that rate until it stands: a car yielding to us is no conflict; with ``max_turn`` > 0, one
+  whose heading changed since the last step on an arc at that yaw rate until it has turned
+  ``max_turn`` (an oncoming car turning across our lane). Actors heading within ``same_direction_deg`` of us are
   leaders or followers, which the plan itself follows; they are left out. No lanes, no
   "is yielding" flags: nothing a backend does not report.
 * **Conflict**: some point of our path within ``radius`` m of some point of theirs at times
@@ -82,11 +84,15 @@ class YieldParams:
     clear_width: float = 2.5
     """m; an actor's long axis this close to our path's centre line is on it (half our width, half
     theirs and 0.5 m)."""
+    max_turn: float = 0.0
+    """rad; with per-actor yaw rates (``crossing_conflict(yaw_rates=...)``), a turning actor is
+    predicted on an arc, its heading changing at its observed rate until it has turned this much
+    (a junction's turn is about pi/2); 0 = straight lines along the heading."""
 
     def __post_init__(self) -> None:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
-                  self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width)
+                  self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -129,11 +135,13 @@ def go_distances(v: float, accel_now: float, times: np.ndarray, params: YieldPar
 
 
 def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams(),
-                      accels: np.ndarray | None = None) -> bool:
+                      accels: np.ndarray | None = None, yaw_rates: np.ndarray | None = None) -> bool:
     """Would an observed actor not heading our way use a spot of ``path`` (world polyline from
     the ego, ``ego_path``) within ``time_gap`` of us, if we went now? (module docstring)
     ``accels`` (one per actor row, m/s^2, e.g. from its speed a step ago; None: all 0): an actor
-    that is braking is predicted to keep braking until it stands (a car yielding to us)."""
+    that is braking is predicted to keep braking until it stands (a car yielding to us).
+    ``yaw_rates`` (one per actor row, rad/s, e.g. from its heading a step ago; None: all 0), with
+    ``max_turn`` > 0: a turning actor keeps turning at that rate until it has turned ``max_turn``."""
     p = params
     ego = np.asarray(ego, dtype=np.float64)
     actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
@@ -154,21 +162,34 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
     t_stop = np.where(brake < 0, speed / np.maximum(-brake, 1e-9), np.inf)
     t_moving = np.minimum(times[None, :], t_stop)
     step = speed * t_moving + 0.5 * brake * t_moving**2  # (A, T): constant speed, or braking to a stand
-    theirs = np.stack([a[:, ACTOR["x"], None] + np.cos(a[:, ACTOR["yaw"], None]) * step,
-                       a[:, ACTOR["y"], None] + np.sin(a[:, ACTOR["yaw"], None]) * step], axis=-1)  # (A, T, 2)
+    heading = np.repeat(a[:, ACTOR["yaw"], None], len(times), axis=1)  # (A, T)
+    if yaw_rates is not None and p.max_turn > 0:
+        rate = np.asarray(yaw_rates, dtype=np.float64)[keep, None]
+        heading = heading + np.clip(rate * times[None, :], -p.max_turn, p.max_turn)
+        # each 0.25 s piece of the way along the heading midway through it (an arc, piecewise)
+        mid = np.concatenate([heading[:, :1], 0.5 * (heading[:, 1:] + heading[:, :-1])], axis=1)
+        piece = np.diff(step, axis=1, prepend=0.0)
+        theirs = np.stack([a[:, ACTOR["x"], None] + np.cumsum(np.cos(mid) * piece, axis=1),
+                           a[:, ACTOR["y"], None] + np.cumsum(np.sin(mid) * piece, axis=1)], axis=-1)  # (A, T, 2)
+    else:
+        theirs = np.stack([a[:, ACTOR["x"], None] + np.cos(heading) * step,
+                           a[:, ACTOR["y"], None] + np.sin(heading) * step], axis=-1)  # (A, T, 2)
     dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
     close_in_time = np.abs(times[:, None] - times[None, :]) <= p.time_gap
     return bool(np.any((dist < p.radius) & close_in_time[None]))
 
 
 def yield_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
-                params: YieldParams = YieldParams(), accels: np.ndarray | None = None) -> float | None:
+                params: YieldParams = YieldParams(), accels: np.ndarray | None = None,
+                yaw_rates: np.ndarray | None = None, conflict: bool | None = None) -> float | None:
     """The acceleration (m/s^2, <= 0) that holds the ego at the junction's line now, or None when
-    the check does not apply (not on the approach, no conflict, or too late to stop)."""
+    the check does not apply (not on the approach, no conflict, or too late to stop).
+    ``conflict``: ``crossing_conflict`` already computed for this state and path (then
+    ``accels`` and ``yaw_rates`` are not read); None: computed here."""
     p = params
     if not (0.0 < junction_distance <= p.zone):
         return None
-    if not crossing_conflict(ego, actors, path, p, accels):
+    if not (crossing_conflict(ego, actors, path, p, accels, yaw_rates) if conflict is None else conflict):
         return None
     v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
     room = junction_distance - p.stop_back
@@ -225,7 +246,8 @@ def crossing_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead:
 
 
 def go_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
-             params: YieldParams = YieldParams(), accels: np.ndarray | None = None) -> float | None:
+             params: YieldParams = YieldParams(), accels: np.ndarray | None = None,
+             yaw_rates: np.ndarray | None = None, verdicts: tuple[float | None, bool] | None = None) -> float | None:
     """The acceleration (``a_go``, m/s^2) that takes a car standing or creeping at a junction up
     to its crossing speed when going is clear, or None when the rule does not apply.
 
@@ -238,14 +260,20 @@ def go_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path
     first ``clear_ahead`` m of our path, accelerate at least at ``a_go``: before the entry only
     when no crossing actor would meet our path if we went now (``crossing_conflict``, which
     times our path at exactly this pace); inside the junction always (committed: stopping
-    there blocks the crossing, clearing it is what the test assumed)."""
+    there blocks the crossing, clearing it is what the test assumed).
+
+    ``verdicts``: ``(path_block(...), crossing_conflict(...))`` already computed for this state
+    and path (a caller that also runs the yield check; then ``accels`` and ``yaw_rates`` are not
+    read); None: computed here."""
     p = params
     if p.go_zone <= 0 or not (0.0 <= junction_distance <= p.go_zone):
         return None
     if float(np.asarray(ego)[EGO["speed"]]) >= crossing_speed(path, p):
         return None
-    if path_block(ego, actors, path, p) is not None:
+    block, conflict = verdicts if verdicts is not None else (path_block(ego, actors, path, p), None)
+    if block is not None:
         return None
-    if junction_distance > 0.0 and crossing_conflict(ego, actors, path, p, accels):
+    if junction_distance > 0.0 and (crossing_conflict(ego, actors, path, p, accels, yaw_rates)
+                                    if conflict is None else conflict):
         return None
     return p.a_go

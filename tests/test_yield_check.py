@@ -69,6 +69,42 @@ def test_no_conflict_when_traffic_is_elsewhere_in_time_or_space_or_goes_our_way(
     assert crossing_conflict(ego, _actors((30.0, 4.0, np.pi, 8.0)), left)
 
 
+def test_turning_actors_are_predicted_on_arcs_when_max_turn_is_set():
+    ego, arcs = _ego(6.0), YieldParams(max_turn=np.pi / 2)
+    rates = np.zeros(MAX_ACTORS)
+    # an oncoming car in the next lane turning left (0.8 rad/s at 8 m/s: a 10 m radius) cuts
+    # across our lane at x ~ 16 about 1.2 s from now; we would be there at 2.0 s
+    oncoming = _actors((24.0, 4.0, np.pi, 8.0))
+    rates[0] = 0.8
+    assert not crossing_conflict(ego, oncoming, STRAIGHT, YieldParams(), yaw_rates=rates)  # straight lines: it passes us
+    assert not crossing_conflict(ego, oncoming, STRAIGHT, arcs)  # no yaw rates given: straight lines
+    assert crossing_conflict(ego, oncoming, STRAIGHT, arcs, yaw_rates=rates)
+    # a car from the north turning to its right (west) before our road: straight on it would
+    # cross our path at x = 25 as we get there; on its arc it leaves northward of us
+    from_north = _actors((25.0, 25.0, -np.pi / 2, 8.0))
+    rates[0] = -0.8
+    assert crossing_conflict(ego, from_north, STRAIGHT, YieldParams(), yaw_rates=rates)
+    assert not crossing_conflict(ego, from_north, STRAIGHT, arcs, yaw_rates=rates)
+    # the turn stops at max_turn: the car from the north, turned by 0.1 rad at most, still drives
+    # almost straight across our path
+    assert crossing_conflict(ego, from_north, STRAIGHT, YieldParams(max_turn=0.1), yaw_rates=rates)
+    with pytest.raises(ValueError, match="YieldParams"):
+        YieldParams(max_turn=-0.1)
+
+
+def test_precomputed_verdicts_are_used_as_given():
+    ego, coming = _ego(6.0), _actors((25.0, -25.0, np.pi / 2, 8.0))
+    path = ego_path(ego, np.array([[6.0, 0.0], [12.0, 0.0]]))
+    assert yield_accel(ego, coming, 20.0, path) is not None
+    assert yield_accel(ego, coming, 20.0, path, conflict=False) is None
+    assert yield_accel(ego, _actors(), 20.0, path, conflict=True) is not None
+    go = YieldParams(go_zone=10.0)
+    assert go_accel(_ego(0.0), _actors(), 3.0, STRAIGHT, go) == go.a_go
+    assert go_accel(_ego(0.0), _actors(), 3.0, STRAIGHT, go, verdicts=(None, True)) is None
+    assert go_accel(_ego(0.0), _actors(), 3.0, STRAIGHT, go, verdicts=(5.0, False)) is None
+    assert go_accel(_ego(0.0), _actors(), 0.0, STRAIGHT, go, verdicts=(None, True)) == go.a_go  # inside: committed
+
+
 def test_the_check_applies_only_on_the_approach_and_while_a_stop_is_possible():
     crossing = _actors((25.0, -25.0, np.pi / 2, 8.0))
     path = ego_path(_ego(6.0), STRAIGHT)
@@ -130,6 +166,28 @@ def test_a_plan_policy_with_a_yield_zone_brakes_for_crossing_traffic_and_only_th
     assert np.isclose(accel(30.0, crossing, route_path=right), free)
     with pytest.raises(ValueError, match="yield_zone"):
         PolicyConfig(yield_zone=-1.0)
+
+
+def test_a_plan_policy_reads_each_actor_s_yaw_rate_and_predicts_arcs_only_with_yield_turn():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    go = np.zeros((4, 2))
+    # the oncoming car of test_turning_actors_...: a step ago it headed 0.08 rad less (0.8 rad/s)
+    before, now = _actors((24.8, 4.0, np.pi - 0.08, 8.0)), _actors((24.0, 4.0, np.pi, 8.0))
+
+    def second_step(turn: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(yield_zone=30.0, yield_turn=turn)
+        obs = {"ego": _ego(6.0), "route": np.array([20.0, 12.0, 0.0]), "goal": None}
+        policy.select_action({**obs, "actors": before}, plan=lambda o: go)
+        return float(policy.select_action({**obs, "actors": now}, plan=lambda o: go)[0])
+
+    assert abs(second_step(0.0)) < 0.5  # straight lines: it passes us, the plan's own command
+    assert second_step(np.pi / 2) < -0.5  # on its arc it cuts across our lane: held at the line
+    with pytest.raises(ValueError, match="yield_turn"):
+        PolicyConfig(yield_turn=4.0)
 
 
 def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not_the_plan():

@@ -175,6 +175,12 @@ class PolicyConfig:
     it brakes to stop short of anything on those 12 m. The other half of the yield check:
     cloned plans stand at the line long after the expert would go, and crawl through the
     junction once they do (BC's inertia problem). An execution setting (0 restores the old driving)."""
+    yield_turn: float = 0.0
+    """A plan policy's yield check and go rule: a crossing actor whose heading changed since the
+    last step is predicted on an arc, turning at that rate until it has turned this many radians
+    (``sim.yield_check.YieldParams.max_turn``); 0 = straight lines along its heading (the
+    default). Straight lines miss an oncoming car turning across our lane and flag a car turning
+    away from it (docs/drive_like_expert.md). An execution setting."""
     merge_brake: float = 2.0
     """A plan policy: a lane change begins only when the merge check (``sim.gap_checks``: the
     expert's MOBIL criterion read from the observed actors) finds that neither the new follower
@@ -272,6 +278,8 @@ class PolicyConfig:
                              f"{self.merge_brake}")
         if not 0.0 < self.chitchat_threshold <= 1.0:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
+        if not (math.isfinite(self.yield_turn) and 0 <= self.yield_turn <= math.pi):
+            raise ValueError(f"PolicyConfig.yield_turn must be a finite angle in [0, pi] rad (0 = off), got {self.yield_turn}")
         if not (math.isfinite(self.go_zone) and self.go_zone >= 0):
             raise ValueError(f"PolicyConfig.go_zone must be a finite distance >= 0 in m (0 = off), got {self.go_zone}")
         if not (math.isfinite(self.yield_zone) and self.yield_zone >= 0):

@@ -40,7 +40,7 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
-from sim.yield_check import YieldParams, block_brake, ego_path, go_accel, path_block, yield_accel
+from sim.yield_check import YieldParams, block_brake, crossing_conflict, ego_path, go_accel, path_block, yield_accel
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -247,7 +247,7 @@ COMMIT_BIN_WINDOW = 2
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "chitchat_threshold")
+                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "chitchat_threshold")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -346,7 +346,7 @@ class VLAPolicy(torch.nn.Module):
         self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
-        self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone,
+        self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
                                          go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
@@ -388,8 +388,8 @@ class VLAPolicy(torch.nn.Module):
         self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, step made)
         self._plans: list[tuple] = []  # the recent raw plans, newest first, for 'ensemble'
         self._t = 0  # steps of this episode so far
-        self._actor_speeds: dict[float, float] = {}  # actor id -> speed at step _actor_speeds_t (yield check)
-        self._actor_speeds_t = -2
+        self._actor_seen: dict[float, tuple[float, float]] = {}  # actor id -> (speed, yaw) at step _actor_speeds_t
+        self._actor_seen_t = -2
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
 
@@ -596,24 +596,28 @@ class VLAPolicy(torch.nn.Module):
                 and float(np.asarray(route)[0]) < JUNCTION_HORIZON and ego[EGO["speed"]] < self.config.route_steer_speed):
             action = action.copy()
             action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
-        accels = self._actor_accels(obs, t)
+        accels, yaw_rates = self._actor_motion(obs, t)
         if self.config.follow_brake > 0 and _open_road(obs):
             brake = follow_brake(np.asarray(obs["ego"]), np.asarray(obs["actors"]), accels, self._follow_params)
             if brake is not None and brake < action[0]:
                 action = action.copy()
                 action[0] = brake
-        return self._yield(obs, action, accels, t)
+        return self._yield(obs, action, accels, yaw_rates, t)
 
-    def _actor_accels(self, obs: dict, t: int) -> np.ndarray:
-        """Each observed actor's acceleration (m/s^2) from its speed at the previous step (same
-        ``id``; 0 for one not seen then), for the gap and yield checks."""
+    def _actor_motion(self, obs: dict, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each observed actor's acceleration (m/s^2) and yaw rate (rad/s) from its speed and
+        heading at the previous step (same ``id``; 0 for one not seen then), for the gap and
+        yield checks."""
         actors = np.asarray(obs["actors"], dtype=np.float64)
-        ids, speeds = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]]
-        last = self._actor_speeds if self._actor_speeds_t == t - 1 else {}
-        accels = np.array([(v - last[i]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
+        ids, speeds, yaws = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]], actors[:, ACTOR["yaw"]]
+        last = self._actor_seen if self._actor_seen_t == t - 1 else {}
+        accels = np.array([(v - last[i][0]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
+        yaw_rates = np.array([((y - last[i][1] + np.pi) % (2 * np.pi) - np.pi) / DT if i in last else 0.0
+                              for i, y in zip(ids, yaws)])
         present = actors[:, ACTOR["present"]] > 0.5
-        self._actor_speeds, self._actor_speeds_t = dict(zip(ids[present], speeds[present])), t
-        return accels
+        self._actor_seen = dict(zip(ids[present], zip(speeds[present], yaws[present])))
+        self._actor_seen_t = t
+        return accels, yaw_rates
 
     def _merge(self, obs: dict, plan: tuple) -> tuple:
         """``plan`` (plan, frame, pose, step) kept in its lane while it begins a lane change the
@@ -627,14 +631,15 @@ class VLAPolicy(torch.nn.Module):
             return plan
         return (hold_lane(plan[0]), *plan[1:])
 
-    def _yield(self, obs: dict, action: np.ndarray, accels: np.ndarray, t: int) -> np.ndarray:
+    def _yield(self, obs: dict, action: np.ndarray, accels: np.ndarray, yaw_rates: np.ndarray, t: int) -> np.ndarray:
         """``action`` with its acceleration lowered to the yield check's brake (``sim.yield_check``)
         while ``yield_zone`` is on, the car is on a junction's approach and crossing traffic
         would meet its path (the route ahead, ``obs["route_path"]``; a backend without it: the
         executed plan's); raised to the go rule's start (``go_zone``, ``sim.yield_check.go_accel``)
-        when the car stands at or in a junction and going now is clear; otherwise ``action`` itself."""
+        when the car stands at or in a junction and going now is clear; otherwise ``action`` itself.
+        The conflict test and the path-block test run at most once per step, shared by both."""
         route = obs.get("route")
-        c = self.config
+        c, p = self.config, self._yield_params
         if (c.yield_zone <= 0 and c.go_zone <= 0) or route is None:
             return action
         junction = float(np.asarray(route)[0])
@@ -648,21 +653,24 @@ class VLAPolicy(torch.nn.Module):
             waypoints, frame, start, made = self._plan
             times, points = plan_trajectory(waypoints, frame, start)
             path = ego_path(ego, points[times > (t - made) * DT])
-        brake = yield_accel(ego, actors, junction, path, self._yield_params, accels) if c.yield_zone > 0 else None
-        if c.go_zone > 0 and 0.0 <= junction <= c.go_zone:
-            block = path_block(ego, actors, path, self._yield_params)
-            if block is not None:  # something stands or drives on our next metres: stop short of it
-                stop = block_brake(ego, block, self._yield_params)
-                brake = stop if brake is None else min(brake, stop)
+        yielding = c.yield_zone > 0 and 0.0 < junction <= p.zone
+        going = c.go_zone > 0 and 0.0 <= junction <= p.go_zone
+        conflict = (crossing_conflict(ego, actors, path, p, accels, yaw_rates)
+                    if yielding or (going and junction > 0.0) else False)
+        block = path_block(ego, actors, path, p) if going else None
+        brake = yield_accel(ego, actors, junction, path, p, conflict=conflict) if yielding else None
+        if block is not None:  # something stands or drives on our next metres: stop short of it
+            stop = block_brake(ego, block, p)
+            brake = stop if brake is None else min(brake, stop)
         if brake is not None:
             if brake >= action[0]:
                 return action
             held = action.copy()
             held[0] = brake
             return held
-        go = go_accel(ego, actors, junction, path, self._yield_params, accels)
-        if go is not None and self._yield_params.go_jerk > 0:  # a throttle: ramped as the check timed it
-            go = min(go, float(ego[EGO["accel_long"]]) + self._yield_params.go_jerk * DT)
+        go = go_accel(ego, actors, junction, path, p, verdicts=(block, conflict)) if going else None
+        if go is not None and p.go_jerk > 0:  # a throttle: ramped as the check timed it
+            go = min(go, float(ego[EGO["accel_long"]]) + p.go_jerk * DT)
         if go is None or go <= action[0]:
             return action
         started = action.copy()
