@@ -8,7 +8,7 @@ import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, go_accel, go_distances,
-                              path_block, yield_accel)
+                              junction_brake, path_block, yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -90,6 +90,32 @@ def test_turning_actors_are_predicted_on_arcs_when_max_turn_is_set():
     assert crossing_conflict(ego, from_north, STRAIGHT, YieldParams(max_turn=0.1), yaw_rates=rates)
     with pytest.raises(ValueError, match="YieldParams"):
         YieldParams(max_turn=-0.1)
+
+
+def test_the_junction_brake_stops_short_of_what_we_would_touch_soon_and_only_that():
+    on = YieldParams(brake_ttc=1.5)
+    ego = _ego(4.0)
+    # a car standing across our path 6 m ahead (centre to centre), inside the junction
+    standing = _actors((6.0, 0.0, np.pi / 2, 0.0))
+    brake = junction_brake(ego, standing, 0.0, STRAIGHT, on)
+    assert brake is not None and -on.max_brake <= brake < -1.0
+    # it stops us before we touch it: from 4 m/s at that rate we stop in v^2 / 2|a|, short of 6 m - 1.5 - 1
+    assert 4.0**2 / (2 * -brake) < 6.0 - 1.5 - 1.0
+    assert junction_brake(ego, standing, 0.0, STRAIGHT) is None  # off by default
+    assert junction_brake(ego, standing, 50.0, STRAIGHT, on) is None  # open road: not near a junction
+    assert junction_brake(_ego(0.0), standing, 0.0, STRAIGHT, on) is None  # standing: nothing to brake
+    assert junction_brake(ego, _actors((30.0, 0.0, np.pi / 2, 0.0)), 0.0, STRAIGHT, on) is None  # beyond 1.5 s
+    assert junction_brake(ego, _actors((6.0, 4.0, 0.0, 0.0)), 0.0, STRAIGHT, on) is None  # in the next lane
+    assert junction_brake(ego, _actors((-6.0, 0.0, 0.0, 6.0)), 0.0, STRAIGHT, on) is None  # behind us: not ours
+    # a car crossing from the right that will be on our path when we get there; one that will have passed
+    assert junction_brake(ego, _actors((5.0, -4.0, np.pi / 2, 4.0)), 0.0, STRAIGHT, on) is not None
+    assert junction_brake(ego, _actors((5.0, 1.0, np.pi / 2, 8.0)), 0.0, STRAIGHT, on) is None
+    # a leader 8 m ahead going our speed is no touch; braking hard to a stand, it is
+    leader = _actors((8.0, 0.0, 0.0, 4.0))
+    assert junction_brake(ego, leader, 0.0, STRAIGHT, on) is None
+    assert junction_brake(ego, leader, 0.0, STRAIGHT, on, accels=np.full(MAX_ACTORS, -6.0)) is not None
+    with pytest.raises(ValueError, match="YieldParams"):
+        YieldParams(brake_ttc=float("inf"))
 
 
 def test_precomputed_verdicts_are_used_as_given():
@@ -188,6 +214,26 @@ def test_a_plan_policy_reads_each_actor_s_yaw_rate_and_predicts_arcs_only_with_y
     assert second_step(np.pi / 2) < -0.5  # on its arc it cuts across our lane: held at the line
     with pytest.raises(ValueError, match="yield_turn"):
         PolicyConfig(yield_turn=4.0)
+
+
+def test_a_plan_policy_with_junction_ttc_brakes_for_a_car_standing_in_the_junction():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    go = np.zeros((4, 2))
+    obs = {"ego": _ego(4.0), "actors": _actors((6.0, 0.0, np.pi / 2, 0.0)), "route": np.array([0.0, 12.0, 0.0]),
+           "goal": None}
+
+    def accel(ttc: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(junction_ttc=ttc)
+        return float(policy.select_action(obs, plan=lambda o: go)[0])
+
+    assert abs(accel(0.0)) < 0.5  # off: the plan holds its speed into the standing car
+    assert accel(1.5) < -1.0
+    with pytest.raises(ValueError, match="junction_ttc"):
+        PolicyConfig(junction_ttc=-1.0)
 
 
 def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not_the_plan():

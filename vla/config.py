@@ -175,6 +175,12 @@ class PolicyConfig:
     it brakes to stop short of anything on those 12 m. The other half of the yield check:
     cloned plans stand at the line long after the expert would go, and crawl through the
     junction once they do (BC's inertia problem). An execution setting (0 restores the old driving)."""
+    junction_ttc: float = 0.0
+    """A plan policy: the junction brake (``sim.yield_check.junction_brake``), within ``yield_zone``
+    m before a junction's entry and inside it, brakes for any actor (moving or standing, any
+    heading, ahead of our rear) it would touch within this many seconds at its present speed
+    along its route; 0 = off. Inside the junction nothing else watched what is in front of us
+    (docs/drive_like_expert.md). An execution setting."""
     yield_turn: float = 0.0
     """A plan policy's yield check and go rule: a crossing actor whose heading changed since the
     last step is predicted on an arc, turning at that rate until it has turned this many radians
@@ -278,6 +284,8 @@ class PolicyConfig:
                              f"{self.merge_brake}")
         if not 0.0 < self.chitchat_threshold <= 1.0:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
+        if not (math.isfinite(self.junction_ttc) and self.junction_ttc >= 0):
+            raise ValueError(f"PolicyConfig.junction_ttc must be a finite time >= 0 in s (0 = off), got {self.junction_ttc}")
         if not (math.isfinite(self.yield_turn) and 0 <= self.yield_turn <= math.pi):
             raise ValueError(f"PolicyConfig.yield_turn must be a finite angle in [0, pi] rad (0 = off), got {self.yield_turn}")
         if not (math.isfinite(self.go_zone) and self.go_zone >= 0):

@@ -40,7 +40,8 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
-from sim.yield_check import YieldParams, block_brake, crossing_conflict, ego_path, go_accel, path_block, yield_accel
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, ego_path, go_accel, junction_brake, path_block,
+                             yield_accel)
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -247,7 +248,8 @@ COMMIT_BIN_WINDOW = 2
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "chitchat_threshold")
+                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
+                      "chitchat_threshold")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -347,7 +349,7 @@ class VLAPolicy(torch.nn.Module):
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
-                                         go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
+                                         brake_ttc=c.junction_ttc, go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
@@ -640,7 +642,7 @@ class VLAPolicy(torch.nn.Module):
         The conflict test and the path-block test run at most once per step, shared by both."""
         route = obs.get("route")
         c, p = self.config, self._yield_params
-        if (c.yield_zone <= 0 and c.go_zone <= 0) or route is None:
+        if (c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0) or route is None:
             return action
         junction = float(np.asarray(route)[0])
         if not 0.0 <= junction < JUNCTION_HORIZON or junction > max(c.yield_zone, c.go_zone):  # open road, not near
@@ -662,6 +664,10 @@ class VLAPolicy(torch.nn.Module):
         if block is not None:  # something stands or drives on our next metres: stop short of it
             stop = block_brake(ego, block, p)
             brake = stop if brake is None else min(brake, stop)
+        if c.junction_ttc > 0:  # something we would touch soon at our speed
+            stop = junction_brake(ego, actors, junction, path, p, accels, yaw_rates)
+            if stop is not None:
+                brake = stop if brake is None else min(brake, stop)
         if brake is not None:
             if brake >= action[0]:
                 return action
