@@ -264,10 +264,12 @@ def junction_brake(ego: np.ndarray, actors: np.ndarray, junction_distance: float
     into a car standing across the exit, one turning across our bonnet, or one stopping beside
     us while the plan still accelerates (the plan's car following is for leaders in our lane).
     So, like the emergency brakes of learned drivers (TransFuser's, InterFuser's), every present
-    actor ahead of our rear axle, moving or not, any heading, is predicted as the yield check
+    actor whose centre is at most 1 m behind ours, moving or not, any heading, is predicted as the yield check
     predicts it (``accels``, ``yaw_rates``) and both bodies are compared at equal times: our long
     axis and theirs, three points each, closer than ``clear_width`` m is a touch. The brake
-    stops us 0.5 m before the spot, never harder than ``max_brake``, never past standstill."""
+    stops us 0.5 m before the spot, never harder than ``max_brake``, never past standstill.
+    Opt-in: on dev it traded collisions for timeouts, and a car braked to a stand in the
+    crossing was hit there (docs/drive_like_expert.md, "Turning cars on arcs")."""
     p = params
     if p.brake_ttc <= 0 or not (0.0 <= junction_distance <= p.zone):
         return None

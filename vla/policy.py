@@ -390,7 +390,7 @@ class VLAPolicy(torch.nn.Module):
         self._plan: tuple | None = None  # (plan, its lane frame, the ego's pose then, step made)
         self._plans: list[tuple] = []  # the recent raw plans, newest first, for 'ensemble'
         self._t = 0  # steps of this episode so far
-        self._actor_seen: dict[float, tuple[float, float]] = {}  # actor id -> (speed, yaw) at step _actor_speeds_t
+        self._actor_seen: dict[float, tuple[float, float]] = {}  # actor id -> (speed, yaw) at step _actor_seen_t
         self._actor_seen_t = -2
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
