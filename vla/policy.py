@@ -606,16 +606,16 @@ class VLAPolicy(torch.nn.Module):
                 action[0] = brake
         return self._yield(obs, action, accels, yaw_rates, t)
 
-    def _actor_motion(self, obs: dict, t: int) -> tuple[np.ndarray, np.ndarray]:
+    def _actor_motion(self, obs: dict, t: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Each observed actor's acceleration (m/s^2) and yaw rate (rad/s) from its speed and
         heading at the previous step (same ``id``; 0 for one not seen then), for the gap and
-        yield checks."""
+        yield checks; the yaw rates only with ``yield_turn`` on (None: straight lines)."""
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ids, speeds, yaws = actors[:, ACTOR["id"]], actors[:, ACTOR["speed"]], actors[:, ACTOR["yaw"]]
         last = self._actor_seen if self._actor_seen_t == t - 1 else {}
         accels = np.array([(v - last[i][0]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
-        yaw_rates = np.array([((y - last[i][1] + np.pi) % (2 * np.pi) - np.pi) / DT if i in last else 0.0
-                              for i, y in zip(ids, yaws)])
+        yaw_rates = None if self.config.yield_turn <= 0 else np.array(
+            [((y - last[i][1] + np.pi) % (2 * np.pi) - np.pi) / DT if i in last else 0.0 for i, y in zip(ids, yaws)])
         present = actors[:, ACTOR["present"]] > 0.5
         self._actor_seen = dict(zip(ids[present], zip(speeds[present], yaws[present])))
         self._actor_seen_t = t
@@ -633,7 +633,8 @@ class VLAPolicy(torch.nn.Module):
             return plan
         return (hold_lane(plan[0]), *plan[1:])
 
-    def _yield(self, obs: dict, action: np.ndarray, accels: np.ndarray, yaw_rates: np.ndarray, t: int) -> np.ndarray:
+    def _yield(self, obs: dict, action: np.ndarray, accels: np.ndarray, yaw_rates: np.ndarray | None,
+               t: int) -> np.ndarray:
         """``action`` with its acceleration lowered to the yield check's brake (``sim.yield_check``)
         while ``yield_zone`` is on, the car is on a junction's approach and crossing traffic
         would meet its path (the route ahead, ``obs["route_path"]``; a backend without it: the
