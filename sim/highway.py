@@ -119,7 +119,19 @@ class _LeanIntersection(IntersectionEnv):
 
 class TrafficIDM(IDMVehicle):
     """Traffic for the intersection: highway-env tunes its traffic by setting class attributes,
-    so it gets a class of its own and the highway's IDMVehicle stays untouched."""
+    so it gets a class of its own and the highway's IDMVehicle stays untouched.
+
+    It brakes to a stop and never into reverse. highway-env lets a vehicle's speed fall to its
+    ``MIN_SPEED`` (-40 m/s), and IDM asks a car standing closer than its minimum gap for a
+    negative acceleration, so a car that had stopped short of another at the junction backed
+    up: in 120 recorded dev episodes some car did so in 86, at up to 3.3 m/s, and the car we hit
+    had been reversing in the last 2 s in 5 of 17 collisions. Real traffic (and CARLA's Traffic
+    Manager) stops and waits."""
+
+    def step(self, dt: float) -> None:
+        super().step(dt)  # integrates the position with the speed at the start of the step (>= 0)
+        if self.speed < 0.0:
+            self.speed = 0.0
 
 
 def _predict_constant_steering(vehicle, times: np.ndarray) -> tuple[list, list]:

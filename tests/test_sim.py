@@ -304,3 +304,34 @@ def test_traffic_wrecks_at_the_junction_are_towed_after_three_seconds():
         env.step(env.expert_action())
     env.step(env.expert_action())
     assert not any(v is wreck for v in env._core.road.vehicles)
+
+
+def test_junction_traffic_stops_short_and_never_reverses():
+    """IDM asks a car standing closer than its minimum gap for a negative acceleration; highway-env's
+    own IDMVehicle then backs up (its MIN_SPEED is -40 m/s). The junction's traffic must wait."""
+    from highway_env.road.road import Road, RoadNetwork
+    from highway_env.vehicle.behavior import IDMVehicle
+    from highway_env.vehicle.objects import Obstacle
+
+    from sim.highway import TrafficIDM
+
+    def standing_behind_a_wall(kind):
+        net = RoadNetwork.straight_road_network(1, length=500)
+        road = Road(net, np_random=np.random.default_rng(0))
+        lane = net.get_lane(("0", "1", 0))
+        car = kind(road, lane.position(96.0, 0.0), heading=lane.heading_at(96.0), speed=0.0)
+        road.vehicles.append(car)
+        road.objects.append(Obstacle(road, lane.position(100.0, 0.0)))
+        xs, vs = [], []
+        for _ in range(30):
+            road.act()
+            road.step(0.1)
+            xs.append(float(car.position[0]))
+            vs.append(float(car.speed))
+        return np.array(xs), np.array(vs)
+
+    x_hw, v_hw = standing_behind_a_wall(IDMVehicle)
+    assert v_hw.min() < -0.1 and x_hw[-1] < 96.0 - 0.1  # the behaviour this class exists to stop
+    x, v = standing_behind_a_wall(TrafficIDM)
+    assert v.min() >= 0.0
+    assert np.all(np.diff(x) >= -1e-9) and x[-1] >= 96.0 - 1e-9
