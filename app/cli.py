@@ -294,6 +294,11 @@ def _eval_parser(sub) -> None:
                    help="the junction brake: near and inside a junction a plan policy brakes for anything it would "
                         "touch within this many seconds at its present speed (PolicyConfig.junction_ttc, "
                         "sim.yield_check.junction_brake; 0 = off; default: the checkpoint's, 0 unless set)")
+    p.add_argument("--route-follow", type=float, default=None, metavar="M",
+                   help="the route follower: near and inside a junction a plan policy accelerates no harder than the "
+                        "expert's car-following law allows behind the nearest actor on its route within this many "
+                        "metres (PolicyConfig.route_follow, sim.yield_check.route_leader; 0 = off; default: the "
+                        "checkpoint's, 0 unless set)")
     p.add_argument("--yield-turn", type=float, default=None, metavar="RAD",
                    help="the yield check and the go rule predict a crossing actor whose heading is changing on an arc "
                         "at its observed yaw rate, until it has turned this many radians (PolicyConfig.yield_turn; "
@@ -348,6 +353,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--follow-brake", "follow_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--go-zone", "go_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),
     ("--junction-ttc", "junction_ttc", _non_negative, "a finite time >= 0 in s (0 = off)"),
+    ("--route-follow", "route_follow", _non_negative, "a finite distance >= 0 in m (0 = off)"),
     ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )

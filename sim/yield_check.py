@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.driver_models import PARAMS, ExpertParams, acc_model
 from sim.interface import ACTOR, DT, EGO
 from sim.route import points_along
 
@@ -92,6 +93,12 @@ class YieldParams:
     """s; the junction brake (``junction_brake``): within ``zone`` m before a junction's entry and
     inside it, brake for any actor we would touch within this many seconds at our present
     speed along our path; 0 = off."""
+    follow_ahead: float = 0.0
+    """m of our route ahead within which the route follower (``route_leader``, ``follow_accel``)
+    follows the nearest actor on it by the expert's car-following law; 0 = off."""
+    follow_width: float = 2.5
+    """m; an actor whose centre is this close to our route's centre line is on it (the expert's
+    half a lane plus 0.5 m)."""
     max_turn: float = 0.0
     """rad; with per-actor yaw rates (``crossing_conflict(yaw_rates=...)``), a turning actor is
     predicted on an arc, its heading changing at its observed rate until it has turned this much
@@ -101,7 +108,7 @@ class YieldParams:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
                   self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn,
-                  self.brake_ttc)
+                  self.brake_ttc, self.follow_ahead, self.follow_width)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -302,6 +309,46 @@ def junction_brake(ego: np.ndarray, actors: np.ndarray, junction_distance: float
     room = v * float(times[np.argmax(touch)]) - 0.5
     accel = -v * v / (2.0 * room) if room > 0.1 else -p.max_brake
     return max(accel, -p.max_brake, -v / DT)
+
+
+def route_leader(ego: np.ndarray, actors: np.ndarray, path: np.ndarray,
+                 params: YieldParams = YieldParams()) -> tuple[float, float] | None:
+    """The nearest present actor on our route ahead, as the expert finds its leader through a
+    junction (``sim.highway_expert._route_leader``) but from the observation: its centre within
+    ``follow_width`` m of ``path`` (world polyline from the ego, ``ego_path``) at a point up to
+    ``follow_ahead`` m along it. Returns (metres along the path to it, closing speed: our speed
+    minus its velocity along our heading), or None. Crossing traffic inside our lane counts, and
+    closes at about our speed: the expert brakes for it, and so does ``follow_accel``."""
+    p = params
+    if p.follow_ahead <= 0:
+        return None
+    ego = np.asarray(ego, dtype=np.float64)
+    actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
+    a = actors[actors[:, ACTOR["present"]] > 0.5]
+    if not len(a):
+        return None
+    along = np.arange(0.5, p.follow_ahead + 1e-9, 0.5)  # ahead of our centre, as the expert's leader is
+    ours = points_along(path, along)
+    dist = np.linalg.norm(ours[None, :, :] - a[:, None, [ACTOR["x"], ACTOR["y"]]], axis=-1)  # (A, K)
+    nearest = np.argmin(dist, axis=1)
+    on = dist[np.arange(len(a)), nearest] <= p.follow_width
+    if not on.any():
+        return None
+    first = int(np.argmin(np.where(on, along[nearest], np.inf)))
+    yaw = float(ego[EGO["yaw"]])
+    heading = np.array([np.cos(yaw), np.sin(yaw)])
+    theirs = a[first, ACTOR["speed"]] * np.array([np.cos(a[first, ACTOR["yaw"]]), np.sin(a[first, ACTOR["yaw"]])])
+    closing = max(float(ego[EGO["speed"]]), 0.0) - float(theirs @ heading)
+    return float(along[nearest[first]]), closing
+
+
+def follow_accel(ego: np.ndarray, leader: tuple[float, float], v_desired: float,
+                 driver: ExpertParams = PARAMS) -> float:
+    """The expert's car-following acceleration (``sim.driver_models.acc_model``: IDM blended with
+    the constant-acceleration heuristic) behind ``leader`` (``route_leader``'s (distance, closing
+    speed)) toward ``v_desired`` m/s: an upper bound on ours, as the expert's own law is on its."""
+    gap, closing = leader
+    return acc_model(max(float(np.asarray(ego)[EGO["speed"]]), 0.0), v_desired, gap, closing, driver)
 
 
 def crossing_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead: float = 25.0) -> float:

@@ -509,7 +509,7 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
     junction = ["--scenario", "intersection", "--density", "light", "--episodes", "1", "--no-gif"]
     for flags in (["--yield-zone", "0", "--route-steer-speed", "0"],
                   ["--yield-zone", "50", "--route-steer-speed", "20", "--go-zone", "10", "--yield-turn", "1.57",
-                   "--junction-ttc", "1.5"]):
+                   "--junction-ttc", "1.5", "--route-follow", "40"]):
         out = tmp_path / f"eval_junction_{flags[1]}"
         assert cli.main(["eval", "--policy", str(tmp_path / "plan"), *junction, *flags, "--out", str(out)]) == 0
         assert json.loads((out / "metrics.json").read_text())["episodes"] == 1
@@ -523,6 +523,7 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
            (tmp_path / "plan", ["--go-zone", "-1"]), (tmp_path / "plan", ["--go-zone", "nan"]),
            (tmp_path / "plan", ["--yield-turn", "-0.1"]), (tmp_path / "plan", ["--yield-turn", "4"]),
            (tmp_path / "plan", ["--junction-ttc", "-1"]), (tmp_path / "plan", ["--junction-ttc", "nan"]),
+           (tmp_path / "plan", ["--route-follow", "-1"]), (tmp_path / "plan", ["--route-follow", "inf"]),
            (tmp_path / "plan", ["--chitchat-threshold", "0"]), (tmp_path / "plan", ["--chitchat-threshold", "1.5"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
-from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, go_accel, go_distances,
-                              junction_brake, path_block, yield_accel)
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, follow_accel, go_accel,
+                              go_distances, junction_brake, path_block, route_leader, yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -234,6 +234,54 @@ def test_a_plan_policy_with_junction_ttc_brakes_for_a_car_standing_in_the_juncti
     assert accel(1.5) < -1.0
     with pytest.raises(ValueError, match="junction_ttc"):
         PolicyConfig(junction_ttc=-1.0)
+
+
+def test_the_route_leader_is_the_nearest_actor_on_our_route_ahead_and_we_follow_it_as_the_expert_would():
+    p = YieldParams(follow_ahead=40.0)
+    ego = _ego(8.0)
+    left_turn = np.array([[0.0, 0.0], [10.0, 0.0], [16.0, 2.0], [20.0, 6.0], [22.0, 12.0], [22.0, 40.0]])  # bends north
+    path = ego_path(ego, left_turn)
+    standing = _actors((15.0, 0.0, 0.0, 0.0))
+    gap, closing = route_leader(ego, standing, path, p)
+    assert gap == pytest.approx(15.0, abs=0.5) and closing == pytest.approx(8.0)
+    assert follow_accel(ego, (gap, closing), 8.0) < -3.0  # 10 m of bumper room at 8 m/s: hard
+    # on the bend: a car driving across our lane where the route turns; ahead of the standing one
+    crossing = _actors((15.0, 0.0, 0.0, 0.0), (10.5, 0.5, -np.pi / 2, 6.0))
+    gap, closing = route_leader(ego, crossing, path, p)
+    assert gap == pytest.approx(10.5, abs=0.5) and closing == pytest.approx(8.0, abs=0.1)
+    # where the route goes after the bend, not straight ahead of our bonnet
+    assert route_leader(ego, _actors((21.5, 20.0, np.pi / 2, 0.0)), path, p)[0] == pytest.approx(36.3, abs=1.0)  # arc length
+    assert route_leader(ego, _actors((35.0, 0.0, 0.0, 0.0)), path, p) is None  # where we would go without the turn
+    # not on our route: the next lane, the oncoming one, behind us, beyond the look-ahead; or the follower is off
+    straight = ego_path(ego, STRAIGHT)
+    for row in ((15.0, 4.0, 0.0, 8.0), (15.0, -4.0, np.pi, 8.0), (-6.0, 0.0, 0.0, 8.0), (45.0, 0.0, 0.0, 0.0)):
+        assert route_leader(ego, _actors(row), straight, p) is None, row
+    assert route_leader(ego, standing, path, YieldParams()) is None
+    # a leader at our speed: far, the expert's gentle approach to its 22 m gap; close, its comfortable brake
+    assert -1.5 < follow_accel(ego, route_leader(ego, _actors((35.0, 0.0, 0.0, 8.0)), straight, p), 8.0) < -0.5
+    assert follow_accel(ego, route_leader(ego, _actors((9.0, 0.0, 0.0, 8.0)), straight, p), 8.0) < -3.0
+
+
+def test_a_plan_policy_with_route_follow_brakes_for_a_car_crossing_its_route_inside_the_junction():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    go = np.zeros((4, 2))
+    obs = {"ego": _ego(6.0), "actors": _actors((14.0, 0.0, np.pi / 2, 5.0)), "route": np.array([0.0, 12.0, 0.0]),
+           "goal": None, "route_path": np.array([[0.0, 0.0], [40.0, 0.0]])}
+
+    def accel(follow: float, o: dict = obs) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(route_follow=follow)
+        return float(policy.select_action(o, plan=lambda o: go)[0])
+
+    assert abs(accel(0.0)) < 0.5  # off: the plan holds its speed into the crossing car
+    assert accel(40.0) < -1.0
+    assert abs(accel(40.0, {**obs, "route": np.array([80.0, 12.0, 0.0])})) < 0.5  # open road: the gap checks' job
+    assert abs(accel(40.0, {**obs, "actors": _actors((14.0, 6.0, np.pi / 2, 5.0))})) < 0.5  # not yet in our lane
+    with pytest.raises(ValueError, match="route_follow"):
+        PolicyConfig(route_follow=float("nan"))
 
 
 def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not_the_plan():

@@ -182,6 +182,13 @@ class PolicyConfig:
     along its route; 0 = off. Inside the junction nothing else watched what is in front of us,
     but on dev junction episodes 1.5 s traded a few collisions for more timeouts, and none with
     the go rule (docs/drive_like_expert.md). An execution setting."""
+    route_follow: float = 0.0
+    """A plan policy: the route follower (``sim.yield_check.route_leader`` / ``follow_accel``), near a
+    junction (within ``sim.route.JUNCTION_HORIZON`` m of its entry) and inside it, caps the
+    acceleration at the expert's car-following law behind the nearest actor whose centre is on
+    our route within this many metres ahead (crossing traffic in our lane included); 0 = off.
+    The expert brakes for exactly that, and no other rule of ours did inside the junction. An
+    execution setting."""
     yield_turn: float = 0.0
     """A plan policy's yield check and go rule: a crossing actor whose heading changed since the
     last step is predicted on an arc, turning at that rate until it has turned this many radians
@@ -287,6 +294,8 @@ class PolicyConfig:
                              f"{self.merge_brake}")
         if not 0.0 < self.chitchat_threshold <= 1.0:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
+        if not (math.isfinite(self.route_follow) and self.route_follow >= 0):
+            raise ValueError(f"PolicyConfig.route_follow must be a finite distance >= 0 in m (0 = off), got {self.route_follow}")
         if not (math.isfinite(self.junction_ttc) and self.junction_ttc >= 0):
             raise ValueError(f"PolicyConfig.junction_ttc must be a finite time >= 0 in s (0 = off), got {self.junction_ttc}")
         if not (math.isfinite(self.yield_turn) and 0 <= self.yield_turn <= math.pi):

@@ -40,8 +40,8 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
-from sim.yield_check import (YieldParams, block_brake, crossing_conflict, ego_path, go_accel, junction_brake, path_block,
-                             yield_accel)
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, follow_accel, go_accel,
+                             junction_brake, path_block, route_leader, yield_accel)
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -249,7 +249,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
-                      "chitchat_threshold")
+                      "route_follow", "chitchat_threshold")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -349,7 +349,7 @@ class VLAPolicy(torch.nn.Module):
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
-                                         brake_ttc=c.junction_ttc, go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
+                                         brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
@@ -643,10 +643,11 @@ class VLAPolicy(torch.nn.Module):
         The conflict test and the path-block test run at most once per step, shared by both."""
         route = obs.get("route")
         c, p = self.config, self._yield_params
-        if (c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0) or route is None:
+        if (c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0) or route is None:
             return action
         junction = float(np.asarray(route)[0])
-        if not 0.0 <= junction < JUNCTION_HORIZON or junction > max(c.yield_zone, c.go_zone):  # open road, not near
+        near = JUNCTION_HORIZON if c.route_follow > 0 else max(c.yield_zone, c.go_zone)
+        if not 0.0 <= junction < JUNCTION_HORIZON or junction > near:  # open road, not near
             return action
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ego = np.asarray(obs["ego"], dtype=np.float64)
@@ -669,20 +670,24 @@ class VLAPolicy(torch.nn.Module):
             stop = junction_brake(ego, actors, junction, path, p, accels, yaw_rates)
             if stop is not None:
                 brake = stop if brake is None else min(brake, stop)
+        accel = float(action[0])
         if brake is not None:
-            if brake >= action[0]:
-                return action
-            held = action.copy()
-            held[0] = brake
-            return held
-        go = go_accel(ego, actors, junction, path, p, verdicts=(block, conflict)) if going else None
-        if go is not None and p.go_jerk > 0:  # a throttle: ramped as the check timed it
-            go = min(go, float(ego[EGO["accel_long"]]) + p.go_jerk * DT)
-        if go is None or go <= action[0]:
+            accel = min(accel, brake)
+        else:
+            go = go_accel(ego, actors, junction, path, p, verdicts=(block, conflict)) if going else None
+            if go is not None and p.go_jerk > 0:  # a throttle: ramped as the check timed it
+                go = min(go, float(ego[EGO["accel_long"]]) + p.go_jerk * DT)
+            if go is not None:
+                accel = max(accel, go)
+        leader = route_leader(ego, actors, path, p) if c.route_follow > 0 else None
+        if leader is not None:  # never faster than the expert's car-following law behind it
+            v_free = max(float(ego[EGO["speed"]]), crossing_speed(path, p))
+            accel = min(accel, follow_accel(ego, leader, v_free))
+        if accel == action[0]:
             return action
-        started = action.copy()
-        started[0] = go
-        return started
+        out = action.copy()
+        out[0] = accel
+        return out
 
     def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
         """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
