@@ -346,9 +346,12 @@ def follow_accel(ego: np.ndarray, leader: tuple[float, float], v_desired: float,
                  driver: ExpertParams = PARAMS) -> float:
     """The expert's car-following acceleration (``sim.driver_models.acc_model``: IDM blended with
     the constant-acceleration heuristic) behind ``leader`` (``route_leader``'s (distance, closing
-    speed)) toward ``v_desired`` m/s: an upper bound on ours, as the expert's own law is on its."""
+    speed)) toward ``v_desired`` m/s: an upper bound on ours, as the expert's own law is on its.
+    Never past standstill: IDM asks a car standing inside its jam distance for a negative
+    acceleration, which would drive it backward."""
     gap, closing = leader
-    return acc_model(max(float(np.asarray(ego)[EGO["speed"]]), 0.0), v_desired, gap, closing, driver)
+    v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
+    return max(acc_model(v, v_desired, gap, closing, driver), -v / DT)
 
 
 def crossing_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead: float = 25.0) -> float:

@@ -260,6 +260,10 @@ def test_the_route_leader_is_the_nearest_actor_on_our_route_ahead_and_we_follow_
     # a leader at our speed: far, the expert's gentle approach to its 22 m gap; close, its comfortable brake
     assert -1.5 < follow_accel(ego, route_leader(ego, _actors((35.0, 0.0, 0.0, 8.0)), straight, p), 8.0) < -0.5
     assert follow_accel(ego, route_leader(ego, _actors((9.0, 0.0, 0.0, 8.0)), straight, p), 8.0) < -3.0
+    # standing 6 m behind a standing car (inside the expert's 10 m jam distance): hold, never reverse
+    stopped = _ego(0.0)
+    assert follow_accel(stopped, route_leader(stopped, _actors((6.0, 0.0, 0.0, 0.0)), straight, p), 8.0) == 0.0
+    assert follow_accel(_ego(0.2), (6.0, 0.2), 8.0) == pytest.approx(-0.2 / 0.1)  # to a stop within the step
 
 
 def test_a_plan_policy_with_route_follow_brakes_for_a_car_crossing_its_route_inside_the_junction():
