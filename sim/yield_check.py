@@ -27,9 +27,11 @@ own yield decision (``sim.highway_expert._conflict``) but from the observation a
   car is committed and the check stays out of the way. The plan's steering is untouched, and a
   plan that brakes harder than the check keeps its brake.
 
-Two opt-in additions, off by default (neither lowered junction collisions on dev,
-docs/drive_like_expert.md): arcs for turning actors (``max_turn``) and the junction brake
-(``junction_brake``, ``brake_ttc``), which watches what is in front of us inside the junction.
+Three opt-in additions, off by default (none lowered junction collisions on dev without costing
+as many timeouts, docs/drive_like_expert.md): arcs for turning actors (``max_turn``), the
+junction brake (``junction_brake``, ``brake_ttc``), which watches what is in front of us inside
+the junction, and the route follower (``route_leader``, ``follow_accel``, ``follow_ahead``), the
+expert's car-following of whatever is on its route, crossing cars in our lane included.
 
 Backend-agnostic (the embedded highway-env and CARLA report the same fields), applied by
 ``vla.policy.VLAPolicy`` on a plan policy's tracker command; ``PolicyConfig.yield_zone`` (30 m by

@@ -349,7 +349,8 @@ class VLAPolicy(torch.nn.Module):
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
-                                         brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
+                                         brake_ttc=c.junction_ttc, follow_ahead=c.route_follow,
+                                         go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
@@ -639,8 +640,10 @@ class VLAPolicy(torch.nn.Module):
         while ``yield_zone`` is on, the car is on a junction's approach and crossing traffic
         would meet its path (the route ahead, ``obs["route_path"]``; a backend without it: the
         executed plan's); raised to the go rule's start (``go_zone``, ``sim.yield_check.go_accel``)
-        when the car stands at or in a junction and going now is clear; otherwise ``action`` itself.
-        The conflict test and the path-block test run at most once per step, shared by both."""
+        when the car stands at or in a junction and going now is clear; then, with ``route_follow``
+        on, capped at the expert's car-following law behind the nearest actor on the route
+        (``sim.yield_check.route_leader``); otherwise ``action`` itself. The conflict test and the
+        path-block test run at most once per step, shared by both."""
         route = obs.get("route")
         c, p = self.config, self._yield_params
         if (c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0) or route is None:
