@@ -361,6 +361,9 @@ class EmbeddedDrivingEnv(gym.Env):
         if a.shape != (2,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 2 finite numbers [accel m/s^2, steer rad], got {action!r}")
         a = np.clip(a, ACTION_LOW, ACTION_HIGH)
+        # a brake stops the car and holds it; it never drives it backward (highway-env's vehicles
+        # go down to -40 m/s; a car has no reverse here, and CARLA's brake at a standstill holds)
+        a[0] = max(a[0], -max(float(self._core.vehicle.speed), 0.0) / DT)
         norm = np.array([
             2.0 * (a[0] - ACTION_LOW[0]) / (ACTION_HIGH[0] - ACTION_LOW[0]) - 1.0,
             -a[1] / ACTION_HIGH[1],  # our steer is positive left; highway-env's positive right

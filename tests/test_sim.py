@@ -335,3 +335,16 @@ def test_junction_traffic_stops_short_and_never_reverses():
     x, v = standing_behind_a_wall(TrafficIDM)
     assert v.min() >= 0.0
     assert np.all(np.diff(x) >= -1e-9) and x[-1] >= 96.0 - 1e-9
+
+
+def test_braking_stops_our_car_and_never_drives_it_backward():
+    env = EmbeddedDrivingEnv("highway", "light", goals="any")
+    obs, _ = env.reset(seed=2)
+    x0 = speed = None
+    for _ in range(80):  # from about 20-25 m/s, 6 m/s^2 stops the car within 5 s
+        obs, *_ = env.step(np.array([-6.0, 0.0]))
+        speed = float(obs["ego"][EGO["speed"]])
+        assert speed >= 0.0
+        if speed == 0.0 and x0 is None:
+            x0 = float(obs["ego"][EGO["x"]])
+    assert x0 is not None and abs(float(obs["ego"][EGO["x"]]) - x0) < 1e-6
