@@ -168,6 +168,10 @@ CASES = [
     ("bc-batch-0", [*BC, "--batch-size", "0"], _nothing, "--batch-size"),
     ("bc-forecast-negative", [*BC, "--forecast-weight", "-1"], _nothing, "--forecast-weight"),
     ("bc-replan-0", [*BC, "--replan-every", "0"], _nothing, "replan"),
+    ("bc-val-data-missing", [*BC, "--val-data", "{d}/nowhere"], _nothing, "nowhere"),
+    ("bc-val-data-is-trained-on", [*BC, "--val-data", "{d}/data"], _nothing, "also in --data"),
+    ("bc-val-every-negative", [*BC, "--val-data", "{d}/nowhere", "--val-every", "-1"], _nothing, "--val-every"),
+    ("bc-val-every-without-val-data", [*BC, "--val-every", "5"], _nothing, "need --val-data"),
     ("bc-paraphrase-range", [*BC, "--paraphrase", "1.5"], _nothing, "--paraphrase"),
     ("bc-paraphrase-blind", [*BC, "--paraphrase", "0.5", "--command", "none"], _nothing, "paraphrase"),
     # D4RL files (vla train iql)

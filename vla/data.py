@@ -352,3 +352,31 @@ class DemoDataset:
                        commands, pad, self.policy.config.command_ids_max, frames=frames,
                        action_bins=bins, action_residual=residual, action_mask=mask,
                        actor_future=forecast, actor_future_mask=forecast_mask, command_label=heard)
+
+
+def open_loop_loss(policy, data: DemoDataset, indices: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+    """The policy's loss terms (``compute_loss``'s logs: loss, bin_ce, residual, bin_acc, ...)
+    over samples ``indices`` of ``data`` (batch means weighted by batch size), in eval mode and without gradients; the
+    policy's train / eval mode is restored. With a ``DemoDataset`` built without augmentation,
+    every sample hears its recorded command, so two calls on the same indices agree.
+    ``vla train bc --val-data`` compares it on training and held-out expert episodes: the gap
+    says how much the policy memorizes."""
+    import torch
+
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        raise ValueError("open_loop_loss: no samples")
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+    sums: dict[str, float] = {}
+    try:
+        with torch.no_grad():
+            for i in range(0, len(indices), batch_size):
+                part = indices[i:i + batch_size]
+                _, logs = policy.compute_loss(data.batch(part).to(device))
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(part)
+    finally:
+        policy.train(was_training)
+    return {k: v / len(indices) for k, v in sums.items()}

@@ -62,7 +62,7 @@ from vla.checkpoint import (
     write_checkpoint,
 )
 
-RESUME_MAY_CHANGE = ("steps", "progress", "threads")
+RESUME_MAY_CHANGE = ("steps", "progress", "threads", "eval_every")
 """TrainConfig fields that may differ from the checkpoint's on resume (e.g. to extend a run)."""
 POSTFIX_KEYS = 4
 """How many update() keys the progress bar shows."""

@@ -140,10 +140,59 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and sampling (default: %(default)s)")
+    p.add_argument("--val-data", nargs="+", default=[], metavar="DIR",
+                   help="held-out datasets (vla collect, other seeds than --data): every --val-every steps the "
+                        "policy's open-loop loss on them and on the training episodes (both without command "
+                        "augmentation) goes to OUT/train/eval.jsonl and the log; their gap measures memorization")
+    p.add_argument("--val-every", type=int, default=0, metavar="N",
+                   help="--val-data: evaluate every N steps and at the end (default: 0 = the checkpoint interval, "
+                        "steps / 5)")
+    p.add_argument("--val-samples", type=int, default=2048, metavar="N",
+                   help="--val-data: samples drawn once (seeded) from each side (default: %(default)s)")
     add_command_data_args(p, relabel_help="also train on the expert's actions under the other goals where "
                                           "the data has them (vla collect --goal-labels)")
     add_policy_args(p, head=head)
     add_accel_args(p)
+
+
+def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: int):
+    """``eval_fn(step)`` for the training loop: the policy's open-loop loss terms
+    (``vla.data.open_loop_loss``) on up to ``samples`` held-out samples and as many samples of
+    the training episodes, drawn once, both heard with their recorded commands. Keys
+    ``val_*`` and ``train_*``. The loop restores every RNG after an evaluation, so training
+    is the same with or without it; seeding here makes a diffusion head's noise the same at
+    every evaluation."""
+    import numpy as np
+    import torch
+
+    from vla.data import DemoDataset, open_loop_loss
+
+    def side(eps: list) -> tuple:
+        data = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
+        for i in np.random.default_rng(seed).permutation(len(eps)):
+            data.add_episode(eps[i])
+            if len(data) >= samples:
+                break
+        if len(data) == 0:
+            raise ValueError("--val-data: its episodes hold no labelled states")
+        return data, np.random.default_rng(seed + 1).choice(len(data), min(samples, len(data)), replace=False)
+
+    held_out, fit = side(val_episodes), side(episodes)
+    print(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
+          f"{len(fit[1])} of {fit[0].episodes} training episodes", flush=True)
+    done: dict[int, dict[str, float]] = {}  # the last step's result is asked for twice
+
+    def evaluate(step: int) -> dict[str, float]:
+        if step not in done:
+            out = {}
+            for prefix, (data, idx) in (("val", held_out), ("train", fit)):
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+                out.update({f"{prefix}_{k}": v for k, v in open_loop_loss(policy, data, idx).items()})
+            done[step] = out
+        return done[step]
+
+    return evaluate
 
 
 def run_train_bc(args: argparse.Namespace) -> int:
@@ -169,7 +218,15 @@ def run_train_policy(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a file, not a directory")
     config = policy_config(args)
     accel = accel_from_args(args)
+    if args.val_every < 0 or args.val_samples < 1:
+        raise ValueError(f"--val-every must be >= 0 and --val-samples >= 1, got {args.val_every} and {args.val_samples}")
+    if (args.val_every or args.val_samples != 2048) and not args.val_data:
+        raise ValueError("--val-every / --val-samples need --val-data (held-out datasets)")
+    overlap = {str(Path(d).resolve()) for d in args.val_data} & {str(Path(d).resolve()) for d in args.data}
+    if overlap:
+        raise ValueError(f"--val-data {sorted(overlap)[0]} is also in --data: held-out data must not be trained on")
     episodes = [ep for d in args.data for ep in read_episodes(d, load_frames=config.cameras)]
+    val_episodes = [ep for d in args.val_data for ep in read_episodes(d, load_frames=config.cameras)]
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = default_action_tokenizer(config.n_bins, config.action)
     torch.manual_seed(args.seed)
@@ -183,12 +240,19 @@ def run_train_policy(args: argparse.Namespace) -> int:
           f"training on {accel.device}, {accel.precision}{', compiled' if accel.compile else ''}", flush=True)
     method = BCMethod(policy, BCConfig(lr=args.lr, total_steps=args.steps, warmup_steps=min(50, args.steps // 5)),
                       accel)
+    checkpoint_every = max(50, args.steps // 5)
+    validation = _validation(policy, episodes, val_episodes, args.val_samples, args.seed) if val_episodes else None
+    val_every = (args.val_every or checkpoint_every) if validation else 0
     result = train(method, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                                             checkpoint_every=max(50, args.steps // 5)),
-                   out / "train", log=lambda line: print(line, flush=True))
+                                             checkpoint_every=checkpoint_every, eval_every=val_every),
+                   out / "train", eval_fn=validation, log=lambda line: print(line, flush=True))
     if not is_main():
         return 0  # data-parallel: rank 0 writes the policy
     policy.save(out / "policy")
-    print(json.dumps({"steps": result.steps_done, **result.last_logs}, sort_keys=True))
+    final = validation(result.steps_done) if validation else {}
+    if final:
+        print(f"open-loop loss at step {result.steps_done}: training episodes {final['train_loss']:.3f}, held-out "
+              f"{final['val_loss']:.3f} ({final['val_loss'] / max(final['train_loss'], 1e-9):.2f}x)", flush=True)
+    print(json.dumps({"steps": result.steps_done, **result.last_logs, **final}, sort_keys=True))
     print(f"wrote {out / 'policy'} (evaluate it: vla eval --policy {out / 'policy'} ...)")
     return 0
