@@ -158,7 +158,8 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
 def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: int):
     """``eval_fn(step)`` for the training loop: the policy's open-loop loss terms
     (``vla.data.open_loop_loss``) on up to ``samples`` held-out samples and as many samples of
-    the training episodes, drawn once, both heard with their recorded commands. Keys
+    the training episodes, drawn once from all of each side's episodes, both heard with their
+    recorded commands. Keys
     ``val_*`` and ``train_*``. The loop restores every RNG after an evaluation, so training
     is the same with or without it; seeding here makes a diffusion head's noise the same at
     every evaluation."""
@@ -167,17 +168,15 @@ def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: 
 
     from vla.data import DemoDataset, open_loop_loss
 
-    def side(eps: list) -> tuple:
+    def side(eps: list, name: str) -> tuple:
         data = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
-        for i in np.random.default_rng(seed).permutation(len(eps)):
-            data.add_episode(eps[i])
-            if len(data) >= samples:
-                break
+        for ep in eps:  # samples from every episode: a few whole episodes would make a noisy figure
+            data.add_episode(ep)
         if len(data) == 0:
-            raise ValueError("--val-data: its episodes hold no labelled states")
+            raise ValueError(f"{name}: its episodes hold no labelled states")
         return data, np.random.default_rng(seed + 1).choice(len(data), min(samples, len(data)), replace=False)
 
-    held_out, fit = side(val_episodes), side(episodes)
+    held_out, fit = side(val_episodes, "--val-data"), side(episodes, "--data")
     print(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
           f"{len(fit[1])} of {fit[0].episodes} training episodes", flush=True)
     done: dict[int, dict[str, float]] = {}  # the last step's result is asked for twice
