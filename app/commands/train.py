@@ -117,6 +117,10 @@ TRAIN_METHODS: dict[str, tuple[str, str, str, str]] = {
 A module is imported only when its method is on the command line, so the others start fast."""
 
 
+VAL_SAMPLES = 2048
+"""``vla train bc --val-samples``'s default: samples per side of the open-loop validation."""
+
+
 def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     from app.cli import add_lazy_parsers, command_words
 
@@ -147,7 +151,7 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     p.add_argument("--val-every", type=int, default=0, metavar="N",
                    help="--val-data: evaluate every N steps and at the end (default: 0 = the checkpoint interval, "
                         "steps / 5)")
-    p.add_argument("--val-samples", type=int, default=2048, metavar="N",
+    p.add_argument("--val-samples", type=int, default=VAL_SAMPLES, metavar="N",
                    help="--val-data: samples drawn once (seeded) from each side (default: %(default)s)")
     add_command_data_args(p, relabel_help="also train on the expert's actions under the other goals where "
                                           "the data has them (vla collect --goal-labels)")
@@ -159,14 +163,14 @@ def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: 
     """``eval_fn(step)`` for the training loop: the policy's open-loop loss terms
     (``vla.data.open_loop_loss``) on up to ``samples`` held-out samples and as many samples of
     the training episodes, drawn once from all of each side's episodes, both heard with their
-    recorded commands. Keys
-    ``val_*`` and ``train_*``. The loop restores every RNG after an evaluation, so training
-    is the same with or without it; seeding here makes a diffusion head's noise the same at
-    every evaluation."""
+    recorded commands; keys ``val_*`` and ``train_*``. The loop restores every RNG after an
+    evaluation, so training is the same with or without it; seeding here makes a diffusion
+    head's noise the same at every evaluation."""
     import numpy as np
     import torch
 
     from vla.data import DemoDataset, open_loop_loss
+    from vla.distributed import is_main
 
     def side(eps: list, name: str) -> tuple:
         data = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
@@ -177,8 +181,9 @@ def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: 
         return data, np.random.default_rng(seed + 1).choice(len(data), min(samples, len(data)), replace=False)
 
     held_out, fit = side(val_episodes, "--val-data"), side(episodes, "--data")
-    print(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
-          f"{len(fit[1])} of {fit[0].episodes} training episodes", flush=True)
+    if is_main():
+        print(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
+              f"{len(fit[1])} of {fit[0].episodes} training episodes", flush=True)
     done: dict[int, dict[str, float]] = {}  # the last step's result is asked for twice
 
     def evaluate(step: int) -> dict[str, float]:
@@ -219,7 +224,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     accel = accel_from_args(args)
     if args.val_every < 0 or args.val_samples < 1:
         raise ValueError(f"--val-every must be >= 0 and --val-samples >= 1, got {args.val_every} and {args.val_samples}")
-    if (args.val_every or args.val_samples != 2048) and not args.val_data:
+    if (args.val_every or args.val_samples != VAL_SAMPLES) and not args.val_data:
         raise ValueError("--val-every / --val-samples need --val-data (held-out datasets)")
     overlap = {str(Path(d).resolve()) for d in args.val_data} & {str(Path(d).resolve()) for d in args.data}
     if overlap:
