@@ -358,8 +358,8 @@ def open_loop_loss(policy, data: DemoDataset, indices: np.ndarray, batch_size: i
     """The policy's loss terms (``compute_loss``'s logs: loss, bin_ce, residual, bin_acc, ...)
     over samples ``indices`` of ``data`` (batch means weighted by batch size), in eval mode and
     without gradients; the policy's train / eval mode is restored. With a ``DemoDataset`` built
-    without augmentation,
-    every sample hears its recorded command, so two calls on the same indices agree.
+    without augmentation, every sample hears its recorded command, so two calls on the same
+    indices agree.
     ``vla train bc --val-data`` compares it on training and held-out expert episodes: the gap
     says how much the policy memorizes."""
     import torch
