@@ -67,3 +67,17 @@ def test_open_loop_loss_is_repeatable_and_keeps_the_mode(light_episode):
     assert open_loop_loss(policy, data, idx, batch_size=7) == a
     with pytest.raises(ValueError, match="no samples"):
         open_loop_loss(policy, data, idx[:0])
+
+
+def test_a_finished_run_gets_its_figures_without_training(light_episode, held_out, tmp_path, capsys):
+    """--val-data on a finished run (its checkpoint had no evaluation) trains nothing and prints
+    the open-loop figures of the saved policy."""
+    run = tmp_path / "run"
+    assert cli.main([*BC, "--data", str(light_episode), "--out", str(run)]) == 0
+    before = load_file(run / "policy" / "model.safetensors")
+    capsys.readouterr()
+    assert cli.main([*BC, "--data", str(light_episode), "--out", str(run), "--val-data", str(held_out)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "open-loop loss at step 12" in out
+    after = load_file(run / "policy" / "model.safetensors")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
