@@ -65,6 +65,10 @@ def test_open_loop_loss_is_repeatable_and_keeps_the_mode(light_episode):
     assert a.keys() == b.keys() and {"loss", "bin_acc"} <= a.keys()
     assert a["loss"] == pytest.approx(b["loss"], rel=0.05)  # batch means weighted by size
     assert open_loop_loss(policy, data, idx, batch_size=7) == a
+    augmented = DemoDataset(policy, augment_commands=1.0)  # every sample would hear another phrasing
+    for ep in read_episodes(light_episode, load_frames=False):
+        augmented.add_episode(ep)
+    assert open_loop_loss(policy, augmented.plain_view(), idx, batch_size=7) == a  # ... but not in its plain view
     with pytest.raises(ValueError, match="no samples"):
         open_loop_loss(policy, data, idx[:0])
 

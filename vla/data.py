@@ -264,6 +264,15 @@ class DemoDataset:
             rows.append(np.stack([np.full_like(t, e), t, g], 1))
         self._index = np.concatenate([self._index, *rows])
 
+    def plain_view(self) -> "DemoDataset":
+        """The recorded samples (no goal-relabelled ones), each heard with its recorded command:
+        no phrasing swaps, chit-chat or phone errors. Shares this dataset's episode arrays, so
+        it costs no copy; episodes added here later are not in it."""
+        plain = DemoDataset(self.policy)
+        plain._episodes = self._episodes
+        plain._index = self._index[self._index[:, 2] < 0]
+        return plain
+
     @property
     def counterfactual_samples(self) -> int:
         """Samples labelled by the expert under another goal than the episode's."""

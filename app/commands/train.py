@@ -159,11 +159,11 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     add_accel_args(p)
 
 
-def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: int):
+def _validation(policy, data, val_episodes: list, samples: int, seed: int):
     """``eval_fn(step)`` for the training loop: the policy's open-loop loss terms
     (``vla.data.open_loop_loss``) on up to ``samples`` held-out samples and as many samples of
-    the training episodes, drawn once from all of each side's episodes, both heard with their
-    recorded commands; keys ``val_*`` and ``train_*``. The loop restores every RNG after an
+    the training data (``data.plain_view()``), drawn once from all of each side's episodes,
+    both heard with their recorded commands; keys ``val_*`` and ``train_*``. The loop restores every RNG after an
     evaluation, so training is the same with or without it; seeding here makes a diffusion
     head's noise the same at every evaluation."""
     import numpy as np
@@ -172,15 +172,15 @@ def _validation(policy, episodes: list, val_episodes: list, samples: int, seed: 
     from vla.data import DemoDataset, open_loop_loss
     from vla.distributed import is_main
 
-    def side(eps: list, name: str) -> tuple:
-        data = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
-        for ep in eps:  # samples from every episode: a few whole episodes would make a noisy figure
-            data.add_episode(ep)
-        if len(data) == 0:
+    def side(plain, name: str) -> tuple:  # samples from every episode: a few whole ones make a noisy figure
+        if len(plain) == 0:
             raise ValueError(f"{name}: its episodes hold no labelled states")
-        return data, np.random.default_rng(seed + 1).choice(len(data), min(samples, len(data)), replace=False)
+        return plain, np.random.default_rng(seed + 1).choice(len(plain), min(samples, len(plain)), replace=False)
 
-    held_out, fit = side(val_episodes, "--val-data"), side(episodes, "--data")
+    val = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
+    for ep in val_episodes:
+        val.add_episode(ep)
+    held_out, fit = side(val, "--val-data"), side(data.plain_view(), "--data")
     if is_main():
         print(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
               f"{len(fit[1])} of {fit[0].episodes} training episodes", flush=True)
@@ -245,7 +245,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     method = BCMethod(policy, BCConfig(lr=args.lr, total_steps=args.steps, warmup_steps=min(50, args.steps // 5)),
                       accel)
     checkpoint_every = max(50, args.steps // 5)
-    validation = _validation(policy, episodes, val_episodes, args.val_samples, args.seed) if val_episodes else None
+    validation = _validation(policy, data, val_episodes, args.val_samples, args.seed) if val_episodes else None
     val_every = (args.val_every or checkpoint_every) if validation else 0
     result = train(method, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                              checkpoint_every=checkpoint_every, eval_every=val_every),
