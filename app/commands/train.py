@@ -163,9 +163,9 @@ def _validation(policy, data, val_episodes: list, samples: int, seed: int):
     """``eval_fn(step)`` for the training loop: the policy's open-loop loss terms
     (``vla.data.open_loop_loss``) on up to ``samples`` held-out samples and as many samples of
     the training data (``data.plain_view()``), drawn once from all of each side's episodes,
-    both heard with their recorded commands; keys ``val_*`` and ``train_*``. The loop restores every RNG after an
-    evaluation, so training is the same with or without it; seeding here makes a diffusion
-    head's noise the same at every evaluation."""
+    both heard with their recorded commands; keys ``val_*`` and ``train_*``. The loop restores
+    every RNG after an evaluation, so training is the same with or without it; seeding here
+    makes a diffusion head's noise the same at every evaluation."""
     import numpy as np
     import torch
 
@@ -189,10 +189,10 @@ def _validation(policy, data, val_episodes: list, samples: int, seed: int):
     def evaluate(step: int) -> dict[str, float]:
         if step not in done:
             out = {}
-            for prefix, (data, idx) in (("val", held_out), ("train", fit)):
+            for prefix, (samples_of, idx) in (("val", held_out), ("train", fit)):
                 torch.manual_seed(seed)
                 np.random.seed(seed)
-                out.update({f"{prefix}_{k}": v for k, v in open_loop_loss(policy, data, idx).items()})
+                out.update({f"{prefix}_{k}": v for k, v in open_loop_loss(policy, samples_of, idx).items()})
             done[step] = out
         return done[step]
 
