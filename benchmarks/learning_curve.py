@@ -304,14 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-episode", type=int, default=40,
                    help="gradient steps per budget episode, both arms (default: %(default)s)")
     p.add_argument("--min-steps", type=int, default=1000, help="fewest gradient steps of an arm (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads while training (default: %(default)s)")
     p.add_argument("--summarize-only", action="store_true",
                    help="run nothing: summarize the evaluations already in --out (e.g. of seeds and budgets run "
                         "by separate processes side by side)")
     # --train-steps is unused: the study sets each arm's steps from --steps-per-episode
     add_session_args(p, train_steps=1, eval_option="--session-eval-episodes", eval_default=1,
                      iterations=4, beta0=0.0, no_cameras=True, default_action="plan", observation="lane_frame", dart=True,
-                     goal_relabel=True, label_every=3)
+                     goal_relabel=True, label_every=3, threads=1)
     return p
 
 

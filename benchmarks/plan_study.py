@@ -123,9 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", nargs="+", default=["control_dart", "plan", "plan_dart"],
                    help=f"arms, the first is the paired baseline; from {list(ARMS)} (default: %(default)s)")
     p.add_argument("--eval-episodes", type=int, default=50, help="held-out episodes per policy (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads while training (default: %(default)s)")
     add_session_args(p, train_steps=1500, eval_option="--session-eval-episodes", eval_default=1)
-    p.set_defaults(no_cameras=True, expert_episodes=40)
+    p.set_defaults(no_cameras=True, expert_episodes=40, threads=2)
     return p
 
 

@@ -30,6 +30,10 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--from-scratch", action="store_true", help="retrain each iteration from scratch (default: warm start)")
     p.add_argument("--workers", type=int, default=2, help="rollout processes (default: %(default)s)")
     add_ray_args(p)
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch threads while the policy trains; 0: one per rollout worker, up to the cores this "
+                        "process may use (the workers wait meanwhile); 1 when other jobs share the cores "
+                        "(default: %(default)s)")
     p.add_argument("--label-every", type=int, default=1, metavar="K",
                    help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
                         "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
@@ -51,7 +55,7 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.session_eval_episodes,
         beta0=args.beta0, beta_decay=args.beta_decay, warm_start=not args.from_scratch,
         train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=seed,
-        workers=args.workers, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
+        workers=args.workers, threads=args.threads, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
         audio_renditions=getattr(args, "audio_renditions", 4), command_grammar=getattr(args, "command_grammar", False),
         phone_errors=getattr(args, "phone_errors", 0.0), paraphrase=getattr(args, "paraphrase", 0.0),
         chitchat=getattr(args, "chitchat", 0.0),

@@ -143,6 +143,23 @@ def test_a_different_config_is_refused_on_resume(tmp_path):
         DaggerSession(tiny_config(train_steps=9), tmp_path / "run", log=lambda s: None)
 
 
+def test_training_threads_default_to_one_per_worker_and_may_change_on_resume(tmp_path, monkeypatch):
+    """threads=0 trains on one torch thread per rollout worker (they wait while it trains), no
+    more than the cores this process may use, shared among torchrun's local ranks; a session
+    resumes with another thread count (it does not change what is trained, only how fast)."""
+    monkeypatch.setattr(dagger.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert DaggerSession(tiny_config(workers=2), tmp_path / "a", log=lambda s: None).train_threads() == 2
+    assert DaggerSession(tiny_config(workers=8), tmp_path / "b", log=lambda s: None).train_threads() == 3
+    assert DaggerSession(tiny_config(workers=2, threads=5), tmp_path / "c", log=lambda s: None).train_threads() == 5
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert DaggerSession(tiny_config(workers=8), tmp_path / "d", log=lambda s: None).train_threads() == 1
+    resumed = DaggerSession(tiny_config(workers=2, threads=1), tmp_path / "a", log=lambda s: None)
+    assert resumed.train_threads() == 1
+    with pytest.raises(ValueError, match="threads"):
+        tiny_config(threads=-1)
+
+
 def test_a_resumed_session_may_only_raise_its_iterations(tmp_path):
     """Two iterations, then the same session extended to three, equal a three-iteration session
     run straight; fewer iterations than the saved session is refused."""
