@@ -1,12 +1,16 @@
 """Throughput of the embedded simulator, its expert and the camera renderer (``vla bench sim``).
 
-Four numbers, each from ``steps`` timed calls on one core (``cv2.setNumThreads(1)``):
+Five rates and a ratio, each from ``steps`` timed calls on one core (``cv2.setNumThreads(1)``):
 
 * ``env_steps_per_s``: ``env.step([0, 0])`` without cameras (hold speed, wheel straight).
 * ``env_steps_per_s_cameras``: the same with the default 6-camera rig rendered every step.
 * ``expert_steps_per_s``: ``env.expert_action()`` then ``env.step`` of it, without cameras.
 * ``camera_frames_per_s``: ``CameraRenderer.render`` alone on the scenes the first run
   visited; every camera image counts as one frame (one render = 6 frames).
+* ``env_steps_per_s_highway_env_road``: the first measurement again with highway-env's own
+  road code (``VLA_FAST_ROAD=off``) in place of ``sim.fast_road``'s NumPy neighbour search and
+  collision pre-filter; ``fast_road_speedup`` is the first rate over this one (same steps, same
+  traffic).
 
 Only the calls named are timed: ``env.reset`` (a new episode with seed + k starts whenever
 one ends), a few warm-up steps and the scene snapshots are not.
@@ -14,6 +18,7 @@ one ends), a few warm-up steps and the scene snapshots are not.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -63,6 +68,7 @@ def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int
     """Measure the four rates (see the module docstring); ``log`` gets progress lines."""
     import cv2
 
+    from sim import fast_road
     from sim.cameras import default_rig
     from sim.backends import DEFAULT_BACKEND, make_env
     from sim.render import CameraRenderer
@@ -87,6 +93,17 @@ def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int
         frames = len(scenes) * len(rig)
         log(_line("renderer alone", frames / t_render, "frames/s")
             + f" ({len(scenes) / t_render:.1f} rig renders/s)")
+        saved = os.environ.get(fast_road.SWITCH_ENV)
+        os.environ[fast_road.SWITCH_ENV] = "off"
+        try:
+            t_search = _timed_steps(make_env(DEFAULT_BACKEND, scenario, density), steps, seed, lambda env: HOLD)
+        finally:
+            if saved is None:
+                os.environ.pop(fast_road.SWITCH_ENV, None)
+            else:
+                os.environ[fast_road.SWITCH_ENV] = saved
+        log(_line("env.step, highway-env road", steps / t_search, "steps/s")
+            + f" (sim.fast_road: {t_search / t_env:.2f}x faster)")
     finally:
         cv2.setNumThreads(threads)
     return {
@@ -100,4 +117,6 @@ def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int
         "env_steps_per_s_cameras": steps / t_cam,
         "expert_steps_per_s": steps / t_expert,
         "camera_frames_per_s": frames / t_render,
+        "env_steps_per_s_highway_env_road": steps / t_search,
+        "fast_road_speedup": t_search / t_env,
     }

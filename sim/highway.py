@@ -23,6 +23,7 @@ from highway_env.utils import wrap_to_pi
 from highway_env.vehicle.behavior import IDMVehicle
 
 from sim import highway_expert as expert_mod
+from sim import fast_road
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
 from sim.route import ROUTE_AHEAD, ROUTE_FIELDS, ROUTE_PATH_POINTS, route_features, route_path
@@ -245,6 +246,7 @@ class EmbeddedDrivingEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._core.reset(seed=seed)
+        fast_road.install(self._core.road)  # the same traffic, its two hot spots in NumPy
         rng = np.random.default_rng(None if seed is None else [seed, 7])
         ego = self._core.vehicle
         self._ids: dict[int, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,8 +142,10 @@ def test_bench_sim_last_line_is_json(capsys):
     code, stdout, _ = run(capsys, "bench", "sim", "--density", "light", "--steps", "20")
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
-    for key in ("env_steps_per_s", "env_steps_per_s_cameras", "expert_steps_per_s", "camera_frames_per_s"):
+    for key in ("env_steps_per_s", "env_steps_per_s_cameras", "expert_steps_per_s", "camera_frames_per_s",
+                "env_steps_per_s_highway_env_road", "fast_road_speedup"):
         assert result[key] > 0
+    assert "VLA_FAST_ROAD" not in os.environ  # the bench puts the switch back
     assert (result["scenario"], result["density"], result["steps"]) == ("highway", "light", 20)
 
 

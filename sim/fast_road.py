@@ -1,0 +1,154 @@
+"""Faster highway-env roads with the same traffic: the simulator's two hot spots in NumPy.
+
+A profile of a DAgger rollout on the medium highway (the main job's) puts most of its time in
+highway-env's traffic, simulated for the expert's labels (its plan under every goal from each
+labelled state): about a quarter in ``Road.neighbour_vehicles`` (every IDM / MOBIL decision
+projects every other vehicle onto a lane, one at a time, in Python) and a sixth in the
+pairwise collision checks of ``Road.step`` (every pair of vehicles, every step, though nearly
+all are far apart). ``install(road)`` replaces both on one road:
+
+* **neighbour search**: the same projection (``StraightLane.local_coordinates``: each
+  coordinate is ``dx * ux + dy * uy``, two products and one sum, which is what ``np.dot`` of
+  two 2-vectors computes; the tests check the values bit for bit), the same on-lane test
+  (``AbstractLane.on_lane`` with highway-env's 1 m margin) and the same tie-breaking (among
+  vehicles at equal distance ahead the last in road order leads; behind, the first follows).
+  During ``road.act()`` no vehicle moves, so the positions are read once per ``act``.
+* **collision checks** (plain ``Road`` only, not the junction's ``RegulatedRoad``): the pairs
+  whose distance fails highway-env's own spherical pre-check (``RoadObject._is_colliding``:
+  ``|p_j - p_i| > (diag_i + diag_j) / 2 + v_i dt``), computed for all pairs at once, are
+  skipped: for them ``handle_collisions`` does nothing. The rest are checked by highway-env,
+  in its order. A vehicle class that overrides either method gets all its pairs checked.
+
+Lanes other than ``StraightLane`` (the junction's arcs) and roads that also search connected
+lane segments (``neighbour_vehicles_connected_lanes``) take highway-env's own search. The
+replacements are instance attributes, so ``copy.deepcopy(road)`` (snapshots, the expert's
+look-ahead) carries them to the copy, bound to the copy. ``VLA_FAST_ROAD=off`` keeps
+highway-env's own code (``vla bench sim`` times both; ``tests/test_fast_road.py`` checks that
+episodes are the same either way).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import numpy as np
+from highway_env.road.lane import StraightLane
+from highway_env.road.road import Road
+from highway_env.vehicle.objects import Landmark, RoadObject
+
+SWITCH_ENV = "VLA_FAST_ROAD"
+"""Environment variable: ``on`` (the default) or ``off`` (leave highway-env's road alone)."""
+SWITCH_VALUES = ("on", "off")
+ON_LANE_MARGIN = 1.0
+"""highway-env's margin (m) beyond half the lane width within which a vehicle counts as on it."""
+
+
+def enabled() -> bool:
+    value = os.environ.get(SWITCH_ENV, "") or SWITCH_VALUES[0]
+    if value not in SWITCH_VALUES:
+        raise ValueError(f"{SWITCH_ENV} must be one of {', '.join(SWITCH_VALUES)}, got {value!r}")
+    return value == "on"
+
+
+def install(road) -> None:
+    """Give ``road`` (a highway-env ``Road`` or subclass) the NumPy neighbour search, and a
+    plain ``Road`` the pre-filtered collision checks, unless ``VLA_FAST_ROAD=off``."""
+    if not enabled():
+        return
+    road.neighbour_vehicles = types.MethodType(neighbour_vehicles, road)
+    road.act = types.MethodType(_act, road)
+    road._act_positions = None
+    if type(road) is Road:
+        road.step = types.MethodType(_step, road)
+
+
+def _act(road) -> None:
+    """``Road.act`` with the positions read once for every neighbour search it makes."""
+    road._act_positions = {}  # filled on the first search; nothing moves until act returns
+    try:
+        type(road).act(road)
+    finally:
+        road._act_positions = None
+
+
+def _positions(road, vehicle) -> tuple[list, np.ndarray]:
+    """Every vehicle and object but ``vehicle`` and landmarks, in road order, and their positions."""
+    cache = road.__dict__.get("_act_positions")
+    if cache is None:
+        others = [v for v in road.vehicles + road.objects if v is not vehicle and not isinstance(v, Landmark)]
+        return others, np.array([v.position for v in others], dtype=np.float64).reshape(-1, 2)
+    if not cache:
+        pool = [v for v in road.vehicles + road.objects if not isinstance(v, Landmark)]
+        cache["pool"] = pool
+        cache["xy"] = np.array([v.position for v in pool], dtype=np.float64).reshape(-1, 2)
+    pool, xy = cache["pool"], cache["xy"]
+    keep = [i for i, v in enumerate(pool) if v is not vehicle]
+    if len(keep) == len(pool):
+        return pool, xy
+    return [pool[i] for i in keep], xy[keep]
+
+
+def neighbour_vehicles(road, vehicle, lane_index=None):
+    """``(leader, follower)`` of ``vehicle`` on ``lane_index`` (default: its own lane), as
+    highway-env's ``Road.neighbour_vehicles``; either may be None."""
+    lane_index = lane_index or vehicle.lane_index
+    if not lane_index:
+        return None, None
+    lane = road.network.get_lane(lane_index)
+    if type(lane) is not StraightLane or road.neighbour_vehicles_connected_lanes:
+        return type(road).neighbour_vehicles(road, vehicle, lane_index)
+    others, xy = _positions(road, vehicle)
+    if not others:
+        return None, None
+    start, (ux, uy), (nx, ny) = lane.start, lane.direction, lane.direction_lateral
+    s = float((vehicle.position[0] - start[0]) * ux + (vehicle.position[1] - start[1]) * uy)
+    dx, dy = xy[:, 0] - start[0], xy[:, 1] - start[1]
+    s_v = dx * ux + dy * uy
+    lat = dx * nx + dy * ny
+    on = ((np.abs(lat) <= lane.width / 2 + ON_LANE_MARGIN)
+          & (-lane.VEHICLE_LENGTH <= s_v) & (s_v < lane.length + lane.VEHICLE_LENGTH))
+    ahead = np.flatnonzero(on & (s_v >= s))
+    behind = np.flatnonzero(on & (s_v < s))
+    leader = follower = None
+    if ahead.size:
+        nearest = s_v[ahead].min()
+        leader = others[ahead[s_v[ahead] == nearest][-1]]  # ties: the last one, as highway-env's <=
+    if behind.size:
+        nearest = s_v[behind].max()
+        follower = others[behind[s_v[behind] == nearest][0]]  # ties: the first one, as its strict >
+    return leader, follower
+
+
+def _plain_checks(vehicle) -> bool:
+    """Whether ``vehicle`` checks collisions with highway-env's own ``RoadObject`` methods."""
+    cls = type(vehicle)
+    return cls.handle_collisions is RoadObject.handle_collisions and cls._is_colliding is RoadObject._is_colliding
+
+
+def _step(road, dt: float) -> None:
+    """``Road.step``: move every vehicle, then check each pair (i < j) in highway-env's order,
+    skipping the pairs its own spherical pre-check rejects."""
+    vehicles = road.vehicles
+    for vehicle in vehicles:
+        vehicle.step(dt)
+    n = len(vehicles)
+    if n > 1:
+        xy = np.array([v.position for v in vehicles], dtype=np.float64).reshape(-1, 2)
+        diagonal = np.array([v.diagonal for v in vehicles], dtype=np.float64)
+        speed = np.array([v.speed for v in vehicles], dtype=np.float64)
+        dx = xy[None, :, 0] - xy[:, None, 0]  # [i, j]: p_j - p_i, as RoadObject._is_colliding
+        dy = xy[None, :, 1] - xy[:, None, 1]
+        distance = np.sqrt(dx * dx + dy * dy)
+        reach = (diagonal[:, None] + diagonal[None, :]) / 2 + speed[:, None] * dt
+        near = distance <= reach
+    for i, vehicle in enumerate(vehicles):
+        if i + 1 < n:
+            if _plain_checks(vehicle):
+                candidates = np.flatnonzero(near[i, i + 1:]) + i + 1
+            else:
+                candidates = range(i + 1, n)
+            for j in candidates:
+                vehicle.handle_collisions(vehicles[j], dt)
+        for other in road.objects:
+            vehicle.handle_collisions(other, dt)
