@@ -72,21 +72,45 @@ def _act(road) -> None:
         road._act_positions = None
 
 
-def _positions(road, vehicle) -> tuple[list, np.ndarray]:
-    """Every vehicle and object but ``vehicle`` and landmarks, in road order, and their positions."""
+def _project(xy: np.ndarray, lane) -> tuple[np.ndarray, np.ndarray]:
+    """Longitudinal coordinates on ``lane`` (a StraightLane) of the positions ``xy`` (N, 2), and
+    whether each is on the lane: ``local_coordinates`` and ``on_lane(margin=1)`` for all at once."""
+    start, (ux, uy), (nx, ny) = lane.start, lane.direction, lane.direction_lateral
+    dx, dy = xy[:, 0] - start[0], xy[:, 1] - start[1]
+    s_v = dx * ux + dy * uy
+    lat = dx * nx + dy * ny
+    on = ((np.abs(lat) <= lane.width / 2 + ON_LANE_MARGIN)
+          & (-lane.VEHICLE_LENGTH <= s_v) & (s_v < lane.length + lane.VEHICLE_LENGTH))
+    return s_v, on
+
+
+def _on_lane(road, vehicle, lane_index, lane) -> tuple[list, np.ndarray]:
+    """The vehicles and objects (not ``vehicle``, not landmarks) on ``lane``, in road order, and
+    their longitudinal coordinates. Inside ``act`` the lane's table is built once and shared."""
     cache = road.__dict__.get("_act_positions")
     if cache is None:
         others = [v for v in road.vehicles + road.objects if v is not vehicle and not isinstance(v, Landmark)]
-        return others, np.array([v.position for v in others], dtype=np.float64).reshape(-1, 2)
+        if not others:
+            return [], np.zeros(0)
+        s_v, on = _project(np.array([v.position for v in others], dtype=np.float64), lane)
+        keep = np.flatnonzero(on)
+        return [others[i] for i in keep], s_v[keep]
     if not cache:
         pool = [v for v in road.vehicles + road.objects if not isinstance(v, Landmark)]
-        cache["pool"] = pool
-        cache["xy"] = np.array([v.position for v in pool], dtype=np.float64).reshape(-1, 2)
-    pool, xy = cache["pool"], cache["xy"]
-    keep = [i for i, v in enumerate(pool) if v is not vehicle]
-    if len(keep) == len(pool):
-        return pool, xy
-    return [pool[i] for i in keep], xy[keep]
+        cache.update(pool=pool, index={id(v): i for i, v in enumerate(pool)}, lanes={},
+                     xy=np.array([v.position for v in pool], dtype=np.float64).reshape(-1, 2))
+    table = cache["lanes"].get(lane_index)
+    if table is None:
+        s_v, on = _project(cache["xy"], lane)
+        keep = np.flatnonzero(on)
+        table = cache["lanes"][lane_index] = (keep, s_v[keep])
+    keep, s_on = table
+    mine = cache["index"].get(id(vehicle))
+    if mine is not None:
+        other = keep != mine
+        keep, s_on = keep[other], s_on[other]
+    pool = cache["pool"]
+    return [pool[i] for i in keep], s_on
 
 
 def neighbour_vehicles(road, vehicle, lane_index=None):
@@ -98,18 +122,13 @@ def neighbour_vehicles(road, vehicle, lane_index=None):
     lane = road.network.get_lane(lane_index)
     if type(lane) is not StraightLane or road.neighbour_vehicles_connected_lanes:
         return type(road).neighbour_vehicles(road, vehicle, lane_index)
-    others, xy = _positions(road, vehicle)
+    others, s_v = _on_lane(road, vehicle, lane_index, lane)
     if not others:
         return None, None
-    start, (ux, uy), (nx, ny) = lane.start, lane.direction, lane.direction_lateral
+    start, (ux, uy) = lane.start, lane.direction
     s = float((vehicle.position[0] - start[0]) * ux + (vehicle.position[1] - start[1]) * uy)
-    dx, dy = xy[:, 0] - start[0], xy[:, 1] - start[1]
-    s_v = dx * ux + dy * uy
-    lat = dx * nx + dy * ny
-    on = ((np.abs(lat) <= lane.width / 2 + ON_LANE_MARGIN)
-          & (-lane.VEHICLE_LENGTH <= s_v) & (s_v < lane.length + lane.VEHICLE_LENGTH))
-    ahead = np.flatnonzero(on & (s_v >= s))
-    behind = np.flatnonzero(on & (s_v < s))
+    ahead = np.flatnonzero(s_v >= s)
+    behind = np.flatnonzero(s_v < s)
     leader = follower = None
     if ahead.size:
         nearest = s_v[ahead].min()
