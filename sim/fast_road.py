@@ -12,7 +12,8 @@ all are far apart). ``install(road)`` replaces both on one road:
   two 2-vectors computes; the tests check the values bit for bit), the same on-lane test
   (``AbstractLane.on_lane`` with highway-env's 1 m margin) and the same tie-breaking (among
   vehicles at equal distance ahead the last in road order leads; behind, the first follows).
-  During ``road.act()`` no vehicle moves, so the positions are read once per ``act``.
+  During ``road.act()`` no vehicle moves, so each lane's table (who is on it, where) is built
+  once per ``act`` and shared by every search on that lane.
 * **collision checks** (plain ``Road`` only, not the junction's ``RegulatedRoad``): the pairs
   whose distance fails highway-env's own spherical pre-check (``RoadObject._is_colliding``:
   ``|p_j - p_i| > (diag_i + diag_j) / 2 + v_i dt``), computed for all pairs at once, are
