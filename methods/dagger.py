@@ -45,7 +45,7 @@ from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
 from vla.accel import Accel
 from vla.config import PolicyConfig
-from vla.data import DemoDataset
+from vla.data import DemoDataset, open_loop_validation
 from vla.evaluation import evaluate
 from vla.parallel import RolloutSpec, make_pool
 from vla.policy import EVAL_HEARING, VLAPolicy, default_action_tokenizer
@@ -142,6 +142,14 @@ class DaggerConfig:
     evaluated as iteration 0, and iteration 1 warm-starts from it); "" = train BC."""
     backend: str = "embedded"
     """The simulator every episode of the session runs on (``sim.backends``)."""
+    val_data: tuple[str, ...] = ()
+    """Held-out expert datasets (``vla collect``, other seeds than the session's): each
+    iteration's training computes the policy's open-loop loss on them and on its own training
+    data (``vla.data.open_loop_validation``) at every checkpoint and at its end; the figures go
+    to ``iter_k/train/eval.jsonl`` and the iteration's line (``open_loop``). Evaluating never
+    changes training, so it may be added or dropped when a session resumes."""
+    val_samples: int = 2048
+    """Samples drawn from each side of that validation."""
 
     def __post_init__(self) -> None:
         from sim.backends import BACKENDS
@@ -178,6 +186,13 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.chitchat must be in [0, 1], got {self.chitchat}")
         if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
             raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
+        if isinstance(self.val_data, str) or not all(isinstance(d, str) and d for d in self.val_data):
+            raise ValueError(f"DaggerConfig.val_data must be a list of dataset directories, got {self.val_data!r}")
+        overlap = {str(Path(d).resolve()) for d in self.val_data} & {str(Path(d).resolve()) for d in self.expert_data}
+        if overlap:
+            raise ValueError(f"val_data {sorted(overlap)[0]} is also expert data: held-out data must not be trained on")
+        if self.val_samples < 1:
+            raise ValueError(f"DaggerConfig.val_samples must be >= 1, got {self.val_samples}")
         if not self.lr > 0 or self.seed < 0 or self.threads < 0:
             raise ValueError("DaggerConfig.lr must be > 0, seed and threads >= 0")
 
@@ -197,7 +212,7 @@ class DaggerConfig:
     @staticmethod
     def from_dict(d: dict) -> DaggerConfig:
         return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"]),
-                               "expert_data": tuple(d.get("expert_data", ()))})
+                               "expert_data": tuple(d.get("expert_data", ())), "val_data": tuple(d.get("val_data", ()))})
 
 
 def label_horizon(policy: PolicyConfig) -> int:
@@ -228,6 +243,8 @@ class DaggerSession:
         self.config, self.run, self.log, self.accel = config, Path(run_dir), log, accel
         if config.expert_data and count_episodes(self._data_dir(0)) < config.expert_episodes:
             self._expert_sources()  # refuse missing or too few episodes before writing anything
+        if config.val_data and not self._val_episodes():
+            raise ValueError(f"val_data {', '.join(config.val_data)}: no episodes")
         self.run.mkdir(parents=True, exist_ok=True)
         saved = self.run / "session.json"
         if saved.exists():
@@ -236,7 +253,8 @@ class DaggerSession:
             old = json.loads(json.dumps(DaggerConfig.from_dict(json.loads(saved.read_text())).to_dict()))
             current = json.loads(json.dumps(config.to_dict()))
             old["ray"] = current["ray"]  # where the episodes run does not change them
-            old["threads"] = current["threads"]  # nor how many threads train the policy
+            for name in ("threads", "val_data", "val_samples"):  # nor how fast it trains, nor what it is measured on
+                old[name] = current[name]
             # More iterations extend a session: iteration k's beta, seeds and schedule do not
             # depend on the total, so the iterations done stay what they would have been.
             extend = current["iterations"] > old["iterations"]
@@ -338,13 +356,30 @@ class DaggerSession:
         data = self._dataset(policy, k)
         method = BCMethod(policy, BCConfig(lr=c.lr, total_steps=c.train_steps,
                                            warmup_steps=min(50, c.train_steps // 5)), self.accel)
+        checkpoint_every = max(50, c.train_steps // 4)
+        validation = None
+        if c.val_data:
+            validation = open_loop_validation(policy, data, self._val_episodes(), c.val_samples, c.seed * 1000 + k,
+                                              names=("val_data", f"iteration {k}'s data"),
+                                              log=self.log if distributed.is_main() else (lambda line: None))
         cfg = TrainConfig(steps=c.train_steps, batch_size=c.batch_size, log_every=25,
-                          checkpoint_every=max(50, c.train_steps // 4), seed=c.seed * 1000 + k,
-                          threads=self.train_threads())
-        result = train(method, data, cfg, self._iter_dir(k) / "train", log=self.log)
+                          checkpoint_every=checkpoint_every, seed=c.seed * 1000 + k,
+                          threads=self.train_threads(),
+                          eval_every=min(checkpoint_every, c.train_steps) if validation else 0)
+        result = train(method, data, cfg, self._iter_dir(k) / "train", eval_fn=validation, log=self.log)
         if distributed.is_main():
             policy.save(self._iter_dir(k) / "policy")
-        return policy, result.last_logs, len(data)
+        logs = dict(result.last_logs)
+        if validation:
+            logs["open_loop"] = validation(result.steps_done)
+        return policy, logs, len(data)
+
+    def _val_episodes(self) -> list:
+        """``val_data``'s episodes, read once per session."""
+        if getattr(self, "_val_cache", None) is None:
+            self._val_cache = [ep for d in self.config.val_data
+                               for ep in read_episodes(d, load_frames=self.config.policy.cameras)]
+        return self._val_cache
 
     def train_threads(self) -> int:
         """The torch threads each iteration trains with (``DaggerConfig.threads``, 0 resolved)."""
@@ -374,10 +409,15 @@ class DaggerSession:
         if policy.config != self.config.policy:
             raise ValueError(f"DaggerConfig.policy differs from the config saved with {checkpoint}; "
                              "a session that starts from a checkpoint trains that policy")
-        samples = len(self._dataset(policy, 0))
+        data = self._dataset(policy, 0)
         if distributed.is_main():
             policy.save(self._iter_dir(0) / "policy")
-        return policy, {}, samples
+        logs = {}
+        if self.config.val_data:  # the start policy's figures, for the iterations to be compared with
+            logs["open_loop"] = open_loop_validation(policy, data, self._val_episodes(), self.config.val_samples,
+                                                     self.config.seed * 1000, names=("val_data", "the expert data"),
+                                                     log=self.log if distributed.is_main() else (lambda line: None))(0)
+        return policy, logs, len(data)
 
     def _evaluate(self, k: int) -> dict:
         """The iteration's policy on the held-out seeds, in every setting; with several settings
@@ -428,6 +468,8 @@ class DaggerSession:
             "metrics": {key: v for key, v in metrics.items()
                         if key not in ("policy", "scenario", "density", "seed", "per_setting")},
         }
+        if "open_loop" in logs:
+            line["open_loop"] = logs["open_loop"]
         if "per_setting" in metrics:
             line["per_setting"] = {name: {key: v for key, v in m.items() if key not in ("policy", "seed")}
                                    for name, m in metrics["per_setting"].items()}

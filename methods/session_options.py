@@ -8,6 +8,9 @@ import argparse
 
 from vla.options import add_command_data_args, add_policy_args, add_ray_args, policy_config
 
+VAL_SAMPLES = 2048
+"""``--val-samples``' default: samples per side of the open-loop validation (``--val-data``)."""
+
 
 def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
                      eval_option: str = "--eval-episodes", eval_default: int = 5, **defaults) -> None:
@@ -34,6 +37,12 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
                    help="torch threads while the policy trains; 0: one per rollout worker, up to the cores this "
                         "process may use (the workers wait meanwhile); 1 when other jobs share the cores "
                         "(default: %(default)s)")
+    p.add_argument("--val-data", nargs="+", default=[], metavar="DIR",
+                   help="held-out expert datasets (vla collect, other seeds): each iteration's open-loop loss on them "
+                        "and on its training data goes to iter_K/train/eval.jsonl and the table; their gap "
+                        "measures memorization")
+    p.add_argument("--val-samples", type=int, default=VAL_SAMPLES, metavar="N",
+                   help="--val-data: samples drawn once from each side (default: %(default)s)")
     p.add_argument("--label-every", type=int, default=1, metavar="K",
                    help="simulate the expert's continuation (chunk / plan label) at every K-th state of a "
                         "policy rollout only; a plan label costs 20 simulator steps (default: %(default)s)")
@@ -50,6 +59,8 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
     """The ``DaggerConfig`` of options added by ``add_session_args``."""
     from methods.dagger import DaggerConfig
 
+    if args.val_samples != VAL_SAMPLES and not args.val_data:
+        raise ValueError("--val-samples needs --val-data (held-out datasets)")
     return DaggerConfig(
         scenario=scenario, density=density, iterations=args.iterations,
         expert_episodes=args.expert_episodes, rollouts=args.rollouts, eval_episodes=args.session_eval_episodes,
@@ -60,4 +71,5 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         phone_errors=getattr(args, "phone_errors", 0.0), paraphrase=getattr(args, "paraphrase", 0.0),
         chitchat=getattr(args, "chitchat", 0.0),
         dart=args.dart, label_every=args.label_every, policy=policy_config(args),
-        backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None))
+        backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None),
+        val_data=tuple(args.val_data), val_samples=args.val_samples)

@@ -100,6 +100,53 @@ def test_a_session_can_start_from_a_trained_policy_and_recorded_expert_data(tmp_
         DaggerSession(other, tmp_path / "other", log=lambda s: None).run_all()
 
 
+def test_val_data_measures_each_iteration_open_loop_and_changes_no_training(tmp_path, capsys):
+    """--val-data: every iteration's line carries its open-loop loss on held-out expert episodes
+    and on its own training data (the start policy's too), iter_k/train/eval.jsonl has the
+    checkpoints' figures, and the weights are those of the same session without it."""
+    from app import cli
+
+    assert cli.main(["collect", "--scenario", "highway", "--density", "light", "--episodes", "1", "--seed", "77",
+                     "--cameras", "none", "--out", str(tmp_path / "val")]) == 0
+    plain = DaggerSession(tiny_config(), tmp_path / "plain", log=lambda s: None).run_all()
+    measured = DaggerSession(tiny_config(val_data=(str(tmp_path / "val"),), val_samples=32), tmp_path / "measured",
+                             log=lambda s: None).run_all()
+    assert [x["train_loss"] for x in plain] == [x["train_loss"] for x in measured]
+    for k in (0, 1):
+        wa = load_file(str(tmp_path / "plain" / f"iter_00{k}" / "policy" / "model.safetensors"))
+        wb = load_file(str(tmp_path / "measured" / f"iter_00{k}" / "policy" / "model.safetensors"))
+        assert all(np.array_equal(wa[key].numpy(), wb[key].numpy()) for key in wa)
+        loop = measured[k]["open_loop"]
+        assert np.isfinite(loop["val_loss"]) and np.isfinite(loop["train_loss"]) and "open_loop" not in plain[k]
+        rows = [json.loads(x) for x in (tmp_path / "measured" / f"iter_00{k}" / "train" / "eval.jsonl").read_text().splitlines()]
+        assert rows and rows[-1]["val_loss"] == loop["val_loss"]
+    # a finished session resumes with or without it, and the command line prints the figures
+    assert DaggerSession(tiny_config(), tmp_path / "measured", log=lambda s: None).run_all() == measured
+    capsys.readouterr()
+    assert cli.main(["dagger", "--density", "light", "--iterations", "0", "--expert-episodes", "1",
+                     "--train-steps", "2", "--eval-episodes", "1", "--workers", "1", "--size", "tiny", "--no-cameras",
+                     "--no-goal-relabel", "--val-data", str(tmp_path / "val"), "--val-samples", "16",
+                     "--out", str(tmp_path / "cli")]) == 0
+    table = capsys.readouterr().out
+    assert "open_loop_train" in table and "open_loop_val" in table
+    start = DaggerSession(tiny_config(start_policy=str(tmp_path / "plain" / "iter_001" / "policy"),
+                                      expert_data=(str(tmp_path / "plain" / "data" / "iter_000"),),
+                                      val_data=(str(tmp_path / "val"),), val_samples=32, iterations=0),
+                          tmp_path / "start", log=lambda s: None).run_all()
+    assert np.isfinite(start[0]["open_loop"]["val_loss"])
+
+
+def test_bad_val_data_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="also expert data"):
+        tiny_config(expert_data=(str(tmp_path / "d"),), val_data=(str(tmp_path / "d"),))
+    with pytest.raises(ValueError, match="val_samples must be >= 1"):
+        tiny_config(val_data=(str(tmp_path / "d"),), val_samples=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError):
+        DaggerSession(tiny_config(val_data=(str(tmp_path / "empty"),)), tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()
+
+
 class _Crash(RuntimeError):
     pass
 

@@ -390,3 +390,41 @@ def open_loop_loss(policy, data: DemoDataset, indices: np.ndarray, batch_size: i
     finally:
         policy.train(was_training)
     return {k: v / len(indices) for k, v in sums.items()}
+
+
+def open_loop_validation(policy, data: DemoDataset, val_episodes: list, samples: int, seed: int,
+                         names: tuple[str, str] = ("--val-data", "--data"), log=print):
+    """``evaluate(step) -> dict`` for the training loop's ``eval_fn``: ``policy``'s open-loop
+    loss terms (``open_loop_loss``) on up to ``samples`` samples of ``val_episodes`` (held-out
+    expert episodes) and as many of the training data (``data.plain_view()``), drawn once and
+    seeded from all of each side's episodes, both heard with their recorded commands; keys
+    ``val_*`` and ``train_*``. ``names`` say in errors which option gave each side. The training
+    loop restores every RNG after an evaluation, so training is the same with or without it;
+    seeding here makes a diffusion head's noise the same at every evaluation. Used by
+    ``vla train bc --val-data`` and ``vla dagger --val-data``."""
+    def side(plain, name: str) -> tuple:  # samples from every episode: a few whole ones make a noisy figure
+        if len(plain) == 0:
+            raise ValueError(f"{name}: its episodes hold no labelled states")
+        return plain, np.random.default_rng(seed + 1).choice(len(plain), min(samples, len(plain)), replace=False)
+
+    if samples < 1:
+        raise ValueError(f"open-loop validation needs samples >= 1, got {samples}")
+    val = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
+    for ep in val_episodes:
+        val.add_episode(ep)
+    held_out, fit = side(val, names[0]), side(data.plain_view(), names[1])
+    log(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
+        f"{len(fit[1])} of {fit[0].episodes} training episodes")
+    done: dict[int, dict[str, float]] = {}  # the last step's result is asked for twice
+
+    def evaluate(step: int) -> dict[str, float]:
+        if step not in done:
+            out = {}
+            for prefix, (samples_of, idx) in (("val", held_out), ("train", fit)):
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+                out.update({f"{prefix}_{k}": v for k, v in open_loop_loss(policy, samples_of, idx).items()})
+            done[step] = out
+        return done[step]
+
+    return evaluate

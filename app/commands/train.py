@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.metrics import format_table
-from methods.session_options import add_session_args, dagger_config
+from methods.session_options import VAL_SAMPLES, add_session_args, dagger_config
 from vla.options import (accel_from_args, add_accel_args, add_backend_args, add_command_data_args, add_policy_args,
                          apply_backend_args, check_flags, policy_config)
 
@@ -90,14 +90,19 @@ def run_dagger(args: argparse.Namespace) -> int:
     lines = session.run_all()
     if not is_main():
         return 0  # under torchrun rank 0 reports
-    rows = []
+    rows, columns = [], ITERATION_COLUMNS
+    if any("open_loop" in line for line in lines):  # --val-data: the open-loop losses beside the training loss
+        at = columns.index("train_loss") + 1
+        columns = columns[:at] + ("open_loop_train", "open_loop_val") + columns[at:]
     for line in lines:
-        head = {k: v for k, v in line.items() if k not in ("metrics", "per_setting")}
+        head = {k: v for k, v in line.items() if k not in ("metrics", "per_setting", "open_loop")}
+        if "open_loop" in line:
+            head.update(open_loop_train=line["open_loop"]["train_loss"], open_loop_val=line["open_loop"]["val_loss"])
         rows.append({**head, "setting": "all" if line.get("per_setting") else f"{args.scenario}_{args.density}",
                      **line["metrics"]})
         rows += [{"iteration": line["iteration"], "setting": name, **m}
                  for name, m in line.get("per_setting", {}).items()]
-    print(format_table(rows, ITERATION_COLUMNS))
+    print(format_table(rows, columns))
     print(f"wrote {out / 'iterations.jsonl'} and {out / 'metrics.json'}; final policy: "
           f"{out / f'iter_{args.iterations:03d}' / 'policy'}")
     return 0
@@ -115,10 +120,6 @@ TRAIN_METHODS: dict[str, tuple[str, str, str, str]] = {
 }
 """``vla train METHOD`` besides ``bc``: name -> (module, configure function, run function, help).
 A module is imported only when its method is on the command line, so the others start fast."""
-
-
-VAL_SAMPLES = 2048
-"""``vla train bc --val-samples``'s default: samples per side of the open-loop validation."""
 
 
 def configure_train(p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
@@ -159,46 +160,6 @@ def add_dataset_train_args(p: argparse.ArgumentParser, head: str | None = None) 
     add_accel_args(p)
 
 
-def _validation(policy, data, val_episodes: list, samples: int, seed: int):
-    """``eval_fn(step)`` for the training loop: the policy's open-loop loss terms
-    (``vla.data.open_loop_loss``) on up to ``samples`` held-out samples and as many samples of
-    the training data (``data.plain_view()``), drawn once from all of each side's episodes,
-    both heard with their recorded commands; keys ``val_*`` and ``train_*``. The loop restores
-    every RNG after an evaluation, so training is the same with or without it; seeding here
-    makes a diffusion head's noise the same at every evaluation."""
-    import numpy as np
-    import torch
-
-    from vla.data import DemoDataset, open_loop_loss
-    from vla.distributed import is_main
-
-    def side(plain, name: str) -> tuple:  # samples from every episode: a few whole ones make a noisy figure
-        if len(plain) == 0:
-            raise ValueError(f"{name}: its episodes hold no labelled states")
-        return plain, np.random.default_rng(seed + 1).choice(len(plain), min(samples, len(plain)), replace=False)
-
-    val = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
-    for ep in val_episodes:
-        val.add_episode(ep)
-    held_out, fit = side(val, "--val-data"), side(data.plain_view(), "--data")
-    if is_main():
-        print(f"open-loop validation: {len(held_out[1])} held-out samples of {held_out[0].episodes} episodes, "
-              f"{len(fit[1])} of {fit[0].episodes} training episodes", flush=True)
-    done: dict[int, dict[str, float]] = {}  # the last step's result is asked for twice
-
-    def evaluate(step: int) -> dict[str, float]:
-        if step not in done:
-            out = {}
-            for prefix, (samples_of, idx) in (("val", held_out), ("train", fit)):
-                torch.manual_seed(seed)
-                np.random.seed(seed)
-                out.update({f"{prefix}_{k}": v for k, v in open_loop_loss(policy, samples_of, idx).items()})
-            done[step] = out
-        return done[step]
-
-    return evaluate
-
-
 def run_train_bc(args: argparse.Namespace) -> int:
     """``vla train bc``: the policy (head from --head) cloned on the datasets."""
     return run_train_policy(args)
@@ -211,7 +172,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
 
     from methods.bc import BCConfig, BCMethod
     from sim.storage import read_episodes
-    from vla.data import DemoDataset
+    from vla.data import DemoDataset, open_loop_validation
     from vla.policy import VLAPolicy, default_action_tokenizer
     from vla.distributed import is_main
     from vla.train_loop import TrainConfig, train
@@ -245,7 +206,9 @@ def run_train_policy(args: argparse.Namespace) -> int:
     method = BCMethod(policy, BCConfig(lr=args.lr, total_steps=args.steps, warmup_steps=min(50, args.steps // 5)),
                       accel)
     checkpoint_every = max(50, args.steps // 5)
-    validation = _validation(policy, data, val_episodes, args.val_samples, args.seed) if val_episodes else None
+    validation = (open_loop_validation(policy, data, val_episodes, args.val_samples, args.seed,
+                                       log=lambda line: print(line, flush=True) if is_main() else None)
+                  if val_episodes else None)
     val_every = (args.val_every or checkpoint_every) if validation else 0
     result = train(method, data, TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                              checkpoint_every=checkpoint_every, eval_every=val_every),
