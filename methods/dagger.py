@@ -98,9 +98,10 @@ class DaggerConfig:
     """torch threads for each iteration's training; 0 (the default): one per rollout worker, up
     to the cores this process may use (shared among torchrun's local ranks). The workers wait
     while the policy trains, so their cores are free; on 2 cores 2 threads train the main job's
-    policy 1.5x faster than 1 (2026-12-05). Use 1 when other processes share the cores (a
-    20-40x slowdown of small models from oversubscription has been seen). It may change when a
-    session resumes."""
+    policy 1.5x faster than 1 (2026-12-05), and as reproducibly (the training loop uses torch's
+    deterministic CPU algorithms). Use 1 when other processes share the cores (a 20-40x
+    slowdown of small models from oversubscription has been seen). It may change when a session
+    resumes."""
     augment_commands: float = 0.5
     """Probability that a training sample hears another train-split phrasing of its goal
     (``vla.data.DemoDataset``)."""

@@ -294,3 +294,15 @@ def test_resume_across_a_policy_field_added_later() -> None:
     changed = {**record, "method_config": {"policy": {**now, "observation": "lane_frame"}}}
     with pytest.raises(ValueError, match="policy.observation ego_frame != lane_frame"):
         check_same_config(_upgraded(saved), changed)
+
+
+def test_cpu_training_uses_deterministic_algorithms_and_restores_the_setting(tmp_path: Path) -> None:
+    """With several threads some CPU kernels sum in a scheduling-dependent order (two 2-thread
+    runs of the main job's policy differed in the 7th digit); the loop trains with torch's
+    deterministic algorithms on CPU, and leaves the caller's setting as it found it."""
+    seen: list[bool] = []
+    method = TinyMethod(fail={1: lambda: seen.append(torch.are_deterministic_algorithms_enabled())})
+    before = torch.are_deterministic_algorithms_enabled()
+    train(method, ArraySource(), replace(BASE, steps=2, threads=2, checkpoint_every=0), tmp_path / "run")
+    assert seen == [not torch.cuda.is_available()]
+    assert torch.are_deterministic_algorithms_enabled() == before
