@@ -14,14 +14,15 @@ all are far apart). ``install(road)`` replaces both on one road:
   vehicles at equal distance ahead the last in road order leads; behind, the first follows).
   During ``road.act()`` no vehicle moves, so each lane's table (who is on it, where) is built
   once per ``act`` and shared by every search on that lane.
-* **collision checks** (plain ``Road`` only, not the junction's ``RegulatedRoad``): the pairs
+* **collision checks**: the pairs
   whose distance fails highway-env's own spherical pre-check (``RoadObject._is_colliding``:
   ``|p_j - p_i| > (diag_i + diag_j) / 2 + v_i dt``), computed for all pairs at once, are
   skipped: for them ``handle_collisions`` does nothing. The rest are checked by highway-env,
   in its order. A vehicle class that overrides either method gets all its pairs checked.
 
-Lanes other than ``StraightLane`` (the junction's arcs) and roads that also search connected
-lane segments (``neighbour_vehicles_connected_lanes``) take highway-env's own search. The
+Only a plain ``Road`` (the highway's) gets them; lanes other than ``StraightLane`` and roads that
+also search connected lane segments (``neighbour_vehicles_connected_lanes``) take highway-env's
+own search. The
 replacements are instance attributes, so ``copy.deepcopy(road)`` (snapshots, the expert's
 look-ahead) carries them to the copy, bound to the copy. ``VLA_FAST_ROAD=off`` keeps
 highway-env's own code (``vla bench sim`` times both; ``tests/test_fast_road.py`` checks that
@@ -53,15 +54,16 @@ def enabled() -> bool:
 
 
 def install(road) -> None:
-    """Give ``road`` (a highway-env ``Road`` or subclass) the NumPy neighbour search, and a
-    plain ``Road`` the pre-filtered collision checks, unless ``VLA_FAST_ROAD=off``."""
-    if not enabled():
+    """Give ``road`` the NumPy neighbour search and the pre-filtered collision checks, unless
+    ``VLA_FAST_ROAD=off``; only a plain highway-env ``Road`` (the highway's). The junction's
+    ``RegulatedRoad`` keeps highway-env's code: with its handful of cars the NumPy search gained
+    nothing (``vla bench sim --scenario intersection``: 0.83-1.04x over four runs, 2026-12-06)."""
+    if not enabled() or type(road) is not Road:
         return
     road.neighbour_vehicles = types.MethodType(neighbour_vehicles, road)
     road.act = types.MethodType(_act, road)
     road._act_positions = None
-    if type(road) is Road:
-        road.step = types.MethodType(_step, road)
+    road.step = types.MethodType(_step, road)
 
 
 def _act(road) -> None:
