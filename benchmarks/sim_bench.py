@@ -65,7 +65,7 @@ def _render_seconds(renderer, scenes: list) -> float:
 def run_sim_bench(scenario: str = "highway", density: str = "medium", steps: int = 300,
                   seed: int = 0, width: int = 96, height: int = 64,
                   log: Callable[[str], None] | None = None) -> dict:
-    """Measure the four rates (see the module docstring); ``log`` gets progress lines."""
+    """Measure the rates and the ratio (see the module docstring); ``log`` gets progress lines."""
     import cv2
 
     from sim import fast_road

@@ -44,7 +44,7 @@ from sim.storage import EpisodeWriter, count_episodes, episode_paths, read_episo
 from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
 from vla.accel import Accel
-from vla.config import PolicyConfig
+from vla.config import VAL_SAMPLES, PolicyConfig
 from vla.data import DemoDataset, open_loop_validation
 from vla.evaluation import evaluate
 from vla.parallel import RolloutSpec, make_pool
@@ -149,7 +149,7 @@ class DaggerConfig:
     data (``vla.data.open_loop_validation``) at every checkpoint and at its end; the figures go
     to ``iter_k/train/eval.jsonl`` and the iteration's line (``open_loop``). Evaluating never
     changes training, so it may be added or dropped when a session resumes."""
-    val_samples: int = 2048
+    val_samples: int = VAL_SAMPLES
     """Samples drawn from each side of that validation."""
 
     def __post_init__(self) -> None:
@@ -358,11 +358,7 @@ class DaggerSession:
         method = BCMethod(policy, BCConfig(lr=c.lr, total_steps=c.train_steps,
                                            warmup_steps=min(50, c.train_steps // 5)), self.accel)
         checkpoint_every = max(50, c.train_steps // 4)
-        validation = None
-        if c.val_data:
-            validation = open_loop_validation(policy, data, self._val_episodes(), c.val_samples, c.seed * 1000 + k,
-                                              names=("val_data", f"iteration {k}'s data"),
-                                              log=self.log if distributed.is_main() else (lambda line: None))
+        validation = self._open_loop(policy, data, c.seed * 1000 + k, f"iteration {k}'s data") if c.val_data else None
         cfg = TrainConfig(steps=c.train_steps, batch_size=c.batch_size, log_every=25,
                           checkpoint_every=checkpoint_every, seed=c.seed * 1000 + k,
                           threads=self.train_threads(),
@@ -374,6 +370,12 @@ class DaggerSession:
         if validation:
             logs["open_loop"] = validation(result.steps_done)
         return policy, logs, len(data)
+
+    def _open_loop(self, policy: VLAPolicy, data: DemoDataset, seed: int, name: str):
+        """``vla.data.open_loop_validation`` of ``policy`` on ``val_data`` and on ``data`` (``name``)."""
+        return open_loop_validation(policy, data, self._val_episodes(), self.config.val_samples, seed,
+                                    names=("val_data", name),
+                                    log=self.log if distributed.is_main() else (lambda line: None))
 
     def _val_episodes(self) -> list:
         """``val_data``'s episodes, read once per session."""
@@ -415,9 +417,7 @@ class DaggerSession:
             policy.save(self._iter_dir(0) / "policy")
         logs = {}
         if self.config.val_data:  # the start policy's figures, for the iterations to be compared with
-            logs["open_loop"] = open_loop_validation(policy, data, self._val_episodes(), self.config.val_samples,
-                                                     self.config.seed * 1000, names=("val_data", "the expert data"),
-                                                     log=self.log if distributed.is_main() else (lambda line: None))(0)
+            logs["open_loop"] = self._open_loop(policy, data, self.config.seed * 1000, "the expert data")(0)
         return policy, logs, len(data)
 
     def _evaluate(self, k: int) -> dict:

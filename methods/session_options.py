@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from vla.config import VAL_SAMPLES
 from vla.options import add_command_data_args, add_policy_args, add_ray_args, policy_config
-
-VAL_SAMPLES = 2048
-"""``--val-samples``' default: samples per side of the open-loop validation (``--val-data``)."""
 
 
 def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,

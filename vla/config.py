@@ -373,3 +373,9 @@ SIZES = {
 }
 """Named policy sizes (``--size``); 'small' is the CPU default, 'large' (~100M parameters) is
 for a GPU (``vla bench gpu``)."""
+
+
+VAL_SAMPLES = 2048
+"""Default samples per side of ``vla.data.open_loop_validation`` (``--val-samples`` of
+``vla train bc`` and ``vla dagger``); here, not in ``vla.data``, so that command-line parsers
+can name it without importing torch."""

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from benchmarks.metrics import format_table
-from methods.session_options import VAL_SAMPLES, add_session_args, dagger_config
+from methods.session_options import add_session_args, dagger_config
+from vla.config import VAL_SAMPLES
 from vla.options import (accel_from_args, add_accel_args, add_backend_args, add_command_data_args, add_policy_args,
                          apply_backend_args, check_flags, policy_config)
 
