@@ -194,8 +194,10 @@ class DaggerConfig:
             raise ValueError(f"val_data {sorted(overlap)[0]} is also expert data: held-out data must not be trained on")
         if self.val_samples < 1:
             raise ValueError(f"DaggerConfig.val_samples must be >= 1, got {self.val_samples}")
-        if not self.lr > 0 or self.seed < 0 or self.threads < 0:
-            raise ValueError("DaggerConfig.lr must be > 0, seed and threads >= 0")
+        if not self.lr > 0 or self.seed < 0:
+            raise ValueError("DaggerConfig.lr must be > 0 and seed >= 0")
+        if self.threads < 0:
+            raise ValueError(f"DaggerConfig.threads must be >= 0 (0: one per rollout worker), got {self.threads}")
 
     @property
     def settings(self) -> list[tuple[str, str]]:

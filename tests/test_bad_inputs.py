@@ -192,7 +192,7 @@ CASES = [
     ("dagger-val-data-is-expert-data", [*DAGGER, "--expert-data", "{d}/data", "--val-data", "{d}/data"], _nothing,
      "also expert data"),
     ("dagger-val-samples-without-val-data", [*DAGGER, "--val-samples", "5"], _nothing, "needs --val-data"),
-    ("dagger-threads-negative", [*DAGGER, "--threads", "-1"], _nothing, "threads"),
+    ("dagger-threads-negative", [*DAGGER, "--threads", "-1"], _nothing, "threads must be >= 0"),
     ("dagger-out-is-a-file", [*DAGGER, "--out", "{d}/d4rl.h5"], _nothing, "is a file"),
     ("dagger-start-from-missing", [*DAGGER, "--start-from", "{d}/nope"], _nothing, "nope"),
     ("dagger-start-from-other-size", [*DAGGER, "--start-from", "{d}/policy", "--size", "base"], _nothing, "d_model"),
