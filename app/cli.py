@@ -453,11 +453,14 @@ def _bench_parser(sub, argv: Sequence[str] | None = None) -> None:
                                        "simulator alone (the policy on --device, the simulator on the "
                                        "CPU); see benchmarks.policy_bench.")
     _add_sim_args(b, episodes=False)
-    b.add_argument("--steps", type=int, default=200, help="timed env steps (default: %(default)s)")
-    b.add_argument("--size", default="small", help="policy size: tiny, small or base (default: %(default)s)")
+    b.add_argument("--steps", type=int, default=400, help="timed env steps (default: %(default)s)")
+    b.add_argument("--policy", default=None, metavar="DIR",
+                   help="benchmark this saved policy (its size, cameras, action and rules; a trained one runs "
+                        "what random weights skip, e.g. commitment's scoring pass) instead of a random one")
+    b.add_argument("--size", default=None, help="policy size: tiny, small or base (default: small)")
     b.add_argument("--no-cameras", action="store_true", help="benchmark the blind (state-token) policy")
-    b.add_argument("--action", choices=("control", "plan"), default="plan",
-                   help="what the policy predicts: raw control chunks or plans for the tracker (default: %(default)s, "
+    b.add_argument("--action", choices=("control", "plan"), default=None,
+                   help="what the policy predicts: raw control chunks or plans for the tracker (default: plan, "
                         "as vla dagger)")
     b.add_argument("--replan-every", type=int, default=None, metavar="K",
                    help="a new chunk / plan every K steps (default: the action space's, 5 for plans)")
@@ -526,18 +529,33 @@ def _cmd_bench_policy(args: argparse.Namespace) -> int:
     from vla.config import SIZES
     from vla.config import PolicyConfig
 
-    if args.size not in SIZES:
-        raise VLAError(f"unknown --size {args.size!r}; choose one of {', '.join(SIZES)}")
-    if args.replan_every is not None:
-        _check_positive("--replan-every", args.replan_every)
-    config = PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, action=args.action,
-                          observation="lane_frame", replan_every=args.replan_every)
+    policy = None
+    if args.policy is not None:
+        given = [flag for flag, value in (("--size", args.size), ("--no-cameras", args.no_cameras or None),
+                                          ("--action", args.action), ("--replan-every", args.replan_every))
+                 if value is not None]
+        if given:
+            raise VLAError(f"{', '.join(given)} cannot be given with --policy (the saved policy's own settings are used)")
+        from vla.policy import VLAPolicy
+
+        policy = VLAPolicy.load(args.policy)
+        config = policy.config
+        size = next((name for name, dims in SIZES.items()
+                     if all(getattr(config, k) == v for k, v in dims.items())), "custom")
+    else:
+        size = args.size or "small"
+        if size not in SIZES:
+            raise VLAError(f"unknown --size {size!r}; choose one of {', '.join(SIZES)}")
+        if args.replan_every is not None:
+            _check_positive("--replan-every", args.replan_every)
+        config = PolicyConfig(**SIZES[size], cameras=not args.no_cameras, action=args.action or "plan",
+                              observation="lane_frame", replan_every=args.replan_every)
     from vla.accel import resolve
 
     accel = resolve(args.device, args.precision, "off")
     result = run_policy_bench(config, args.scenario, args.density, args.steps, args.seed,
-                              log=lambda line: print(line, flush=True), accel=accel)
-    print(json.dumps({**result, "size": args.size}, sort_keys=True))
+                              log=lambda line: print(line, flush=True), accel=accel, policy=policy)
+    print(json.dumps({**result, "size": size, "policy": args.policy or "random weights"}, sort_keys=True))
     return 0
 
 

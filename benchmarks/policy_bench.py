@@ -5,10 +5,16 @@
 * ``closed_loop_steps_per_s``: env.step with the policy's camera rig + ``select_action`` every
   step (the DAgger / eval loop without expert queries; a new chunk / plan every
   ``replan_every`` steps); ``closed_loop_ratio`` = it / ``sim_steps_per_s``;
-* ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone);
+* ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone),
+  timed in blocks of ``BLOCK`` steps that alternate with the closed loop's, so that the ratio
+  compares the two under the same machine load;
 * ``train_samples_per_s``: BC updates (``methods.bc.BCMethod``, batch ``TRAIN_BATCH``) on the
   samples of one recorded expert episode, one torch thread, after 2 warm-up updates.
-Weights are random (speed does not depend on them); the size is ``vla.config.SIZES``.
+Weights are random (the size is ``vla.config.SIZES``) unless a saved policy is given
+(``--policy``). The network's cost does not depend on its weights, but the rules around it do:
+commitment (``commit_margin``) scores the executed plan against each new one in a second pass,
+which a trained policy runs at most re-plans on open road and random weights (whose plans brake,
+and a braking plan is always taken) almost never.
 """
 
 from __future__ import annotations
@@ -24,17 +30,36 @@ from vla.config import PolicyConfig
 from vla.policy import VLAPolicy, default_action_tokenizer
 
 
-def _steps_per_s(env, act, steps: int, seed: int) -> float:
-    obs, _ = env.reset(seed=seed)
-    elapsed, done = 0.0, 0
-    while done < steps:
-        t0 = time.perf_counter()
-        obs, _, term, trunc, _ = env.step(act(obs))
-        elapsed += time.perf_counter() - t0
-        done += 1
-        if term or trunc:
-            obs, _ = env.reset(seed=seed + done)
-    return done / elapsed
+class _Drive:
+    """An env driven by ``act`` in timed blocks of steps, reset (untimed) at each episode's end."""
+
+    def __init__(self, env, act, seed: int, on_reset=None) -> None:
+        self.env, self.act, self.seed, self.on_reset = env, act, seed, on_reset
+        self.steps, self.elapsed = 0, 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.obs, _ = self.env.reset(seed=self.seed + self.steps)
+        if self.on_reset is not None:
+            self.on_reset(self.env)
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.obs, _, term, trunc, _ = self.env.step(self.act(self.obs))
+            self.elapsed += time.perf_counter() - t0
+            self.steps += 1
+            if term or trunc:
+                self._reset()
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.elapsed
+
+
+BLOCK = 20
+"""Steps per timed block: the closed loop and the simulator alone alternate blocks, so a slower
+or faster spell of a shared machine lands on both sides of ``closed_loop_ratio``."""
 
 
 TRAIN_BATCH = 32
@@ -81,14 +106,20 @@ def _train_samples_per_s(policy: VLAPolicy, env, seed: int, accel: Accel = Accel
 
 
 def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: str = "medium",
-                     steps: int = 200, seed: int = 0, log=print, accel: Accel = Accel()) -> dict:
+                     steps: int = 400, seed: int = 0, log=print, accel: Accel = Accel(),
+                     policy: VLAPolicy | None = None) -> dict:
     """The figures above, with the policy on ``accel.device`` under ``accel``'s precision (the
-    simulator stays on the CPU; on CUDA every timing waits for the GPU)."""
+    simulator stays on the CPU; on CUDA every timing waits for the GPU). ``policy``: a loaded
+    one instead of random weights of ``config`` (its own config is used; it is trained on in
+    memory for ``train_samples_per_s``, nothing is saved)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action)).eval()
+        if policy is None:
+            policy = VLAPolicy(config, default_action_tokenizer(config.n_bins, config.action))
+        config = policy.config
+        policy.eval()
         policy.to(accel.device)
         env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig)
         obs, _ = env.reset(seed=seed)
@@ -96,12 +127,23 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
         with accel.autocast():
             latency = median_ms(lambda: policy.predict_action_chunk(obs), accel.device, 30)
         log(f"chunk latency: {latency:.1f} ms (H={config.horizon}, {config.horizon * 2} decoding steps)")
-        policy.reset()
+
+        def new_episode(e) -> None:
+            policy.reset()
+            policy.hear(e.goal.command, e.goal.lang)
+
+        # two envs with the same rig, timed in alternating blocks (``BLOCK``)
+        closed_drive = _Drive(env, policy.select_action, seed, on_reset=new_episode)
+        sim_env = make_env(DEFAULT_BACKEND, scenario, density, cameras=policy.rig)
+        sim_drive = _Drive(sim_env, lambda obs: np.zeros(2, np.float32), seed)
         with accel.autocast():
-            closed = _steps_per_s(env, policy.select_action, steps, seed)
+            while closed_drive.steps < steps:
+                block = min(BLOCK, steps - closed_drive.steps)
+                closed_drive.run(block)
+                sim_drive.run(block)
+        closed, sim = closed_drive.steps_per_s, sim_drive.steps_per_s
         log(f"closed loop: {closed:.1f} steps/s")
-        sim = _steps_per_s(env, lambda obs: np.zeros(2, np.float32), steps, seed)
-        log(f"simulator alone (same rig): {sim:.1f} steps/s")
+        log(f"simulator alone (same rig, in alternating blocks of {BLOCK} steps): {sim:.1f} steps/s")
         params = sum(p.numel() for p in policy.parameters())
         train = _train_samples_per_s(policy, env, seed, accel)
         log(f"training (BC, batch {TRAIN_BATCH}): {train:.0f} samples/s")

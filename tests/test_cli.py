@@ -165,6 +165,26 @@ def test_bench_policy_last_line_is_json(capsys):
     assert code == 2 and "unknown --size 'huge'" in err
 
 
+def test_bench_policy_of_a_saved_policy(capsys, tmp_path):
+    """--policy DIR benches a saved policy with its own settings; the size flags cannot be mixed
+    in, and a directory without a policy is a one-line error."""
+    from vla.config import PolicyConfig, SIZES
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(**SIZES["tiny"], cameras=False, action="plan", observation="lane_frame", commit_margin=1.5)
+    VLAPolicy(config, default_action_tokenizer(config.n_bins, "plan")).save(tmp_path / "p")
+    code, stdout, _ = run(capsys, "bench", "policy", "--policy", str(tmp_path / "p"), "--density", "light",
+                          "--steps", "5")
+    assert code == 0
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["policy"] == str(tmp_path / "p") and result["size"] == "tiny" and result["cameras"] == 0
+    assert result["closed_loop_ratio"] > 0
+    code, _, err = run(capsys, "bench", "policy", "--policy", str(tmp_path / "p"), "--size", "small")
+    assert code == 2 and "--size cannot be given with --policy" in err
+    code, _, err = run(capsys, "bench", "policy", "--policy", str(tmp_path / "nothing"))
+    assert code == 2 and "nothing" in err and len(err.strip().splitlines()) == 1
+
+
 def test_help_and_version(capsys):
     code, stdout, _ = run(capsys)
     assert code == 0 and "collect" in stdout and "eval" in stdout and "bench" in stdout

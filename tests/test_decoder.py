@@ -84,3 +84,45 @@ def test_cached_inference_weights_follow_an_optimizer_step():
         ref = model(inputs_embeds=x, attention_mask=mask.long(), position_ids=pos).last_hidden_state
     assert not torch.allclose(before, after)
     assert torch.allclose(after[mask], ref[mask], atol=1e-5)
+
+
+def test_unpadded_inputs_take_the_maskless_path_with_the_same_numbers():
+    """Without padding (one policy driving) the prefix runs as plain causal attention and each
+    decoded token with no mask at all; both must equal the library's forward / one causal pass.
+    A block of several tokens after a cached prefix still needs its causal mask."""
+    model = _backbone()
+    x = torch.randn(2, 10, 32)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    extra = torch.randn(2, 5, 32)
+    full_x = torch.cat([x, extra], 1)
+    full_mask = torch.ones(2, 15, dtype=torch.bool)
+    with torch.no_grad():
+        ref = model(inputs_embeds=full_x, attention_mask=full_mask.long(),
+                    position_ids=positions(full_mask)).last_hidden_state
+        assert torch.allclose(decoder.run(model, full_x, full_mask, positions(full_mask)), ref, atol=1e-5)
+        cache = decoder.new_cache(model, 2, 15, x)
+        outs = [decoder.run(model, x, mask, positions(mask), cache)]
+        real = torch.full((2, 1), 10)
+        outs.append(decoder.run(model, extra[:, :1], torch.ones(2, 1, dtype=torch.bool), real, cache))
+        pos = 11 + torch.arange(4).expand(2, 4)  # then 4 tokens in one call: causal among themselves
+        outs.append(decoder.run(model, extra[:, 1:], torch.ones(2, 4, dtype=torch.bool), pos, cache))
+    assert torch.allclose(torch.cat(outs, 1), ref, atol=1e-5)
+
+
+def test_inference_weights_follow_a_new_cache_and_a_dtype_move():
+    """A decoding keeps the weights it started with (they are read once per cache); a new cache
+    after an update reads the new ones, and moving the model (``.double()``, ``.to(device)``:
+    new storage, same parameter objects) invalidates the cached concatenations."""
+    model = _backbone()
+    x, mask = _padded_batch(n=6)
+    with torch.no_grad():
+        decoder.run(model, x, mask, positions(mask), decoder.new_cache(model, 3, 6, x))
+        for p in model.parameters():
+            p.mul_(1.5)
+        ours = decoder.run(model, x, mask, positions(mask), decoder.new_cache(model, 3, 6, x))
+        ref = model(inputs_embeds=x, attention_mask=mask.long(), position_ids=positions(mask)).last_hidden_state
+        assert torch.allclose(ours[mask], ref[mask], atol=1e-5)
+        model.double()
+        out = decoder.run(model, x.double(), mask, positions(mask))
+    assert out.dtype == torch.float64
+    assert torch.allclose(out[mask].float(), ref[mask], atol=1e-5)

@@ -455,6 +455,11 @@ def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier()
     obs, _ = env.reset(seed=3)
     one = [policy._plan_scores(obs, [p])[0] for p in (first[0], second[0])]
     np.testing.assert_allclose(policy._plan_scores(obs, [first[0], second[0]]), one, rtol=1e-5)  # batched = alone
+    policy.reset()
+    policy._own_plan(obs)  # keeps this observation's prefix pass: the scores reuse it
+    assert policy._prefix is not None
+    kept_prefix = policy._plan_scores(obs, [first[0], second[0]])
+    np.testing.assert_allclose(kept_prefix, one, rtol=1e-5)
     env = EmbeddedDrivingEnv("intersection", "light")  # near a junction nothing is held
     assert env.reset(seed=3)[0]["route"][0] < 50
     np.testing.assert_array_equal(np.array(drive(1e9)[1]), np.array(drive(0.0)[1]))
@@ -548,3 +553,35 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)
         assert args.execution == {attr: 0.5}, flag
+
+
+def test_continuation_logits_after_a_kept_prefix_equal_the_teacher_forced_forward():
+    """VLAModel.continuation_logits (commitment's scores without a second prefix pass): the
+    logits of several chunks after one observation's kept prefix equal ``forward`` with each
+    chunk as the target, and the prefix's cache is left as it was (it is copied)."""
+    from dataclasses import replace
+
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=2, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan")).eval()
+    obs, _ = EmbeddedDrivingEnv("highway", "light").reset(seed=5)
+    policy.hear("change to the left lane")
+    x = policy.inputs_from_obs(obs)
+    with torch.no_grad():
+        out = policy.model.generate_chunk(x, keep_prefix=True)
+        before = [k.clone() for k in out.prefix.cache.keys]
+        bins = torch.stack([out.bins[0], torch.randint(0, 16, out.bins.shape[1:]), torch.zeros_like(out.bins[0])])
+        got = policy.model.continuation_logits(out.prefix, bins)
+        batch = replace(x.select([0, 0, 0]), action_bins=bins, action_residual=torch.zeros(bins.shape),
+                        action_mask=torch.ones(3, bins.shape[1], dtype=torch.bool))
+        want, _ = policy.model(batch)
+    assert got.shape == want.shape == (3, 4, 2, 16)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], out.bin_logits[0], atol=1e-5, rtol=1e-5)  # its own decoding's logits
+    assert all(torch.equal(a, b) for a, b in zip(before, out.prefix.cache.keys))

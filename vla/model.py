@@ -55,6 +55,18 @@ class ChunkOutput:
     residual: torch.Tensor  # (B, H, D) float32 residual of the chosen bins
     logprob: torch.Tensor  # (B, H, D) log-probability of the chosen bins
     bin_logits: torch.Tensor  # (B, H, D, n_bins)
+    prefix: Prefix | None = None  # the prefix pass, kept with ``generate_chunk(keep_prefix=True)``
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A decoding's prefix pass, kept so that other chunks can be scored after the same
+    observation without running it again (``VLAModel.continuation_logits``)."""
+
+    cache: decoder.KVCache  # keys / values of the prefix in its first ``length`` places
+    length: int  # prefix tokens, ending with <action>
+    last: torch.Tensor  # (B, d) final hidden state at <action>: it predicts the first token
+    real: torch.Tensor  # (B, 1) real prefix tokens: the first action token's RoPE position
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -223,15 +235,16 @@ class VLAModel(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate_chunk(self, x: PolicyInputs, temperature: float = 0.0,
-                       generator: torch.Generator | None = None) -> ChunkOutput:
+                       generator: torch.Generator | None = None, keep_prefix: bool = False) -> ChunkOutput:
         """Decode the H*D action tokens with the KV cache (``vla.decoder``); greedy at
-        temperature 0."""
+        temperature 0. ``keep_prefix``: the output keeps the prefix pass (``Prefix``)."""
         h_steps, dims = self.config.horizon, len(ACTION_DIMS)
         emb, mask = self.prefix(x)
         steps, n, b = h_steps * dims, self.config.n_bins, x.batch_size
         cache = decoder.new_cache(self.backbone, b, emb.shape[1] + steps - 1, emb)
         h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1]
         real = mask.long().sum(1, keepdim=True)  # real tokens so far: the next one's position + 1
+        kept = Prefix(cache, emb.shape[1], h, real) if keep_prefix else None
         one = torch.ones_like(mask[:, :1])
         starts = [int(s) for s in self.action_starts]
         action_seg = self.segment.weight[SEG["action"]]
@@ -262,7 +275,30 @@ class VLAModel(nn.Module):
             residual=res.view(b, h_steps, dims),
             logprob=logp.view(b, h_steps, dims),
             bin_logits=logits.view(b, h_steps, dims, -1),
+            prefix=kept,
         )
+
+    @torch.no_grad()
+    def continuation_logits(self, prefix: Prefix, bins: torch.Tensor) -> torch.Tensor:
+        """(P, H, D, n_bins) teacher-forced bin logits of P chunks ``bins`` (P, H, D) after the
+        kept prefix of ONE observation: what ``forward`` gives for that observation with each
+        chunk as its target (equal to float tolerance), with one decoder pass of the H*D - 1
+        action tokens instead of the whole sequence. The prefix's cache is copied, not changed."""
+        if prefix.last.shape[0] != 1:
+            raise ValueError(f"continuation_logits scores chunks after one observation's prefix, not {prefix.last.shape[0]}")
+        p, length = bins.shape[0], prefix.length
+        tokens = self.action_token_ids(bins)[:, :-1]  # the last token predicts nothing
+        src = prefix.cache
+        cache = decoder.KVCache([k[:, :, :length + tokens.shape[1]].repeat(p, 1, 1, 1) for k in src.keys],
+                                [v[:, :, :length + tokens.shape[1]].repeat(p, 1, 1, 1) for v in src.values],
+                                src.key_mask[:, :length + tokens.shape[1]].repeat(p, 1), length, src.rope, src.blocks)
+        step = self.embed(tokens) + self.segment.weight[SEG["action"]]
+        pos = prefix.real + torch.arange(tokens.shape[1], device=tokens.device)
+        h = decoder.run(self.backbone, step, torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device),
+                        pos.expand(p, -1), cache)
+        h = torch.cat([prefix.last[:, None].expand(p, 1, -1), h], dim=1)
+        logits, _ = self._heads(h)
+        return logits.view(*bins.shape, self.config.n_bins)
 
     def _heads_at(self, h: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads for the single prediction position j (h: (B, 1, d)) -> (B, n_bins) each."""

@@ -51,7 +51,7 @@ from vla.config import SPOKEN_MODALITIES, PolicyConfig
 from vla.diffusion_head import EMA, diffusion_loss, diffusion_predict
 from vla.inputs import OBSERVATIONS, PolicyInputs, collate
 from vla.losses import ACTION_LOSSES, chunk_log_prob
-from vla.model import VLAModel
+from vla.model import ChunkOutput, VLAModel
 
 FORMAT_VERSION = 1
 SAMPLING_SEED = 0
@@ -169,7 +169,11 @@ def bins_loss(policy: VLAPolicy, batch: PolicyInputs) -> tuple[torch.Tensor, dic
 def bins_predict(policy: VLAPolicy, model: VLAModel, inputs: PolicyInputs, temperature: float = 0.0,
                  generator: torch.Generator | None = None) -> np.ndarray:
     """(B, H, 2) physical actions decoded token by token (greedy at temperature 0)."""
-    out = model.generate_chunk(inputs, temperature=temperature, generator=generator)
+    return bins_actions(policy, model.generate_chunk(inputs, temperature=temperature, generator=generator))
+
+
+def bins_actions(policy: VLAPolicy, out: ChunkOutput) -> np.ndarray:
+    """(B, H, 2) physical actions of decoded bins and residuals."""
     return policy.action_tokenizer.decode(out.bins.cpu().numpy(), out.residual.float().cpu().numpy())
 
 
@@ -394,6 +398,7 @@ class VLAPolicy(torch.nn.Module):
         self._actor_seen: dict[float, tuple[float, float]] = {}  # actor id -> (speed, yaw) at step _actor_seen_t
         self._actor_seen_t = -2
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
+        self._prefix = None  # the current step's prefix pass (vla.model.Prefix), for commitment's scores
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
 
     def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
@@ -526,7 +531,7 @@ class VLAPolicy(torch.nn.Module):
         """(B, H, D, n_bins) teacher-forced token logits of the head."""
         return self.head.logits(self, batch)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # not no_grad: ~15% less per-op overhead while decoding, and only numbers leave
     def predict_chunk_batch(self, inputs: PolicyInputs, temperature: float = 0.0,
                             generator: torch.Generator | None = None) -> np.ndarray:
         """(B, H, 2) physical actions for a batch of inputs (the diffusion head draws its noise
@@ -539,9 +544,26 @@ class VLAPolicy(torch.nn.Module):
                              generator: torch.Generator | None = None) -> np.ndarray:
         """(H, 2) [accel m/s^2, steer rad] for one observation; random draws come from
         ``generator`` (None: torch's global RNG; select_action passes the policy's own)."""
-        self.model.eval()
-        self.inference_model.eval()
+        self._eval()
         return self.predict_chunk_batch(self.inputs_from_obs(obs), temperature, generator)[0].astype(np.float32)
+
+    def _eval(self) -> None:
+        for model in (self.model, self.inference_model):
+            if model.training:  # .eval() walks every module: not on each decision when it is a no-op
+                model.eval()
+
+    @torch.inference_mode()
+    def _own_plan(self, obs: dict) -> np.ndarray:
+        """``predict_action_chunk`` at temperature 0, as ``select_action`` asks it: with the bins
+        head and commitment on it keeps the prefix pass (``self._prefix``), which
+        ``_plan_scores`` then reuses for this observation."""
+        if self.config.head != "bins" or self.config.commit_margin <= 0:
+            return self.predict_action_chunk(obs, generator=self._generator)
+        self._eval()
+        inputs = self.inputs_from_obs(obs).to(next(self.model.parameters()).device)
+        out = self.inference_model.generate_chunk(inputs, generator=self._generator, keep_prefix=True)
+        self._prefix = out.prefix
+        return bins_actions(self, out)[0].astype(np.float32)
 
     def select_action(self, obs: dict,
                       plan: Callable[[dict], np.ndarray] | None = None) -> np.ndarray:
@@ -549,8 +571,8 @@ class VLAPolicy(torch.nn.Module):
         prediction when given (best-of-N picks among sampled chunks); the chunk queue and
         temporal ensembling stay here either way."""
         if plan is None:
-            def plan(o: dict) -> np.ndarray:
-                return self.predict_action_chunk(o, generator=self._generator)
+            plan = self._own_plan
+        self._prefix = None  # set by _own_plan for this step's observation only
         if self._pending is not None:
             self._weigh_pending(obs)
         t, self._t = self._t, self._t + 1
@@ -584,6 +606,7 @@ class VLAPolicy(torch.nn.Module):
         if self._plan is None or t - self._plan[3] >= every:
             frame, pose = plan_frame(ego), pose_of(ego)
             new = (self._commit(obs, np.asarray(plan(obs), dtype=np.float64), frame, pose, t), frame, pose, t)
+            self._prefix = None  # used up: it belongs to this observation only
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
@@ -706,18 +729,23 @@ class VLAPolicy(torch.nn.Module):
         score_kept, score_new = self._plan_scores(obs, [kept, new])
         return kept if score_kept >= score_new - self.config.commit_margin else new
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _plan_scores(self, obs: dict, plans: list[np.ndarray]) -> list[float]:
         """For each plan (K, 2): the model's teacher-forced log-probability, from ``obs``, of landing
         within ``COMMIT_BIN_WINDOW`` bins of each of its tokens (one forward pass for all)."""
         bins, residual = self.action_tokenizer.encode(np.clip(np.stack(plans), PLAN_LOW, PLAN_HIGH).astype(np.float32))
-        inputs = replace(self.inputs_from_obs(obs).select([0] * len(plans)), action_bins=torch.as_tensor(bins),
-                         action_residual=torch.as_tensor(residual),
-                         action_mask=torch.ones(len(plans), bins.shape[1], dtype=torch.bool))
-        inputs = inputs.to(next(self.model.parameters()).device)
-        logp = torch.log_softmax(self.chunk_logits(inputs).float(), dim=-1)  # (B, H, D, n_bins)
+        device = next(self.model.parameters()).device
+        targets = torch.as_tensor(bins, device=device)
+        if self._prefix is not None:  # this observation's prefix pass, kept by _own_plan
+            logits = self.inference_model.continuation_logits(self._prefix, targets)
+        else:
+            inputs = replace(self.inputs_from_obs(obs).select([0] * len(plans)), action_bins=torch.as_tensor(bins),
+                             action_residual=torch.as_tensor(residual),
+                             action_mask=torch.ones(len(plans), bins.shape[1], dtype=torch.bool))
+            logits = self.chunk_logits(inputs.to(device))
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, H, D, n_bins)
         near = torch.arange(logp.shape[-1], device=logp.device)
-        window = (near - inputs.action_bins[..., None]).abs() <= COMMIT_BIN_WINDOW
+        window = (near - targets[..., None]).abs() <= COMMIT_BIN_WINDOW
         return logp.masked_fill(~window, float("-inf")).logsumexp(-1).flatten(1).sum(1).tolist()
 
     # ------------------------------------------------------------------ save / load
