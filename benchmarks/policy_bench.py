@@ -5,6 +5,9 @@
 * ``closed_loop_steps_per_s``: env.step with the policy's camera rig + ``select_action`` every
   step (the DAgger / eval loop without expert queries; a new chunk / plan every
   ``replan_every`` steps); ``closed_loop_ratio`` = it / ``sim_steps_per_s``;
+* ``policy_ms_per_step`` / ``closed_loop_env_ms_per_step``: the closed loop's step split into
+  ``select_action`` and ``env.step`` (the ratio also counts a policy that drives into costlier
+  scenes, e.g. more cars in view; this split does not);
 * ``sim_steps_per_s``: the same env and rig driven by a constant action (the simulator alone),
   timed in blocks of ``BLOCK`` steps that alternate with the closed loop's, so that the ratio
   compares the two under the same machine load;
@@ -35,7 +38,7 @@ class _Drive:
 
     def __init__(self, env, act, seed: int, on_reset=None) -> None:
         self.env, self.act, self.seed, self.on_reset = env, act, seed, on_reset
-        self.steps, self.elapsed = 0, 0.0
+        self.steps, self.elapsed, self.acting = 0, 0.0, 0.0  # acting: the part spent in ``act``
         self._reset()
 
     def _reset(self) -> None:
@@ -46,8 +49,12 @@ class _Drive:
     def run(self, steps: int) -> None:
         for _ in range(steps):
             t0 = time.perf_counter()
-            self.obs, _, term, trunc, _ = self.env.step(self.act(self.obs))
-            self.elapsed += time.perf_counter() - t0
+            action = self.act(self.obs)
+            t1 = time.perf_counter()
+            self.obs, _, term, trunc, _ = self.env.step(action)
+            t2 = time.perf_counter()
+            self.elapsed += t2 - t0
+            self.acting += t1 - t0
             self.steps += 1
             if term or trunc:
                 self._reset()
@@ -142,7 +149,9 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
                 closed_drive.run(block)
                 sim_drive.run(block)
         closed, sim = closed_drive.steps_per_s, sim_drive.steps_per_s
-        log(f"closed loop: {closed:.1f} steps/s")
+        policy_ms = 1000 * closed_drive.acting / closed_drive.steps
+        env_ms = 1000 * (closed_drive.elapsed - closed_drive.acting) / closed_drive.steps
+        log(f"closed loop: {closed:.1f} steps/s (the policy {policy_ms:.2f} ms and env.step {env_ms:.2f} ms per step)")
         log(f"simulator alone (same rig, in alternating blocks of {BLOCK} steps): {sim:.1f} steps/s")
         params = sum(p.numel() for p in policy.parameters())
         train = _train_samples_per_s(policy, env, seed, accel)
@@ -150,6 +159,7 @@ def run_policy_bench(config: PolicyConfig, scenario: str = "highway", density: s
         log(f"closed loop / simulator alone: {closed / sim:.2f} (a new {config.action} every "
             f"{config.replan_period} step(s))")
         return {"chunk_latency_ms": latency, "closed_loop_steps_per_s": closed, "sim_steps_per_s": sim,
+                "policy_ms_per_step": policy_ms, "closed_loop_env_ms_per_step": env_ms,
                 "closed_loop_ratio": closed / sim, "replan_every": config.replan_period,
                 "train_samples_per_s": train, "action": config.action, "observation": config.observation,
                 "parameters": params, "cameras": len(policy.rig), "scenario": scenario, "density": density,

@@ -154,8 +154,10 @@ def test_bench_policy_last_line_is_json(capsys):
     assert code == 0
     result = json.loads(stdout.strip().splitlines()[-1])
     for key in ("chunk_latency_ms", "closed_loop_steps_per_s", "sim_steps_per_s", "train_samples_per_s",
-                "closed_loop_ratio"):
+                "closed_loop_ratio", "policy_ms_per_step", "closed_loop_env_ms_per_step"):
         assert result[key] > 0
+    per_step = result["policy_ms_per_step"] + result["closed_loop_env_ms_per_step"]
+    assert abs(1000 / result["closed_loop_steps_per_s"] - per_step) < 1e-6 * per_step + 1e-9  # the split adds up
     assert result["action"] == "plan" and result["replan_every"] == 5  # the default policy of vla dagger
     code, stdout, _ = run(capsys, "bench", "policy", "--size", "tiny", "--density", "light", "--steps", "5",
                           "--no-cameras", "--action", "control", "--replan-every", "2")
