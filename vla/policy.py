@@ -732,7 +732,8 @@ class VLAPolicy(torch.nn.Module):
     @torch.inference_mode()
     def _plan_scores(self, obs: dict, plans: list[np.ndarray]) -> list[float]:
         """For each plan (K, 2): the model's teacher-forced log-probability, from ``obs``, of landing
-        within ``COMMIT_BIN_WINDOW`` bins of each of its tokens (one forward pass for all)."""
+        within ``COMMIT_BIN_WINDOW`` bins of each of its tokens. One pass for all: the action
+        tokens after this observation's prefix when ``_own_plan`` kept it, else the whole forward."""
         bins, residual = self.action_tokenizer.encode(np.clip(np.stack(plans), PLAN_LOW, PLAN_HIGH).astype(np.float32))
         device = next(self.model.parameters()).device
         targets = torch.as_tensor(bins, device=device)
