@@ -32,16 +32,21 @@ from sim.atomic import atomic_output
 from sim.storage import count_episodes
 from vla.parallel import RolloutPool
 
+FORECAST_WEIGHT = 0.5
+"""The forecasting arm's loss weight (the value of the junction's dev run, docs/drive_like_expert.md)."""
+
 ARMS = {
     "control_dart": {"action": "control", "dart": True},
     "plan": {"action": "plan", "dart": False},
     "plan_dart": {"action": "plan", "dart": True},
     "control": {"action": "control", "dart": False},
     "plan_dart_relabel": {"action": "plan", "dart": True, "relabel": True},
+    "plan_dart_forecast": {"action": "plan", "dart": True, "policy": {"forecast_weight": FORECAST_WEIGHT}},
 }
-"""Arm name -> the policy's action space, whether its expert data had DART bursts and whether it
+"""Arm name -> the policy's action space, whether its expert data had DART bursts, whether it
 is goal-relabelled (the expert's plan under every other highway goal at every ``--label-every``-th
-recorded state, ``Episode.goal_futures``)."""
+recorded state, ``Episode.goal_futures``) and ``PolicyConfig`` fields it sets (the auxiliary
+heads' ablation: ``plan_dart_forecast`` adds PlanT's actor-forecasting loss to ``plan_dart``)."""
 
 
 def run_study(args: argparse.Namespace, log=print) -> dict:
@@ -73,7 +78,7 @@ def run_study(args: argparse.Namespace, log=print) -> dict:
                     shutil.rmtree(target, ignore_errors=True)  # the same episodes the session would record
                     shutil.copytree(source, target)
                 cfg = replace(base, seed=seed, dart=spec["dart"], threads=args.threads, goal_relabel=relabel,
-                              policy=replace(base.policy, action=spec["action"]))
+                              policy=replace(base.policy, action=spec["action"], **spec.get("policy", {})))
                 log(f"== seed {seed}: {arm}")
                 DaggerSession(cfg, session_dir, log=log).run_all()
                 per_arm[arm].append(_evaluate(pool, str(session_dir / "iter_000" / "policy"), False, args.scenario,
