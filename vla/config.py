@@ -23,7 +23,7 @@ LEGACY_OBSERVATION = "ego_frame"
 """What a saved config without an ``observation`` field was trained on (one without
 ``replan_every`` re-planned every step)."""
 ACTION_HEADS = ("bins", "diffusion")
-"""Action heads of the policy (their implementations: ``vla.policy.POLICY_HEADS``)."""
+"""Action heads of the policy (their implementations: ``vla.heads.POLICY_HEADS``)."""
 DIFFUSION_SCHEDULERS = ("ddim", "dpmsolver")
 """Inference samplers of the diffusion head (``vla.diffusion_head.INFERENCE_SCHEDULERS``)."""
 
