@@ -320,7 +320,7 @@ def _manifest(records: list[dict], size: str | int, seed: int, has_codes: bool) 
         "version": CORPUS_VERSION, "size": size, "seed": seed, "items": len(records),
         "sample_rate": SAMPLE_RATE, "codec_frame_rate": CODEC_FRAME_RATE,
         "ipa_inventory_version": IPA_INVENTORY_VERSION, "has_codes": has_codes,
-        "labels": list(LABELS),
+        "labels": list(LABELS) + sorted({r["label"] for r in records} - set(LABELS)),
         "counts": {"label": count("label"), "lang": count("lang"), "split": count("split"),
                    "label/lang/split": count("label", "lang", "split")},
         "heldout_phrasings": [asdict(p) for p in PHRASINGS if p.heldout],
@@ -330,8 +330,10 @@ def _manifest(records: list[dict], size: str | int, seed: int, has_codes: bool) 
 
 def build_corpus(out: str | Path, size: str | int = "small", seed: int = 0,
                  codes_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                 overwrite: bool = False, progress: bool = True) -> dict:
+                 overwrite: bool = False, progress: bool = True, specs: list[ItemSpec] | None = None) -> dict:
     """Render ``plan(size, seed)`` into ``out`` (see the module docstring); returns the manifest.
+    ``specs`` renders those items instead (``tokenizers_mm.reading.reading_plan``; ``size`` and
+    ``seed`` are then only recorded in the manifest).
 
     Raises ``ValueError`` before writing anything when ``out`` is a file, cannot be created,
     or already holds a corpus (unless ``overwrite``; then stale audio files are removed).
@@ -339,7 +341,7 @@ def build_corpus(out: str | Path, size: str | int = "small", seed: int = 0,
     from tqdm import tqdm
 
     out = Path(out)
-    specs = plan(size, seed)  # validates size and seed
+    specs = plan(size, seed) if specs is None else specs  # validates size and seed
     _check_out(out, overwrite)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     items_tmp = out / ".items.jsonl.tmp"

@@ -23,9 +23,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="corpus directory (created; refuses one that already holds a corpus "
                              "unless --overwrite)")
-    parser.add_argument("--size", choices=list(SIZES), default="small",
+    parser.add_argument("--size", choices=list(SIZES), default=None,
                         help="items to render: " + ", ".join(f"{k} = {v}" for k, v in SIZES.items())
-                             + " (default: %(default)s)")
+                             + " (default: small)")
+    parser.add_argument("--reading", type=int, default=None, metavar="N",
+                        help="build a reading corpus for the ear instead: N sentences that are not commands "
+                             "(Python's bundled English prose and the command grammar's training wordings), "
+                             "in training voices only (tokenizers_mm.reading)")
+    parser.add_argument("--reading-text", default=None, metavar="FILE",
+                        help="with --reading: read the lines of this UTF-8 file instead of the default texts")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of every random choice; same seed, same corpus (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
@@ -51,9 +57,22 @@ def run(args: argparse.Namespace) -> int:
     """Build the corpus described by ``args``; returns the exit code."""
     from tokenizers_mm.corpus import build_corpus
 
+    reading = getattr(args, "reading", None)
+    text_file = getattr(args, "reading_text", None)
+    if reading is not None and args.size is not None:
+        raise ValueError("--size and --reading cannot be combined: a reading corpus has its own item count")
+    if text_file is not None and reading is None:
+        raise ValueError("--reading-text needs --reading N")
     start = time.perf_counter()
-    manifest = build_corpus(args.out, size=args.size, seed=args.seed,
-                            overwrite=getattr(args, "overwrite", False))
+    if reading is not None:
+        from tokenizers_mm.reading import reading_plan
+
+        specs = reading_plan(reading, args.seed, text_file)  # validates N, seed and the text
+        manifest = build_corpus(args.out, size=f"reading:{reading}", seed=args.seed, specs=specs,
+                                overwrite=getattr(args, "overwrite", False))
+    else:
+        manifest = build_corpus(args.out, size=args.size or "small", seed=args.seed,
+                                overwrite=getattr(args, "overwrite", False))
     elapsed = time.perf_counter() - start
     print(summary_table(manifest))
     print(f"{manifest['items']} items, {manifest['audio_seconds']:.1f} s of audio, seed "

@@ -4,10 +4,13 @@
 
     vla make-speech --out runs/audio/corpus_full --size full
     vla train-ear --corpus runs/audio/corpus_full --out runs/audio/ear --steps 3000
+    vla make-speech --reading 6000 --out runs/audio/reading        # sentences that are not commands
+    vla train-ear --corpus runs/audio/corpus_full --reading runs/audio/reading --out runs/audio/ear_read
 
 Trains on the corpus's training phrasings spoken in training voices only (the clips and IPA of
-``items.jsonl``; the same split as ``vla train-codec``), so the figures below are on speech the
-ear never heard. Writes ``OUT/`` (``ear.json``, ``ear.safetensors``), then ``OUT/report.json``:
+``items.jsonl``; the same split as ``vla train-codec``), plus every clip of the ``--reading``
+corpora (``tokenizers_mm.reading``: other sentences, training voices only), so the figures below
+are on speech the ear never heard. Writes ``OUT/`` (``ear.json``, ``ear.safetensors``), then ``OUT/report.json``:
 the phone error rate (edit distance over reference phones, boundaries and stress marks not
 counted) on up to ``--holdout`` clips of each held-out kind: training phrasings in held-out
 voices, held-out phrasings in training voices, held-out phrasings in held-out voices, English
@@ -29,6 +32,9 @@ from vla.errors import VLAError
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="spoken-command corpus directory (vla make-speech)")
     parser.add_argument("--out", required=True, help="ear directory (created; an older ear there is replaced)")
+    parser.add_argument("--reading", nargs="+", default=[], metavar="DIR",
+                        help="reading corpora (vla make-speech --reading N) whose clips train the ear too: "
+                             "sentences that are not commands, in training voices only")
     parser.add_argument("--steps", type=int, default=3000, help="training steps (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="clips per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
@@ -41,16 +47,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
 
 
-def _records(corpus: str) -> list[dict]:
+def _records(corpus: str, flag: str = "--corpus") -> list[dict]:
     from app.commands.train_codec import corpus_records
 
     if not Path(corpus).is_dir():
-        raise VLAError(f"--corpus {corpus} is not a directory")
+        raise VLAError(f"{flag} {corpus} is not a directory")
     if not (Path(corpus) / "items.jsonl").is_file():
-        raise VLAError(f"--corpus {corpus} has no items.jsonl (build one with `vla make-speech`)")
+        raise VLAError(f"{flag} {corpus} has no items.jsonl (build one with `vla make-speech`)")
     records = corpus_records(corpus, needs=("audio", "ipa", "split", "voice", "lang"))
     if not records:
         raise VLAError(f"{Path(corpus) / 'items.jsonl'} holds no item")
+    return records
+
+
+def _reading_records(directory: str) -> list[dict]:
+    """The items of a reading corpus; one that is not (a command corpus, an item in a held-out
+    voice or with a held-out phrasing) is a VLAError naming it."""
+    from tokenizers_mm.reading import READING_LABEL, heldout_in
+
+    records = _records(directory, "--reading")
+    for r in records:
+        if r.get("label") != READING_LABEL:
+            raise VLAError(f"--reading {directory}: item {r.get('id')} is a {r.get('label')!r} item, not reading "
+                           "(build a reading corpus with `vla make-speech --reading N`)")
+        if kind_of(r) != "train" or heldout_in(str(r.get("text", ""))) is not None:
+            raise VLAError(f"--reading {directory}: item {r.get('id')} is held out (voice {r['voice']!r}, "
+                           f"text {r.get('text')!r}); the ear must not train on it")
     return records
 
 
@@ -94,17 +116,26 @@ def run(args: argparse.Namespace) -> int:
         raise VLAError(f"--corpus {args.corpus} has no training phrasing in a training voice to train on")
     root = Path(args.corpus)
     wavs = [read_wav(root / r["audio"], SAMPLE_RATE) for r in train]
-    print(f"train-ear: {len(train)} training clips ({sum(map(len, wavs)) / SAMPLE_RATE:.0f} s); held out: "
-          + ", ".join(f"{k} {len(v)}" for k, v in sorted(by_kind.items()) if k != "train"), flush=True)
+    transcripts = [r["ipa"] for r in train]
+    reading_clips = 0
+    for directory in args.reading:
+        extra = _reading_records(directory)
+        wavs += [read_wav(Path(directory) / r["audio"], SAMPLE_RATE) for r in extra]
+        transcripts += [r["ipa"] for r in extra]
+        reading_clips += len(extra)
+    print(f"train-ear: {len(wavs)} training clips ({sum(map(len, wavs)) / SAMPLE_RATE:.0f} s, {reading_clips} of them "
+          "reading); held out: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(by_kind.items()) if k != "train"),
+          flush=True)
     ear = PhoneRecognizer(hidden=args.hidden, layers=args.layers)
     try:
-        metrics = train_ear(ear, wavs, [r["ipa"] for r in train], steps=args.steps, batch=args.batch, lr=args.lr,
+        metrics = train_ear(ear, wavs, transcripts, steps=args.steps, batch=args.batch, lr=args.lr,
                             seed=args.seed, augment=not args.no_augment,
                             log=lambda line: print(line, file=sys.stderr))
     except ValueError as e:
         raise VLAError(str(e)) from None
-    ear.save(out, extra={"training": metrics, "corpus": str(args.corpus)})
-    report: dict = {"corpus": str(args.corpus), "train_clips": len(train), "training": metrics, "phone_error_rate": {}}
+    ear.save(out, extra={"training": metrics, "corpus": str(args.corpus), "reading": list(args.reading)})
+    report: dict = {"corpus": str(args.corpus), "reading": list(args.reading), "train_clips": len(wavs),
+                    "reading_clips": reading_clips, "training": metrics, "phone_error_rate": {}}
     rng = np.random.default_rng(args.seed)
     for kind in ("heldout_voice", "heldout_phrasing", "heldout_both"):
         pool = by_kind.get(kind, [])
