@@ -114,12 +114,12 @@ def run(args: argparse.Namespace) -> int:
     train = by_kind.get("train", [])
     if not train:
         raise VLAError(f"--corpus {args.corpus} has no training phrasing in a training voice to train on")
+    reading_sets = [(directory, _reading_records(directory)) for directory in args.reading]  # checked before loading audio
     root = Path(args.corpus)
     wavs = [read_wav(root / r["audio"], SAMPLE_RATE) for r in train]
     transcripts = [r["ipa"] for r in train]
     reading_clips = 0
-    for directory in args.reading:
-        extra = _reading_records(directory)
+    for directory, extra in reading_sets:
         wavs += [read_wav(Path(directory) / r["audio"], SAMPLE_RATE) for r in extra]
         transcripts += [r["ipa"] for r in extra]
         reading_clips += len(extra)
