@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     train = by_kind.get("train", [])
     if not train:
         raise VLAError(f"--corpus {args.corpus} has no training phrasing in a training voice to train on")
-    reading_sets = [(directory, _reading_records(directory)) for directory in args.reading]  # checked before loading audio
+    # every reading corpus is checked before any audio is loaded
+    reading_sets = [(directory, _reading_records(directory)) for directory in args.reading]
     root = Path(args.corpus)
     wavs = [read_wav(root / r["audio"], SAMPLE_RATE) for r in train]
     transcripts = [r["ipa"] for r in train]
