@@ -167,6 +167,15 @@ class ItemSpec:
     noise_seed: int
 
 
+def shuffled_passes(n: int, pool: int, rng: np.random.Generator) -> list[int]:
+    """``n`` indices into a pool of ``pool`` items: pass after pass over the whole pool, each pass
+    in a fresh random order from ``rng``, so every item comes once per pass."""
+    order: list[int] = []
+    while len(order) < n:
+        order += [int(i) for i in rng.permutation(pool)]
+    return order[:n]
+
+
 def plan(size: str | int, seed: int = 0) -> list[ItemSpec]:
     """The items of a build, in order: each pass visits every phrasing once, shuffled."""
     n = SIZES[size] if isinstance(size, str) and size in SIZES else size
@@ -174,12 +183,8 @@ def plan(size: str | int, seed: int = 0) -> list[ItemSpec]:
         raise ValueError(f"size must be one of {list(SIZES)} or a positive item count, got {size!r}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    order_rng = np.random.default_rng([seed, 0xC0FFEE])
-    order: list[int] = []
-    while len(order) < n:
-        order += [int(i) for i in order_rng.permutation(len(PHRASINGS))]
     specs = []
-    for i, p_index in enumerate(order[:n]):
+    for i, p_index in enumerate(shuffled_passes(n, len(PHRASINGS), np.random.default_rng([seed, 0xC0FFEE]))):
         rng = np.random.default_rng([seed, i])
         ph = PHRASINGS[p_index]
         snr = SNRS_DB[int(rng.integers(len(SNRS_DB)))]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizers_mm.corpus import PHRASINGS, ItemSpec, Phrasing
+from tokenizers_mm.corpus import PHRASINGS, ItemSpec, Phrasing, shuffled_passes
 
 READING_LABEL = "reading"
 MIN_WORDS, MAX_WORDS = 3, 12
@@ -62,12 +62,17 @@ def _norm(text: str) -> str:
     return " " + " ".join(re.findall(r"[a-z']+|[^\x00-\x7f]", text.lower())) + " "
 
 
+@cache
+def _heldout_normed() -> tuple[tuple[str, str], ...]:
+    return tuple((_norm(p.text), p.text) for p in PHRASINGS if p.heldout)
+
+
 def heldout_in(text: str) -> str | None:
     """The held-out phrasing of the corpus that ``text`` contains as whole words, else None."""
     padded = _norm(text)
-    for p in PHRASINGS:
-        if p.heldout and _norm(p.text) in padded:
-            return p.text
+    for normed, original in _heldout_normed():
+        if normed in padded:
+            return original
     return None
 
 
@@ -137,12 +142,8 @@ def reading_plan(items: int, seed: int = 0, source: str | None = None) -> list[I
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     texts = reading_texts(source)
-    order_rng = np.random.default_rng([seed, 0x5EAD])
-    order: list[int] = []
-    while len(order) < items:
-        order += [int(i) for i in order_rng.permutation(len(texts))]
     specs = []
-    for i, t in enumerate(order[:items]):
+    for i, t in enumerate(shuffled_passes(items, len(texts), np.random.default_rng([seed, 0x5EAD]))):
         text, lang = texts[t]
         spec = draw_rendition(Phrasing(text, lang, READING_LABEL, False), np.random.default_rng([seed, 1, i]),
                               voices="train", item_id=f"r{i:06d}")
