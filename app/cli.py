@@ -294,6 +294,10 @@ def _eval_parser(sub) -> None:
                    help="the junction brake: near and inside a junction a plan policy brakes for anything it would "
                         "touch within this many seconds at its present speed (PolicyConfig.junction_ttc, "
                         "sim.yield_check.junction_brake; 0 = off; default: the checkpoint's, 0 unless set)")
+    p.add_argument("--junction-hold", type=float, default=None, metavar="MPS",
+                   help="the junction hold: at or inside a junction a plan policy slower than this stops where it is "
+                        "when going on would meet crossing traffic and standing would not (PolicyConfig.junction_hold, "
+                        "sim.yield_check.junction_hold; 0 = off; default: the checkpoint's, 0 unless set)")
     p.add_argument("--route-follow", type=float, default=None, metavar="M",
                    help="the route follower: near and inside a junction a plan policy accelerates no harder than the "
                         "expert's car-following law allows behind the nearest actor on its route within this many "
@@ -354,6 +358,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--go-zone", "go_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),
     ("--junction-ttc", "junction_ttc", _non_negative, "a finite time >= 0 in s (0 = off)"),
     ("--route-follow", "route_follow", _non_negative, "a finite distance >= 0 in m (0 = off)"),
+    ("--junction-hold", "junction_hold", _non_negative, "a finite speed >= 0 in m/s (0 = off)"),
     ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )

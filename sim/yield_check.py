@@ -101,6 +101,10 @@ class YieldParams:
     follow_width: float = 2.5
     """m; an actor whose centre is this close to our route's centre line is on it (the expert's
     half a lane plus 0.5 m)."""
+    hold_speed: float = 0.0
+    """m/s; the junction hold (``junction_hold``): at or inside a junction, below this speed, where
+    the yield check no longer holds the car (inside, or at the line still moving), brake to a
+    stand when going now would meet crossing traffic and standing would not; 0 = off."""
     max_turn: float = 0.0
     """rad; with per-actor yaw rates (``crossing_conflict(yaw_rates=...)``), a turning actor is
     predicted on an arc, its heading changing at its observed rate until it has turned this much
@@ -110,7 +114,7 @@ class YieldParams:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
                   self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn,
-                  self.brake_ttc, self.follow_ahead, self.follow_width)
+                  self.brake_ttc, self.follow_ahead, self.follow_width, self.hold_speed)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -177,19 +181,25 @@ def _predict(actors: np.ndarray, keep: np.ndarray, times: np.ndarray, p: YieldPa
 
 
 def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams(),
-                      accels: np.ndarray | None = None, yaw_rates: np.ndarray | None = None) -> bool:
+                      accels: np.ndarray | None = None, yaw_rates: np.ndarray | None = None,
+                      stand: bool = False) -> bool:
     """Would an observed actor not heading our way use a spot of ``path`` (world polyline from
     the ego, ``ego_path``) within ``time_gap`` of us, if we went now? (module docstring)
     ``accels`` (one per actor row, m/s^2, e.g. from its speed a step ago; None: all 0): an actor
     that is braking is predicted to keep braking until it stands (a car yielding to us).
     ``yaw_rates`` (one per actor row, rad/s, e.g. from its heading a step ago; None: all 0), with
-    ``max_turn`` > 0: a turning actor keeps turning at that rate until it has turned ``max_turn``."""
+    ``max_turn`` > 0: a turning actor keeps turning at that rate until it has turned ``max_turn``.
+    ``stand``: time our path as if we braked now at ``max_brake`` and then stood, instead of going."""
     p = params
     ego = np.asarray(ego, dtype=np.float64)
     actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
     v = max(float(ego[EGO["speed"]]), 0.0)
     times = np.arange(0.0, p.horizon + 1e-9, 0.25)
-    ours = points_along(path, go_distances(v, float(ego[EGO["accel_long"]]), times, p))
+    if stand:
+        t_stop = np.minimum(times, v / p.max_brake)
+        ours = points_along(path, v * t_stop - 0.5 * p.max_brake * t_stop**2)
+    else:
+        ours = points_along(path, go_distances(v, float(ego[EGO["accel_long"]]), times, p))
     here = ego[[EGO["x"], EGO["y"]]]
     yaw = actors[:, ACTOR["yaw"]]
     dyaw = np.abs((yaw - ego[EGO["yaw"]] + np.pi) % (2 * np.pi) - np.pi)
@@ -228,6 +238,35 @@ def yield_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, p
     else:
         accel = -p.max_brake
     return max(accel, -v / DT)  # never past standstill
+
+
+def junction_hold(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
+                  params: YieldParams = YieldParams(), accels: np.ndarray | None = None,
+                  yaw_rates: np.ndarray | None = None, conflict: bool | None = None) -> float | None:
+    """The acceleration (m/s^2, < 0) that stops a slow car at or inside a junction where going on
+    would meet crossing traffic and standing would not; None when the hold does not apply (off,
+    not within ``zone`` m of the entry or inside, at ``hold_speed`` or faster, going is clear, or
+    standing is no safer than going).
+
+    The yield check holds a car only before the line; past it (and at it still moving) the car
+    counts as committed, and the go rule drives it on at ``a_go``. But a car that crept in and
+    stopped (behind a car on its path, or at the plan's crawl) is not committed: on dev junction
+    episodes most collisions were of a car standing or crawling just inside the junction that
+    then went into a car crossing from the side. Where standing where we would stop is
+    clear of that traffic, wait there; where it is not (we stand in the crossing), going on to
+    clear it is no worse, and the hold stays out of the way. ``conflict``: ``crossing_conflict``
+    (going) already computed for this state and path; None: computed here."""
+    p = params
+    if p.hold_speed <= 0 or not (0.0 <= junction_distance <= p.zone):
+        return None
+    v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
+    if v >= p.hold_speed:
+        return None
+    if not (crossing_conflict(ego, actors, path, p, accels, yaw_rates) if conflict is None else conflict):
+        return None
+    if crossing_conflict(ego, actors, path, p, accels, yaw_rates, stand=True):
+        return None
+    return max(-p.max_brake, -v / DT)  # never past standstill
 
 
 def path_block(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams()) -> float | None:

@@ -8,7 +8,7 @@ import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, follow_accel, go_accel,
-                              go_distances, junction_brake, path_block, route_leader, yield_accel)
+                              go_distances, junction_brake, junction_hold, path_block, route_leader, yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -90,6 +90,30 @@ def test_turning_actors_are_predicted_on_arcs_when_max_turn_is_set():
     assert crossing_conflict(ego, from_north, STRAIGHT, YieldParams(max_turn=0.1), yaw_rates=rates)
     with pytest.raises(ValueError, match="YieldParams"):
         YieldParams(max_turn=-0.1)
+
+
+def test_the_junction_hold_waits_inside_the_junction_only_where_standing_is_clear_and_going_is_not():
+    hold = YieldParams(hold_speed=4.0)
+    # inside the junction (distance 0) at 2 m/s; a car 16 m south drives north at 8 m/s across our
+    # path 8 m ahead: going on at a_go we are there at 2.0 s, as it is; stopped (0.3 m on) we are not
+    ego, crossing = _ego(2.0), _actors((8.0, -16.0, np.pi / 2, 8.0))
+    assert crossing_conflict(ego, crossing, STRAIGHT)
+    assert not crossing_conflict(ego, crossing, STRAIGHT, stand=True)
+    assert junction_hold(ego, crossing, 0.0, STRAIGHT, hold) == -hold.max_brake
+    assert junction_hold(_ego(0.3), crossing, 0.0, STRAIGHT, hold) == pytest.approx(-3.0)  # never past standstill
+    assert junction_hold(_ego(0.0), crossing, 0.0, STRAIGHT, hold) == 0.0  # standing: stay
+    assert junction_hold(ego, crossing, 2.0, STRAIGHT, hold) is not None  # at the line still moving, too
+    # the same car crossing 2 m ahead of us meets us where we would stand: going on is no worse
+    in_front = _actors((2.0, -12.0, np.pi / 2, 8.0))
+    assert crossing_conflict(ego, in_front, STRAIGHT, stand=True)
+    assert junction_hold(ego, in_front, 0.0, STRAIGHT, hold) is None
+    # off, too fast, out of the zone, or nothing crossing: no hold
+    assert junction_hold(ego, crossing, 0.0, STRAIGHT) is None
+    assert junction_hold(_ego(5.0), crossing, 0.0, STRAIGHT, hold) is None
+    assert junction_hold(ego, crossing, 40.0, STRAIGHT, hold) is None
+    assert junction_hold(ego, _actors((8.0, -80.0, np.pi / 2, 8.0)), 0.0, STRAIGHT, hold) is None
+    with pytest.raises(ValueError, match="YieldParams"):
+        YieldParams(hold_speed=float("nan"))
 
 
 def test_the_junction_brake_stops_short_of_what_we_would_touch_soon_and_only_that():
@@ -409,3 +433,25 @@ def test_our_path_is_timed_with_the_go_rule_s_throttle_ramp():
     long = np.arange(0.0, 12.01, 0.25)
     gap = go_distances(0.0, 0.0, long) - go_distances(0.0, 0.0, long, YieldParams(go_jerk=1.5))
     assert gap[-1] == pytest.approx(gap[-5], abs=0.05)
+
+
+def test_a_plan_policy_with_junction_hold_waits_inside_the_junction_for_a_crossing_car():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    ahead = np.array([[1.2, 0.0], [2.6, 0.0], [4.2, 0.0], [6.0, 0.0]])  # the plan goes on, speeding up
+    # just inside the junction at 2 m/s, the crossing car of test_the_junction_hold_...
+    obs = {"ego": _ego(2.0), "route": np.array([0.0, 10.0, 0.0]), "goal": None,
+           "actors": _actors((8.0, -16.0, np.pi / 2, 8.0)), "route_path": np.stack([np.arange(17) * 2.5, np.zeros(17)], 1)}
+
+    def accel(**settings: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(**settings)
+        return float(policy.select_action(obs, plan=lambda o: ahead)[0])
+
+    assert accel(go_zone=10.0) > 0.0  # committed: the go rule drives on
+    assert accel(go_zone=10.0, junction_hold=4.0) == pytest.approx(-6.0)  # the hold waits
+    assert accel(go_zone=10.0, junction_hold=1.0) > 0.0  # faster than the hold's speed
+    with pytest.raises(ValueError, match="junction_hold"):
+        PolicyConfig(junction_hold=-1.0)

@@ -182,6 +182,11 @@ class PolicyConfig:
     along its route; 0 = off. Inside the junction nothing else watched what is in front of us,
     but on dev junction episodes 1.5 s traded a few collisions for more timeouts, and none with
     the go rule (docs/drive_like_expert.md). An execution setting."""
+    junction_hold: float = 0.0
+    """A plan policy: the junction hold (``sim.yield_check.junction_hold``), within ``yield_zone`` m
+    before a junction's entry and inside it, below this speed (m/s): where the yield check no
+    longer holds the car (inside the junction, or at the line still moving), brake to a stand when
+    going on would meet crossing traffic and standing would not; 0 = off. An execution setting."""
     route_follow: float = 0.0
     """A plan policy: the route follower (``sim.yield_check.route_leader`` / ``follow_accel``), near a
     junction (within ``sim.route.JUNCTION_HORIZON`` m of its entry) and inside it, caps the
@@ -297,6 +302,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
         if not (math.isfinite(self.route_follow) and self.route_follow >= 0):
             raise ValueError(f"PolicyConfig.route_follow must be a finite distance >= 0 in m (0 = off), got {self.route_follow}")
+        if not (math.isfinite(self.junction_hold) and self.junction_hold >= 0):
+            raise ValueError(f"PolicyConfig.junction_hold must be a finite speed >= 0 in m/s (0 = off), got {self.junction_hold}")
         if not (math.isfinite(self.junction_ttc) and self.junction_ttc >= 0):
             raise ValueError(f"PolicyConfig.junction_ttc must be a finite time >= 0 in s (0 = off), got {self.junction_ttc}")
         if not (math.isfinite(self.yield_turn) and 0 <= self.yield_turn <= math.pi):

@@ -41,7 +41,7 @@ from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, 
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, follow_accel, go_accel,
-                             junction_brake, path_block, route_leader, yield_accel)
+                             junction_brake, junction_hold, path_block, route_leader, yield_accel)
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -157,7 +157,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
-                      "route_follow", "chitchat_threshold")
+                      "route_follow", "junction_hold", "chitchat_threshold")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -257,7 +257,7 @@ class VLAPolicy(torch.nn.Module):
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
-                                         brake_ttc=c.junction_ttc, follow_ahead=c.route_follow,
+                                         brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, hold_speed=c.junction_hold,
                                          go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
@@ -573,7 +573,8 @@ class VLAPolicy(torch.nn.Module):
         path-block test run at most once per step, shared by both."""
         route = obs.get("route")
         c, p = self.config, self._yield_params
-        if (c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0) or route is None:
+        if ((c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0 and c.junction_hold <= 0)
+                or route is None):
             return action
         junction = float(np.asarray(route)[0])
         near = JUNCTION_HORIZON if c.route_follow > 0 else max(c.yield_zone, c.go_zone)
@@ -589,13 +590,16 @@ class VLAPolicy(torch.nn.Module):
             path = ego_path(ego, points[times > (t - made) * DT])
         yielding = c.yield_zone > 0 and 0.0 < junction <= p.zone
         going = c.go_zone > 0 and 0.0 <= junction <= p.go_zone
+        holding = c.junction_hold > 0 and 0.0 <= junction <= p.zone and float(ego[EGO["speed"]]) < c.junction_hold
         conflict = (crossing_conflict(ego, actors, path, p, accels, yaw_rates)
-                    if yielding or (going and junction > 0.0) else False)
+                    if yielding or holding or (going and junction > 0.0) else False)
         block = path_block(ego, actors, path, p) if going else None
         brake = yield_accel(ego, actors, junction, path, p, conflict=conflict) if yielding else None
         if block is not None:  # something stands or drives on our next metres: stop short of it
             stop = block_brake(ego, block, p)
             brake = stop if brake is None else min(brake, stop)
+        if holding and brake is None:  # slow at or in the junction: wait where standing is clear
+            brake = junction_hold(ego, actors, junction, path, p, accels, yaw_rates, conflict=conflict)
         if c.junction_ttc > 0:  # something we would touch soon at our speed
             stop = junction_brake(ego, actors, junction, path, p, accels, yaw_rates)
             if stop is not None:
