@@ -298,6 +298,10 @@ def _eval_parser(sub) -> None:
                    help="the junction hold: at or inside a junction a plan policy slower than this stops where it is "
                         "when going on would meet crossing traffic and standing would not (PolicyConfig.junction_hold, "
                         "sim.yield_check.junction_hold; 0 = off; default: the checkpoint's, 0 unless set)")
+    p.add_argument("--yield-paths", type=float, default=None, metavar="{0,1}",
+                   help="1: the yield check, the go rule and the junction hold predict crossing cars along their lane "
+                        "and signalled turn (obs['actor_paths']) instead of straight along their heading "
+                        "(PolicyConfig.yield_paths; default: the checkpoint's, 0 unless set)")
     p.add_argument("--route-follow", type=float, default=None, metavar="M",
                    help="the route follower: near and inside a junction a plan policy accelerates no harder than the "
                         "expert's car-following law allows behind the nearest actor on its route within this many "
@@ -359,6 +363,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--junction-ttc", "junction_ttc", _non_negative, "a finite time >= 0 in s (0 = off)"),
     ("--route-follow", "route_follow", _non_negative, "a finite distance >= 0 in m (0 = off)"),
     ("--junction-hold", "junction_hold", _non_negative, "a finite speed >= 0 in m/s (0 = off)"),
+    ("--yield-paths", "yield_paths", lambda v: v in (0.0, 1.0), "0 (straight lines) or 1 (lane paths)"),
     ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )

@@ -53,8 +53,9 @@ from sim.carla_expert import expert_action as route_expert_action
 from sim.carla_expert import expert_plan as route_expert_plan
 from sim.carla_frames import CarlaControlMap, camera_to_carla, pose_from_carla
 from sim.carla_route import TURNS as ROUTE_TURNS
-from sim.carla_route import Route, is_off_road, plan_route
-from sim.route import ROUTE_AHEAD_TIME, ROUTE_MIN_AHEAD, route_features, route_path
+from sim.carla_route import Route, actor_path, is_off_road, plan_route
+from sim.route import (ACTOR_PATH_POINTS, ACTOR_PATH_SPACING, ROUTE_AHEAD_TIME, ROUTE_MIN_AHEAD, route_features,
+                       route_path)
 from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
                            EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD_FIELDS, Goal, RewardWeights, Scene,
@@ -366,6 +367,7 @@ class CarlaDrivingEnv:
         import carla
 
         ego_xy = np.array([ego_wp.transform.location.x, ego_wp.transform.location.y])
+        tm = self._client.get_trafficmanager(self.options.tm_port)
         wanted = NPC_COUNTS[self.density]
         for wp in self._candidates(rng):
             if wanted <= 0:
@@ -382,6 +384,7 @@ class CarlaDrivingEnv:
             speed = NPC_START_SPEED[self.scenario]
             npc.set_target_velocity(carla.Vector3D(speed * math.cos(yaw), speed * math.sin(yaw), 0.0))
             npc.set_autopilot(True, self.options.tm_port)
+            tm.update_vehicle_lights(npc, True)  # indicators on its turns: what obs["actor_paths"] reads
             self._actors.append(npc)
             wanted -= 1
 
@@ -516,11 +519,31 @@ class CarlaDrivingEnv:
                 continue
             vel = v.get_velocity()
             ext = v.bounding_box.extent
-            rows.append((d, [1.0, float(v.id), x, y, yaw, math.hypot(vel.x, vel.y), 2.0 * ext.x, 2.0 * ext.y]))
+            rows.append((d, [1.0, float(v.id), x, y, yaw, math.hypot(vel.x, vel.y), 2.0 * ext.x, 2.0 * ext.y], v))
         rows.sort(key=lambda r: r[0])
         out = np.zeros((MAX_ACTORS, len(ACTOR_FIELDS)), dtype=np.float32)
-        for i, (_, row) in enumerate(rows[:MAX_ACTORS]):
+        for i, (_, row, _) in enumerate(rows[:MAX_ACTORS]):
             out[i] = row
+        self._actor_vehicles = [v for _, _, v in rows[:MAX_ACTORS]]
+        return out
+
+    def _actor_paths(self) -> np.ndarray:
+        """``obs["actor_paths"]`` (``sim.route.ACTOR_PATH_POINTS``): at the intersection, each actor's
+        lane ahead from the map, through a junction along the branch its indicator shows (the
+        Traffic Manager sets them, ``update_vehicle_lights``); elsewhere all zeros, as the
+        embedded backend."""
+        import carla
+
+        out = np.zeros((MAX_ACTORS, ACTOR_PATH_POINTS, 2), dtype=np.float32)
+        if self.scenario != "intersection":
+            return out
+        left, right = int(carla.VehicleLightState.LeftBlinker), int(carla.VehicleLightState.RightBlinker)
+        for i, v in enumerate(self._actor_vehicles):
+            lights = int(v.get_light_state())
+            signal = 1 if lights & left else -1 if lights & right else 0
+            row = self._actors_now[i]
+            out[i] = actor_path(self._map, (float(row[ACTOR["x"]]), float(row[ACTOR["y"]])), signal,
+                                ACTOR_PATH_POINTS, ACTOR_PATH_SPACING)
         return out
 
     def _observation(self) -> dict:
@@ -528,7 +551,7 @@ class CarlaDrivingEnv:
         ego = self._state
         obs = {"ego": ego.astype(np.float32), "goal": goal_vector(self.goal, ego), "actors": actors,
                "state": state_vector(ego, actors, self.goal), "route": self._route_now,
-               "route_path": self._route_path_now}
+               "route_path": self._route_path_now, "actor_paths": self._actor_paths()}
         if self.cameras:
             # a server delivers sensor data on its own thread, possibly after tick() returned
             deadline = time.monotonic() + self.options.timeout

@@ -162,3 +162,34 @@ def plan_route(carla_map, start_xy: tuple[float, float], goal_label: str, length
         raise ValueError(f"goal {goal_label}: no junction within {length:.0f} m of {tuple(start_xy)}")
     arr = np.array(points)
     return Route(points=arr[:, :2], headings=arr[:, 2], lanes=tuple(lanes), junction=np.array(junction))
+
+
+def actor_path(carla_map, xy: tuple[float, float], signal: int, points: int, spacing: float) -> np.ndarray:
+    """(points, 2) the centre line ahead of the driving lane at ``xy`` (our world frame), every
+    ``spacing`` m from the point nearest ``xy``, through a fork along the branch the actor's turn
+    signal shows (``signal`` > 0: left, < 0: right, 0: the straightest), extended straight where
+    the lane graph ends: ``obs["actor_paths"]`` for one actor (``sim.route.ACTOR_PATH_POINTS``).
+    All zeros when ``xy`` is on no driving lane."""
+    out = np.zeros((points, 2))
+    wp = _driving_waypoint(carla_map, xy, project=False)
+    if wp is None:
+        return out
+    for k in range(points):
+        x, y, heading = _xy_yaw(wp)
+        out[k] = (x, y)
+        nxt = wp.next(spacing)
+        if not nxt:  # the map ends: straight on along the last heading
+            steps = spacing * np.arange(1, points - k)[:, None]
+            out[k + 1:] = out[k] + steps * np.array([math.cos(heading), math.sin(heading)])
+            break
+        if len(nxt) == 1:
+            wp = nxt[0]
+            continue
+        turns = [(_wrap(_xy_yaw(_through_junction(b, spacing))[2] - heading), b) for b in nxt]
+        if signal > 0:
+            wp = max(turns, key=lambda t: t[0])[1]
+        elif signal < 0:
+            wp = min(turns, key=lambda t: t[0])[1]
+        else:
+            wp = min(turns, key=lambda t: abs(t[0]))[1]
+    return out

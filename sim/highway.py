@@ -26,7 +26,8 @@ from sim import highway_expert as expert_mod
 from sim import fast_road
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
-from sim.route import ROUTE_AHEAD, ROUTE_FIELDS, ROUTE_PATH_POINTS, route_features, route_path
+from sim.route import (ACTOR_PATH_POINTS, ACTOR_PATH_SPACING, ROUTE_AHEAD, ROUTE_FIELDS, ROUTE_PATH_POINTS,
+                       route_features, route_path)
 from sim.interface import (
     reward_terms,
     step_outcome,
@@ -233,6 +234,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
             "route": gym.spaces.Box(-np.inf, np.inf, (len(ROUTE_FIELDS),), np.float32),
             "route_path": gym.spaces.Box(-np.inf, np.inf, (ROUTE_PATH_POINTS, 2), np.float32),
+            "actor_paths": gym.spaces.Box(-np.inf, np.inf, (MAX_ACTORS, ACTOR_PATH_POINTS, 2), np.float32),
         }
         if self.cameras:
             h, w = self.cameras[0].height, self.cameras[0].width
@@ -569,11 +571,40 @@ class EmbeddedDrivingEnv(gym.Env):
             if d <= ACTOR_RANGE:
                 vid = self._ids.setdefault(id(v), len(self._ids))
                 rows.append((d, [1.0, vid, v.position[0], -v.position[1], -v.heading, v.speed,
-                                 v.LENGTH, v.WIDTH]))
+                                 v.LENGTH, v.WIDTH], v))
         rows.sort(key=lambda r: r[0])
         out = np.zeros((MAX_ACTORS, len(ACTOR_FIELDS)), dtype=np.float64)
-        for i, (_, row) in enumerate(rows[:MAX_ACTORS]):
+        for i, (_, row, _) in enumerate(rows[:MAX_ACTORS]):
             out[i] = row
+        self._actor_vehicles = [v for _, _, v in rows[:MAX_ACTORS]]
+        return out
+
+    def actor_paths(self) -> np.ndarray:
+        """(MAX_ACTORS, ACTOR_PATH_POINTS, 2) float32 ``sim.route.ACTOR_PATH_POINTS`` of the actors of
+        the current state: at the intersection, each car's lane centre ahead along the route it
+        drives (every car here signals its turn, and CARLA's Traffic Manager sets the indicators
+        too); on the highway all zeros (no junction, nothing for a path to add)."""
+        out = np.zeros((MAX_ACTORS, ACTOR_PATH_POINTS, 2), dtype=np.float32)
+        if self.scenario != "intersection":
+            return out
+        net = self._core.road.network
+        for i, v in enumerate(getattr(self, "_actor_vehicles", ())):
+            index = getattr(v, "target_lane_index", None) or v.lane_index  # the lane it steers for, not the
+            lane = net.get_lane(index)                                       # nearest one (lanes overlap in a junction)
+            s = float(lane.local_coordinates(v.position)[0])
+            route = list(getattr(v, "route", None) or [])  # next_lane pops from the route it is given
+            passed = 0.0  # length of the lanes left behind
+            for k in range(ACTOR_PATH_POINTS):
+                target = s + k * ACTOR_PATH_SPACING - passed
+                while target > lane.length:
+                    nxt = net.next_lane(index, route=route, position=lane.position(lane.length, 0.0))
+                    if nxt == index:
+                        break  # the map ends: the lane's own extension
+                    target -= lane.length
+                    passed += lane.length
+                    index, lane = nxt, net.get_lane(nxt)
+                x, y = lane.position(target, 0.0)
+                out[i, k] = (x, -y)
         return out
 
     def scene(self) -> Scene:
@@ -603,6 +634,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "state": state_vector(self._ego, actors, self.goal),
             "route": self.route_state(),
             "route_path": self.route_path(),
+            "actor_paths": self.actor_paths(),
         }
         if self._renderer is not None:
             obs["cameras"] = self.render_cameras()

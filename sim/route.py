@@ -75,6 +75,17 @@ will drive if it follows its route, through the junction. The yield check (``sim
 reads it; the policy's tokens do not."""
 
 
+ACTOR_PATH_POINTS = 16
+ACTOR_PATH_SPACING = 2.5
+"""``obs["actor_paths"]``: (``MAX_ACTORS``, ``ACTOR_PATH_POINTS``, 2) world points, one row per row of
+``obs["actors"]``: the centre line of the lane that actor drives in, every ``ACTOR_PATH_SPACING`` m
+from its position along it (0 to 37.5 m), through a junction along the branch its turn signal
+shows (straight on when it shows none). What a driver reads from the road's layout and another
+car's indicator, and what the yield check can predict it along (``sim.yield_check``,
+``PolicyConfig.yield_paths``) instead of straight along its heading. All zeros: no path known
+(padding rows, or a backend or lane that gives none); then the check falls back to straight lines."""
+
+
 def route_path(points: np.ndarray, along: float) -> np.ndarray:
     """(ROUTE_PATH_POINTS, 2) float32 world points of the route polyline ``points`` ((N >= 2, 2)
     world frame) every ``ROUTE_PATH_SPACING`` m from ``along`` metres along it (extended straight

@@ -157,10 +157,13 @@ def go_distances(v: float, accel_now: float, times: np.ndarray, params: YieldPar
 
 
 def _predict(actors: np.ndarray, keep: np.ndarray, times: np.ndarray, p: YieldParams,
-             accels: np.ndarray | None, yaw_rates: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+             accels: np.ndarray | None, yaw_rates: np.ndarray | None,
+             paths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where the ``keep`` rows of ``actors`` are at ``times`` (s from now), (A, T, 2) world, and
     their headings, (A, T): along their heading at constant speed, or braking at their
-    ``accels`` until they stand; on an arc at their ``yaw_rates`` up to ``max_turn`` when that is > 0."""
+    ``accels`` until they stand; on an arc at their ``yaw_rates`` up to ``max_turn`` when that is > 0;
+    along their lane's path (``paths``, one (P, 2) world polyline per actor row,
+    ``sim.route.ACTOR_PATH_POINTS``; an all-zero row: none) where one is given, at the same pace."""
     a = actors[keep]
     speed = np.maximum(a[:, ACTOR["speed"], None], 0.0)
     brake = np.zeros_like(speed) if accels is None else np.minimum(np.asarray(accels, dtype=np.float64)[keep, None], 0.0)
@@ -168,6 +171,22 @@ def _predict(actors: np.ndarray, keep: np.ndarray, times: np.ndarray, p: YieldPa
     t_moving = np.minimum(times[None, :], t_stop)
     step = speed * t_moving + 0.5 * brake * t_moving**2  # (A, T): constant speed, or braking to a stand
     heading = np.repeat(a[:, ACTOR["yaw"], None], len(times), axis=1)  # (A, T)
+    if paths is not None:
+        where, heading = _straight_or_arc(a, keep, times, p, yaw_rates, step, heading)
+        for k, row in enumerate(np.flatnonzero(keep)):
+            path = np.asarray(paths[row], dtype=np.float64)
+            if np.any(path != 0.0) and np.all(np.isfinite(path)):
+                where[k] = points_along(path, step[k])
+                ahead = points_along(path, step[k] + 0.5) - where[k]
+                heading[k] = np.arctan2(ahead[:, 1], ahead[:, 0])
+        return where, heading
+    return _straight_or_arc(a, keep, times, p, yaw_rates, step, heading)
+
+
+def _straight_or_arc(a: np.ndarray, keep: np.ndarray, times: np.ndarray, p: YieldParams, yaw_rates: np.ndarray | None,
+                     step: np.ndarray, heading: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_predict`` without paths: the kept actors ``a`` after ``step`` (A, T) metres along their
+    heading, or on their arcs."""
     if yaw_rates is None or p.max_turn <= 0:
         return np.stack([a[:, ACTOR["x"], None] + np.cos(heading) * step,
                          a[:, ACTOR["y"], None] + np.sin(heading) * step], axis=-1), heading
@@ -182,14 +201,16 @@ def _predict(actors: np.ndarray, keep: np.ndarray, times: np.ndarray, p: YieldPa
 
 def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, params: YieldParams = YieldParams(),
                       accels: np.ndarray | None = None, yaw_rates: np.ndarray | None = None,
-                      stand: bool = False) -> bool:
+                      stand: bool = False, paths: np.ndarray | None = None) -> bool:
     """Would an observed actor not heading our way use a spot of ``path`` (world polyline from
     the ego, ``ego_path``) within ``time_gap`` of us, if we went now? (module docstring)
     ``accels`` (one per actor row, m/s^2, e.g. from its speed a step ago; None: all 0): an actor
     that is braking is predicted to keep braking until it stands (a car yielding to us).
     ``yaw_rates`` (one per actor row, rad/s, e.g. from its heading a step ago; None: all 0), with
     ``max_turn`` > 0: a turning actor keeps turning at that rate until it has turned ``max_turn``.
-    ``stand``: time our path as if we braked now at ``max_brake`` and then stood, instead of going."""
+    ``stand``: time our path as if we braked now at ``max_brake`` and then stood, instead of going.
+    ``paths`` (``obs["actor_paths"]``, one row per actor row; None: straight lines): each actor is
+    predicted along its lane's path where it has one."""
     p = params
     ego = np.asarray(ego, dtype=np.float64)
     actors = np.asarray(actors, dtype=np.float64).reshape(-1, len(ACTOR))
@@ -208,7 +229,7 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
             & (actors[:, ACTOR["speed"]] >= p.moving))
     if not keep.any():
         return False
-    theirs, _ = _predict(actors, keep, times, p, accels, yaw_rates)  # (A, T, 2)
+    theirs, _ = _predict(actors, keep, times, p, accels, yaw_rates, paths)  # (A, T, 2)
     dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
     close_in_time = np.abs(times[:, None] - times[None, :]) <= p.time_gap
     return bool(np.any((dist < p.radius) & close_in_time[None]))
@@ -242,7 +263,8 @@ def yield_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, p
 
 def junction_hold(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,
                   params: YieldParams = YieldParams(), accels: np.ndarray | None = None,
-                  yaw_rates: np.ndarray | None = None, conflict: bool | None = None) -> float | None:
+                  yaw_rates: np.ndarray | None = None, conflict: bool | None = None,
+                  paths: np.ndarray | None = None) -> float | None:
     """The acceleration (m/s^2, < 0) that stops a slow car at or inside a junction where going on
     would meet crossing traffic and standing would not; None when the hold does not apply (off,
     not within ``zone`` m of the entry or inside, at ``hold_speed`` or faster, going is clear, or
@@ -262,9 +284,9 @@ def junction_hold(ego: np.ndarray, actors: np.ndarray, junction_distance: float,
     v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
     if v >= p.hold_speed:
         return None
-    if not (crossing_conflict(ego, actors, path, p, accels, yaw_rates) if conflict is None else conflict):
+    if not (crossing_conflict(ego, actors, path, p, accels, yaw_rates, paths=paths) if conflict is None else conflict):
         return None
-    if crossing_conflict(ego, actors, path, p, accels, yaw_rates, stand=True):
+    if crossing_conflict(ego, actors, path, p, accels, yaw_rates, stand=True, paths=paths):
         return None
     return max(-p.max_brake, -v / DT)  # never past standstill
 

@@ -89,6 +89,7 @@ class Vehicle(Actor):
         self.autopilot = False
         self.accel = 0.0
         self.yaw_rate = 0.0
+        self.light_state = carla.VehicleLightState.NONE
 
     def get_transform(self) -> carla.Transform:
         x, y, yaw, _ = self.pose
@@ -122,6 +123,9 @@ class Vehicle(Actor):
 
     def set_target_velocity(self, velocity: carla.Vector3D) -> None:
         self.pose[3] = math.hypot(velocity.x, velocity.y)
+
+    def get_light_state(self) -> carla.VehicleLightState:
+        return self.light_state  # the double's traffic goes straight on: no indicator unless a test sets one
 
 
 class Sensor(Actor):
@@ -289,6 +293,9 @@ class TrafficManager:
 
     def set_random_device_seed(self, seed: int) -> None:
         self.seed = int(seed)
+
+    def update_vehicle_lights(self, actor, do_update: bool) -> None:
+        actor.lights_by_tm = bool(do_update)
 
 
 class Client:

@@ -12,7 +12,7 @@ import pytest
 
 carla = pytest.importorskip("carla")
 
-from sim.carla_route import is_off_road, plan_route  # noqa: E402
+from sim.carla_route import actor_path, is_off_road, plan_route  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 
@@ -108,3 +108,18 @@ def test_the_expert_follows_a_slower_leader_and_keeps_its_distance(straight):
     gaps = [40.0 + 5.0 * 0.1 * (h + 1) - poses[h, 0] for h in range(60)]
     assert min(gaps) > 7.0 and abs(poses[-1, 3] - 5.0) < 2.0  # no collision, settles near the leader's speed
     assert actions.shape == (60, 2) and poses.shape == (60, 4)
+
+
+@pytest.mark.parametrize("signal, heading", [(1, math.pi / 2), (-1, -math.pi / 2), (0, 0.0)])
+def test_an_actor_s_path_takes_the_branch_its_indicator_shows(junction, signal, heading):
+    # 20 m before the junction on the approach lane: 16 points 2.5 m apart reach 17.5 m past its entry
+    path = actor_path(junction, (-20.0, -1.7), signal, 16, 2.5)
+    assert path[0] == pytest.approx((-20.0, -1.75), abs=0.05)  # from the lane centre nearest the actor
+    steps = np.hypot(*np.diff(path, axis=0).T)  # 2.5 m of the road's reference line: more on the outside of a bend
+    assert np.all((steps > 2.0) & (steps < 3.0))  # (the inside of a bend: less)
+    end = np.arctan2(*(path[-1] - path[-2])[::-1])
+    assert end == pytest.approx(heading, abs=0.15)
+    assert not actor_path(junction, (-30.0, 20.0), signal, 16, 2.5).any()  # off the road: no path
+    # near the end of the exit road the lane graph stops: the path goes on straight
+    tail = actor_path(junction, (35.0, -1.75), 0, 16, 2.5)
+    assert np.allclose(tail[:, 1], -1.75, atol=0.05) and tail[-1, 0] == pytest.approx(35.0 + 15 * 2.5, abs=0.5)

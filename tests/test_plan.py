@@ -549,10 +549,11 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
     for attr, flag in flags.items():
-        argv = ["eval", "--policy", str(tmp_path / "plan"), flag, "0.5", "--out", str(tmp_path / "out")]
+        value = 1.0 if attr == "yield_paths" else 0.5  # a switch: 0 or 1
+        argv = ["eval", "--policy", str(tmp_path / "plan"), flag, str(value), "--out", str(tmp_path / "out")]
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)
-        assert args.execution == {attr: 0.5}, flag
+        assert args.execution == {attr: value}, flag
 
 
 def test_continuation_logits_after_a_kept_prefix_equal_the_teacher_forced_forward():

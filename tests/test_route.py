@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sim.highway import EmbeddedDrivingEnv
-from sim.interface import EGO, EGO_FIELDS
-from sim.route import (JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, ROUTE_PATH_POINTS,
+from sim.interface import ACTOR, EGO, EGO_FIELDS, MAX_ACTORS
+from sim.route import (ACTOR_PATH_POINTS, JUNCTION_HORIZON, ROUTE_AHEAD_TIME, ROUTE_FIELDS, ROUTE_MIN_AHEAD, ROUTE_PATH_POINTS,
                        ROUTE_PATH_SPACING, points_along, route_features, route_path)
 from sim.storage import DatasetError, read_episode, read_episodes, write_episode
 
@@ -87,6 +87,44 @@ def test_the_embedded_junction_reports_its_route_as_the_expert_drives_it(turn):
         assert bend < -3.0
     else:
         assert abs(bend) < 1.0
+
+
+def _to_polyline(point: np.ndarray, line: np.ndarray) -> float:
+    """Metres from ``point`` to the polyline ``line`` (N, 2)."""
+    a, b = line[:-1], line[1:]
+    t = np.clip(np.einsum("ij,ij->i", point - a, b - a) / np.maximum(np.einsum("ij,ij->i", b - a, b - a), 1e-12), 0, 1)
+    return float(np.min(np.hypot(*(point - (a + t[:, None] * (b - a))).T)))
+
+
+def test_the_embedded_junction_reports_where_each_car_will_drive():
+    env = EmbeddedDrivingEnv("intersection", "dense")
+    obs, _ = env.reset(seed=5)
+    seen = [(obs["actors"].copy(), obs["actor_paths"].copy())]
+    for _ in range(60):
+        obs, _, terminated, truncated, _ = env.step(env.expert_action())
+        seen.append((obs["actors"].copy(), obs["actor_paths"].copy()))
+        if terminated or truncated:
+            break
+    assert obs["actor_paths"].shape == (MAX_ACTORS, ACTOR_PATH_POINTS, 2)
+    on_path, off_line, turned = [], [], 0
+    for (before, paths), (after, _) in zip(seen, seen[20:]):  # where each moving car is 2 s later
+        absent = before[:, ACTOR["present"]] < 0.5
+        assert not paths[absent].any()  # padding rows have no path
+        for i in np.flatnonzero(~absent & (before[:, ACTOR["speed"]] > 2.0)):
+            j = np.flatnonzero(after[:, ACTOR["id"]] == before[i, ACTOR["id"]])
+            if not len(j):
+                continue
+            later = after[j[0], [ACTOR["x"], ACTOR["y"]]]
+            on_path.append(_to_polyline(later, paths[i]))
+            yaw = before[i, ACTOR["yaw"]]
+            line = before[i, [ACTOR["x"], ACTOR["y"]]] + np.outer([0.0, 60.0], [np.cos(yaw), np.sin(yaw)])
+            off_line.append(_to_polyline(later, line))
+            turned += abs(np.arctan2(*(paths[i][-1] - paths[i][-2])[::-1]) - np.arctan2(*(paths[i][1] - paths[i][0])[::-1])) > 0.5
+    assert len(on_path) > 50 and turned > 0  # cars that signal a turn were among them
+    assert max(on_path) < 1.5  # the path is where the car went
+    assert max(off_line) > 3.0  # where a straight line along its heading was not
+    highway = EmbeddedDrivingEnv("highway", "light").reset(seed=3)[0]
+    assert not highway["actor_paths"].any()  # no junction, no paths
 
 
 def test_the_highway_route_is_the_lane_ahead_at_the_ego_s_speed():

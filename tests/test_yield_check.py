@@ -455,3 +455,50 @@ def test_a_plan_policy_with_junction_hold_waits_inside_the_junction_for_a_crossi
     assert accel(go_zone=10.0, junction_hold=1.0) > 0.0  # faster than the hold's speed
     with pytest.raises(ValueError, match="junction_hold"):
         PolicyConfig(junction_hold=-1.0)
+
+
+def test_actors_are_predicted_along_their_lane_paths_when_given():
+    ego = _ego(6.0)
+    # the car of the first test, 25 m south of our road driving north: straight on it crosses our
+    # path as we get there; its lane turns right (east) 5 m before our road, away from our path
+    coming = _actors((25.0, -25.0, np.pi / 2, 8.0))
+    turn = np.array([[25.0, -25.0 + d] if d <= 20.0 else [25.0 + d - 20.0, -5.0] for d in np.arange(16) * 2.5])
+    paths = np.zeros((MAX_ACTORS, len(turn), 2))
+    paths[0] = turn
+    assert crossing_conflict(ego, coming, STRAIGHT)
+    assert not crossing_conflict(ego, coming, STRAIGHT, paths=paths)
+    assert crossing_conflict(ego, coming, STRAIGHT, paths=np.zeros_like(paths))  # no path known: straight on
+    # a car from the north whose lane turns onto our road toward us... and across our path 25 m ahead
+    onto = np.array([[25.0, 25.0 - d] if d <= 25.0 else [25.0 - (d - 25.0), 0.0] for d in np.arange(16) * 2.5])
+    paths[0] = onto
+    from_north = _actors((25.0, 25.0, -np.pi / 2, 8.0))
+    assert crossing_conflict(ego, from_north, STRAIGHT, paths=paths)
+    # the hold tests standing along the same predictions
+    hold, crossing = YieldParams(hold_speed=4.0), _actors((8.0, -16.0, np.pi / 2, 8.0))
+    away = np.zeros((MAX_ACTORS, 16, 2))
+    away[0] = [[8.0, -16.0 + d] if d <= 10.0 else [8.0 + d - 10.0, -6.0] for d in np.arange(16) * 2.5]
+    assert junction_hold(_ego(2.0), crossing, 0.0, STRAIGHT, hold) is not None
+    assert junction_hold(_ego(2.0), crossing, 0.0, STRAIGHT, hold, paths=away) is None
+
+
+def test_a_plan_policy_reads_actor_paths_only_with_yield_paths():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    go = np.zeros((4, 2))
+    turn = np.array([[25.0, -25.0 + d] if d <= 20.0 else [25.0 + d - 20.0, -5.0] for d in np.arange(16) * 2.5])
+    paths = np.zeros((MAX_ACTORS, 16, 2))
+    paths[0] = turn
+    obs = {"ego": _ego(6.0), "route": np.array([20.0, 12.0, 0.0]), "goal": None,
+           "actors": _actors((25.0, -25.0, np.pi / 2, 8.0)), "actor_paths": paths}
+
+    def accel(on: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(yield_zone=30.0, yield_paths=on)
+        return float(policy.select_action(obs, plan=lambda o: go)[0])
+
+    assert accel(0.0) < -0.5  # straight on, the car crosses our path: held at the line
+    assert abs(accel(1.0)) < 0.5  # its lane turns away: the plan's own command
+    with pytest.raises(ValueError, match="yield_paths"):
+        PolicyConfig(yield_paths=0.5)

@@ -187,6 +187,11 @@ class PolicyConfig:
     before a junction's entry and inside it, below this speed (m/s): where the yield check no
     longer holds the car (inside the junction, or at the line still moving), brake to a stand when
     going on would meet crossing traffic and standing would not; 0 = off. An execution setting."""
+    yield_paths: float = 0.0
+    """A plan policy: 1 = the yield check, the go rule and the junction hold predict each crossing
+    actor along its lane's path (``obs["actor_paths"]``: the road's layout and the actor's turn
+    signal, ``sim.route.ACTOR_PATH_POINTS``) where the backend reports one, instead of straight
+    along its heading; 0 = straight lines (the old driving). An execution setting."""
     route_follow: float = 0.0
     """A plan policy: the route follower (``sim.yield_check.route_leader`` / ``follow_accel``), near a
     junction (within ``sim.route.JUNCTION_HORIZON`` m of its entry) and inside it, caps the
@@ -302,6 +307,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
         if not (math.isfinite(self.route_follow) and self.route_follow >= 0):
             raise ValueError(f"PolicyConfig.route_follow must be a finite distance >= 0 in m (0 = off), got {self.route_follow}")
+        if self.yield_paths not in (0.0, 1.0):
+            raise ValueError(f"PolicyConfig.yield_paths must be 0 (straight lines) or 1 (lane paths), got {self.yield_paths}")
         if not (math.isfinite(self.junction_hold) and self.junction_hold >= 0):
             raise ValueError(f"PolicyConfig.junction_hold must be a finite speed >= 0 in m/s (0 = off), got {self.junction_hold}")
         if not (math.isfinite(self.junction_ttc) and self.junction_ttc >= 0):

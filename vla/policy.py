@@ -157,7 +157,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
-                      "route_follow", "junction_hold", "chitchat_threshold")
+                      "route_follow", "junction_hold", "yield_paths", "chitchat_threshold")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -591,7 +591,8 @@ class VLAPolicy(torch.nn.Module):
         yielding = c.yield_zone > 0 and 0.0 < junction <= p.zone
         going = c.go_zone > 0 and 0.0 <= junction <= p.go_zone
         holding = c.junction_hold > 0 and 0.0 <= junction <= p.zone and float(ego[EGO["speed"]]) < c.junction_hold
-        conflict = (crossing_conflict(ego, actors, path, p, accels, yaw_rates)
+        paths = obs.get("actor_paths") if c.yield_paths > 0 else None
+        conflict = (crossing_conflict(ego, actors, path, p, accels, yaw_rates, paths=paths)
                     if yielding or holding or (going and junction > 0.0) else False)
         block = path_block(ego, actors, path, p) if going else None
         brake = yield_accel(ego, actors, junction, path, p, conflict=conflict) if yielding else None
@@ -599,7 +600,7 @@ class VLAPolicy(torch.nn.Module):
             stop = block_brake(ego, block, p)
             brake = stop if brake is None else min(brake, stop)
         if holding and brake is None:  # slow at or in the junction: wait where standing is clear
-            brake = junction_hold(ego, actors, junction, path, p, accels, yaw_rates, conflict=conflict)
+            brake = junction_hold(ego, actors, junction, path, p, accels, yaw_rates, conflict=conflict, paths=paths)
         if c.junction_ttc > 0:  # something we would touch soon at our speed
             stop = junction_brake(ego, actors, junction, path, p, accels, yaw_rates)
             if stop is not None:
