@@ -289,7 +289,8 @@ def _eval_parser(sub) -> None:
                    help="the go rule: within this many metres of a junction (or inside it) a plan policy slower than "
                         "its crossing speed accelerates when its next 12 m are free and no crossing traffic would meet "
                         "it, and brakes short of anything on those 12 m (PolicyConfig.go_zone, "
-                        "sim.yield_check.go_accel; 0 = off; default: the checkpoint's, 0 unless set)")
+                        "sim.yield_check.go_accel; 0 = off; default: the checkpoint's, 10 for checkpoints saved since "
+                        "2026-12-06, 0 before)")
     p.add_argument("--junction-ttc", type=float, default=None, metavar="S",
                    help="the junction brake: near and inside a junction a plan policy brakes for anything it would "
                         "touch within this many seconds at its present speed (PolicyConfig.junction_ttc, "
@@ -297,11 +298,11 @@ def _eval_parser(sub) -> None:
     p.add_argument("--junction-hold", type=float, default=None, metavar="MPS",
                    help="the junction hold: at or inside a junction a plan policy slower than this stops where it is "
                         "when going on would meet crossing traffic and standing would not (PolicyConfig.junction_hold, "
-                        "sim.yield_check.junction_hold; 0 = off; default: the checkpoint's, 0 unless set)")
+                        "sim.yield_check.junction_hold; 0 = off; default: the checkpoint's, 4 unless set)")
     p.add_argument("--yield-paths", type=float, default=None, metavar="{0,1}",
                    help="1: the yield check, the go rule and the junction hold predict crossing cars along their lane "
                         "and signalled turn (obs['actor_paths']) instead of straight along their heading "
-                        "(PolicyConfig.yield_paths; default: the checkpoint's, 0 unless set)")
+                        "(PolicyConfig.yield_paths; default: the checkpoint's, 1 unless set)")
     p.add_argument("--route-follow", type=float, default=None, metavar="M",
                    help="the route follower: near and inside a junction a plan policy accelerates no harder than the "
                         "expert's car-following law allows behind the nearest actor on its route within this many "

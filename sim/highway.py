@@ -27,7 +27,7 @@ from sim import fast_road
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
 from sim.route import (ACTOR_PATH_POINTS, ACTOR_PATH_SPACING, ROUTE_AHEAD, ROUTE_FIELDS, ROUTE_PATH_POINTS,
-                       route_features, route_path)
+                       points_along, route_features, route_path)
 from sim.interface import (
     reward_terms,
     step_outcome,
@@ -252,6 +252,7 @@ class EmbeddedDrivingEnv(gym.Env):
         rng = np.random.default_rng(None if seed is None else [seed, 7])
         ego = self._core.vehicle
         self._ids: dict[int, int] = {}
+        self._chains: dict[tuple, np.ndarray] = {}  # _lane_chain's cache (each reset builds a new road)
         self._steps = 0
         self._done_outcome = ""
         if self.scenario == "intersection":
@@ -587,25 +588,37 @@ class EmbeddedDrivingEnv(gym.Env):
         out = np.zeros((MAX_ACTORS, ACTOR_PATH_POINTS, 2), dtype=np.float32)
         if self.scenario != "intersection":
             return out
-        net = self._core.road.network
         for i, v in enumerate(getattr(self, "_actor_vehicles", ())):
             index = getattr(v, "target_lane_index", None) or v.lane_index  # the lane it steers for, not the
-            lane = net.get_lane(index)                                       # nearest one (lanes overlap in a junction)
+            lane = self._core.road.network.get_lane(index)                 # nearest one (lanes overlap in a junction)
             s = float(lane.local_coordinates(v.position)[0])
-            route = list(getattr(v, "route", None) or [])  # next_lane pops from the route it is given
-            passed = 0.0  # length of the lanes left behind
-            for k in range(ACTOR_PATH_POINTS):
-                target = s + k * ACTOR_PATH_SPACING - passed
-                while target > lane.length:
-                    nxt = net.next_lane(index, route=route, position=lane.position(lane.length, 0.0))
-                    if nxt == index:
-                        break  # the map ends: the lane's own extension
-                    target -= lane.length
-                    passed += lane.length
-                    index, lane = nxt, net.get_lane(nxt)
-                x, y = lane.position(target, 0.0)
-                out[i, k] = (x, -y)
+            chain = self._lane_chain(index, tuple(getattr(v, "route", None) or ()))
+            out[i] = points_along(chain, s + ACTOR_PATH_SPACING * np.arange(ACTOR_PATH_POINTS))
         return out
+
+    def _lane_chain(self, index: tuple, route: tuple) -> np.ndarray:
+        """(N, 2) world points 1 m apart along the lane ``index`` from its start, then the lanes a
+        car with ``route`` takes after it, to ``ACTOR_PATH_SPACING * ACTOR_PATH_POINTS`` m past the
+        lane's end (the map's end: extended straight). Cached per (lane, route): a few dozen per
+        episode, where sampling each car's lanes at every step cost more than the step itself."""
+        key = (index, route)
+        chain = self._chains.get(key)
+        if chain is None:
+            net = self._core.road.network
+            lane, pending, points = net.get_lane(index), list(route), []
+            need = lane.length + ACTOR_PATH_SPACING * ACTOR_PATH_POINTS
+            while True:
+                s = np.arange(0.0, lane.length, 1.0)
+                points += [lane.position(x, 0.0) for x in s]
+                need -= lane.length
+                nxt = net.next_lane(index, route=pending, position=lane.position(lane.length, 0.0))  # pops `pending`
+                if need <= 0.0 or nxt == index:
+                    points.append(lane.position(lane.length, 0.0))
+                    break
+                index, lane = nxt, net.get_lane(nxt)
+            chain = np.array(points, dtype=np.float64) * np.array([1.0, -1.0])
+            self._chains[key] = chain
+        return chain
 
     def scene(self) -> Scene:
         ego = self._core.vehicle

@@ -287,8 +287,10 @@ class DrivingEnv(Protocol):
     ``ego`` (``EGO_FIELDS``), ``actors`` (``MAX_ACTORS`` x ``ACTOR_FIELDS``, world frame),
     ``goal``, ``state``, ``route`` (``sim.route.ROUTE_FIELDS``: the distance to the next junction
     and the route's point ahead in the lane frame), ``route_path`` (``sim.route.route_path``: the
-    route's centre line 0-40 m ahead, world frame) and, with a camera rig, ``cameras`` (N, H, W,
-    3) uint8; ``info`` holds
+    route's centre line 0-40 m ahead, world frame), ``actor_paths`` (``sim.route.ACTOR_PATH_POINTS``:
+    each actor row's lane ahead through its signalled turn, world frame; all zeros where none is
+    known, everywhere on the highway) and, with a camera rig, ``cameras`` (N, H, W, 3) uint8;
+    ``info`` holds
     ``events`` (``EVENT_FIELDS``), ``reward_terms`` (``REWARD_FIELDS``) and, once an episode
     ends, ``outcome``. Every array is in the frames and units of this module."""
 

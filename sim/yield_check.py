@@ -229,6 +229,11 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
             & (actors[:, ACTOR["speed"]] >= p.moving))
     if not keep.any():
         return False
+    if paths is not None:
+        paths = np.asarray(paths, dtype=np.float64)
+        if paths.ndim != 3 or paths.shape[0] != len(actors) or paths.shape[1] < 2 or paths.shape[2] != 2:
+            raise ValueError(f"obs['actor_paths'] must be (one row per actor row = {len(actors)}, >= 2 points, 2), "
+                             f"got shape {paths.shape}")
     theirs, _ = _predict(actors, keep, times, p, accels, yaw_rates, paths)  # (A, T, 2)
     dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
     close_in_time = np.abs(times[:, None] - times[None, :]) <= p.time_gap

@@ -251,7 +251,7 @@ def test_a_plan_policy_with_junction_ttc_brakes_for_a_car_standing_in_the_juncti
 
     def accel(ttc: float) -> float:
         policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
-        policy.set_execution(junction_ttc=ttc)
+        policy.set_execution(junction_ttc=ttc, go_zone=0.0)  # (the go rule, on by default, brakes for it too)
         return float(policy.select_action(obs, plan=lambda o: go)[0])
 
     assert abs(accel(0.0)) < 0.5  # off: the plan holds its speed into the standing car
@@ -301,7 +301,7 @@ def test_a_plan_policy_with_route_follow_brakes_for_a_car_crossing_its_route_ins
 
     def accel(follow: float, o: dict = obs) -> float:
         policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
-        policy.set_execution(route_follow=follow)
+        policy.set_execution(route_follow=follow, go_zone=0.0)  # (the go rule, on by default, brakes for it too)
         return float(policy.select_action(o, plan=lambda o: go)[0])
 
     assert abs(accel(0.0)) < 0.5  # off: the plan holds its speed into the crossing car
@@ -450,8 +450,8 @@ def test_a_plan_policy_with_junction_hold_waits_inside_the_junction_for_a_crossi
         policy.set_execution(**settings)
         return float(policy.select_action(obs, plan=lambda o: ahead)[0])
 
-    assert accel(go_zone=10.0) > 0.0  # committed: the go rule drives on
-    assert accel(go_zone=10.0, junction_hold=4.0) == pytest.approx(-6.0)  # the hold waits
+    assert accel(go_zone=10.0, junction_hold=0.0) > 0.0  # committed: the go rule drives on
+    assert accel() == pytest.approx(-6.0)  # the hold (on by default) waits
     assert accel(go_zone=10.0, junction_hold=1.0) > 0.0  # faster than the hold's speed
     with pytest.raises(ValueError, match="junction_hold"):
         PolicyConfig(junction_hold=-1.0)
@@ -468,6 +468,11 @@ def test_actors_are_predicted_along_their_lane_paths_when_given():
     assert crossing_conflict(ego, coming, STRAIGHT)
     assert not crossing_conflict(ego, coming, STRAIGHT, paths=paths)
     assert crossing_conflict(ego, coming, STRAIGHT, paths=np.zeros_like(paths))  # no path known: straight on
+    nan = paths.copy()
+    nan[0, 3] = np.nan
+    assert crossing_conflict(ego, coming, STRAIGHT, paths=nan)  # a broken path: straight on, too
+    with pytest.raises(ValueError, match="actor_paths"):
+        crossing_conflict(ego, coming, STRAIGHT, paths=paths[:4])
     # a car from the north whose lane turns onto our road toward us... and across our path 25 m ahead
     onto = np.array([[25.0, 25.0 - d] if d <= 25.0 else [25.0 - (d - 25.0), 0.0] for d in np.arange(16) * 2.5])
     paths[0] = onto
