@@ -27,6 +27,11 @@ own yield decision (``sim.highway_expert._conflict``) but from the observation a
   car is committed and the check stays out of the way. The plan's steering is untouched, and a
   plan that brakes harder than the check keeps its brake.
 
+Two additions on by default since 2026-12-06 (docs/drive_like_expert.md, "Lane paths and the
+junction hold"): the junction hold (``junction_hold``, ``hold_speed``), which waits at or inside
+the junction where the check above no longer holds the car, when going on would meet crossing
+traffic and standing would not; and lane paths (``paths``, ``obs["actor_paths"]``), which
+predict each actor along its lane and signalled turn instead of straight along its heading.
 Three opt-in additions, off by default (none lowered junction collisions on dev without costing
 as many timeouts, docs/drive_like_expert.md): arcs for turning actors (``max_turn``), the
 junction brake (``junction_brake``, ``brake_ttc``), which watches what is in front of us inside
@@ -227,13 +232,13 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
     near = np.hypot(actors[:, ACTOR["x"]] - here[0], actors[:, ACTOR["y"]] - here[1]) <= p.actor_range
     keep = ((actors[:, ACTOR["present"]] > 0.5) & (dyaw >= np.radians(p.same_direction_deg)) & near
             & (actors[:, ACTOR["speed"]] >= p.moving))
-    if not keep.any():
-        return False
     if paths is not None:
         paths = np.asarray(paths, dtype=np.float64)
         if paths.ndim != 3 or paths.shape[0] != len(actors) or paths.shape[1] < 2 or paths.shape[2] != 2:
             raise ValueError(f"obs['actor_paths'] must be (one row per actor row = {len(actors)}, >= 2 points, 2), "
                              f"got shape {paths.shape}")
+    if not keep.any():
+        return False
     theirs, _ = _predict(actors, keep, times, p, accels, yaw_rates, paths)  # (A, T, 2)
     dist = np.linalg.norm(ours[None, :, None, :] - theirs[:, None, :, :], axis=-1)  # (A, T ours, T theirs)
     close_in_time = np.abs(times[:, None] - times[None, :]) <= p.time_gap
