@@ -155,6 +155,12 @@ def _predict_constant_steering(vehicle, times: np.ndarray) -> tuple[list, list]:
     return positions, headings
 
 
+def _lane_points(lane, along: np.ndarray) -> np.ndarray:
+    """(len(along), 2) points of ``lane``'s centre line at those metres along it, in our world
+    frame (highway-env's y negated)."""
+    return np.array([lane.position(float(s), 0.0) for s in along], dtype=np.float64).reshape(-1, 2) * np.array([1.0, -1.0])
+
+
 def _core_config(scenario: str, density: str) -> dict:
     d = check_scenario(scenario, density).densities[density]
     action = {
@@ -609,16 +615,14 @@ class EmbeddedDrivingEnv(gym.Env):
             lane, pending, points = net.get_lane(index), list(route), []
             need = lane.length + ACTOR_PATH_SPACING * ACTOR_PATH_POINTS
             while True:
-                s = np.arange(0.0, lane.length, 1.0)
-                points += [lane.position(x, 0.0) for x in s]
+                points.append(_lane_points(lane, np.arange(0.0, lane.length, 1.0)))
                 need -= lane.length
                 nxt = net.next_lane(index, route=pending, position=lane.position(lane.length, 0.0))  # pops `pending`
                 if need <= 0.0 or nxt == index:
-                    points.append(lane.position(lane.length, 0.0))
+                    points.append(_lane_points(lane, [lane.length]))  # its end point
                     break
                 index, lane = nxt, net.get_lane(nxt)
-            chain = np.array(points, dtype=np.float64) * np.array([1.0, -1.0])
-            self._chains[key] = chain
+            chain = self._chains[key] = np.concatenate(points)
         return chain
 
     def scene(self) -> Scene:
@@ -678,11 +682,9 @@ class EmbeddedDrivingEnv(gym.Env):
         for k, index in enumerate(self._route):
             lane = net.get_lane(index)
             end = lane.length if k < len(self._route) - 1 else min(lane.length, INTERSECTION_EXIT + 2 * ROUTE_AHEAD)
-            for s in np.arange(0.0, end, 1.0):
-                x, y = lane.position(float(s), 0.0)
-                points.append((x, -y))  # our frame: highway-env's y negated
-                junction.append(k == 1)
-        return np.array(points), np.array(junction)
+            points.append(_lane_points(lane, np.arange(0.0, end, 1.0)))
+            junction += [k == 1] * len(points[-1])
+        return np.concatenate(points), np.array(junction)
 
     def route_state(self) -> np.ndarray:
         """(len(ROUTE_FIELDS),) ``sim.route.route_features`` of the ego now: on the highway the
