@@ -10,12 +10,14 @@ import pytest
 from tokenizers_mm.audio_command import VOICE_SPLITS
 from tokenizers_mm.corpus import PHRASINGS, read_items
 from tokenizers_mm.ipa import INVENTORY, to_ipa
-from tokenizers_mm.reading import READING_LABEL, check_texts, heldout_in, reading_plan, reading_texts
+from tokenizers_mm.reading import MANDARIN_SHARE, READING_LABEL, check_texts, heldout_in, reading_plan, reading_texts
 
 
 def test_default_texts_are_many_readable_and_hold_no_held_out_phrasing():
     texts = reading_texts()
     assert len(texts) > 3000 and {lang for _, lang in texts} == {"en", "zh"}
+    mandarin = sum(lang == "zh" for _, lang in texts) / len(texts)
+    assert abs(mandarin - MANDARIN_SHARE) < 0.02  # the command corpus's share, not the 2% prose leaves
     assert len(set(texts)) == len(texts)
     heldout = [p.text.lower() for p in PHRASINGS if p.heldout]
     for text, lang in texts:

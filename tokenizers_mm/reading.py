@@ -14,6 +14,12 @@ Texts (``reading_texts``):
   when every word is letters only (no code, numbers or symbols) and at most one was
   capitalized (no lists of names). Technical English, but about 4,500 distinct chunks over
   2,200 words, read aloud by espeak-ng exactly as it reads a passenger;
+* Mandarin word sequences (``_mandarin_chunks``): 2-3 words of 2-4 characters each, drawn from
+  the phrase dictionary that ships with pypinyin (about 46,000 words; the same package gives
+  the IPA), as many as keep Mandarin at ``MANDARIN_SHARE`` of the texts, the share it has in
+  the command corpus. No Mandarin prose ships with Python; without these the reading corpus
+  was 2% Mandarin and the ear got worse at it (docs/audio_policy.md). Word lists, not
+  sentences: they carry the phones and tones in many contexts, not the prosody of a sentence;
 * the command grammar's training wordings (``tokenizers_mm.command_grammar``, English and
   Mandarin, chit-chat included): driving words in many contexts;
 * or, instead of both, the lines of a text file the user gives (``--reading-text``).
@@ -44,6 +50,8 @@ from tokenizers_mm.corpus import PHRASINGS, ItemSpec, Phrasing, shuffled_passes
 
 READING_LABEL = "reading"
 MIN_WORDS, MAX_WORDS = 3, 12
+MANDARIN_SHARE = 1 / 3
+"""Share of the default reading texts that are Mandarin (the command corpus's training items: 350 of 1054)."""
 _WORD = re.compile(r"[A-Za-z']+")
 _BREAK = re.compile(r"[.,;:!?()\[\]{}\"\n]+")
 
@@ -56,6 +64,19 @@ def _prose_chunks(text: str) -> list[str]:
                 and sum(w[0].isupper() for w in words) <= 1 and not any(w.strip("'") == "" for w in words)):
             out.append(" ".join(w.lower() for w in words))
     return out
+
+
+def _mandarin_chunks(count: int) -> list[str]:
+    """``count`` distinct texts, each 2-3 distinct words of 2-4 Chinese characters from pypinyin's
+    phrase dictionary, drawn with a fixed seed (the same texts for one pypinyin version)."""
+    from pypinyin.phrases_dict import phrases_dict
+
+    words = sorted(w for w in phrases_dict if re.fullmatch(r"[\u4e00-\u9fff]{2,4}", w))
+    rng = np.random.default_rng(0x2A1)
+    out: set[str] = set()
+    while len(out) < count:
+        out.add("".join(words[i] for i in rng.choice(len(words), int(rng.integers(2, 4)), replace=False)))
+    return sorted(out)
 
 
 def _norm(text: str) -> str:
@@ -104,6 +125,9 @@ def reading_texts(source: str | None = None) -> tuple[tuple[str, str], ...]:
 
         raw = [(c, "en") for c in _prose_chunks("\n".join(pydoc_data.topics.topics.values()))]
         raw += [item for label in LABELS for item in grammar_phrasings(label)]
+        english = sum(lang == "en" for _, lang in set(raw))
+        missing = round(english * MANDARIN_SHARE / (1 - MANDARIN_SHARE)) - (len(set(raw)) - english)
+        raw += [(c, "zh") for c in _mandarin_chunks(max(missing, 0))]
     else:
         path = Path(source)
         if not path.is_file():
