@@ -291,6 +291,14 @@ def _eval_parser(sub) -> None:
                         "it, and brakes short of anything on those 12 m (PolicyConfig.go_zone, "
                         "sim.yield_check.go_accel; 0 = off; default: the checkpoint's, 10 for checkpoints saved since "
                         "2026-12-06, 0 before)")
+    p.add_argument("--go-jerk", type=float, default=None, metavar="MPS3",
+                   help="how fast the go rule's throttle ramps up to 2 m/s^2 (PolicyConfig.go_jerk; 0 = at once, as the "
+                        "expert launches; default: the checkpoint's, 1.5 unless set)")
+    p.add_argument("--curve-brake", type=float, default=None, metavar="MPS2",
+                   help="the curve cap: near and inside a junction a plan policy drives no faster than the speed from "
+                        "which braking at this rate reaches the route's curve speed at the entry "
+                        "(PolicyConfig.curve_brake, sim.yield_check.curve_accel; 0 = off; default: the checkpoint's, "
+                        "0 unless set)")
     p.add_argument("--junction-ttc", type=float, default=None, metavar="S",
                    help="the junction brake: near and inside a junction a plan policy brakes for anything it would "
                         "touch within this many seconds at its present speed (PolicyConfig.junction_ttc, "
@@ -366,6 +374,8 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--junction-hold", "junction_hold", _non_negative, "a finite speed >= 0 in m/s (0 = off)"),
     ("--yield-paths", "yield_paths", lambda v: v in (0.0, 1.0), "0 (straight lines) or 1 (lane paths)"),
     ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
+    ("--go-jerk", "go_jerk", _non_negative, "a finite jerk >= 0 in m/s^3 (0 = at once)"),
+    ("--curve-brake", "curve_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )
 

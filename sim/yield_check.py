@@ -110,6 +110,10 @@ class YieldParams:
     """m/s; the junction hold (``junction_hold``): at or inside a junction, below this speed, where
     the yield check no longer holds the car (inside, or at the line still moving), brake to a
     stand when going now would meet crossing traffic and standing would not; 0 = off."""
+    curve_brake: float = 0.0
+    """m/s^2; the curve cap (``curve_accel``): within ``zone`` m before a junction's entry and inside
+    it, no faster than the speed from which braking at this rate reaches the route's crossing
+    speed at the entry; 0 = off."""
     max_turn: float = 0.0
     """rad; with per-actor yaw rates (``crossing_conflict(yaw_rates=...)``), a turning actor is
     predicted on an arc, its heading changing at its observed rate until it has turned this much
@@ -119,7 +123,7 @@ class YieldParams:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
                   self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn,
-                  self.brake_ttc, self.follow_ahead, self.follow_width, self.hold_speed)
+                  self.brake_ttc, self.follow_ahead, self.follow_width, self.hold_speed, self.curve_brake)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
@@ -427,13 +431,43 @@ def follow_accel(ego: np.ndarray, leader: tuple[float, float], v_desired: float,
     return max(acc_model(v, v_desired, gap, closing, driver), -v / DT)
 
 
-def crossing_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead: float = 25.0) -> float:
-    """m/s: ``v_go``, or less where the first ``ahead`` m of ``path`` bend: sqrt(go_lat_acc /
-    the sharpest curvature), the curvature from the heading change between 2.5 m steps."""
+def curve_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead: float = 25.0) -> float:
+    """m/s: sqrt(go_lat_acc / the sharpest curvature of the first ``ahead`` m of ``path``), the
+    curvature from the heading change between 2.5 m steps; inf where they run straight."""
     pts = points_along(path, np.arange(0.0, ahead + 1e-9, 2.5))
     heading = np.unwrap(np.arctan2(*np.diff(pts, axis=0).T[::-1]))
     kappa = float(np.max(np.abs(np.diff(heading)))) / 2.5 if len(heading) > 1 else 0.0
-    return min(params.v_go, float(np.sqrt(params.go_lat_acc / kappa))) if kappa > 1e-6 else params.v_go
+    return float(np.sqrt(params.go_lat_acc / kappa)) if kappa > 1e-6 else float("inf")
+
+
+def crossing_speed(path: np.ndarray, params: YieldParams = YieldParams(), ahead: float = 25.0) -> float:
+    """m/s: ``v_go``, or less where the first ``ahead`` m of ``path`` bend (``curve_speed``)."""
+    return min(params.v_go, curve_speed(path, params, ahead))
+
+
+def curve_accel(ego: np.ndarray, junction_distance: float, route_points: np.ndarray,
+                params: YieldParams = YieldParams()) -> float | None:
+    """The acceleration (m/s^2, < 0) that slows a car too fast for the junction's bend, or None
+    when the cap does not apply (off, not within ``zone`` m of the entry or inside, or not too fast).
+
+    The expert drives through a junction no faster than its curve speed and starts braking for it
+    on the approach (``sim.highway_expert._intersection``: at most sqrt(v_curve^2 + 2 * 2 m/s^2 *
+    distance to the entry)); a cloned plan sometimes carries 8 m/s into a left turn whose curve
+    speed is 5 and runs wide off the road (dev traces). Here: ``curve_speed`` of
+    ``route_points`` (``obs["route_path"]``, the route's centre line ahead; not the path from the
+    ego, whose first step kinks when the car is off the line), allowed
+    sqrt(v_curve^2 + 2 * ``curve_brake`` * distance to the entry). Faster than that: before the
+    entry, the braking that reaches v_curve at the entry; inside (or within 2 m of it), v_curve
+    within a second; never harder than ``max_brake``."""
+    p = params
+    if p.curve_brake <= 0 or not (0.0 <= junction_distance <= p.zone):
+        return None
+    v = max(float(np.asarray(ego)[EGO["speed"]]), 0.0)
+    v_curve = curve_speed(np.asarray(route_points, dtype=np.float64), p)
+    if v <= np.sqrt(v_curve**2 + 2.0 * p.curve_brake * junction_distance):
+        return None
+    accel = (v_curve - v) / 1.0 if junction_distance < 2.0 else (v_curve**2 - v * v) / (2.0 * junction_distance)
+    return max(accel, -p.max_brake)
 
 
 def go_accel(ego: np.ndarray, actors: np.ndarray, junction_distance: float, path: np.ndarray,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
-from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, follow_accel, go_accel,
-                              go_distances, junction_brake, junction_hold, path_block, route_leader, yield_accel)
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, curve_speed, ego_path,
+                              follow_accel, go_accel, go_distances, junction_brake, junction_hold, path_block, route_leader, yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -392,6 +392,60 @@ def test_crossing_speed_is_the_expert_s_curve_speed():
     assert crossing_speed(arc) == pytest.approx(np.sqrt(3.0 * 9.0), rel=0.05)
 
 
+def _left_turn(radius: float = 9.0, before: float = 0.0) -> np.ndarray:
+    """(17, 2) route centre line every 2.5 m: ``before`` m straight east, then a left quarter turn."""
+    s = np.arange(17) * 2.5
+    angle = np.clip(s - before, 0.0, None) / radius  # the heading turned so far, until a quarter turn
+    bend = np.minimum(angle, np.pi / 2)
+    after = np.maximum(angle - np.pi / 2, 0.0) * radius  # metres north after the bend
+    x = np.where(s < before, s, before + radius * np.sin(bend))
+    y = np.where(s < before, 0.0, radius - radius * np.cos(bend) + after)
+    return np.stack([x, y], axis=-1)
+
+
+def test_the_curve_cap_slows_a_car_too_fast_for_the_junction_s_bend_as_the_expert_does():
+    v_curve = curve_speed(_left_turn(9.0, before=15.0))
+    assert v_curve == pytest.approx(np.sqrt(3.0 * 9.0), rel=0.1)
+    cap = YieldParams(curve_brake=2.0)
+    assert curve_accel(_ego(8.5), 15.0, _left_turn(9.0, before=15.0)) is None  # off by default
+    # 15 m before the entry at 8.5 m/s: allowed sqrt(v_curve^2 + 2 * 2 * 15) > 8.5: nothing yet
+    assert curve_accel(_ego(8.5), 15.0, _left_turn(9.0, before=15.0), cap) is None
+    # 6 m before it: brake to reach the curve speed at the entry
+    v_curve = curve_speed(_left_turn(9.0, before=6.0))
+    assert curve_accel(_ego(8.5), 6.0, _left_turn(9.0, before=6.0), cap) == pytest.approx((v_curve**2 - 8.5**2) / 12.0)
+    # inside: to the curve speed within a second, never harder than max_brake
+    assert curve_accel(_ego(8.5), 0.0, _left_turn(9.0), cap) == pytest.approx(curve_speed(_left_turn(9.0)) - 8.5)
+    assert curve_accel(_ego(20.0), 0.0, _left_turn(9.0), cap) == -cap.max_brake
+    assert curve_accel(_ego(4.0), 0.0, _left_turn(9.0), cap) is None  # slow enough
+    straight_on = np.stack([np.arange(17) * 2.5, np.zeros(17)], 1)
+    assert curve_speed(straight_on) == float("inf") and curve_accel(_ego(12.0), 0.0, straight_on, cap) is None
+    assert curve_accel(_ego(20.0), 40.0, _left_turn(9.0, before=15.0), cap) is None  # beyond the zone
+    with pytest.raises(ValueError, match="YieldParams"):
+        YieldParams(curve_brake=-1.0)
+
+
+def test_a_plan_policy_with_curve_brake_caps_its_speed_before_the_bend():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    keep = np.stack([np.arange(1, 5) * 0.85, np.zeros(4)], axis=-1)  # the plan keeps 8.5 m/s
+
+    def accel(**settings: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(**settings)
+        obs = {"ego": _ego(8.5), "actors": _actors(), "route": np.array([3.0, 20.0, 0.0]), "goal": None,
+               "route_path": _left_turn(9.0, before=3.0)}
+        return float(policy.select_action(obs, plan=lambda o: keep)[0])
+
+    assert accel() > -1.0  # off by default: the plan's speed
+    assert accel(curve_brake=2.0) < -4.0  # 3 m before a bend good for 5 m/s
+    with pytest.raises(ValueError, match="curve_brake"):
+        PolicyConfig(curve_brake=float("nan"))
+    with pytest.raises(ValueError, match="go_jerk"):
+        PolicyConfig(go_jerk=-1.0)
+
+
 def test_a_plan_policy_with_a_go_zone_starts_at_the_line_and_brakes_for_its_path():
     from vla.config import PolicyConfig
     from vla.policy import VLAPolicy, default_action_tokenizer
@@ -402,15 +456,16 @@ def test_a_plan_policy_with_a_go_zone_starts_at_the_line_and_brakes_for_its_path
 
     def accel(go_zone: float, actors: np.ndarray, speed: float = 0.0, junction: float = 3.0, jerk: float = 0.0) -> float:
         policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
-        policy.set_execution(go_zone=go_zone, tracker_jerk_long=jerk)
+        policy.set_execution(go_zone=go_zone, go_jerk=jerk)
         obs = {"ego": _ego(speed), "actors": actors, "route": np.array([junction, 5.0, 0.0]), "goal": None,
                "route_path": straight}
         return float(policy.select_action(obs, plan=lambda o: stand)[0])
 
     assert abs(accel(0.0, _actors())) < 0.5  # off: the plan stands
     assert accel(10.0, _actors()) == pytest.approx(2.0)  # clear: go at a_go
-    # a throttle like the tracker's: ramped from the car's acceleration now at its jerk limit
+    # a throttle like the tracker's (the default): ramped from the car's acceleration now at its jerk limit
     assert accel(10.0, _actors(), jerk=1.5) == pytest.approx(1.5 * 0.1)
+    assert accel(10.0, _actors(), jerk=5.0) == pytest.approx(5.0 * 0.1)
     assert abs(accel(10.0, _actors((8.0, -20.0, np.pi / 2, 8.0)))) < 0.5  # crossing traffic coming: stay
     assert abs(accel(10.0, _actors(), junction=50.0)) < 0.5  # open road: the plan
     # moving at 5 m/s inside the junction with a car standing 9 m ahead on the path: brake for it

@@ -179,6 +179,17 @@ class PolicyConfig:
     it brakes to stop short of anything on those 12 m. The other half of the yield check:
     cloned plans stand at the line long after the expert would go, and crawl through the
     junction once they do (BC's inertia problem). An execution setting (0 restores the old driving)."""
+    go_jerk: float = 1.5
+    """A plan policy's go rule (``go_zone`` > 0): how fast (m/s^3) its throttle ramps up to 2 m/s^2
+    from the acceleration the car has, and the pace the yield check times our path with; 0 = at
+    once (as the expert launches, 3 m/s^2 from one step to the next). 1.5, the tracker's throttle
+    limit, is the default and what checkpoints from before this setting drove with. An execution
+    setting."""
+    curve_brake: float = 0.0
+    """A plan policy: the curve cap (``sim.yield_check.curve_accel``), within ``yield_zone`` m before a
+    junction's entry and inside it: no faster than the speed from which braking at this many
+    m/s^2 reaches the route's curve speed at the entry (the expert: 2); 0 = off. An execution
+    setting."""
     junction_ttc: float = 0.0
     """A plan policy: the junction brake (``sim.yield_check.junction_brake``), within ``yield_zone``
     m before a junction's entry and inside it, brakes for any actor (moving or standing, any
@@ -318,6 +329,11 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.yield_paths must be 0 (straight lines) or 1 (lane paths), got {self.yield_paths}")
         if not (math.isfinite(self.junction_hold) and self.junction_hold >= 0):
             raise ValueError(f"PolicyConfig.junction_hold must be a finite speed >= 0 in m/s (0 = off), got {self.junction_hold}")
+        if not (math.isfinite(self.go_jerk) and self.go_jerk >= 0):
+            raise ValueError(f"PolicyConfig.go_jerk must be a finite jerk >= 0 in m/s^3 (0 = at once), got {self.go_jerk}")
+        if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):
+            raise ValueError(f"PolicyConfig.curve_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
+                             f"{self.curve_brake}")
         if not (math.isfinite(self.junction_ttc) and self.junction_ttc >= 0):
             raise ValueError(f"PolicyConfig.junction_ttc must be a finite time >= 0 in s (0 = off), got {self.junction_ttc}")
         if not (math.isfinite(self.yield_turn) and 0 <= self.yield_turn <= math.pi):

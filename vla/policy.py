@@ -40,8 +40,8 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
-from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, ego_path, follow_accel, go_accel,
-                             junction_brake, junction_hold, path_block, route_leader, yield_accel)
+from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, ego_path,
+                             follow_accel, go_accel, junction_brake, junction_hold, path_block, route_leader, yield_accel)
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -157,7 +157,8 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
-                      "route_follow", "junction_hold", "yield_paths", "chitchat_threshold")
+                      "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
+                      "curve_brake")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -258,7 +259,7 @@ class VLAPolicy(torch.nn.Module):
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
                                          brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, hold_speed=c.junction_hold,
-                                         go_jerk=c.tracker_jerk_long if c.go_zone > 0 else 0.0)
+                                         go_jerk=c.go_jerk if c.go_zone > 0 else 0.0, curve_brake=c.curve_brake)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
@@ -573,8 +574,8 @@ class VLAPolicy(torch.nn.Module):
         path-block test run at most once per step, shared by both."""
         route = obs.get("route")
         c, p = self.config, self._yield_params
-        if ((c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0 and c.junction_hold <= 0)
-                or route is None):
+        if ((c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0 and c.junction_hold <= 0
+             and c.curve_brake <= 0) or route is None):
             return action
         junction = float(np.asarray(route)[0])
         near = JUNCTION_HORIZON if c.route_follow > 0 else max(c.yield_zone, c.go_zone)
@@ -614,6 +615,10 @@ class VLAPolicy(torch.nn.Module):
                 go = min(go, float(ego[EGO["accel_long"]]) + p.go_jerk * DT)
             if go is not None:
                 accel = max(accel, go)
+        if c.curve_brake > 0 and obs.get("route_path") is not None:  # no faster than the bend allows
+            cap = curve_accel(ego, junction, obs["route_path"], p)
+            if cap is not None:
+                accel = min(accel, cap)
         leader = route_leader(ego, actors, path, p) if c.route_follow > 0 else None
         if leader is not None:  # never faster than the expert's car-following law behind it
             v_free = max(float(ego[EGO["speed"]]), crossing_speed(path, p))
