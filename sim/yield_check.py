@@ -112,8 +112,8 @@ class YieldParams:
     stand when going now would meet crossing traffic and standing would not; 0 = off."""
     curve_brake: float = 0.0
     """m/s^2; the curve cap (``curve_accel``): within ``zone`` m before a junction's entry and inside
-    it, no faster than the speed from which braking at this rate reaches the route's crossing
-    speed at the entry; 0 = off."""
+    it, no faster than the speed from which braking at this rate reaches the route's curve speed
+    (``curve_speed``) at the entry; 0 = off."""
     max_turn: float = 0.0
     """rad; with per-actor yaw rates (``crossing_conflict(yaw_rates=...)``), a turning actor is
     predicted on an arc, its heading changing at its observed rate until it has turned this much

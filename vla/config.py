@@ -182,9 +182,11 @@ class PolicyConfig:
     go_jerk: float = 1.5
     """A plan policy's go rule (``go_zone`` > 0): how fast (m/s^3) its throttle ramps up to 2 m/s^2
     from the acceleration the car has, and the pace the yield check times our path with; 0 = at
-    once (as the expert launches, 3 m/s^2 from one step to the next). 1.5, the tracker's throttle
-    limit, is the default and what checkpoints from before this setting drove with. An execution
-    setting."""
+    once (as the expert launches, 3 m/s^2 from one step to the next). Before this setting the go
+    rule ramped at the checkpoint's ``tracker_jerk_long`` (1.5, the default since before the go
+    rule existed, unless a checkpoint was saved with another), so 1.5 is the default. A faster ramp with ``curve_brake`` was studied and kept
+    off: dense timeouts fell, goal success did not clearly rise (docs/drive_like_expert.md, "The
+    launch and the bend"). An execution setting."""
     curve_brake: float = 0.0
     """A plan policy: the curve cap (``sim.yield_check.curve_accel``), within ``yield_zone`` m before a
     junction's entry and inside it: no faster than the speed from which braking at this many

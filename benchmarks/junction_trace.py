@@ -1,0 +1,134 @@
+"""``python -m benchmarks.junction_trace --policy DIR --seed N``: one closed-loop episode of a plan
+policy, step by step, with what the junction rules (``sim.yield_check``) did to its acceleration.
+
+Why: a junction episode that times out or collides says nothing of which rule held the car or
+let it go. Each printed row has the step, the distance to the junction's entry (``route[0]``;
+50 past it), our speed and measured acceleration, the acceleration the tracker asked for
+(``plan_a``), the one the rules executed (``out_a``), the expert's label at that state, and,
+within 50 m of the junction, the rules' verdicts there: whether going now would meet crossing
+traffic (``conf``), whether standing would (``stand``), metres to anything on our next 12 m
+(``block``) and the crossing speed of our path (``vcross``). The rules are the policy's own
+settings (``--set`` overrides them, as ``vla eval``'s flags do). The last line is JSON.
+
+This is a diagnostic for dev episodes (validation seeds 7,000,000+); the studies' held-out
+seeds are for measuring, not for reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+ROW_FIELDS = ("t", "junction_m", "speed", "accel_now", "plan_a", "out_a", "expert_a", "conf", "stand", "block", "vcross")
+
+
+def _verdicts(policy, obs: dict, accels: np.ndarray, yaw_rates: np.ndarray | None) -> dict:
+    """The junction rules' tests at this state, as the policy's ``_yield`` runs them."""
+    from sim.interface import ACTOR_FIELDS
+    from sim.yield_check import crossing_conflict, crossing_speed, ego_path, path_block
+
+    ego = np.asarray(obs["ego"], dtype=np.float64)
+    actors = np.asarray(obs["actors"], dtype=np.float64).reshape(-1, len(ACTOR_FIELDS))
+    path = ego_path(ego, np.asarray(obs["route_path"], dtype=np.float64))
+    p = policy._yield_params
+    paths = obs.get("actor_paths") if policy.config.yield_paths > 0 else None
+    block = path_block(ego, actors, path, p)
+    return {"conf": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, paths=paths)),
+            "stand": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, stand=True, paths=paths)),
+            "block": None if block is None else round(block, 1), "vcross": round(crossing_speed(path, p), 2)}
+
+
+def trace_episode(policy, env, seed: int) -> tuple[object, list[dict]]:
+    """Run one episode of ``policy`` (a plan ``VLAPolicy``) in ``env`` from ``seed``, the expert
+    labelling every state; returns the ``Episode`` and one row per step (``ROW_FIELDS``)."""
+    from sim.interface import EGO
+    from sim.route import JUNCTION_HORIZON
+    from sim.rollout import run_episode
+
+    rows: list[dict] = []
+    rules = policy._yield
+
+    def watched(obs, action, accels, yaw_rates, t):
+        out = rules(obs, action, accels, yaw_rates, t)
+        ego = np.asarray(obs["ego"], dtype=np.float64)
+        junction = float(np.asarray(obs["route"])[0]) if obs.get("route") is not None else float("nan")
+        row = {"t": t, "junction_m": round(junction, 1), "speed": round(float(ego[EGO["speed"]]), 2),
+               "accel_now": round(float(ego[EGO["accel_long"]]), 2), "plan_a": round(float(action[0]), 2),
+               "out_a": round(float(out[0]), 2), "conf": None, "stand": None, "block": None, "vcross": None}
+        if 0.0 <= junction < JUNCTION_HORIZON and obs.get("route_path") is not None:
+            row.update(_verdicts(policy, obs, accels, yaw_rates))
+        rows.append(row)
+        return out
+
+    policy._yield = watched
+    try:
+        episode = run_episode(env, policy, seed, query_expert=True, record_frames=False)
+    finally:
+        del policy._yield  # the class's method again
+    for row in rows:
+        row["expert_a"] = round(float(episode.expert_actions[row["t"], 0]), 2) if row["t"] < len(episode.actions) else None
+    return episode, rows
+
+
+def _format(row: dict) -> str:
+    def cell(key: str, width: int) -> str:
+        value = row.get(key)
+        return f"{'-' if value is None else value:>{width}}"
+    return " ".join(cell(k, w) for k, w in zip(ROW_FIELDS, (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.junction_trace", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--policy", required=True, help="a plan policy checkpoint directory (RUN/policy)")
+    ap.add_argument("--scenario", default="intersection", help="scenario family (default: intersection)")
+    ap.add_argument("--density", default="medium", help="traffic density (default: medium)")
+    ap.add_argument("--seed", type=int, required=True, help="the episode's seed (use validation seeds, 7,000,000+)")
+    ap.add_argument("--phrasings", default="heldout", help="how the command is worded, as for vla eval (default: heldout)")
+    ap.add_argument("--every", type=int, default=1, help="print every K-th step (default: 1)")
+    ap.add_argument("--last", type=int, default=0, help="print only the last N steps (default: all)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="plan execution settings to drive with instead of the checkpoint's, e.g. go_jerk=4 curve_brake=2")
+    args = ap.parse_args(argv)
+    try:
+        if args.every < 1 or args.last < 0:
+            raise ValueError(f"--every must be >= 1 and --last >= 0, got {args.every} and {args.last}")
+        settings = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+            try:
+                settings[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--set {key}: {value!r} is not a number") from None
+        from sim.backends import make_env
+        from vla.policies_registry import load_checkpoint
+        from vla.speech_commands import rephraser
+
+        policy = load_checkpoint(args.policy)
+        if not hasattr(policy, "set_execution") or getattr(policy, "tracker", None) is None:
+            raise ValueError(f"{args.policy} is not a plan policy checkpoint (the junction rules act on plans)")
+        if settings:
+            policy.set_execution(**settings)
+        env = make_env("embedded", args.scenario, args.density, cameras=(), rephrase=rephraser(args.phrasings))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        episode, rows = trace_episode(policy, env, args.seed)
+    finally:
+        env.close()
+    shown = rows[-args.last:] if args.last else rows
+    print(" ".join(f"{k:>{w}}" for k, w in zip(ROW_FIELDS, (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6))))
+    for row in shown[::args.every]:
+        print(_format(row))
+    print(json.dumps({"seed": args.seed, "goal": episode.goal.label, "command": episode.goal.command,
+                      "outcome": episode.outcome, "steps": len(episode.actions)}, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""benchmarks.junction_trace: a junction episode step by step, with what the rules did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _plan_policy(tmp_path, action: str = "plan"):
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action=action,
+                          observation="lane_route" if action == "plan" else "ego_frame")
+    VLAPolicy(config, default_action_tokenizer(16, action)).save(tmp_path / action)
+    return tmp_path / action
+
+
+def test_the_trace_is_the_episode_that_was_driven_and_leaves_the_policy_as_it_was(tmp_path):
+    from benchmarks.junction_trace import trace_episode
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.policies_registry import load_checkpoint
+
+    policy = load_checkpoint(str(_plan_policy(tmp_path)))
+    env = EmbeddedDrivingEnv("intersection", "medium")
+    try:
+        episode, rows = trace_episode(policy, env, seed=7000001)
+    finally:
+        env.close()
+    assert "_yield" not in vars(policy)  # the class's rules again
+    assert [r["t"] for r in rows] == list(range(len(episode.actions)))
+    # what the trace says the rules executed is what the car was given
+    assert np.allclose([r["out_a"] for r in rows], episode.actions[:, 0], atol=0.006)
+    near = [r for r in rows if 0.0 <= r["junction_m"] < 50.0]
+    assert near and all(r["conf"] in (0, 1) and r["vcross"] is not None for r in near)
+    assert all(r["expert_a"] is not None for r in rows)
+
+
+def test_cli_prints_rows_and_a_json_last_line_and_refuses_bad_input(tmp_path, capsys):
+    from benchmarks.junction_trace import main
+
+    plan = _plan_policy(tmp_path)
+    assert main(["--policy", str(plan), "--seed", "7000002", "--last", "5", "--set", "go_jerk=4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["t", "junction_m", "speed"] and len(lines) == 1 + 5 + 1
+    assert json.loads(lines[-1])["seed"] == 7000002
+    for argv, message in ((["--set", "go_jerk"], "KEY=VALUE"), (["--set", "go_jerk=fast"], "not a number"),
+                          (["--set", "warp=1"], "unknown plan execution settings"), (["--every", "0"], "--every")):
+        assert main(["--policy", str(plan), "--seed", "1", *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["--policy", str(_plan_policy(tmp_path, "control")), "--seed", "1"]) == 2
+    assert "not a plan policy" in capsys.readouterr().err
