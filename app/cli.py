@@ -298,7 +298,7 @@ def _eval_parser(sub) -> None:
                    help="the curve cap: near and inside a junction a plan policy drives no faster than the speed from "
                         "which braking at this rate reaches the route's curve speed at the entry "
                         "(PolicyConfig.curve_brake, sim.yield_check.curve_accel; 0 = off; default: the checkpoint's, "
-                        "0 unless set)")
+                        "2 unless set)")
     p.add_argument("--junction-ttc", type=float, default=None, metavar="S",
                    help="the junction brake: near and inside a junction a plan policy brakes for anything it would "
                         "touch within this many seconds at its present speed (PolicyConfig.junction_ttc, "

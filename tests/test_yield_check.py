@@ -438,8 +438,9 @@ def test_a_plan_policy_with_curve_brake_caps_its_speed_before_the_bend():
                "route_path": _left_turn(9.0, before=3.0)}
         return float(policy.select_action(obs, plan=lambda o: keep)[0])
 
-    assert accel() > -1.0  # off by default: the plan's speed
-    assert accel(curve_brake=2.0) < -4.0  # 3 m before a bend good for 5 m/s
+    assert accel(curve_brake=0.0) > -1.0  # off: the plan's speed
+    assert accel() < -4.0  # on by default (2 m/s^2): 3 m before a bend good for 5 m/s
+    assert accel(curve_brake=2.0) == accel()
     with pytest.raises(ValueError, match="curve_brake"):
         PolicyConfig(curve_brake=float("nan"))
     with pytest.raises(ValueError, match="go_jerk"):
