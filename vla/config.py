@@ -184,9 +184,9 @@ class PolicyConfig:
     from the acceleration the car has, and the pace the yield check times our path with; 0 = at
     once (as the expert launches, 3 m/s^2 from one step to the next). Before this setting the go
     rule ramped at the checkpoint's ``tracker_jerk_long`` (1.5, the default since before the go
-    rule existed, unless a checkpoint was saved with another), so 1.5 is the default. A faster ramp with ``curve_brake`` was studied and kept
-    off: dense timeouts fell, goal success did not clearly rise (docs/drive_like_expert.md, "The
-    launch and the bend"). An execution setting."""
+    rule existed, unless a checkpoint was saved with another), so 1.5 is the default. A ramp of 4
+    (with the curve cap) was studied and kept off: dense timeouts fell, goal success did not
+    clearly rise (docs/drive_like_expert.md, "The launch and the bend"). An execution setting."""
     curve_brake: float = 2.0
     """A plan policy: the curve cap (``sim.yield_check.curve_accel``), within ``yield_zone`` m before a
     junction's entry and inside it: no faster than the speed from which braking at this many
