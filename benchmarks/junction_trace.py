@@ -23,6 +23,8 @@ import sys
 import numpy as np
 
 ROW_FIELDS = ("t", "junction_m", "speed", "accel_now", "plan_a", "out_a", "expert_a", "conf", "stand", "block", "vcross")
+_WIDTHS = (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6)
+"""Printed column widths, one per ``ROW_FIELDS``."""
 
 
 def _verdicts(policy, obs: dict, accels: np.ndarray, yaw_rates: np.ndarray | None) -> dict:
@@ -74,10 +76,7 @@ def trace_episode(policy, env, seed: int) -> tuple[object, list[dict]]:
 
 
 def _format(row: dict) -> str:
-    def cell(key: str, width: int) -> str:
-        value = row.get(key)
-        return f"{'-' if value is None else value:>{width}}"
-    return " ".join(cell(k, w) for k, w in zip(ROW_FIELDS, (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6)))
+    return " ".join(f"{'-' if row.get(k) is None else row[k]:>{w}}" for k, w in zip(ROW_FIELDS, _WIDTHS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         env.close()
     shown = rows[-args.last:] if args.last else rows
-    print(" ".join(f"{k:>{w}}" for k, w in zip(ROW_FIELDS, (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6))))
+    print(" ".join(f"{k:>{w}}" for k, w in zip(ROW_FIELDS, _WIDTHS)))
     for row in shown[::args.every]:
         print(_format(row))
     print(json.dumps({"seed": args.seed, "goal": episode.goal.label, "command": episode.goal.command,

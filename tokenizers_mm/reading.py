@@ -125,8 +125,9 @@ def reading_texts(source: str | None = None) -> tuple[tuple[str, str], ...]:
 
         raw = [(c, "en") for c in _prose_chunks("\n".join(pydoc_data.topics.topics.values()))]
         raw += [item for label in LABELS for item in grammar_phrasings(label)]
-        english = sum(lang == "en" for _, lang in set(raw))
-        missing = round(english * MANDARIN_SHARE / (1 - MANDARIN_SHARE)) - (len(set(raw)) - english)
+        unique = set(raw)
+        english = sum(lang == "en" for _, lang in unique)
+        missing = round(english * MANDARIN_SHARE / (1 - MANDARIN_SHARE)) - (len(unique) - english)
         raw += [(c, "zh") for c in _mandarin_chunks(max(missing, 0))]
     else:
         path = Path(source)
