@@ -7,7 +7,8 @@ let it go. Each printed row has the step, the distance to the junction's entry (
 (``plan_a``), the one the rules executed (``out_a``), the expert's label at that state, and,
 within 50 m of the junction, the rules' verdicts there: whether going now would meet crossing
 traffic (``conf``), whether standing would (``stand``), metres to anything on our next 12 m
-(``block``) and the crossing speed of our path (``vcross``). The rules are the policy's own
+(``block``), the crossing speed of our path (``vcross``), and whether the go rule's launch held
+(``lnch``: tested with ``go_commit``'s time gap, ``vla eval --go-commit``). The rules are the policy's own
 settings (``--set`` overrides them, as ``vla eval``'s flags do). The last line is JSON.
 
 This is a diagnostic for dev episodes (validation seeds 7,000,000+); the studies' held-out
@@ -22,25 +23,29 @@ import sys
 
 import numpy as np
 
-ROW_FIELDS = ("t", "junction_m", "speed", "accel_now", "plan_a", "out_a", "expert_a", "conf", "stand", "block", "vcross")
-_WIDTHS = (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6)
+ROW_FIELDS = ("t", "junction_m", "speed", "accel_now", "plan_a", "out_a", "expert_a", "conf", "stand", "block", "vcross",
+              "lnch")
+_WIDTHS = (4, 10, 6, 9, 6, 6, 8, 4, 5, 5, 6, 4)
 """Printed column widths, one per ``ROW_FIELDS``."""
 
 
-def _verdicts(policy, obs: dict, accels: np.ndarray, yaw_rates: np.ndarray | None) -> dict:
-    """The junction rules' tests at this state, as the policy's ``_yield`` runs them."""
+def _verdicts(policy, obs: dict, accels: np.ndarray, yaw_rates: np.ndarray | None, launched: bool) -> dict:
+    """The junction rules' tests at this state, as the policy's ``_yield`` runs them (``launched``:
+    with the launch's time gap, ``go_commit``, where it is on)."""
     from sim.interface import ACTOR_FIELDS
     from sim.yield_check import crossing_conflict, crossing_speed, ego_path, path_block
 
     ego = np.asarray(obs["ego"], dtype=np.float64)
     actors = np.asarray(obs["actors"], dtype=np.float64).reshape(-1, len(ACTOR_FIELDS))
     path = ego_path(ego, np.asarray(obs["route_path"], dtype=np.float64))
-    p = policy._yield_params
+    committed = launched and policy._committed_params is not None
+    p = policy._committed_params if committed else policy._yield_params
     paths = obs.get("actor_paths") if policy.config.yield_paths > 0 else None
     block = path_block(ego, actors, path, p)
     return {"conf": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, paths=paths)),
             "stand": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, stand=True, paths=paths)),
-            "block": None if block is None else round(block, 1), "vcross": round(crossing_speed(path, p), 2)}
+            "block": None if block is None else round(block, 1), "vcross": round(crossing_speed(path, p), 2),
+            "lnch": int(committed)}
 
 
 def trace_episode(policy, env, seed: int) -> tuple[object, list[dict]]:
@@ -54,14 +59,16 @@ def trace_episode(policy, env, seed: int) -> tuple[object, list[dict]]:
     rules = policy._yield
 
     def watched(obs, action, accels, yaw_rates, t):
+        launched = policy._launched
         out = rules(obs, action, accels, yaw_rates, t)
         ego = np.asarray(obs["ego"], dtype=np.float64)
         junction = float(np.asarray(obs["route"])[0]) if obs.get("route") is not None else float("nan")
         row = {"t": t, "junction_m": round(junction, 1), "speed": round(float(ego[EGO["speed"]]), 2),
                "accel_now": round(float(ego[EGO["accel_long"]]), 2), "plan_a": round(float(action[0]), 2),
-               "out_a": round(float(out[0]), 2), "conf": None, "stand": None, "block": None, "vcross": None}
+               "out_a": round(float(out[0]), 2), "conf": None, "stand": None, "block": None, "vcross": None,
+               "lnch": None}
         if 0.0 <= junction < JUNCTION_HORIZON and obs.get("route_path") is not None:
-            row.update(_verdicts(policy, obs, accels, yaw_rates))
+            row.update(_verdicts(policy, obs, accels, yaw_rates, launched))
         rows.append(row)
         return out
 

@@ -475,6 +475,42 @@ def test_a_plan_policy_with_a_go_zone_starts_at_the_line_and_brakes_for_its_path
         PolicyConfig(go_zone=float("inf"))
 
 
+def test_a_launch_commits_against_marginal_conflicts_with_go_commit_and_ends_at_a_brake():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    stand = np.zeros((4, 2))
+    straight = np.stack([np.arange(17) * 2.5, np.zeros(17)], axis=-1)
+    # a car on the crossing road that would pass our path 0.5-1 s from us: a conflict at the
+    # test's 1 s, none at 0.5 s; one nearer is a conflict at both
+    marginal, close = _actors((8.0, -33.0, np.pi / 2, 8.0)), _actors((8.0, -20.0, np.pi / 2, 8.0))
+    moving = _ego(0.5)
+    moving[EGO["accel_long"]] = 2.0
+    assert crossing_conflict(moving, marginal, straight, YieldParams(go_zone=10.0))
+    assert not crossing_conflict(moving, marginal, straight, YieldParams(go_zone=10.0, time_gap=0.5))
+    assert crossing_conflict(moving, close, straight, YieldParams(go_zone=10.0, time_gap=0.5))
+
+    def step(policy, ego, actors) -> float:
+        obs = {"ego": ego, "actors": actors, "route": np.array([3.0, 5.0, 0.0]), "goal": None, "route_path": straight}
+        return float(policy.select_action(obs, plan=lambda o: stand)[0])
+
+    def launched(commit: float) -> VLAPolicy:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(go_zone=10.0, go_jerk=0.0, go_commit=commit)
+        assert step(policy, _ego(0.0), _actors()) == pytest.approx(2.0)  # clear at the line: go
+        return policy
+
+    assert step(launched(0.0), moving, marginal) < -1.0  # off: the 1 s test stops the car it just started
+    policy = launched(0.5)
+    assert step(policy, moving, marginal) == pytest.approx(2.0)  # launched: a marginal conflict does not
+    assert step(policy, moving, close) < -1.0  # one within 0.5 s does ...
+    assert step(policy, moving, marginal) < -1.0  # ... and ends the launch: the next start needs the 1 s test
+    assert PolicyConfig().go_commit == 0.0  # off by default
+    with pytest.raises(ValueError, match="go_commit"):
+        PolicyConfig(go_commit=-0.5)
+
+
 def test_our_path_is_timed_with_the_go_rule_s_throttle_ramp():
     times = np.arange(0.0, 4.01, 0.25)
     instant = go_distances(0.0, 0.0, times)

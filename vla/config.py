@@ -187,6 +187,15 @@ class PolicyConfig:
     rule existed, unless a checkpoint was saved with another), so 1.5 is the default. A ramp of 4
     (with the curve cap) was studied and kept off: dense timeouts fell, goal success did not
     clearly rise (docs/drive_like_expert.md, "The launch and the bend"). An execution setting."""
+    go_commit: float = 0.0
+    """A plan policy's go rule (``go_zone`` > 0): once it has launched the car at a junction (the
+    crossing was clear and it took the car toward its crossing speed), the conflict test that
+    would stop the car again (the yield check, the junction hold, the go rule's own) asks two
+    vehicles to use one spot within this many seconds of each other instead of the test's 1 s,
+    until a rule brakes the car or it leaves the junction; 0 = off (every step tested alike).
+    Hysteresis against the flicker the dev traces showed: gaps of a few tenths of a second in
+    the test stop a car that has just started and make it start over from zero (docs/
+    drive_like_expert.md, "A launch that commits"). An execution setting."""
     curve_brake: float = 2.0
     """A plan policy: the curve cap (``sim.yield_check.curve_accel``), within ``yield_zone`` m before a
     junction's entry and inside it: no faster than the speed from which braking at this many
@@ -336,6 +345,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.junction_hold must be a finite speed >= 0 in m/s (0 = off), got {self.junction_hold}")
         if not (math.isfinite(self.go_jerk) and self.go_jerk >= 0):
             raise ValueError(f"PolicyConfig.go_jerk must be a finite jerk >= 0 in m/s^3 (0 = at once), got {self.go_jerk}")
+        if not (math.isfinite(self.go_commit) and self.go_commit >= 0):
+            raise ValueError(f"PolicyConfig.go_commit must be a finite time gap >= 0 in s (0 = off), got {self.go_commit}")
         if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):
             raise ValueError(f"PolicyConfig.curve_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.curve_brake}")

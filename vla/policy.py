@@ -158,7 +158,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
                       "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
-                      "curve_brake")
+                      "curve_brake", "go_commit")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -260,6 +260,8 @@ class VLAPolicy(torch.nn.Module):
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
                                          brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, hold_speed=c.junction_hold,
                                          go_jerk=c.go_jerk if c.go_zone > 0 else 0.0, curve_brake=c.curve_brake)
+        self._committed_params = (replace(self._yield_params, time_gap=c.go_commit)
+                                  if c.go_commit > 0 and c.go_zone > 0 else None)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
         self._follow_params = FollowParams(trigger=c.follow_brake)
 
@@ -302,6 +304,7 @@ class VLAPolicy(torch.nn.Module):
         self._t = 0  # steps of this episode so far
         self._actor_seen: dict[float, tuple[float, float]] = {}  # actor id -> (speed, yaw) at step _actor_seen_t
         self._actor_seen_t = -2
+        self._launched = False  # the go rule started the car at this junction and no rule has braked it since
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
         self._prefix = None  # the current step's prefix pass (vla.model.Prefix), for commitment's scores
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
@@ -571,16 +574,20 @@ class VLAPolicy(torch.nn.Module):
         when the car stands at or in a junction and going now is clear; then, with ``route_follow``
         on, capped at the expert's car-following law behind the nearest actor on the route
         (``sim.yield_check.route_leader``); otherwise ``action`` itself. The conflict test and the
-        path-block test run at most once per step, shared by both."""
+        path-block test run at most once per step, shared by both. With ``go_commit`` on, a car
+        the go rule has launched is tested with that time gap until a rule brakes it."""
         route = obs.get("route")
-        c, p = self.config, self._yield_params
+        c = self.config
         if ((c.yield_zone <= 0 and c.go_zone <= 0 and c.junction_ttc <= 0 and c.route_follow <= 0 and c.junction_hold <= 0
              and c.curve_brake <= 0) or route is None):
+            self._launched = False
             return action
         junction = float(np.asarray(route)[0])
         near = JUNCTION_HORIZON if c.route_follow > 0 else max(c.yield_zone, c.go_zone)
         if not 0.0 <= junction < JUNCTION_HORIZON or junction > near:  # open road, not near
+            self._launched = False
             return action
+        p = self._committed_params if self._launched and self._committed_params is not None else self._yield_params
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ego = np.asarray(obs["ego"], dtype=np.float64)
         if obs.get("route_path") is not None:
@@ -609,12 +616,14 @@ class VLAPolicy(torch.nn.Module):
         accel = float(action[0])
         if brake is not None:
             accel = min(accel, brake)
+            self._launched = False  # a rule stopped or slowed the car: the launch is over, the next needs the full test
         else:
             go = go_accel(ego, actors, junction, path, p, verdicts=(block, conflict)) if going else None
             if go is not None and p.go_jerk > 0:  # a throttle: ramped as the check timed it
                 go = min(go, float(ego[EGO["accel_long"]]) + p.go_jerk * DT)
             if go is not None:
                 accel = max(accel, go)
+                self._launched = True
         if c.curve_brake > 0 and obs.get("route_path") is not None:  # no faster than the bend allows
             cap = curve_accel(ego, junction, obs["route_path"], p)
             if cap is not None:
