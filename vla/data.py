@@ -65,6 +65,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sim.episode import Episode
 from sim.interface import EGO
@@ -231,25 +232,33 @@ class DemoDataset:
             from tokenizers_mm.thesaurus import paraphrases
 
             renditions = audio_renditions if policy.config.command in ("audio", "heard") else 1
-            for p in PHRASINGS:
-                if p.split == "train":
-                    for k in range(renditions):  # an audio policy hears each phrasing in several voices
-                        self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang, seed=k))
-                        if self.paraphrase > 0:
-                            texts = paraphrases(p.text, PARAPHRASES) if p.lang == "en" else []
-                            self._variants.setdefault(p.label, []).append(
-                                [policy.encode_command(t, p.lang) for t in texts])
+            train = [p for p in PHRASINGS if p.split == "train"]
+            # chit-chat ('none') is only ever drawn for chitchat samples
+            grammar_labels = [g for g in dict.fromkeys(p.label for p in train) if g != "none" or self.chitchat > 0]
             if command_grammar:
                 from tokenizers_mm.command_grammar import grammar_phrasings
-
-                for label in self._phrasings:
-                    if label == "none" and self.chitchat <= 0:
-                        continue  # chit-chat is only ever drawn for chitchat samples
+            total = renditions * (len(train) + (sum(len(grammar_phrasings(g)) for g in grammar_labels)
+                                                if command_grammar else 0))
+            # a spoken policy synthesizes (and an ear transcribes) every rendition first: minutes, so shown
+            bar = tqdm(total=total, desc="hearing the training phrasings", unit="clip", disable=renditions == 1,
+                       leave=False)
+            for p in train:
+                for k in range(renditions):  # an audio policy hears each phrasing in several voices
+                    self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang, seed=k))
+                    bar.update()
+                    if self.paraphrase > 0:
+                        texts = paraphrases(p.text, PARAPHRASES) if p.lang == "en" else []
+                        self._variants.setdefault(p.label, []).append(
+                            [policy.encode_command(t, p.lang) for t in texts])
+            if command_grammar:
+                for label in grammar_labels:
                     by_lang: dict[str, list[np.ndarray]] = {}
                     for text, lang in grammar_phrasings(label):
                         for k in range(renditions):
                             by_lang.setdefault(lang, []).append(policy.encode_command(text, lang, seed=k))
+                            bar.update()
                     self._grammar[label] = list(by_lang.values())
+            bar.close()
         self._episodes: list[_EpisodeArrays] = []
         self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample
 
