@@ -233,12 +233,13 @@ class DemoDataset:
 
             renditions = audio_renditions if policy.config.command in ("audio", "heard") else 1
             train = [p for p in PHRASINGS if p.split == "train"]
-            # chit-chat ('none') is only ever drawn for chitchat samples
-            grammar_labels = [g for g in dict.fromkeys(p.label for p in train) if g != "none" or self.chitchat > 0]
+            grammar: dict[str, tuple[tuple[str, str], ...]] = {}  # label -> its grammar wordings (text, lang)
             if command_grammar:
                 from tokenizers_mm.command_grammar import grammar_phrasings
-            total = renditions * (len(train) + (sum(len(grammar_phrasings(g)) for g in grammar_labels)
-                                                if command_grammar else 0))
+
+                grammar = {label: grammar_phrasings(label) for label in dict.fromkeys(p.label for p in train)
+                           if label != "none" or self.chitchat > 0}  # chit-chat is only drawn for chitchat samples
+            total = renditions * (len(train) + sum(len(wordings) for wordings in grammar.values()))
             # a spoken policy synthesizes (and an ear transcribes) every rendition first: minutes, so shown
             bar = tqdm(total=total, desc="hearing the training phrasings", unit="clip", disable=renditions == 1,
                        leave=False)
@@ -250,14 +251,13 @@ class DemoDataset:
                         texts = paraphrases(p.text, PARAPHRASES) if p.lang == "en" else []
                         self._variants.setdefault(p.label, []).append(
                             [policy.encode_command(t, p.lang) for t in texts])
-            if command_grammar:
-                for label in grammar_labels:
-                    by_lang: dict[str, list[np.ndarray]] = {}
-                    for text, lang in grammar_phrasings(label):
-                        for k in range(renditions):
-                            by_lang.setdefault(lang, []).append(policy.encode_command(text, lang, seed=k))
-                            bar.update()
-                    self._grammar[label] = list(by_lang.values())
+            for label, wordings in grammar.items():
+                by_lang: dict[str, list[np.ndarray]] = {}
+                for text, lang in wordings:
+                    for k in range(renditions):
+                        by_lang.setdefault(lang, []).append(policy.encode_command(text, lang, seed=k))
+                        bar.update()
+                self._grammar[label] = list(by_lang.values())
             bar.close()
         self._episodes: list[_EpisodeArrays] = []
         self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample
