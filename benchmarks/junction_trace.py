@@ -38,14 +38,13 @@ def _verdicts(policy, obs: dict, accels: np.ndarray, yaw_rates: np.ndarray | Non
     ego = np.asarray(obs["ego"], dtype=np.float64)
     actors = np.asarray(obs["actors"], dtype=np.float64).reshape(-1, len(ACTOR_FIELDS))
     path = ego_path(ego, np.asarray(obs["route_path"], dtype=np.float64))
-    committed = launched and policy._committed_params is not None
-    p = policy._committed_params if committed else policy._yield_params
+    p = policy._rule_params(launched)
     paths = obs.get("actor_paths") if policy.config.yield_paths > 0 else None
     block = path_block(ego, actors, path, p)
     return {"conf": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, paths=paths)),
             "stand": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, stand=True, paths=paths)),
             "block": None if block is None else round(block, 1), "vcross": round(crossing_speed(path, p), 2),
-            "lnch": int(committed)}
+            "lnch": int(p is not policy._yield_params)}
 
 
 def trace_episode(policy, env, seed: int) -> tuple[object, list[dict]]:

@@ -587,7 +587,7 @@ class VLAPolicy(torch.nn.Module):
         if not 0.0 <= junction < JUNCTION_HORIZON or junction > near:  # open road, not near
             self._launched = False
             return action
-        p = self._committed_params if self._launched and self._committed_params is not None else self._yield_params
+        p = self._rule_params(self._launched)
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ego = np.asarray(obs["ego"], dtype=np.float64)
         if obs.get("route_path") is not None:
@@ -637,6 +637,11 @@ class VLAPolicy(torch.nn.Module):
         out = action.copy()
         out[0] = accel
         return out
+
+    def _rule_params(self, launched: bool) -> YieldParams:
+        """The junction rules' parameters for a step: with ``go_commit``'s time gap while a launch
+        holds (``launched``, the go rule's state), else the plain ones."""
+        return self._committed_params if launched and self._committed_params is not None else self._yield_params
 
     def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
         """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
