@@ -299,6 +299,10 @@ def _eval_parser(sub) -> None:
                         "many seconds of its path stops it again, until a rule brakes it or it leaves the junction "
                         "(PolicyConfig.go_commit; 0 = off, every step tested with the 1 s gap; default: the "
                         "checkpoint's, 0 unless set)")
+    p.add_argument("--go-release", type=float, default=None, metavar="MPS3",
+                   help="how fast a car still braking when the go rule launches it lets go of the brake, before its "
+                        "throttle ramps at --go-jerk (PolicyConfig.go_release; 0 = at --go-jerk; default: the "
+                        "checkpoint's, 0 unless set)")
     p.add_argument("--curve-brake", type=float, default=None, metavar="MPS2",
                    help="the curve cap: near and inside a junction a plan policy drives no faster than the speed from "
                         "which braking at this rate reaches the route's curve speed at the entry "
@@ -381,6 +385,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
     ("--go-jerk", "go_jerk", _non_negative, "a finite jerk >= 0 in m/s^3 (0 = at once)"),
     ("--go-commit", "go_commit", _non_negative, "a finite time gap >= 0 in s (0 = off)"),
+    ("--go-release", "go_release", _non_negative, "a finite jerk >= 0 in m/s^3 (0 = at --go-jerk)"),
     ("--curve-brake", "curve_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
 )

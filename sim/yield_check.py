@@ -88,6 +88,10 @@ class YieldParams:
     go_jerk: float = 0.0
     """m/s^3; how fast our acceleration reaches ``a_go`` when we go (the tracker's throttle limit
     when the go rule is on), for the timing of our path; 0 = at once."""
+    go_release: float = 0.0
+    """m/s^3; with ``go_jerk`` > 0, how fast a car that is braking when the go rule launches it
+    releases the brake (its acceleration rises at this rate up to 0, then at ``go_jerk``); 0 = at
+    ``go_jerk`` too. See ``launch_accel``."""
     go_lat_acc: float = 3.0
     """m/s^2; the crossing speed is ``v_go``, lower where the route bends: at most
     sqrt(go_lat_acc / curvature) (the expert's curve speed)."""
@@ -122,7 +126,7 @@ class YieldParams:
     def __post_init__(self) -> None:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
-                  self.go_zone, self.go_jerk, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn,
+                  self.go_zone, self.go_jerk, self.go_release, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn,
                   self.brake_ttc, self.follow_ahead, self.follow_width, self.hold_speed, self.curve_brake)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
@@ -144,11 +148,32 @@ def ego_path(ego: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.array(path)
 
 
+def launch_accel(accel_now: float, elapsed: np.ndarray | float, params: YieldParams = YieldParams()) -> np.ndarray:
+    """The go rule's throttle ``elapsed`` s after a launch from ``accel_now`` (m/s^2): rising at
+    ``go_release`` m/s^3 while it is below 0 (a brake being released; at ``go_jerk`` when
+    ``go_release`` is 0), then at ``go_jerk`` up to ``a_go``; ``a_go`` at once when ``go_jerk`` is 0.
+
+    Why a separate release: a car the go rule launches is often still braking for the line (the
+    cloned plan stops there). Ramped at the tracker's 1.5 m/s^3 from -3 m/s^2, the brake takes 2 s
+    to let go; on dev traces the car slowed from 3 to 0.4 m/s inside the gap it was launched into,
+    and the next car closed it (``benchmarks.junction_trace``, dev seed 7000035)."""
+    p = params
+    t = np.asarray(elapsed, dtype=np.float64)
+    if p.go_jerk <= 0:
+        return np.full_like(t, p.a_go)
+    a0 = min(max(float(accel_now), -p.max_brake), p.a_go)
+    release = p.go_release if p.go_release > 0 else p.go_jerk
+    if a0 >= 0.0:
+        return np.minimum(p.a_go, a0 + p.go_jerk * t)
+    t0 = -a0 / release  # when the brake is off
+    return np.minimum(p.a_go, np.where(t < t0, a0 + release * t, p.go_jerk * (t - t0)))
+
+
 def go_distances(v: float, accel_now: float, times: np.ndarray, params: YieldParams = YieldParams()) -> np.ndarray:
     """Metres we cover by each of ``times`` (s) if we go now: accelerating at ``a_go`` up to
-    ``max(v_go, v)``, reached from ``accel_now`` at ``go_jerk`` m/s^3 when that is > 0 (the go
-    rule's throttle is ramped like the tracker's; timing our path as if it jumped to ``a_go``
-    would find gaps the car then arrives at late), at once when 0."""
+    ``max(v_go, v)``, reached from ``accel_now`` as ``launch_accel`` ramps it when ``go_jerk`` > 0
+    (the go rule's throttle is ramped like the tracker's; timing our path as if it jumped to
+    ``a_go`` would find gaps the car then arrives at late), at once when 0."""
     p = params
     v_go = max(p.v_go, v)
     if p.go_jerk <= 0:
@@ -156,7 +181,7 @@ def go_distances(v: float, accel_now: float, times: np.ndarray, params: YieldPar
         return v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap)
     dt = 0.05
     grid = np.arange(0.0, float(np.max(times)) + dt + 1e-9, dt)
-    accel = np.minimum(p.a_go, min(max(accel_now, -p.max_brake), p.a_go) + p.go_jerk * grid)
+    accel = launch_accel(accel_now, grid, p)
     speed, dist = np.empty_like(grid), np.empty_like(grid)
     speed[0], dist[0] = v, 0.0
     for i in range(1, len(grid)):

@@ -8,7 +8,8 @@ import pytest
 
 from sim.interface import ACTOR, ACTOR_FIELDS, EGO, EGO_FIELDS, MAX_ACTORS
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, curve_speed, ego_path,
-                              follow_accel, go_accel, go_distances, junction_brake, junction_hold, path_block, route_leader, yield_accel)
+                              follow_accel, go_accel, go_distances, junction_brake, junction_hold, launch_accel, path_block,
+                              route_leader, yield_accel)
 
 
 def _ego(speed: float, x: float = 0.0) -> np.ndarray:
@@ -525,6 +526,41 @@ def test_our_path_is_timed_with_the_go_rule_s_throttle_ramp():
     long = np.arange(0.0, 12.01, 0.25)
     gap = go_distances(0.0, 0.0, long) - go_distances(0.0, 0.0, long, YieldParams(go_jerk=1.5))
     assert gap[-1] == pytest.approx(gap[-5], abs=0.05)
+
+
+def test_a_braking_car_the_go_rule_launches_lets_go_of_the_brake_at_go_release():
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    t = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 2.0])
+    same = YieldParams(go_jerk=1.5)
+    # off (0): the brake is released at go_jerk, as before the setting
+    assert np.allclose(launch_accel(-3.0, t, same), np.minimum(2.0, -3.0 + 1.5 * t))
+    fast = YieldParams(go_jerk=1.5, go_release=4.0)
+    # 4 m/s^3 up to 0 (after 0.75 s), then 1.5 m/s^3: 0.375 m/s^2 at 1 s, 1.875 at 2 s
+    assert np.allclose(launch_accel(-3.0, t, fast), [-3.0, -2.0, -1.0, 0.0, 0.375, 1.875])
+    assert np.allclose(launch_accel(0.5, t, fast), launch_accel(0.5, t, same))  # not braking: the throttle ramp
+    assert np.allclose(launch_accel(-3.0, t, YieldParams(go_release=4.0)), 2.0)  # go_jerk 0: at once
+    # the test times our path with the same profile: released sooner, it covers more
+    times = np.arange(0.0, 4.01, 0.25)
+    assert go_distances(3.0, -3.0, times, fast)[-1] > go_distances(3.0, -3.0, times, same)[-1] + 1.0
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    straight = np.stack([np.arange(17) * 2.5, np.zeros(17)], axis=-1)
+
+    def first_step(release: float) -> float:  # the cloned plan brakes for the line; the crossing is clear
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(go_zone=10.0, go_jerk=1.5, go_release=release)
+        ego = _ego(3.0)
+        ego[EGO["accel_long"]] = -3.0
+        obs = {"ego": ego, "actors": _actors(), "route": np.array([3.0, 5.0, 0.0]), "goal": None, "route_path": straight}
+        return float(policy.select_action(obs, plan=lambda o: np.zeros((4, 2)))[0])
+
+    assert first_step(0.0) == pytest.approx(-3.0 + 1.5 * 0.1)
+    assert first_step(4.0) == pytest.approx(-3.0 + 4.0 * 0.1)
+    assert PolicyConfig().go_release == 0.0
+    with pytest.raises(ValueError, match="go_release"):
+        PolicyConfig(go_release=-1.0)
 
 
 def test_a_plan_policy_with_junction_hold_waits_inside_the_junction_for_a_crossing_car():

@@ -199,6 +199,14 @@ class PolicyConfig:
     dense goal success +0.047 [+0.007, +0.087] and progress +0.030 [+0.011, +0.052] with
     collisions unchanged, but medium one collision more in 150, so it stays opt-in. An execution
     setting."""
+    go_release: float = 0.0
+    """A plan policy's go rule (``go_zone`` > 0, ``go_jerk`` > 0): how fast (m/s^3) a car that is
+    still braking when the rule launches it lets go of the brake (its acceleration rises at this
+    rate up to 0, then at ``go_jerk`` up to 2 m/s^2; the yield check times our path with the same
+    profile, ``sim.yield_check.launch_accel``); 0 = at ``go_jerk`` (as before this setting). Dev
+    traces: the cloned plan is often braking for the line when the rule launches the car, and at
+    1.5 m/s^3 a brake of 3 m/s^2 takes 2 s to let go, most of the gap it was launched into.
+    nuPlan's comfort bound on longitudinal jerk is 4.13 m/s^3. An execution setting."""
     curve_brake: float = 2.0
     """A plan policy: the curve cap (``sim.yield_check.curve_accel``), within ``yield_zone`` m before a
     junction's entry and inside it: no faster than the speed from which braking at this many
@@ -350,6 +358,9 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.go_jerk must be a finite jerk >= 0 in m/s^3 (0 = at once), got {self.go_jerk}")
         if not (math.isfinite(self.go_commit) and self.go_commit >= 0):
             raise ValueError(f"PolicyConfig.go_commit must be a finite time gap >= 0 in s (0 = off), got {self.go_commit}")
+        if not (math.isfinite(self.go_release) and self.go_release >= 0):
+            raise ValueError(f"PolicyConfig.go_release must be a finite jerk >= 0 in m/s^3 (0 = at go_jerk), got "
+                             f"{self.go_release}")
         if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):
             raise ValueError(f"PolicyConfig.curve_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.curve_brake}")

@@ -41,7 +41,8 @@ from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, 
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, ego_path,
-                             follow_accel, go_accel, junction_brake, junction_hold, path_block, route_leader, yield_accel)
+                             follow_accel, go_accel, junction_brake, junction_hold, launch_accel, path_block, route_leader,
+                             yield_accel)
 from tokenizers_mm.action import ActionTokenizer
 from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
@@ -158,7 +159,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
                       "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
-                      "curve_brake", "go_commit")
+                      "curve_brake", "go_commit", "go_release")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -259,7 +260,8 @@ class VLAPolicy(torch.nn.Module):
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
                                          brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, hold_speed=c.junction_hold,
-                                         go_jerk=c.go_jerk if c.go_zone > 0 else 0.0, curve_brake=c.curve_brake)
+                                         go_jerk=c.go_jerk if c.go_zone > 0 else 0.0, go_release=c.go_release,
+                                         curve_brake=c.curve_brake)
         self._committed_params = (replace(self._yield_params, time_gap=c.go_commit)
                                   if c.go_commit > 0 and c.go_zone > 0 else None)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
@@ -620,7 +622,7 @@ class VLAPolicy(torch.nn.Module):
         else:
             go = go_accel(ego, actors, junction, path, p, verdicts=(block, conflict)) if going else None
             if go is not None and p.go_jerk > 0:  # a throttle: ramped as the check timed it
-                go = min(go, float(ego[EGO["accel_long"]]) + p.go_jerk * DT)
+                go = min(go, float(launch_accel(float(ego[EGO["accel_long"]]), DT, p)))
             if go is not None:
                 accel = max(accel, go)
                 self._launched = True
