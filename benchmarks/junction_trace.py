@@ -38,7 +38,7 @@ def _verdicts(policy, obs: dict, accels: np.ndarray, yaw_rates: np.ndarray | Non
     ego = np.asarray(obs["ego"], dtype=np.float64)
     actors = np.asarray(obs["actors"], dtype=np.float64).reshape(-1, len(ACTOR_FIELDS))
     path = ego_path(ego, np.asarray(obs["route_path"], dtype=np.float64))
-    p = policy._rule_params(launched)
+    p = policy._rule_params(launched, float(np.asarray(obs["route"])[0]))
     paths = obs.get("actor_paths") if policy.config.yield_paths > 0 else None
     block = path_block(ego, actors, path, p)
     return {"conf": int(crossing_conflict(ego, actors, path, p, accels, yaw_rates, paths=paths)),

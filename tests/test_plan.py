@@ -549,7 +549,7 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
     for attr, flag in flags.items():
-        value = 1.0 if attr == "yield_paths" else 0.5  # a switch: 0 or 1
+        value = 1.0 if attr in ("yield_paths", "commit_inside") else 0.5  # a switch: 0 or 1
         argv = ["eval", "--policy", str(tmp_path / "plan"), flag, str(value), "--out", str(tmp_path / "out")]
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)

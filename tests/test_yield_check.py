@@ -507,6 +507,20 @@ def test_a_launch_commits_against_marginal_conflicts_with_go_commit_and_ends_at_
     assert step(policy, moving, marginal) == pytest.approx(2.0)  # launched: a marginal conflict does not
     assert step(policy, moving, close) < -1.0  # one within 0.5 s does ...
     assert step(policy, moving, marginal) < -1.0  # ... and ends the launch: the next start needs the 1 s test
+    # commit_inside: a car standing inside the junction (no launch) is tested with go_commit's gap
+    inside = _ego(0.0)
+
+    def start_inside(commit: float, commit_inside: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(go_zone=10.0, go_jerk=0.0, junction_hold=4.0, go_commit=commit, commit_inside=commit_inside)
+        obs = {"ego": inside, "actors": marginal, "route": np.array([0.0, 5.0, 0.0]), "goal": None, "route_path": straight}
+        return float(policy.select_action(obs, plan=lambda o: stand)[0])
+
+    assert start_inside(0.5, 0.0) < 0.5  # the hold's 1 s test keeps it standing
+    assert start_inside(0.5, 1.0) == pytest.approx(2.0)  # the committed gap lets it clear the junction
+    assert start_inside(0.0, 1.0) < 0.5  # without go_commit the switch does nothing
+    with pytest.raises(ValueError, match="commit_inside"):
+        PolicyConfig(commit_inside=0.5)
     assert PolicyConfig().go_commit == 0.0  # off by default
     with pytest.raises(ValueError, match="go_commit"):
         PolicyConfig(go_commit=-0.5)

@@ -207,6 +207,12 @@ class PolicyConfig:
     traces: the cloned plan is often braking for the line when the rule launches the car, and at
     1.5 m/s^3 a brake of 3 m/s^2 takes 2 s to let go, most of the gap it was launched into.
     nuPlan's comfort bound on longitudinal jerk is 4.13 m/s^3. An execution setting."""
+    commit_inside: float = 0.0
+    """With ``go_commit`` > 0: 1 = inside the junction (past its entry) the rules test with
+    ``go_commit``'s time gap whether or not a launch holds; 0 = only while a launch holds. Dev
+    traces: most of the time a timed-out car stood was inside the junction, held by the junction
+    hold's full 1 s test after some brake had ended its launch, where the expert (which yields only
+    before the entry) drives on. A switch, 0 or 1; an execution setting."""
     curve_brake: float = 2.0
     """A plan policy: the curve cap (``sim.yield_check.curve_accel``), within ``yield_zone`` m before a
     junction's entry and inside it: no faster than the speed from which braking at this many
@@ -361,6 +367,8 @@ class PolicyConfig:
         if not (math.isfinite(self.go_release) and self.go_release >= 0):
             raise ValueError(f"PolicyConfig.go_release must be a finite jerk >= 0 in m/s^3 (0 = at go_jerk), got "
                              f"{self.go_release}")
+        if self.commit_inside not in (0.0, 1.0):
+            raise ValueError(f"PolicyConfig.commit_inside must be 0 (off) or 1 (on), got {self.commit_inside}")
         if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):
             raise ValueError(f"PolicyConfig.curve_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.curve_brake}")

@@ -159,7 +159,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
                       "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
-                      "curve_brake", "go_commit", "go_release")
+                      "curve_brake", "go_commit", "go_release", "commit_inside")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -589,7 +589,7 @@ class VLAPolicy(torch.nn.Module):
         if not 0.0 <= junction < JUNCTION_HORIZON or junction > near:  # open road, not near
             self._launched = False
             return action
-        p = self._rule_params(self._launched)
+        p = self._rule_params(self._launched, junction)
         actors = np.asarray(obs["actors"], dtype=np.float64)
         ego = np.asarray(obs["ego"], dtype=np.float64)
         if obs.get("route_path") is not None:
@@ -640,10 +640,12 @@ class VLAPolicy(torch.nn.Module):
         out[0] = accel
         return out
 
-    def _rule_params(self, launched: bool) -> YieldParams:
-        """The junction rules' parameters for a step: with ``go_commit``'s time gap while a launch
-        holds (``launched``, the go rule's state), else the plain ones."""
-        return self._committed_params if launched and self._committed_params is not None else self._yield_params
+    def _rule_params(self, launched: bool, junction: float) -> YieldParams:
+        """The junction rules' parameters for a step ``junction`` m before the entry (0 inside): with
+        ``go_commit``'s time gap while a launch holds (``launched``, the go rule's state) or, with
+        ``commit_inside``, anywhere inside the junction; else the plain ones."""
+        committed = launched or (self.config.commit_inside > 0 and junction == 0.0)
+        return self._committed_params if committed and self._committed_params is not None else self._yield_params
 
     def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
         """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
