@@ -521,6 +521,16 @@ def test_a_launch_commits_against_marginal_conflicts_with_go_commit_and_ends_at_
     assert start_inside(0.0, 1.0) < 0.5  # without go_commit the switch does nothing
     with pytest.raises(ValueError, match="commit_inside"):
         PolicyConfig(commit_inside=0.5)
+    # yield_gap: the conflict test's gap for every step (the marginal car conflicts at 1 s, not at 0.5 s)
+    def start_at_line(gap: float) -> float:
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(go_zone=10.0, go_jerk=0.0, yield_gap=gap)
+        return step(policy, moving, marginal)
+
+    assert start_at_line(1.0) < -1.0 and start_at_line(0.5) == pytest.approx(2.0)
+    assert PolicyConfig().yield_gap == 1.0
+    with pytest.raises(ValueError, match="yield_gap"):
+        PolicyConfig(yield_gap=0.0)
     assert PolicyConfig().go_commit == 0.0  # off by default
     with pytest.raises(ValueError, match="go_commit"):
         PolicyConfig(go_commit=-0.5)

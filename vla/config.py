@@ -207,6 +207,11 @@ class PolicyConfig:
     traces: the cloned plan is often braking for the line when the rule launches the car, and at
     1.5 m/s^3 a brake of 3 m/s^2 takes 2 s to let go, most of the gap it was launched into.
     nuPlan's comfort bound on longitudinal jerk is 4.13 m/s^3. An execution setting."""
+    yield_gap: float = 1.0
+    """The junction rules' conflict test (the yield check, the go rule, the junction hold): two
+    vehicles that would use one spot of our path within this many seconds of each other conflict
+    (``sim.yield_check.YieldParams.time_gap``; the expert's own test asks 1.5 s). While a launch
+    holds, ``go_commit`` replaces it. An execution setting."""
     commit_inside: float = 0.0
     """With ``go_commit`` > 0: 1 = inside the junction (past its entry) the rules test with
     ``go_commit``'s time gap whether or not a launch holds; 0 = only while a launch holds. Dev
@@ -367,6 +372,8 @@ class PolicyConfig:
         if not (math.isfinite(self.go_release) and self.go_release >= 0):
             raise ValueError(f"PolicyConfig.go_release must be a finite jerk >= 0 in m/s^3 (0 = at go_jerk), got "
                              f"{self.go_release}")
+        if not (math.isfinite(self.yield_gap) and self.yield_gap > 0):
+            raise ValueError(f"PolicyConfig.yield_gap must be a finite time gap > 0 in s, got {self.yield_gap}")
         if self.commit_inside not in (0.0, 1.0):
             raise ValueError(f"PolicyConfig.commit_inside must be 0 (off) or 1 (on), got {self.commit_inside}")
         if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):

@@ -159,7 +159,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
                       "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
-                      "curve_brake", "go_commit", "go_release", "commit_inside")
+                      "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -261,7 +261,7 @@ class VLAPolicy(torch.nn.Module):
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
                                          brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, hold_speed=c.junction_hold,
                                          go_jerk=c.go_jerk if c.go_zone > 0 else 0.0, go_release=c.go_release,
-                                         curve_brake=c.curve_brake)
+                                         curve_brake=c.curve_brake, time_gap=c.yield_gap)
         self._committed_params = (replace(self._yield_params, time_gap=c.go_commit)
                                   if c.go_commit > 0 and c.go_zone > 0 else None)
         self._merge_params = MergeParams(b_safe=c.merge_brake)
