@@ -10,6 +10,12 @@ goals and ``none``). The same probe on an ``ipa`` or ``text`` policy gives the a
 transcript, the reference an audio policy is compared with (its figures do not depend on voice
 or noise). A probe reads what the features hold; a policy may still not act on it.
 
+For a policy with the command-label head (``--command-label-weight`` > 0), the same held-out
+renditions are also scored by the **head itself** (``command_accuracy_head_{level}``,
+``command_accuracy_head_zh``): the label the policy names them at that state, which is what it
+acts on when words come during the drive (chit-chat is ignored by it). No fitting: the probe
+can read more than the policy uses, or less than its own head was trained to name.
+
 Also: ``hearing_ms_per_step``, the cost of hearing in one decision step (an action chunk with
 the command in the sequence minus one with an empty command, median over repeats), and
 ``render_ms`` (synthesis + codec + VAD of one utterance). ``ipa_phone_error_rate``: for a
@@ -188,6 +194,8 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     if ears:
         from tokenizers_mm.codec_train import phone_error_rate
         from tokenizers_mm.ipa import INVENTORY, to_ipa
+    head = getattr(policy.model, "command_head", None) is not None
+    head_zh = [0]
     refs_all: list = []
     hyps_all: list = []
     for snr in snrs:
@@ -202,14 +210,21 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
         pred = predict(probe, features(policy, obs, ids))
         y, langs = np.array(y), np.array(langs)
         en = langs == "en"
+        if head:  # what the policy itself names them: its command-label head at the same state
+            said = np.array([int(policy._label_probs(obs, i).argmax()) for i in ids])
+            result[f"command_accuracy_head_{_name(snr)}"] = float((said[en] == y[en]).mean())
+            head_zh[0] += int((said[~en] == y[~en]).sum())
         result[f"command_accuracy_{_name(snr)}"] = float((pred[en] == y[en]).mean())
         zh_hits += int((pred[~en] == y[~en]).sum())
         zh_total += int((~en).sum())
         np.add.at(confusion, (y, pred), 1)
         log(f"held-out phrasings x held-out voices, {_name(snr):>5}: English accuracy "
             f"{result[f'command_accuracy_{_name(snr)}']:.3f}, Mandarin {(pred[~en] == y[~en]).mean():.3f} "
-            f"({en.sum()} + {(~en).sum()} renditions)")
+            f"({en.sum()} + {(~en).sum()} renditions)"
+            + (f"; the policy's own label head: English {result[f'command_accuracy_head_{_name(snr)}']:.3f}" if head else ""))
     result["command_accuracy_zh"] = zh_hits / max(1, zh_total)
+    if head:
+        result["command_accuracy_head_zh"] = head_zh[0] / max(1, zh_total)
     result["render_ms"] = 1000 * (time.perf_counter() - t0) / max(1, renders) if audio else 0.0
     policy.hearing = Hearing("heldout", (10.0,))
     with_command = policy.encode_command(held[0].text, held[0].lang, seed=seed)
@@ -230,6 +245,9 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
                   command_positions=int(len(with_command) // policy.config.command_group),
                   labels=list(LABELS), renditions=renditions,
                   not_measured={k: v for k, v in NOT_BUILT.items() if not (ears and k == "ipa_phone_error_rate")})
+    if not head:
+        for key in [f"command_accuracy_head_{_name(snr)}" for snr in snrs] + ["command_accuracy_head_zh"]:
+            result["not_measured"][key] = "the policy has no command-label head (trained with command_label_weight 0)"
     if talk_episodes > 0:
         result.update(acting_on_time(policy_dir, talk_episodes))
         log(f"command during the drive, {result['talk_episodes']} of {talk_episodes} held-out episodes: acted within "

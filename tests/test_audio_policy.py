@@ -104,7 +104,7 @@ def test_bench_speech_probes_held_out_phrasings_and_voices(codec_dir, data, tmp_
 
     base = ["train", "bc", "--data", str(data), "--no-cameras", "--size", "tiny", "--steps", "2",
             "--batch-size", "4", "--augment-commands", "0", "--out", str(tmp_path / "p"),
-            "--command", "audio", "--audio-codec", str(codec_dir)]
+            "--command", "audio", "--audio-codec", str(codec_dir), "--command-label-weight", "1.0"]
     assert cli.main(base) == 0
     capsys.readouterr()
     assert cli.main(["bench", "speech", "--policy", str(tmp_path / "p" / "policy"), "--renditions", "1",
@@ -113,7 +113,8 @@ def test_bench_speech_probes_held_out_phrasings_and_voices(codec_dir, data, tmp_
     # one closed-loop episode ran; an untrained policy may leave the road before anyone speaks
     assert "act_within_1s_rate" not in out["not_measured"] and out["talk_episodes"] in (0, 1)
     assert out["act_within_1s_rate"] in ((None,) if out["talk_episodes"] == 0 else (0.0, 1.0))
-    for key in ("command_accuracy_clean", "command_accuracy_5db", "command_accuracy_zh", "hearing_ms_per_step"):
+    for key in ("command_accuracy_clean", "command_accuracy_5db", "command_accuracy_zh", "hearing_ms_per_step",
+                "command_accuracy_head_clean", "command_accuracy_head_5db", "command_accuracy_head_zh"):
         assert isinstance(out[key], float) and (0.0 <= out[key] <= 1.0 or key == "hearing_ms_per_step")
     assert out["ipa_phone_error_rate"] is None and "ipa_phone_error_rate" in out["not_measured"]
     assert out["command"] == "audio" and out["command_positions"] > 0

@@ -188,6 +188,8 @@ def test_cli_heard_options(trained_ear, light_episode, tmp_path, capsys):
     assert cli.main(["bench", "speech", "--policy", str(tmp_path / "ok" / "policy"), "--renditions", "1",
                      "--repeats", "2", "--snrs", "clean", "--talk-episodes", "0"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # no command-label head: its accuracy is not measured, and says why
+    assert out["command_accuracy_head_clean"] is None and "command_label_weight 0" in out["not_measured"]["command_accuracy_head_zh"]
     assert out["act_within_1s_rate"] is None and "--talk-episodes 0" in out["not_measured"]["act_within_1s_rate"]
     assert out["command"] == "heard" and 0.0 <= out["ipa_phone_error_rate"] == out["ipa_phone_error_rate_clean"]
     assert "ipa_phone_error_rate" not in out["not_measured"]
