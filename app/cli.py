@@ -460,7 +460,8 @@ BENCH_TARGETS: dict[str, tuple[str, str, str, str]] = {
     "dpo": ("benchmarks.dpo_bench", "configure", "run",
             "preference-pair updates per second at the default small size on CPU"),
     "speech": ("benchmarks.speech_bench", "configure", "run",
-               "command understanding from audio vs transcript (a linear probe on the policy's features)"),
+               "command understanding from audio vs transcript (a linear probe on the policy's features, and its own "
+               "command-label head where it has one)"),
     "gpu": ("benchmarks.gpu_bench", "configure", "run",
             "training tokens/s, MFU, peak memory and action-chunk Hz of the policy on a GPU (or --device cpu)"),
 }
