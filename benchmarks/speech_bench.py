@@ -30,6 +30,10 @@ within 1 s (``benchmarks.metrics.act_latency``), with ``act_latency_s_median`` a
 success of those commands (``talk_goal_success_rate``); null with the reason when
 ``--talk-episodes 0``.
 
+``command_accuracy_by_label``: the probe's accuracy per spoken label over all noise levels and
+both languages (the confusion matrix's diagonal); a policy trained on one scenario family never
+heard the other's goals named, and this says which labels its figures lose.
+
 The last line is JSON; ``--out DIR`` also writes ``speech.json`` and ``confusion.png``.
 """
 
@@ -223,6 +227,11 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
             f"({en.sum()} + {(~en).sum()} renditions)"
             + (f"; the policy's own label head: English {result[f'command_accuracy_head_{_name(snr)}']:.3f}" if head else ""))
     result["command_accuracy_zh"] = zh_hits / max(1, zh_total)
+    # per spoken label (all levels, both languages): a policy trained on one scenario family never
+    # heard the other's goals named, and these say which labels its figures lose
+    spoken = confusion.sum(1)
+    result["command_accuracy_by_label"] = {label: float(confusion[i, i] / spoken[i]) if spoken[i] else None
+                                           for i, label in enumerate(LABELS)}
     if head:
         result["command_accuracy_head_zh"] = head_zh[0] / max(1, zh_total)
     result["render_ms"] = 1000 * (time.perf_counter() - t0) / max(1, renders) if audio else 0.0

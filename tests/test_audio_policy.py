@@ -118,6 +118,9 @@ def test_bench_speech_probes_held_out_phrasings_and_voices(codec_dir, data, tmp_
         assert isinstance(out[key], float) and (0.0 <= out[key] <= 1.0 or key == "hearing_ms_per_step")
     assert out["ipa_phone_error_rate"] is None and "ipa_phone_error_rate" in out["not_measured"]
     assert out["command"] == "audio" and out["command_positions"] > 0
+    assert set(out["command_accuracy_by_label"]) == {"lane_left", "lane_right", "speed_up", "slow_down", "keep_lane",
+                                                     "turn_left", "turn_straight", "turn_right", "none"}
+    assert all(0.0 <= v <= 1.0 for v in out["command_accuracy_by_label"].values())
     assert (tmp_path / "bench" / "confusion.png").stat().st_size > 0
     saved = json.loads((tmp_path / "bench" / "speech.json").read_text())
     assert np.array(saved["confusion"]).sum() == 2 * 27  # 27 held-out phrasings at 2 noise levels
