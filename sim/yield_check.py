@@ -161,7 +161,7 @@ def launch_accel(accel_now: float, elapsed: np.ndarray | float, params: YieldPar
     t = np.asarray(elapsed, dtype=np.float64)
     if p.go_jerk <= 0:
         return np.full_like(t, p.a_go)
-    a0 = min(max(float(accel_now), -p.max_brake), p.a_go)
+    a0 = min(float(accel_now), p.a_go)
     release = p.go_release if p.go_release > 0 else p.go_jerk
     if a0 >= 0.0:
         return np.minimum(p.a_go, a0 + p.go_jerk * t)
@@ -181,7 +181,7 @@ def go_distances(v: float, accel_now: float, times: np.ndarray, params: YieldPar
         return v * t_cap + 0.5 * p.a_go * t_cap**2 + v_go * (times - t_cap)
     dt = 0.05
     grid = np.arange(0.0, float(np.max(times)) + dt + 1e-9, dt)
-    accel = launch_accel(accel_now, grid, p)
+    accel = launch_accel(max(accel_now, -p.max_brake), grid, p)
     speed, dist = np.empty_like(grid), np.empty_like(grid)
     speed[0], dist[0] = v, 0.0
     for i in range(1, len(grid)):
