@@ -1,7 +1,9 @@
 """``vla bench speech --policy DIR``: does the policy's transformer understand the spoken command?
 
-Command understanding is measured by a **linear probe**: the policy reads a command at one fixed
-driving state (seed 0 of highway / medium), its hidden state at the ``<action>`` token (what
+Command understanding is measured by a **linear probe**: the policy reads a command at a fixed
+driving state of the command's own scenario (seed 0 at medium density: the intersection for
+turns, the highway for lane and speed commands and chit-chat; a turn heard on the highway, where
+no policy was ever told one, says nothing), its hidden state at the ``<action>`` token (what
 every action is decoded from) is the feature, and a multinomial logistic regression is fitted on
 the features of the corpus's *training* phrasings spoken in *training* voices (all noise levels)
 and scored on its *held-out* phrasings spoken in *held-out* voices, per noise level (clean, 20,
@@ -71,11 +73,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="also write speech.json and confusion.png here")
 
 
-def _state(policy):
-    """The fixed observation every command is heard at."""
+def _state(policy, scenario: str = "highway"):
+    """The fixed observation commands are heard at: seed 0 of ``scenario`` at medium density."""
     from sim.backends import DEFAULT_BACKEND, make_env
 
-    env = make_env(DEFAULT_BACKEND, "highway", "medium", cameras=policy.rig)
+    env = make_env(DEFAULT_BACKEND, scenario, "medium", cameras=policy.rig)
     try:
         obs, _ = env.reset(seed=0)
     finally:
@@ -85,12 +87,13 @@ def _state(policy):
 
 @torch.no_grad()
 def features(policy, obs, commands: list[np.ndarray]) -> np.ndarray:
-    """(N, d) hidden states at the <action> token for each command id sequence at ``obs``."""
+    """(N, d) hidden states at the <action> token for each command id sequence at ``obs`` (one
+    observation, or a list with one per command)."""
     out = []
-    for ids in commands:
+    for ids, at in zip(commands, obs if isinstance(obs, list) else [obs] * len(commands)):
         policy.reset()
         policy._command = ids
-        out.append(policy.model.action_features(policy.inputs_from_obs(obs))[0].float().numpy())
+        out.append(policy.model.action_features(policy.inputs_from_obs(at))[0].float().numpy())
     return np.stack(out)
 
 
@@ -170,6 +173,10 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     policy.eval()
     audio = policy.config.command in ("audio", "heard")
     obs = _state(policy)
+    states = {"highway": obs, "intersection": _state(policy, "intersection")}
+
+    def at(labels: list[int]) -> list[dict]:  # each command heard at a state of its own scenario
+        return [states["intersection" if LABELS[y].startswith("turn_") else "highway"] for y in labels]
     label_index = {label: i for i, label in enumerate(LABELS)}
 
     def encode(phrasings, voices: str, snrs: tuple, offset: int) -> tuple[list, list, list]:
@@ -188,7 +195,7 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     held = [p for p in PHRASINGS if p.heldout]
     tr_ids, tr_y, _ = encode(train, "train", tuple(snrs) if audio else (None,), seed * 100_000)
     renders = len(tr_ids)
-    x_train = features(policy, obs, tr_ids)
+    x_train = features(policy, at(tr_y), tr_ids)
     probe = fit_probe(x_train, np.array(tr_y), len(LABELS), seed)
     train_acc = float((predict(probe, x_train) == np.array(tr_y)).mean())
     result: dict = {"policy": str(policy_dir), "command": policy.config.command, "probe_train_accuracy": train_acc}
@@ -211,11 +218,11 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
             refs_all += refs
             hyps_all += hyps
         renders += len(ids)
-        pred = predict(probe, features(policy, obs, ids))
+        pred = predict(probe, features(policy, at(y), ids))
         y, langs = np.array(y), np.array(langs)
         en = langs == "en"
         if head:  # what the policy itself names them: its command-label head at the same state
-            said = np.array([int(policy._label_probs(obs, i).argmax()) for i in ids])
+            said = np.array([int(policy._label_probs(o, i).argmax()) for o, i in zip(at(y), ids)])
             result[f"command_accuracy_head_{_name(snr)}"] = float((said[en] == y[en]).mean())
             head_zh[0] += int((said[~en] == y[~en]).sum())
         result[f"command_accuracy_{_name(snr)}"] = float((pred[en] == y[en]).mean())
