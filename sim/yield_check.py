@@ -126,8 +126,8 @@ class YieldParams:
     def __post_init__(self) -> None:
         values = (self.zone, self.horizon, self.radius, self.time_gap, self.a_go, self.v_go,
                   self.same_direction_deg, self.stop_back, self.max_brake, self.actor_range, self.moving,
-                  self.go_zone, self.go_jerk, self.go_release, self.go_lat_acc, self.clear_ahead, self.clear_width, self.max_turn,
-                  self.brake_ttc, self.follow_ahead, self.follow_width, self.hold_speed, self.curve_brake)
+                  self.go_zone, self.go_jerk, self.go_release, self.go_lat_acc, self.clear_ahead, self.clear_width,
+                  self.max_turn, self.brake_ttc, self.follow_ahead, self.follow_width, self.hold_speed, self.curve_brake)
         if not all(np.isfinite(values)) or min(values) < 0 or min(self.horizon, self.a_go, self.max_brake) <= 0:
             raise ValueError(f"YieldParams must be finite and >= 0 (horizon, a_go, max_brake > 0), got {self}")
 
