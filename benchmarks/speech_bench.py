@@ -206,7 +206,7 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
         from tokenizers_mm.codec_train import phone_error_rate
         from tokenizers_mm.ipa import INVENTORY, to_ipa
     head = getattr(policy.model, "command_head", None) is not None
-    head_zh = [0]
+    head_zh_hits = 0
     refs_all: list = []
     hyps_all: list = []
     for snr in snrs:
@@ -224,7 +224,7 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
         if head:  # what the policy itself names them: its command-label head at the same state
             said = np.array([int(policy._label_probs(o, i).argmax()) for o, i in zip(at(y), ids)])
             result[f"command_accuracy_head_{_name(snr)}"] = float((said[en] == y[en]).mean())
-            head_zh[0] += int((said[~en] == y[~en]).sum())
+            head_zh_hits += int((said[~en] == y[~en]).sum())
         result[f"command_accuracy_{_name(snr)}"] = float((pred[en] == y[en]).mean())
         zh_hits += int((pred[~en] == y[~en]).sum())
         zh_total += int((~en).sum())
@@ -240,7 +240,7 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     result["command_accuracy_by_label"] = {label: float(confusion[i, i] / spoken[i]) if spoken[i] else None
                                            for i, label in enumerate(LABELS)}
     if head:
-        result["command_accuracy_head_zh"] = head_zh[0] / max(1, zh_total)
+        result["command_accuracy_head_zh"] = head_zh_hits / max(1, zh_total)
     result["render_ms"] = 1000 * (time.perf_counter() - t0) / max(1, renders) if audio else 0.0
     policy.hearing = Hearing("heldout", (10.0,))
     with_command = policy.encode_command(held[0].text, held[0].lang, seed=seed)
