@@ -303,7 +303,7 @@ def _eval_parser(sub) -> None:
                    help="how fast a car still braking when the go rule launches it lets go of the brake, before its "
                         "throttle ramps at --go-jerk (PolicyConfig.go_release; 0 = at --go-jerk; default: the "
                         "checkpoint's, 0 unless set)")
-    p.add_argument("--commit-inside", type=float, default=None, metavar="0|1",
+    p.add_argument("--commit-inside", type=float, default=None, metavar="{0,1}",
                    help="with --go-commit: 1 = inside a junction the rules test with --go-commit's time gap whether or "
                         "not the go rule launched the car (PolicyConfig.commit_inside; default: the checkpoint's, 0 "
                         "unless set)")
