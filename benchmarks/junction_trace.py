@@ -7,8 +7,9 @@ let it go. Each printed row has the step, the distance to the junction's entry (
 (``plan_a``), the one the rules executed (``out_a``), the expert's label at that state, and,
 within 50 m of the junction, the rules' verdicts there: whether going now would meet crossing
 traffic (``conf``), whether standing would (``stand``), metres to anything on our next 12 m
-(``block``), the crossing speed of our path (``vcross``), and whether the go rule's launch held
-(``lnch``: tested with ``go_commit``'s time gap, ``vla eval --go-commit``). The rules are the policy's own
+(``block``), the crossing speed of our path (``vcross``), and whether the step was tested with
+``go_commit``'s time gap (``lnch``: the go rule's launch held, or ``commit_inside`` inside the
+junction; ``vla eval --go-commit``). The rules are the policy's own
 settings (``--set`` overrides them, as ``vla eval``'s flags do). The last line is JSON.
 
 This is a diagnostic for dev episodes (validation seeds 7,000,000+); the studies' held-out

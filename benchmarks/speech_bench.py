@@ -218,21 +218,23 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
             refs_all += refs
             hyps_all += hyps
         renders += len(ids)
-        pred = predict(probe, features(policy, at(y), ids))
+        heard_at = at(y)
+        pred = predict(probe, features(policy, heard_at, ids))
         y, langs = np.array(y), np.array(langs)
         en = langs == "en"
         if head:  # what the policy itself names them: its command-label head at the same state
-            said = np.array([int(policy._label_probs(o, i).argmax()) for o, i in zip(at(y), ids)])
+            said = np.array([int(policy._label_probs(o, i).argmax()) for o, i in zip(heard_at, ids)])
             result[f"command_accuracy_head_{_name(snr)}"] = float((said[en] == y[en]).mean())
             head_zh_hits += int((said[~en] == y[~en]).sum())
         result[f"command_accuracy_{_name(snr)}"] = float((pred[en] == y[en]).mean())
         zh_hits += int((pred[~en] == y[~en]).sum())
         zh_total += int((~en).sum())
         np.add.at(confusion, (y, pred), 1)
+        head_note = (f"; the policy's own label head: English {result[f'command_accuracy_head_{_name(snr)}']:.3f}"
+                     if head else "")
         log(f"held-out phrasings x held-out voices, {_name(snr):>5}: English accuracy "
             f"{result[f'command_accuracy_{_name(snr)}']:.3f}, Mandarin {(pred[~en] == y[~en]).mean():.3f} "
-            f"({en.sum()} + {(~en).sum()} renditions)"
-            + (f"; the policy's own label head: English {result[f'command_accuracy_head_{_name(snr)}']:.3f}" if head else ""))
+            f"({en.sum()} + {(~en).sum()} renditions){head_note}")
     result["command_accuracy_zh"] = zh_hits / max(1, zh_total)
     # per spoken label (all levels, both languages): a policy trained on one scenario family never
     # heard the other's goals named, and these say which labels its figures lose
