@@ -6,7 +6,10 @@ inside each pair, episodes are matched by their seed (both must have driven the 
 Prints each arm's mean per metric, goal success per directory, per goal type and (when the
 files have the ``command`` column, ``vla eval`` writes it since 2026-12) per phrasing the
 passenger used, and B minus A with a 95% percentile-bootstrap interval over all (training
-seed, episode) pairs. The last line is JSON.
+seed, episode) pairs. Evaluations with a command during the drive (``vla eval --talk drive``)
+also compare acting on it within 1 s (``benchmarks.metrics.act_latency``) and its goal success,
+over the episodes where both arms heard one (the env words it from the state the car is in, so
+an arm that crawled may hear none). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
     means: dict[str, dict[str, list[float]]] = {"a": {m: [] for m in METRICS}, "b": {m: [] for m in METRICS}}
     per_dir: dict[str, list[float]] = {"a": [], "b": []}
     rows: dict[str, list[dict]] = {"a": [], "b": []}
+    talk: dict[str, list[float]] = {"a_within_1s": [], "b_within_1s": [], "a_goal": [], "b_goal": []}
     for da, db in zip(a_dirs, b_dirs):
         ea, eb = read_episodes_csv(da), read_episodes_csv(db)
         if set(ea) != set(eb):
@@ -57,6 +61,10 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
                 means["a"][m].append(va)
                 means["b"][m].append(vb)
                 diffs[m].append(vb - va)
+            if all(_heard_during(r) for r in (ea[seed], eb[seed])):
+                for arm, r in (("a", ea[seed]), ("b", eb[seed])):
+                    talk[f"{arm}_within_1s"].append(float(float(r["act_latency_s"]) <= 1.0 + 1e-9))
+                    talk[f"{arm}_goal"].append(float(r["goal_success"]))
     return {
         "pairs": len(diffs["goal_success"]),
         "a": {m: float(np.mean(v)) for m, v in means["a"].items()},
@@ -67,7 +75,23 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
         # files from before vla eval wrote the command column have no per-phrasing counts
         "goal_success_by_command": {arm: _fractions(v, said) for arm, v in rows.items()}
         if all("command" in r for v in rows.values() for r in v) else None,
+        "talk": _talk_summary(talk, resamples) if talk["a_goal"] else None,
     }
+
+
+def _heard_during(row: dict) -> bool:
+    """The episode heard a command during the drive (files without the column: none did)."""
+    return float(row.get("heard_at_s") or 0.0) > 0
+
+
+def _talk_summary(talk: dict[str, list[float]], resamples: int) -> dict:
+    """Acting within 1 s and goal success over the episodes where both arms heard a command
+    during the drive: each arm's rate and B minus A with its paired interval."""
+    out: dict = {"pairs": len(talk["a_goal"])}
+    for name in ("within_1s", "goal"):
+        a, b = np.array(talk[f"a_{name}"]), np.array(talk[f"b_{name}"])
+        out[name] = {"a": float(a.mean()), "b": float(b.mean()), "b_minus_a": paired_bootstrap(b - a, resamples=resamples)}
+    return out
 
 
 def _fractions(rows: list[dict], key) -> dict[str, str]:
@@ -91,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         per = " / ".join(f"{x:.2f}" for x in report["goal_success_per_dir"][arm])
         kinds = ", ".join(f"{g} {c}" for g, c in report["goal_success_by_type"][arm].items())
         print(f"  {arm.upper()} goal success per directory {per}; by type {kinds}")
+    if report["talk"] is not None:
+        t = report["talk"]
+        print(f"  commands during the drive, {t['pairs']} pairs where both arms heard one:")
+        for name, label in (("within_1s", "acted within 1 s"), ("goal", "goal success")):
+            r = t[name]["b_minus_a"]
+            print(f"    {label:16s} A {t[name]['a']:.3f}  B {t[name]['b']:.3f}  B-A {r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]")
     if report["goal_success_by_command"] is not None:
         print("  goal success by phrasing (A | B):")
         a, b = report["goal_success_by_command"]["a"], report["goal_success_by_command"]["b"]

@@ -8,11 +8,13 @@ import json
 from benchmarks import paired_compare as pc
 
 
-def _eval_dir(root, name, goal_success, seeds=(10, 11, 12, 13), commands=None):
+def _eval_dir(root, name, goal_success, seeds=(10, 11, 12, 13), commands=None, talk=None):
+    """``talk``: per episode (heard_at_s, act_latency_s), the columns of ``vla eval --talk drive``."""
     d = root / name
     d.mkdir()
     with open(d / "episodes.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["seed", "goal_type", *pc.METRICS, *(["command"] if commands else [])])
+        w = csv.DictWriter(f, fieldnames=["seed", "goal_type", *pc.METRICS, *(["command"] if commands else []),
+                                          *(["heard_at_s", "act_latency_s"] if talk else [])])
         w.writeheader()
         for i, (s, g) in enumerate(zip(seeds, goal_success)):
             row = {"seed": s, "goal_type": "lane_left" if s % 2 else "keep_lane", "goal_success": g,
@@ -20,6 +22,8 @@ def _eval_dir(root, name, goal_success, seeds=(10, 11, 12, 13), commands=None):
                    "comfort_fraction": 1.0}
             if commands:
                 row["command"] = commands[i]
+            if talk:
+                row["heard_at_s"], row["act_latency_s"] = talk[i]
             w.writerow(row)
     return str(d)
 
@@ -67,3 +71,20 @@ def test_goal_success_per_phrasing_when_the_files_name_the_command(tmp_path, cap
     old = _eval_dir(tmp_path, "old", [1, 1, 1, 1])
     assert pc.main(["--a", a, "--b", old]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["goal_success_by_command"] is None
+
+
+def test_commands_during_the_drive_pair_only_episodes_where_both_arms_heard_one(tmp_path, capsys):
+    # episode 13: arm A never heard a command during the drive (0 s), so it is left out of the talk pairs
+    a = _eval_dir(tmp_path, "a", [1, 0, 1, 1], talk=[(4.0, 0.5), (3.5, 1.8), (5.0, "inf"), (0.0, "nan")])
+    b = _eval_dir(tmp_path, "b", [1, 1, 1, 0], talk=[(4.0, 0.3), (3.5, 0.6), (5.0, 1.0), (4.2, 0.4)])
+    assert pc.main(["--a", a, "--b", b]) == 0
+    out = capsys.readouterr().out
+    talk = json.loads(out.strip().splitlines()[-1])["talk"]
+    assert talk["pairs"] == 3
+    assert talk["within_1s"]["a"] == 1 / 3 and talk["within_1s"]["b"] == 1.0  # 1.0 s counts as within
+    assert talk["within_1s"]["b_minus_a"]["mean"] == 2 / 3
+    assert talk["goal"]["a"] == 2 / 3 and talk["goal"]["b"] == 1.0
+    assert "acted within 1 s" in out
+    plain = _eval_dir(tmp_path, "plain", [1, 1, 1, 1])  # no talk columns: no talk section
+    assert pc.main(["--a", plain, "--b", plain]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["talk"] is None
