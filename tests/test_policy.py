@@ -72,7 +72,7 @@ def test_save_load_gives_identical_actions(episodes, tmp_path):
     assert a.shape == (3, 2) and np.all(np.isfinite(a))
 
 
-@pytest.mark.parametrize("observation", ["ego_frame", "lane_frame", "lane_route"])
+@pytest.mark.parametrize("observation", ["ego_frame", "lane_frame", "lane_route", "lane_gaps"])
 def test_both_observations_train_and_act(episodes, observation):
     policy = make_policy(episodes, observation=observation, cameras=False)
     data = DemoDataset(policy)
@@ -291,6 +291,31 @@ def test_lane_frame_observation_places_actors_along_and_across_the_lane():
     assert behind[f["closing_rate"]] > 0  # the faster car behind closes in too
     assert rows[2:].sum() == 0
     assert obs.actor_features(ego, actors).shape == (8, len(obs.actor_fields))
+
+
+def test_lane_gaps_observation_reads_the_merge_checks_verdict_per_side():
+    """``lane_gaps`` = ``lane_frame``'s ego fields + whether a change to each side is safe now:
+    a car just behind in the left lane, closing in, makes the left unsafe; the empty right lane is safe."""
+    from sim.gap_checks import merge_safe
+    from sim.interface import ACTOR_FIELDS, EGO_FIELDS, MAX_ACTORS
+    from vla.inputs import GAP_FIELDS, OBSERVATIONS
+
+    ego = np.zeros(len(EGO_FIELDS))
+    ego[[EGO_FIELDS.index(n) for n in ("speed", "speed_limit", "lane_id")]] = [25.0, 30.0, 1.0]
+    actors = np.zeros((MAX_ACTORS, len(ACTOR_FIELDS)))
+    actors[0, [ACTOR_FIELDS.index(n) for n in ("present", "x", "y", "yaw", "speed", "length", "width")]] = \
+        [1, -8.0, 4.0, 0.0, 30.0, 5.0, 2.0]  # 8 m behind in the lane to the left (y left), faster than us
+    obs = OBSERVATIONS["lane_gaps"]
+    feats = obs.ego_features(ego, 1.0, actors=actors)
+    assert obs.ego_fields[-2:] == GAP_FIELDS and len(feats) == len(obs.ego_fields)
+    np.testing.assert_array_equal(feats[-2:], [0.0, 1.0])
+    assert not merge_safe(ego, actors, 1) and merge_safe(ego, actors, -1)
+    base = OBSERVATIONS["lane_frame"].ego_features(ego, 1.0)
+    np.testing.assert_array_equal(feats[:-2], base)  # the other fields are lane_frame's
+    actors[0, [ACTOR_FIELDS.index("x"), ACTOR_FIELDS.index("speed")]] = [-60.0, 25.0]  # far behind, our speed: safe
+    np.testing.assert_array_equal(obs.ego_features(ego, 1.0, actors=actors)[-2:], [1.0, 1.0])
+    with pytest.raises(ValueError, match="gaps"):
+        obs.ego_features(ego, 1.0)
 
 
 def test_a_checkpoint_saved_before_observations_existed_loads_as_ego_frame(episodes, tmp_path):

@@ -17,7 +17,7 @@ DEFAULT_ENSEMBLE_DECAY = {"control": 0.5, "plan": 0.2}
 """``PolicyConfig.ensemble_decay`` when not given, per action space."""
 DEFAULT_REPLAN_EVERY = {"control": 1, "plan": 5}
 """``PolicyConfig.replan_every`` when not given, per action space."""
-OBSERVATION_CHOICES = ("ego_frame", "lane_frame", "lane_route")
+OBSERVATION_CHOICES = ("ego_frame", "lane_frame", "lane_route", "lane_gaps")
 """How ego and actor tokens are featurized (``vla.inputs.OBSERVATIONS``)."""
 LEGACY_OBSERVATION = "ego_frame"
 """What a saved config without an ``observation`` field was trained on (one without
@@ -53,7 +53,8 @@ class PolicyConfig:
     offsets in the ego's body frame; 'lane_frame' = actors along / across the ego's lane with
     inverse gap and closing rate; 'lane_route' = 'lane_frame' + where the route goes (the
     distance to the next junction, the route's point 2 s ahead at the current speed; needs episodes recorded with
-    ``sim.route``'s table)."""
+    ``sim.route``'s table); 'lane_gaps' = 'lane_frame' + whether a lane change to either side is
+    safe now by MOBIL's criterion (``vla.inputs.GAP_FIELDS``)."""
     forecast_weight: float = 0.0
     """Weight of an auxiliary loss (PlanT's) that predicts from each actor token where that car
     will be in 1 and 2 s (``vla.inputs.actor_forecasts``); 0 = no forecasting head."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from sim.features import ACTOR_STATE_FIELDS, STATE_ACTORS, actors_in_ego_frame
+from sim.gap_checks import merge_safe
 from sim.interface import ACTOR, EGO
 from sim.route import ROUTE_FIELDS
 
@@ -43,6 +44,13 @@ centre level with the ego, s along the lane, d to its left): position, heading r
 lane, velocity relative to the ego's, size, and the two numbers car following is made of:
 ``inv_gap = sign(s) / max(|s| - BUMPERS, 1)`` (1/m, larger = closer) and ``closing_rate =
 -dvs * sign(s) / max(|s| - BUMPERS, 1)`` (1/s, > 0 = closing in; the inverse time to contact)."""
+GAP_FIELDS = ("merge_ok_left", "merge_ok_right")
+"""1.0 when a lane change to that side is safe now by MOBIL's criterion, read from the observed
+actors (``sim.gap_checks.merge_safe``, the merge check beside the network), else 0.0. The expert
+decides "change now or wait" by that criterion alone (``sim.highway_expert._lane_change_safe``);
+without it the network reads the threshold from the actor tokens only approximately, and in
+dev it waited 1 s or more after a lane command in half the episodes, wherever the check and the
+expert would have gone (docs/audio_policy.md, "Why the first plans wait")."""
 ROUTE_SCALE = np.array([50.0, 20.0, 10.0], dtype=np.float32)
 """``sim.route.ROUTE_FIELDS`` scales: junction distance (m), the route's point ahead (m, m)."""
 assert len(ROUTE_SCALE) == len(ROUTE_FIELDS)
@@ -98,13 +106,23 @@ class Observation:
     route: bool = False
     """The ego token also reads ``sim.route.ROUTE_FIELDS`` (the backend's ``obs["route"]``,
     an episode's ``route`` table), the last fields of ``ego_fields``."""
+    gaps: bool = False
+    """The ego token also reads ``GAP_FIELDS`` (computed from the ego row and the actors), just
+    before the route's fields."""
 
-    def ego_features(self, ego: np.ndarray, start_lane: float, route: np.ndarray | None = None) -> np.ndarray:
+    def ego_features(self, ego: np.ndarray, start_lane: float, route: np.ndarray | None = None,
+                     actors: np.ndarray | None = None) -> np.ndarray:
         """(len(ego_fields),) scaled ego features of one state; ``lanes_moved`` counts lanes
         moved to the left since ``start_lane`` (the lane the command was heard in); ``route``:
-        the state's ``ROUTE_FIELDS`` row (needed when ``self.route``)."""
-        names = self.ego_fields[: len(self.ego_fields) - len(ROUTE_FIELDS)] if self.route else self.ego_fields
+        the state's ``ROUTE_FIELDS`` row (needed when ``self.route``); ``actors``: the state's
+        (MAX_ACTORS, A) world rows (needed when ``self.gaps``)."""
+        extra = (ROUTE_FIELDS if self.route else ()) + (GAP_FIELDS if self.gaps else ())
+        names = self.ego_fields[: len(self.ego_fields) - len(extra)]
         raw = [start_lane - ego[EGO["lane_id"]] if n == "lanes_moved" else ego[EGO[n]] for n in names]
+        if self.gaps:
+            if actors is None:
+                raise ValueError(f"observation {self.name!r} reads the merge check's gaps, but no actors were given")
+            raw += [float(merge_safe(ego, actors, side)) for side in (1, -1)]
         if self.route:
             if route is None:
                 raise ValueError(f"observation {self.name!r} reads the route (sim.route), but none was given: "
@@ -130,7 +148,7 @@ class Observation:
                              f"{'no route table' if route is None else f'{len(route)} route rows for {t} states'}: "
                              "record it again with this code")
         rows = route if self.route else [None] * t
-        return (np.stack([self.ego_features(ego[i], start_lane, rows[i]) for i in range(t)]),
+        return (np.stack([self.ego_features(ego[i], start_lane, rows[i], actors[i]) for i in range(t)]),
                 np.stack([self.actor_features(ego[i], actors[i]) for i in range(t)]))
 
 
@@ -141,13 +159,16 @@ OBSERVATIONS = {
                               lane_frame_actor_rows),
     "lane_route": Observation("lane_route", EGO_INPUT_FIELDS + ROUTE_FIELDS, np.concatenate([EGO_SCALE, ROUTE_SCALE]),
                               LANE_ACTOR_FIELDS, LANE_ACTOR_SCALE, lane_frame_actor_rows, route=True),
+    "lane_gaps": Observation("lane_gaps", EGO_INPUT_FIELDS + GAP_FIELDS, np.concatenate([EGO_SCALE, np.ones(2, np.float32)]),
+                             LANE_ACTOR_FIELDS, LANE_ACTOR_SCALE, lane_frame_actor_rows, gaps=True),
 }
 """``ego_frame``: actors as offsets in the ego's body frame (the first layout; checkpoints
 without ``PolicyConfig.observation`` use it). ``lane_frame``: actors placed along and across
 the ego's lane, with inverse gap and closing rate (what the expert's car following and
 lane-change safety checks read). ``lane_route``: ``lane_frame`` plus where the route goes
 (``sim.route``: the distance to the next junction and the route's point 2 s ahead), what the
-expert's junction decisions read."""
+expert's junction decisions read. ``lane_gaps``: ``lane_frame`` plus ``GAP_FIELDS``, whether
+a lane change to either side is safe now, what the expert's lane decisions read."""
 
 
 @dataclass(frozen=True)

@@ -418,7 +418,7 @@ class VLAPolicy(torch.nn.Module):
             if "cameras" not in obs:
                 raise ValueError("this policy reads cameras: build the env with cameras=policy.rig")
             frames = np.asarray(obs["cameras"])
-        return collate([self.observation.ego_features(ego, self._start_lane, obs.get("route"))],
+        return collate([self.observation.ego_features(ego, self._start_lane, obs.get("route"), obs.get("actors"))],
                        [self.observation.actor_features(ego, np.asarray(obs["actors"], dtype=np.float64))],
                        [self._command], self.layout.special("<pad>"), self.config.command_ids_max,
                        frames=None if frames is None else [frames])
