@@ -459,3 +459,55 @@ def test_a_forecasting_policy_trains_its_head_on_recorded_episodes(episodes):
     assert policy.model.forecast_head.weight.grad.abs().sum() > 0
     plain = make_policy(episodes, cameras=False, observation="lane_frame")
     assert plain.model.forecast_head is None and "forecast" not in plain.compute_loss(data.batch(np.arange(4)))[1]
+
+
+def test_command_ngrams_count_every_gram_with_boundaries_and_ignore_pads():
+    from vla.model import command_ngrams
+
+    command = torch.tensor([[5, 6, 7, 0, 0], [9, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    ids, valid = command_ngrams(command, mask, 1000)
+    # "5 6 7": 3 unigrams, 4 bigrams (<b>5, 56, 67, 7<e>), 3 trigrams (<b>56, 567, 67<e>); "9": 1 + 2 + 0
+    assert valid.sum(1).tolist() == [10, 3]
+    assert ids.shape == valid.shape and int(ids.min()) >= 0 and int(ids.max()) < 1000
+    again, _ = command_ngrams(command, mask, 1000)
+    assert torch.equal(ids, again)
+    # the pads' ids never matter: the same real ids with other pads give the same valid grams
+    other, valid2 = command_ngrams(torch.tensor([[5, 6, 7, 3, 4]]), mask[:1], 1000)
+    assert torch.equal(valid2, valid[:1]) and torch.equal(other[valid2], ids[:1][valid[:1]])
+    # reversed words share the unigrams, not the bigrams
+    rev, _ = command_ngrams(torch.tensor([[7, 6, 5, 0, 0]]), mask[:1], 1000)
+    assert sorted(rev[0, :5][valid[0, :5]].tolist()) == sorted(ids[0, :5][valid[0, :5]].tolist())
+    assert set(rev[0][valid[0]].tolist()) != set(ids[0][valid[0]].tolist())
+
+
+def test_a_command_bag_policy_reads_one_command_token_trains_and_saves(episodes, tmp_path):
+    policy = make_policy(episodes, cameras=False, command_bag=64)
+    data = DemoDataset(policy)
+    for ep in episodes:
+        data.add_episode(ep)
+    batch = data.batch(np.arange(8))
+    emb, mask = policy.model.embed_command(batch.command, batch.command_mask)
+    assert emb.shape == (8, 1, policy.config.d_model) and mask.shape == (8, 1) and bool(mask.all())
+    loss, _ = policy.compute_loss(batch)
+    loss.backward()
+    assert policy.model.command_bag.weight.grad is not None and policy.model.command_bag.weight.grad.abs().sum() > 0
+    policy.eval()
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=4)
+    policy.hear("change to the left lane")
+    a = policy.predict_action_chunk(obs)
+    policy.save(tmp_path / "bag")
+    loaded = VLAPolicy.load(tmp_path / "bag")
+    assert loaded.config.command_bag == 64
+    loaded.hear("change to the left lane")
+    np.testing.assert_array_equal(a, loaded.predict_action_chunk(obs))
+    loaded.hear("slow down")
+    assert not np.array_equal(a, loaded.predict_action_chunk(obs))
+
+
+@pytest.mark.parametrize("bad, needle", [(dict(command_bag=-1), "integer >= 0"),
+                                         (dict(command_bag=16, command="none"), "command 'ipa', 'text' or 'heard'")])
+def test_command_bag_config_errors_name_the_field(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        PolicyConfig(**{**TINY, **bad})

@@ -86,6 +86,14 @@ class PolicyConfig:
     """command 'audio': consecutive 75 Hz codec frames summed into one position (4 = 18.75 Hz)."""
     audio_codebook_size: int = 0
     """command 'audio': entries per codebook (set from the codec when the policy is built)."""
+    command_bag: int = 0
+    """Hash buckets of the command bag (0 = off): the command's ids (IPA phones or text bytes,
+    with a boundary before and after) are read as a bag of their 1-, 2- and 3-grams, each hashed
+    to one of this many learned vectors, averaged into ONE command token that replaces the id
+    sequence (``vla.model.command_ngrams``). Why: the policy's command path read as a sequence
+    names held-out phrasings of a command right a third of the time, even from a perfect
+    transcript, where a linear classifier over the same n-grams of the same training words names
+    21 of 27 (docs/audio_policy.md, "A bag of n-grams"). Only with command 'ipa', 'text' or 'heard'."""
     command_label_weight: float = 0.0
     """Weight of an auxiliary loss: from the hidden state at ``<action>`` (what actions are
     decoded from) a linear head names which of the 9 command labels (``tokenizers_mm.corpus``)
@@ -324,6 +332,11 @@ class PolicyConfig:
                              "of even size")
         if self.n_bins < 2:
             raise ValueError(f"PolicyConfig.n_bins must be >= 2, got {self.n_bins}")
+        if not (isinstance(self.command_bag, int) and self.command_bag >= 0):
+            raise ValueError(f"PolicyConfig.command_bag must be an integer >= 0 (0 = off), got {self.command_bag!r}")
+        if self.command_bag and self.command not in ("ipa", "text", "heard"):
+            raise ValueError(f"PolicyConfig.command_bag reads phones or text bytes; command {self.command!r} has none "
+                             "(use command 'ipa', 'text' or 'heard')")
         if not 0.0 <= float(self.command_label_weight) < float("inf"):
             raise ValueError(f"PolicyConfig.command_label_weight must be a finite number >= 0, "
                              f"got {self.command_label_weight}")

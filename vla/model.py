@@ -48,6 +48,30 @@ from vla.inputs import FORECAST_STEPS, OBSERVATIONS, PolicyInputs
 SEGMENTS = ("camera", "pose", "ego", "actor", "command", "action")
 SEG = {name: i for i, name in enumerate(SEGMENTS)}
 
+NGRAM_ORDERS = (1, 2, 3)
+"""The n-grams of the command bag (``PolicyConfig.command_bag``)."""
+_NGRAM_PRIMES = (1_000_003, 998_244_353, 754_974_721, 167_772_161)
+"""Multipliers of the n-gram hash: one per position in the window, the last for the order."""
+
+
+def command_ngrams(command: torch.Tensor, mask: torch.Tensor, buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Lc) right-padded ids and their mask -> (B, M) hash buckets of every 1-, 2- and 3-gram
+    of the real ids with a boundary before the first and after the last, and (B, M) whether each
+    is one: it holds a real id and at most one boundary (the boundary is id 0 here, real ids are
+    shifted by one; pads count as boundaries, so 'x <end> <end>' is not a trigram)."""
+    z = torch.where(mask, command + 1, torch.zeros_like(command))
+    z = torch.nn.functional.pad(z, (1, 1))  # a boundary before the first and after the last id
+    ids, valid = [], []
+    for n in NGRAM_ORDERS:
+        win = z.unfold(1, n, 1)  # (B, Lc + 3 - n, n)
+        edges = (win == 0).sum(-1)
+        ok = (edges < n) & (edges <= (0 if n == 1 else 1))
+        h = sum(win[..., k] * _NGRAM_PRIMES[k] for k in range(n)) + n * _NGRAM_PRIMES[-1]
+        ids.append(torch.remainder(h, buckets))
+        valid.append(ok)
+    return torch.cat(ids, dim=1), torch.cat(valid, dim=1)
+
+
 
 @dataclass(frozen=True)
 class ChunkOutput:
@@ -111,6 +135,9 @@ class VLAModel(nn.Module):
             from tokenizers_mm.corpus import LABELS
 
             self.command_head = nn.Linear(d, len(LABELS))
+        self.command_bag = None
+        if config.command_bag > 0:  # after the others, for the same reason
+            self.command_bag = nn.Embedding(config.command_bag, d)
         self.command_group = config.command_group
         self.command_slot = None
         if self.command_group > 1:  # audio: one learned vector per id slot of a position
@@ -181,7 +208,13 @@ class VLAModel(nn.Module):
         """(B, Lc) command ids and mask -> (B, P, d) embeddings and (B, P) mask. One id per
         position for ipa / text; audio sums each position's ``command_group`` ids (codec codes of
         consecutive frames, or a VAD event and pads: ``tokenizers_mm.audio_command``), each plus
-        its slot's vector, over the real ids."""
+        its slot's vector, over the real ids. With the command bag (``PolicyConfig.command_bag``):
+        ONE position, the mean of the command's n-gram vectors (``command_ngrams``)."""
+        if self.command_bag is not None:
+            buckets, valid = command_ngrams(command, mask, self.command_bag.num_embeddings)
+            w = valid.to(self.command_bag.weight.dtype)[..., None]
+            emb = (self.command_bag(buckets) * w).sum(1) / w.sum(1).clamp(min=1.0)
+            return emb[:, None], valid.any(1, keepdim=True)
         if self.command_slot is None:
             return self.embed(command), mask
         b, g = command.shape[0], self.command_group

@@ -29,6 +29,10 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
     p.add_argument("--command-label-weight", type=float, default=0.0, metavar="W",
                    help="weight of an auxiliary loss naming the heard command's label (of 9) from the "
                         "policy's <action> state; 0 = none; not used with --command none (default: %(default)s)")
+    p.add_argument("--command-bag", type=int, default=0, metavar="N",
+                   help="read the command as ONE token: the mean of its phone (or byte) 1-3-grams, hashed into N "
+                        "learned vectors, instead of as a sequence (generalizes to new wordings far better; "
+                        "with --command ipa, text or heard); 0 = the sequence (default: %(default)s)")
     p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: the command's, control with --head "
@@ -119,6 +123,7 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         attn_implementation=getattr(args, "attn", defaults.attn_implementation),
                         command_label_weight=(0.0 if args.command == "none"  # nothing heard, nothing to name
                                               else getattr(args, "command_label_weight", defaults.command_label_weight)),
+                        command_bag=getattr(args, "command_bag", defaults.command_bag),
                         **_audio_fields(args))
 
 
@@ -219,6 +224,7 @@ FLAG_RULES = {
     "replan_every": ("--replan-every", lambda v: v is None or v >= 1, "an integer >= 1"),
     "augment_commands": ("--augment-commands", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "command_label_weight": ("--command-label-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "command_bag": ("--command-bag", lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
     "phone_errors": ("--phone-errors", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "paraphrase": ("--paraphrase", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
