@@ -50,7 +50,8 @@ actors (``sim.gap_checks.merge_safe``, the merge check beside the network), else
 decides "change now or wait" by that criterion alone (``sim.highway_expert._lane_change_safe``);
 without it the network reads the threshold from the actor tokens only approximately, and in
 dev it waited 1 s or more after a lane command in half the episodes, wherever the check and the
-expert would have gone (docs/audio_policy.md, "Why the first plans wait")."""
+expert would have gone. Opt-in (``lane_gaps``): on held-out seeds it did not act sooner on
+held-out words and followed fewer commands (docs/audio_policy.md, "Why the first plans wait")."""
 ROUTE_SCALE = np.array([50.0, 20.0, 10.0], dtype=np.float32)
 """``sim.route.ROUTE_FIELDS`` scales: junction distance (m), the route's point ahead (m, m)."""
 assert len(ROUTE_SCALE) == len(ROUTE_FIELDS)
