@@ -511,3 +511,26 @@ def test_a_command_bag_policy_reads_one_command_token_trains_and_saves(episodes,
 def test_command_bag_config_errors_name_the_field(bad, needle):
     with pytest.raises(ValueError, match=needle):
         PolicyConfig(**{**TINY, **bad})
+
+
+def test_command_bag_dropout_acts_in_training_only_and_keeps_an_ngram(episodes):
+    policy = make_policy(episodes, cameras=False, command_bag=64, command_bag_dropout=0.5)
+    data = DemoDataset(policy)
+    data.add_episode(episodes[0])
+    batch = data.batch(np.arange(4))
+    model = policy.model
+    model.eval()
+    first, _ = model.embed_command(batch.command, batch.command_mask)
+    again, _ = model.embed_command(batch.command, batch.command_mask)
+    torch.testing.assert_close(first, again)  # no dropout when predicting
+    model.train()
+    torch.manual_seed(1)
+    dropped = [model.embed_command(batch.command, batch.command_mask)[0] for _ in range(4)]
+    assert any(not torch.allclose(d, first) for d in dropped)
+    assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in dropped)
+    # a one-phone command has 3 n-grams; dropping at 0.99 still keeps one of them (never an empty mean)
+    one = make_policy(episodes, cameras=False, command_bag=64, command_bag_dropout=0.99).model.train()
+    emb, mask = one.embed_command(torch.tensor([[7, 0, 0]]), torch.tensor([[True, False, False]]))
+    assert bool(mask.all()) and emb.abs().sum() > 0
+    with pytest.raises(ValueError, match="command_bag_dropout"):
+        PolicyConfig(**{**TINY, "command_bag": 8, "command_bag_dropout": 1.0})

@@ -94,6 +94,10 @@ class PolicyConfig:
     names held-out phrasings of a command right a third of the time, even from a perfect
     transcript, where a linear classifier over the same n-grams of the same training words names
     21 of 27 (docs/audio_policy.md, "A bag of n-grams"). Only with command 'ipa', 'text' or 'heard'."""
+    command_bag_dropout: float = 0.0
+    """Training only: each n-gram of the command bag is left out of the mean with this probability
+    (at least one is kept), the word dropout of deep averaging networks (Iyyer et al. 2015), so
+    that no single n-gram decides a command."""
     command_label_weight: float = 0.0
     """Weight of an auxiliary loss: from the hidden state at ``<action>`` (what actions are
     decoded from) a linear head names which of the 9 command labels (``tokenizers_mm.corpus``)
@@ -334,6 +338,8 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.n_bins must be >= 2, got {self.n_bins}")
         if not (isinstance(self.command_bag, int) and self.command_bag >= 0):
             raise ValueError(f"PolicyConfig.command_bag must be an integer >= 0 (0 = off), got {self.command_bag!r}")
+        if not 0.0 <= float(self.command_bag_dropout) < 1.0:
+            raise ValueError(f"PolicyConfig.command_bag_dropout must be in [0, 1), got {self.command_bag_dropout}")
         if self.command_bag and self.command not in ("ipa", "text", "heard"):
             raise ValueError(f"PolicyConfig.command_bag reads phones or text bytes; command {self.command!r} has none "
                              "(use command 'ipa', 'text' or 'heard')")

@@ -212,9 +212,13 @@ class VLAModel(nn.Module):
         ONE position, the mean of the command's n-gram vectors (``command_ngrams``)."""
         if self.command_bag is not None:
             buckets, valid = command_ngrams(command, mask, self.command_bag.num_embeddings)
+            real = valid.any(1, keepdim=True)
+            if self.training and self.config.command_bag_dropout > 0:
+                kept = valid & (torch.rand(valid.shape, device=valid.device) >= self.config.command_bag_dropout)
+                valid = torch.where(kept.any(1, keepdim=True), kept, valid)  # never all of them
             w = valid.to(self.command_bag.weight.dtype)[..., None]
             emb = (self.command_bag(buckets) * w).sum(1) / w.sum(1).clamp(min=1.0)
-            return emb[:, None], valid.any(1, keepdim=True)
+            return emb[:, None], real
         if self.command_slot is None:
             return self.embed(command), mask
         b, g = command.shape[0], self.command_group

@@ -33,6 +33,9 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                    help="read the command as ONE token: the mean of its phone (or byte) 1-3-grams, hashed into N "
                         "learned vectors, instead of as a sequence (generalizes to new wordings far better; "
                         "with --command ipa, text or heard); 0 = the sequence (default: %(default)s)")
+    p.add_argument("--command-bag-dropout", type=float, default=0.0, metavar="P",
+                   help="training: leave each n-gram of the command bag out with probability P (at least one "
+                        "is kept) (default: %(default)s)")
     p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: the command's, control with --head "
@@ -124,6 +127,7 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                         command_label_weight=(0.0 if args.command == "none"  # nothing heard, nothing to name
                                               else getattr(args, "command_label_weight", defaults.command_label_weight)),
                         command_bag=getattr(args, "command_bag", defaults.command_bag),
+                        command_bag_dropout=getattr(args, "command_bag_dropout", defaults.command_bag_dropout),
                         **_audio_fields(args))
 
 
@@ -225,6 +229,7 @@ FLAG_RULES = {
     "augment_commands": ("--augment-commands", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "command_label_weight": ("--command-label-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "command_bag": ("--command-bag", lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "command_bag_dropout": ("--command-bag-dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
     "phone_errors": ("--phone-errors", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "paraphrase": ("--paraphrase", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
