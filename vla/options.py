@@ -31,8 +31,10 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
                         "policy's <action> state; 0 = none; not used with --command none (default: %(default)s)")
     p.add_argument("--command-bag", type=int, default=0, metavar="N",
                    help="read the command as ONE token: the mean of its phone (or byte) 1-3-grams, hashed into N "
-                        "learned vectors, instead of as a sequence (generalizes to new wordings far better; "
-                        "with --command ipa, text or heard); 0 = the sequence (default: %(default)s)")
+                        "learned vectors, instead of as a sequence (with --command-bag-dropout its label head names "
+                        "new wordings more often; on dev the car did not follow them more often, see "
+                        "docs/audio_policy.md; with --command ipa, text or heard); 0 = the sequence "
+                        "(default: %(default)s)")
     p.add_argument("--command-bag-dropout", type=float, default=0.0, metavar="P",
                    help="training: leave each n-gram of the command bag out with probability P (at least one "
                         "is kept) (default: %(default)s)")
