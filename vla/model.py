@@ -64,13 +64,11 @@ def command_ngrams(command: torch.Tensor, mask: torch.Tensor, buckets: int) -> t
     ids, valid = [], []
     for n in NGRAM_ORDERS:
         win = z.unfold(1, n, 1)  # (B, Lc + 3 - n, n)
-        edges = (win == 0).sum(-1)
-        ok = (edges < n) & (edges <= (0 if n == 1 else 1))
+        ok = (win == 0).sum(-1) <= (0 if n == 1 else 1)  # so every valid window holds a real id
         h = sum(win[..., k] * _NGRAM_PRIMES[k] for k in range(n)) + n * _NGRAM_PRIMES[-1]
         ids.append(torch.remainder(h, buckets))
         valid.append(ok)
     return torch.cat(ids, dim=1), torch.cat(valid, dim=1)
-
 
 
 @dataclass(frozen=True)
