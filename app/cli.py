@@ -349,6 +349,11 @@ def _eval_parser(sub) -> None:
                    help="a plan policy with the command-label head ignores words heard during the drive as chit-chat "
                         "when it gives 'none' at least this probability (PolicyConfig.chitchat_threshold; default: "
                         "the checkpoint's, 0.95 unless set)")
+    p.add_argument("--command-readback", type=float, default=None, metavar="P",
+                   help="a plan policy with the command-label head acts on the canonical command of the label its "
+                        "head names the words it heard, when it names one (not 'none') with at least this "
+                        "probability (PolicyConfig.command_readback; 0 = off, the words as heard; default: the "
+                        "checkpoint's, 0 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
@@ -398,6 +403,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--yield-gap", "yield_gap", _positive, "a finite time gap > 0 in s"),
     ("--curve-brake", "curve_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
+    ("--command-readback", "command_readback", lambda v: 0 <= v <= 1, "a probability in [0, 1] (0 = off)"),
 )
 
 

@@ -529,7 +529,8 @@ def test_eval_execution_options_drive_a_plan_policy_with_other_settings(tmp_path
            (tmp_path / "plan", ["--yield-turn", "-0.1"]), (tmp_path / "plan", ["--yield-turn", "4"]),
            (tmp_path / "plan", ["--junction-ttc", "-1"]), (tmp_path / "plan", ["--junction-ttc", "nan"]),
            (tmp_path / "plan", ["--route-follow", "-1"]), (tmp_path / "plan", ["--route-follow", "inf"]),
-           (tmp_path / "plan", ["--chitchat-threshold", "0"]), (tmp_path / "plan", ["--chitchat-threshold", "1.5"])]
+           (tmp_path / "plan", ["--chitchat-threshold", "0"]), (tmp_path / "plan", ["--chitchat-threshold", "1.5"]),
+           (tmp_path / "plan", ["--command-readback", "-0.1"]), (tmp_path / "plan", ["--command-readback", "nan"])]
     for policy, flags in bad:
         code = cli.main(["eval", "--policy", str(policy), *light, *flags, "--out", str(tmp_path / "bad")])
         err = capsys.readouterr().err.strip()

@@ -339,3 +339,63 @@ def test_chitchat_during_the_drive_reaches_the_policy_and_changes_no_goal():
     assert chat in {p.text for p in PHRASINGS if p.label == "none" and p.heldout}
     assert ep.heard_at == 0 and ep.goal == quiet.goal
     np.testing.assert_array_equal(ep.actions, quiet.actions)  # the env did not change; the expert drove on
+
+
+def _head_saying(policy, label: str, p: float) -> None:
+    """Set the command-label head to name ``label`` with probability ``p`` whatever it hears."""
+    import math
+
+    import torch
+
+    from tokenizers_mm.corpus import LABELS
+
+    with torch.no_grad():
+        policy.model.command_head.weight.zero_()
+        policy.model.command_head.bias.zero_()
+        policy.model.command_head.bias[LABELS.index(label)] = math.log(p / (1 - p) * (len(LABELS) - 1))
+
+
+@pytest.mark.parametrize("readback, sure, read_back", [(0.5, 0.9, True), (0.95, 0.9, False), (0.0, 0.9, False)])
+def test_read_back_acts_on_the_canonical_command_of_the_label_the_head_names(readback, sure, read_back):
+    """With command_readback P, words the head names a command label with probability >= P are
+    read as that label's canonical command, before the drive (at the first state) and during it;
+    below P, or with it off, the words are read as heard."""
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.policy import canonical_command
+
+    policy = _plan_policy(command_label_weight=1.0)
+    policy.set_execution(command_readback=readback)
+    _head_saying(policy, "lane_left", sure)
+    canonical = policy.encode_command(canonical_command("lane_left"))
+    said = policy.encode_command("take the lane on your left")
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=1)
+    policy.reset()
+    policy.hear("take the lane on your left")
+    np.testing.assert_array_equal(policy._command, said)  # nothing read back before a state is seen
+    obs, *_ = env.step(policy.select_action(obs))
+    np.testing.assert_array_equal(policy._command, canonical if read_back else said)
+    policy.hear("hold this lane")  # during the drive: the head still names lane_left
+    policy.select_action(obs)
+    np.testing.assert_array_equal(policy._command, canonical if read_back else policy.encode_command("hold this lane"))
+
+
+def test_read_back_keeps_chitchat_out_and_names_every_label():
+    from sim.highway import EmbeddedDrivingEnv
+    from tokenizers_mm.corpus import LABELS
+    from vla.config import PolicyConfig
+    from vla.policy import canonical_command
+
+    policy = _plan_policy(command_label_weight=1.0)
+    policy.set_execution(command_readback=0.5, chitchat_threshold=0.95)
+    _head_saying(policy, "none", 0.8)  # 'none' but under the chit-chat threshold: the words are adopted as heard
+    obs = _drive_a_little(policy, EmbeddedDrivingEnv("highway", "light"))
+    policy.hear("play some music")
+    policy.select_action(obs)
+    np.testing.assert_array_equal(policy._command, policy.encode_command("play some music"))
+    assert canonical_command("turn_left") == "turn left at the intersection"
+    assert {canonical_command(label) for label in LABELS if label != "none"} >= {"change to the left lane", "slow down"}
+    with pytest.raises(ValueError, match="none"):
+        canonical_command("none")
+    with pytest.raises(ValueError, match="command_readback"):
+        PolicyConfig(command_readback=1.5)

@@ -181,6 +181,12 @@ class PolicyConfig:
     (``--chitchat``) also names unfamiliar commands ``none``. 0.95 balanced dev commands adopted
     against dev chit-chat ignored best (``benchmarks.chitchat_probe``), but no threshold separates
     the two (docs/audio_policy.md). An execution setting."""
+    command_readback: float = 0.0
+    """A policy with the command-label head: when the head names the words it heard a command
+    label (not ``none``) with at least this probability, the policy reads that label's canonical
+    command ("change to the left lane", ...) instead of the words themselves, at the start and
+    during the drive: it acts on what it understood, in the words its plans follow best. 0 = off
+    (the words are read as heard). An execution setting (docs/audio_policy.md, "Read-back")."""
     go_zone: float = 10.0
     """A plan policy: the go rule (``sim.yield_check.go_accel``), within this many metres before a
     junction's entry and inside it; 0 = off (10 by default since 2026-12-06, with ``junction_hold``
@@ -384,6 +390,9 @@ class PolicyConfig:
         if not (math.isfinite(self.merge_brake) and self.merge_brake >= 0):
             raise ValueError(f"PolicyConfig.merge_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.merge_brake}")
+        if not 0.0 <= self.command_readback <= 1.0:
+            raise ValueError(f"PolicyConfig.command_readback must be a probability in [0, 1] (0 = off), got "
+                             f"{self.command_readback}")
         if not 0.0 < self.chitchat_threshold <= 1.0:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
         if not (math.isfinite(self.route_follow) and self.route_follow >= 0):

@@ -40,6 +40,7 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
+from sim.scenarios import HIGHWAY_GOAL_LABELS, TURN_COMMANDS, highway_goal_for
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, ego_path,
                              follow_accel, go_accel, junction_brake, junction_hold, launch_accel, path_block, route_leader,
                              yield_accel)
@@ -156,10 +157,20 @@ COMMIT_BIN_WINDOW = 2
 """A plan is scored for commitment by the probability of landing within this many bins of each
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
+def canonical_command(label: str) -> str:
+    """The canonical English command of a highway or turn label (``tokenizers_mm.corpus.LABELS``
+    but ``none``): what the expert data's episodes were told."""
+    if label in HIGHWAY_GOAL_LABELS:
+        return highway_goal_for(label, 1).command
+    if label.startswith("turn_") and label[5:] in TURN_COMMANDS:
+        return TURN_COMMANDS[label[5:]]
+    raise ValueError(f"no canonical command for label {label!r}")
+
+
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
                       "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
-                      "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap")
+                      "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -308,6 +319,7 @@ class VLAPolicy(torch.nn.Module):
         self._actor_seen_t = -2
         self._launched = False  # the go rule started the car at this junction and no rule has braked it since
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
+        self._readback_due = False  # the first command is still to be read back (command_readback)
         self._prefix = None  # the current step's prefix pass (vla.model.Prefix), for commitment's scores
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
 
@@ -328,6 +340,7 @@ class VLAPolicy(torch.nn.Module):
         ids = self.encode_command(command, lang, seed)
         if self._t == 0:
             self._command = ids
+            self._readback_due = self.config.command_readback > 0 and self.model.command_head is not None
         else:
             self._pending = ids
 
@@ -343,9 +356,18 @@ class VLAPolicy(torch.nn.Module):
                 self.last_heard = "none"
                 return
             self.last_heard = label if label != "none" else "command"
+            ids = self._read_back(ids, probs)
         self._command, self._start_lane = ids, None  # read as if heard here: the lane is anchored now
         self._plan, self._plans = None, []
         self._queue.clear()
+
+    def _read_back(self, ids: np.ndarray, probs: torch.Tensor) -> np.ndarray:
+        """``ids`` (words heard), or the canonical command of the label the head names with at
+        least ``command_readback`` probability (not ``none``), read as the policy reads commands."""
+        label = LABELS[int(probs.argmax())]
+        if self.config.command_readback <= 0 or label == "none" or float(probs.max()) < self.config.command_readback:
+            return ids
+        return self.encode_command(canonical_command(label), "en", 0)
 
     def _label_probs(self, obs: dict, ids: np.ndarray) -> torch.Tensor:
         """The command-label head's 9 probabilities for words ``ids`` heard at ``obs`` (the lane
@@ -483,6 +505,9 @@ class VLAPolicy(torch.nn.Module):
         if plan is None:
             plan = self._own_plan
         self._prefix = None  # set by _own_plan for this step's observation only
+        if self._readback_due:  # the command heard before the drive, read back at its first state
+            self._readback_due = False
+            self._command = self._read_back(self._command, self._label_probs(obs, self._command))
         if self._pending is not None:
             self._weigh_pending(obs)
         t, self._t = self._t, self._t + 1
