@@ -352,8 +352,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--command-readback", type=float, default=None, metavar="P",
                    help="a plan policy with the command-label head acts on the canonical command of the label its "
                         "head names the words it heard, when it names one (not 'none') with at least this "
-                        "probability (PolicyConfig.command_readback; 0 = off, the words as heard; default: the "
-                        "checkpoint's, 0 unless set)")
+                        "probability (PolicyConfig.command_readback; 0 = off, the words as heard; held out it did "
+                        "not help, see docs/audio_policy.md; default: the checkpoint's, 0 unless set)")
     p.add_argument("--gif-episode", type=int, default=0,
                    help="episode index rendered with cameras into cameras.gif (default: %(default)s)")
     p.add_argument("--no-gif", action="store_true",
