@@ -204,16 +204,7 @@ def test_words_the_label_head_names_none_change_nothing(named):
 def _head_saying_none(policy, p: float) -> None:
     """Set the command-label head to give 'none' probability ``p`` whatever it hears, the other
     labels sharing the rest."""
-    import math
-
-    import torch
-
-    from tokenizers_mm.corpus import LABELS
-
-    with torch.no_grad():
-        policy.model.command_head.weight.zero_()
-        policy.model.command_head.bias.zero_()
-        policy.model.command_head.bias[LABELS.index("none")] = math.log(p / (1 - p) * (len(LABELS) - 1))
+    _head_saying(policy, "none", p)
 
 
 @pytest.mark.parametrize("threshold, ignored", [(0.95, False), (0.7, True)])
@@ -342,7 +333,8 @@ def test_chitchat_during_the_drive_reaches_the_policy_and_changes_no_goal():
 
 
 def _head_saying(policy, label: str, p: float) -> None:
-    """Set the command-label head to name ``label`` with probability ``p`` whatever it hears."""
+    """Set the command-label head to name ``label`` with probability ``p`` whatever it hears, the
+    other labels sharing the rest."""
     import math
 
     import torch

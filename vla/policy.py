@@ -157,6 +157,7 @@ COMMIT_BIN_WINDOW = 2
 """A plan is scored for commitment by the probability of landing within this many bins of each
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
+
 def canonical_command(label: str) -> str:
     """The canonical English command of a highway or turn label (``tokenizers_mm.corpus.LABELS``
     but ``none``): what the expert data's episodes were told."""
