@@ -129,3 +129,13 @@ def turn_goal(rng: np.random.Generator) -> Goal:
 def turn_goal_for(turn: str) -> Goal:
     """The canonical intersection goal: take the ``turn`` exit."""
     return Goal(kind="turn", label=f"turn_{turn}", command=TURN_COMMANDS[turn], turn=turn)
+
+
+def canonical_command(label: str) -> str:
+    """The canonical English command of a highway or turn label (a goal's ``label``; not chit-chat's
+    ``none``): the words the canonical goals above are told in."""
+    if label in HIGHWAY_GOAL_LABELS:
+        return highway_goal_for(label, 1).command
+    if label.startswith("turn_") and label[5:] in TURN_COMMANDS:
+        return turn_goal_for(label[5:]).command
+    raise ValueError(f"no canonical command for label {label!r}")

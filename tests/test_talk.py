@@ -353,7 +353,7 @@ def test_read_back_acts_on_the_canonical_command_of_the_label_the_head_names(rea
     read as that label's canonical command, before the drive (at the first state) and during it;
     below P, or with it off, the words are read as heard."""
     from sim.highway import EmbeddedDrivingEnv
-    from vla.policy import canonical_command
+    from sim.scenarios import canonical_command
 
     policy = _plan_policy(command_label_weight=1.0)
     policy.set_execution(command_readback=readback)
@@ -376,7 +376,7 @@ def test_read_back_keeps_chitchat_out_and_names_every_label():
     from sim.highway import EmbeddedDrivingEnv
     from tokenizers_mm.corpus import LABELS
     from vla.config import PolicyConfig
-    from vla.policy import canonical_command
+    from sim.scenarios import canonical_command
 
     policy = _plan_policy(command_label_weight=1.0)
     policy.set_execution(command_readback=0.5, chitchat_threshold=0.95)

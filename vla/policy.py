@@ -40,7 +40,7 @@ from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, l
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
-from sim.scenarios import HIGHWAY_GOAL_LABELS, TURN_COMMANDS, highway_goal_for
+from sim.scenarios import canonical_command
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, ego_path,
                              follow_accel, go_accel, junction_brake, junction_hold, launch_accel, path_block, route_leader,
                              yield_accel)
@@ -156,16 +156,6 @@ always taken: commitment holds decisions, never a brake (as the tracker never de
 COMMIT_BIN_WINDOW = 2
 """A plan is scored for commitment by the probability of landing within this many bins of each
 of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
-
-
-def canonical_command(label: str) -> str:
-    """The canonical English command of a highway or turn label (``tokenizers_mm.corpus.LABELS``
-    but ``none``): what the expert data's episodes were told."""
-    if label in HIGHWAY_GOAL_LABELS:
-        return highway_goal_for(label, 1).command
-    if label.startswith("turn_") and label[5:] in TURN_COMMANDS:
-        return TURN_COMMANDS[label[5:]]
-    raise ValueError(f"no canonical command for label {label!r}")
 
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
