@@ -91,6 +91,11 @@ def _check_rollout(args: argparse.Namespace) -> None:
     for name in ("label_every", "workers"):
         if hasattr(args, name):
             _check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    dart_speed = getattr(args, "dart_speed", 0.0)
+    if not 0.0 <= dart_speed <= 1.0:  # also refuses NaN
+        raise VLAError(f"--dart-speed must be a chance per step in [0, 1], got {dart_speed}")
+    if dart_speed > 0 and not getattr(args, "dart", False):
+        raise VLAError("--dart-speed needs --dart (speed bursts are a part of the DART recipe)")
     if getattr(args, "goal_futures", False) and not (args.goal_labels and args.plan_horizon >= 20):
         raise VLAError("--goal-futures needs --goal-labels and --plan-horizon >= 20 (a plan's 2 s)")
     if getattr(args, "no_gif", True) is False and not 0 <= args.gif_episode < args.episodes:
@@ -226,6 +231,10 @@ def _collect_parser(sub) -> None:
     p.add_argument("--dart", action="store_true",
                    help="perturb the executed action with DART bursts; every state keeps the expert's "
                         "clean label (sim.rollout.DartNoise): recovery states without a learner")
+    p.add_argument("--dart-speed", type=float, default=0.0, metavar="P",
+                   help="with --dart: also start a SPEED burst (a held acceleration offset, 1.5-4 s) with "
+                        "chance P per step, so the expert's recovery from speeds 2-5 m/s off its target is "
+                        "recorded (e.g. 0.01); 0 = off (default: %(default)s)")
     p.add_argument("--label-every", type=int, default=1, metavar="K",
                    help="simulate the expert's continuations (--plan-horizon, --goal-futures) at every K-th "
                         "state only (default: %(default)s)")

@@ -125,7 +125,16 @@ class DartNoise:
     ``burst_steps`` steps (uniform, both ends included) and adds one offset drawn per burst
     from N(0, ``accel_std``) and N(0, ``steer_std``). Everything is drawn from the episode's
     generator, so an episode is reproducible from its seed. A step is clean when the action
-    executed equals the expert's label (``Episode.actions == Episode.expert_actions``)."""
+    executed equals the expert's label (``Episode.actions == Episode.expert_actions``).
+
+    Those bursts last under a second: they move the car across its lane but change its speed by
+    about 0.5 m/s, so a cloned policy never sees the expert recover from a speed far off its
+    target (a car that braked to 15 m/s under "slow down", whose target is 20). ``speed_prob``
+    > 0 adds a second, independent process of SPEED bursts: a longitudinal offset drawn from
+    N(0, ``speed_std``) held for ``speed_steps`` steps (1.5-4 s by default), which the expert's
+    own controller fights, so the car settles 2-5 m/s off its target speed before the burst
+    ends and the expert's recovery is recorded. Off by default (episodes recorded without it
+    are unchanged: the process draws nothing from the generator when off)."""
 
     burst_prob: float = 0.04
     """Chance per step that a burst starts."""
@@ -135,11 +144,19 @@ class DartNoise:
     """m/s^2; std of a burst's acceleration offset."""
     steer_std: float = 0.02
     """rad; std of a burst's steering offset (0.02 rad at 25 m/s: ~2.5 m/s^2 lateral)."""
+    speed_prob: float = 0.0
+    """Chance per step that a speed burst starts (not during another speed burst); 0 = none."""
+    speed_steps: tuple[int, int] = (15, 40)
+    """Shortest and longest speed burst, in 10 Hz steps."""
+    speed_std: float = 1.5
+    """m/s^2; std of a speed burst's acceleration offset."""
 
     def __post_init__(self) -> None:
         lo, hi = self.burst_steps
-        if not (0.0 <= self.burst_prob <= 1.0 and 1 <= lo <= hi and self.accel_std >= 0 and self.steer_std >= 0):
-            raise ValueError(f"DartNoise needs burst_prob in [0, 1], 1 <= burst_steps[0] <= burst_steps[1] "
+        slo, shi = self.speed_steps
+        if not (0.0 <= self.burst_prob <= 1.0 and 1 <= lo <= hi and self.accel_std >= 0 and self.steer_std >= 0
+                and 0.0 <= self.speed_prob <= 1.0 and 1 <= slo <= shi and self.speed_std >= 0):
+            raise ValueError(f"DartNoise needs burst_prob and speed_prob in [0, 1], 1 <= steps[0] <= steps[1] "
                              f"and stds >= 0, got {self}")
 
 
@@ -148,16 +165,25 @@ class _Bursts:
 
     def __init__(self, noise: DartNoise, rng: np.random.Generator) -> None:
         self.noise, self.rng, self.left, self.offset = noise, rng, 0, np.zeros(2)
+        self.speed_left, self.speed_offset = 0, 0.0
 
     def __call__(self) -> np.ndarray:
         n = self.noise
         if self.left == 0 and self.rng.random() < n.burst_prob:
             self.left = int(self.rng.integers(n.burst_steps[0], n.burst_steps[1] + 1))
             self.offset = self.rng.normal(0.0, [n.accel_std, n.steer_std])
-        if self.left == 0:
-            return np.zeros(2)
-        self.left -= 1
-        return self.offset
+        out = np.zeros(2)
+        if self.left > 0:
+            self.left -= 1
+            out = out + self.offset
+        if n.speed_prob > 0:  # drawn only when on: episodes recorded without speed bursts stay as they were
+            if self.speed_left == 0 and self.rng.random() < n.speed_prob:
+                self.speed_left = int(self.rng.integers(n.speed_steps[0], n.speed_steps[1] + 1))
+                self.speed_offset = float(self.rng.normal(0.0, n.speed_std))
+            if self.speed_left > 0:
+                self.speed_left -= 1
+                out[0] += self.speed_offset
+        return out
 
 
 BASELINES: dict[str, Callable[..., DrivingPolicy]] = {

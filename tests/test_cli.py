@@ -241,6 +241,12 @@ def test_collect_over_two_workers_records_the_same_dataset(tmp_path, capsys):
     assert not np.allclose(one[0].actions, one[0].expert_actions)  # DART bursts were executed
     code, _, err = run(capsys, *common, "--workers", "0", "--out", str(tmp_path / "bad"))
     assert code == 2 and "--workers must be >= 1" in err and not (tmp_path / "bad").exists()
+    for bad, says in ((["--dart-speed", "1.5"], "--dart-speed must be"), (["--dart-speed", "nan"], "--dart-speed must be")):
+        code, _, err = run(capsys, *common, *bad, "--out", str(tmp_path / "bad"))
+        assert code == 2 and says in err and not (tmp_path / "bad").exists()
+    no_dart = [a for a in common if a != "--dart"]
+    code, _, err = run(capsys, *no_dart, "--dart-speed", "0.01", "--out", str(tmp_path / "bad"))
+    assert code == 2 and "--dart-speed needs --dart" in err and not (tmp_path / "bad").exists()
 
 
 def test_collect_killed_with_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):

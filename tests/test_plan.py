@@ -161,6 +161,55 @@ def test_dart_executes_noise_and_keeps_clean_expert_labels():
         DartNoise(burst_steps=(5, 2))
 
 
+def test_dart_speed_bursts_hold_an_acceleration_offset_and_leave_old_recipes_unchanged():
+    """Speed bursts (DartNoise.speed_prob): a longitudinal offset only, held for speed_steps steps;
+    with speed_prob 0 the generator is drawn exactly as before they existed (recorded datasets
+    stay reproducible), and the expert recovers: a speed burst moves the car's speed by more
+    than the short bursts do."""
+    from sim.highway import EmbeddedDrivingEnv
+    from sim.interface import EGO
+    from sim.rollout import BASELINES, DartNoise, _Bursts, run_episode
+
+    # off: the same draws as the short bursts alone, written out by hand
+    noise = DartNoise(burst_prob=0.3, burst_steps=(2, 3))
+    got = _Bursts(noise, np.random.default_rng(5))
+    ref, left, offset, seen = np.random.default_rng(5), 0, np.zeros(2), []
+    for _ in range(200):
+        if left == 0 and ref.random() < noise.burst_prob:
+            left = int(ref.integers(2, 4))
+            offset = ref.normal(0.0, [noise.accel_std, noise.steer_std])
+        want = np.zeros(2)
+        if left:
+            left, want = left - 1, offset
+        np.testing.assert_array_equal(got(), want)
+        seen.append(bool(left))
+    assert any(seen)
+    # on, alone: steering untouched, the acceleration offset constant within a burst of 4-6 steps
+    only = _Bursts(DartNoise(burst_prob=0.0, speed_prob=1.0, speed_steps=(4, 6), speed_std=1.0),
+                   np.random.default_rng(1))
+    out = np.array([only() for _ in range(60)])
+    assert np.all(out[:, 1] == 0) and np.all(out[:, 0] != 0)  # speed_prob 1: a new burst as soon as one ends
+    runs = np.split(out[:, 0], np.flatnonzero(np.diff(out[:, 0])) + 1)
+    assert all(4 <= len(r) <= 6 for r in runs[:-1]) and len(runs) >= 10
+    # in the simulator: the executed acceleration departs from the clean label for whole seconds,
+    # and the car's speed moves further off than under the short bursts
+    env = EmbeddedDrivingEnv("highway", "light")
+    spread = {}
+    for name, n in {"short": DartNoise(), "speed": DartNoise(speed_prob=0.05, speed_std=2.0)}.items():
+        ep = run_episode(env, BASELINES["expert"](env, 4), 4, record_frames=False, noise=n,
+                         rng=np.random.default_rng(4))
+        v = np.asarray(ep.ego)[:, EGO["speed"]]
+        spread[name] = float(np.abs(np.diff(v[::10])).max())
+        if name == "speed":
+            off = np.abs(ep.actions[:, 0] - ep.expert_actions[:, 0]) > 1e-6
+            assert off.sum() >= 15 and np.allclose(ep.actions[:, 1], ep.expert_actions[:, 1], atol=0.2)
+    assert spread["speed"] > spread["short"]
+    with pytest.raises(ValueError, match="DartNoise"):
+        DartNoise(speed_prob=1.5)
+    with pytest.raises(ValueError, match="DartNoise"):
+        DartNoise(speed_steps=(0, 4))
+
+
 def test_tracker_drives_the_experts_own_plans_in_the_simulator():
     """The expert's continuation from each state, as a plan, through the tracker, on the
     junction's tightest curve (a right turn): no collision, never off the road, and the path

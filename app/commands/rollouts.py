@@ -30,6 +30,13 @@ from vla.parallel import RolloutSpec, make_pool
 from vla.speech_commands import rephraser
 
 
+def dart_noise(args: argparse.Namespace) -> DartNoise | None:
+    """The DART noise ``--dart`` / ``--dart-speed`` ask for, or None."""
+    if not getattr(args, "dart", False):
+        return None
+    return DartNoise(speed_prob=float(getattr(args, "dart_speed", 0.0)))
+
+
 def _rollouts(args: argparse.Namespace, env_for: Callable[[int], DrivingEnv],
               query_expert: bool, desc: str,
               wrap: Callable | None = None) -> Iterator[tuple[int, Episode]]:
@@ -47,7 +54,7 @@ def _rollouts(args: argparse.Namespace, env_for: Callable[[int], DrivingEnv],
                              plan_horizon=getattr(args, "plan_horizon", 0) if query_expert else 0,
                              goal_labels=getattr(args, "goal_labels", False) and query_expert,
                              goal_futures=getattr(args, "goal_futures", False) and query_expert,
-                             noise=DartNoise() if getattr(args, "dart", False) and query_expert else None)
+                             noise=dart_noise(args) if query_expert else None)
             bar.set_postfix_str(f"seed {seed}: {ep.outcome}, {ep.num_steps} steps", refresh=False)
             bar.update()
             yield i, ep
@@ -67,7 +74,7 @@ def _collect_spec(args: argparse.Namespace, cameras: bool) -> RolloutSpec:
     return RolloutSpec(args.scenario, args.density, args.policy, args.phrasings, cameras=cameras,
                        query_expert=True, record_frames=cameras, plan_horizon=args.plan_horizon,
                        goal_labels=args.goal_labels, goal_futures=args.goal_futures,
-                       noise=DartNoise() if args.dart else None, plan_every=args.label_every,
+                       noise=dart_noise(args), plan_every=args.label_every,
                        camera_size=(args.width, args.height),
                        backend=getattr(args, "backend", DEFAULT_BACKEND))
 
