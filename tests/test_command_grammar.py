@@ -108,3 +108,27 @@ def test_the_dev_phrasings_are_neither_corpus_nor_grammar_wordings():
         dev = read_phrasings_tsv(docs / name)
         assert len(dev) >= 15 and not {p.text for p in dev} & trained, name
     assert sum(p.label == "none" for p in read_phrasings_tsv(docs / "dev_hearing.tsv")) >= 20
+
+
+def test_command_thought_flags_reach_the_config_and_refuse_a_policy_without_the_head(tmp_path):
+    import argparse
+
+    import pytest
+
+    from app.commands.train import configure_dagger
+    from methods.session_options import dagger_config
+    from vla.errors import VLAError
+
+    p = argparse.ArgumentParser()
+    configure_dagger(p)
+
+    def policy(*extra):
+        args = p.parse_args(["--out", str(tmp_path / "run"), *extra])
+        return dagger_config(args, args.scenario, args.density, args.seed).policy
+
+    assert not policy().command_thought
+    cfg = policy("--command-thought", "--command-thought-noise", "0.3")
+    assert cfg.command_thought and cfg.command_thought_noise == 0.3
+    for bad in (["--command-thought", "--command-label-weight", "0"], ["--command-thought", "--command", "none"]):
+        with pytest.raises(VLAError, match="--command-thought .* needs --command-label-weight > 0"):
+            policy(*bad)

@@ -534,3 +534,66 @@ def test_command_bag_dropout_acts_in_training_only_and_keeps_an_ngram(episodes):
     assert bool(mask.all()) and emb.abs().sum() > 0
     with pytest.raises(ValueError, match="command_bag_dropout"):
         PolicyConfig(**{**TINY, "command_bag": 8, "command_bag_dropout": 1.0})
+
+
+def test_a_thought_policy_decodes_after_the_label_it_names_and_saves(episodes, tmp_path):
+    """command_thought: the KV-cached decoding (the head's own label fed back) equals the
+    teacher-forced forward over the same label; the label token changes the plan; training
+    swaps labels only in training; the policy saves, loads and acts identically."""
+    from tokenizers_mm.corpus import LABELS
+
+    policy = make_policy(episodes, cameras=False, command_label_weight=1.0, command_thought=True,
+                         command_thought_noise=0.5).eval()
+    data = DemoDataset(policy)
+    data.add_episode(episodes[0])
+    batch = data.batch(np.array([0, 5, 9]))
+    assert batch.command_label is not None
+    model = policy.model
+    out = model.generate_chunk(batch, temperature=1.0, generator=torch.Generator().manual_seed(3), keep_prefix=True)
+    own = type(batch)(**{**batch.__dict__, "action_bins": out.bins, "command_label": None})  # the head's own reading
+    logits, residuals = model(own)
+    torch.testing.assert_close(logits, out.bin_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(residuals.gather(-1, out.bins[..., None])[..., 0], out.residual, atol=1e-5, rtol=1e-5)
+    # the kept prefix ends with the thought token: chunks scored after it match the forward
+    one = type(batch)(**{k: (v[:1] if torch.is_tensor(v) else v) for k, v in own.__dict__.items()})
+    one_out = model.generate_chunk(one, keep_prefix=True)
+    assert one_out.prefix.length == model.prefix(one)[0].shape[1] + 1
+    scored = model.continuation_logits(one_out.prefix, out.bins[:2])
+    forced = type(one)(**{**one.__dict__, "action_bins": out.bins[:1]})
+    torch.testing.assert_close(scored[:1], model(forced)[0], atol=1e-4, rtol=1e-4)
+    # the thought is read: another label, other plan logits (eval mode: no swaps)
+    said = model.command_head(model.action_features(batch)).argmax(-1)
+    other = type(batch)(**{**batch.__dict__, "action_bins": out.bins, "command_label": (said + 1) % len(LABELS)})
+    assert not torch.allclose(model(other)[0], logits, atol=1e-4)
+    same = type(batch)(**{**batch.__dict__, "action_bins": out.bins, "command_label": said})
+    torch.testing.assert_close(model(same)[0], logits, atol=1e-5, rtol=1e-5)
+    # training: the true label, swapped at random with probability command_thought_noise
+    model.train()
+    torch.manual_seed(0)
+    many = type(batch)(**{**batch.__dict__, "command_label": torch.zeros(400, dtype=torch.long)})
+    swapped = (model.thought_labels(many, None, None) != 0).float().mean().item()
+    assert 0.3 < swapped < 0.6  # 0.5 x 8/9 of draws land on another label
+    model.eval()
+    assert bool((model.thought_labels(many, None, None) == 0).all())
+    loss, logs = policy.compute_loss(data.batch(np.arange(8)))
+    loss.backward()
+    assert model.thought.weight.grad is not None and model.thought.weight.grad.abs().sum() > 0
+    assert "command_ce" in logs
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=4)
+    policy.eval().hear("change to the left lane")
+    a = policy.predict_action_chunk(obs)
+    policy.save(tmp_path / "thought")
+    loaded = VLAPolicy.load(tmp_path / "thought")
+    assert loaded.config.command_thought and loaded.model.thought is not None
+    loaded.hear("change to the left lane")
+    np.testing.assert_array_equal(a, loaded.predict_action_chunk(obs))
+
+
+@pytest.mark.parametrize("bad, needle", [(dict(command_thought=True), "command_label_weight > 0"),
+                                         (dict(command_thought=True, command_label_weight=1.0, head="diffusion"),
+                                          "head 'bins'"),
+                                         (dict(command_thought_noise=1.5), "command_thought_noise")])
+def test_command_thought_config_errors_name_the_field(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        PolicyConfig(**{**TINY, **bad})

@@ -104,6 +104,17 @@ class PolicyConfig:
     """Weight of an auxiliary loss: from the hidden state at ``<action>`` (what actions are
     decoded from) a linear head names which of the 9 command labels (``tokenizers_mm.corpus``)
     the sample heard; 0 = none. Direct supervision of understanding, for audio commands."""
+    command_thought: bool = False
+    """Predict, then act: with the command-label head, the label it names at ``<action>`` is fed
+    back as one more token (a learned vector per label) before the action tokens, so every plan
+    is decoded after the policy has said what it understood, and still reads the words. Trained
+    teacher-forced on the sample's true label (``command_thought_noise`` of them replaced by a
+    random label, so that the words can overrule a wrong reading); at test the head's argmax.
+    Unlike ``command_readback`` the words stay in the sequence. Needs ``command_label_weight`` > 0
+    and the bins head; an architecture setting (saved with the checkpoint)."""
+    command_thought_noise: float = 0.2
+    """Training only, with ``command_thought``: the chance that a sample's thought token is a label
+    drawn uniformly from the 9 instead of its own (the action targets stay its own)."""
     execution: str = "ensemble"
     """select_action: 'ensemble' = re-plan every step and average the overlapping chunk
     predictions with exponential weights (ACT's temporal ensembling); 'first' = re-plan every
@@ -356,6 +367,12 @@ class PolicyConfig:
         if not 0.0 <= float(self.command_label_weight) < float("inf"):
             raise ValueError(f"PolicyConfig.command_label_weight must be a finite number >= 0, "
                              f"got {self.command_label_weight}")
+        if not 0.0 <= float(self.command_thought_noise) <= 1.0:
+            raise ValueError(f"PolicyConfig.command_thought_noise must be in [0, 1], got {self.command_thought_noise}")
+        if self.command_thought and not (self.command_label_weight > 0 and self.head == "bins"):
+            raise ValueError("PolicyConfig.command_thought feeds the command-label head's reading to the bins head: "
+                             f"it needs command_label_weight > 0 (got {self.command_label_weight}) and head 'bins' "
+                             f"(got {self.head!r})")
         if not 0.0 <= float(self.forecast_weight) < float("inf"):
             raise ValueError(f"PolicyConfig.forecast_weight must be a finite number >= 0, got {self.forecast_weight}")
         if self.mlp_ratio <= 0 or self.residual_weight < 0 or not 0 <= float(self.ensemble_decay or 0) < float("inf"):

@@ -5,6 +5,10 @@ Sequence of one decision step (prefix, then the action chunk)::
     [camera patch tokens (N*P)] [camera pose tokens (N)] [ego] [actors (K)] [command (Lc)]
     [<action>] a(0,accel) a(0,steer) a(1,accel) ... a(H-1,steer)
 
+With ``PolicyConfig.command_thought`` one token sits between ``<action>`` and the first action
+token: the command label the head names at ``<action>`` (the true label, sometimes swapped, when
+teacher-forced), so the actions are decoded after the policy has said what it understood.
+
 Camera tokens come from ``tokenizers_mm.camera.CameraTokenizer`` (patches + per-patch ego-frame
 rays + pose tokens), ego/actor tokens from small MLPs over ``vla.inputs`` features, command and
 action tokens from the ONE vocabulary embedding (``tokenizers_mm.vocab``). A learned segment
@@ -86,8 +90,8 @@ class Prefix:
     observation without running it again (``VLAModel.continuation_logits``)."""
 
     cache: decoder.KVCache  # keys / values of the prefix in its first ``length`` places
-    length: int  # prefix tokens, ending with <action>
-    last: torch.Tensor  # (B, d) final hidden state at <action>: it predicts the first token
+    length: int  # prefix tokens, ending with <action> (and the thought token, ``command_thought``)
+    last: torch.Tensor  # (B, d) final hidden state at the last of them: it predicts the first action token
     real: torch.Tensor  # (B, 1) real prefix tokens: the first action token's RoPE position
 
 
@@ -136,6 +140,11 @@ class VLAModel(nn.Module):
         self.command_bag = None
         if config.command_bag > 0:  # after the others, for the same reason
             self.command_bag = nn.Embedding(config.command_bag, d)
+        self.thought = None
+        if config.command_thought:  # after the others, for the same reason
+            from tokenizers_mm.corpus import LABELS
+
+            self.thought = nn.Embedding(len(LABELS), d)
         self.command_group = config.command_group
         self.command_slot = None
         if self.command_group > 1:  # audio: one learned vector per id slot of a position
@@ -238,10 +247,14 @@ class VLAModel(nn.Module):
         emb, mask = self.prefix(x)
         tokens = self.action_token_ids(x.action_bins)[:, :-1]  # the last token predicts nothing
         act = self.embed(tokens) + self.segment.weight[SEG["action"]]
-        seq = torch.cat([emb, act], dim=1)
-        full_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], dim=1)
+        parts, masks = [emb], [mask]
+        if self.thought is not None:  # the label it names, then the actions (command_thought)
+            parts.append(self.thought_embedding(self.thought_labels(x, emb, mask)))
+            masks.append(torch.ones((x.batch_size, 1), dtype=torch.bool, device=mask.device))
+        seq = torch.cat([*parts, act], dim=1)
+        full_mask = torch.cat([*masks, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], dim=1)
         h_all = self.run_backbone(seq, full_mask)
-        h = h_all[:, emb.shape[1] - 1:]  # positions predicting the H*D action tokens
+        h = h_all[:, seq.shape[1] - tokens.shape[1] - 1:]  # positions predicting the H*D action tokens
         logits, res = self._heads(h)
         shape = (*x.action_bins.shape, self.config.n_bins)
         forecast = None
@@ -251,6 +264,25 @@ class VLAModel(nn.Module):
             forecast = self.forecast_head(h_all[:, first:first + k]).view(x.batch_size, k, len(FORECAST_STEPS), 2)
         command = None if self.command_head is None else self.command_head(h_all[:, emb.shape[1] - 1])
         return logits.view(shape), res.view(shape), forecast, command
+
+    def thought_embedding(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) label indices -> (B, 1, d) the thought token's embeddings (``command_thought``)."""
+        return (self.thought(labels) + self.segment.weight[SEG["command"]])[:, None]
+
+    def thought_labels(self, x: PolicyInputs, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) the labels a ``command_thought`` model's thought token holds when teacher-forced:
+        the batch's ``command_label``, each replaced by a uniform label with probability
+        ``command_thought_noise`` in training; without labels (a batch scored for DPO, say),
+        the head's own reading of the prefix ``emb`` / ``mask``, as at test time."""
+        if x.command_label is None:
+            with torch.no_grad():
+                return self.command_head(self.run_backbone(emb, mask)[:, -1]).argmax(-1)
+        labels = x.command_label
+        p = self.config.command_thought_noise
+        if self.training and p > 0:
+            swap = torch.rand(labels.shape, device=labels.device) < p
+            labels = torch.where(swap, torch.randint_like(labels, self.thought.num_embeddings), labels)
+        return labels
 
     def action_features(self, x: PolicyInputs) -> torch.Tensor:
         """(B, d) hidden state at the <action> token (the last prefix position): what the
@@ -276,11 +308,16 @@ class VLAModel(nn.Module):
         h_steps, dims = self.config.horizon, len(ACTION_DIMS)
         emb, mask = self.prefix(x)
         steps, n, b = h_steps * dims, self.config.n_bins, x.batch_size
-        cache = decoder.new_cache(self.backbone, b, emb.shape[1] + steps - 1, emb)
+        extra = 0 if self.thought is None else 1
+        cache = decoder.new_cache(self.backbone, b, emb.shape[1] + extra + steps - 1, emb)
         h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1]
         real = mask.long().sum(1, keepdim=True)  # real tokens so far: the next one's position + 1
-        kept = Prefix(cache, emb.shape[1], h, real) if keep_prefix else None
         one = torch.ones_like(mask[:, :1])
+        if self.thought is not None:  # say what it understood (the head's argmax), then act on it
+            said = self.thought_embedding(self.command_head(h).argmax(-1))
+            h = decoder.run(self.backbone, said, one, real, cache)[:, -1]
+            real = real + 1
+        kept = Prefix(cache, emb.shape[1] + extra, h, real) if keep_prefix else None
         starts = [int(s) for s in self.action_starts]
         action_seg = self.segment.weight[SEG["action"]]
         hidden, bins, all_logits = [], [], []

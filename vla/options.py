@@ -38,6 +38,13 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
     p.add_argument("--command-bag-dropout", type=float, default=0.0, metavar="P",
                    help="training: leave each n-gram of the command bag out with probability P (at least one "
                         "is kept) (default: %(default)s)")
+    p.add_argument("--command-thought", action="store_true",
+                   help="with --command-label-weight > 0: feed the label the policy names back as a token "
+                        "before its action tokens, so it acts after saying what it understood (trained on the "
+                        "true label, --command-thought-noise of them replaced at random)")
+    p.add_argument("--command-thought-noise", type=float, default=0.2, metavar="P",
+                   help="training, with --command-thought: the chance that a sample's thought token is a random "
+                        "label (its action targets stay its own) (default: %(default)s)")
     p.add_argument("--action", choices=ACTION_SPACES, default=None,
                    help="what the policy predicts: raw [accel, steer] chunks, or a 2 s plan of waypoints "
                         "that a tracking controller drives (default: the command's, control with --head "
@@ -115,6 +122,10 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
     if getattr(args, "attn", None) == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise VLAError("--attn flash_attention_2 needs the flash-attn package (pip install flash-attn) and a CUDA GPU")
     head = getattr(args, "head", defaults.head)
+    if getattr(args, "command_thought", False) and (args.command == "none" or head != "bins"
+                                                     or getattr(args, "command_label_weight", 0.0) <= 0):
+        raise VLAError("--command-thought feeds back the label the policy names: it needs --command-label-weight > 0, "
+                       "a command to hear (not --command none) and --head bins")
     action = getattr(args, "action", None) or ("control" if head == "diffusion"
                                                else getattr(args, "default_action", defaults.action))
     return PolicyConfig(**SIZES[args.size], cameras=not args.no_cameras, command=args.command,
@@ -130,6 +141,8 @@ def policy_config(args: argparse.Namespace) -> PolicyConfig:
                                               else getattr(args, "command_label_weight", defaults.command_label_weight)),
                         command_bag=getattr(args, "command_bag", defaults.command_bag),
                         command_bag_dropout=getattr(args, "command_bag_dropout", defaults.command_bag_dropout),
+                        command_thought=getattr(args, "command_thought", defaults.command_thought),
+                        command_thought_noise=getattr(args, "command_thought_noise", defaults.command_thought_noise),
                         **_audio_fields(args))
 
 
@@ -232,6 +245,7 @@ FLAG_RULES = {
     "command_label_weight": ("--command-label-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "command_bag": ("--command-bag", lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "command_bag_dropout": ("--command-bag-dropout", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "command_thought_noise": ("--command-thought-noise", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "audio_renditions": ("--audio-renditions", lambda v: v >= 1, "an integer >= 1"),
     "phone_errors": ("--phone-errors", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "paraphrase": ("--paraphrase", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
