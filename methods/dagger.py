@@ -125,6 +125,8 @@ class DaggerConfig:
     dart: bool = False
     """Perturb the expert's execution in iteration 0 with DART bursts (``sim.rollout.DartNoise``
     defaults; the labels stay its clean actions), so BC also sees the expert recover."""
+    dart_speed: float = 0.0
+    """With ``dart``: chance per step of a DART speed burst (``DartNoise.speed_prob``); 0 = none."""
     goal_relabel: bool = False
     """Record the expert's action under every highway goal at every visited state and train on
     them too, each heard as a train phrasing of that goal (``vla.data``; LbC-style). Off by
@@ -174,6 +176,10 @@ class DaggerConfig:
             raise ValueError("DaggerConfig.iterations and rollouts must be >= 0")
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
+        if not 0.0 <= float(self.dart_speed) <= 1.0:
+            raise ValueError(f"DaggerConfig.dart_speed must be a chance per step in [0, 1], got {self.dart_speed}")
+        if self.dart_speed > 0 and not self.dart:
+            raise ValueError("DaggerConfig.dart_speed needs dart (speed bursts are a part of the DART recipe)")
         if isinstance(self.audio_renditions, bool) or not isinstance(self.audio_renditions, int) \
                 or self.audio_renditions < 1:
             raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")
@@ -232,7 +238,7 @@ def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, densit
                        query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
                        plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
                        goal_futures=c.goal_relabel and c.policy.action == "plan",
-                       noise=DartNoise() if (c.dart and k == 0) else None, plan_every=c.label_every,
+                       noise=DartNoise(speed_prob=c.dart_speed) if (c.dart and k == 0) else None, plan_every=c.label_every,
                        backend=c.backend)
 
 

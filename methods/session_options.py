@@ -47,6 +47,9 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--dart", action=argparse.BooleanOptionalAction, default=False,
                    help="perturb the expert's execution in iteration 0's episodes with DART bursts "
                         "(labels stay the expert's clean actions; sim.rollout.DartNoise) (default: %(default)s)")
+    p.add_argument("--dart-speed", type=float, default=0.0, metavar="P",
+                   help="with --dart: also start a DART speed burst (a held acceleration offset, 1.5-4 s) with chance "
+                        "P per step of iteration 0 (sim.rollout.DartNoise.speed_prob); 0 = off (default: %(default)s)")
     add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
                                           "highway goal at every visited state")
     add_policy_args(p)
@@ -68,6 +71,6 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         audio_renditions=getattr(args, "audio_renditions", 4), command_grammar=getattr(args, "command_grammar", False),
         phone_errors=getattr(args, "phone_errors", 0.0), paraphrase=getattr(args, "paraphrase", 0.0),
         chitchat=getattr(args, "chitchat", 0.0),
-        dart=args.dart, label_every=args.label_every, policy=policy_config(args),
+        dart=args.dart, dart_speed=getattr(args, "dart_speed", 0.0), label_every=args.label_every, policy=policy_config(args),
         backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None),
         val_data=tuple(args.val_data), val_samples=args.val_samples)

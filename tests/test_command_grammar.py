@@ -132,3 +132,22 @@ def test_command_thought_flags_reach_the_config_and_refuse_a_policy_without_the_
     for bad in (["--command-thought", "--command-label-weight", "0"], ["--command-thought", "--command", "none"]):
         with pytest.raises(VLAError, match="--command-thought .* needs --command-label-weight > 0"):
             policy(*bad)
+
+
+def test_dagger_takes_dart_speed_bursts_only_with_dart(tmp_path):
+    import argparse
+
+    import pytest
+
+    from app.commands.train import configure_dagger
+    from methods.dagger import DaggerConfig
+    from methods.session_options import dagger_config
+
+    p = argparse.ArgumentParser()
+    configure_dagger(p)
+    args = p.parse_args(["--out", str(tmp_path / "run"), "--dart-speed", "0.01"])
+    assert dagger_config(args, args.scenario, args.density, args.seed).dart_speed == 0.01  # the main job has --dart
+    with pytest.raises(ValueError, match="dart_speed needs dart"):
+        DaggerConfig(dart=False, dart_speed=0.01)
+    with pytest.raises(ValueError, match="dart_speed must be"):
+        DaggerConfig(dart=True, dart_speed=2.0)
