@@ -232,7 +232,7 @@ def _collect_parser(sub) -> None:
                    help="perturb the executed action with DART bursts; every state keeps the expert's "
                         "clean label (sim.rollout.DartNoise): recovery states without a learner")
     p.add_argument("--dart-speed", type=float, default=0.0, metavar="P",
-                   help="with --dart: also start a SPEED burst (a held acceleration offset, 1.5-4 s) with "
+                   help="with --dart: also start a SPEED burst (a held acceleration offset, 2-5 s) with "
                         "chance P per step, so the expert's recovery from speeds 2-5 m/s off its target is "
                         "recorded (e.g. 0.01); 0 = off (default: %(default)s)")
     p.add_argument("--label-every", type=int, default=1, metavar="K",

@@ -48,7 +48,7 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
                    help="perturb the expert's execution in iteration 0's episodes with DART bursts "
                         "(labels stay the expert's clean actions; sim.rollout.DartNoise) (default: %(default)s)")
     p.add_argument("--dart-speed", type=float, default=0.0, metavar="P",
-                   help="with --dart: also start a DART speed burst (a held acceleration offset, 1.5-4 s) with chance "
+                   help="with --dart: also start a DART speed burst (a held acceleration offset, 2-5 s) with chance "
                         "P per step of iteration 0 (sim.rollout.DartNoise.speed_prob); 0 = off (default: %(default)s)")
     add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
                                           "highway goal at every visited state")
