@@ -41,7 +41,8 @@ def add_policy_args(p: argparse.ArgumentParser, head: str | None = None) -> None
     p.add_argument("--command-thought", action="store_true",
                    help="with --command-label-weight > 0: feed the label the policy names back as a token "
                         "before its action tokens, so it acts after saying what it understood (trained on the "
-                        "true label, --command-thought-noise of them replaced at random)")
+                        "true label, --command-thought-noise of them replaced at random; held out it gained +0.023 "
+                        "[-0.033, +0.080] in goal success, see docs/audio_policy.md)")
     p.add_argument("--command-thought-noise", type=float, default=0.2, metavar="P",
                    help="training, with --command-thought: the chance that a sample's thought token is a random "
                         "label (its action targets stay its own) (default: %(default)s)")
