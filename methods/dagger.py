@@ -177,9 +177,9 @@ class DaggerConfig:
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
         if not 0.0 <= float(self.dart_speed) <= 1.0:
-            raise ValueError(f"DaggerConfig.dart_speed must be a chance per step in [0, 1], got {self.dart_speed}")
+            raise ValueError(f"DaggerConfig.dart_speed (--dart-speed) must be a chance per step in [0, 1], got {self.dart_speed}")
         if self.dart_speed > 0 and not self.dart:
-            raise ValueError("DaggerConfig.dart_speed needs dart (speed bursts are a part of the DART recipe)")
+            raise ValueError("DaggerConfig.dart_speed needs dart (--dart-speed needs --dart: speed bursts are a part of the DART recipe)")
         if isinstance(self.audio_renditions, bool) or not isinstance(self.audio_renditions, int) \
                 or self.audio_renditions < 1:
             raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")

@@ -149,5 +149,5 @@ def test_dagger_takes_dart_speed_bursts_only_with_dart(tmp_path):
     assert dagger_config(args, args.scenario, args.density, args.seed).dart_speed == 0.01  # the main job has --dart
     with pytest.raises(ValueError, match="dart_speed needs dart"):
         DaggerConfig(dart=False, dart_speed=0.01)
-    with pytest.raises(ValueError, match="dart_speed must be"):
+    with pytest.raises(ValueError, match=r"dart_speed \(--dart-speed\) must be"):
         DaggerConfig(dart=True, dart_speed=2.0)
