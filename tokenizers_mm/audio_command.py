@@ -33,7 +33,54 @@ VOICE_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
     "heldout": {"en": ("en-gb+f4", "en-us-nyc+m3"), "zh": ("cmn+f4",)},
 }
 """espeak voices heard in training and voices kept for testing (no breath variants: see
-``tokenizers_mm.speech``)."""
+``tokenizers_mm.speech``). ``wide`` (below) is a larger training pool for the ear."""
+
+WIDE_BASES: dict[str, tuple[str, ...]] = {
+    "en": ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd"),
+    "zh": ("cmn",),
+}
+"""espeak's English accents and its Mandarin voice (``en-us-nyc`` is missing: it is a held-out voice's)."""
+WIDE_VARIANTS: tuple[str, ...] = (
+    "Alex", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Hugo",
+    "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "RicishayMax", "RicishayMax2",
+    "RicishayMax3", "Tweaky", "UniRobot", "adam", "anika", "anikaRobot", "announcer", "antonio", "aunty",
+    "belinda", "benjamin", "boris", "croak", "david", "ed", "edward", "edward2", "f1", "gustave", "grandma",
+    "grandpa", "ian", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3",
+    "klatt4", "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max",
+    "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
+    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8", "shelby",
+    "steph", "steph2", "steph3", "travis", "zac")
+"""espeak-ng's voice variants (``espeak-ng-data/voices/!v``) that give the same samples on every call:
+none with ``breath`` (Alicia, Demonic, Storm, f2, f3, f5, sandro, victor, the whispers) and not
+``Reed`` or ``caleb``, which differed between two calls (checked 2026-12-06); ``fast`` is left out
+(it sounds as the bare voice) and ``Mr serious`` (a space in the name). A held-out voice's variant
+is removed from the pool by ``touches_heldout``."""
+
+
+def touches_heldout(voice: str, lang: str) -> bool:
+    """Whether ``voice`` is, or shares what sets apart, a held-out voice of ``lang``: the held-out
+    voice itself, its variant (``en-gb+f4`` rules out every ``+f4`` in English), or its accent
+    when no training voice has that accent (``en-us-nyc``)."""
+    base, _, variant = voice.partition("+")
+    train_bases = {v.partition("+")[0] for v in VOICE_SPLITS["train"].get(lang, ())}
+    for held in VOICE_SPLITS["heldout"].get(lang, ()):
+        held_base, _, held_variant = held.partition("+")
+        if voice == held or (variant and variant == held_variant) or (base == held_base and base not in train_bases):
+            return True
+    return False
+
+
+def _wide(lang: str) -> tuple[str, ...]:
+    pool = [b for b in WIDE_BASES[lang]] + [f"{b}+{v}" for b in WIDE_BASES[lang] for v in WIDE_VARIANTS]
+    pool += [v for v in VOICE_SPLITS["train"][lang] if v not in pool]
+    return tuple(v for v in pool if not touches_heldout(v, lang))
+
+
+VOICE_SPLITS["wide"] = {lang: _wide(lang) for lang in ("en", "zh")}
+"""``wide``: every training voice, and espeak's accents x its variants, less anything a held-out
+voice is made of (English: 623 voices, Mandarin: 90). Only the ear trains on it (``vla make-speech
+--reading N --reading-voices wide``): a recognizer that heard 4 English voices erred on 0.22-0.29
+of the phones of a new voice even on sentences it knew (docs/audio_policy.md)."""
 TRAIN_SNRS_DB: tuple[float | None, ...] = corpus.SNRS_DB
 """Background noise levels drawn in training (None: clean): the corpus's."""
 

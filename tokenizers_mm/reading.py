@@ -31,8 +31,10 @@ recognizer is trained on. Chunks whose IPA has a symbol outside the inventory ar
 
 Items (``reading_plan``): each item draws a text and a rendition (voice, rate, pitch, level,
 silence, noise at the corpus's SNRs) from ``(seed, index)`` with
-``tokenizers_mm.audio_command.draw_rendition`` on the TRAINING voices only, so the held-out
-voices stay unheard too. ``vla make-speech --reading N`` renders them with the corpus's own
+``tokenizers_mm.audio_command.draw_rendition`` on the TRAINING voices only (``voices="train"``),
+or on the ``wide`` pool (``--reading-voices wide``: espeak's 7 English accents and Mandarin, each
+bare and with its deterministic voice variants, 713 voices), which leaves out the held-out voices
+and everything they are made of, so the held-out voices stay unheard too. ``vla make-speech --reading N`` renders them with the corpus's own
 writer (``tokenizers_mm.corpus.build_corpus``: resumable, atomic); their records have label
 ``reading`` and split ``train``. ``vla train-ear --reading DIR`` adds them to the ear's
 training clips.
@@ -50,6 +52,8 @@ from tokenizers_mm.corpus import PHRASINGS, ItemSpec, Phrasing, shuffled_passes
 
 READING_LABEL = "reading"
 MIN_WORDS, MAX_WORDS = 3, 12
+READING_VOICES = ("train", "wide")
+"""Voice pools a reading corpus may draw from (``tokenizers_mm.audio_command.VOICE_SPLITS``)."""
 MANDARIN_SHARE = 1 / 3
 """Share of the default reading texts that are Mandarin (the command corpus's training items: 350 of 1054)."""
 _WORD = re.compile(r"[A-Za-z']+")
@@ -157,10 +161,15 @@ def reading_texts(source: str | None = None) -> tuple[tuple[str, str], ...]:
     return tuple(kept)
 
 
-def reading_plan(items: int, seed: int = 0, source: str | None = None) -> list[ItemSpec]:
+def reading_plan(items: int, seed: int = 0, source: str | None = None, voices: str = "train") -> list[ItemSpec]:
     """``items`` renditions: each a text drawn from ``reading_texts(source)`` (every text once
-    per pass, shuffled) in a training voice, from ``(seed, index)``."""
+    per pass, shuffled) in a voice of ``voices`` (``train``, or ``wide``: the training voices and
+    espeak's accents x variants, nothing of a held-out voice), from ``(seed, index)``. The texts,
+    rates, pitches, levels and noise are the same for both pools."""
     from tokenizers_mm.audio_command import draw_rendition
+
+    if voices not in READING_VOICES:
+        raise ValueError(f"reading voices must be one of {list(READING_VOICES)}, got {voices!r}")
 
     if isinstance(items, bool) or not isinstance(items, int) or items < 1:
         raise ValueError(f"reading items must be a positive count, got {items!r}")
@@ -171,6 +180,6 @@ def reading_plan(items: int, seed: int = 0, source: str | None = None) -> list[I
     for i, t in enumerate(shuffled_passes(items, len(texts), np.random.default_rng([seed, 0x5EAD]))):
         text, lang = texts[t]
         spec = draw_rendition(Phrasing(text, lang, READING_LABEL, False), np.random.default_rng([seed, 1, i]),
-                              voices="train", item_id=f"r{i:06d}")
+                              voices=voices, item_id=f"r{i:06d}")
         specs.append(spec)
     return specs

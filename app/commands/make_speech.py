@@ -32,6 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "in training voices only (tokenizers_mm.reading)")
     parser.add_argument("--reading-text", default=None, metavar="FILE",
                         help="with --reading: read the lines of this UTF-8 file instead of the default texts")
+    parser.add_argument("--reading-voices", choices=["train", "wide"], default=None,
+                        help="with --reading: the voices it is read in: train (the 4 English and 2 Mandarin "
+                             "training voices, the default) or wide (espeak's accents x voice variants, 713 "
+                             "voices, none of a held-out voice's accent or variant)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of every random choice; same seed, same corpus (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
@@ -61,13 +65,16 @@ def run(args: argparse.Namespace) -> int:
     text_file = getattr(args, "reading_text", None)
     if reading is not None and args.size is not None:
         raise ValueError("--size and --reading cannot be combined: a reading corpus has its own item count")
+    reading_voices = getattr(args, "reading_voices", None)
     if text_file is not None and reading is None:
         raise ValueError("--reading-text needs --reading N")
+    if reading_voices is not None and reading is None:
+        raise ValueError("--reading-voices needs --reading N")
     start = time.perf_counter()
     if reading is not None:
         from tokenizers_mm.reading import reading_plan
 
-        specs = reading_plan(reading, args.seed, text_file)  # validates N, seed and the text
+        specs = reading_plan(reading, args.seed, text_file, reading_voices or "train")  # validates N, seed, text
         manifest = build_corpus(args.out, size=f"reading:{reading}", seed=args.seed, specs=specs,
                                 overwrite=getattr(args, "overwrite", False))
     else:

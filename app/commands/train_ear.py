@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="ear directory (created; an older ear there is replaced)")
     parser.add_argument("--reading", nargs="+", default=[], metavar="DIR",
                         help="reading corpora (vla make-speech --reading N) whose clips train the ear too: "
-                             "sentences that are not commands, in training voices only")
+                             "sentences that are not commands, in no held-out voice (nor its accent or variant)")
     parser.add_argument("--steps", type=int, default=3000, help="training steps (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="clips per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
@@ -62,7 +62,8 @@ def _records(corpus: str, flag: str = "--corpus") -> list[dict]:
 
 def _reading_records(directory: str) -> list[dict]:
     """The items of a reading corpus; one that is not (a command corpus, an item in a held-out
-    voice or with a held-out phrasing) is a VLAError naming it."""
+    voice, in its variant or its accent, or with a held-out phrasing) is a VLAError naming it."""
+    from tokenizers_mm.audio_command import touches_heldout
     from tokenizers_mm.reading import READING_LABEL, heldout_in
 
     records = _records(directory, "--reading")
@@ -70,7 +71,8 @@ def _reading_records(directory: str) -> list[dict]:
         if r.get("label") != READING_LABEL:
             raise VLAError(f"--reading {directory}: item {r.get('id')} is a {r.get('label')!r} item, not reading "
                            "(build a reading corpus with `vla make-speech --reading N`)")
-        if kind_of(r) != "train" or heldout_in(str(r.get("text", ""))) is not None:
+        if (kind_of(r) != "train" or touches_heldout(str(r["voice"]), str(r["lang"]))
+                or heldout_in(str(r.get("text", ""))) is not None):
             raise VLAError(f"--reading {directory}: item {r.get('id')} is held out (voice {r['voice']!r}, "
                            f"text {r.get('text')!r}); the ear must not train on it")
     return records
