@@ -107,6 +107,9 @@ class DaggerConfig:
     (``vla.data.DemoDataset``)."""
     audio_renditions: int = 4
     """An audio policy: renditions of each training phrasing those samples may hear."""
+    audio_voices: str = "train"
+    """An audio / heard policy: the voice pool its training commands are rendered in
+    (``vla.data.AUDIO_VOICES``: ``train`` or ``wide``)."""
     phone_errors: float = 0.0
     """An ipa / heard policy: chance that each IPA token of a training command is corrupted
     (``vla.data.DemoDataset``)."""
@@ -183,6 +186,8 @@ class DaggerConfig:
         if isinstance(self.audio_renditions, bool) or not isinstance(self.audio_renditions, int) \
                 or self.audio_renditions < 1:
             raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")
+        if self.audio_voices not in ("train", "wide"):
+            raise ValueError(f"DaggerConfig.audio_voices (--audio-voices) must be 'train' or 'wide', got {self.audio_voices!r}")
         if not 0.0 <= self.augment_commands <= 1.0:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
         if not 0.0 <= self.phone_errors <= 1.0:
@@ -405,7 +410,7 @@ class DaggerSession:
         c = self.config
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
                            audio_renditions=c.audio_renditions, command_grammar=c.command_grammar, chitchat=c.chitchat,
-                           phone_errors=c.phone_errors, paraphrase=c.paraphrase)
+                           phone_errors=c.phone_errors, paraphrase=c.paraphrase, audio_voices=c.audio_voices)
         for j in range(k + 1):
             if j > 0 and c.rollouts == 0:  # the equal-compute control: expert data only
                 continue

@@ -89,6 +89,32 @@ def test_voice_splits_are_disjoint_and_drawn_from_their_split():
         ac.draw_rendition(_phrasing(), rng, voices="mine")
 
 
+def test_the_wide_pool_holds_the_training_voices_and_nothing_of_a_held_out_one():
+    for lang in ("en", "zh"):
+        wide = ac.VOICE_SPLITS["wide"][lang]
+        assert len(set(wide)) == len(wide) and set(ac.VOICE_SPLITS["train"][lang]) <= set(wide)
+        assert not any(ac.touches_heldout(v, lang) for v in wide)
+        assert not set(wide) & set(ac.VOICE_SPLITS["heldout"][lang])
+    assert len(ac.VOICE_SPLITS["wide"]["en"]) == 623 and len(ac.VOICE_SPLITS["wide"]["zh"]) == 90
+    english = ac.VOICE_SPLITS["wide"]["en"]
+    assert not [v for v in english if v.endswith(("+f4", "+m3")) or v.startswith("en-us-nyc")]
+    # the held-out voice, its variant in another accent, its accent in another variant
+    assert ac.touches_heldout("en-gb+f4", "en") and ac.touches_heldout("en-029+f4", "en")
+    assert ac.touches_heldout("en-us-nyc", "en") and ac.touches_heldout("en-us-nyc+m1", "en")
+    # a training voice's accent (en-gb) and Mandarin's training variant (cmn+m3) are not held out
+    assert not ac.touches_heldout("en-gb+m1", "en") and not ac.touches_heldout("cmn+m3", "zh")
+    assert ac.touches_heldout("cmn+f4", "zh") and not ac.touches_heldout("cmn+f1", "zh")
+
+
+def test_wide_voices_synthesize_the_same_samples_every_call():
+    from tokenizers_mm.speech import synthesize
+
+    for voice in ("en-029+klatt3", "en-gb-x-rp+RicishayMax2", "cmn+grandma", "en-gb-x-gbcwmd+iven2"):
+        text = "向左变道" if voice.startswith("cmn") else "move over please"
+        first = synthesize(text, voice)
+        assert first.size > 1000 and np.array_equal(first, synthesize(text, voice)), voice
+
+
 def test_bad_codes_are_refused(layout):
     with pytest.raises(ValueError, match="codes must have shape"):
         ac.command_tokens(np.zeros((1, 10)), [], layout, n_q=2, group=4)

@@ -151,3 +151,23 @@ def test_dagger_takes_dart_speed_bursts_only_with_dart(tmp_path):
         DaggerConfig(dart=False, dart_speed=0.01)
     with pytest.raises(ValueError, match=r"dart_speed \(--dart-speed\) must be"):
         DaggerConfig(dart=True, dart_speed=2.0)
+
+
+def test_audio_voices_reach_dagger_and_bad_ones_are_refused(tmp_path):
+    import argparse
+
+    import pytest
+
+    from app.commands.train import configure_dagger
+    from methods.dagger import DaggerConfig
+    from methods.session_options import dagger_config
+
+    p = argparse.ArgumentParser()
+    configure_dagger(p)
+    args = p.parse_args(["--out", str(tmp_path / "run"), "--audio-voices", "wide"])
+    assert dagger_config(args, args.scenario, args.density, args.seed).audio_voices == "wide"
+    assert DaggerConfig().audio_voices == "train"
+    with pytest.raises(ValueError, match=r"audio_voices \(--audio-voices\) must be"):
+        DaggerConfig(audio_voices="heldout")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--out", str(tmp_path / "run"), "--audio-voices", "heldout"])

@@ -227,3 +227,51 @@ def test_phone_errors_corrupt_only_ipa_tokens_at_the_asked_rate(light_episode):
     blind = VLAPolicy(blind_config, default_action_tokenizer(blind_config.n_bins))
     with pytest.raises(ValueError, match="for ipa / heard policies"):
         DemoDataset(blind, phone_errors=0.1)
+
+
+def test_training_commands_are_rendered_in_the_asked_voice_pool(trained_ear, light_episode, tmp_path):
+    """--audio-voices wide: the training phrasings (and an episode's own command) are heard in
+    the wide pool; the policy's own hearing is back to what it was afterwards."""
+    from dataclasses import replace
+
+    from sim.storage import read_episodes
+    from tokenizers_mm.audio_command import VOICE_SPLITS
+    from tokenizers_mm.ipa import INVENTORY
+    from vla.data import DemoDataset
+
+    trained_ear.save(tmp_path / "ear")
+    policy = _heard_policy(tmp_path / "ear")
+    before = policy.hearing
+    train = DemoDataset(policy, augment_commands=0.5, audio_renditions=1)
+    wide = DemoDataset(policy, augment_commands=0.5, audio_renditions=1, audio_voices="wide")
+    assert policy.hearing == before and before.voices == "train"
+    from tokenizers_mm.corpus import PHRASINGS
+
+    first = next(p for p in PHRASINGS if p.split == "train" and p.label == "lane_left")
+    heard = INVENTORY.decode(wide._phrasings["lane_left"][0], layout=policy.layout)
+    policy.hearing = replace(before, voices="wide")
+    assert _voice(policy, first.text, first.lang, 0) not in VOICE_SPLITS["train"][first.lang]  # so it tests something
+    assert heard == policy.ear.transcribe(_rendition(policy, first.text, first.lang, 0))[: policy.config.command_ids_max]
+    policy.hearing = before
+    assert _voice(policy, first.text, first.lang, 0) in VOICE_SPLITS["train"][first.lang]
+    for ep in read_episodes(light_episode, load_frames=False):
+        wide.add_episode(ep)
+        policy.hearing = replace(before, voices="wide")
+        expected = policy.encode_command(ep.goal.command, ep.goal.lang, seed=ep.seed)
+        policy.hearing = before
+        np.testing.assert_array_equal(wide._episodes[-1].command, expected)
+    assert policy.hearing == before
+    with pytest.raises(ValueError, match="audio_voices must be one of"):
+        DemoDataset(policy, audio_voices="heldout")
+
+
+def _voice(policy, text: str, lang: str, seed: int) -> str:
+    """The voice ``VLAPolicy._render`` draws for ``seed`` under the policy's hearing."""
+    import zlib
+
+    from tokenizers_mm.audio_command import draw_rendition
+    from tokenizers_mm.corpus import Phrasing
+    from vla.policy import AUDIO_SEED
+
+    rng = np.random.default_rng([zlib.crc32(f"{lang}:{text}".encode()), seed, AUDIO_SEED])
+    return draw_rendition(Phrasing(text, lang, "unknown", False), rng, policy.hearing.voices).voice

@@ -50,6 +50,19 @@ def test_the_plan_is_deterministic_in_training_voices_only():
             reading_plan(bad)
 
 
+def test_the_wide_pool_reads_the_same_texts_in_many_voices_none_held_out():
+    train, wide = reading_plan(300, seed=3), reading_plan(300, seed=3, voices="wide")
+    assert wide == reading_plan(300, seed=3, voices="wide")
+    # only the voice differs: the texts, rates, pitches, levels and noise are the same draws
+    assert [(a.phrasing, a.rate, a.pitch, a.snr_db, a.noise_seed) for a in train] == \
+           [(b.phrasing, b.rate, b.pitch, b.snr_db, b.noise_seed) for b in wide]
+    voices = {s.voice for s in wide}
+    assert len(voices) > 100 and voices <= set(VOICE_SPLITS["wide"]["en"] + VOICE_SPLITS["wide"]["zh"])
+    assert all(s.voice in VOICE_SPLITS["wide"][s.phrasing.lang] for s in wide)
+    with pytest.raises(ValueError, match="reading voices must be one of"):
+        reading_plan(3, voices="heldout")
+
+
 def test_a_users_text_file(tmp_path):
     good = tmp_path / "mine.txt"
     good.write_text("the quick brown fox\n\n今天路上车很多\n", encoding="utf-8")
@@ -107,3 +120,10 @@ def test_cli_builds_a_reading_corpus_and_the_ear_trains_on_it(tmp_path, capsys):
     assert cli.main(["train-ear", "--corpus", str(commands), "--reading", str(out), "--out", str(ear)]) == 2
     err = capsys.readouterr().err.strip()
     assert "is held out" in err and len(err.splitlines()) == 1
+    # so is one in another accent with a held-out voice's variant (en-gb+f4 -> any +f4)
+    record["voice"] = "en-029+f4"
+    (out / "items.jsonl").write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
+    assert cli.main(["train-ear", "--corpus", str(commands), "--reading", str(out), "--out", str(ear)]) == 2
+    assert "is held out" in capsys.readouterr().err
+    assert cli.main(["make-speech", "--size", "tiny", "--reading-voices", "wide", "--out", str(tmp_path / "x")]) == 2
+    assert "--reading-voices needs --reading N" in capsys.readouterr().err

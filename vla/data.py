@@ -61,7 +61,8 @@ from then on, counted from the lane the command was heard in.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -193,6 +194,10 @@ PARAPHRASES = 16
 """Paraphrases per English training phrasing (``paraphrase`` > 0), made once per dataset."""
 
 AUDIO_RENDITIONS = 4
+AUDIO_VOICES = ("train", "wide")
+"""Voice pools (``tokenizers_mm.audio_command.VOICE_SPLITS``) an audio / heard policy's training
+commands are rendered in: the 4 + 2 training voices, or the 713 of ``wide`` (none of a held-out
+voice's accent or variant)."""
 """Renditions (voice, rate, pitch, noise) of each train phrasing an audio policy's samples may
 hear instead of their episode's own (which is drawn from the episode's seed)."""
 
@@ -202,7 +207,11 @@ class DemoDataset:
 
     def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
                  command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS,
-                 phone_errors: float = 0.0, paraphrase: float = 0.0, chitchat: float = 0.0) -> None:
+                 phone_errors: float = 0.0, paraphrase: float = 0.0, chitchat: float = 0.0,
+                 audio_voices: str = "train") -> None:
+        if audio_voices not in AUDIO_VOICES:
+            raise ValueError(f"audio_voices must be one of {list(AUDIO_VOICES)}, got {audio_voices!r}")
+        self.audio_voices = audio_voices
         if not 0.0 <= chitchat <= 1.0:
             raise ValueError(f"chitchat must be in [0, 1], got {chitchat}")
         if chitchat > 0 and policy.config.command_label_weight <= 0:
@@ -232,38 +241,51 @@ class DemoDataset:
             from tokenizers_mm.thesaurus import paraphrases
 
             renditions = audio_renditions if policy.config.command in ("audio", "heard") else 1
-            train = [p for p in PHRASINGS if p.split == "train"]
-            grammar: dict[str, tuple[tuple[str, str], ...]] = {}  # label -> its grammar wordings (text, lang)
-            if command_grammar:
-                from tokenizers_mm.command_grammar import grammar_phrasings
+            with self._voices():  # the training commands in the training voice pool
+                train = [p for p in PHRASINGS if p.split == "train"]
+                grammar: dict[str, tuple[tuple[str, str], ...]] = {}  # label -> its grammar wordings (text, lang)
+                if command_grammar:
+                    from tokenizers_mm.command_grammar import grammar_phrasings
 
-                grammar = {label: grammar_phrasings(label) for label in dict.fromkeys(p.label for p in train)
-                           if label != "none" or self.chitchat > 0}  # chit-chat is only drawn for chitchat samples
-            total = renditions * (len(train) + sum(len(wordings) for wordings in grammar.values()))
-            # a spoken policy synthesizes (and an ear transcribes) every rendition first: minutes, so shown
-            bar = tqdm(total=total, desc="hearing the training phrasings", unit="clip", disable=renditions == 1,
-                       leave=False)
-            for p in train:
-                for k in range(renditions):  # an audio policy hears each phrasing in several voices
-                    self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang, seed=k))
-                    bar.update()
-                    if self.paraphrase > 0:
-                        texts = paraphrases(p.text, PARAPHRASES) if p.lang == "en" else []
-                        self._variants.setdefault(p.label, []).append(
-                            [policy.encode_command(t, p.lang) for t in texts])
-            for label, wordings in grammar.items():
-                by_lang: dict[str, list[np.ndarray]] = {}
-                for text, lang in wordings:
-                    for k in range(renditions):
-                        by_lang.setdefault(lang, []).append(policy.encode_command(text, lang, seed=k))
+                    grammar = {label: grammar_phrasings(label) for label in dict.fromkeys(p.label for p in train)
+                               if label != "none" or self.chitchat > 0}  # chit-chat is only drawn for chitchat samples
+                total = renditions * (len(train) + sum(len(wordings) for wordings in grammar.values()))
+                # a spoken policy synthesizes (and an ear transcribes) every rendition first: minutes, so shown
+                bar = tqdm(total=total, desc="hearing the training phrasings", unit="clip", disable=renditions == 1,
+                           leave=False)
+                for p in train:
+                    for k in range(renditions):  # an audio policy hears each phrasing in several voices
+                        self._phrasings.setdefault(p.label, []).append(policy.encode_command(p.text, p.lang, seed=k))
                         bar.update()
-                self._grammar[label] = list(by_lang.values())
-            bar.close()
+                        if self.paraphrase > 0:
+                            texts = paraphrases(p.text, PARAPHRASES) if p.lang == "en" else []
+                            self._variants.setdefault(p.label, []).append(
+                                [policy.encode_command(t, p.lang) for t in texts])
+                for label, wordings in grammar.items():
+                    by_lang: dict[str, list[np.ndarray]] = {}
+                    for text, lang in wordings:
+                        for k in range(renditions):
+                            by_lang.setdefault(lang, []).append(policy.encode_command(text, lang, seed=k))
+                            bar.update()
+                    self._grammar[label] = list(by_lang.values())
+                bar.close()
         self._episodes: list[_EpisodeArrays] = []
         self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample
 
+    @contextmanager
+    def _voices(self):
+        """The policy renders training commands in ``audio_voices`` meanwhile (its own hearing is
+        restored after: evaluation sets held-out voices)."""
+        before = self.policy.hearing
+        self.policy.hearing = replace(before, voices=self.audio_voices)
+        try:
+            yield
+        finally:
+            self.policy.hearing = before
+
     def add_episode(self, ep: Episode) -> None:
-        arrays = episode_arrays(ep, self.policy, self.goal_relabel)
+        with self._voices():
+            arrays = episode_arrays(ep, self.policy, self.goal_relabel)
         e = len(self._episodes)
         self._episodes.append(arrays)
         steps = np.flatnonzero(arrays.mask[:, 0]) if len(arrays.mask) else np.arange(0)  # labelled states
@@ -277,7 +299,7 @@ class DemoDataset:
         """The recorded samples (no goal-relabelled ones), each heard with its recorded command:
         no phrasing swaps, chit-chat or phone errors. Shares this dataset's episode arrays, so
         it costs no copy; episodes added here later are not in it."""
-        plain = DemoDataset(self.policy)
+        plain = DemoDataset(self.policy, audio_voices=self.audio_voices)
         plain._episodes = self._episodes
         plain._index = self._index[self._index[:, 2] < 0]
         return plain
@@ -418,7 +440,7 @@ def open_loop_validation(policy, data: DemoDataset, val_episodes: list, samples:
 
     if samples < 1:
         raise ValueError(f"open-loop validation needs samples >= 1, got {samples}")
-    val = DemoDataset(policy)  # no augmentation: the recorded command, the recorded labels
+    val = DemoDataset(policy, audio_voices=data.audio_voices)  # no augmentation: the recorded command and labels
     for ep in val_episodes:
         val.add_episode(ep)
     held_out, fit = side(val, names[0]), side(data.plain_view(), names[1])

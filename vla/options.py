@@ -110,6 +110,10 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
                    help="--command audio or heard: renditions (voice, rate, pitch, noise) of each training phrasing "
                         "those samples may hear (default: %(default)s)")
+    p.add_argument("--audio-voices", choices=["train", "wide"], default="train",
+                   help="--command audio or heard: the voices training commands are rendered in: train (4 English "
+                        "and 2 Mandarin voices) or wide (espeak's accents x voice variants, 713 voices, none of a "
+                        "held-out voice's accent or variant) (default: %(default)s)")
 
 
 def policy_config(args: argparse.Namespace) -> PolicyConfig:

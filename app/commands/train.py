@@ -199,7 +199,8 @@ def run_train_policy(args: argparse.Namespace) -> int:
     policy = VLAPolicy(config, tokenizer, name=str(out / "policy"))
     data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
                        audio_renditions=args.audio_renditions, command_grammar=args.command_grammar,
-                       phone_errors=args.phone_errors, paraphrase=args.paraphrase, chitchat=args.chitchat)
+                       phone_errors=args.phone_errors, paraphrase=args.paraphrase, chitchat=args.chitchat,
+                       audio_voices=args.audio_voices)
     for ep in episodes:
         data.add_episode(ep)
     print(f"{len(episodes)} episodes, {len(data)} samples ({data.counterfactual_samples} under other goals); "
