@@ -113,7 +113,8 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
     p.add_argument("--audio-voices", choices=["train", "wide"], default="train",
                    help="--command audio or heard: the voices training commands are rendered in: train (4 English "
                         "and 2 Mandarin voices) or wide (espeak's accents x voice variants, 713 voices, none of a "
-                        "held-out voice's accent or variant) (default: %(default)s)")
+                        "held-out voice's accent or variant; measured worse for a heard policy, docs/audio_policy.md) "
+                        "(default: %(default)s)")
 
 
 def policy_config(args: argparse.Namespace) -> PolicyConfig:
