@@ -45,7 +45,7 @@ from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
 from vla.accel import Accel
 from vla.config import VAL_SAMPLES, PolicyConfig
-from vla.data import DemoDataset, open_loop_validation
+from vla.data import AUDIO_VOICES, DemoDataset, open_loop_validation
 from vla.evaluation import evaluate
 from vla.parallel import RolloutSpec, make_pool
 from vla.policy import EVAL_HEARING, VLAPolicy, default_action_tokenizer
@@ -186,8 +186,9 @@ class DaggerConfig:
         if isinstance(self.audio_renditions, bool) or not isinstance(self.audio_renditions, int) \
                 or self.audio_renditions < 1:
             raise ValueError(f"DaggerConfig.audio_renditions must be an integer >= 1, got {self.audio_renditions!r}")
-        if self.audio_voices not in ("train", "wide"):
-            raise ValueError(f"DaggerConfig.audio_voices (--audio-voices) must be 'train' or 'wide', got {self.audio_voices!r}")
+        if self.audio_voices not in AUDIO_VOICES:
+            raise ValueError(f"DaggerConfig.audio_voices (--audio-voices) must be one of {list(AUDIO_VOICES)}, "
+                             f"got {self.audio_voices!r}")
         if not 0.0 <= self.augment_commands <= 1.0:
             raise ValueError(f"DaggerConfig.augment_commands must be in [0, 1], got {self.augment_commands}")
         if not 0.0 <= self.phone_errors <= 1.0:

@@ -235,9 +235,12 @@ def test_training_commands_are_rendered_in_the_asked_voice_pool(trained_ear, lig
     from dataclasses import replace
 
     from sim.storage import read_episodes
-    from tokenizers_mm.audio_command import VOICE_SPLITS
+    from tokenizers_mm.audio_command import TRAINING_POOLS, VOICE_SPLITS
+    from tokenizers_mm.corpus import PHRASINGS
     from tokenizers_mm.ipa import INVENTORY
-    from vla.data import DemoDataset
+    from vla.data import AUDIO_VOICES, DemoDataset
+
+    assert AUDIO_VOICES == TRAINING_POOLS  # the training loop's copy of the pools
 
     trained_ear.save(tmp_path / "ear")
     policy = _heard_policy(tmp_path / "ear")
@@ -245,8 +248,6 @@ def test_training_commands_are_rendered_in_the_asked_voice_pool(trained_ear, lig
     train = DemoDataset(policy, augment_commands=0.5, audio_renditions=1)
     wide = DemoDataset(policy, augment_commands=0.5, audio_renditions=1, audio_voices="wide")
     assert policy.hearing == before and before.voices == "train"
-    from tokenizers_mm.corpus import PHRASINGS
-
     first = next(p for p in PHRASINGS if p.split == "train" and p.label == "lane_left")
     heard = INVENTORY.decode(wide._phrasings["lane_left"][0], layout=policy.layout)
     policy.hearing = replace(before, voices="wide")

@@ -71,16 +71,20 @@ def touches_heldout(voice: str, lang: str) -> bool:
 
 
 def _wide(lang: str) -> tuple[str, ...]:
-    pool = [b for b in WIDE_BASES[lang]] + [f"{b}+{v}" for b in WIDE_BASES[lang] for v in WIDE_VARIANTS]
+    pool = list(WIDE_BASES[lang]) + [f"{b}+{v}" for b in WIDE_BASES[lang] for v in WIDE_VARIANTS]
     pool += [v for v in VOICE_SPLITS["train"][lang] if v not in pool]
     return tuple(v for v in pool if not touches_heldout(v, lang))
 
 
 VOICE_SPLITS["wide"] = {lang: _wide(lang) for lang in ("en", "zh")}
 """``wide``: every training voice, and espeak's accents x its variants, less anything a held-out
-voice is made of (English: 623 voices, Mandarin: 90). Only the ear trains on it (``vla make-speech
---reading N --reading-voices wide``): a recognizer that heard 4 English voices erred on 0.22-0.29
-of the phones of a new voice even on sentences it knew (docs/audio_policy.md)."""
+voice is made of (English: 623 voices, Mandarin: 90). The ear's reading corpus may be read in it
+(``vla make-speech --reading N --reading-voices wide``), and a heard policy's training commands
+rendered in it (``--audio-voices wide``): a recognizer that heard 4 English voices erred on
+0.22-0.29 of the phones of a new voice even on sentences it knew (docs/audio_policy.md)."""
+TRAINING_POOLS: tuple[str, ...] = ("train", "wide")
+"""The voice splits training may draw from (never ``heldout``); ``vla.data.AUDIO_VOICES`` is the
+same tuple for the training loop, which does not import this module."""
 TRAIN_SNRS_DB: tuple[float | None, ...] = corpus.SNRS_DB
 """Background noise levels drawn in training (None: clean): the corpus's."""
 

@@ -34,8 +34,8 @@ silence, noise at the corpus's SNRs) from ``(seed, index)`` with
 ``tokenizers_mm.audio_command.draw_rendition`` on the TRAINING voices only (``voices="train"``),
 or on the ``wide`` pool (``--reading-voices wide``: espeak's 7 English accents and Mandarin, each
 bare and with its deterministic voice variants, 713 voices), which leaves out the held-out voices
-and everything they are made of, so the held-out voices stay unheard too. ``vla make-speech --reading N`` renders them with the corpus's own
-writer (``tokenizers_mm.corpus.build_corpus``: resumable, atomic); their records have label
+and everything they are made of, so the held-out voices stay unheard too. ``vla make-speech
+--reading N`` renders them with the corpus's own writer (``tokenizers_mm.corpus.build_corpus``: resumable, atomic); their records have label
 ``reading`` and split ``train``. ``vla train-ear --reading DIR`` adds them to the ear's
 training clips.
 """
@@ -52,8 +52,6 @@ from tokenizers_mm.corpus import PHRASINGS, ItemSpec, Phrasing, shuffled_passes
 
 READING_LABEL = "reading"
 MIN_WORDS, MAX_WORDS = 3, 12
-READING_VOICES = ("train", "wide")
-"""Voice pools a reading corpus may draw from (``tokenizers_mm.audio_command.VOICE_SPLITS``)."""
 MANDARIN_SHARE = 1 / 3
 """Share of the default reading texts that are Mandarin (the command corpus's training items: 350 of 1054)."""
 _WORD = re.compile(r"[A-Za-z']+")
@@ -166,11 +164,10 @@ def reading_plan(items: int, seed: int = 0, source: str | None = None, voices: s
     per pass, shuffled) in a voice of ``voices`` (``train``, or ``wide``: the training voices and
     espeak's accents x variants, nothing of a held-out voice), from ``(seed, index)``. The texts,
     rates, pitches, levels and noise are the same for both pools."""
-    from tokenizers_mm.audio_command import draw_rendition
+    from tokenizers_mm.audio_command import TRAINING_POOLS, draw_rendition
 
-    if voices not in READING_VOICES:
-        raise ValueError(f"reading voices must be one of {list(READING_VOICES)}, got {voices!r}")
-
+    if voices not in TRAINING_POOLS:
+        raise ValueError(f"reading voices must be one of {list(TRAINING_POOLS)}, got {voices!r}")
     if isinstance(items, bool) or not isinstance(items, int) or items < 1:
         raise ValueError(f"reading items must be a positive count, got {items!r}")
     if seed < 0:
