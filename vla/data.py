@@ -194,13 +194,13 @@ PARAPHRASES = 16
 """Paraphrases per English training phrasing (``paraphrase`` > 0), made once per dataset."""
 
 AUDIO_RENDITIONS = 4
+"""Renditions (voice, rate, pitch, noise) of each train phrasing an audio policy's samples may
+hear instead of their episode's own (which is drawn from the episode's seed)."""
 AUDIO_VOICES = ("train", "wide")
 """Voice pools (``tokenizers_mm.audio_command.VOICE_SPLITS``) an audio / heard policy's training
 commands are rendered in: the 4 + 2 training voices, or the 713 of ``wide`` (none of a held-out
 voice's accent or variant). ``tokenizers_mm.audio_command.TRAINING_POOLS``, written out here so
 that training does not import the speech stack (1.3 s) to check a flag; a test keeps them equal."""
-"""Renditions (voice, rate, pitch, noise) of each train phrasing an audio policy's samples may
-hear instead of their episode's own (which is drawn from the episode's seed)."""
 
 
 class DemoDataset:
