@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,81 @@ def test_cli_trains_an_ear_and_reports_phone_error_per_held_out_kind(tones, tmp_
     (corpus / "items.jsonl").write_text('{"audio": "audio/000.wav"}\n')
     assert cli.main(["train-ear", "--corpus", str(corpus), "--out", str(tmp_path / "e3")]) == 2
     assert "lacks one of audio, ipa" in capsys.readouterr().err
+
+
+def _fresh_ear() -> PhoneRecognizer:
+    torch.manual_seed(1)
+    return PhoneRecognizer(hidden=8, layers=1)
+
+
+def test_ear_training_resumes_from_its_checkpoint_to_the_same_weights(tones, tmp_path):
+    """Stopped after its step-10 checkpoint and run again, training ends where an uninterrupted
+    run ends: same weights, same reported loss. The checkpoint holds the optimizer, schedule and
+    batch sampler too (without any of them the weights would differ)."""
+    wavs, seqs = tones
+    kw = dict(steps=20, batch=4, lr=1e-2, seed=3, progress=False)
+    whole = _fresh_ear()
+    expected = train_ear(whole, wavs[:8], seqs[:8], **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_12(line: str) -> None:
+        if line.startswith("step 12/"):
+            raise Stop
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(Stop):
+        train_ear(_fresh_ear(), wavs[:8], seqs[:8], checkpoint=state, checkpoint_every=5, log=stop_at_12, **kw)
+    assert torch.load(state, weights_only=True)["step"] == 10
+    lines: list[str] = []
+    cut = _fresh_ear()
+    resumed = train_ear(cut, wavs[:8], seqs[:8], checkpoint=state, checkpoint_every=5, log=lines.append, **kw)
+    assert lines[0] == f"resumed from {state} at step 10/20"
+    assert resumed["ctc"] == expected["ctc"]
+    for (name, a), b in zip(whole.state_dict().items(), cut.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_an_ear_checkpoint_of_another_run_or_a_broken_one_is_refused(tones, tmp_path):
+    wavs, seqs = tones
+    state = tmp_path / "state.pt"
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train_ear(_fresh_ear(), wavs[:4], seqs[:4], steps=2, checkpoint=state, checkpoint_every=0, progress=False)
+    train_ear(_fresh_ear(), wavs[:4], seqs[:4], steps=6, batch=2, checkpoint=state, checkpoint_every=3,
+              progress=False)
+    for change in (dict(steps=7), dict(seed=1)):
+        with pytest.raises(ValueError, match="another training run"):
+            train_ear(_fresh_ear(), wavs[:4], seqs[:4], **{"steps": 6, "batch": 2, **change},
+                      checkpoint=state, progress=False)
+    with pytest.raises(ValueError, match="another training run"):  # other clips
+        train_ear(_fresh_ear(), wavs[1:5], seqs[1:5], steps=6, batch=2, checkpoint=state, progress=False)
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be read"):
+        train_ear(_fresh_ear(), wavs[:4], seqs[:4], steps=6, batch=2, checkpoint=state, progress=False)
+
+
+def test_cli_train_ear_killed_and_rerun_gives_the_same_ear(tones, tmp_path):
+    """``kill -9`` after the first checkpoint, then the same command again: the ear and its report
+    equal those of a run never killed (the training time aside), and no state file is left."""
+    from safetensors.numpy import load_file
+    from test_kill_resume import kill_rerun_and_whole
+
+    corpus = _corpus(tmp_path, tones)
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-c", "from app.cli import main; raise SystemExit(main())", "train-ear",
+                "--corpus", str(corpus), "--out", str(out), "--steps", "400", "--hidden", "8", "--layers", "1",
+                "--batch", "2", "--checkpoint-every", "20", "--holdout", "2"]
+
+    cut, whole = kill_rerun_and_whole(command, lambda out: (out / "train_state.pt").is_file(), tmp_path)
+    a, b = load_file(str(cut / "ear.safetensors")), load_file(str(whole / "ear.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    reports = [json.loads((d / "report.json").read_text()) for d in (cut, whole)]
+    for r in reports:
+        r["training"].pop("train_seconds")
+    assert reports[0] == reports[1]
+    assert not (cut / "train_state.pt").exists() and not (whole / "train_state.pt").exists()
 
 
 # ----------------------------------------------------------------------------- the 'heard' policy

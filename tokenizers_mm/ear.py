@@ -148,15 +148,37 @@ def _spec_augment(x: torch.Tensor, fill: torch.Tensor, rng: np.random.Generator)
     return x
 
 
+def _run_fingerprint(wavs: Sequence[np.ndarray], transcripts: Sequence[Sequence[str]], ear: PhoneRecognizer,
+                     **settings) -> str:
+    """What a resumed ``train_ear`` must share with the run that wrote its checkpoint: the ear's
+    config, the settings and the training set (clip count, total samples, the transcripts)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps({**ear.config, **settings, "clips": len(wavs), "samples": sum(len(w) for w in wavs)},
+                        sort_keys=True).encode())
+    for t in transcripts:
+        h.update(" ".join(t).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
 def train_ear(ear: PhoneRecognizer, wavs: Sequence[np.ndarray], transcripts: Sequence[Sequence[str]],
               steps: int = 3000, batch: int = 8, lr: float = 3e-3, seed: int = 0, augment: bool = True,
-              log: Callable[[str], None] | None = None, progress: bool = True) -> dict[str, float]:
+              log: Callable[[str], None] | None = None, progress: bool = True,
+              checkpoint: str | Path | None = None, checkpoint_every: int = 250) -> dict[str, float]:
     """Train ``ear`` in place with CTC on clips and their IPA symbols; band statistics are set
-    from the clips first. Returns the CTC loss averaged over the last 10% of steps and the time."""
+    from the clips first. Returns the CTC loss averaged over the last 10% of steps and the time.
+
+    ``checkpoint``: a file where the whole training state (weights, optimizer, schedule, batch
+    sampler, losses so far) is written every ``checkpoint_every`` steps (temp file, then rename).
+    When it exists at the start, training resumes from it and ends with the same weights an
+    uninterrupted run would have; one written by another run (other clips, ear or settings) is
+    a ValueError. The caller removes it once the ear is saved."""
     from tokenizers_mm.codec_train import phone_targets
 
-    if steps < 1 or batch < 1 or not 0 < lr < 1:
-        raise ValueError(f"need steps >= 1, batch >= 1, 0 < lr < 1; got {steps}, {batch}, {lr}")
+    if steps < 1 or batch < 1 or not 0 < lr < 1 or checkpoint_every < 1:
+        raise ValueError(f"need steps >= 1, batch >= 1, 0 < lr < 1, checkpoint_every >= 1; got {steps}, {batch}, "
+                         f"{lr}, {checkpoint_every}")
     if not wavs or len(wavs) != len(transcripts):
         raise ValueError(f"train_ear needs one transcript per clip (>= 1 clip): {len(wavs)} clips, "
                          f"{len(transcripts)} transcripts")
@@ -172,11 +194,20 @@ def train_ear(ear: PhoneRecognizer, wavs: Sequence[np.ndarray], transcripts: Seq
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(ear.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=min(0.75, max(0.05, 1.5 / steps)))
-    ear.train()
+    fingerprint = _run_fingerprint(wavs, transcripts, ear, steps=steps, batch=batch, lr=lr, seed=seed,
+                                   augment=augment)
     losses: list[float] = []
-    start = time.perf_counter()
-    with tqdm(total=steps, desc="train ear", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        for step in range(steps):
+    first = 0
+    spent = 0.0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, losses, spent = _resume(checkpoint, fingerprint, ear, opt, sched, rng)
+        if log:
+            log(f"resumed from {checkpoint} at step {first}/{steps}")
+    ear.train()
+    start = time.perf_counter() - spent
+    with tqdm(total=steps, initial=first, desc="train ear", unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for step in range(first, steps):
             picks = [int(i) for i in rng.integers(len(mels), size=batch)]
             lengths = torch.tensor([len(mels[i]) for i in picks])
             rows = [_spec_augment(mels[i], ear.mean, rng) if augment else mels[i] for i in picks]
@@ -191,12 +222,46 @@ def train_ear(ear: PhoneRecognizer, wavs: Sequence[np.ndarray], transcripts: Seq
             losses.append(float(loss.detach()))
             bar.set_postfix_str(f"ctc {losses[-1]:.3f}", refresh=False)
             bar.update()
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                _save_state(checkpoint, fingerprint, step + 1, ear, opt, sched, rng, losses,
+                            time.perf_counter() - start)
             if log and (step + 1) % max(1, steps // 10) == 0:
                 log(f"step {step + 1}/{steps}: ctc {np.mean(losses[-max(1, steps // 10):]):.4f}")
     ear.eval()
     return {"ctc": float(np.mean(losses[-max(1, steps // 10):])), "first_ctc": losses[0], "steps": steps,
             "batch": batch, "lr": lr, "seed": seed, "augment": augment,
             "train_seconds": time.perf_counter() - start}
+
+
+def _save_state(path: str | Path, fingerprint: str, step: int, ear: PhoneRecognizer, opt, sched,
+                rng: np.random.Generator, losses: list[float], seconds: float) -> None:
+    """``train_ear``'s whole state after ``step`` steps, to ``path`` (temp file, then rename)."""
+    state = {"fingerprint": fingerprint, "step": step, "model": ear.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "rng": json.dumps(rng.bit_generator.state),
+             "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses, dtype=torch.float64),
+             "seconds": float(seconds)}
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: str | Path, fingerprint: str, ear: PhoneRecognizer, opt, sched,
+            rng: np.random.Generator) -> tuple[int, list[float], float]:
+    """Load ``_save_state``'s file into the live objects; returns (step, losses, seconds)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        same_run = state["fingerprint"] == fingerprint
+    except Exception as e:  # a truncated or foreign file: whatever the unpickler raises
+        raise ValueError(f"ear checkpoint {path} cannot be read ({type(e).__name__}); remove it to train from "
+                         "the start") from None
+    if not same_run:
+        raise ValueError(f"ear checkpoint {path} was written by another training run (other clips, ear or "
+                         "settings); remove it or train into another directory")
+    ear.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = json.loads(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), [float(x) for x in state["losses"]], float(state["seconds"])
 
 
 def phone_error_report(ear: PhoneRecognizer, wavs: Sequence[np.ndarray],

@@ -15,6 +15,11 @@ the phone error rate (edit distance over reference phones, boundaries and stress
 counted) on up to ``--holdout`` clips of each held-out kind: training phrasings in held-out
 voices, held-out phrasings in training voices, held-out phrasings in held-out voices, English
 and Mandarin apart. The last line printed is that report as JSON.
+
+A long training can be killed: every ``--checkpoint-every`` steps the whole training state goes
+to ``OUT/train_state.pt``, and the same command run again resumes from it and ends with the ear
+an uninterrupted run would have made (``--seed`` fixes the first weights and the batches). The
+file is removed once the ear is saved; one left by other flags or clips is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from vla.errors import VLAError
+
+STATE_FILE = "train_state.pt"
+"""The training state ``train_ear`` checkpoints into OUT/ while it runs; removed once the ear is saved."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="held-out clips scored per kind (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and batches (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--checkpoint-every", type=int, default=250,
+                        help=f"steps between saves of the training state to OUT/{STATE_FILE}; a run killed "
+                             "and started again with the same flags resumes from it (default: %(default)s)")
 
 
 def _records(corpus: str, flag: str = "--corpus") -> list[dict]:
@@ -92,7 +103,8 @@ def kind_of(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     for name, value, minimum in (("--steps", args.steps, 1), ("--batch", args.batch, 1), ("--hidden", args.hidden, 1),
                                  ("--layers", args.layers, 1), ("--holdout", args.holdout, 0),
-                                 ("--seed", args.seed, 0), ("--threads", args.threads, 1)):
+                                 ("--seed", args.seed, 0), ("--threads", args.threads, 1),
+                                 ("--checkpoint-every", args.checkpoint_every, 1)):
         if value < minimum:
             raise VLAError(f"{name} must be >= {minimum}, got {value}")
     if not 0 < args.lr < 1:
@@ -100,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise VLAError(f"--out {args.out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "ear.json").is_file():
+    if (out.is_dir() and any(f.name not in (STATE_FILE, f".{STATE_FILE}.tmp") for f in out.iterdir())
+            and not (out / "ear.json").is_file()):
         raise VLAError(f"--out {args.out} is a non-empty directory that holds no ear: not overwriting it")
     records = _records(args.corpus)
     import torch
@@ -129,14 +142,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"train-ear: {len(wavs)} training clips ({sum(map(len, wavs)) / SAMPLE_RATE:.0f} s, {reading_clips} of them "
           "reading); held out: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(by_kind.items()) if k != "train"),
           flush=True)
+    torch.manual_seed(args.seed)  # the ear's first weights too (torch's own start seed differs per process)
     ear = PhoneRecognizer(hidden=args.hidden, layers=args.layers)
+    out.mkdir(parents=True, exist_ok=True)
     try:
         metrics = train_ear(ear, wavs, transcripts, steps=args.steps, batch=args.batch, lr=args.lr,
                             seed=args.seed, augment=not args.no_augment,
-                            log=lambda line: print(line, file=sys.stderr))
+                            log=lambda line: print(line, file=sys.stderr), checkpoint=out / STATE_FILE,
+                            checkpoint_every=args.checkpoint_every)
     except ValueError as e:
         raise VLAError(str(e)) from None
     ear.save(out, extra={"training": metrics, "corpus": str(args.corpus), "reading": list(args.reading)})
+    (out / STATE_FILE).unlink(missing_ok=True)  # the ear is whole: the state it was resumable from is not needed
     report: dict = {"corpus": str(args.corpus), "reading": list(args.reading), "train_clips": len(wavs),
                     "reading_clips": reading_clips, "training": metrics, "phone_error_rate": {}}
     rng = np.random.default_rng(args.seed)
