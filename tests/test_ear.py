@@ -181,8 +181,8 @@ def test_cli_train_ear_killed_and_rerun_gives_the_same_ear(tones, tmp_path):
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-c", "from app.cli import main; raise SystemExit(main())", "train-ear",
-                "--corpus", str(corpus), "--out", str(out), "--steps", "400", "--hidden", "8", "--layers", "1",
-                "--batch", "2", "--checkpoint-every", "20", "--holdout", "2"]
+                "--corpus", str(corpus), "--out", str(out), "--steps", "300", "--hidden", "8", "--layers", "1",
+                "--batch", "2", "--checkpoint-every", "10", "--holdout", "2"]
 
     cut, whole = kill_rerun_and_whole(command, lambda out: (out / "train_state.pt").is_file(), tmp_path)
     a, b = load_file(str(cut / "ear.safetensors")), load_file(str(whole / "ear.safetensors"))
