@@ -293,7 +293,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--route-steer-speed", type=float, default=None, metavar="MPS",
                    help="a plan policy steers along its route's centre line instead of the plan below this speed, "
                         "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's, "
-                        "4 unless set)")
+                        "20 unless set; 4 in checkpoints saved before 2026-12-07)")
     p.add_argument("--go-zone", type=float, default=None, metavar="M",
                    help="the go rule: within this many metres of a junction (or inside it) a plan policy slower than "
                         "its crossing speed accelerates when its next 12 m are free and no crossing traffic would meet "

@@ -322,9 +322,10 @@ def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not
     straight_plan = np.zeros((4, 2))
     right = np.array([[min(d, 2.0), -max(d - 2.0, 0.0)] for d in np.arange(17) * 2.5])  # turns right 2 m ahead
 
-    def steer(speed_limit: float, speed: float, junction: float) -> float:
+    def steer(speed_limit: float | None, speed: float, junction: float) -> float:
         policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
-        policy.set_execution(route_steer_speed=speed_limit)
+        if speed_limit is not None:  # None: the default
+            policy.set_execution(route_steer_speed=speed_limit)
         obs = {"ego": _ego(speed), "actors": _actors(), "route": np.array([junction, 5.0, 0.0]), "goal": None,
                "route_path": right}
         return float(policy.select_action(obs, plan=lambda o: straight_plan)[1])
@@ -336,6 +337,10 @@ def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not
     assert abs(steer(4.0, 2.0, 50.0)) < 1e-3  # open road: the plan
     assert abs(steer(4.0, 6.0, 10.0)) < 1e-3  # faster than the limit: the plan
     assert steer(4.0, 2.0, 0.0) < -0.1  # inside the junction too
+    # the default (since 2026-12-07): at every speed a junction is driven at, not only at a crawl
+    tracker = VLAPolicy(cfg, default_action_tokenizer(16, "plan")).tracker  # its look-ahead grows with speed
+    assert np.isclose(steer(None, 9.0, 10.0), tracker.steer_along(np.array([0.0, 0.0, 0.0, 9.0]), right), atol=1e-6)
+    assert abs(steer(None, 9.0, 50.0)) < 1e-3  # open road: still the plan
     assert PlanTracker().steer_along(np.array([0.0, 0.0, 0.0, 0.1]), right) == 0.0  # standing: wheel straight
     with pytest.raises(ValueError, match="route_steer_speed"):
         PolicyConfig(route_steer_speed=float("nan"))
