@@ -240,6 +240,7 @@ def _save_state(path: str | Path, fingerprint: str, step: int, ear: PhoneRecogni
              "scheduler": sched.state_dict(), "rng": json.dumps(rng.bit_generator.state),
              "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses, dtype=torch.float64),
              "seconds": float(seconds)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 

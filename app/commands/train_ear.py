@@ -144,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     torch.manual_seed(args.seed)  # the ear's first weights too (torch's own start seed differs per process)
     ear = PhoneRecognizer(hidden=args.hidden, layers=args.layers)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         metrics = train_ear(ear, wavs, transcripts, steps=args.steps, batch=args.batch, lr=args.lr,
                             seed=args.seed, augment=not args.no_augment,
