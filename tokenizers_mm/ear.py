@@ -238,8 +238,7 @@ def _save_state(path: str | Path, fingerprint: str, step: int, ear: PhoneRecogni
     """``train_ear``'s whole state after ``step`` steps, to ``path`` (temp file, then rename)."""
     state = {"fingerprint": fingerprint, "step": step, "model": ear.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "rng": json.dumps(rng.bit_generator.state),
-             "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses, dtype=torch.float64),
-             "seconds": float(seconds)}
+             "losses": torch.tensor(losses, dtype=torch.float64), "seconds": float(seconds)}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
@@ -260,8 +259,7 @@ def _resume(path: str | Path, fingerprint: str, ear: PhoneRecognizer, opt, sched
     ear.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    rng.bit_generator.state = json.loads(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
+    rng.bit_generator.state = json.loads(state["rng"])  # the loop's only randomness (batches, masks)
     return int(state["step"]), [float(x) for x in state["losses"]], float(state["seconds"])
 
 
