@@ -294,6 +294,10 @@ def _eval_parser(sub) -> None:
                    help="a plan policy steers along its route's centre line instead of the plan below this speed, "
                         "near and inside a junction (PolicyConfig.route_steer_speed; 0 = off; default: the checkpoint's, "
                         "20 unless set; 4 in checkpoints saved before 2026-12-07)")
+    p.add_argument("--route-exit-hold", type=float, default=None, metavar="S",
+                   help="a plan policy whose wheel followed the route inside a junction keeps following it for up to "
+                        "this many seconds past the exit, until the car sits on the exit lane's centre line "
+                        "(PolicyConfig.route_exit_hold; 0 = off; default: the checkpoint's, 0 unless set)")
     p.add_argument("--go-zone", type=float, default=None, metavar="M",
                    help="the go rule: within this many metres of a junction (or inside it) a plan policy slower than "
                         "its crossing speed accelerates when its next 12 m are free and no crossing traffic would meet "
@@ -397,6 +401,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--commit-margin", "commit_margin", _non_negative, "a finite number of nats >= 0"),
     ("--yield-zone", "yield_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),
     ("--route-steer-speed", "route_steer_speed", _non_negative, "a finite speed >= 0 in m/s (0 = off)"),
+    ("--route-exit-hold", "route_exit_hold", _non_negative, "a finite time >= 0 in s (0 = off)"),
     ("--merge-brake", "merge_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--follow-brake", "follow_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--go-zone", "go_zone", _non_negative, "a finite distance >= 0 in m (0 = off)"),

@@ -95,6 +95,21 @@ def from_frame(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.stack([pose[0] + c * p[..., 0] - s * p[..., 1], pose[1] + s * p[..., 0] + c * p[..., 1]], axis=-1)
 
 
+def path_error(pose: np.ndarray, path: np.ndarray) -> tuple[float, float]:
+    """How far the ego at ``pose`` [x, y, yaw, ...] is from the world polyline ``path`` (N >= 2, 2)
+    that starts level with it (``obs["route_path"]``): (its offset from the line of the first
+    segment in m, + to the segment's left; its heading minus the segment's, wrapped to
+    [-pi, pi) rad). A polyline with no first segment (repeated points): ValueError."""
+    pose, path = np.asarray(pose, dtype=np.float64), np.asarray(path, dtype=np.float64)
+    d = path[1] - path[0]
+    length = float(np.hypot(*d))
+    if not length > 1e-9:
+        raise ValueError("path_error needs a path whose first two points differ")
+    rel = pose[:2] - path[0]
+    offset = float(d[0] * rel[1] - d[1] * rel[0]) / length
+    return offset, float((pose[2] - np.arctan2(d[1], d[0]) + np.pi) % (2 * np.pi) - np.pi)
+
+
 def plan_from_poses(frame: np.ndarray, speed: float, future: np.ndarray) -> np.ndarray:
     """The plan made in ``frame`` (3,) [x, y, heading] at speed ``speed`` that passes through
     the poses ``future`` (K, >= 2) reached at ``plan_times(K)``: (K, 2) float64; rows of

@@ -346,6 +346,44 @@ def test_below_route_steer_speed_near_a_junction_the_wheel_follows_the_route_not
         PolicyConfig(route_steer_speed=float("nan"))
 
 
+
+def test_past_the_exit_the_wheel_follows_the_route_until_the_car_is_settled_on_it():
+    from sim.plan import path_error
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    cfg = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    drift_left = np.array([[0.0, 1.0], [0.0, 2.5], [0.0, 4.0], [0.0, 5.5]])  # holds speed, veers 5.5 m left in 2 s
+    exit_lane = np.array([[d, 0.0] for d in np.arange(17) * 2.5])  # the route: straight ahead along x
+    ego_off = _ego(8.0)
+    ego_off[EGO["y"]], ego_off[EGO["yaw"]] = 1.0, 0.2  # 1 m left of the centre line, 0.2 rad off its heading
+
+    def steers(hold: float, ego_at_exit: np.ndarray, inside: bool = True, after: int = 1) -> list[float]:
+        """The wheel at the first ``after`` steps past the exit, after one step inside the junction."""
+        policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
+        policy.set_execution(route_exit_hold=hold)
+        obs = {"ego": _ego(8.0), "actors": _actors(), "route": np.array([0.0 if inside else 30.0, 5.0, 0.0]),
+               "goal": None, "route_path": exit_lane}
+        policy.select_action(obs, plan=lambda o: drift_left)
+        past = {**obs, "ego": ego_at_exit, "route": np.array([50.0, 5.0, 0.0])}
+        return [float(policy.select_action(past, plan=lambda o: drift_left)[1]) for _ in range(after)]
+
+    tracker = VLAPolicy(cfg, default_action_tokenizer(16, "plan")).tracker
+    along = tracker.steer_along(np.array([0.0, 1.0, 0.2, 8.0]), exit_lane)
+    assert along < -0.05  # back towards the centre line
+    plan_wheel = steers(0.0, ego_off)[0]  # off: the plan at the exit
+    assert plan_wheel > along + 0.1  # (it veers left)
+    assert np.isclose(steers(3.0, ego_off)[0], along, atol=1e-6)  # held: the route
+    assert np.isclose(steers(3.0, ego_off, inside=False)[0], plan_wheel, atol=1e-6)  # not steered inside: not armed
+    assert np.isclose(steers(3.0, _ego(8.0))[0], steers(0.0, _ego(8.0))[0], atol=1e-6)  # settled: the plan
+    # the hold ends after its time even while not settled (3 s = 30 steps past the last step inside)
+    wheels = steers(3.0, ego_off, after=32)
+    assert np.allclose(wheels[:30], along, atol=1e-6) and not np.isclose(wheels[31], along, atol=1e-3)
+    assert np.allclose(path_error(np.array([2.0, 1.0, 0.2]), exit_lane), (1.0, 0.2))
+    with pytest.raises(ValueError, match="route_exit_hold"):
+        PolicyConfig(route_exit_hold=-1.0)
+
+
 GO = YieldParams(go_zone=10.0)
 
 

@@ -193,6 +193,14 @@ class PolicyConfig:
     policies it changed two episodes in 300 and calmed the wheel (lateral jerk p95 -0.26 m/s^3;
     3 seeds x 50, medium and dense; "One policy for both families" in docs/drive_like_expert.md). An execution setting: checkpoints from before
     it existed get this default; checkpoints saved with 4 keep it (``--route-steer-speed 20``)."""
+    route_exit_hold: float = 0.0
+    """A plan policy whose wheel followed the route inside a junction (``route_steer_speed``)
+    keeps following it for up to this many seconds after the junction's exit, until the car
+    sits on the route's centre line (within ``ROUTE_SETTLE_OFFSET`` m and ``ROUTE_SETTLE_HEADING``
+    rad of it, ``vla.policy``); then the plan steers again. 0 = off: the plan takes the wheel at
+    the exit. Why: a policy trained on both scenario families leaves a turn up to 0.2 rad off
+    the exit lane's heading and its plan straightens the wheel there, ending on the verge
+    (docs/drive_like_expert.md). An execution setting."""
     chitchat_threshold: float = 0.95
     """A policy with the command-label head (``command_label_weight`` > 0): words heard during
     the drive are ignored as chit-chat when the head gives ``none`` at least this probability
@@ -411,6 +419,9 @@ class PolicyConfig:
         if not (math.isfinite(self.route_steer_speed) and self.route_steer_speed >= 0):
             raise ValueError(f"PolicyConfig.route_steer_speed must be a finite speed >= 0 in m/s (0 = off), got "
                              f"{self.route_steer_speed}")
+        if not (math.isfinite(self.route_exit_hold) and self.route_exit_hold >= 0):
+            raise ValueError(f"PolicyConfig.route_exit_hold must be a finite time >= 0 in s (0 = off), got "
+                             f"{self.route_exit_hold}")
         if not (math.isfinite(self.follow_brake) and self.follow_brake >= 0):
             raise ValueError(f"PolicyConfig.follow_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.follow_brake}")

@@ -37,7 +37,8 @@ from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO
 from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, lane_change_side, merge_safe
-from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, plan_frame,
+from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, path_error,
+                      plan_frame,
                       plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
 from sim.scenarios import canonical_command
@@ -149,6 +150,12 @@ def _open_road(obs: dict) -> bool:
     return route is not None and float(np.asarray(route)[0]) >= JUNCTION_HORIZON
 
 
+ROUTE_SETTLE_OFFSET = 0.3
+ROUTE_SETTLE_HEADING = 0.05
+"""m, rad: past a junction's exit (``PolicyConfig.route_exit_hold``) the wheel follows the route
+until the car is within this offset of its centre line and this heading of its direction."""
+
+
 COMMIT_BRAKE_M = 1.0
 """m; a new plan that ends this much shorter than the one being executed (it slows down) is
 always taken: commitment holds decisions, never a brake (as the tracker never delays one)."""
@@ -159,7 +166,7 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
+                      "route_steer_speed", "route_exit_hold", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
                       "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
                       "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
@@ -308,6 +315,7 @@ class VLAPolicy(torch.nn.Module):
         self._t = 0  # steps of this episode so far
         self._actor_seen: dict[float, tuple[float, float]] = {}  # actor id -> (speed, yaw) at step _actor_seen_t
         self._actor_seen_t = -2
+        self._exit_hold_until = -1  # the last step the wheel may follow the route past a junction's exit
         self._launched = False  # the go rule started the car at this junction and no rule has braked it since
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
         self._readback_due = False  # the first command is still to be read back (command_readback)
@@ -543,9 +551,8 @@ class VLAPolicy(torch.nn.Module):
         waypoints, frame, start, made = self._plan
         action = self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                       steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
-        route, path = obs.get("route"), obs.get("route_path")
-        if (self.config.route_steer_speed > 0 and route is not None and path is not None
-                and float(np.asarray(route)[0]) < JUNCTION_HORIZON and ego[EGO["speed"]] < self.config.route_steer_speed):
+        path = obs.get("route_path")
+        if self._route_steers(obs, ego, t):
             action = action.copy()
             action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
         accels, yaw_rates = self._actor_motion(obs, t)
@@ -555,6 +562,30 @@ class VLAPolicy(torch.nn.Module):
                 action = action.copy()
                 action[0] = brake
         return self._yield(obs, action, accels, yaw_rates, t)
+
+    def _route_steers(self, obs: dict, ego: np.ndarray, t: int) -> bool:
+        """Whether the wheel follows the route's centre line (``obs["route_path"]``) at step ``t``
+        instead of the plan: on a junction's approach and inside it below ``route_steer_speed``;
+        past its exit for up to ``route_exit_hold`` s after the last step steered inside it,
+        until the car is settled on the centre line (``ROUTE_SETTLE_OFFSET``,
+        ``ROUTE_SETTLE_HEADING``); once settled, the plan steers until the next junction."""
+        c = self.config
+        route, path = obs.get("route"), obs.get("route_path")
+        if c.route_steer_speed <= 0 or route is None or path is None:
+            self._exit_hold_until = -1
+            return False
+        junction = float(np.asarray(route)[0])
+        if junction < JUNCTION_HORIZON:
+            steers = bool(ego[EGO["speed"]] < c.route_steer_speed)
+            if steers and junction <= 0.0 and c.route_exit_hold > 0:  # inside: armed for the exit
+                self._exit_hold_until = t + int(round(c.route_exit_hold / DT))
+            return steers
+        if t <= self._exit_hold_until:
+            offset, heading = path_error(pose_of(ego), np.asarray(path, dtype=np.float64))
+            if abs(offset) > ROUTE_SETTLE_OFFSET or abs(heading) > ROUTE_SETTLE_HEADING:
+                return True
+        self._exit_hold_until = -1
+        return False
 
     def _actor_motion(self, obs: dict, t: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Each observed actor's acceleration (m/s^2) and yaw rate (rad/s) from its speed and
