@@ -297,7 +297,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--route-exit-hold", type=float, default=None, metavar="S",
                    help="a plan policy whose wheel followed the route inside a junction keeps following it for up to "
                         "this many seconds past the exit, until the car sits on the exit lane's centre line "
-                        "(PolicyConfig.route_exit_hold; 0 = off; default: the checkpoint's, 0 unless set)")
+                        "(PolicyConfig.route_exit_hold; 0 = off; default: the checkpoint's, 3 unless set)")
     p.add_argument("--go-zone", type=float, default=None, metavar="M",
                    help="the go rule: within this many metres of a junction (or inside it) a plan policy slower than "
                         "its crossing speed accelerates when its next 12 m are free and no crossing traffic would meet "

@@ -358,11 +358,13 @@ def test_past_the_exit_the_wheel_follows_the_route_until_the_car_is_settled_on_i
     ego_off = _ego(8.0)
     ego_off[EGO["y"]], ego_off[EGO["yaw"]] = 1.0, 0.2  # 1 m left of the centre line, 0.2 rad off its heading
 
-    def steers(hold: float, ego_at_exit: np.ndarray, inside: bool = True, after: int = 1) -> list[float]:
-        """The wheel at the first ``after`` steps past the exit, after one step inside the junction."""
+    def steers(hold: float | None, ego_at_exit: np.ndarray, first: float = 0.0, after: int = 1) -> list[float]:
+        """The wheel at the first ``after`` steps past the exit, after one step ``first`` m before
+        the junction (0: inside it); ``hold`` None: the default."""
         policy = VLAPolicy(cfg, default_action_tokenizer(16, "plan"))
-        policy.set_execution(route_exit_hold=hold)
-        obs = {"ego": _ego(8.0), "actors": _actors(), "route": np.array([0.0 if inside else 30.0, 5.0, 0.0]),
+        if hold is not None:
+            policy.set_execution(route_exit_hold=hold)
+        obs = {"ego": _ego(8.0), "actors": _actors(), "route": np.array([first, 5.0, 0.0]),
                "goal": None, "route_path": exit_lane}
         policy.select_action(obs, plan=lambda o: drift_left)
         past = {**obs, "ego": ego_at_exit, "route": np.array([50.0, 5.0, 0.0])}
@@ -374,7 +376,9 @@ def test_past_the_exit_the_wheel_follows_the_route_until_the_car_is_settled_on_i
     plan_wheel = steers(0.0, ego_off)[0]  # off: the plan at the exit
     assert plan_wheel > along + 0.1  # (it veers left)
     assert np.isclose(steers(3.0, ego_off)[0], along, atol=1e-6)  # held: the route
-    assert np.isclose(steers(3.0, ego_off, inside=False)[0], plan_wheel, atol=1e-6)  # not steered inside: not armed
+    assert np.isclose(steers(None, ego_off)[0], along, atol=1e-6)  # the default since 2026-12-07: 3 s
+    assert np.isclose(steers(3.0, ego_off, first=30.0)[0], plan_wheel, atol=1e-6)  # not steered inside: not armed
+    assert np.isclose(steers(3.0, ego_off, first=50.0)[0], plan_wheel, atol=1e-6)  # open road (the highway): never
     assert np.isclose(steers(3.0, _ego(8.0))[0], steers(0.0, _ego(8.0))[0], atol=1e-6)  # settled: the plan
     # the hold ends after its time even while not settled (3 s = 30 steps past the last step inside)
     wheels = steers(3.0, ego_off, after=32)
