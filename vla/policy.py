@@ -38,8 +38,7 @@ from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO
 from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, lane_change_side, merge_safe
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, path_error,
-                      plan_frame,
-                      plan_times, plan_trajectory, pose_of)
+                      plan_frame, plan_times, plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
 from sim.scenarios import canonical_command
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, ego_path,
@@ -166,8 +165,8 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
-                      "route_steer_speed", "route_exit_hold", "merge_brake", "follow_brake", "go_zone", "yield_turn", "junction_ttc",
-                      "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
+                      "route_steer_speed", "route_exit_hold", "merge_brake", "follow_brake", "go_zone", "yield_turn",
+                      "junction_ttc", "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
                       "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
