@@ -102,12 +102,11 @@ def path_error(pose: np.ndarray, path: np.ndarray) -> tuple[float, float]:
     [-pi, pi) rad). A polyline with no first segment (repeated points): ValueError."""
     pose, path = np.asarray(pose, dtype=np.float64), np.asarray(path, dtype=np.float64)
     d = path[1] - path[0]
-    length = float(np.hypot(*d))
-    if not length > 1e-9:
+    if not float(np.hypot(*d)) > 1e-9:
         raise ValueError("path_error needs a path whose first two points differ")
-    rel = pose[:2] - path[0]
-    offset = float(d[0] * rel[1] - d[1] * rel[0]) / length
-    return offset, float((pose[2] - np.arctan2(d[1], d[0]) + np.pi) % (2 * np.pi) - np.pi)
+    heading = float(np.arctan2(d[1], d[0]))
+    offset = float(to_frame(np.array([path[0, 0], path[0, 1], heading]), pose[:2])[1])
+    return offset, float((pose[2] - heading + np.pi) % (2 * np.pi) - np.pi)
 
 
 def plan_from_poses(frame: np.ndarray, speed: float, future: np.ndarray) -> np.ndarray:
