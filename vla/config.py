@@ -191,8 +191,9 @@ class PolicyConfig:
     wide in the junction's turns at 4-5 m/s; steering along the route there cut its held-out
     off-road rate from 0.080 to 0.037 and raised goal success by 0.043; for the junction-only
     policies it changed two episodes in 300 and calmed the wheel (lateral jerk p95 -0.26 m/s^3;
-    3 seeds x 50, medium and dense; "One policy for both families" in docs/drive_like_expert.md). An execution setting: checkpoints from before
-    it existed get this default; checkpoints saved with 4 keep it (``--route-steer-speed 20``)."""
+    3 seeds x 50, medium and dense; "One policy for both families" in docs/drive_like_expert.md).
+    An execution setting: checkpoints from before it existed get this default; checkpoints saved
+    with 4 keep it (``--route-steer-speed 20``)."""
     route_exit_hold: float = 3.0
     """A plan policy whose wheel followed the route inside a junction (``route_steer_speed``)
     keeps following it for up to this many seconds after the junction's exit, until the car
