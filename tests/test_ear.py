@@ -59,6 +59,42 @@ def test_the_ear_saves_loads_and_hears_identically(tones, trained_ear, tmp_path)
         PhoneRecognizer.load(tmp_path / "ear")
 
 
+def test_a_strided_ear_learns_saves_and_loads_identically(tones, tmp_path):
+    """The conv front end (stride 2) halves the frames the GRU reads and still learns the clips;
+    it round-trips through save/load, and an ear saved before the front end existed (no
+    'stride' in ear.json) loads as stride 1."""
+    wavs, seqs = tones
+    torch.manual_seed(0)
+    ear = PhoneRecognizer(hidden=32, layers=1, stride=2)
+    mels = mel_features(wavs[0])[None]
+    assert ear(mels).shape[1] == (mels.shape[1] + 1) // 2
+    assert ear.out_lengths(torch.tensor([1, 2, 3, 10])).tolist() == [1, 1, 2, 5]
+    # a padded batch gives each row the log-probs it gets alone, over its own output frames
+    short, long_ = mel_features(wavs[1]), mel_features(wavs[2])
+    batch = torch.nn.utils.rnn.pad_sequence([short, long_], batch_first=True)
+    together = ear(batch, torch.tensor([len(short), len(long_)]))
+    alone = ear(short[None])[0]
+    assert torch.allclose(together[0, :len(alone)], alone, atol=1e-5)
+    train_ear(ear, wavs[:16], seqs[:16], steps=150, batch=8, lr=1e-2, augment=False, progress=False)
+    assert phone_error_report(ear, wavs[:16], seqs[:16])["phone_error_rate"] <= 0.1
+    ear.save(tmp_path / "ear")
+    loaded = PhoneRecognizer.load(tmp_path / "ear")
+    assert loaded.config["stride"] == 2
+    for w in wavs[:4]:
+        assert loaded.transcribe(w) == ear.transcribe(w)
+    old = PhoneRecognizer(hidden=8, layers=1)
+    old.save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "ear.json").read_text())
+    del config["stride"]
+    (tmp_path / "old" / "ear.json").write_text(json.dumps(config))
+    assert PhoneRecognizer.load(tmp_path / "old").config["stride"] == 1
+    with pytest.raises(ValueError, match="stride in 1..4"):
+        PhoneRecognizer(hidden=8, layers=1, stride=5)
+    with pytest.raises(ValueError, match="too short .* at stride 2"):
+        train_ear(PhoneRecognizer(hidden=8, layers=1, stride=2), [np.zeros(2000, np.float32)], [["m"] * 5],
+                  steps=1, progress=False)
+
+
 def test_bad_input_to_the_ear(tones):
     wavs, seqs = tones
     ear = PhoneRecognizer(hidden=8, layers=1)

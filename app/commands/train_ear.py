@@ -48,6 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--hidden", type=int, default=128, help="GRU width per direction (default: %(default)s)")
     parser.add_argument("--layers", type=int, default=2, help="GRU layers (default: %(default)s)")
+    parser.add_argument("--stride", type=int, default=1, choices=(1, 2, 3, 4),
+                        help="time subsampling by a conv front end before the GRU; 1 = none, the GRU reads "
+                             "every log-mel frame (default: %(default)s)")
     parser.add_argument("--no-augment", action="store_true", help="no band / frame masking in training")
     parser.add_argument("--holdout", type=int, default=100,
                         help="held-out clips scored per kind (default: %(default)s)")
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
           "reading); held out: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(by_kind.items()) if k != "train"),
           flush=True)
     torch.manual_seed(args.seed)  # the ear's first weights too (torch's own start seed differs per process)
-    ear = PhoneRecognizer(hidden=args.hidden, layers=args.layers)
+    ear = PhoneRecognizer(hidden=args.hidden, layers=args.layers, stride=args.stride)
     try:
         metrics = train_ear(ear, wavs, transcripts, steps=args.steps, batch=args.batch, lr=args.lr,
                             seed=args.seed, augment=not args.no_augment,
