@@ -4,10 +4,11 @@
 (``tokenizers_mm.ipa.INVENTORY`` symbols without word boundaries and stress marks,
 ``tokenizers_mm.codec.phones_of``): 80-band log-mel frames (``codec_train.log_mel``: n_fft 1024,
 hop 256, 93.75 frames/s), standardized per band with the training set's statistics, optionally
-subsampled in time by a strided convolution (``stride``), a ``layers``-layer bidirectional GRU, and a linear layer to CTC log-probabilities over blank + the
-inventory; ``transcribe`` is greedy CTC decoding. ``train_ear`` trains it with CTC on clips and
-their IPA (the corpus of ``vla make-speech`` gives both), with SpecAugment-style masking (a few
-mel bands and frame spans blanked per clip) so it does not lean on one voice's formants.
+subsampled in time by a strided convolution (``stride``), a ``layers``-layer bidirectional GRU,
+and a linear layer to CTC log-probabilities over blank + the inventory; ``transcribe`` is greedy
+CTC decoding. ``train_ear`` trains it with CTC on clips and their IPA (the corpus of ``vla
+make-speech`` gives both), with SpecAugment-style masking (a few mel bands and frame spans
+blanked per clip) so it does not lean on one voice's formants.
 
 Why a recognizer on log-mel and not on the codec's tokens: a recognizer on the small codec's
 tokens did not carry words from training voices to held-out ones (``benchmarks.codec_words``:
@@ -75,7 +76,8 @@ class PhoneRecognizer(torch.nn.Module):
         n_symbols = len(INVENTORY.symbols) if n_symbols is None else int(n_symbols)
         version = INVENTORY.version if version is None else int(version)
         if hidden < 1 or layers < 1 or not 1 <= stride <= 4:
-            raise ValueError(f"ear hidden and layers must be >= 1 and stride in 1..4, got {hidden}, {layers}, {stride}")
+            raise ValueError(f"ear hidden and layers must be >= 1 and stride in 1..4, got {hidden}, {layers}, "
+                             f"{stride}")
         self.config = {"hidden": int(hidden), "layers": int(layers), "n_symbols": n_symbols, "version": version,
                        "stride": int(stride)}
         self.register_buffer("mean", torch.zeros(N_MELS))
