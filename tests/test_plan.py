@@ -514,6 +514,49 @@ def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier()
     np.testing.assert_array_equal(np.array(drive(1e9)[1]), np.array(drive(0.0)[1]))
 
 
+def test_lateral_commitment_holds_the_lateral_path_and_takes_the_new_speed():
+    """commit_lateral 1: with an enormous margin a re-plan keeps the executed plan's lateral
+    offsets (continued from now) but drives the new plan's speed gains, including a faster one
+    (the whole-plan commitment keeps the old speed unless the new plan slows down); with margin
+    0 it changes nothing; a bad value is one error."""
+    from dataclasses import replace
+
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          execution="first")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=3)
+    policy.reset()
+    policy.select_action(obs)  # the first plan, now being executed
+    made = policy._plan
+    for _ in range(config.replan_period):
+        obs, *_ = env.step(np.zeros(2, np.float32))
+    ego = np.asarray(obs["ego"], dtype=np.float64)
+    frame, pose, t = plan_frame(ego), pose_of(ego), config.replan_period
+    kept = continue_plan(made[0], made[1], made[2], (t - made[3]) * 0.1, frame, float(pose[3]))
+    faster = kept + np.array([3.0, 2.0])  # 3 m/s faster everywhere, 2 m further left
+
+    def commit(lateral: float, margin: float) -> np.ndarray:
+        policy.config = replace(config, commit_margin=margin, commit_lateral=lateral)
+        policy._prefix = None
+        return policy._commit(obs, faster, frame, pose, t)
+
+    np.testing.assert_allclose(commit(0.0, 1e9), kept, atol=1e-9)  # whole plan held: the old speed too
+    held = commit(1.0, 1e9)
+    np.testing.assert_allclose(held[:, 0], faster[:, 0], atol=1e-9)  # the new speed ...
+    np.testing.assert_allclose(held[:, 1], kept[:, 1], atol=1e-9)  # ... on the held lateral path
+    np.testing.assert_array_equal(commit(1.0, 0.0), faster)  # no margin: the new plan as it is
+    with pytest.raises(ValueError, match="commit_lateral must be 0"):
+        replace(config, commit_lateral=0.5)
+
+
 def test_goal_relabelling_leaves_junction_episodes_as_they_are():
     """The junction records no goal futures: a goal-relabelling plan dataset takes its episodes
     with their own labels only (a highway episode without futures is still refused)."""
@@ -599,7 +642,7 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
     for attr, flag in flags.items():
-        value = 1.0 if attr in ("yield_paths", "commit_inside") else 0.5  # a switch: 0 or 1
+        value = 1.0 if attr in ("yield_paths", "commit_inside", "commit_lateral") else 0.5  # a switch: 0 or 1
         argv = ["eval", "--policy", str(tmp_path / "plan"), flag, str(value), "--out", str(tmp_path / "out")]
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)

@@ -149,6 +149,15 @@ class PolicyConfig:
     collided more). With ``tracker_lookahead`` 1.0 it met the lateral-jerk target on 3 seeds x 50
     held-out highway episodes (docs/drive_like_expert.md). Plan policies only (control-chunk
     policies ignore it). An execution setting: checkpoints from before it existed get this default."""
+    commit_lateral: float = 0.0
+    """With ``commit_margin`` > 0: 1 = commitment holds only the plan's lateral path; the speed
+    profile always comes from the newest plan (a kept plan is the executed plan's lateral offsets
+    with the new plan's speed gains, so the two are compared on their lateral decision only);
+    0 = it holds the whole plan, and a new plan that slows down is always taken (the default).
+    Why it exists: with the whole plan held, slowing down is always taken and speeding up only
+    when the model is sure of it, which may hold a car below the speed it was told to keep
+    ("Why slow down is missed" in docs/drive_like_expert.md). A switch, 0 or 1; an execution
+    setting."""
     tracker_jerk_long: float = 1.5
     """A plan policy's tracker (``sim.plan.TrackerParams.max_jerk_long``): comfort limit on the
     change of its acceleration command, m/s^3; 0 = none. Braking is never delayed (a limit that
@@ -454,6 +463,9 @@ class PolicyConfig:
                              f"{self.go_release}")
         if not (math.isfinite(self.yield_gap) and self.yield_gap > 0):
             raise ValueError(f"PolicyConfig.yield_gap must be a finite time gap > 0 in s, got {self.yield_gap}")
+        if self.commit_lateral not in (0.0, 1.0):
+            raise ValueError(f"PolicyConfig.commit_lateral must be 0 (whole plan) or 1 (lateral path only), got "
+                             f"{self.commit_lateral}")
         if self.commit_inside not in (0.0, 1.0):
             raise ValueError(f"PolicyConfig.commit_inside must be 0 (off) or 1 (on), got {self.commit_inside}")
         if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):

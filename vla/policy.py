@@ -167,7 +167,8 @@ of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decisi
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
                       "route_steer_speed", "route_exit_hold", "merge_brake", "follow_brake", "go_zone", "yield_turn",
                       "junction_ttc", "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
-                      "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback")
+                      "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback",
+                      "commit_lateral")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -697,12 +698,15 @@ class VLAPolicy(torch.nn.Module):
         """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
         ``commit_margin`` on open road, the plan being executed continued from now when the model
         does not find ``new`` likelier by the margin. A new plan that slows down (ends
-        ``COMMIT_BRAKE_M`` shorter) is always taken."""
+        ``COMMIT_BRAKE_M`` shorter) is always taken. With ``commit_lateral`` only the lateral path
+        is held: the kept plan takes the new plan's speed gains."""
         if not (self.config.commit_margin > 0 and self._plan is not None and _open_road(obs)):
             return new
         old, old_frame, start, made = self._plan
         kept = continue_plan(old, old_frame, start, (t - made) * DT, frame, float(pose[3]))
-        if (kept[-1, 0] - new[-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M:
+        if self.config.commit_lateral > 0:  # the speed is always the new plan's: hold the lateral path only
+            kept = np.stack([new[:, 0], kept[:, 1]], axis=-1)
+        elif (kept[-1, 0] - new[-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M:
             return new
         score_kept, score_new = self._plan_scores(obs, [kept, new])
         return kept if score_kept >= score_new - self.config.commit_margin else new
