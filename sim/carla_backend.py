@@ -59,7 +59,7 @@ from sim.route import (ACTOR_PATH_POINTS, ACTOR_PATH_SPACING, ROUTE_AHEAD_TIME, 
 from sim.features import state_vector
 from sim.interface import (ACTION_HIGH, ACTION_LOW, ACTOR, ACTOR_FIELDS, ACTOR_RANGE, DT, EGO, EGO_FIELDS,
                            EVENT, EVENT_FIELDS, MAX_ACTORS, REWARD_FIELDS, Goal, RewardWeights, Scene,
-                           goal_vector, reward_terms, step_outcome)
+                           goal_vector, reward_terms, step_outcome, wrap_angle)
 from sim.scenarios import (HIGHWAY_GOAL_LABELS, HIGHWAY_SPEEDS, SPEED_TOLERANCE, TURN_COMMANDS, check_scenario,
                             highway_goal_for, turn_goal_for)
 
@@ -180,10 +180,6 @@ def launch_server(port: int):
         raise ValueError(f"CARLA_ROOT={root} holds no server script ({' or '.join(SERVER_SCRIPTS)})")
     return subprocess.Popen([str(script), "-RenderOffScreen", "-nosound", f"-carla-rpc-port={port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def _wrap(a: float) -> float:
-    return math.atan2(math.sin(a), math.cos(a))
 
 
 class CarlaDrivingEnv:
@@ -445,7 +441,7 @@ class CarlaDrivingEnv:
         accel, yaw_rate = 0.0, 0.0
         if self._prev is not None:
             accel = (speed - self._prev[0]) / DT
-            yaw_rate = _wrap(yaw - self._prev[1]) / DT
+            yaw_rate = wrap_angle(yaw - self._prev[1]) / DT
         self._prev = (speed, yaw)
         e = np.zeros(len(EGO_FIELDS))
         e[EGO["x"]], e[EGO["y"]], e[EGO["yaw"]], e[EGO["speed"]] = x, y, yaw, speed
@@ -456,7 +452,7 @@ class CarlaDrivingEnv:
             wx, wy, wyaw = pose_from_carla((wp.transform.location.x, wp.transform.location.y, 0.0),
                                            wp.transform.rotation.yaw)
             e[EGO["lane_offset"]] = -math.sin(wyaw) * (x - wx) + math.cos(wyaw) * (y - wy)
-            e[EGO["lane_heading_error"]] = _wrap(yaw - wyaw)
+            e[EGO["lane_heading_error"]] = wrap_angle(yaw - wyaw)
             e[EGO["lane_id"]] = self._lane_index(wp)[0]
         limit_kmh = self._ego.get_speed_limit() if hasattr(self._ego, "get_speed_limit") else 0.0
         e[EGO["speed_limit"]] = float(limit_kmh or 0.0) / 3.6

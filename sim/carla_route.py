@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.interface import wrap_angle
+
 HIGHWAY_KEEP = ("keep_lane", "speed_up", "slow_down")
 LANE_CHANGES = {"lane_left": "get_left_lane", "lane_right": "get_right_lane"}
 TURNS = ("turn_left", "turn_right", "turn_straight")
@@ -33,14 +35,10 @@ TURN_THRESHOLD = math.radians(30.0)
 """Heading change through a junction that separates a turn from going straight."""
 
 
-def _wrap(a: float) -> float:
-    return math.atan2(math.sin(a), math.cos(a))
-
-
 def _xy_yaw(wp) -> tuple[float, float, float]:
     """A CARLA waypoint's centre and heading in our world frame."""
     t = wp.transform
-    return t.location.x, -t.location.y, _wrap(-math.radians(t.rotation.yaw))
+    return t.location.x, -t.location.y, wrap_angle(-math.radians(t.rotation.yaw))
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def _through_junction(wp, step: float, limit: float = 200.0):
 
 def _choose(branches: list, heading: float, label: str, step: float):
     """The branch of a lane-graph fork that ``label`` asks for (see the module docstring)."""
-    turns = [(_wrap(_xy_yaw(_through_junction(b, step))[2] - heading), b) for b in branches]
+    turns = [(wrap_angle(_xy_yaw(_through_junction(b, step))[2] - heading), b) for b in branches]
     if label == "turn_left":
         best = max(turns, key=lambda t: t[0])
         ok = best[0] > TURN_THRESHOLD
@@ -185,7 +183,7 @@ def actor_path(carla_map, xy: tuple[float, float], signal: int, points: int, spa
         if len(nxt) == 1:
             wp = nxt[0]
             continue
-        turns = [(_wrap(_xy_yaw(_through_junction(b, spacing))[2] - heading), b) for b in nxt]
+        turns = [(wrap_angle(_xy_yaw(_through_junction(b, spacing))[2] - heading), b) for b in nxt]
         if signal > 0:
             wp = max(turns, key=lambda t: t[0])[1]
         elif signal < 0:

@@ -143,6 +143,11 @@ def step_outcome(events: np.ndarray, deviated: bool, steps: int, max_steps: int)
         return False, True, "timeout"
     return False, False, ""
 
+def wrap_angle(angle):
+    """An angle (rad; a float or an array) wrapped to [-pi, pi): the one convention for every
+    heading difference in the stack (yaw rates, heading errors, turn angles)."""
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
 @dataclass(frozen=True)
 class RewardWeights:
     """Weights of the scalar reward ``r_t = sum_k w_k * reward_terms[t, k]``."""

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO, POSE_FIELDS
+from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO, POSE_FIELDS, wrap_angle
 
 PLAN_DT = 0.5
 """Seconds between two plan waypoints (5 simulator steps at 10 Hz)."""
@@ -106,7 +106,7 @@ def path_error(pose: np.ndarray, path: np.ndarray) -> tuple[float, float]:
         raise ValueError("path_error needs a path whose first two points differ")
     heading = float(np.arctan2(d[1], d[0]))
     offset = float(to_frame(np.array([path[0, 0], path[0, 1], heading]), pose[:2])[1])
-    return offset, float((pose[2] - heading + np.pi) % (2 * np.pi) - np.pi)
+    return offset, float(wrap_angle(pose[2] - heading))
 
 
 def plan_from_poses(frame: np.ndarray, speed: float, future: np.ndarray) -> np.ndarray:

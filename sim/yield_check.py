@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.driver_models import PARAMS, ExpertParams, acc_model
-from sim.interface import ACTOR, DT, EGO
+from sim.interface import ACTOR, DT, EGO, wrap_angle
 from sim.route import points_along
 
 
@@ -257,7 +257,7 @@ def crossing_conflict(ego: np.ndarray, actors: np.ndarray, path: np.ndarray, par
         ours = points_along(path, go_distances(v, float(ego[EGO["accel_long"]]), times, p))
     here = ego[[EGO["x"], EGO["y"]]]
     yaw = actors[:, ACTOR["yaw"]]
-    dyaw = np.abs((yaw - ego[EGO["yaw"]] + np.pi) % (2 * np.pi) - np.pi)
+    dyaw = np.abs(wrap_angle(yaw - ego[EGO["yaw"]]))
     near = np.hypot(actors[:, ACTOR["x"]] - here[0], actors[:, ACTOR["y"]] - here[1]) <= p.actor_range
     keep = ((actors[:, ACTOR["present"]] > 0.5) & (dyaw >= np.radians(p.same_direction_deg)) & near
             & (actors[:, ACTOR["speed"]] >= p.moving))

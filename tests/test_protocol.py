@@ -107,3 +107,20 @@ def test_close_twice_is_harmless(make):
     env.reset(seed=0)
     env.close()
     env.close()
+
+
+def test_wrap_angle_maps_every_angle_into_minus_pi_to_pi_and_keeps_those_inside():
+    """sim.interface.wrap_angle: one convention, [-pi, pi), for floats and arrays alike (pi itself
+    maps to -pi); an angle already inside is unchanged and a full turn changes nothing."""
+    import math
+
+    import numpy as np
+
+    from sim.interface import wrap_angle
+
+    inside = np.array([-math.pi, -1.0, 0.0, 0.5, math.pi - 1e-9])
+    np.testing.assert_allclose(wrap_angle(inside), inside, atol=1e-12)
+    np.testing.assert_allclose(wrap_angle(inside + 4 * math.pi), inside, atol=1e-9)
+    assert wrap_angle(math.pi) == pytest.approx(-math.pi)
+    assert isinstance(wrap_angle(7.0), float) and wrap_angle(7.0) == pytest.approx(7.0 - 2 * math.pi)
+    assert wrap_angle(-3 * math.pi / 2) == pytest.approx(math.pi / 2)

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
-from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO
+from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO, wrap_angle
 from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, lane_change_side, merge_safe
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, path_error,
                       plan_frame, plan_times, plan_trajectory, pose_of)
@@ -596,7 +596,7 @@ class VLAPolicy(torch.nn.Module):
         last = self._actor_seen if self._actor_seen_t == t - 1 else {}
         accels = np.array([(v - last[i][0]) / DT if i in last else 0.0 for i, v in zip(ids, speeds)])
         yaw_rates = None if self.config.yield_turn <= 0 else np.array(
-            [((y - last[i][1] + np.pi) % (2 * np.pi) - np.pi) / DT if i in last else 0.0 for i, y in zip(ids, yaws)])
+            [wrap_angle(y - last[i][1]) / DT if i in last else 0.0 for i, y in zip(ids, yaws)])
         present = actors[:, ACTOR["present"]] > 0.5
         self._actor_seen = dict(zip(ids[present], zip(speeds[present], yaws[present])))
         self._actor_seen_t = t
