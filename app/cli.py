@@ -275,7 +275,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--talk", choices=("start", "drive", "chitchat"), default="start",
                    help="when the passenger speaks: once before the drive (start); also once during it (drive, "
                         "highway: a new lane or speed command 3-6 s in, the one the episode is judged on; "
-                        "metrics.json adds act_within_1s_rate); or says chit-chat 3-6 s in (chitchat: the "
+                        "metrics.json adds act_within_1s_rate and, on the embedded simulator, act_within_1s_cf_rate, "
+                        "measured against the same car driven on without the words); or says chit-chat 3-6 s in (chitchat: the "
                         "episode is judged on its first command, which the policy should keep) (default: %(default)s)")
     p.add_argument("--tracker-jerk", type=float, nargs=2, default=None, metavar=("LONG", "LAT"),
                    help="a plan policy's tracker comfort limits in m/s^3 (0 = none) instead of the checkpoint's "

@@ -211,6 +211,15 @@ TALK_METRIC_DOCS = {
 """Aggregate keys added when some episodes heard a command during the drive (``vla eval --talk
 drive``); see ``act_latency``."""
 
+TALK_CF_METRIC_DOCS = {
+    "act_cf_episodes": "of the talk episodes, those with a counterfactual branch (Episode.unheard_ego)",
+    "act_within_1s_cf_rate": "of those, the fraction whose car drives differently because of the words (act_latency_cf) "
+                             "within 1 s of hearing them",
+    "act_latency_cf_s_median": "median over those episodes of act_latency_cf, s (inf: no response within the branch)",
+}
+"""Aggregate keys added besides ``TALK_METRIC_DOCS``'s when those episodes drove a counterfactual
+branch (``DriveTalk.counterfactual_s``; ``vla eval --talk drive`` on the embedded simulator)."""
+
 ACT_LATERAL_SPEED = 0.3
 """m/s toward the commanded lane (speed x sin(lane heading error)) that counts as starting a lane
 change; lane keeping stays under 0.1."""
@@ -241,6 +250,46 @@ def act_latency(ep: Episode) -> float:
         accel = _backward_diff(speed, float(ep.dt))
         acts = (np.abs(speed - g.target_speed) < SPEED_TOLERANCE) | (toward * np.nan_to_num(accel) >= ACT_ACCEL)
     later = np.flatnonzero(acts[h + 1:])
+    return float((later[0] + 1) * ep.dt) if len(later) else float("inf")
+
+
+ACT_CF_LATERAL = 0.2
+"""m: how far the car must be, toward the commanded lane, from where it would have been without
+the words (``Episode.unheard_ego``, same moment) to count as acting on a lane command."""
+ACT_CF_SPEED = 0.3
+"""m/s: how far the car's speed must be from its speed without the words to count as acting:
+toward the target for a speed command; either way for a lane command (slowing to fall in behind
+the target lane's traffic, or speeding up to take a gap, is acting on it)."""
+
+
+def act_latency_cf(ep: Episode) -> float:
+    """Seconds from hearing a command during the drive to the first later state where the car
+    drives differently because of it, compared state by state with the same driver from the same
+    moment without the words (``Episode.unheard_ego``, ``DriveTalk.counterfactual_s``): for a
+    lane command, it is ``ACT_CF_LATERAL`` m further toward the commanded lane, its speed differs
+    by ``ACT_CF_SPEED`` m/s, or it is in that lane; for a speed command, its speed is
+    ``ACT_CF_SPEED`` further toward the target or within ``SPEED_TOLERANCE`` of it. Unlike
+    ``act_latency``, a car that first brakes to fall in behind the target lane's traffic acts,
+    and traffic that slows both branches alike does not. NaN without a counterfactual branch (or
+    for a command heard before the drive, or a turn); inf when the car does not act within the
+    branch."""
+    h, g, u = int(ep.heard_at), ep.goal, ep.unheard_ego
+    if u is None or h == 0 or g.kind != "lane_speed":
+        return float("nan")
+    n = min(len(u), ep.ego.shape[0] - h)
+    ego, u = ep.ego[h:h + n].astype(np.float64), np.asarray(u[:n], dtype=np.float64)
+    heading = ego[0, EGO["yaw"]] - ego[0, EGO["lane_heading_error"]]  # the lane's direction at hearing
+    dx, dy = ego[:, EGO["x"]] - u[:, EGO["x"]], ego[:, EGO["y"]] - u[:, EGO["y"]]
+    across = -np.sin(heading) * dx + np.cos(heading) * dy  # + left of where it would have been
+    dv = ego[:, EGO["speed"]] - u[:, EGO["speed"]]
+    if g.target_lane >= 0:
+        toward = 1.0 if g.target_lane < ego[0, EGO["lane_id"]] else -1.0  # lane 0 is the leftmost; left is +
+        acts = ((ego[:, EGO["lane_id"]] == g.target_lane) | (toward * across >= ACT_CF_LATERAL)
+                | (np.abs(dv) >= ACT_CF_SPEED))
+    else:
+        toward = 1.0 if g.target_speed > ego[0, EGO["speed"]] else -1.0
+        acts = (np.abs(ego[:, EGO["speed"]] - g.target_speed) < SPEED_TOLERANCE) | (toward * dv >= ACT_CF_SPEED)
+    later = np.flatnonzero(acts[1:])
     return float((later[0] + 1) * ep.dt) if len(later) else float("inf")
 
 
@@ -402,6 +451,7 @@ def episode_metrics(ep: Episode) -> dict[str, float | str]:
         "num_steps": float(T),
         "heard_at_s": float(ep.heard_at * ep.dt),
         "act_latency_s": act_latency(ep),
+        "act_latency_cf_s": act_latency_cf(ep),
         "outcome": ep.outcome,
         "error": ep.error,
         "seed": float(ep.seed),
@@ -490,18 +540,25 @@ def aggregate(per_episode: list[dict]) -> dict[str, float | dict]:
 
 
 def _talk_aggregate(rows: list[dict]) -> dict[str, float]:
-    """``TALK_METRIC_DOCS``'s keys over the episodes that heard a command during the drive; {}
+    """``TALK_METRIC_DOCS``'s keys (and ``TALK_CF_METRIC_DOCS``'s where there are counterfactual
+    branches) over the episodes that heard a command during the drive; {}
     when none did (rows without ``heard_at_s``, e.g. older episodes.csv files, count as none)."""
     talk = [r for r in rows if float(r.get("heard_at_s", 0.0)) > 0]
     if not talk:
         return {}
     latency = np.array([float(r["act_latency_s"]) for r in talk], dtype=np.float64)
-    return {
+    out = {
         "talk_episodes": len(talk),
         "act_within_1s_rate": float(np.mean(latency <= 1.0 + 1e-9)),
         "act_latency_s_median": float(np.median(latency)),
         "talk_goal_success_rate": _mean(talk, "goal_success"),
     }
+    cf = np.array([float(r.get("act_latency_cf_s", "nan")) for r in talk], dtype=np.float64)
+    cf = cf[~np.isnan(cf)]
+    if len(cf):
+        out.update({"act_cf_episodes": len(cf), "act_within_1s_cf_rate": float(np.mean(cf <= 1.0 + 1e-9)),
+                    "act_latency_cf_s_median": float(np.median(cf))})
+    return out
 
 
 def _fmt(v) -> str:

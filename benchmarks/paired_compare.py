@@ -47,7 +47,8 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
     means: dict[str, dict[str, list[float]]] = {"a": {m: [] for m in METRICS}, "b": {m: [] for m in METRICS}}
     per_dir: dict[str, list[float]] = {"a": [], "b": []}
     rows: dict[str, list[dict]] = {"a": [], "b": []}
-    talk: dict[str, list[float]] = {"a_within_1s": [], "b_within_1s": [], "a_goal": [], "b_goal": []}
+    talk: dict[str, list[float]] = {"a_within_1s": [], "b_within_1s": [], "a_goal": [], "b_goal": [],
+                                    "a_within_1s_cf": [], "b_within_1s_cf": []}
     for da, db in zip(a_dirs, b_dirs):
         ea, eb = read_episodes_csv(da), read_episodes_csv(db)
         if set(ea) != set(eb):
@@ -65,6 +66,10 @@ def compare(a_dirs: list[str], b_dirs: list[str], resamples: int = 10_000) -> di
                 for arm, r in (("a", ea[seed]), ("b", eb[seed])):
                     talk[f"{arm}_within_1s"].append(float(float(r["act_latency_s"]) <= 1.0 + 1e-9))
                     talk[f"{arm}_goal"].append(float(r["goal_success"]))
+                cf = [float(r.get("act_latency_cf_s") or "nan") for r in (ea[seed], eb[seed])]
+                if not np.isnan(cf).any():  # both drove the branch without the words
+                    for arm, v in zip("ab", cf):
+                        talk[f"{arm}_within_1s_cf"].append(float(v <= 1.0 + 1e-9))
     return {
         "pairs": len(diffs["goal_success"]),
         "a": {m: float(np.mean(v)) for m, v in means["a"].items()},
@@ -86,11 +91,14 @@ def _heard_during(row: dict) -> bool:
 
 def _talk_summary(talk: dict[str, list[float]], resamples: int) -> dict:
     """Acting within 1 s and goal success over the episodes where both arms heard a command
-    during the drive: each arm's rate and B minus A with its paired interval."""
-    out: dict = {"pairs": len(talk["a_goal"])}
-    for name in ("within_1s", "goal"):
+    during the drive: each arm's rate and B minus A with its paired interval; acting within 1 s
+    against the branch without the words (``act_latency_cf``) over the pairs where both drove it
+    (None where none did)."""
+    out: dict = {"pairs": len(talk["a_goal"]), "cf_pairs": len(talk["a_within_1s_cf"])}
+    for name in ("within_1s", "goal", "within_1s_cf"):
         a, b = np.array(talk[f"a_{name}"]), np.array(talk[f"b_{name}"])
-        out[name] = {"a": float(a.mean()), "b": float(b.mean()), "b_minus_a": paired_bootstrap(b - a, resamples=resamples)}
+        out[name] = None if not len(a) else {
+            "a": float(a.mean()), "b": float(b.mean()), "b_minus_a": paired_bootstrap(b - a, resamples=resamples)}
     return out
 
 
@@ -118,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if report["talk"] is not None:
         t = report["talk"]
         print(f"  commands during the drive, {t['pairs']} pairs where both arms heard one:")
-        for name, label in (("within_1s", "acted within 1 s"), ("goal", "goal success")):
+        for name, label in (("within_1s", "acted within 1 s"), ("goal", "goal success"),
+                            ("within_1s_cf", f"acted within 1 s against the car without the words ({t['cf_pairs']} pairs)")):
+            if t[name] is None:
+                continue
             r = t[name]["b_minus_a"]
             print(f"    {label:16s} A {t[name]['a']:.3f}  B {t[name]['b']:.3f}  B-A {r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]")
     if report["goal_success_by_command"] is not None:

@@ -30,7 +30,10 @@ spoken policy) in which the passenger gives a new command 3-6 s into the drive
 (``sim.rollout.DriveTalk``, ``vla eval --talk drive``): the fraction in which the car acts on it
 within 1 s (``benchmarks.metrics.act_latency``), with ``act_latency_s_median`` and the goal
 success of those commands (``talk_goal_success_rate``); null with the reason when
-``--talk-episodes 0``.
+``--talk-episodes 0``. ``act_within_1s_cf_rate`` (with ``act_latency_cf_s_median``): the same
+against the same car driven on from that moment without the words
+(``benchmarks.metrics.act_latency_cf``), which also counts braking to fall in behind the target
+lane's traffic and not what traffic does to both.
 
 ``command_accuracy_by_label``: the probe's accuracy per spoken label over all noise levels and
 both languages (the confusion matrix's diagonal); a policy trained on one scenario family never
@@ -145,16 +148,18 @@ def predict(probe: tuple, x: np.ndarray) -> np.ndarray:
 def acting_on_time(policy_dir: str, episodes: int) -> dict:
     """``act_within_1s_rate``, ``act_latency_s_median`` and ``talk_goal_success_rate`` of
     ``episodes`` closed-loop episodes with a command during the drive (module docstring)."""
-    from benchmarks.metrics import TALK_METRIC_DOCS
-    from sim.rollout import DriveTalk
+    from benchmarks.metrics import TALK_CF_METRIC_DOCS, TALK_METRIC_DOCS
+    from sim.rollout import TALK_COUNTERFACTUAL_S, DriveTalk
     from vla.evaluation import evaluate
     from vla.policy import EVAL_HEARING
 
     metrics = evaluate(policy_dir, "highway", "medium", range(TALK_FIRST_SEED, TALK_FIRST_SEED + episodes),
-                       phrasings="heldout", hearing=EVAL_HEARING, talk=DriveTalk(),
+                       phrasings="heldout", hearing=EVAL_HEARING,
+                       talk=DriveTalk(counterfactual_s=TALK_COUNTERFACTUAL_S),
                        progress="command during the drive").metrics
     # the aggregate has these keys only when some episode heard a command during the drive
-    return {k: metrics.get(k, 0 if k == "talk_episodes" else None) for k in TALK_METRIC_DOCS}
+    return {k: metrics.get(k, 0 if k in ("talk_episodes", "act_cf_episodes") else None)
+            for k in (*TALK_METRIC_DOCS, *TALK_CF_METRIC_DOCS)}
 
 
 def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeats: int = 20,
@@ -269,9 +274,11 @@ def run_speech_bench(policy_dir: str, renditions: int = 2, seed: int = 0, repeat
     if talk_episodes > 0:
         result.update(acting_on_time(policy_dir, talk_episodes))
         log(f"command during the drive, {result['talk_episodes']} of {talk_episodes} held-out episodes: acted within "
-            f"1 s in {result['act_within_1s_rate']}, goal success {result['talk_goal_success_rate']}")
+            f"1 s in {result['act_within_1s_rate']} (against the car without the words: "
+            f"{result['act_within_1s_cf_rate']}), goal success {result['talk_goal_success_rate']}")
     else:
-        result["not_measured"]["act_within_1s_rate"] = "not run (--talk-episodes 0)"
+        for key in ("act_within_1s_rate", "act_within_1s_cf_rate"):
+            result["not_measured"][key] = "not run (--talk-episodes 0)"
     for key in result["not_measured"]:
         result[key] = None
     if ears:

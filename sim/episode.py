@@ -83,6 +83,12 @@ class Episode:
     the next junction and the route's point ahead in the lane frame), or None when the backend
     did not report it (episodes recorded before it existed)."""
 
+    unheard_ego: np.ndarray | None = None
+    """(K+1, len(EGO_FIELDS)) float64: the ego's states from s_heard_at on had the passenger said
+    nothing then (``DriveTalk.counterfactual_s``: the same policy and traffic from the same
+    moment, without the words), row 0 being s_heard_at itself; None when not driven. Evaluation
+    only: not stored with the episode."""
+
     def __post_init__(self) -> None:
         t = self.actions.shape[0]
         expect = {
@@ -97,6 +103,11 @@ class Episode:
             got = getattr(self, name).shape
             if got != shape:
                 raise ValueError(f"episode field {name!r} has shape {got}, expected {shape}")
+        if self.unheard_ego is not None:
+            u = self.unheard_ego
+            if u.ndim != 2 or u.shape[0] < 1 or u.shape[1] != len(EGO_FIELDS) or self.heard_at <= 0:
+                raise ValueError(f"episode field 'unheard_ego' has shape {u.shape} (heard_at {self.heard_at}), "
+                                 f"expected (K+1, {len(EGO_FIELDS)}) for a command heard during the drive")
         if self.expert_plans is not None:
             plans = self.expert_plans
             if plans.ndim != 3 or plans.shape[0] != t or plans.shape[1] < 1 or plans.shape[2] != len(ACTION_FIELDS):

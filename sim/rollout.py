@@ -8,6 +8,7 @@ baselines here are what every learned policy is compared with: ``expert``, ``ran
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -42,8 +43,16 @@ class DriveTalk:
     chitchat: bool = False
     """Say chit-chat instead ("play some music": the env's ``rephrase`` of label ``none``, else
     ``CHITCHAT``): the goal stays the first command's, and a policy should drive on as before."""
+    counterfactual_s: float = 0.0
+    """> 0: when a command is said, first drive this many seconds from that moment as if nothing
+    had been said (a copy of the policy, on the env's ``snapshot``; the env is then restored, so
+    the episode itself is unchanged) and record the ego's states as ``Episode.unheard_ego``: what
+    ``benchmarks.metrics.act_latency_cf`` compares the car's response with. Needs a backend with
+    ``snapshot`` / ``restore`` (the embedded simulator)."""
 
     def __post_init__(self) -> None:
+        if not (np.isfinite(self.counterfactual_s) and self.counterfactual_s >= 0):
+            raise ValueError(f"counterfactual_s must be a finite time >= 0 in s, got {self.counterfactual_s}")
         if not 0.0 < self.earliest_s <= self.latest_s:
             raise ValueError(f"talk times must satisfy 0 < earliest_s <= latest_s, got {self.earliest_s}, "
                              f"{self.latest_s}")
@@ -56,6 +65,12 @@ class DriveTalk:
         """(the step at which the command has been heard, the generator that picks and words it)."""
         rng = np.random.default_rng([int(seed), TALK_SEED])
         return max(1, int(round(rng.uniform(self.earliest_s, self.latest_s) / DT))), rng
+
+
+TALK_COUNTERFACTUAL_S = 3.0
+"""Seconds of the branch driven without the words (``DriveTalk.counterfactual_s``) in ``vla eval
+--talk drive`` on the embedded simulator and ``vla bench speech``: ``act_within_1s_cf_rate``
+compares the car with it, so 3 s leaves room for latencies past the 1 s target."""
 
 
 class DrivingPolicy(Protocol):
@@ -294,6 +309,9 @@ def run_episode(
         raise ValueError("DART noise needs query_expert (its labels are the expert's clean actions)")
     if talk is not None and not hasattr(env, "speak"):
         raise ValueError(f"the {type(env).__name__} backend cannot take a command during the drive (no speak())")
+    if talk is not None and talk.counterfactual_s > 0 and not hasattr(env, "snapshot"):
+        raise ValueError(f"the {type(env).__name__} backend cannot drive a counterfactual branch (no snapshot()); "
+                         "use counterfactual_s=0")
     record_plans = plan_horizon > 1 and not isinstance(policy, ExpertPolicy)
     obs, _ = env.reset(seed=seed)
     policy.reset()
@@ -309,7 +327,7 @@ def run_episode(
     goal_futures = []
     outcome, error = "timeout", ""
     talk_step, talk_rng = talk.draw(seed) if talk is not None else (-1, None)
-    heard_at = 0
+    heard_at, unheard = 0, None
     while True:
         if len(actions) == talk_step and talk.chitchat:
             if hasattr(policy, "hear"):
@@ -317,10 +335,13 @@ def run_episode(
                 chat = rephrase(replace(env.goal, label="none"), talk_rng) if rephrase is not None else None
                 policy.hear(*((chat.command, chat.lang) if chat is not None else (CHITCHAT, "en")), seed=seed)
         elif len(actions) == talk_step:
+            before = env.snapshot() if talk.counterfactual_s > 0 else None
             said = env.speak(talk_rng, talk.labels)
             if said is not None:
                 goal, obs = said
                 heard_at = talk_step
+                if before is not None:
+                    unheard = _unheard_branch(env, policy, before, max(1, int(round(talk.counterfactual_s / DT))))
                 if hasattr(policy, "hear"):
                     policy.hear(goal.command, goal.lang, seed=seed)
         if record_frames and "cameras" in obs:
@@ -397,4 +418,25 @@ def run_episode(
                       if record_goal_futures else None),
         route=None if routes is None else np.array(routes, dtype=np.float32).reshape(len(actions) + 1, -1),
         heard_at=heard_at,
+        unheard_ego=unheard,
     )
+
+
+def _unheard_branch(env, policy, before, steps: int) -> np.ndarray:
+    """(<= steps + 1, len(EGO_FIELDS)) the ego's states from the snapshot ``before`` (the moment a
+    command was said, taken before saying it) for ``steps`` steps, driven by a copy of ``policy``
+    that never heard it; shorter when that branch ends first. The env is returned to the state
+    it was in when called, so the episode goes on as if this had not run."""
+    after = env.snapshot()
+    try:
+        obs = env.restore(before)
+        shadow = copy.deepcopy(policy, {id(env): env})  # a policy that reads the env reads this one
+        rows = [env.ego_state()]
+        for _ in range(steps):
+            obs, _, terminated, truncated, _ = env.step(np.asarray(shadow.select_action(obs), dtype=np.float32))
+            rows.append(env.ego_state())
+            if terminated or truncated:
+                break
+    finally:
+        env.restore(after)
+    return np.stack(rows).astype(np.float64)

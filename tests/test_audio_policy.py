@@ -113,6 +113,7 @@ def test_bench_speech_probes_held_out_phrasings_and_voices(codec_dir, data, tmp_
     # one closed-loop episode ran; an untrained policy may leave the road before anyone speaks
     assert "act_within_1s_rate" not in out["not_measured"] and out["talk_episodes"] in (0, 1)
     assert out["act_within_1s_rate"] in ((None,) if out["talk_episodes"] == 0 else (0.0, 1.0))
+    assert out["act_within_1s_cf_rate"] in ((None,) if out["talk_episodes"] == 0 else (0.0, 1.0))
     for key in ("command_accuracy_clean", "command_accuracy_5db", "command_accuracy_zh", "hearing_ms_per_step",
                 "command_accuracy_head_clean", "command_accuracy_head_5db", "command_accuracy_head_zh"):
         assert isinstance(out[key], float) and (0.0 <= out[key] <= 1.0 or key == "hearing_ms_per_step")

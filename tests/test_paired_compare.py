@@ -9,12 +9,14 @@ from benchmarks import paired_compare as pc
 
 
 def _eval_dir(root, name, goal_success, seeds=(10, 11, 12, 13), commands=None, talk=None):
-    """``talk``: per episode (heard_at_s, act_latency_s), the columns of ``vla eval --talk drive``."""
+    """``talk``: per episode (heard_at_s, act_latency_s[, act_latency_cf_s]), the columns of ``vla eval
+    --talk drive``."""
     d = root / name
     d.mkdir()
     with open(d / "episodes.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["seed", "goal_type", *pc.METRICS, *(["command"] if commands else []),
-                                          *(["heard_at_s", "act_latency_s"] if talk else [])])
+                                          *(["heard_at_s", "act_latency_s"] if talk else []),
+                                          *(["act_latency_cf_s"] if talk and len(talk[0]) > 2 else [])])
         w.writeheader()
         for i, (s, g) in enumerate(zip(seeds, goal_success)):
             row = {"seed": s, "goal_type": "lane_left" if s % 2 else "keep_lane", "goal_success": g,
@@ -23,7 +25,9 @@ def _eval_dir(root, name, goal_success, seeds=(10, 11, 12, 13), commands=None, t
             if commands:
                 row["command"] = commands[i]
             if talk:
-                row["heard_at_s"], row["act_latency_s"] = talk[i]
+                row["heard_at_s"], row["act_latency_s"] = talk[i][:2]
+                if len(talk[i]) > 2:
+                    row["act_latency_cf_s"] = talk[i][2]
             w.writerow(row)
     return str(d)
 
@@ -85,6 +89,18 @@ def test_commands_during_the_drive_pair_only_episodes_where_both_arms_heard_one(
     assert talk["within_1s"]["b_minus_a"]["mean"] == 2 / 3
     assert talk["goal"]["a"] == 2 / 3 and talk["goal"]["b"] == 1.0
     assert "acted within 1 s" in out
+    assert talk["cf_pairs"] == 0 and talk["within_1s_cf"] is None  # no branch without the words: no such pairs
+    # with the counterfactual column: pairs where both arms drove the branch (episode 11: A has none)
+    a = _eval_dir(tmp_path, "acf", [1, 0, 1, 1], talk=[(4.0, 0.5, 0.4), (3.5, 1.8, "nan"), (5.0, "inf", 2.5),
+                                                        (4.1, 0.3, 0.2)])
+    b = _eval_dir(tmp_path, "bcf", [1, 1, 1, 0], talk=[(4.0, 0.3, 0.3), (3.5, 0.6, 0.5), (5.0, 1.0, 0.9),
+                                                        (4.2, 0.4, 1.5)])
+    assert pc.main(["--a", a, "--b", b]) == 0
+    out = capsys.readouterr().out
+    talk = json.loads(out.strip().splitlines()[-1])["talk"]
+    assert talk["pairs"] == 4 and talk["cf_pairs"] == 3
+    assert talk["within_1s_cf"]["a"] == 2 / 3 and talk["within_1s_cf"]["b"] == 2 / 3
+    assert "against the car without the words (3 pairs)" in out
     plain = _eval_dir(tmp_path, "plain", [1, 1, 1, 1])  # no talk columns: no talk section
     assert pc.main(["--a", plain, "--b", plain]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["talk"] is None

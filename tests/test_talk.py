@@ -391,3 +391,54 @@ def test_read_back_keeps_chitchat_out_and_names_every_label():
         canonical_command("none")
     with pytest.raises(ValueError, match="command_readback"):
         PolicyConfig(command_readback=1.5)
+
+
+def test_the_counterfactual_branch_leaves_the_episode_as_it_was_and_times_the_response_against_it():
+    """DriveTalk.counterfactual_s: the branch driven without the words starts at the moment they
+    were said and changes nothing in the episode itself (same states, actions and outcome as
+    without it); act_latency_cf counts a departure from that branch toward the commanded lane,
+    or a speed difference, and not a lateral departure away from the lane."""
+    from dataclasses import replace
+
+    from benchmarks.metrics import ACT_CF_LATERAL, TALK_CF_METRIC_DOCS, act_latency_cf, aggregate, episode_metrics
+    from sim.highway import EmbeddedDrivingEnv
+
+    env = EmbeddedDrivingEnv("highway", "light")
+    plain = DriveTalk(earliest_s=2.0, latest_s=4.0, labels=("lane_left", "lane_right"))
+    branch = replace(plain, counterfactual_s=2.0)
+    eps = []
+    for seed in range(2):
+        ep = run_episode(env, ExpertPolicy(env), seed, query_expert=False, record_frames=False, talk=branch)
+        same = run_episode(env, ExpertPolicy(env), seed, query_expert=False, record_frames=False, talk=plain)
+        assert same.unheard_ego is None and ep.heard_at == same.heard_at > 0 and ep.goal == same.goal
+        np.testing.assert_array_equal(ep.ego, same.ego)  # the branch changed nothing in the episode
+        np.testing.assert_array_equal(ep.actions, same.actions)
+        assert ep.outcome == same.outcome and ep.unheard_ego.shape == (21, len(EGO_FIELDS))
+        np.testing.assert_array_equal(ep.unheard_ego[0], ep.ego[ep.heard_at])  # it starts at the moment
+        assert not np.array_equal(ep.unheard_ego[-1], ep.ego[ep.heard_at + 20])  # and the expert did act
+        assert 0 < act_latency_cf(ep) <= 2.0 and np.isnan(act_latency_cf(same))
+        eps.append(ep)
+    agg = aggregate([episode_metrics(ep) for ep in eps])
+    assert set(TALK_CF_METRIC_DOCS) <= set(agg) and agg["act_cf_episodes"] == 2
+
+    ep, h = eps[0], eps[0].heard_at
+    toward = 1.0 if ep.goal.target_lane < ep.ego[h, EGO["lane_id"]] else -1.0
+    mine = ep.ego[h:h + 21].copy()
+    mine[:, EGO["lane_id"]] = ep.ego[h, EGO["lane_id"]]  # (never in the target lane in this rebuilt episode)
+    ego = ep.ego.copy()
+    ego[h:h + 21] = mine
+    k = np.arange(21)
+
+    def latency(shift_y: np.ndarray, shift_v: np.ndarray) -> float:
+        u = mine.copy()  # the car without the words: where it is now, moved by the shifts
+        u[:, EGO["y"]] -= shift_y  # (the lane runs along x on this highway)
+        u[:, EGO["speed"]] -= shift_v
+        return act_latency_cf(replace(ep, ego=ego, unheard_ego=u))
+
+    none = np.zeros(21)
+    assert latency(none, none) == float("inf")  # drives as it would have: no response
+    assert latency(toward * (ACT_CF_LATERAL + 0.05) * (k >= 4), none) == pytest.approx(0.4)
+    assert latency(-toward * 1.0 * (k >= 2), none) == float("inf")  # away from the lane: not this command
+    assert latency(none, -0.4 * (k >= 6)) == pytest.approx(0.6)  # slower than it would have been: acting
+    with pytest.raises(ValueError, match="counterfactual_s"):
+        DriveTalk(counterfactual_s=-1.0)

@@ -21,7 +21,7 @@ from sim.cameras import default_rig
 from sim.episode import Episode
 from sim.backends import DEFAULT_BACKEND, make_env
 from sim.interface import DrivingEnv
-from sim.rollout import DartNoise, DriveTalk, run_episode
+from sim.rollout import TALK_COUNTERFACTUAL_S, DartNoise, DriveTalk, run_episode
 from sim.storage import EpisodeWriter
 from vla.evaluation import evaluate
 from vla.policies_registry import resolve_policy
@@ -157,9 +157,14 @@ def run_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _talk(when: str) -> DriveTalk | None:
-    """``vla eval --talk``: start (None), drive (a new command) or chitchat."""
-    return None if when == "start" else DriveTalk(chitchat=when == "chitchat")
+def _talk(when: str, backend: str = DEFAULT_BACKEND) -> DriveTalk | None:
+    """``vla eval --talk``: start (None), drive (a new command; with its counterfactual branch
+    where the backend can snapshot, i.e. the embedded simulator) or chitchat."""
+    if when == "start":
+        return None
+    if when == "chitchat":
+        return DriveTalk(chitchat=True)
+    return DriveTalk(counterfactual_s=TALK_COUNTERFACTUAL_S if backend == "embedded" else 0.0)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -195,7 +200,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           backend=getattr(args, "backend", DEFAULT_BACKEND), workers=getattr(args, "workers", 1),
                           ray=getattr(args, "ray", None), hearing=hearing_from_args(args),
                           execution=getattr(args, "execution", None),
-                          talk=_talk(getattr(args, "talk", "start")))
+                          talk=_talk(getattr(args, "talk", "start"), getattr(args, "backend", DEFAULT_BACKEND)))
     finally:
         if writer is not None:
             writer.close()
