@@ -216,6 +216,8 @@ TALK_CF_METRIC_DOCS = {
     "act_within_1s_cf_rate": "of those, the fraction whose car drives differently because of the words (act_latency_cf) "
                              "within 1 s of hearing them",
     "act_latency_cf_s_median": "median over those episodes of act_latency_cf, s (inf: no response within the branch)",
+    "act_within_1s_cf_met_rate": "of those, the fraction that drove differently within 1 s (act_latency_cf) and then "
+                                 "met the command (goal success): acting on the words, not merely reacting to them",
 }
 """Aggregate keys added besides ``TALK_METRIC_DOCS``'s when those episodes drove a counterfactual
 branch (``DriveTalk.counterfactual_s``; ``vla eval --talk drive`` on the embedded simulator)."""
@@ -554,10 +556,13 @@ def _talk_aggregate(rows: list[dict]) -> dict[str, float]:
         "talk_goal_success_rate": _mean(talk, "goal_success"),
     }
     cf = np.array([float(r.get("act_latency_cf_s", "nan")) for r in talk], dtype=np.float64)
-    cf = cf[~np.isnan(cf)]
-    if len(cf):
-        out.update({"act_cf_episodes": len(cf), "act_within_1s_cf_rate": float(np.mean(cf <= 1.0 + 1e-9)),
-                    "act_latency_cf_s_median": float(np.median(cf))})
+    met = np.array([float(r["goal_success"]) > 0.5 for r in talk])
+    has = ~np.isnan(cf)
+    if has.any():
+        within = cf[has] <= 1.0 + 1e-9
+        out.update({"act_cf_episodes": int(has.sum()), "act_within_1s_cf_rate": float(np.mean(within)),
+                    "act_latency_cf_s_median": float(np.median(cf[has])),
+                    "act_within_1s_cf_met_rate": float(np.mean(within & met[has]))})
     return out
 
 

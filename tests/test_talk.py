@@ -420,6 +420,9 @@ def test_the_counterfactual_branch_leaves_the_episode_as_it_was_and_times_the_re
         eps.append(ep)
     agg = aggregate([episode_metrics(ep) for ep in eps])
     assert set(TALK_CF_METRIC_DOCS) <= set(agg) and agg["act_cf_episodes"] == 2
+    assert agg["act_within_1s_cf_met_rate"] == agg["act_within_1s_cf_rate"] == 1.0  # the expert meets them all
+    missed = [{**episode_metrics(eps[0]), "goal_success": 0.0}, episode_metrics(eps[1])]
+    assert aggregate(missed)["act_within_1s_cf_met_rate"] == 0.5 and aggregate(missed)["act_within_1s_cf_rate"] == 1.0
 
     ep, h = eps[0], eps[0].heard_at
     toward = 1.0 if ep.goal.target_lane < ep.ego[h, EGO["lane_id"]] else -1.0
