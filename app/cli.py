@@ -321,6 +321,10 @@ def _eval_parser(sub) -> None:
                    help="with --go-commit: 1 = inside a junction the rules test with --go-commit's time gap whether or "
                         "not the go rule launched the car (PolicyConfig.commit_inside; default: the checkpoint's, 0 "
                         "unless set)")
+    p.add_argument("--tracker-anticipate", type=float, default=None, metavar="{0,1}",
+                   help="a plan policy's tracker: 1 = let go of a brake (or the throttle) early enough that the "
+                        "jerk-limited release ends at the plan's speed, not past it (PolicyConfig.tracker_anticipate; "
+                        "default: the checkpoint's, 0 unless set)")
     p.add_argument("--commit-lateral", type=float, default=None, metavar="{0,1}",
                    help="with --commit-margin: 1 = commitment holds only the plan's lateral path and the speed "
                         "always follows the newest plan; 0 = it holds the whole plan (PolicyConfig.commit_lateral; "
@@ -419,6 +423,7 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--go-commit", "go_commit", _non_negative, "a finite time gap >= 0 in s (0 = off)"),
     ("--go-release", "go_release", _non_negative, "a finite jerk >= 0 in m/s^3 (0 = at --go-jerk)"),
     ("--commit-inside", "commit_inside", lambda v: v in (0.0, 1.0), "0 (off) or 1 (on)"),
+    ("--tracker-anticipate", "tracker_anticipate", lambda v: v in (0.0, 1.0), "0 (off) or 1 (on)"),
     ("--commit-lateral", "commit_lateral", lambda v: v in (0.0, 1.0), "0 (whole plan) or 1 (lateral path only)"),
     ("--yield-gap", "yield_gap", _positive, "a finite time gap > 0 in s"),
     ("--curve-brake", "curve_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),

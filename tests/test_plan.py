@@ -370,6 +370,40 @@ def test_the_tracker_never_brakes_past_standstill():
         np.zeros((4, 2)), np.zeros(3), pose, pose, accel_now=-3.0)[0], -2.8)
 
 
+def _brake_to(v0: float, target: float, decel: float, k: int = 4) -> np.ndarray:
+    """A plan from speed v0 that brakes at ``decel`` until ``target`` m/s, then holds it."""
+    times = plan_times(k)
+    fine = np.linspace(0.0, times[-1], 2001)
+    speed = np.maximum(target, v0 - decel * fine)
+    x = np.concatenate([[0.0], np.cumsum(0.5 * (speed[1:] + speed[:-1]) * np.diff(fine))])
+    return np.stack([np.interp(times, fine, x) / times - v0, np.zeros(k)], axis=-1)
+
+
+@pytest.mark.parametrize("anticipate", [False, True])
+def test_an_anticipating_release_ends_a_firm_brake_at_the_plans_speed(anticipate):
+    """Under the 1.5 m/s^3 jerk limit, plans that brake at 3 m/s^2 from 25 to 20 m/s and hold it
+    (re-planned every 0.5 s): releasing when the plan's next 0.5 s ask it dips 0.8 m/s below 20;
+    anticipating the release (TrackerParams.anticipate) a third of that. Either way the command
+    never changes faster than the limit once braking, the first brake is at once, and the car
+    settles at 20."""
+    tracker = PlanTracker(TrackerParams(max_jerk_long=1.5, anticipate=anticipate))
+    pose, accel, held, low, steps = np.array([0.0, 0.0, 0.0, 25.0]), 0.0, None, 25.0, []
+    for i in range(80):
+        if i % 5 == 0:
+            held = (_brake_to(pose[3], 20.0, 3.0), np.array([pose[0], 0.0, 0.0]), pose.copy(), i)
+        plan, frame, start, made = held
+        command = float(tracker.control(plan, frame, start, pose, age=(i - made) * 0.1, accel_now=accel)[0])
+        steps.append(command - accel)
+        pose, accel = VehicleGeometry().step(pose, np.array([command, 0.0])), command
+        low = min(low, pose[3])
+    assert steps[0] < -2.0 and max(abs(d) for d in steps[1:]) <= 0.15 + 1e-6  # (float32 actions)
+    assert abs(pose[3] - 20.0) < 0.05
+    if anticipate:
+        assert low > 19.6, low
+    else:
+        assert low < 19.3, low  # the overshoot this setting is for
+
+
 def test_plan_goal_relabelling_labels_every_command_from_recorded_states(tmp_path):
     """An expert episode recorded with goal futures (every 4th state) round-trips through HDF5
     and gives a plan policy one sample per other possible goal at those states, labelled with
@@ -642,7 +676,7 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
     for attr, flag in flags.items():
-        value = 1.0 if attr in ("yield_paths", "commit_inside", "commit_lateral") else 0.5  # a switch: 0 or 1
+        value = 1.0 if attr in ("yield_paths", "commit_inside", "commit_lateral", "tracker_anticipate") else 0.5  # a switch: 0 or 1
         argv = ["eval", "--policy", str(tmp_path / "plan"), flag, str(value), "--out", str(tmp_path / "out")]
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)

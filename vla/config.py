@@ -168,6 +168,11 @@ class PolicyConfig:
     cost in collisions, off-road, progress or goal success (docs/drive_like_expert.md). An
     execution setting, not learned: a saved policy drives with whatever its config says
     (checkpoints saved with 2.0 keep it; ``vla eval --tracker-jerk 1.5 0`` drives them at 1.5)."""
+    tracker_anticipate: float = 0.0
+    """A plan policy's tracker (``sim.plan.TrackerParams.anticipate``): 1 = let go of a brake (or
+    the throttle) early enough that the release at ``tracker_jerk_long`` ends at the plan's speed;
+    0 = release when the plan's next 0.5 s ask it (the default), which under the jerk limit sheds
+    up to 2-3 m/s past the plan's speed after a firm brake. A switch, 0 or 1; an execution setting."""
     tracker_lookahead: float = 1.0
     """A plan policy's tracker (``TrackerParams.lookahead_time``): pure pursuit aims at the plan's
     point this many seconds of speed ahead (at least 3 m). A new plan a few centimetres beside
@@ -463,6 +468,8 @@ class PolicyConfig:
                              f"{self.go_release}")
         if not (math.isfinite(self.yield_gap) and self.yield_gap > 0):
             raise ValueError(f"PolicyConfig.yield_gap must be a finite time gap > 0 in s, got {self.yield_gap}")
+        if self.tracker_anticipate not in (0.0, 1.0):
+            raise ValueError(f"PolicyConfig.tracker_anticipate must be 0 (off) or 1 (on), got {self.tracker_anticipate}")
         if self.commit_lateral not in (0.0, 1.0):
             raise ValueError(f"PolicyConfig.commit_lateral must be 0 (whole plan) or 1 (lateral path only), got "
                              f"{self.commit_lateral}")

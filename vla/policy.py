@@ -168,7 +168,7 @@ EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahea
                       "route_steer_speed", "route_exit_hold", "merge_brake", "follow_brake", "go_zone", "yield_turn",
                       "junction_ttc", "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
                       "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback",
-                      "commit_lateral")
+                      "commit_lateral", "tracker_anticipate")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -266,6 +266,7 @@ class VLAPolicy(torch.nn.Module):
             raise ValueError(f"unknown plan execution settings {unknown}; choose from {list(EXECUTION_SETTINGS)}")
         self.config = c = replace(self.config, **{k: float(v) for k, v in settings.items()})
         self.tracker = PlanTracker(TrackerParams(max_jerk_long=c.tracker_jerk_long, max_jerk_lat=c.tracker_jerk_lat,
+                                                 anticipate=c.tracker_anticipate > 0,
                                                  lookahead_time=c.tracker_lookahead))
         self._yield_params = YieldParams(zone=c.yield_zone, go_zone=c.go_zone, max_turn=c.yield_turn,
                                          brake_ttc=c.junction_ttc, follow_ahead=c.route_follow, hold_speed=c.junction_hold,
