@@ -64,7 +64,10 @@ def test_ties_are_broken_as_highway_env_breaks_them():
     assert fast[1] is slow[1] is others[2]
 
 
-def test_the_projection_and_the_distance_are_bit_identical_to_highway_envs():
+def test_the_projection_is_bit_identical_and_the_distance_within_the_precheck_slack():
+    """The lane projection is highway-env's to the last bit. The pre-check's distance may differ
+    from highway-env's np.linalg.norm in the last bit (a fused multiply-add on some CPUs), never
+    by as much as PRECHECK_SLACK, so no pair highway-env would check is skipped."""
     env = EmbeddedDrivingEnv("highway", "medium", goals="any")
     env.reset(seed=0)
     rng = np.random.default_rng(0)
@@ -75,7 +78,8 @@ def test_the_projection_and_the_distance_are_bit_identical_to_highway_envs():
                          dx * lane.direction_lateral[0] + dy * lane.direction_lateral[1]], axis=1)
         theirs = np.array([lane.local_coordinates(p) for p in points])
         assert np.array_equal(ours, theirs)
-        assert np.array_equal(np.sqrt(dx * dx + dy * dy), [np.linalg.norm(p - lane.start) for p in points])
+        norm = np.array([np.linalg.norm(p - lane.start) for p in points])
+        assert np.max(np.abs(np.sqrt(dx * dx + dy * dy) - norm)) < fast_road.PRECHECK_SLACK / 1000
 
 
 def _drive(density: str, seed: int, steps: int = 60) -> np.ndarray:
