@@ -328,8 +328,11 @@ class PlanTracker:
         seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) / np.diff(np.concatenate([[0.0], times]))
         mids = np.concatenate([[0.0], (np.concatenate([[0.0], times[:-1]]) + times) / 2.0])
         speeds = np.concatenate([[v0], seg])
-        v_ref = float(np.interp(age + p.speed_time, mids, speeds))
-        accel = (v_ref - v) / p.speed_time
+
+        def speed_at(t: float) -> float:  # the plan's speed t s after its moment
+            return float(np.interp(t, mids, speeds))
+
+        accel = (speed_at(age + p.speed_time) - v) / p.speed_time
         steer = 0.0
         if v >= p.min_speed:
             local = to_frame(pose, from_frame(frame, pts))
@@ -338,7 +341,7 @@ class PlanTracker:
             steer = float(steer_now) + DT / (p.steer_time + DT) * (steer - float(steer_now))
         if p.max_jerk_long > 0 and accel_now is not None:
             if p.anticipate:
-                accel = self._anticipate(accel, float(accel_now), v, lambda t: float(np.interp(t, mids, speeds)), age)
+                accel = self._anticipate(accel, float(accel_now), v, speed_at, age)
             accel = self._limit_accel(accel, float(accel_now))
         # a plan never drives backwards (its speeds are >= 0): never brake past standstill. Without
         # this, releasing a hard stop at the jerk limit kept braking at 0 m/s and reversed the car.
