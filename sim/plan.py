@@ -252,10 +252,11 @@ class VehicleGeometry:
 
 
 ANTICIPATE_TOLERANCE = 0.2
-"""m/s; how far past the plan's speed a release may end before ``TrackerParams.anticipate`` lets go
-early (the plan's own speeds move by about this much from one re-plan to the next)."""
+"""m/s; how far past the plan's lowest (highest) speed a release may end under
+``TrackerParams.anticipate`` (the plan's own speeds move by about this much from one re-plan to the
+next)."""
 ANTICIPATE_MAX_BRAKE = 3.5
-"""m/s^2; ``TrackerParams.anticipate`` never eases a brake the plan asks harder than this (the top of
+"""m/s^2; ``TrackerParams.anticipate`` never caps a brake the plan asks harder than this (the top of
 ISO 15622's comfortable range for adaptive cruise control)."""
 
 
@@ -287,10 +288,11 @@ class TrackerParams:
     """m/s^3; comfort limit on the change of lateral acceleration ``v^2 kappa`` per step, applied
     to the wheel angle through the bicycle's curvature (``steer_now``), 0 = none."""
     anticipate: bool = False
-    """With ``max_jerk_long``: let go of a brake (or the throttle) early enough that the jerk-limited
-    release ends at the plan's speed, not past it (``PlanTracker._anticipate``). Without it a plan
-    that brakes until its target speed and then stops braking is executed with a release that
-    sheds ``a^2 / (2 max_jerk_long)`` more speed (2.6 m/s from 2.8 m/s^2 at 1.5 m/s^3)."""
+    """With ``max_jerk_long``: brake (or push) no harder than the jerk-limited release can undo by
+    the plan's lowest (highest) speed ahead (``PlanTracker._anticipate``). Without it a plan that
+    brakes until its target speed and then stops braking is executed with a release that sheds
+    ``a^2 / (2 max_jerk_long)`` more speed (2.6 m/s from 2.8 m/s^2 at 1.5 m/s^3), and a one-step
+    brake wish costs a full release."""
     geometry: VehicleGeometry = VehicleGeometry()
 
     def __post_init__(self) -> None:
@@ -341,7 +343,7 @@ class PlanTracker:
             steer = float(steer_now) + DT / (p.steer_time + DT) * (steer - float(steer_now))
         if p.max_jerk_long > 0 and accel_now is not None:
             if p.anticipate:
-                accel = self._anticipate(accel, float(accel_now), v, speed_at, age)
+                accel = self._anticipate(accel, v, np.concatenate([[speed_at(age)], speeds[mids > age]]))
             accel = self._limit_accel(accel, float(accel_now))
         # a plan never drives backwards (its speeds are >= 0): never brake past standstill. Without
         # this, releasing a hard stop at the jerk limit kept braking at 0 m/s and reversed the car.
@@ -351,26 +353,22 @@ class PlanTracker:
         action = np.array([accel, steer], dtype=np.float32)
         return np.clip(action, ACTION_LOW, ACTION_HIGH)
 
-    def _anticipate(self, accel: float, accel_now: float, v: float, v_ref, age: float) -> float:
-        """``accel``, or a release by one jerk step from ``accel_now`` when it must begin now.
+    def _anticipate(self, accel: float, v: float, ahead: np.ndarray) -> float:
+        """``accel`` capped so that, released at ``max_jerk_long`` (j), it ends at the plan's speed.
 
-        Letting go of ``accel_now`` at ``max_jerk_long`` (j) takes ``|accel_now| / j`` s and changes
-        the speed by ``accel_now |accel_now| / (2 j)`` on the way. If that ends past the plan's own
-        speed at that moment (``v_ref(t)``, t counted from the plan's moment) by more than
-        ``ANTICIPATE_TOLERANCE``, the command lets go now, even if the plan's next 0.5 s still ask
-        to hold on: the plan says where to be, and only an early release gets there under the
-        limit. A brake harder than ``ANTICIPATE_MAX_BRAKE`` is never eased (the following and
-        yield checks brake on their own after the tracker)."""
+        A brake of ``a`` released at j sheds ``a^2 / (2 j)`` of speed on the way out. So to come down
+        to the lowest speed the plan reaches from now on (``ahead``: its speeds from now to its end)
+        without passing it, a brake may be at most ``sqrt(2 j (v - lowest + ANTICIPATE_TOLERANCE))``.
+        Followed along, that bound lets go at exactly j as the speed comes down, and a one-step brake
+        wish whose plan returns to the current speed is executed as a touch of the brake, not as
+        a full brake and a slow release. The same bounds the throttle by the highest speed ahead.
+        A brake the plan asks harder than ``ANTICIPATE_MAX_BRAKE`` is never capped (the following
+        and yield checks brake on their own after the tracker)."""
         j = self.params.max_jerk_long
-        if accel_now == 0.0 or accel < -ANTICIPATE_MAX_BRAKE:
-            return accel
-        release = abs(accel_now) / j
-        v_end = v + 0.5 * accel_now * release
-        want = v_ref(age + release)
-        if accel_now < 0 and v_end < want - ANTICIPATE_TOLERANCE:
-            return max(accel, accel_now + j * DT)
-        if accel_now > 0 and v_end > want + ANTICIPATE_TOLERANCE:
-            return min(accel, accel_now - j * DT)
+        if accel < 0 and accel >= -ANTICIPATE_MAX_BRAKE:
+            return max(accel, -float(np.sqrt(2 * j * max(0.0, v - float(ahead.min()) + ANTICIPATE_TOLERANCE))))
+        if accel > 0:
+            return min(accel, float(np.sqrt(2 * j * max(0.0, float(ahead.max()) - v + ANTICIPATE_TOLERANCE))))
         return accel
 
     def _limit_accel(self, accel: float, accel_now: float) -> float:
