@@ -251,8 +251,14 @@ def act_latency(ep: Episode) -> float:
         toward = 1.0 if g.target_speed > speed[h] else -1.0
         accel = _backward_diff(speed, float(ep.dt))
         acts = (np.abs(speed - g.target_speed) < SPEED_TOLERANCE) | (toward * np.nan_to_num(accel) >= ACT_ACCEL)
-    later = np.flatnonzero(acts[h + 1:])
-    return float((later[0] + 1) * ep.dt) if len(later) else float("inf")
+    return _first_act(acts[h:], float(ep.dt))
+
+
+def _first_act(acts: np.ndarray, dt: float) -> float:
+    """Seconds from state 0 of ``acts`` (the moment of hearing) to the first later state that
+    acts (one step at the soonest); inf when none does."""
+    later = np.flatnonzero(acts[1:])
+    return float((later[0] + 1) * dt) if len(later) else float("inf")
 
 
 ACT_CF_LATERAL = 0.2
@@ -291,8 +297,7 @@ def act_latency_cf(ep: Episode) -> float:
     else:
         toward = 1.0 if g.target_speed > ego[0, EGO["speed"]] else -1.0
         acts = (np.abs(ego[:, EGO["speed"]] - g.target_speed) < SPEED_TOLERANCE) | (toward * dv >= ACT_CF_SPEED)
-    later = np.flatnonzero(acts[1:])
-    return float((later[0] + 1) * ep.dt) if len(later) else float("inf")
+    return _first_act(acts, float(ep.dt))
 
 
 def _backward_diff(x: np.ndarray, dt: float) -> np.ndarray:
