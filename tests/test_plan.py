@@ -674,9 +674,11 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
     VLAPolicy(config, default_action_tokenizer(16, "plan")).save(tmp_path / "plan")
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
+    switches = {attr for _, attr, valid, _ in cli._SCALAR_EXECUTION_FLAGS if valid is cli._switch}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
+    assert switches == {"yield_paths", "commit_inside", "commit_lateral", "tracker_anticipate"}
     for attr, flag in flags.items():
-        value = 1.0 if attr in ("yield_paths", "commit_inside", "commit_lateral", "tracker_anticipate") else 0.5  # a switch: 0 or 1
+        value = 1.0 if attr in switches else 0.5  # a switch: 0 or 1
         argv = ["eval", "--policy", str(tmp_path / "plan"), flag, str(value), "--out", str(tmp_path / "out")]
         args = cli.build_parser(argv).parse_args(argv)
         cli._check_execution(args)
