@@ -126,3 +126,62 @@ def test_inference_weights_follow_a_new_cache_and_a_dtype_move():
         out = decoder.run(model, x.double(), mask, positions(mask))
     assert out.dtype == torch.float64
     assert torch.allclose(out[mask].float(), ref[mask], atol=1e-5)
+
+
+def _biased_backbone() -> LlamaModel:
+    """GQA and biased projections (as Qwen-style checkpoints have), biases drawn non-zero."""
+    torch.manual_seed(1)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=1, max_position_embeddings=256, attention_bias=True,
+                      mlp_bias=True, attn_implementation="sdpa", tie_word_embeddings=False,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = LlamaModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("make", [_backbone, _biased_backbone])
+def test_one_sequence_decodes_in_numpy_with_the_same_numbers(make, monkeypatch):
+    """One sequence decoding token by token after its prefix (a policy driving) takes the numpy
+    step (``_numpy_step``); a block of several tokens in between goes through torch and reads
+    the keys the numpy steps wrote. Everything equals the library's forward over the whole
+    sequence, with GQA and biased projections too."""
+    model = make()
+    x = torch.randn(1, 20, 32)
+    full_mask = torch.ones(1, 20, dtype=torch.bool)
+    steps = []
+    original = decoder._numpy_step
+    monkeypatch.setattr(decoder, "_numpy_step", lambda *a: steps.append(1) or original(*a))
+    with torch.no_grad():
+        ref = model(inputs_embeds=x, attention_mask=full_mask.long(), position_ids=positions(full_mask)).last_hidden_state
+        cache = decoder.new_cache(model, 1, 20, x)
+        outs = [decoder.run(model, x[:, :12], full_mask[:, :12], positions(full_mask[:, :12]), cache)]
+        for j in range(12, 20):
+            if j == 15:  # three tokens at once: torch
+                outs.append(decoder.run(model, x[:, 15:18], full_mask[:, :3], torch.arange(15, 18)[None], cache))
+            if 15 <= j < 18:
+                continue
+            outs.append(decoder.run(model, x[:, j:j + 1], full_mask[:, :1], torch.tensor([[j]]), cache))
+    assert len(steps) == 5 and cache.length == 20
+    torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_autograd_and_batches_keep_the_torch_path(monkeypatch):
+    """The numpy step is for one unpadded sequence without autograd: a padded prefix (its keys
+    need the mask), a gradient to keep, or a batch go through torch with the same numbers."""
+    model = _backbone()
+    monkeypatch.setattr(decoder, "_numpy_step", lambda *a: pytest.fail("the numpy step ran"))
+    x, mask = _padded_batch(b=3, n=8)
+    extra = torch.randn(3, 1, 32)
+    full_mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.bool)], 1)
+    ref = decoder.run(model, torch.cat([x, extra], 1), full_mask, positions(full_mask))[:, -1:]
+    for b, grad in ((slice(1, 2), False), (slice(0, 1), True), (slice(0, 3), False)):  # padded / grad / batch
+        with torch.set_grad_enabled(grad):
+            cache = decoder.new_cache(model, x[b].shape[0], 9, x)
+            decoder.run(model, x[b], mask[b], positions(mask[b]), cache)
+            out = decoder.run(model, extra[b], torch.ones_like(mask[b, :1]), mask[b].long().sum(1, keepdim=True), cache)
+        torch.testing.assert_close(out, ref[b], atol=1e-5, rtol=1e-5)
+        assert out.requires_grad == grad

@@ -548,6 +548,58 @@ def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier()
     np.testing.assert_array_equal(np.array(drive(1e9)[1]), np.array(drive(0.0)[1]))
 
 
+def test_the_plan_commitment_weighs_is_scored_in_the_prefix_pass():
+    """generate_chunk(score=...) gives another chunk's teacher-forced logits from the prefix's own
+    pass and decodes what it decodes without it; driving with commitment, a re-plan's scores
+    then need no second pass (continuation_logits) and equal the second pass's."""
+    from dataclasses import replace
+
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=2, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          execution="first", commit_margin=1.5)
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan")).eval()
+    env = EmbeddedDrivingEnv("highway", "light")
+    obs, _ = env.reset(seed=5)
+    policy.reset()
+    policy.hear("change to the left lane")
+    x = policy.inputs_from_obs(obs)
+    other = torch.randint(0, 16, (1, 4, 2), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = policy.model.generate_chunk(x)
+        fused = policy.model.generate_chunk(x, score=other)
+        want, _ = policy.model(replace(x, action_bins=other, action_residual=torch.zeros(other.shape),
+                                       action_mask=torch.ones(1, 4, dtype=torch.bool)))
+        with pytest.raises(ValueError, match="score must be"):
+            policy.model.generate_chunk(x, score=other[:, :2])
+    assert torch.equal(fused.bins, plain.bins)
+    torch.testing.assert_close(fused.bin_logits, plain.bin_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.scored_logits, want, atol=1e-5, rtol=1e-5)
+
+    passes = []
+    original = policy.model.continuation_logits
+    policy.model.continuation_logits = lambda *a: passes.append(1) or original(*a)
+    scores = []
+    original_scores = policy._plan_scores
+
+    def weigh(o, plans):
+        scores.append((o, plans, original_scores(o, plans)))
+        return scores[-1][2]
+
+    policy._plan_scores = weigh
+    for _ in range(3 * config.replan_period):
+        obs, *_ = env.step(policy.select_action(obs))
+    assert len(scores) >= 2 and not passes  # every re-plan weighed the kept plan without a second pass
+    for o, plans, fused_scores in scores:  # the same observations and plans through the forward pass
+        policy._known, policy._prefix = [], None
+        np.testing.assert_allclose(fused_scores, original_scores(o, plans), rtol=1e-4)
+
+
 def test_lateral_commitment_holds_the_lateral_path_and_takes_the_new_speed():
     """commit_lateral 1: with an enormous margin a re-plan keeps the executed plan's lateral
     offsets (continued from now) but drives the new plan's speed gains, including a faster one
@@ -580,7 +632,7 @@ def test_lateral_commitment_holds_the_lateral_path_and_takes_the_new_speed():
     def commit(lateral: float, margin: float) -> np.ndarray:
         policy.config = replace(config, commit_margin=margin, commit_lateral=lateral)
         policy._prefix = None
-        return policy._commit(obs, faster, frame, pose, t)
+        return policy._commit(obs, faster, policy._kept_plan(obs, frame, pose, t))
 
     np.testing.assert_allclose(commit(0.0, 1e9), kept, atol=1e-9)  # whole plan held: the old speed too
     held = commit(1.0, 1e9)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +44,7 @@ class KVCache:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (L_max, d_head) cos / sin per position
     blocks: list | None = None  # the blocks' weights (``_blocks``) as of the first pass: a cache
     # lives for one decoding, during which the weights do not change
+    stepper: _NumpyStep | None = None  # the single-token CPU step's views of this cache (``_numpy_step``)
 
     @staticmethod
     def empty(batch: int, blocks: int, kv_heads: int, head_dim: int, max_len: int,
@@ -138,6 +140,160 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+@dataclass(frozen=True)
+class _NumpyBlock:
+    """One block's weights as numpy views for ``_numpy_step``, laid out for ``h @ W``: q, k, v,
+    then q and k with RoPE's rotate-half folded in (its rows permuted and negated per head), so
+    one product gives everything the rotation needs."""
+
+    norm1: np.ndarray
+    qkv_w: np.ndarray  # (d, (2 H + 3 H_kv) * d_head): q, k, v, rotated q, rotated k
+    qkv_b: np.ndarray | None
+    o_w: np.ndarray
+    o_b: np.ndarray | None
+    norm2: np.ndarray
+    gate_up_w: np.ndarray
+    gate_up_b: np.ndarray | None
+    down_w: np.ndarray
+    down_b: np.ndarray | None
+    eps: float
+
+
+@dataclass
+class _NumpyStep:
+    """What ``_numpy_step`` reads for one cache: the blocks, numpy views of the cache's keys,
+    values and key mask (the same memory), RoPE tables tiled over the q and k heads, and how far
+    the cache is known to hold only real tokens."""
+
+    blocks: list[_NumpyBlock]
+    keys: list[np.ndarray]  # per block (H_kv, L_max, d_head), views of the cache's tensors
+    values: list[np.ndarray]
+    key_mask: np.ndarray  # (L_max,) view
+    cos: np.ndarray  # (L_max, (H + H_kv) * d_head)
+    sin: np.ndarray
+    norm: np.ndarray
+    norm_eps: float
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dense_upto: int  # cache.length when every key before it was checked real
+
+
+def _rotate_rows(w: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """Rows of a projection so that ``W' h = rotate_half(W h)`` in every head."""
+    w = w.reshape(heads, head_dim, -1)
+    half = head_dim // 2
+    return torch.cat([-w[:, half:], w[:, :half]], 1).reshape(heads * head_dim, -1)
+
+
+def _rotate_bias(b: torch.Tensor | None, heads: int, head_dim: int) -> torch.Tensor | None:
+    return None if b is None else _rotate_rows(b[:, None], heads, head_dim)[:, 0]
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else np.ascontiguousarray(t.detach().numpy())
+
+
+def _numpy_blocks(backbone, blocks: list[_Block]) -> list[_NumpyBlock]:
+    """``blocks`` for ``_numpy_step``, cached on the backbone while ``_blocks`` returns the same
+    list (that is, while no weight changed)."""
+    cached = getattr(backbone, "_vla_numpy_blocks", None)
+    if cached is not None and cached[0] is blocks:
+        return cached[1]
+    cfg = backbone.config
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    q_end, k_end = heads * head_dim, (heads + kv_heads) * head_dim
+    out = []
+    for blk in blocks:
+        w, b = blk.qkv_w, blk.qkv_b
+        rot_w = torch.cat([_rotate_rows(w[:q_end], heads, head_dim), _rotate_rows(w[q_end:k_end], kv_heads, head_dim)])
+        rot_b = None if b is None else torch.cat([_rotate_bias(b[:q_end], heads, head_dim),
+                                                 _rotate_bias(b[q_end:k_end], kv_heads, head_dim)])
+        out.append(_NumpyBlock(
+            norm1=_np(blk.norm1), qkv_w=_np(torch.cat([w, rot_w]).T), qkv_b=None if b is None else _np(torch.cat([b, rot_b])),
+            o_w=_np(blk.o_w.T), o_b=_np(blk.o_b), norm2=_np(blk.norm2), gate_up_w=_np(blk.gate_up_w.T),
+            gate_up_b=_np(blk.gate_up_b), down_w=_np(blk.down_w.T), down_b=_np(blk.down_b), eps=blk.eps))
+    backbone._vla_numpy_blocks = (blocks, out)
+    return out
+
+
+def _np_rms_norm(weight: np.ndarray, eps: float, h: np.ndarray) -> np.ndarray:
+    return weight * (h / np.sqrt(np.dot(h, h) / h.shape[0] + eps))
+
+
+def _stepper(backbone, cache: KVCache, x: torch.Tensor) -> _NumpyStep | None:
+    """The cache's ``_NumpyStep``, or None where the single-token numpy step does not apply:
+    anything but a batch of one float32 sequence on the CPU without autograd, after a pass
+    that filled the default RoPE table; or a cache holding padding (its keys need a mask)."""
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[0] != 1 or torch.is_grad_enabled()
+            or cache.rope is None or cache.blocks is None or cache.blocks[0].qkv_w.dtype != torch.float32):
+        return None
+    step = cache.stepper
+    if step is None:
+        cfg = backbone.config
+        heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        norm = backbone.norm
+        cos, sin = (t.detach().numpy() for t in cache.rope)
+        step = cache.stepper = _NumpyStep(
+            blocks=_numpy_blocks(backbone, cache.blocks),
+            keys=[k.detach().numpy()[0] for k in cache.keys], values=[v.detach().numpy()[0] for v in cache.values],
+            key_mask=cache.key_mask.numpy()[0], cos=np.tile(cos, (1, heads + kv_heads)),
+            sin=np.tile(sin, (1, heads + kv_heads)), norm=_np(norm.weight),
+            norm_eps=float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))), heads=heads,
+            kv_heads=kv_heads, head_dim=head_dim, dense_upto=-1)
+    if step.dense_upto != cache.length:
+        if not step.key_mask[:cache.length].all():
+            return None
+        step.dense_upto = cache.length
+    return step
+
+
+def _numpy_step(step: _NumpyStep, x: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
+    """``run`` for ONE new token of ONE sequence after the tokens in ``cache``, in numpy: the
+    same math (equal to float tolerance, tested) at about half the cost at the policy's size,
+    where torch's per-op dispatch (~4 us) outweighs the arithmetic (a 96 x 480 product).
+    Decoding an action chunk is one such step per token after the prefix's pass. Longer passes
+    stay in torch: for a prefix its attention kernel is as fast as numpy, and a few teacher-
+    forced tokens (commitment's scores) gain too little to keep a second numpy path."""
+    heads, kv_heads, head_dim = step.heads, step.kv_heads, step.head_dim
+    start = cache.length
+    if start + 1 > step.key_mask.shape[0]:
+        raise ValueError(f"KV cache holds {step.key_mask.shape[0]} tokens; {start} + 1 do not fit")
+    q_end, k_end = heads * head_dim, (heads + kv_heads) * head_dim
+    v_end = k_end + kv_heads * head_dim
+    cos, sin = step.cos[position], step.sin[position]
+    scale = head_dim ** -0.5
+    h = x.detach().numpy().reshape(-1)
+    for i, blk in enumerate(step.blocks):
+        y = _np_rms_norm(blk.norm1, blk.eps, h) @ blk.qkv_w
+        if blk.qkv_b is not None:
+            y += blk.qkv_b
+        qk = y[:k_end] * cos + y[v_end:] * sin  # RoPE: q and k, with their rotated halves
+        keys, values = step.keys[i], step.values[i]
+        keys[:, start] = qk[q_end:].reshape(kv_heads, head_dim)
+        values[:, start] = y[k_end:v_end].reshape(kv_heads, head_dim)
+        q = qk[:q_end].reshape(kv_heads, heads // kv_heads, head_dim)  # query heads grouped by key head
+        scores = (q @ keys[:, :start + 1].transpose(0, 2, 1)) * scale
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        scores /= scores.sum(-1, keepdims=True)
+        h = h + (scores @ values[:, :start + 1]).reshape(-1) @ blk.o_w
+        if blk.o_b is not None:
+            h += blk.o_b
+        gate_up = _np_rms_norm(blk.norm2, blk.eps, h) @ blk.gate_up_w
+        if blk.gate_up_b is not None:
+            gate_up += blk.gate_up_b
+        half = gate_up.shape[0] // 2
+        gate, up = gate_up[:half], gate_up[half:]
+        h = h + (gate / (1.0 + np.exp(-gate)) * up) @ blk.down_w
+        if blk.down_b is not None:
+            h += blk.down_b
+    step.key_mask[start] = True
+    cache.length = step.dense_upto = start + 1
+    return torch.from_numpy(_np_rms_norm(step.norm, step.norm_eps, h)).view(1, 1, -1)
+
+
 def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
         cache: KVCache | None = None) -> torch.Tensor:
     """(B, L, d) token embeddings -> (B, L, d) final hidden states.
@@ -146,10 +302,14 @@ def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
     int64 are the RoPE positions. Without ``cache`` attention is causal within ``x``; with one,
     ``x`` comes after the ``cache.length`` tokens already there, which it also attends to, and
     its keys / values are appended (the cache must have room)."""
+    b, n = x.shape[:2]
+    if cache is not None and n == 1 and cache.length and bool(mask.all()):  # after a pass that filled it
+        step = _stepper(backbone, cache, x)
+        if step is not None:
+            return _numpy_step(step, x, int(positions), cache)
     cfg = backbone.config
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ValueError(f"vla.decoder runs SiLU-gated MLPs; this backbone uses {cfg.hidden_act!r}")
-    b, n = x.shape[:2]
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     cos, sin = _rope(backbone, x, positions, cache)  # (B, 1, L, d_head) each

@@ -82,6 +82,7 @@ class ChunkOutput:
     logprob: torch.Tensor  # (B, H, D) log-probability of the chosen bins
     bin_logits: torch.Tensor  # (B, H, D, n_bins)
     prefix: Prefix | None = None  # the prefix pass, kept with ``generate_chunk(keep_prefix=True)``
+    scored_logits: torch.Tensor | None = None  # (B, H, D, n_bins) of ``generate_chunk(score=...)``
 
 
 @dataclass(frozen=True)
@@ -193,14 +194,19 @@ class VLAModel(nn.Module):
         """(B, H, D) bins -> (B, H*D) vocabulary ids, dimension-interleaved per step."""
         return (bins + self.action_starts).reshape(bins.shape[0], -1)
 
+    def _bin_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, J, d) at prediction positions j -> (B, J, n_bins) bin logits for the dimension j % D."""
+        n, dims = self.config.n_bins, len(ACTION_DIMS)
+        j = torch.arange(h.shape[1], device=h.device) % dims
+        cols = self.action_starts[j][:, None] + torch.arange(n, device=h.device)  # (J, n)
+        return torch.einsum("bjd,jnd->bjn", h, self.lm_head.weight[cols])
+
     def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (B, J, d) at prediction positions j -> bin logits and residuals for the dimension
         j % D, each (B, J, n_bins)."""
         n, dims = self.config.n_bins, len(ACTION_DIMS)
         j = torch.arange(h.shape[1], device=h.device) % dims
-        cols = self.action_starts[j][:, None] + torch.arange(n, device=h.device)  # (J, n)
-        weight = self.lm_head.weight[cols]  # (J, n, d)
-        logits = torch.einsum("bjd,jnd->bjn", h, weight)
+        logits = self._bin_logits(h)
         res = self.residual_head(h).view(h.shape[0], h.shape[1], dims, n)
         res = res.gather(2, j.view(1, -1, 1, 1).expand(h.shape[0], -1, 1, n)).squeeze(2)
         return logits, torch.tanh(res) * 0.5
@@ -302,28 +308,50 @@ class VLAModel(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate_chunk(self, x: PolicyInputs, temperature: float = 0.0,
-                       generator: torch.Generator | None = None, keep_prefix: bool = False) -> ChunkOutput:
+                       generator: torch.Generator | None = None, keep_prefix: bool = False,
+                       score: torch.Tensor | None = None) -> ChunkOutput:
         """Decode the H*D action tokens with the KV cache (``vla.decoder``); greedy at
-        temperature 0. ``keep_prefix``: the output keeps the prefix pass (``Prefix``)."""
+        temperature 0. ``keep_prefix``: the output keeps the prefix pass (``Prefix``).
+        ``score`` (B, H, D) bins of another chunk: its teacher-forced logits come back in
+        ``scored_logits``, from the prefix's own pass (its tokens ride along after the prefix;
+        the decoding then overwrites their cache places), which costs a fraction of a second
+        pass (``continuation_logits``). Not with the thought token (``command_thought``)."""
         h_steps, dims = self.config.horizon, len(ACTION_DIMS)
         emb, mask = self.prefix(x)
         steps, n, b = h_steps * dims, self.config.n_bins, x.batch_size
         extra = 0 if self.thought is None else 1
-        cache = decoder.new_cache(self.backbone, b, emb.shape[1] + extra + steps - 1, emb)
-        h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1]
+        length = emb.shape[1]
+        cache = decoder.new_cache(self.backbone, b, length + extra + steps - 1, emb)
+        scored = None
+        if score is not None:
+            if self.thought is not None:
+                raise ValueError("generate_chunk(score=...) does not go with the thought token (command_thought)")
+            if score.shape != (b, h_steps, dims):
+                raise ValueError(f"score must be (B, H, D) = {(b, h_steps, dims)} bins, got {tuple(score.shape)}")
+            tokens = self.action_token_ids(score)[:, :-1]  # the last token predicts nothing
+            seq = torch.cat([emb, self.embed(tokens) + self.segment.weight[SEG["action"]]], 1)
+            seq_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], 1)
+            out = decoder.run(self.backbone, seq, seq_mask, positions(seq_mask), cache)
+            scored = self._bin_logits(out[:, length - 1:]).view(b, h_steps, dims, n)
+            cache.length = length  # the decoding's tokens go where these were
+            cache.key_mask[:, length:] = False
+            h = out[:, length - 1]
+        else:
+            h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1]
         real = mask.long().sum(1, keepdim=True)  # real tokens so far: the next one's position + 1
         one = torch.ones_like(mask[:, :1])
         if self.thought is not None:  # say what it understood (the head's argmax), then act on it
             said = self.thought_embedding(self.command_head(h).argmax(-1))
             h = decoder.run(self.backbone, said, one, real, cache)[:, -1]
             real = real + 1
-        kept = Prefix(cache, emb.shape[1] + extra, h, real) if keep_prefix else None
+        prefix_last = h
         starts = [int(s) for s in self.action_starts]
-        action_seg = self.segment.weight[SEG["action"]]
+        # per dimension: its rows of the output head, and its tokens' input embeddings (+ segment)
+        head_rows = [self.lm_head.weight[s:s + n] for s in starts]
+        inputs = [self.embed.weight[s:s + n] + self.segment.weight[SEG["action"]] for s in starts]
         hidden, bins, all_logits = [], [], []
         for j in range(steps):  # per token only what the next one needs; the rest after the loop
-            start = starts[j % dims]
-            logits = torch.nn.functional.linear(h, self.lm_head.weight[start:start + n])
+            logits = torch.nn.functional.linear(h, head_rows[j % dims])
             if temperature > 0:
                 choice = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
             else:
@@ -333,22 +361,17 @@ class VLAModel(nn.Module):
             all_logits.append(logits)
             if j == steps - 1:
                 break
-            step = self.embed(choice[:, None] + start) + action_seg
-            h = decoder.run(self.backbone, step, one, real, cache)[:, -1]
-            real = real + 1
+            h = decoder.run(self.backbone, inputs[j % dims][choice][:, None], one, real + j, cache)[:, -1]
         chosen = torch.stack(bins, 1)  # (B, J)
         logits = torch.stack(all_logits, 1)  # (B, J, n)
         dim_of = torch.arange(steps, device=chosen.device) % dims
         res = self.residual_head(torch.stack(hidden, 1)).view(b, steps, dims, n)
         res = torch.tanh(res[:, torch.arange(steps, device=res.device), dim_of].gather(-1, chosen[..., None])[..., 0]) * 0.5
         logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None])[..., 0]
-        return ChunkOutput(
-            bins=chosen.view(b, h_steps, dims),
-            residual=res.view(b, h_steps, dims),
-            logprob=logp.view(b, h_steps, dims),
-            bin_logits=logits.view(b, h_steps, dims, -1),
-            prefix=kept,
-        )
+        bins, logits = chosen.view(b, h_steps, dims), logits.view(b, h_steps, dims, -1)
+        kept = Prefix(cache, length + extra, prefix_last, real) if keep_prefix else None
+        return ChunkOutput(bins=bins, residual=res.view(b, h_steps, dims), logprob=logp.view(b, h_steps, dims),
+                           bin_logits=logits, prefix=kept, scored_logits=scored)
 
     @torch.no_grad()
     def continuation_logits(self, prefix: Prefix, bins: torch.Tensor) -> torch.Tensor:
@@ -369,8 +392,7 @@ class VLAModel(nn.Module):
         h = decoder.run(self.backbone, step, torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device),
                         pos.expand(p, -1), cache)
         h = torch.cat([prefix.last[:, None].expand(p, 1, -1), h], dim=1)
-        logits, _ = self._heads(h)
-        return logits.view(*bins.shape, self.config.n_bins)
+        return self._bin_logits(h).view(*bins.shape, self.config.n_bins)
 
     def _heads_at(self, h: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Heads for the single prediction position j (h: (B, 1, d)) -> (B, n_bins) each."""

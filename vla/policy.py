@@ -321,6 +321,9 @@ class VLAPolicy(torch.nn.Module):
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
         self._readback_due = False  # the first command is still to be read back (command_readback)
         self._prefix = None  # the current step's prefix pass (vla.model.Prefix), for commitment's scores
+        self._known: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's chunks the model already
+        # scored: (H, D) bins and their (H, D, n_bins) teacher-forced logits, for commitment's scores
+        self._to_score: np.ndarray | None = None  # the plan commitment will weigh, for _own_plan to score
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
 
     def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
@@ -492,9 +495,17 @@ class VLAPolicy(torch.nn.Module):
         if self.config.head != "bins" or self.config.commit_margin <= 0:
             return self.predict_action_chunk(obs, generator=self._generator)
         self._eval()
-        inputs = self.inputs_from_obs(obs).to(next(self.model.parameters()).device)
-        out = self.inference_model.generate_chunk(inputs, generator=self._generator, keep_prefix=True)
+        device = next(self.model.parameters()).device
+        inputs = self.inputs_from_obs(obs).to(device)
+        model = self.inference_model
+        score = None
+        if self._to_score is not None and model.thought is None:  # the plan commitment weighs: in the same pass
+            score = torch.as_tensor(self._plan_bins([self._to_score])[0], device=device)
+        out = model.generate_chunk(inputs, generator=self._generator, keep_prefix=True, score=score)
         self._prefix = out.prefix
+        self._known = [(out.bins[0], out.bin_logits[0])]  # a decoding's logits are its teacher-forced ones
+        if score is not None:
+            self._known.append((score[0], out.scored_logits[0]))
         return bins_actions(self, out)[0].astype(np.float32)
 
     def select_action(self, obs: dict,
@@ -504,7 +515,7 @@ class VLAPolicy(torch.nn.Module):
         temporal ensembling stay here either way."""
         if plan is None:
             plan = self._own_plan
-        self._prefix = None  # set by _own_plan for this step's observation only
+        self._prefix, self._known = None, []  # set by _own_plan for this step's observation only
         if self._readback_due:  # the command heard before the drive, read back at its first state
             self._readback_due = False
             self._command = self._read_back(self._command, self._label_probs(obs, self._command))
@@ -540,8 +551,11 @@ class VLAPolicy(torch.nn.Module):
         every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
         if self._plan is None or t - self._plan[3] >= every:
             frame, pose = plan_frame(ego), pose_of(ego)
-            new = (self._commit(obs, np.asarray(plan(obs), dtype=np.float64), frame, pose, t), frame, pose, t)
-            self._prefix = None  # used up: it belongs to this observation only
+            kept = self._kept_plan(obs, frame, pose, t)
+            if kept is not None and self.config.commit_lateral <= 0:  # _own_plan scores it in its prefix pass
+                self._to_score = kept
+            new = (self._commit(obs, np.asarray(plan(obs), dtype=np.float64), kept), frame, pose, t)
+            self._prefix, self._known, self._to_score = None, [], None  # they belong to this observation only
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
@@ -695,16 +709,21 @@ class VLAPolicy(torch.nn.Module):
         committed = launched or (self.config.commit_inside > 0 and junction == 0.0)
         return self._committed_params if committed and self._committed_params is not None else self._yield_params
 
-    def _commit(self, obs: dict, new: np.ndarray, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray:
-        """The plan to follow from step ``t``: ``new`` (made in ``frame`` at ``pose``), or, under
-        ``commit_margin`` on open road, the plan being executed continued from now when the model
-        does not find ``new`` likelier by the margin. A new plan that slows down (ends
+    def _kept_plan(self, obs: dict, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray | None:
+        """Under ``commit_margin`` on open road, the plan being executed continued from step
+        ``t`` in ``frame`` at ``pose`` (what commitment may keep); None where nothing is held."""
+        if not (self.config.commit_margin > 0 and self._plan is not None and _open_road(obs)):
+            return None
+        old, old_frame, start, made = self._plan
+        return continue_plan(old, old_frame, start, (t - made) * DT, frame, float(pose[3]))
+
+    def _commit(self, obs: dict, new: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+        """The plan to follow: ``new``, or ``kept`` (``_kept_plan``) when the model does not find
+        ``new`` likelier by ``commit_margin``. A new plan that slows down (ends
         ``COMMIT_BRAKE_M`` shorter) is always taken. With ``commit_lateral`` only the lateral path
         is held: the kept plan takes the new plan's speed gains."""
-        if not (self.config.commit_margin > 0 and self._plan is not None and _open_road(obs)):
+        if kept is None:
             return new
-        old, old_frame, start, made = self._plan
-        kept = continue_plan(old, old_frame, start, (t - made) * DT, frame, float(pose[3]))
         if self.config.commit_lateral > 0:  # the speed is always the new plan's: hold the lateral path only
             kept = np.stack([new[:, 0], kept[:, 1]], axis=-1)
         elif (kept[-1, 0] - new[-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M:
@@ -712,22 +731,32 @@ class VLAPolicy(torch.nn.Module):
         score_kept, score_new = self._plan_scores(obs, [kept, new])
         return kept if score_kept >= score_new - self.config.commit_margin else new
 
+    def _plan_bins(self, plans: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(P, H, D) bins and residuals of plans (K, 2), clipped to the plan bounds."""
+        return self.action_tokenizer.encode(np.clip(np.stack(plans), PLAN_LOW, PLAN_HIGH).astype(np.float32))
+
     @torch.inference_mode()
     def _plan_scores(self, obs: dict, plans: list[np.ndarray]) -> list[float]:
         """For each plan (K, 2): the model's teacher-forced log-probability, from ``obs``, of landing
-        within ``COMMIT_BIN_WINDOW`` bins of each of its tokens. One pass for all: the action
-        tokens after this observation's prefix when ``_own_plan`` kept it, else the whole forward."""
-        bins, residual = self.action_tokenizer.encode(np.clip(np.stack(plans), PLAN_LOW, PLAN_HIGH).astype(np.float32))
+        within ``COMMIT_BIN_WINDOW`` bins of each of its tokens. The logits of plans ``_own_plan``
+        already scored at this observation (its decoding, and the plan it was asked to score in
+        its prefix pass) are reused; the others in one pass: the action tokens after this
+        observation's prefix when ``_own_plan`` kept it, else the whole forward."""
+        bins, residual = self._plan_bins(plans)
         device = next(self.model.parameters()).device
         targets = torch.as_tensor(bins, device=device)
-        if self._prefix is not None:  # this observation's prefix pass, kept by _own_plan
-            logits = self.inference_model.continuation_logits(self._prefix, targets)
-        else:
-            inputs = replace(self.inputs_from_obs(obs).select([0] * len(plans)), action_bins=torch.as_tensor(bins),
-                             action_residual=torch.as_tensor(residual),
-                             action_mask=torch.ones(len(plans), bins.shape[1], dtype=torch.bool))
-            logits = self.chunk_logits(inputs.to(device))
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, H, D, n_bins)
+        known = [next((logits for b, logits in self._known if torch.equal(b, row)), None) for row in targets]
+        todo = [i for i, logits in enumerate(known) if logits is None]
+        if todo and self._prefix is not None:  # this observation's prefix pass, kept by _own_plan
+            done = self.inference_model.continuation_logits(self._prefix, targets[todo])
+        elif todo:
+            inputs = replace(self.inputs_from_obs(obs).select([0] * len(todo)), action_bins=torch.as_tensor(bins[todo]),
+                             action_residual=torch.as_tensor(residual[todo]),
+                             action_mask=torch.ones(len(todo), bins.shape[1], dtype=torch.bool))
+            done = self.chunk_logits(inputs.to(device))
+        for i, logits in zip(todo, done if todo else []):
+            known[i] = logits
+        logp = torch.log_softmax(torch.stack(known).float(), dim=-1)  # (P, H, D, n_bins)
         near = torch.arange(logp.shape[-1], device=logp.device)
         window = (near - targets[..., None]).abs() <= COMMIT_BIN_WINDOW
         return logp.masked_fill(~window, float("-inf")).logsumexp(-1).flatten(1).sum(1).tolist()
