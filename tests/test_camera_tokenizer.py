@@ -155,3 +155,36 @@ def test_patchify_is_the_conv_of_the_patch_embedding():
         conv = tok.patch_embed(x).flatten(2).transpose(1, 2).reshape(2, 6, -1, 32)
         rest = tok.ray_embed(tok.rays)[None] + tok.camera_embed.weight[None, :, None] + tok.time_embed.weight[0]
     assert torch.allclose(out, conv + rest, atol=1e-5)
+
+
+def _reference(tok: CameraTokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module docstring's definition, term by term, with the library's Conv2d."""
+    b, t, n, h, w, _ = x.shape
+    pixels = x.reshape(b * t * n, h, w, 3).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    conv = tok.patch_embed(pixels).flatten(2).transpose(1, 2).reshape(b, t, n, -1, tok.dim)  # row-major patches
+    cam, tim = tok.camera_embed.weight, tok.time_embed.weight[:t]
+    patch = conv + tok.ray_embed(tok.rays)[None, None] + cam[None, None, :, None] + tim[None, :, None, None]
+    pose = tok.pose_mlp(tok.poses)[None] + cam[None] + tim[:, None]
+    return patch.reshape(b, -1, tok.dim), pose.reshape(1, t * n, tok.dim).expand(b, -1, -1)
+
+
+def test_tokens_equal_the_definition_and_follow_weight_updates():
+    """Patchify-as-matmul plus the pixel-free terms (kept between calls when driving) equal the
+    Conv2d definition; after an optimizer step (in-place updates) the kept terms are new."""
+    tok = make()
+    x = frames(b=2, t=2)
+    with torch.no_grad():
+        for _ in range(2):  # the second call reads the kept terms
+            out, want = tok(x), _reference(tok, x)
+            torch.testing.assert_close(out.patch_emb, want[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.pose_emb, want[1], atol=1e-5, rtol=1e-5)
+    opt = torch.optim.SGD(tok.parameters(), lr=0.5)
+    out = tok(x)
+    (out.patch_emb.square().mean() + out.pose_emb.square().mean()).backward()
+    for module in (tok.ray_embed, tok.camera_embed, tok.time_embed, tok.pose_mlp, tok.patch_embed):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    opt.step()
+    with torch.no_grad():
+        out, want = tok(x), _reference(tok, x)
+    torch.testing.assert_close(out.patch_emb, want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pose_emb, want[1], atol=1e-5, rtol=1e-5)

@@ -165,28 +165,42 @@ class CameraTokenizer(nn.Module):
         frames = self._check_frames(frames)
         b, t, n, h, w, _ = frames.shape
         p, dev = self.num_patches, self.patch_embed.weight.device
-        x = frames.to(dev).reshape(b * t * n, h, w, 3).permute(0, 3, 1, 2)
-        x = x.to(self.patch_embed.weight.dtype) / 127.5 - 1.0  # (B*T*N, 3, H, W) in [-1, 1]
         # The conv's patchify as one matmul (same weights and result; a 32x32-kernel conv2d
-        # call costs several times more on a CPU thread than this reshape + GEMM).
+        # call costs several times more on a CPU thread than this reshape + GEMM). The pixels are
+        # laid out per patch while still bytes, then scaled to [-1, 1] in place.
         rows, cols, k = h // self.patch, w // self.patch, self.patch
-        patches = x.reshape(-1, 3, rows, k, cols, k).permute(0, 2, 4, 1, 3, 5).reshape(-1, p, 3 * k * k)
+        x = frames.to(dev).reshape(b * t * n, rows, k, cols, k, 3).permute(0, 1, 3, 5, 2, 4)
+        patches = x.reshape(-1, p, 3 * k * k).to(self.patch_embed.weight.dtype).div_(127.5).sub_(1.0)
         weight = self.patch_embed.weight.reshape(self.dim, -1)
-        emb = torch.nn.functional.linear(patches, weight, self.patch_embed.bias).reshape(b, t, n, p, self.dim)
+        emb = torch.nn.functional.linear(patches, weight).reshape(b, t, n, p, self.dim)
+        fixed, pose, ids = self._fixed_terms(t)
+        return CameraTokens(patch_emb=(emb + fixed).reshape(b, t * n * p, self.dim),
+                            pose_emb=pose.reshape(1, t * n, self.dim).expand(b, -1, -1), **ids)
+
+    def _fixed_terms(self, t: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """What does not depend on the pixels, for T = t: (T, N, P, dim) the patch conv's bias +
+        ray + camera + time embeddings, (T, N, dim) pose tokens, and the id tensors. Without
+        autograd (driving) they are kept until a weight changes (an in-place update bumps a
+        tensor's version; a move changes its storage); with it they are computed each call."""
+        params = (self.patch_embed.bias, self.ray_embed.weight, self.ray_embed.bias, self.camera_embed.weight,
+                  self.time_embed.weight, *self.pose_mlp.parameters())
+        key = (t, *((id(q), q._version, q.data_ptr()) for q in params))
+        cached = getattr(self, "_fixed_cache", None)
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == key:
+            return cached[1]
+        n, p, dev = len(self.rig), self.num_patches, self.patch_embed.weight.device
         cam = self.camera_embed.weight  # (N, dim)
         tim = self.time_embed.weight[:t]  # (T, dim)
-        emb = emb + self.ray_embed(self.rays)[None, None] + cam[None, None, :, None] + tim[None, :, None, None]
+        fixed = (self.patch_embed.bias + self.ray_embed(self.rays)[None] + cam[None, :, None]
+                 + tim[:, None, None])  # (T, N, P, dim)
         pose = self.pose_mlp(self.poses)[None] + cam[None] + tim[:, None]  # (T, N, dim)
         cams, steps = torch.arange(n, device=dev), torch.arange(t, device=dev)
-        return CameraTokens(
-            patch_emb=emb.reshape(b, t * n * p, self.dim),
-            pose_emb=pose.reshape(1, t * n, self.dim).expand(b, -1, -1),
-            camera_ids=cams.repeat_interleave(p).repeat(t),
-            time_ids=steps.repeat_interleave(n * p),
-            patch_index=torch.arange(p, device=dev).repeat(t * n),
-            pose_camera_ids=cams.repeat(t),
-            pose_time_ids=steps.repeat_interleave(n),
-        )
+        ids = {"camera_ids": cams.repeat_interleave(p).repeat(t), "time_ids": steps.repeat_interleave(n * p),
+               "patch_index": torch.arange(p, device=dev).repeat(t * n), "pose_camera_ids": cams.repeat(t),
+               "pose_time_ids": steps.repeat_interleave(n)}
+        if not torch.is_grad_enabled():
+            self._fixed_cache = (key, (fixed, pose, ids))
+        return fixed, pose, ids
 
 
 def bench_camera_tokenizer(batch: int = 8, width: int = 96, height: int = 64, patch: int = 16,
