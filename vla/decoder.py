@@ -19,6 +19,11 @@ arithmetic (mask construction, cache objects, config lookups, kernel-hub wrapper
 action chunk calls the decoder once per action token, so that overhead made the policy, not
 the simulator, the bottleneck of closed-loop driving (``vla bench policy``).
 
+One sequence decoding token by token (a policy driving, on the CPU in float32) goes one step
+further: each new token runs through ``_numpy_step``, the same math in numpy, whose per-call
+cost (~1 us) is a quarter of torch's at these sizes. Batches, padded caches, autograd, other
+dtypes and devices, and passes of several tokens stay in torch.
+
 The KV cache (``KVCache``) is preallocated for the prefix plus the tokens still to decode and
 holds a key mask, so padded prefixes (commands of different lengths in one batch) decode with
 the same positions and visibility as when the policy drives alone.
