@@ -344,7 +344,7 @@ class VLAModel(nn.Module):
             said = self.thought_embedding(self.command_head(h).argmax(-1))
             h = decoder.run(self.backbone, said, one, real, cache)[:, -1]
             real = real + 1
-        prefix_last = h
+        kept = Prefix(cache, length + extra, h, real) if keep_prefix else None
         starts = [int(s) for s in self.action_starts]
         # per dimension: its rows of the output head, and its tokens' input embeddings (+ segment)
         head_rows = [self.lm_head.weight[s:s + n] for s in starts]
@@ -368,10 +368,14 @@ class VLAModel(nn.Module):
         res = self.residual_head(torch.stack(hidden, 1)).view(b, steps, dims, n)
         res = torch.tanh(res[:, torch.arange(steps, device=res.device), dim_of].gather(-1, chosen[..., None])[..., 0]) * 0.5
         logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None])[..., 0]
-        bins, logits = chosen.view(b, h_steps, dims), logits.view(b, h_steps, dims, -1)
-        kept = Prefix(cache, length + extra, prefix_last, real) if keep_prefix else None
-        return ChunkOutput(bins=bins, residual=res.view(b, h_steps, dims), logprob=logp.view(b, h_steps, dims),
-                           bin_logits=logits, prefix=kept, scored_logits=scored)
+        return ChunkOutput(
+            bins=chosen.view(b, h_steps, dims),
+            residual=res.view(b, h_steps, dims),
+            logprob=logp.view(b, h_steps, dims),
+            bin_logits=logits.view(b, h_steps, dims, -1),
+            prefix=kept,
+            scored_logits=scored,
+        )
 
     @torch.no_grad()
     def continuation_logits(self, prefix: Prefix, bins: torch.Tensor) -> torch.Tensor:

@@ -747,15 +747,16 @@ class VLAPolicy(torch.nn.Module):
         targets = torch.as_tensor(bins, device=device)
         known = [next((logits for b, logits in self._known if torch.equal(b, row)), None) for row in targets]
         todo = [i for i, logits in enumerate(known) if logits is None]
-        if todo and self._prefix is not None:  # this observation's prefix pass, kept by _own_plan
-            done = self.inference_model.continuation_logits(self._prefix, targets[todo])
-        elif todo:
-            inputs = replace(self.inputs_from_obs(obs).select([0] * len(todo)), action_bins=torch.as_tensor(bins[todo]),
-                             action_residual=torch.as_tensor(residual[todo]),
-                             action_mask=torch.ones(len(todo), bins.shape[1], dtype=torch.bool))
-            done = self.chunk_logits(inputs.to(device))
-        for i, logits in zip(todo, done if todo else []):
-            known[i] = logits
+        if todo:
+            if self._prefix is not None:  # this observation's prefix pass, kept by _own_plan
+                done = self.inference_model.continuation_logits(self._prefix, targets[todo])
+            else:
+                inputs = replace(self.inputs_from_obs(obs).select([0] * len(todo)),
+                                 action_bins=torch.as_tensor(bins[todo]), action_residual=torch.as_tensor(residual[todo]),
+                                 action_mask=torch.ones(len(todo), bins.shape[1], dtype=torch.bool))
+                done = self.chunk_logits(inputs.to(device))
+            for i, logits in zip(todo, done):
+                known[i] = logits
         logp = torch.log_softmax(torch.stack(known).float(), dim=-1)  # (P, H, D, n_bins)
         near = torch.arange(logp.shape[-1], device=logp.device)
         window = (near - targets[..., None]).abs() <= COMMIT_BIN_WINDOW
