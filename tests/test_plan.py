@@ -767,3 +767,16 @@ def test_continuation_logits_after_a_kept_prefix_equal_the_teacher_forced_forwar
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[0], out.bin_logits[0], atol=1e-5, rtol=1e-5)  # its own decoding's logits
     assert all(torch.equal(a, b) for a, b in zip(before, out.prefix.cache.keys))
+
+
+@pytest.mark.parametrize("name", ["yield_paths", "commit_inside", "tracker_anticipate", "commit_lateral"])
+def test_switch_settings_take_0_or_1_only(name):
+    """The 0 / 1 execution switches (``vla.config.SWITCHES``) refuse anything else, naming the field
+    and what 0 and 1 mean."""
+    from vla.config import SWITCHES, PolicyConfig
+
+    assert name in SWITCHES
+    for ok in (0.0, 1.0):
+        PolicyConfig(**{name: ok})
+    with pytest.raises(ValueError, match=rf"PolicyConfig\.{name} must be 0 \(.*\) or 1 \(.*\), got 0\.5"):
+        PolicyConfig(**{name: 0.5})

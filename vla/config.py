@@ -26,6 +26,14 @@ ACTION_HEADS = ("bins", "diffusion")
 """Action heads of the policy (their implementations: ``vla.heads.POLICY_HEADS``)."""
 DIFFUSION_SCHEDULERS = ("ddim", "dpmsolver")
 """Inference samplers of the diffusion head (``vla.diffusion_head.INFERENCE_SCHEDULERS``)."""
+SWITCHES = {
+    "yield_paths": "0 (straight lines) or 1 (lane paths)",
+    "commit_inside": "0 (off) or 1 (on)",
+    "tracker_anticipate": "0 (off) or 1 (on)",
+    "commit_lateral": "0 (whole plan) or 1 (lateral path only)",
+}
+"""``PolicyConfig`` fields that are 0 / 1 switches (floats, like the other execution settings),
+and what each value means."""
 
 
 @dataclass(frozen=True)
@@ -455,8 +463,9 @@ class PolicyConfig:
             raise ValueError(f"PolicyConfig.chitchat_threshold must be a probability in (0, 1], got {self.chitchat_threshold}")
         if not (math.isfinite(self.route_follow) and self.route_follow >= 0):
             raise ValueError(f"PolicyConfig.route_follow must be a finite distance >= 0 in m (0 = off), got {self.route_follow}")
-        if self.yield_paths not in (0.0, 1.0):
-            raise ValueError(f"PolicyConfig.yield_paths must be 0 (straight lines) or 1 (lane paths), got {self.yield_paths}")
+        for name, values in SWITCHES.items():
+            if getattr(self, name) not in (0.0, 1.0):
+                raise ValueError(f"PolicyConfig.{name} must be {values}, got {getattr(self, name)}")
         if not (math.isfinite(self.junction_hold) and self.junction_hold >= 0):
             raise ValueError(f"PolicyConfig.junction_hold must be a finite speed >= 0 in m/s (0 = off), got {self.junction_hold}")
         if not (math.isfinite(self.go_jerk) and self.go_jerk >= 0):
@@ -468,13 +477,6 @@ class PolicyConfig:
                              f"{self.go_release}")
         if not (math.isfinite(self.yield_gap) and self.yield_gap > 0):
             raise ValueError(f"PolicyConfig.yield_gap must be a finite time gap > 0 in s, got {self.yield_gap}")
-        if self.tracker_anticipate not in (0.0, 1.0):
-            raise ValueError(f"PolicyConfig.tracker_anticipate must be 0 (off) or 1 (on), got {self.tracker_anticipate}")
-        if self.commit_lateral not in (0.0, 1.0):
-            raise ValueError(f"PolicyConfig.commit_lateral must be 0 (whole plan) or 1 (lateral path only), got "
-                             f"{self.commit_lateral}")
-        if self.commit_inside not in (0.0, 1.0):
-            raise ValueError(f"PolicyConfig.commit_inside must be 0 (off) or 1 (on), got {self.commit_inside}")
         if not (math.isfinite(self.curve_brake) and self.curve_brake >= 0):
             raise ValueError(f"PolicyConfig.curve_brake must be a finite deceleration >= 0 in m/s^2 (0 = off), got "
                              f"{self.curve_brake}")
