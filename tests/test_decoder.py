@@ -185,3 +185,74 @@ def test_padding_autograd_and_batches_keep_the_torch_path(monkeypatch):
             out = decoder.run(model, extra[b], torch.ones_like(mask[b, :1]), mask[b].long().sum(1, keepdim=True), cache)
         torch.testing.assert_close(out, ref[b], atol=1e-5, rtol=1e-5)
         assert out.requires_grad == grad
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_the_last_rows_alone_are_computed_with_the_same_numbers(kv_heads, monkeypatch):
+    """``run(..., last=m)``: the last m positions' states equal the full pass's, with padding,
+    with GQA and after a cached prefix; the cache gets every position's keys; and the final
+    block's MLP really runs on m rows only (the saving it exists for)."""
+    model = _backbone(kv_heads)
+    x, mask = _padded_batch(n=10)
+    with torch.no_grad():
+        full = decoder.run(model, x, mask, positions(mask))
+        rows = []
+        silu = decoder.F.silu
+        monkeypatch.setattr(decoder.F, "silu", lambda t: rows.append(t.shape[1]) or silu(t))
+        for m in (1, 3, 10):
+            torch.testing.assert_close(decoder.run(model, x, mask, positions(mask), last=m), full[:, -m:],
+                                       atol=1e-5, rtol=1e-5)
+        assert rows == [10, 1, 10, 3, 10, 10]  # block 1 on every row, the final block on the wanted ones
+        one = torch.ones(1, 10, dtype=torch.bool)
+        ref = decoder.run(model, torch.cat([x[:1], x[1:2]], 1), torch.ones(1, 20, dtype=torch.bool),
+                          positions(torch.ones(1, 20, dtype=torch.bool)))
+        cache = decoder.new_cache(model, 1, 20, x)
+        decoder.run(model, x[:1], one, positions(one), cache, last=1)
+        got = decoder.run(model, x[1:2], one, positions(one) + 10, cache, last=4)
+        full_cache = decoder.new_cache(model, 1, 20, x)
+        decoder.run(model, torch.cat([x[:1], x[1:2]], 1), torch.ones(1, 20, dtype=torch.bool),
+                    positions(torch.ones(1, 20, dtype=torch.bool)), full_cache)
+    torch.testing.assert_close(got, ref[:, -4:], atol=1e-5, rtol=1e-5)
+    for a, b in zip(cache.keys + cache.values, full_cache.keys + full_cache.values):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="last must be"):
+        decoder.run(model, x, mask, positions(mask), last=11)
+
+
+@pytest.mark.parametrize("make", [_backbone, _biased_backbone])
+def test_greedy_decoding_in_numpy_equals_the_torch_loop(make):
+    """``greedy_numpy`` (a driving policy's token loop, output head and argmax in numpy) picks
+    the same tokens with the same logits and hidden states as the loop through ``run``, and
+    declines (None, cache untouched) where the numpy step does not apply."""
+    model = make()
+    gen = torch.Generator().manual_seed(3)
+    heads = [torch.randn(16, 32, generator=gen) for _ in range(2)]
+    inputs = [torch.randn(16, 32, generator=gen) for _ in range(2)]
+    x = torch.randn(1, 12, 32, generator=gen)
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    with torch.no_grad():
+        cache = decoder.new_cache(model, 1, 19, x)
+        h = decoder.run(model, x, mask, positions(mask), cache)[:, -1]
+        bins, logits, hidden = decoder.greedy_numpy(model, cache, h, 12, [t.numpy() for t in heads],
+                                                    [t.numpy() for t in inputs], 8)
+        ref_cache = decoder.new_cache(model, 1, 19, x)
+        g = decoder.run(model, x, mask, positions(mask), ref_cache)[:, -1]
+        want = []
+        for j in range(8):
+            row = g @ heads[j % 2].T
+            want.append((int(row.argmax()), row[0], g[0]))
+            if j < 7:
+                g = decoder.run(model, inputs[j % 2][want[-1][0]].view(1, 1, -1), mask[:, :1],
+                                torch.tensor([[12 + j]]), ref_cache)[:, -1]
+    assert bins.tolist() == [w[0] for w in want] and len(set(bins.tolist())) > 1
+    torch.testing.assert_close(torch.from_numpy(logits), torch.stack([w[1] for w in want]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(hidden), torch.stack([w[2] for w in want]), atol=1e-5, rtol=1e-5)
+    assert cache.length == ref_cache.length == 19
+    with torch.no_grad():  # a padded prefix: no numpy step, nothing written
+        xp, mp = _padded_batch(n=12)
+        padded = decoder.new_cache(model, 1, 19, x)
+        hp = decoder.run(model, xp[1:2], mp[1:2], positions(mp[1:2]), padded)[:, -1]
+        before = [k.clone() for k in padded.keys]
+        assert decoder.greedy_numpy(model, padded, hp, 9, [t.numpy() for t in heads],
+                                    [t.numpy() for t in inputs], 8) is None
+    assert padded.length == 12 and all(torch.equal(a, b) for a, b in zip(before, padded.keys))

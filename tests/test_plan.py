@@ -780,3 +780,35 @@ def test_switch_settings_take_0_or_1_only(name):
         PolicyConfig(**{name: ok})
     with pytest.raises(ValueError, match=rf"PolicyConfig\.{name} must be 0 \(.*\) or 1 \(.*\), got 0\.5"):
         PolicyConfig(**{name: 0.5})
+
+
+def test_a_driving_policys_greedy_chunk_is_the_torch_loops(monkeypatch):
+    """A driving policy's chunk (one sequence, temperature 0) is decoded by ``greedy_numpy``;
+    bins, logits, residuals and log-probabilities equal the torch token loop's, with and
+    without commitment's scored plan riding in the prefix pass."""
+    import torch
+
+    from sim.highway import EmbeddedDrivingEnv
+    from vla import decoder
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=2, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan")).eval()
+    obs, _ = EmbeddedDrivingEnv("highway", "light").reset(seed=5)
+    policy.hear("change to the left lane")
+    x = policy.inputs_from_obs(obs)
+    other = torch.randint(0, 16, (1, 4, 2), generator=torch.Generator().manual_seed(1))
+    original, fast = decoder.greedy_numpy, []
+    for score in (None, other):
+        monkeypatch.setattr(decoder, "greedy_numpy", lambda *a: fast.append(1) or original(*a))
+        with torch.no_grad():
+            got = policy.model.generate_chunk(x, score=score)
+        monkeypatch.setattr(decoder, "greedy_numpy", lambda *a: None)
+        with torch.no_grad():
+            want = policy.model.generate_chunk(x, score=score)
+        assert torch.equal(got.bins, want.bins)
+        for a, b in ((got.bin_logits, want.bin_logits), (got.residual, want.residual), (got.logprob, want.logprob)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(fast) == 2

@@ -21,8 +21,9 @@ the simulator, the bottleneck of closed-loop driving (``vla bench policy``).
 
 One sequence decoding token by token (a policy driving, on the CPU in float32) goes one step
 further: each new token runs through ``_numpy_step``, the same math in numpy, whose per-call
-cost (~1 us) is a quarter of torch's at these sizes. Batches, padded caches, autograd, other
-dtypes and devices, and passes of several tokens stay in torch.
+cost (~1 us) is a quarter of torch's at these sizes; greedy decoding (``greedy_numpy``) keeps
+the whole token loop there, output head and argmax included. Batches, padded caches, autograd,
+other dtypes and devices, and passes of several tokens stay in torch.
 
 The KV cache (``KVCache``) is preallocated for the prefix plus the tokens still to decode and
 holds a key mask, so padded prefixes (commands of different lengths in one batch) decode with
@@ -262,6 +263,11 @@ def _numpy_step(step: _NumpyStep, x: torch.Tensor, position: int, cache: KVCache
     Decoding an action chunk is one such step per token after the prefix's pass. Longer passes
     stay in torch: for a prefix its attention kernel is as fast as numpy, and a few teacher-
     forced tokens (commitment's scores) gain too little to keep a second numpy path."""
+    return torch.from_numpy(_np_token(step, x.detach().numpy().reshape(-1), position, cache)).view(1, 1, -1)
+
+
+def _np_token(step: _NumpyStep, h: np.ndarray, position: int, cache: KVCache) -> np.ndarray:
+    """``_numpy_step`` on a (d,) numpy embedding -> its (d,) final hidden state."""
     heads, kv_heads, head_dim = step.heads, step.kv_heads, step.head_dim
     start = cache.length
     if start + 1 > step.key_mask.shape[0]:
@@ -270,7 +276,6 @@ def _numpy_step(step: _NumpyStep, x: torch.Tensor, position: int, cache: KVCache
     v_end = k_end + kv_heads * head_dim
     cos, sin = step.cos[position], step.sin[position]
     scale = head_dim ** -0.5
-    h = x.detach().numpy().reshape(-1)
     for i, blk in enumerate(step.blocks):
         y = _np_rms_norm(blk.norm1, blk.eps, h) @ blk.qkv_w
         if blk.qkv_b is not None:
@@ -296,18 +301,56 @@ def _numpy_step(step: _NumpyStep, x: torch.Tensor, position: int, cache: KVCache
             h += blk.down_b
     step.key_mask[start] = True
     cache.length = step.dense_upto = start + 1
-    return torch.from_numpy(_np_rms_norm(step.norm, step.norm_eps, h)).view(1, 1, -1)
+    return _np_rms_norm(step.norm, step.norm_eps, h)
+
+
+def greedy_numpy(backbone, cache: KVCache, h: torch.Tensor, position: int, heads: list[np.ndarray],
+                 inputs: list[np.ndarray], steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Greedy decoding of ``steps`` tokens of ONE sequence, wholly in numpy: the token loop of
+    ``VLAModel.generate_chunk`` at temperature 0 without a torch call per token (the output
+    head, its argmax and the next input's row cost more in torch's dispatch than in arithmetic).
+    ``h`` (1, d): the hidden state predicting the first token, after the ``cache.length`` tokens
+    in ``cache``; the token j is read from ``heads[j % D]`` (n, d) rows of the output head and,
+    chosen, goes in as ``inputs[j % D][bin]`` (n, d) at RoPE position ``position + j``.
+    Returns (steps,) bins, (steps, n) logits and (steps, d) hidden states (each the state that
+    predicted its token), or None where ``_numpy_step`` does not apply (``_stepper``); the
+    caller then decodes with ``run``. The same numbers as that loop to float tolerance (tested)."""
+    if not cache.length:
+        return None
+    step = _stepper(backbone, cache, h)
+    if step is None:
+        return None
+    dims, n = len(heads), heads[0].shape[0]
+    x = h.detach().numpy().reshape(-1)
+    bins = np.empty(steps, dtype=np.int64)
+    logits = np.empty((steps, n), dtype=np.float32)
+    hidden = np.empty((steps, x.shape[0]), dtype=np.float32)
+    for j in range(steps):
+        row = heads[j % dims] @ x
+        choice = int(row.argmax())
+        bins[j], logits[j], hidden[j] = choice, row, x
+        if j == steps - 1:
+            break
+        x = _np_token(step, inputs[j % dims][choice], position + j, cache)
+    return bins, logits, hidden
 
 
 def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-        cache: KVCache | None = None) -> torch.Tensor:
+        cache: KVCache | None = None, last: int = 0) -> torch.Tensor:
     """(B, L, d) token embeddings -> (B, L, d) final hidden states.
 
     ``mask`` (B, L) bool marks real tokens (padding is never attended to); ``positions`` (B, L)
     int64 are the RoPE positions. Without ``cache`` attention is causal within ``x``; with one,
     ``x`` comes after the ``cache.length`` tokens already there, which it also attends to, and
-    its keys / values are appended (the cache must have room)."""
+    its keys / values are appended (the cache must have room).
+
+    ``last`` > 0: only the last ``last`` positions' states are wanted, (B, last, d). The final
+    block then computes every position's keys and values (the cache needs them) but attention,
+    output projection and MLP only for those rows: the same numbers with a quarter less
+    arithmetic for a 3-block prefix whose last state alone is read (a policy's decision)."""
     b, n = x.shape[:2]
+    if last < 0 or last > n:
+        raise ValueError(f"last must be in 0..{n} (the positions passed), got {last}")
     if cache is not None and n == 1 and cache.length and bool(mask.all()):  # after a pass that filled it
         step = _stepper(backbone, cache, x)
         if step is not None:
@@ -355,8 +398,16 @@ def run(backbone, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
         if kv_heads != heads:
             k = k.repeat_interleave(heads // kv_heads, dim=1)
             v = v.repeat_interleave(heads // kv_heads, dim=1)
+        rows = n
+        if last and last < n and i == len(blocks) - 1:  # the wanted rows only, from here on
+            rows, q, h = last, q[:, :, n - last:], h[:, n - last:]
+            if attend is None:  # no padding: the rows' causal band, now a rectangle
+                attend = torch.ones(last, start + n, dtype=torch.bool, device=x.device).tril(diagonal=start + n - last)
+                is_causal = False
+            else:
+                attend = attend[:, :, n - last:]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, is_causal=is_causal, scale=head_dim ** -0.5)
-        h = h + F.linear(out.transpose(1, 2).reshape(b, n, heads * head_dim), blk.o_w, blk.o_b)
+        h = h + F.linear(out.transpose(1, 2).reshape(b, rows, heads * head_dim), blk.o_w, blk.o_b)
         gate, up = F.linear(_rms_norm(blk.norm2, blk.eps, h), blk.gate_up_w, blk.gate_up_b).chunk(2, dim=-1)
         h = h + F.linear(F.silu(gate) * up, blk.down_w, blk.down_b)
     if cache is not None:

@@ -282,7 +282,7 @@ class VLAModel(nn.Module):
         the head's own reading of the prefix ``emb`` / ``mask``, as at test time."""
         if x.command_label is None:
             with torch.no_grad():
-                return self.command_head(self.run_backbone(emb, mask)[:, -1]).argmax(-1)
+                return self.command_head(self.run_backbone(emb, mask, last=1)[:, -1]).argmax(-1)
         labels = x.command_label
         p = self.config.command_thought_noise
         if self.training and p > 0:
@@ -294,16 +294,19 @@ class VLAModel(nn.Module):
         """(B, d) hidden state at the <action> token (the last prefix position): what the
         diffusion head is conditioned on."""
         emb, mask = self.prefix(x)
-        return self.run_backbone(emb, mask)[:, -1]
+        return self.run_backbone(emb, mask, last=1)[:, -1]
 
-    def run_backbone(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def run_backbone(self, emb: torch.Tensor, mask: torch.Tensor, last: int = 0) -> torch.Tensor:
         """(B, L, d) embeddings with their (B, L) mask -> (B, L, d) final hidden states, causal,
-        positions counting real tokens only. ``flash_attention_2`` (a GPU kernel) goes through the
-        library's forward; everything else through ``vla.decoder.run`` (same math, no overhead)."""
+        positions counting real tokens only; ``last`` > 0: only the last ``last`` positions'
+        states, (B, last, d), computed as such (``vla.decoder.run``). ``flash_attention_2`` (a
+        GPU kernel) goes through the library's forward; everything else through
+        ``vla.decoder.run`` (same math, no overhead)."""
         if self.config.attn_implementation == "flash_attention_2":
-            return self.backbone(inputs_embeds=emb, attention_mask=mask.long(),
-                                 position_ids=positions(mask)).last_hidden_state
-        return decoder.run(self.backbone, emb, mask, positions(mask))
+            out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(),
+                                position_ids=positions(mask)).last_hidden_state
+            return out[:, out.shape[1] - last:] if last else out
+        return decoder.run(self.backbone, emb, mask, positions(mask), last=last)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -331,13 +334,13 @@ class VLAModel(nn.Module):
             tokens = self.action_token_ids(score)[:, :-1]  # the last token predicts nothing
             seq = torch.cat([emb, self.embed(tokens) + self.segment.weight[SEG["action"]]], 1)
             seq_mask = torch.cat([mask, torch.ones(tokens.shape, dtype=torch.bool, device=mask.device)], 1)
-            out = decoder.run(self.backbone, seq, seq_mask, positions(seq_mask), cache)
-            scored = self._bin_logits(out[:, length - 1:]).view(b, h_steps, dims, n)
+            out = decoder.run(self.backbone, seq, seq_mask, positions(seq_mask), cache, last=tokens.shape[1] + 1)
+            scored = self._bin_logits(out).view(b, h_steps, dims, n)
             cache.length = length  # the decoding's tokens go where these were
             cache.key_mask[:, length:] = False
-            h = out[:, length - 1]
+            h = out[:, 0]
         else:
-            h = decoder.run(self.backbone, emb, mask, positions(mask), cache)[:, -1]
+            h = decoder.run(self.backbone, emb, mask, positions(mask), cache, last=1)[:, -1]
         real = mask.long().sum(1, keepdim=True)  # real tokens so far: the next one's position + 1
         one = torch.ones_like(mask[:, :1])
         if self.thought is not None:  # say what it understood (the head's argmax), then act on it
@@ -349,6 +352,14 @@ class VLAModel(nn.Module):
         # per dimension: its rows of the output head, and its tokens' input embeddings (+ segment)
         head_rows = [self.lm_head.weight[s:s + n] for s in starts]
         inputs = [self.embed.weight[s:s + n] + self.segment.weight[SEG["action"]] for s in starts]
+        fast = None
+        if temperature <= 0 and b == 1:  # one greedy sequence: the whole loop in numpy where it applies
+            fast = decoder.greedy_numpy(self.backbone, cache, h, int(real[0, 0]),
+                                        [r.detach().numpy() for r in head_rows],
+                                        [r.detach().numpy() for r in inputs], steps)
+        if fast is not None:
+            chosen, logits, hidden = (torch.from_numpy(a)[None] for a in fast)
+            return self._chunk_output(chosen, logits, hidden, kept, scored)
         hidden, bins, all_logits = [], [], []
         for j in range(steps):  # per token only what the next one needs; the rest after the loop
             logits = torch.nn.functional.linear(h, head_rows[j % dims])
@@ -362,10 +373,16 @@ class VLAModel(nn.Module):
             if j == steps - 1:
                 break
             h = decoder.run(self.backbone, inputs[j % dims][choice][:, None], one, real + j, cache)[:, -1]
-        chosen = torch.stack(bins, 1)  # (B, J)
-        logits = torch.stack(all_logits, 1)  # (B, J, n)
+        return self._chunk_output(torch.stack(bins, 1), torch.stack(all_logits, 1), torch.stack(hidden, 1), kept, scored)
+
+    def _chunk_output(self, chosen: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor, kept: Prefix | None,
+                      scored: torch.Tensor | None) -> ChunkOutput:
+        """A decoding's (B, J) chosen bins, (B, J, n) logits and (B, J, d) hidden states (each
+        the state that predicted its token) -> ``ChunkOutput``, residuals read for the chosen bins."""
+        b, steps = chosen.shape
+        h_steps, dims, n = self.config.horizon, len(ACTION_DIMS), self.config.n_bins
         dim_of = torch.arange(steps, device=chosen.device) % dims
-        res = self.residual_head(torch.stack(hidden, 1)).view(b, steps, dims, n)
+        res = self.residual_head(hidden).view(b, steps, dims, n)
         res = torch.tanh(res[:, torch.arange(steps, device=res.device), dim_of].gather(-1, chosen[..., None])[..., 0]) * 0.5
         logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None])[..., 0]
         return ChunkOutput(
