@@ -310,6 +310,28 @@ class PlanTracker:
 
     def __init__(self, params: TrackerParams = TrackerParams()) -> None:
         self.params = params
+        self._last: tuple[bytes, tuple] | None = None  # _plan_geometry of the last plan asked for
+
+    def _plan_geometry(self, plan, frame, start) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """What ``control`` reads from a plan alone: (v0, the speed reference's times and speeds,
+        the plan's points in world coordinates from where it began). A plan is executed for
+        several steps, so the last one's is kept (keyed by the arrays' bytes: still a function
+        of the arguments)."""
+        plan, frame, start = (np.asarray(a, dtype=np.float64) for a in (plan, frame, start))
+        key = plan.tobytes() + frame.tobytes() + start.tobytes() + str(plan.shape).encode()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        if plan.ndim != 2 or plan.shape[1] != len(PLAN_FIELDS) or not np.all(np.isfinite(plan)):
+            raise ValueError(f"plan must be a finite (K, {len(PLAN_FIELDS)}) array, got shape {plan.shape}")
+        v0 = float(start[3])
+        times = plan_times(len(plan))
+        pts = np.vstack([to_frame(frame, start[:2]), waypoints(plan, v0)])  # from where the plan began
+        # speed reference: mean speed of each segment at its middle, anchored at v0 at t = 0
+        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) / np.diff(np.concatenate([[0.0], times]))
+        mids = np.concatenate([[0.0], (np.concatenate([[0.0], times[:-1]]) + times) / 2.0])
+        geometry = (v0, mids, np.concatenate([[v0], seg]), from_frame(frame, pts))
+        self._last = (key, geometry)
+        return geometry
 
     def control(self, plan: np.ndarray, frame: np.ndarray, start: np.ndarray, pose: np.ndarray,
                 age: float = 0.0, steer_now: float | None = None, accel_now: float | None = None) -> np.ndarray:
@@ -319,17 +341,9 @@ class PlanTracker:
         and its acceleration ``accel_now`` m/s^2 (used by ``max_jerk_long``); None: no lag or
         limit on that axis. Returns float32 [accel m/s^2, steer rad] within the limits."""
         p = self.params
-        plan = np.asarray(plan, dtype=np.float64)
-        if plan.ndim != 2 or plan.shape[1] != len(PLAN_FIELDS) or not np.all(np.isfinite(plan)):
-            raise ValueError(f"plan must be a finite (K, {len(PLAN_FIELDS)}) array, got shape {plan.shape}")
-        frame, start, pose = (np.asarray(a, dtype=np.float64) for a in (frame, start, pose))
-        v0, v = float(start[3]), float(pose[3])
-        times = plan_times(len(plan))
-        pts = np.vstack([to_frame(frame, start[:2]), waypoints(plan, v0)])  # from where the plan began
-        # speed reference: mean speed of each segment at its middle, anchored at v0 at t = 0
-        seg = np.linalg.norm(np.diff(pts, axis=0), axis=1) / np.diff(np.concatenate([[0.0], times]))
-        mids = np.concatenate([[0.0], (np.concatenate([[0.0], times[:-1]]) + times) / 2.0])
-        speeds = np.concatenate([[v0], seg])
+        v0, mids, speeds, world = self._plan_geometry(plan, frame, start)
+        pose = np.asarray(pose, dtype=np.float64)
+        v = float(pose[3])
 
         def speed_at(t: float) -> float:  # the plan's speed t s after its moment
             return float(np.interp(t, mids, speeds))
@@ -337,7 +351,7 @@ class PlanTracker:
         accel = (speed_at(age + p.speed_time) - v) / p.speed_time
         steer = 0.0
         if v >= p.min_speed:
-            local = to_frame(pose, from_frame(frame, pts))
+            local = to_frame(pose, world)
             steer = self.geometry_steer(local, max(p.lookahead_min, v * p.lookahead_time))
         if p.steer_time > 0 and steer_now is not None:
             steer = float(steer_now) + DT / (p.steer_time + DT) * (steer - float(steer_now))

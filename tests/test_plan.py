@@ -110,6 +110,25 @@ def test_tracker_rejects_bad_plans():
         tracker.control(np.full((4, 2), np.nan), np.zeros(3), pose, pose)
     with pytest.raises(ValueError, match="finite"):
         tracker.control(np.zeros((4, 3)), np.zeros(3), pose, pose)
+    tracker.control(np.zeros((4, 2)), np.zeros(3), pose, pose)  # kept as the last plan: same bytes,
+    with pytest.raises(ValueError, match="finite"):  # another shape is still refused
+        tracker.control(np.zeros((8, 1)), np.zeros(3), pose, pose)
+
+
+def test_the_tracker_keeps_a_plans_geometry_and_stays_a_function_of_its_arguments():
+    """``PlanTracker`` keeps the last plan's geometry between steps; its answers are still those
+    of a fresh tracker for every call, whatever it was asked before (plans, frames, starts)."""
+    rng = np.random.default_rng(0)
+    tracker = PlanTracker(TrackerParams(max_jerk_long=1.5, max_jerk_lat=2.0))
+    plans = [np.column_stack([rng.normal(0, 2, 4), rng.normal(0, 1, 4)]) for _ in range(3)]
+    frames = [np.array([0.0, 0.0, 0.0]), np.array([1.0, -0.5, 0.1])]
+    start = np.array([0.0, 0.0, 0.0, 15.0])
+    for i in range(40):
+        plan, frame = plans[(i // 4) % 3], frames[(i // 7) % 2]
+        pose = np.array([0.5 * i, 0.1 * np.sin(i), 0.02 * np.cos(i), 15.0 + 0.1 * i])
+        kwargs = dict(age=0.1 * (i % 5), steer_now=0.01 * (i % 3), accel_now=0.2 * (i % 4) - 0.3)
+        np.testing.assert_array_equal(tracker.control(plan, frame, start, pose, **kwargs),
+                                      PlanTracker(tracker.params).control(plan, frame, start, pose, **kwargs))
 
 
 def test_plan_labels_come_from_clean_stretches_or_recorded_futures():

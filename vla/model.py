@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
@@ -358,8 +359,7 @@ class VLAModel(nn.Module):
                                         [r.detach().numpy() for r in head_rows],
                                         [r.detach().numpy() for r in inputs], steps)
         if fast is not None:
-            chosen, logits, hidden = (torch.from_numpy(a)[None] for a in fast)
-            return self._chunk_output(chosen, logits, hidden, kept, scored)
+            return self._numpy_chunk_output(*fast, kept, scored)
         hidden, bins, all_logits = [], [], []
         for j in range(steps):  # per token only what the next one needs; the rest after the loop
             logits = torch.nn.functional.linear(h, head_rows[j % dims])
@@ -374,6 +374,26 @@ class VLAModel(nn.Module):
                 break
             h = decoder.run(self.backbone, inputs[j % dims][choice][:, None], one, real + j, cache)[:, -1]
         return self._chunk_output(torch.stack(bins, 1), torch.stack(all_logits, 1), torch.stack(hidden, 1), kept, scored)
+
+    def _numpy_chunk_output(self, chosen: np.ndarray, logits: np.ndarray, hidden: np.ndarray, kept: Prefix | None,
+                            scored: torch.Tensor | None) -> ChunkOutput:
+        """``_chunk_output`` of ONE sequence's numpy decoding (``decoder.greedy_numpy``): the
+        residual head read for the chosen bins' rows only, in numpy."""
+        steps, (h_steps, dims, n) = len(chosen), (self.config.horizon, len(ACTION_DIMS), self.config.n_bins)
+        rows = (np.arange(steps) % dims) * n + chosen  # each token's dimension, then its bin
+        weight, bias = self.residual_head.weight.detach().numpy(), self.residual_head.bias.detach().numpy()
+        res = np.tanh(np.einsum("jd,jd->j", weight[rows], hidden) + bias[rows]) * 0.5
+        top = logits.max(-1)
+        logp = logits[np.arange(steps), chosen] - top - np.log(np.exp(logits - top[:, None]).sum(-1))
+        shape = (1, h_steps, dims)
+        return ChunkOutput(
+            bins=torch.from_numpy(chosen).view(shape),
+            residual=torch.from_numpy(res.astype(np.float32)).view(shape),
+            logprob=torch.from_numpy(logp.astype(np.float32)).view(shape),
+            bin_logits=torch.from_numpy(logits).view(*shape, n),
+            prefix=kept,
+            scored_logits=scored,
+        )
 
     def _chunk_output(self, chosen: torch.Tensor, logits: torch.Tensor, hidden: torch.Tensor, kept: Prefix | None,
                       scored: torch.Tensor | None) -> ChunkOutput:
