@@ -40,6 +40,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from sim.interface import ACTION_HIGH, ACTION_LOW, DT, EGO, POSE_FIELDS, wrap_angle
@@ -206,22 +208,22 @@ class VehicleGeometry:
         solved for beta by bisection (the left side grows with beta, the right side falls).
         Ignoring the slip cut the junction's tight turns off the road."""
         x, y = float(point[0]), float(point[1])
-        d = float(np.hypot(x, y))
+        d = math.hypot(x, y)
         if d < 1e-6:
             return 0.0
-        alpha = float(np.arctan2(y, x))
+        alpha = math.atan2(y, x)
         if self.rear_to_ref == 0:
-            return float(np.arctan(self.wheelbase * 2.0 * np.sin(alpha) / d))
-        beta_max = float(np.arctan(self.rear_to_ref / self.wheelbase * np.tan(float(ACTION_HIGH[1]))))
+            return math.atan(self.wheelbase * 2.0 * math.sin(alpha) / d)
+        beta_max = math.atan(self.rear_to_ref / self.wheelbase * math.tan(float(ACTION_HIGH[1])))
         lo, hi = -beta_max, beta_max
         for _ in range(40):
             mid = 0.5 * (lo + hi)
-            if np.sin(mid) / self.rear_to_ref - 2.0 * np.sin(alpha - mid) / d > 0:
+            if math.sin(mid) / self.rear_to_ref - 2.0 * math.sin(alpha - mid) / d > 0:
                 hi = mid
             else:
                 lo = mid
         beta = 0.5 * (lo + hi)
-        return float(np.arctan(self.wheelbase / self.rear_to_ref * np.tan(beta)))
+        return math.atan(self.wheelbase / self.rear_to_ref * math.tan(beta))
 
     def curvature(self, steer: float) -> float:
         """1/m: the reference point's path curvature at wheel angle ``steer``."""
@@ -392,7 +394,7 @@ class PlanTracker:
         step = p.max_jerk_long * DT
         if accel < -p.brake_exempt and accel < accel_now:
             return accel
-        return float(np.clip(accel, accel_now - step, accel_now + step))
+        return min(max(float(accel), accel_now - step), accel_now + step)
 
     def _limit_steer(self, steer: float, steer_now: float, speed: float) -> float:
         """The wheel angle whose path curvature is within ``max_jerk_lat * DT / speed^2`` of the
@@ -430,7 +432,7 @@ def _point_at_distance(poly: np.ndarray, r: float) -> np.ndarray | None:
     start = int(np.argmin(np.linalg.norm(poly, axis=1)))
     for i in range(start, len(poly) - 1):
         a, b = poly[i], poly[i + 1]
-        if np.linalg.norm(b) >= r:
+        if math.hypot(b[0], b[1]) >= r:
             d = b - a
             # solve |a + s d| = r for s in [0, 1], the larger root
             qa, qb, qc = float(d @ d), 2.0 * float(a @ d), float(a @ a) - r * r
