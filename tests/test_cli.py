@@ -312,3 +312,23 @@ def test_eval_with_the_user_s_own_phrasings(tmp_path, capsys):
         expected = sum(float(x["goal_success"]) for x in rows if x["command"] == r["command"])
         n = sum(x["command"] == r["command"] for x in rows)
         assert f"{int(expected)}/{n}  {r['goal_type']}: {r['command']}" in "\n".join(table), (r, table)
+
+
+def test_policy_ab_alternates_two_checkouts_and_pairs_their_runs(capsys, tmp_path):
+    """benchmarks.policy_ab runs `vla bench policy` from each checkout in turn and prints the
+    paired ratio differences; a directory that is not a checkout is refused in one line."""
+    from pathlib import Path
+
+    from benchmarks import policy_ab
+
+    root = Path(__file__).resolve().parents[1]
+    code = policy_ab.main(["--base", str(root), "--new", str(root), "--runs", "1",
+                           "--size", "tiny", "--density", "light", "--steps", "5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "run 1 base:" in out and "run 1 new:" in out and "new - base by run: " in out
+    with pytest.raises(SystemExit):
+        policy_ab.main(["--base", str(tmp_path)])
+    assert "is not a checkout of this project" in capsys.readouterr().err
+    rows = {"base": [dict.fromkeys(policy_ab.FIELDS, 0.5)], "new": [dict.fromkeys(policy_ab.FIELDS, 0.75)]}
+    assert policy_ab.summarize(rows)[-1] == "closed_loop_ratio, new - base by run: +0.250 (mean +0.250)"
