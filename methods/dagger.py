@@ -39,7 +39,7 @@ from benchmarks.metrics import metrics_record, to_jsonable, write_episodes_csv, 
 from sim.atomic import atomic_output
 from sim.plan import plan_steps
 from sim.rollout import DartNoise
-from sim.scenarios import check_scenario
+from sim.scenarios import check_scenario, parse_goal_bias
 from sim.storage import EpisodeWriter, count_episodes, episode_paths, read_episodes
 from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
@@ -130,6 +130,12 @@ class DaggerConfig:
     defaults; the labels stay its clean actions), so BC also sees the expert recover."""
     dart_speed: float = 0.0
     """With ``dart``: chance per step of a DART speed burst (``DartNoise.speed_prob``); 0 = none."""
+    rollout_goal_bias: str = ""
+    """Highway commands the learner's rollouts (iterations >= 1) try first, ``LABEL=P[,...]``
+    (``sim.scenarios.parse_goal_bias``): with chance P an episode is told LABEL when the traffic
+    allows it, so the learner visits more of the states of a goal type it misses (its own
+    under-speed states after "slow down", say). "": the usual draw. Expert data (iteration 0)
+    and the evaluations are never biased."""
     goal_relabel: bool = False
     """Record the expert's action under every highway goal at every visited state and train on
     them too, each heard as a train phrasing of that goal (``vla.data``; LbC-style). Off by
@@ -179,6 +185,10 @@ class DaggerConfig:
             raise ValueError("DaggerConfig.iterations and rollouts must be >= 0")
         if not (0.0 <= self.beta0 <= 1.0 and 0.0 <= self.beta_decay <= 1.0):
             raise ValueError("DaggerConfig.beta0 and beta_decay must be in [0, 1]")
+        try:
+            parse_goal_bias(self.rollout_goal_bias)
+        except ValueError as e:
+            raise ValueError(f"DaggerConfig.rollout_goal_bias (--rollout-goal-bias): {e}") from None
         if not 0.0 <= float(self.dart_speed) <= 1.0:
             raise ValueError(f"DaggerConfig.dart_speed (--dart-speed) must be a chance per step in [0, 1], got {self.dart_speed}")
         if self.dart_speed > 0 and not self.dart:
@@ -239,13 +249,15 @@ def label_horizon(policy: PolicyConfig) -> int:
 def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, density: str) -> RolloutSpec:
     """How iteration k of a session with config ``c`` records its episodes in one setting
     (iteration 0: the expert, with DART bursts if ``c.dart``; later ones: ``policy_dir``
-    mixed with the expert by beta_k), and what the expert labels on them."""
+    mixed with the expert by beta_k, on the highway told the commands of
+    ``c.rollout_goal_bias`` first), and what the expert labels on them."""
     return RolloutSpec(scenario, density, policy_dir, "train", cameras=c.policy.cameras,
                        query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
                        plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
                        goal_futures=c.goal_relabel and c.policy.action == "plan",
                        noise=DartNoise(speed_prob=c.dart_speed) if (c.dart and k == 0) else None, plan_every=c.label_every,
-                       backend=c.backend)
+                       backend=c.backend,
+                       goal_bias=parse_goal_bias(c.rollout_goal_bias) if (k > 0 and scenario == "highway") else ())
 
 
 class DaggerSession:

@@ -50,6 +50,10 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
     p.add_argument("--dart-speed", type=float, default=0.0, metavar="P",
                    help="with --dart: also start a DART speed burst (a held acceleration offset, 2-5 s) with chance "
                         "P per step of iteration 0 (sim.rollout.DartNoise.speed_prob); 0 = off (default: %(default)s)")
+    p.add_argument("--rollout-goal-bias", default="", metavar="LABEL=P[,...]",
+                   help="the learner's highway rollouts (iterations >= 1) are told LABEL first with chance P when "
+                        "the traffic allows it, e.g. slow_down=0.5: more of its own states under a goal type it "
+                        "misses; expert data and evaluations keep the usual draw (default: none)")
     add_command_data_args(p, relabel_help="also record and train on the expert's action under every other "
                                           "highway goal at every visited state")
     add_policy_args(p)
@@ -73,5 +77,6 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         phone_errors=getattr(args, "phone_errors", 0.0), paraphrase=getattr(args, "paraphrase", 0.0),
         chitchat=getattr(args, "chitchat", 0.0),
         dart=args.dart, dart_speed=getattr(args, "dart_speed", 0.0), label_every=args.label_every, policy=policy_config(args),
+        rollout_goal_bias=getattr(args, "rollout_goal_bias", ""),
         backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None),
         val_data=tuple(args.val_data), val_samples=args.val_samples)

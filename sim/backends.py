@@ -17,10 +17,11 @@ DEFAULT_BACKEND = "embedded"
 
 
 def _embedded(scenario: str, density: str, cameras: Sequence = (), rephrase: Callable | None = None,
-              goals: str | None = None) -> DrivingEnv:
+              goals: str | None = None, goal_bias: Sequence[tuple[str, float]] = ()) -> DrivingEnv:
     from sim.highway import EmbeddedDrivingEnv
 
-    return EmbeddedDrivingEnv(scenario, density, cameras=cameras, rephrase=rephrase, goals=goals)
+    return EmbeddedDrivingEnv(scenario, density, cameras=cameras, rephrase=rephrase, goals=goals,
+                              goal_bias=tuple(goal_bias))
 
 
 def _carla(scenario: str, density: str, cameras: Sequence = (), rephrase: Callable | None = None,
@@ -42,11 +43,18 @@ def register_backend(name: str, factory: Callable[..., DrivingEnv]) -> None:
 
 
 def make_env(backend: str = DEFAULT_BACKEND, scenario: str = "highway", density: str = "medium",
-             cameras: Sequence = (), rephrase: Callable | None = None, goals: str | None = None) -> DrivingEnv:
+             cameras: Sequence = (), rephrase: Callable | None = None, goals: str | None = None,
+             goal_bias: Sequence[tuple[str, float]] = ()) -> DrivingEnv:
     """A simulator of ``backend`` in ``scenario`` / ``density`` with the camera rig ``cameras``;
     ``rephrase`` words each episode's command (``vla.speech_commands.rephraser``), ``goals`` picks
-    how commands are drawn (the backend's choices; None = its default)."""
+    how commands are drawn (the backend's choices; None = its default), ``goal_bias`` how often a
+    highway command is tried first (``EmbeddedDrivingEnv``; the embedded simulator only)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown simulator backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    extra = {}
+    if goal_bias:
+        if backend != "embedded":
+            raise ValueError(f"a goal bias is an option of the embedded simulator, not of the {backend} backend")
+        extra["goal_bias"] = tuple(goal_bias)
     return BACKENDS[backend](scenario=scenario, density=density, cameras=tuple(cameras), rephrase=rephrase,
-                             goals=goals)
+                             goals=goals, **extra)

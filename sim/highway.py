@@ -59,6 +59,8 @@ from sim.scenarios import (
     GOAL_CHOICES,
     HIGHWAY_GOAL_LABELS,
     HIGHWAY_LANES,
+    GoalBias,
+    biased_label,
     check_scenario,
     highway_goal,
     highway_goal_for,
@@ -202,7 +204,7 @@ class EmbeddedDrivingEnv(gym.Env):
     def __init__(self, scenario: str = "highway", density: str = "medium",
                  cameras: Sequence[CameraSpec] = (),
                  rephrase: Callable[[Goal, np.random.Generator], Goal] | None = None,
-                 goals: str | None = None) -> None:
+                 goals: str | None = None, goal_bias: GoalBias = ()) -> None:
         """``rephrase``: turns each episode's canonical command into what the passenger says
         (e.g. a phrasing of the speech corpus), drawn from the episode's seeded generator.
 
@@ -215,11 +217,20 @@ class EmbeddedDrivingEnv(gym.Env):
         met by nobody). Costs about one extra expert episode per reset. "any": a uniformly
         drawn goal type, reachable or not (the draw of earlier versions, same goal per seed).
         None: the environment variable ``VLA_GOALS`` if set, else "feasible" (the test suite
-        sets "any" to save the extra episodes; the feasible draw has tests of its own)."""
+        sets "any" to save the extra episodes; the feasible draw has tests of its own).
+
+        ``goal_bias`` ((label, p), ...; ``sim.scenarios.parse_goal_bias``): highway only. With
+        probability p an episode tries ``label`` first (when it is possible from the start lane;
+        under "feasible" it is still issued only if the expert reaches it, else the usual order
+        goes on). The chance is drawn from a stream of its own, so without a bias every seed
+        draws what it always drew. What DAgger uses to send its learner to the states of a goal
+        type it misses (``vla dagger --rollout-goal-bias``)."""
         goals = goals or os.environ.get("VLA_GOALS", "feasible")
         if goals not in GOAL_CHOICES:
             raise ValueError(f"unknown goals {goals!r}; choose one of {GOAL_CHOICES}")
-        self.goals = goals
+        if goal_bias and scenario != "highway":
+            raise ValueError(f"a goal bias picks highway commands; the {scenario} scenario has none")
+        self.goals, self.goal_bias = goals, tuple(goal_bias)
         self.goal_feasible: bool | None = None
         self.spec_ = check_scenario(scenario, density)
         self.scenario, self.density = scenario, density
@@ -268,11 +279,18 @@ class EmbeddedDrivingEnv(gym.Env):
         self._start_lane = int(ego.lane_index[2])
         self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
         self._prev = (float(ego.speed), float(-ego.heading))
+        first = None
+        if self.goal_bias:
+            first = biased_label(self.goal_bias, float(np.random.default_rng(None if seed is None else [seed, 7, 1]).random()))
+            first = first if first in highway_goal_labels(self._start_lane) else None
         if self.goals == "any":
-            self._set_goal(highway_goal(rng, self._start_lane) if self.scenario == "highway" else turn_goal(rng))
+            if first is not None:
+                self._set_goal(highway_goal_for(first, self._start_lane))
+            else:
+                self._set_goal(highway_goal(rng, self._start_lane) if self.scenario == "highway" else turn_goal(rng))
             self.goal_feasible = None
         else:
-            self._set_feasible_goal(rng)
+            self._set_feasible_goal(rng, first)
         if self.rephrase is not None:
             self.goal = self.rephrase(self.goal, rng)
         info = {"goal": self.goal, "events": np.zeros(len(EVENT_FIELDS), np.float32),
@@ -301,13 +319,17 @@ class EmbeddedDrivingEnv(gym.Env):
         self._ego = self._ego_vector(accel=0.0, yaw_rate=0.0)
         self._actors = self._scan_actors()
 
-    def _set_feasible_goal(self, rng: np.random.Generator) -> None:
-        """Issue the first goal type (in a seeded random order) the expert reaches; see ``goals``."""
+    def _set_feasible_goal(self, rng: np.random.Generator, first: str | None = None) -> None:
+        """Issue the first goal type (in a seeded random order, ``first`` tried before the others)
+        the expert reaches; see ``goals`` and ``goal_bias``."""
         if self.scenario == "highway":
-            candidates = [highway_goal_for(label, self._start_lane) for label in highway_goal_labels(self._start_lane)]
+            labels = highway_goal_labels(self._start_lane)
+            candidates = [highway_goal_for(label, self._start_lane) for label in labels]
         else:
-            candidates = [turn_goal_for(t) for t in TURNS]
+            labels, candidates = [], [turn_goal_for(t) for t in TURNS]
         order = rng.permutation(len(candidates))
+        if first is not None:
+            order = [labels.index(first)] + [i for i in order if labels[i] != first]
         for i in order:
             self._set_goal(candidates[i])
             if self._expert_reaches_goal():

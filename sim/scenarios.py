@@ -97,6 +97,46 @@ def highway_goal(rng: np.random.Generator, start_lane: int) -> Goal:
     return highway_goal_for(labels[int(rng.integers(len(labels)))], start_lane)
 
 
+GoalBias = tuple[tuple[str, float], ...]
+"""(highway goal label, probability) pairs: how often an episode's command is that label first
+(``parse_goal_bias``, ``EmbeddedDrivingEnv(goal_bias=...)``)."""
+
+
+def parse_goal_bias(text: str) -> GoalBias:
+    """``"slow_down=0.5"`` or ``"slow_down=0.4,lane_left=0.2"`` -> ((label, p), ...): each
+    episode tries ``label`` first with probability p (the labels' chances add up to at most 1;
+    the rest of the time the draw is the usual one). "" -> () (no bias). ValueError names the
+    bad part."""
+    pairs: list[tuple[str, float]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        label, eq, value = part.partition("=")
+        label = label.strip()
+        if not eq or label not in HIGHWAY_GOAL_LABELS:
+            raise ValueError(f"goal bias {part!r}: expected LABEL=P with LABEL one of {', '.join(HIGHWAY_GOAL_LABELS)}")
+        try:
+            p = float(value)
+        except ValueError:
+            raise ValueError(f"goal bias {part!r}: {value!r} is not a probability") from None
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"goal bias {part!r}: the probability must be in [0, 1]")
+        if label in dict(pairs):
+            raise ValueError(f"goal bias names {label!r} twice")
+        pairs.append((label, p))
+    if sum(p for _, p in pairs) > 1.0 + 1e-9:
+        raise ValueError(f"goal bias {text!r}: the probabilities add up to more than 1")
+    return tuple(pairs)
+
+
+def biased_label(bias: GoalBias, u: float) -> str | None:
+    """The label a uniform draw ``u`` in [0, 1) picks from ``bias`` (None: no bias this time)."""
+    edge = 0.0
+    for label, p in bias:
+        edge += p
+        if u < edge:
+            return label
+    return None
+
+
 def highway_goal_labels(start_lane: int, lanes: int = HIGHWAY_LANES) -> list[str]:
     """The highway commands that make sense from ``start_lane`` of ``lanes`` (no change off the road)."""
     return [

@@ -302,3 +302,17 @@ def test_vla_dagger_killed_with_sigkill_and_rerun_equals_an_uninterrupted_sessio
     a = load_file(str(tmp_path / "cut" / "iter_002" / "policy" / "model.safetensors"))
     b = load_file(str(tmp_path / "whole" / "iter_002" / "policy" / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_the_rollout_goal_bias_reaches_the_learners_highway_rollouts_only():
+    """--rollout-goal-bias: iteration 0 (expert data) and the intersection keep the usual draw;
+    the learner's highway rollouts get the bias; a bad one is refused with its option's name."""
+    from methods.dagger import DaggerConfig, rollout_spec
+
+    c = DaggerConfig(scenario="highway,intersection", rollout_goal_bias="slow_down=0.5")
+    assert rollout_spec(c, 0, "expert", "highway", "medium").goal_bias == ()
+    assert rollout_spec(c, 1, "pol", "highway", "medium").goal_bias == (("slow_down", 0.5),)
+    assert rollout_spec(c, 1, "pol", "intersection", "medium").goal_bias == ()
+    assert DaggerConfig.from_dict(c.to_dict()).rollout_goal_bias == "slow_down=0.5"
+    with pytest.raises(ValueError, match="rollout-goal-bias"):
+        DaggerConfig(rollout_goal_bias="slow_down=2")

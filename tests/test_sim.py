@@ -348,3 +348,43 @@ def test_braking_stops_our_car_and_never_drives_it_backward():
         if speed == 0.0 and x0 is None:
             x0 = float(obs["ego"][EGO["x"]])
     assert x0 is not None and abs(float(obs["ego"][EGO["x"]]) - x0) < 1e-6
+
+
+def test_a_goal_bias_tells_its_command_first_and_leaves_other_draws_alone():
+    """goal_bias: with chance p an episode is told the biased command first (when possible from
+    the start lane; under "feasible" only if the expert reaches it); without one, or with p = 0,
+    every seed draws the goal and start it always drew. Bad biases are refused by name."""
+    from sim.backends import make_env
+    from sim.scenarios import biased_label, parse_goal_bias
+
+    plain = EmbeddedDrivingEnv("highway", "medium", goals="any")
+    zero = EmbeddedDrivingEnv("highway", "medium", goals="any", goal_bias=parse_goal_bias("slow_down=0"))
+    always = EmbeddedDrivingEnv("highway", "medium", goals="any", goal_bias=(("slow_down", 1.0),))
+    labels = []
+    for seed in range(12):
+        obs, info = plain.reset(seed=seed)
+        obs0, info0 = zero.reset(seed=seed)
+        assert info0["goal"] == info["goal"]
+        np.testing.assert_array_equal(obs0["state"], obs["state"])
+        biased, _ = always.reset(seed=seed)
+        assert always.goal.label == "slow_down"
+        np.testing.assert_array_equal(biased["ego"], obs["ego"])  # the same start, another command
+        labels.append(info["goal"].label)
+    assert labels.count("slow_down") < len(labels)  # so the bias changed some commands
+    feasible = EmbeddedDrivingEnv("highway", "medium", goals="feasible", goal_bias=(("slow_down", 1.0),))
+    for seed in range(2):
+        feasible.reset(seed=seed)
+        assert feasible.goal_feasible is True and feasible.goal.label == "slow_down"
+    assert parse_goal_bias("") == () and parse_goal_bias(" slow_down=0.4, lane_left=0.2 ") == (
+        ("slow_down", 0.4), ("lane_left", 0.2))
+    assert [biased_label((("slow_down", 0.4), ("lane_left", 0.2)), u) for u in (0.1, 0.5, 0.7)] == [
+        "slow_down", "lane_left", None]
+    for bad, match in (("slow=0.5", "LABEL=P"), ("slow_down", "LABEL=P"), ("slow_down=x", "not a probability"),
+                       ("slow_down=1.5", r"\[0, 1\]"), ("slow_down=0.6,lane_left=0.6", "more than 1"),
+                       ("slow_down=0.1,slow_down=0.2", "twice")):
+        with pytest.raises(ValueError, match=match):
+            parse_goal_bias(bad)
+    with pytest.raises(ValueError, match="highway commands"):
+        EmbeddedDrivingEnv("intersection", "medium", goal_bias=(("slow_down", 1.0),))
+    with pytest.raises(ValueError, match="embedded simulator"):
+        make_env("carla", "highway", "medium", goal_bias=(("slow_down", 1.0),))
