@@ -831,3 +831,9 @@ def test_a_driving_policys_greedy_chunk_is_the_torch_loops(monkeypatch):
         for a, b in ((got.bin_logits, want.bin_logits), (got.residual, want.residual), (got.logprob, want.logprob)):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert len(fast) == 2
+    from dataclasses import replace
+
+    policy.model.to(torch.bfloat16)  # weights numpy cannot hold: the torch loop, no error
+    with torch.no_grad():
+        low = policy.model.generate_chunk(replace(x, ego=x.ego.bfloat16(), actors=x.actors.bfloat16()))
+    assert low.bins.shape == (1, 4, 2) and len(fast) == 2

@@ -354,7 +354,9 @@ class VLAModel(nn.Module):
         head_rows = [self.lm_head.weight[s:s + n] for s in starts]
         inputs = [self.embed.weight[s:s + n] + self.segment.weight[SEG["action"]] for s in starts]
         fast = None
-        if temperature <= 0 and b == 1:  # one greedy sequence: the whole loop in numpy where it applies
+        if (temperature <= 0 and b == 1 and h.device.type == "cpu"  # one greedy float32 sequence on the CPU:
+                and h.dtype == self.lm_head.weight.dtype == self.residual_head.weight.dtype == torch.float32):
+            # the whole loop in numpy where the numpy step applies (decoder._stepper)
             fast = decoder.greedy_numpy(self.backbone, cache, h, int(real[0, 0]),
                                         [r.detach().numpy() for r in head_rows],
                                         [r.detach().numpy() for r in inputs], steps)

@@ -55,6 +55,7 @@ class RolloutSpec:
     hearing: object = None  # vla.policy.Hearing for an audio policy (voices, noise); None: the policy's own
     execution: tuple[tuple[str, float], ...] = ()  # how a plan policy executes plans (VLAPolicy.set_execution); (): its own
     talk: DriveTalk | None = None  # a new command during the drive (sim.rollout.DriveTalk); None: only the first
+    goal_bias: tuple[tuple[str, float], ...] = ()  # highway commands tried first (sim.scenarios.parse_goal_bias)
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -79,7 +80,7 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
                 cache["policy"].set_execution(**dict(spec.execution))
             rig = getattr(cache["policy"], "rig", ())
         cache["env"] = make_env(spec.backend, spec.scenario, spec.density, cameras=rig if spec.cameras else (),
-                                rephrase=rephraser(spec.phrasings))
+                                rephrase=rephraser(spec.phrasings), goal_bias=spec.goal_bias)
     env = cache["env"]
     policy = cache["policy"] or BASELINES[spec.policy](env, seed)
     rng = np.random.default_rng([seed, spec.beta_seed, 17])
