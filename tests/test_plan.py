@@ -756,12 +756,8 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
         assert args.execution == {attr: value}, flag
 
 
-def test_continuation_logits_after_a_kept_prefix_equal_the_teacher_forced_forward():
-    """VLAModel.continuation_logits (commitment's scores without a second prefix pass): the
-    logits of several chunks after one observation's kept prefix equal ``forward`` with each
-    chunk as the target, and the prefix's cache is left as it was (it is copied)."""
-    from dataclasses import replace
-
+def _tiny_plan_policy_and_inputs():
+    """A small random plan policy (seeded) and its inputs at a light-traffic highway start."""
     import torch
 
     from sim.highway import EmbeddedDrivingEnv
@@ -773,7 +769,18 @@ def test_continuation_logits_after_a_kept_prefix_equal_the_teacher_forced_forwar
     policy = VLAPolicy(config, default_action_tokenizer(16, "plan")).eval()
     obs, _ = EmbeddedDrivingEnv("highway", "light").reset(seed=5)
     policy.hear("change to the left lane")
-    x = policy.inputs_from_obs(obs)
+    return policy, policy.inputs_from_obs(obs)
+
+
+def test_continuation_logits_after_a_kept_prefix_equal_the_teacher_forced_forward():
+    """VLAModel.continuation_logits (commitment's scores without a second prefix pass): the
+    logits of several chunks after one observation's kept prefix equal ``forward`` with each
+    chunk as the target, and the prefix's cache is left as it was (it is copied)."""
+    from dataclasses import replace
+
+    import torch
+
+    policy, x = _tiny_plan_policy_and_inputs()
     with torch.no_grad():
         out = policy.model.generate_chunk(x, keep_prefix=True)
         before = [k.clone() for k in out.prefix.cache.keys]
@@ -807,17 +814,9 @@ def test_a_driving_policys_greedy_chunk_is_the_torch_loops(monkeypatch):
     without commitment's scored plan riding in the prefix pass."""
     import torch
 
-    from sim.highway import EmbeddedDrivingEnv
     from vla import decoder
-    from vla.config import PolicyConfig
-    from vla.policy import VLAPolicy, default_action_tokenizer
 
-    config = PolicyConfig(d_model=32, n_layers=2, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan")
-    torch.manual_seed(0)
-    policy = VLAPolicy(config, default_action_tokenizer(16, "plan")).eval()
-    obs, _ = EmbeddedDrivingEnv("highway", "light").reset(seed=5)
-    policy.hear("change to the left lane")
-    x = policy.inputs_from_obs(obs)
+    policy, x = _tiny_plan_policy_and_inputs()
     other = torch.randint(0, 16, (1, 4, 2), generator=torch.Generator().manual_seed(1))
     original, fast = decoder.greedy_numpy, []
     for score in (None, other):
