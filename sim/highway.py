@@ -61,6 +61,7 @@ from sim.scenarios import (
     HIGHWAY_LANES,
     GoalBias,
     biased_label,
+    check_goal_bias,
     check_scenario,
     highway_goal,
     highway_goal_for,
@@ -230,7 +231,7 @@ class EmbeddedDrivingEnv(gym.Env):
             raise ValueError(f"unknown goals {goals!r}; choose one of {GOAL_CHOICES}")
         if goal_bias and scenario != "highway":
             raise ValueError(f"a goal bias picks highway commands; the {scenario} scenario has none")
-        self.goals, self.goal_bias = goals, tuple(goal_bias)
+        self.goals, self.goal_bias = goals, check_goal_bias(goal_bias)
         self.goal_feasible: bool | None = None
         self.spec_ = check_scenario(scenario, density)
         self.scenario, self.density = scenario, density

@@ -117,14 +117,25 @@ def parse_goal_bias(text: str) -> GoalBias:
             p = float(value)
         except ValueError:
             raise ValueError(f"goal bias {part!r}: {value!r} is not a probability") from None
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"goal bias {part!r}: the probability must be in [0, 1]")
-        if label in dict(pairs):
-            raise ValueError(f"goal bias names {label!r} twice")
         pairs.append((label, p))
+    return check_goal_bias(pairs)
+
+
+def check_goal_bias(pairs) -> GoalBias:
+    """``pairs`` as a ``GoalBias`` after checking it: highway labels, each once, probabilities
+    in [0, 1] adding up to at most 1 (ValueError otherwise)."""
+    pairs = tuple((str(label), float(p)) for label, p in pairs)
+    labels = [label for label, _ in pairs]
+    for label, p in pairs:
+        if label not in HIGHWAY_GOAL_LABELS:
+            raise ValueError(f"goal bias label {label!r}: expected one of {', '.join(HIGHWAY_GOAL_LABELS)}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"goal bias {label}={p}: the probability must be in [0, 1]")
+        if labels.count(label) > 1:
+            raise ValueError(f"goal bias names {label!r} twice")
     if sum(p for _, p in pairs) > 1.0 + 1e-9:
-        raise ValueError(f"goal bias {text!r}: the probabilities add up to more than 1")
-    return tuple(pairs)
+        raise ValueError(f"goal bias {pairs}: the probabilities add up to more than 1")
+    return pairs
 
 
 def biased_label(bias: GoalBias, u: float) -> str | None:

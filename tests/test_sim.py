@@ -384,6 +384,8 @@ def test_a_goal_bias_tells_its_command_first_and_leaves_other_draws_alone():
                        ("slow_down=0.1,slow_down=0.2", "twice")):
         with pytest.raises(ValueError, match=match):
             parse_goal_bias(bad)
+    with pytest.raises(ValueError, match="more than 1"):
+        EmbeddedDrivingEnv("highway", "medium", goal_bias=(("slow_down", 0.7), ("keep_lane", 0.7)))
     with pytest.raises(ValueError, match="highway commands"):
         EmbeddedDrivingEnv("intersection", "medium", goal_bias=(("slow_down", 1.0),))
     with pytest.raises(ValueError, match="embedded simulator"):
