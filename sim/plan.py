@@ -38,9 +38,8 @@ speed reference read off the waypoint spacing for acceleration. It reads only po
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
