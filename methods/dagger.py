@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.metrics import metrics_record, to_jsonable, write_episodes_csv, write_json
@@ -53,6 +54,8 @@ from vla.train_loop import TrainConfig, train
 from methods.bc import BCConfig, BCMethod
 
 EVAL_SEED_OFFSET = 1_000_000
+MAX_REPEATS = 8
+"""The most times ``disagreement_repeats`` lists one rollout state."""
 """Evaluation seeds start here: never used for training data."""
 
 
@@ -136,6 +139,11 @@ class DaggerConfig:
     allows it, so the learner visits more of the states of a goal type it misses (its own
     under-speed states after "slow down", say). "": the usual draw. Expert data (iteration 0)
     and the evaluations are never biased."""
+    disagreement_weight: float = 0.0
+    """Draw the learner's rollout states (iterations >= 1) in proportion to how far its action was
+    from the expert's there (``disagreement_repeats``, in the spirit of DA-RB's critical states):
+    a recorded state whose disagreement is ``x`` times the rollouts' mean is listed
+    ``1 + round(w * (x - 1))`` times (at least once, at most ``MAX_REPEATS``). 0: every state once."""
     goal_relabel: bool = False
     """Record the expert's action under every highway goal at every visited state and train on
     them too, each heard as a train phrasing of that goal (``vla.data``; LbC-style). Off by
@@ -189,6 +197,9 @@ class DaggerConfig:
             parse_goal_bias(self.rollout_goal_bias)
         except ValueError as e:
             raise ValueError(f"DaggerConfig.rollout_goal_bias (--rollout-goal-bias): {e}") from None
+        if not 0.0 <= float(self.disagreement_weight) <= MAX_REPEATS:
+            raise ValueError(f"DaggerConfig.disagreement_weight (--disagreement-weight) must be in [0, {MAX_REPEATS}], "
+                             f"got {self.disagreement_weight}")
         if not 0.0 <= float(self.dart_speed) <= 1.0:
             raise ValueError(f"DaggerConfig.dart_speed (--dart-speed) must be a chance per step in [0, 1], got {self.dart_speed}")
         if self.dart_speed > 0 and not self.dart:
@@ -238,6 +249,32 @@ class DaggerConfig:
     def from_dict(d: dict) -> DaggerConfig:
         return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"]),
                                "expert_data": tuple(d.get("expert_data", ())), "val_data": tuple(d.get("val_data", ()))})
+
+
+def disagreement_repeats(episodes: list, weight: float) -> list[np.ndarray]:
+    """Per step of each of ``episodes`` (policy rollouts with the expert's action at every state),
+    how many times its sample is listed (``DemoDataset.add_episode``'s ``repeats``).
+
+    A step's disagreement is ``|accel - expert accel| / A + |steer - expert steer| / S``, with A and
+    S the mean absolute differences over all the episodes' steps (so acceleration and steering
+    count alike and the mean is 2); a step at ``x`` times the mean is listed
+    ``clip(1 + round(weight * (x - 1)), 1, MAX_REPEATS)`` times. States where the learner did about
+    what the expert would have done are listed once; those where it went its own way, more."""
+    if not episodes or weight <= 0:
+        return [np.ones(ep.num_steps, np.int64) for ep in episodes]
+    diffs = [np.abs(np.asarray(ep.actions, np.float64) - np.asarray(ep.expert_actions, np.float64))
+             for ep in episodes]
+    every = np.concatenate([d.reshape(-1, 2) for d in diffs])
+    if not np.isfinite(every).all():
+        raise ValueError("disagreement weighting needs the expert's action at every rollout state; "
+                         "an episode has NaN expert actions")
+    scale = every.mean(0) if len(every) else np.ones(2)
+    scale = np.where(scale > 0, scale, 1.0)  # a component that never differs counts for nothing
+    mean = (every / scale).sum(1).mean() if len(every) else 0.0
+    if mean <= 0:  # the learner did what the expert would have done everywhere
+        return [np.ones(ep.num_steps, np.int64) for ep in episodes]
+    return [np.clip(1 + np.round(weight * ((d / scale).sum(1) / mean - 1.0)), 1, MAX_REPEATS).astype(np.int64)
+            for d in diffs]
 
 
 def label_horizon(policy: PolicyConfig) -> int:
@@ -424,11 +461,17 @@ class DaggerSession:
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
                            audio_renditions=c.audio_renditions, command_grammar=c.command_grammar, chitchat=c.chitchat,
                            phone_errors=c.phone_errors, paraphrase=c.paraphrase, audio_voices=c.audio_voices)
+        rollouts = []
         for j in range(k + 1):
             if j > 0 and c.rollouts == 0:  # the equal-compute control: expert data only
                 continue
             for ep in read_episodes(self._data_dir(j), load_frames=c.policy.cameras):
-                data.add_episode(ep)
+                if j == 0:
+                    data.add_episode(ep)
+                else:
+                    rollouts.append(ep)
+        for ep, repeats in zip(rollouts, disagreement_repeats(rollouts, c.disagreement_weight)):
+            data.add_episode(ep, repeats if c.disagreement_weight > 0 else None)
         return data
 
     def _start_from(self, checkpoint: str) -> tuple[VLAPolicy, dict, int]:

@@ -316,3 +316,55 @@ def test_the_rollout_goal_bias_reaches_the_learners_highway_rollouts_only():
     assert DaggerConfig.from_dict(c.to_dict()).rollout_goal_bias == "slow_down=0.5"
     with pytest.raises(ValueError, match="rollout-goal-bias"):
         DaggerConfig(rollout_goal_bias="slow_down=2")
+
+
+def _rollout(actions, expert):
+    from types import SimpleNamespace
+
+    actions, expert = np.asarray(actions, np.float32), np.asarray(expert, np.float32)
+    return SimpleNamespace(actions=actions, expert_actions=expert, num_steps=len(actions))
+
+
+def test_disagreement_repeats_favour_the_states_where_the_learner_went_its_own_way():
+    """A state at x times the mean disagreement is listed 1 + round(w (x - 1)) times, clipped to
+    [1, MAX_REPEATS]; acceleration and steering are each scaled by their own mean difference."""
+    from methods.dagger import MAX_REPEATS, disagreement_repeats
+
+    expert = np.zeros((4, 2))
+    # accel off by 0 / 0 / 0 / 4 m/s^2 and steer off by 0 / 0.03 / 0 / 0.01 rad
+    a = _rollout([[0, 0], [0, 0.03], [0, 0], [4, 0.01]], expert)
+    b = _rollout([[0, 0], [0, 0]], np.zeros((2, 2)))
+    r = disagreement_repeats([a, b], 1.0)
+    # means: accel 4/6, steer 0.04/6; per step |da|/A + |ds|/S = 0, 4.5, 0, 7.5, 0, 0 (mean 2), so x = 2.25 and 3.75
+    assert r[0].tolist() == [1, 2, 1, 4] and r[1].tolist() == [1, 1]
+    assert disagreement_repeats([a, b], 3.0)[0].tolist() == [1, 5, 1, MAX_REPEATS]
+    assert all((x == 1).all() for x in disagreement_repeats([a, b], 0.0))
+    same = _rollout([[1, 0.1], [2, 0.2]], [[1, 0.1], [2, 0.2]])
+    assert disagreement_repeats([same], 2.0)[0].tolist() == [1, 1]  # the learner did what the expert would
+    with pytest.raises(ValueError, match="NaN expert actions"):
+        disagreement_repeats([_rollout([[0, 0]], [[np.nan, 0]])], 1.0)
+    with pytest.raises(ValueError, match="disagreement-weight"):
+        DaggerConfig(disagreement_weight=-1)
+
+
+def test_a_session_with_disagreement_weight_lists_its_rollout_states_by_disagreement(tmp_path):
+    """--disagreement-weight: the aggregate lists each rollout state as disagreement_repeats says
+    (the expert data once), and the session config keeps the weight."""
+    import dataclasses
+
+    from methods.dagger import disagreement_repeats
+    from vla.policy import VLAPolicy
+
+    session = DaggerSession(tiny_config(disagreement_weight=2.0), tmp_path / "run", log=lambda s: None)
+    lines = session.run_all()
+    policy = VLAPolicy.load(tmp_path / "run" / "iter_001" / "policy")
+    weighted = session._dataset(policy, 1)
+    assert len(weighted) == lines[1]["dataset_steps"]
+    session.config = dataclasses.replace(session.config, disagreement_weight=0.0)
+    plain = session._dataset(policy, 1)
+    rollouts = list(read_episodes(tmp_path / "run" / "data" / "iter_001", load_frames=False))
+    repeats = disagreement_repeats(rollouts, 2.0)
+    extra = sum(int((r - 1).sum()) for r in repeats)  # every rollout state is labelled (label_every 1)
+    assert extra > 0 and len(weighted) == len(plain) + extra
+    saved = json.loads((tmp_path / "run" / "session.json").read_text())
+    assert DaggerConfig.from_dict(saved).disagreement_weight == 2.0

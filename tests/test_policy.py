@@ -597,3 +597,23 @@ def test_a_thought_policy_decodes_after_the_label_it_names_and_saves(episodes, t
 def test_command_thought_config_errors_name_the_field(bad, needle):
     with pytest.raises(ValueError, match=needle):
         PolicyConfig(**{**TINY, **bad})
+
+
+def test_repeats_list_a_recorded_sample_that_many_times(episodes):
+    """DemoDataset.add_episode(repeats=...): step t's recorded sample is listed repeats[t] times
+    (drawn that much more often), and repeats that are not one integer >= 1 per step are refused."""
+    policy = make_policy(episodes, cameras=False)
+    ep = episodes[0]
+    repeats = np.ones(ep.num_steps, np.int64)
+    repeats[[3, 7]] = [4, 2]
+    data = DemoDataset(policy)
+    data.add_episode(ep, repeats)
+    assert len(data) == ep.num_steps + 3 + 1
+    steps = data._index[:, 1].tolist()
+    assert steps.count(3) == 4 and steps.count(7) == 2 and steps.count(5) == 1
+    one = DemoDataset(policy)
+    one.add_episode(ep)
+    assert len(one) == ep.num_steps
+    for bad in (repeats[:-1], np.zeros(ep.num_steps, np.int64), np.full(ep.num_steps, 1.5)):
+        with pytest.raises(ValueError, match="repeats must be"):
+            DemoDataset(policy).add_episode(ep, bad)

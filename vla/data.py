@@ -284,12 +284,25 @@ class DemoDataset:
         finally:
             self.policy.hearing = before
 
-    def add_episode(self, ep: Episode) -> None:
+    def add_episode(self, ep: Episode, repeats: np.ndarray | None = None) -> None:
+        """Add ``ep``'s samples. ``repeats`` (``(T,)`` integers >= 1, one per step): its recorded
+        sample at step t is drawn ``repeats[t]`` times as often as one not repeated (it is listed
+        that many times; the goal-relabelled samples of the state are listed once). None: once each."""
+        if repeats is not None:
+            repeats = np.asarray(repeats)
+            if repeats.shape != (len(ep.actions),) or not np.issubdtype(repeats.dtype, np.integer) \
+                    or (len(repeats) and repeats.min() < 1):
+                raise ValueError(f"repeats must be {len(ep.actions)} integers >= 1 (one per step of the episode), "
+                                 f"got shape {repeats.shape} {repeats.dtype}"
+                                 + (f" min {repeats.min()}" if repeats.size and np.issubdtype(repeats.dtype, np.number)
+                                    else ""))
         with self._voices():
             arrays = episode_arrays(ep, self.policy, self.goal_relabel)
         e = len(self._episodes)
         self._episodes.append(arrays)
         steps = np.flatnonzero(arrays.mask[:, 0]) if len(arrays.mask) else np.arange(0)  # labelled states
+        if repeats is not None and len(steps):
+            steps = np.repeat(steps, repeats[steps])
         rows = [np.stack([np.full_like(steps, e), steps, np.full_like(steps, -1)], 1)]
         if arrays.goal_valid is not None:
             t, g = np.nonzero(arrays.goal_valid)
