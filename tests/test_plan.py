@@ -555,12 +555,12 @@ def test_a_committed_policy_keeps_its_plan_unless_the_new_one_is_much_likelier()
     np.testing.assert_allclose(second[0], want, atol=1e-9)  # ... and kept the plan it was executing
     assert not np.allclose(free_plans[config.replan_period][0], want, atol=1e-3)  # which the model alone did not
     obs, _ = env.reset(seed=3)
-    one = [policy._plan_scores(obs, [p])[0] for p in (first[0], second[0])]
-    np.testing.assert_allclose(policy._plan_scores(obs, [first[0], second[0]]), one, rtol=1e-5)  # batched = alone
+    one = [policy.commitment.scores(obs, [p])[0] for p in (first[0], second[0])]
+    np.testing.assert_allclose(policy.commitment.scores(obs, [first[0], second[0]]), one, rtol=1e-5)  # batched = alone
     policy.reset()
     policy._own_plan(obs)  # keeps this observation's prefix pass: the scores reuse it
-    assert policy._prefix is not None
-    kept_prefix = policy._plan_scores(obs, [first[0], second[0]])
+    assert policy.commitment.prefix is not None
+    kept_prefix = policy.commitment.scores(obs, [first[0], second[0]])
     np.testing.assert_allclose(kept_prefix, one, rtol=1e-5)
     env = EmbeddedDrivingEnv("intersection", "light")  # near a junction nothing is held
     assert env.reset(seed=3)[0]["route"][0] < 50
@@ -598,8 +598,8 @@ def test_lateral_commitment_holds_the_lateral_path_and_takes_the_new_speed():
 
     def commit(lateral: float, margin: float) -> np.ndarray:
         policy.config = replace(config, commit_margin=margin, commit_lateral=lateral)
-        policy._prefix = None
-        return policy._commit(obs, faster, policy._kept_plan(obs, frame, pose, t))
+        policy.commitment.clear()
+        return policy.commitment.choose(obs, faster, policy.commitment.kept(obs, made, frame, pose, t))
 
     np.testing.assert_allclose(commit(0.0, 1e9), kept, atol=1e-9)  # whole plan held: the old speed too
     held = commit(1.0, 1e9)

@@ -83,18 +83,18 @@ def test_the_plan_commitment_weighs_is_scored_in_the_prefix_pass():
     original = policy.model.continuation_logits
     policy.model.continuation_logits = lambda *a: passes.append(1) or original(*a)
     scores = []
-    original_scores = policy._plan_scores
+    original_scores = policy.commitment.scores
 
     def weigh(o, plans):
         scores.append((o, plans, original_scores(o, plans)))
         return scores[-1][2]
 
-    policy._plan_scores = weigh
+    policy.commitment.scores = weigh
     for _ in range(3 * config.replan_period):
         obs, *_ = env.step(policy.select_action(obs))
     assert len(scores) >= 2 and not passes  # every re-plan weighed the kept plan without a second pass
     for o, plans, fused_scores in scores:  # the same observations and plans through the forward pass
-        policy._known, policy._prefix = [], None
+        policy.commitment.clear()
         np.testing.assert_allclose(fused_scores, original_scores(o, plans), rtol=1e-4)
 
 

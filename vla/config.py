@@ -150,9 +150,9 @@ class PolicyConfig:
     commit_margin: float = 1.5
     """A plan policy: at a re-plan, keep following the plan it is executing (continued from now)
     unless the model scores the new plan more likely by more than this many nats (teacher-forced
-    probability of landing within 2 bins of each plan token, ``VLAPolicy._plan_scores``); 0 =
+    probability of landing within 2 bins of each plan token, ``vla.commitment.Commitment.scores``); 0 =
     always take the new plan. Hysteresis for a model that hesitates between two decisions (change
-    lane or not); a new plan that slows down is always taken (``vla.policy.COMMIT_BRAKE_M``), and
+    lane or not); a new plan that slows down is always taken (``vla.commitment.COMMIT_BRAKE_M``), and
     only on open road (no junction within 50 m along the route: at the junction holding decisions
     collided more). With ``tracker_lookahead`` 1.0 it met the lateral-jerk target on 3 seeds x 50
     held-out highway episodes (docs/drive_like_expert.md). Plan policies only (control-chunk

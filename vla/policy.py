@@ -37,8 +37,8 @@ from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO, wrap_angle
 from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, lane_change_side, merge_safe
-from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, continue_plan, path_error,
-                      plan_frame, plan_times, plan_trajectory, pose_of)
+from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, path_error, plan_frame,
+                      plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
 from sim.scenarios import canonical_command
 from sim.yield_check import (YieldParams, block_brake, crossing_conflict, crossing_speed, curve_accel, ego_path,
@@ -49,6 +49,7 @@ from tokenizers_mm.corpus import LABELS
 from tokenizers_mm.ipa import INVENTORY, to_ipa
 from tokenizers_mm.text import encode as encode_text
 from tokenizers_mm.vocab import VocabLayout
+from vla.commitment import Commitment, open_road
 from vla.config import SPOKEN_MODALITIES, PolicyConfig
 from vla.diffusion_head import EMA
 from vla.heads import POLICY_HEADS, bins_actions
@@ -141,27 +142,10 @@ def load_codec(path: str | Path):
 
 
 
-def _open_road(obs: dict) -> bool:
-    """No junction within ``sim.route.JUNCTION_HORIZON`` m along the route (``obs["route"]``, which
-    both backends report whatever the policy reads): where commitment holds plans. At a junction
-    the decision has to follow crossing traffic and the turn, and held plans collided more (dev)."""
-    route = obs.get("route")
-    return route is not None and float(np.asarray(route)[0]) >= JUNCTION_HORIZON
-
-
 ROUTE_SETTLE_OFFSET = 0.3
 ROUTE_SETTLE_HEADING = 0.05
 """m, rad: past a junction's exit (``PolicyConfig.route_exit_hold``) the wheel follows the route
 until the car is within this offset of its centre line and this heading of its direction."""
-
-
-COMMIT_BRAKE_M = 1.0
-"""m; a new plan that ends this much shorter than the one being executed (it slows down) is
-always taken: commitment holds decisions, never a brake (as the tracker never delays one)."""
-
-COMMIT_BIN_WINDOW = 2
-"""A plan is scored for commitment by the probability of landing within this many bins of each
-of its tokens (teacher-forced): a plan's own tokens are fine-grained, its decision is not."""
 
 
 EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahead", "commit_margin", "yield_zone",
@@ -250,6 +234,7 @@ class VLAPolicy(torch.nn.Module):
         self._command_cache: dict[tuple[str, str], np.ndarray] = {}
         self._generator = torch.Generator()
         self.tracker: PlanTracker | None = None
+        self.commitment = Commitment(self)  # vla.commitment: holds executed plans under commit_margin
         if config.action == "plan":
             self.set_execution()
         self.reset()
@@ -320,10 +305,7 @@ class VLAPolicy(torch.nn.Module):
         self._launched = False  # the go rule started the car at this junction and no rule has braked it since
         self._pending: np.ndarray | None = None  # words heard during the drive, weighed at the next decision
         self._readback_due = False  # the first command is still to be read back (command_readback)
-        self._prefix = None  # the current step's prefix pass (vla.model.Prefix), for commitment's scores
-        self._known: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's chunks the model already
-        # scored: (H, D) bins and their (H, D, n_bins) teacher-forced logits, for commitment's scores
-        self._to_score: np.ndarray | None = None  # the plan commitment will weigh, for _own_plan to score
+        self.commitment.clear()
         self.last_heard = ""  # what they were: a label of the head ("none": ignored), or "command" without one
 
     def hear(self, command: str, lang: str = "en", seed: int = 0) -> None:
@@ -490,22 +472,18 @@ class VLAPolicy(torch.nn.Module):
     @torch.inference_mode()
     def _own_plan(self, obs: dict) -> np.ndarray:
         """``predict_action_chunk`` at temperature 0, as ``select_action`` asks it: with the bins
-        head and commitment on it keeps the prefix pass (``self._prefix``), which
-        ``_plan_scores`` then reuses for this observation."""
+        head and commitment on it keeps the prefix pass, which commitment's scores then reuse for
+        this observation (``vla.commitment``)."""
         if self.config.head != "bins" or self.config.commit_margin <= 0:
             return self.predict_action_chunk(obs, generator=self._generator)
         self._eval()
         device = next(self.model.parameters()).device
         inputs = self.inputs_from_obs(obs).to(device)
         model = self.inference_model
-        score = None
-        if self._to_score is not None and model.thought is None:  # the plan commitment weighs: in the same pass
-            score = torch.as_tensor(self._plan_bins([self._to_score])[0], device=device)
+        score = self.commitment.prefix_bins() if model.thought is None else None  # weighed in the same pass
+        score = None if score is None else torch.as_tensor(score, device=device)
         out = model.generate_chunk(inputs, generator=self._generator, keep_prefix=True, score=score)
-        self._prefix = out.prefix
-        self._known = [(out.bins[0], out.bin_logits[0])]  # a decoding's logits are its teacher-forced ones
-        if score is not None:
-            self._known.append((score[0], out.scored_logits[0]))
+        self.commitment.remember(out, score)
         return bins_actions(self, out)[0].astype(np.float32)
 
     def select_action(self, obs: dict,
@@ -515,7 +493,7 @@ class VLAPolicy(torch.nn.Module):
         temporal ensembling stay here either way."""
         if plan is None:
             plan = self._own_plan
-        self._prefix, self._known = None, []  # set by _own_plan for this step's observation only
+        self.commitment.clear()  # _own_plan fills it for this step's observation only
         if self._readback_due:  # the command heard before the drive, read back at its first state
             self._readback_due = False
             self._command = self._read_back(self._command, self._label_probs(obs, self._command))
@@ -551,11 +529,11 @@ class VLAPolicy(torch.nn.Module):
         every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
         if self._plan is None or t - self._plan[3] >= every:
             frame, pose = plan_frame(ego), pose_of(ego)
-            kept = self._kept_plan(obs, frame, pose, t)
+            kept = self.commitment.kept(obs, self._plan, frame, pose, t)
             if kept is not None and self.config.commit_lateral <= 0:  # _own_plan scores it in its prefix pass
-                self._to_score = kept
-            new = (self._commit(obs, np.asarray(plan(obs), dtype=np.float64), kept), frame, pose, t)
-            self._prefix, self._known, self._to_score = None, [], None  # they belong to this observation only
+                self.commitment.expect(kept)
+            new = (self.commitment.choose(obs, np.asarray(plan(obs), dtype=np.float64), kept), frame, pose, t)
+            self.commitment.clear()  # it belongs to this observation only
             if mode == "ensemble":
                 horizon = self.config.horizon * int(round(PLAN_DT / DT))
                 self._plans = [new] + [p for p in self._plans if t - p[3] < horizon]
@@ -571,7 +549,7 @@ class VLAPolicy(torch.nn.Module):
             action = action.copy()
             action[1] = self.tracker.steer_along(pose_of(ego), np.asarray(path, dtype=np.float64))
         accels, yaw_rates = self._actor_motion(obs, t)
-        if self.config.follow_brake > 0 and _open_road(obs):
+        if self.config.follow_brake > 0 and open_road(obs):
             brake = follow_brake(np.asarray(obs["ego"]), np.asarray(obs["actors"]), accels, self._follow_params)
             if brake is not None and brake < action[0]:
                 action = action.copy()
@@ -621,7 +599,7 @@ class VLAPolicy(torch.nn.Module):
         """``plan`` (plan, frame, pose, step) kept in its lane while it begins a lane change the
         merge check (``sim.gap_checks``) finds unsafe; itself otherwise, with ``merge_brake`` 0 and
         near a junction (a turn's plan ends far to one side too; the gap checks are for open road)."""
-        if self.config.merge_brake <= 0 or not _open_road(obs):
+        if self.config.merge_brake <= 0 or not open_road(obs):
             return plan
         ego = np.asarray(obs["ego"], dtype=np.float64)
         side = lane_change_side(plan[0], float(ego[EGO["lane_offset"]]), self._merge_params)
@@ -708,59 +686,6 @@ class VLAPolicy(torch.nn.Module):
         ``commit_inside``, anywhere inside the junction; else the plain ones."""
         committed = launched or (self.config.commit_inside > 0 and junction == 0.0)
         return self._committed_params if committed and self._committed_params is not None else self._yield_params
-
-    def _kept_plan(self, obs: dict, frame: np.ndarray, pose: np.ndarray, t: int) -> np.ndarray | None:
-        """Under ``commit_margin`` on open road, the plan being executed continued from step
-        ``t`` in ``frame`` at ``pose`` (what commitment may keep); None where nothing is held."""
-        if not (self.config.commit_margin > 0 and self._plan is not None and _open_road(obs)):
-            return None
-        old, old_frame, start, made = self._plan
-        return continue_plan(old, old_frame, start, (t - made) * DT, frame, float(pose[3]))
-
-    def _commit(self, obs: dict, new: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
-        """The plan to follow: ``new``, or ``kept`` (``_kept_plan``) when the model does not find
-        ``new`` likelier by ``commit_margin``. A new plan that slows down (ends
-        ``COMMIT_BRAKE_M`` shorter) is always taken. With ``commit_lateral`` only the lateral path
-        is held: the kept plan takes the new plan's speed gains."""
-        if kept is None:
-            return new
-        if self.config.commit_lateral > 0:  # the speed is always the new plan's: hold the lateral path only
-            kept = np.stack([new[:, 0], kept[:, 1]], axis=-1)
-        elif (kept[-1, 0] - new[-1, 0]) * plan_times(len(kept))[-1] > COMMIT_BRAKE_M:
-            return new
-        score_kept, score_new = self._plan_scores(obs, [kept, new])
-        return kept if score_kept >= score_new - self.config.commit_margin else new
-
-    def _plan_bins(self, plans: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(P, H, D) bins and residuals of plans (K, 2), clipped to the plan bounds."""
-        return self.action_tokenizer.encode(np.clip(np.stack(plans), PLAN_LOW, PLAN_HIGH).astype(np.float32))
-
-    @torch.inference_mode()
-    def _plan_scores(self, obs: dict, plans: list[np.ndarray]) -> list[float]:
-        """For each plan (K, 2): the model's teacher-forced log-probability, from ``obs``, of landing
-        within ``COMMIT_BIN_WINDOW`` bins of each of its tokens. The logits of plans ``_own_plan``
-        already scored at this observation (its decoding, and the plan it was asked to score in
-        its prefix pass) are reused; the others in one pass: the action tokens after this
-        observation's prefix when ``_own_plan`` kept it, else the whole forward."""
-        bins, residual = self._plan_bins(plans)
-        device = next(self.model.parameters()).device
-        targets = torch.as_tensor(bins, device=device)
-        known = [next((logits for b, logits in self._known if torch.equal(b, row)), None) for row in targets]
-        todo = [i for i, logits in enumerate(known) if logits is None]
-        if todo:
-            if self._prefix is not None:  # this observation's prefix pass, kept by _own_plan
-                done = self.inference_model.continuation_logits(self._prefix, targets[todo])
-            else:
-                inputs = replace(self.inputs_from_obs(obs).select([0] * len(todo)),
-                                 action_bins=torch.as_tensor(bins[todo]), action_residual=torch.as_tensor(residual[todo]),
-                                 action_mask=torch.ones(len(todo), bins.shape[1], dtype=torch.bool))
-                done = self.chunk_logits(inputs.to(device))
-            for i, logits in zip(todo, done):
-                known[i] = logits
-        logp = torch.log_softmax(torch.stack(known).float(), dim=-1)  # (P, H, D, n_bins)
-        near = torch.arange(logp.shape[-1], device=logp.device)
-        window = (near - targets[..., None]).abs() <= COMMIT_BIN_WINDOW
-        return logp.masked_fill(~window, float("-inf")).logsumexp(-1).flatten(1).sum(1).tolist()
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | Path) -> None:
