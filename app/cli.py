@@ -422,18 +422,16 @@ _SCALAR_EXECUTION_FLAGS = (
     ("--junction-ttc", "junction_ttc", _non_negative, "a finite time >= 0 in s (0 = off)"),
     ("--route-follow", "route_follow", _non_negative, "a finite distance >= 0 in m (0 = off)"),
     ("--junction-hold", "junction_hold", _non_negative, "a finite speed >= 0 in m/s (0 = off)"),
-    ("--yield-paths", "yield_paths", _switch, SWITCHES["yield_paths"]),
     ("--yield-turn", "yield_turn", lambda v: 0 <= v <= math.pi, "a finite angle in [0, pi] rad (0 = off)"),
     ("--go-jerk", "go_jerk", _non_negative, "a finite jerk >= 0 in m/s^3 (0 = at once)"),
     ("--go-commit", "go_commit", _non_negative, "a finite time gap >= 0 in s (0 = off)"),
     ("--go-release", "go_release", _non_negative, "a finite jerk >= 0 in m/s^3 (0 = at --go-jerk)"),
-    ("--commit-inside", "commit_inside", _switch, SWITCHES["commit_inside"]),
-    ("--tracker-anticipate", "tracker_anticipate", _switch, SWITCHES["tracker_anticipate"]),
-    ("--commit-lateral", "commit_lateral", _switch, SWITCHES["commit_lateral"]),
     ("--yield-gap", "yield_gap", _positive, "a finite time gap > 0 in s"),
     ("--curve-brake", "curve_brake", _non_negative, "a finite deceleration >= 0 in m/s^2 (0 = off)"),
     ("--chitchat-threshold", "chitchat_threshold", lambda v: 0 < v <= 1, "a probability in (0, 1]"),
     ("--command-readback", "command_readback", lambda v: 0 <= v <= 1, "a probability in [0, 1] (0 = off)"),
+    # the 0 / 1 switches, each flag named after its field
+    *((f"--{field.replace('_', '-')}", field, _switch, means) for field, means in SWITCHES.items()),
 )
 
 
