@@ -54,9 +54,9 @@ from vla.train_loop import TrainConfig, train
 from methods.bc import BCConfig, BCMethod
 
 EVAL_SEED_OFFSET = 1_000_000
+"""Evaluation seeds start here: never used for training data."""
 MAX_REPEATS = 8
 """The most times ``disagreement_repeats`` lists one rollout state."""
-"""Evaluation seeds start here: never used for training data."""
 
 
 @dataclass(frozen=True)
