@@ -88,10 +88,10 @@ class Commitment:
             self.known.append((scored[0], out.scored_logits[0]))
 
     def choose(self, obs: dict, new: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
-        """The plan to follow: ``new``, or ``kept`` (``kept``) when the model does not find ``new``
-        likelier by ``commit_margin``. A new plan that slows down (ends ``COMMIT_BRAKE_M`` shorter)
-        is always taken. With ``commit_lateral`` only the lateral path is held: the kept plan takes
-        the new plan's speed gains."""
+        """The plan to follow: ``new``, or ``kept`` (the method ``kept``'s answer) when the model does
+        not find ``new`` likelier by ``commit_margin``. A new plan that slows down (ends
+        ``COMMIT_BRAKE_M`` shorter) is always taken. With ``commit_lateral`` only the lateral path
+        is held: the kept plan takes the new plan's speed gains."""
         if kept is None:
             return new
         config = self.policy.config
