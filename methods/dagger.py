@@ -268,9 +268,11 @@ def disagreement_repeats(episodes: list, weight: float) -> list[np.ndarray]:
     if not np.isfinite(every).all():
         raise ValueError("disagreement weighting needs the expert's action at every rollout state; "
                          "an episode has NaN expert actions")
-    scale = every.mean(0) if len(every) else np.ones(2)
+    if not len(every):
+        return [np.ones(0, np.int64) for _ in episodes]
+    scale = every.mean(0)
     scale = np.where(scale > 0, scale, 1.0)  # a component that never differs counts for nothing
-    mean = (every / scale).sum(1).mean() if len(every) else 0.0
+    mean = (every / scale).sum(1).mean()
     if mean <= 0:  # the learner did what the expert would have done everywhere
         return [np.ones(ep.num_steps, np.int64) for ep in episodes]
     return [np.clip(1 + np.round(weight * ((d / scale).sum(1) / mean - 1.0)), 1, MAX_REPEATS).astype(np.int64)
@@ -471,7 +473,7 @@ class DaggerSession:
                 else:
                     rollouts.append(ep)
         for ep, repeats in zip(rollouts, disagreement_repeats(rollouts, c.disagreement_weight)):
-            data.add_episode(ep, repeats if c.disagreement_weight > 0 else None)
+            data.add_episode(ep, repeats)  # all ones without a weight: each state once, as before
         return data
 
     def _start_from(self, checkpoint: str) -> tuple[VLAPolicy, dict, int]:

@@ -290,12 +290,11 @@ class DemoDataset:
         that many times; the goal-relabelled samples of the state are listed once). None: once each."""
         if repeats is not None:
             repeats = np.asarray(repeats)
-            if repeats.shape != (len(ep.actions),) or not np.issubdtype(repeats.dtype, np.integer) \
-                    or (len(repeats) and repeats.min() < 1):
-                raise ValueError(f"repeats must be {len(ep.actions)} integers >= 1 (one per step of the episode), "
-                                 f"got shape {repeats.shape} {repeats.dtype}"
-                                 + (f" min {repeats.min()}" if repeats.size and np.issubdtype(repeats.dtype, np.number)
-                                    else ""))
+            want = f"repeats must be {len(ep.actions)} integers >= 1 (one per step of the episode)"
+            if repeats.shape != (len(ep.actions),) or not np.issubdtype(repeats.dtype, np.integer):
+                raise ValueError(f"{want}, got shape {repeats.shape} {repeats.dtype}")
+            if len(repeats) and repeats.min() < 1:
+                raise ValueError(f"{want}, got a minimum of {repeats.min()}")
         with self._voices():
             arrays = episode_arrays(ep, self.policy, self.goal_relabel)
         e = len(self._episodes)
