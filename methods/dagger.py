@@ -121,6 +121,9 @@ class DaggerConfig:
     chitchat: float = 0.0
     """Chance that a sample hears chit-chat instead, labelled ``none`` for the command-label head
     and without an action target (``vla.data.DemoDataset``)."""
+    balance_speed: bool = False
+    """A plan policy: within each goal, samples that slow the car, hold or speed it up are drawn
+    about equally often (``vla.data.DemoDataset``'s speed balance)."""
     paraphrase: float = 0.0
     """An ipa / text policy: chance that a sample hearing an English training phrasing hears one
     of its WordNet paraphrases instead (``vla.data.DemoDataset``)."""
@@ -218,6 +221,9 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.paraphrase must be in [0, 1], got {self.paraphrase}")
         if not 0.0 <= self.chitchat <= 1.0:
             raise ValueError(f"DaggerConfig.chitchat must be in [0, 1], got {self.chitchat}")
+        if self.balance_speed and self.policy.action != "plan":
+            raise ValueError(f"DaggerConfig.balance_speed (--balance-speed) balances plans by their speed; the policy "
+                             f"predicts {self.policy.action!r} actions (use --action plan)")
         if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
             raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
         if isinstance(self.val_data, str) or not all(isinstance(d, str) and d for d in self.val_data):
@@ -462,7 +468,8 @@ class DaggerSession:
         c = self.config
         data = DemoDataset(policy, augment_commands=c.augment_commands, goal_relabel=c.goal_relabel,
                            audio_renditions=c.audio_renditions, command_grammar=c.command_grammar, chitchat=c.chitchat,
-                           phone_errors=c.phone_errors, paraphrase=c.paraphrase, audio_voices=c.audio_voices)
+                           phone_errors=c.phone_errors, paraphrase=c.paraphrase, audio_voices=c.audio_voices,
+                           balance_speed=c.balance_speed)
         rollouts = []
         for j in range(k + 1):
             if j > 0 and c.rollouts == 0:  # the equal-compute control: expert data only

@@ -79,7 +79,7 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         audio_renditions=getattr(args, "audio_renditions", 4), audio_voices=getattr(args, "audio_voices", "train"),
         command_grammar=getattr(args, "command_grammar", False),
         phone_errors=getattr(args, "phone_errors", 0.0), paraphrase=getattr(args, "paraphrase", 0.0),
-        chitchat=getattr(args, "chitchat", 0.0),
+        chitchat=getattr(args, "chitchat", 0.0), balance_speed=getattr(args, "balance_speed", False),
         dart=args.dart, dart_speed=getattr(args, "dart_speed", 0.0), label_every=args.label_every, policy=policy_config(args),
         rollout_goal_bias=getattr(args, "rollout_goal_bias", ""),
         disagreement_weight=getattr(args, "disagreement_weight", 0.0),

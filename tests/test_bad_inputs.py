@@ -174,6 +174,7 @@ CASES = [
     ("bc-val-every-without-val-data", [*BC, "--val-every", "5"], _nothing, "need --val-data"),
     ("bc-paraphrase-range", [*BC, "--paraphrase", "1.5"], _nothing, "--paraphrase"),
     ("bc-paraphrase-blind", [*BC, "--paraphrase", "0.5", "--command", "none"], _nothing, "paraphrase"),
+    ("bc-balance-speed-control", [*BC, "--balance-speed", "--action", "control"], _nothing, "--balance-speed"),
     # D4RL files (vla train iql)
     ("d4rl-missing", [*IQL[:3], "{d}/nothing.h5", *IQL[4:]], _nothing, "nothing.h5"),
     ("d4rl-not-hdf5", IQL, lambda d: (d / "d4rl.h5").write_bytes(b"plain text" * 10), "d4rl.h5"),
@@ -188,6 +189,7 @@ CASES = [
     ("dagger-density", [*DAGGER, "--density", "medium,jammed"], _nothing, "jammed"),
     ("dagger-expert-episodes", [*DAGGER, "--expert-episodes", "0"], _nothing, "expert"),
     ("dagger-beta", [*DAGGER, "--beta0", "1.5"], _nothing, "beta"),
+    ("dagger-balance-speed-control", [*DAGGER, "--balance-speed", "--action", "control"], _nothing, "--balance-speed"),
     ("dagger-val-data-missing", [*DAGGER, "--val-data", "{d}/nowhere"], _nothing, "nowhere"),
     ("dagger-val-data-is-expert-data", [*DAGGER, "--expert-data", "{d}/data", "--val-data", "{d}/data"], _nothing,
      "also expert data"),

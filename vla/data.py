@@ -56,6 +56,14 @@ action follows from chit-chat alone. A policy that hears words during the drive 
 head whether they are a command (``VLAPolicy.hear``) and keeps the command it had when they
 are not. Episodes heard during the drive (``Episode.heard_at`` > 0) train only on the states
 from then on, counted from the lane the command was heard in.
+
+Speed balance (``balance_speed``, ``plan`` policies): within each goal label, samples whose plan
+slows the car, holds its speed or speeds it up (the mean speed to the plan's last known waypoint
+against the start speed, beyond +-``SPEED_CLASS_MPS``) are drawn about equally often, each class
+at most ``MAX_BALANCE_REPEATS`` times as often as before. Why: the expert rarely drives far from
+its goal's speed, so "slow down" said to a car already under the target (the expert speeds back
+up) is a few percent of that goal's samples, and a policy that undershoots never learns to
+recover (docs/drive_like_expert.md, "Slow down: the misses are on open road").
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ from tqdm import tqdm
 
 from sim.episode import Episode
 from sim.interface import EGO
-from sim.plan import goal_plan_labels, plan_labels
+from sim.plan import PLAN_FIELDS, goal_plan_labels, plan_labels
 from sim.scenarios import HIGHWAY_GOAL_LABELS
 from tokenizers_mm.action import ActionTokenizer
 from vla.inputs import PolicyInputs, actor_forecasts, collate
@@ -203,13 +211,53 @@ voice's accent or variant). ``tokenizers_mm.audio_command.TRAINING_POOLS``, writ
 that training does not import the speech stack (1.3 s) to check a flag; a test keeps them equal."""
 
 
+SPEED_CLASS_MPS = 0.5
+"""m/s; a plan whose mean speed to its last known waypoint is this much under (over) the start
+speed slows the car (speeds it up); the speed balance's classes. 0.5 m/s over 2 s is a mean
+acceleration of 0.5 m/s^2."""
+
+MAX_BALANCE_REPEATS = 8
+"""The most times the speed balance lists a sample."""
+
+
+def speed_classes(tokenizer: ActionTokenizer, bins: np.ndarray, residual: np.ndarray,
+                  mask: np.ndarray) -> np.ndarray:
+    """(N, H, 2) plan tokens and (N, H) known-waypoint masks (a prefix) -> (N,) speed classes:
+    0 slows the car, 1 holds its speed, 2 speeds it up (``SPEED_CLASS_MPS``)."""
+    if len(bins) == 0:
+        return np.zeros(0, dtype=np.int64)
+    plans = tokenizer.decode(bins, residual)
+    last = np.maximum(np.asarray(mask).sum(1) - 1, 0)
+    gain = plans[np.arange(len(plans)), last, PLAN_FIELDS.index("speed_gain")]
+    return np.where(gain < -SPEED_CLASS_MPS, 0, np.where(gain > SPEED_CLASS_MPS, 2, 1)).astype(np.int64)
+
+
+def balance_repeats(groups: np.ndarray) -> np.ndarray:
+    """(N, 2) integer (goal label, speed class) per listed sample -> (N,) times to list each, so
+    that within a label every class is drawn about as often as its most common one, up to
+    ``MAX_BALANCE_REPEATS`` times."""
+    if len(groups) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys, inverse, counts = np.unique(groups, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    most = np.zeros(len(keys), dtype=np.int64)
+    for label in np.unique(keys[:, 0]):
+        same = keys[:, 0] == label
+        most[same] = counts[same].max()
+    return np.clip(np.rint(most / counts), 1, MAX_BALANCE_REPEATS).astype(np.int64)[inverse]
+
+
 class DemoDataset:
     """The aggregated dataset: ``len`` samples, ``batch(indices) -> PolicyInputs``."""
 
     def __init__(self, policy, augment_commands: float = 0.0, goal_relabel: bool = False,
                  command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS,
                  phone_errors: float = 0.0, paraphrase: float = 0.0, chitchat: float = 0.0,
-                 audio_voices: str = "train") -> None:
+                 audio_voices: str = "train", balance_speed: bool = False) -> None:
+        if balance_speed and policy.config.action != "plan":
+            raise ValueError(f"balance_speed balances plans by their speed; this policy predicts "
+                             f"{policy.config.action!r} actions (use --action plan)")
+        self.balance_speed = bool(balance_speed)
         if audio_voices not in AUDIO_VOICES:
             raise ValueError(f"audio_voices must be one of {list(AUDIO_VOICES)}, got {audio_voices!r}")
         self.audio_voices = audio_voices
@@ -271,7 +319,18 @@ class DemoDataset:
                     self._grammar[label] = list(by_lang.values())
                 bar.close()
         self._episodes: list[_EpisodeArrays] = []
-        self._index = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per sample
+        self._listed = np.zeros((0, 3), dtype=np.int64)  # (episode, step, goal or -1) per listed sample
+        self._groups = np.zeros((0, 2), dtype=np.int64)  # its (goal label, speed class) under balance_speed
+        self._drawn: np.ndarray | None = None  # the rows drawn from (balanced), made when first needed
+
+    @property
+    def _index(self) -> np.ndarray:
+        """The rows samples are drawn from: the listed ones, each repeated by the speed balance."""
+        if not self.balance_speed:
+            return self._listed
+        if self._drawn is None:
+            self._drawn = np.repeat(self._listed, balance_repeats(self._groups), axis=0)
+        return self._drawn
 
     @contextmanager
     def _voices(self):
@@ -306,7 +365,19 @@ class DemoDataset:
         if arrays.goal_valid is not None:
             t, g = np.nonzero(arrays.goal_valid)
             rows.append(np.stack([np.full_like(t, e), t, g], 1))
-        self._index = np.concatenate([self._index, *rows])
+        self._listed = np.concatenate([self._listed, *rows])
+        if self.balance_speed:
+            from tokenizers_mm.corpus import LABELS
+
+            tok = self.policy.action_tokenizer
+            groups = [np.stack([np.full_like(steps, LABELS.index(arrays.label)),
+                                speed_classes(tok, arrays.bins[steps], arrays.residual[steps], arrays.mask[steps])], 1)]
+            if arrays.goal_valid is not None:
+                labels = np.array([LABELS.index(label) for label in HIGHWAY_GOAL_LABELS])[g]
+                groups.append(np.stack([labels, speed_classes(tok, arrays.goal_bins[t, g], arrays.goal_residual[t, g],
+                                                              arrays.goal_mask[t, g])], 1))
+            self._groups = np.concatenate([self._groups, *groups])
+            self._drawn = None
 
     def plain_view(self) -> "DemoDataset":
         """The recorded samples (no goal-relabelled ones), each heard with its recorded command:
@@ -314,13 +385,13 @@ class DemoDataset:
         it costs no copy; episodes added here later are not in it."""
         plain = DemoDataset(self.policy, audio_voices=self.audio_voices)
         plain._episodes = self._episodes
-        plain._index = self._index[self._index[:, 2] < 0]
+        plain._listed = self._listed[self._listed[:, 2] < 0]
         return plain
 
     @property
     def counterfactual_samples(self) -> int:
         """Samples labelled by the expert under another goal than the episode's."""
-        return int((self._index[:, 2] >= 0).sum())
+        return int((self._listed[:, 2] >= 0).sum())
 
     def __len__(self) -> int:
         return int(len(self._index))

@@ -107,6 +107,10 @@ def add_command_data_args(p: argparse.ArgumentParser, relabel_help: str) -> None
                         "'none' for the command-label head and with no action target, so that words heard during "
                         "the drive that are not a command are ignored (needs --command-label-weight > 0; 0 = none) "
                         "(default: %(default)s)")
+    p.add_argument("--balance-speed", action=argparse.BooleanOptionalAction, default=False,
+                   help="--action plan: within each goal, draw samples whose plan slows the car, holds or speeds "
+                        "it up about equally often (each class at most 8 times as often as before), so that rare "
+                        "recoveries (speeding back up under 'slow down') are learned (default: %(default)s)")
     p.add_argument("--audio-renditions", type=int, default=4, metavar="K",
                    help="--command audio or heard: renditions (voice, rate, pitch, noise) of each training phrasing "
                         "those samples may hear (default: %(default)s)")

@@ -183,6 +183,9 @@ def run_train_policy(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
     config = policy_config(args)
+    if args.balance_speed and config.action != "plan":
+        raise ValueError(f"--balance-speed balances plans by their speed; this policy predicts {config.action!r} "
+                         "actions (use --action plan)")
     accel = accel_from_args(args)
     if args.val_every < 0 or args.val_samples < 1:
         raise ValueError(f"--val-every must be >= 0 and --val-samples >= 1, got {args.val_every} and {args.val_samples}")
@@ -200,7 +203,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     data = DemoDataset(policy, augment_commands=args.augment_commands, goal_relabel=args.goal_relabel,
                        audio_renditions=args.audio_renditions, command_grammar=args.command_grammar,
                        phone_errors=args.phone_errors, paraphrase=args.paraphrase, chitchat=args.chitchat,
-                       audio_voices=args.audio_voices)
+                       audio_voices=args.audio_voices, balance_speed=args.balance_speed)
     for ep in episodes:
         data.add_episode(ep)
     print(f"{len(episodes)} episodes, {len(data)} samples ({data.counterfactual_samples} under other goals); "
