@@ -453,7 +453,11 @@ class CarlaDrivingEnv:
                                            wp.transform.rotation.yaw)
             e[EGO["lane_offset"]] = -math.sin(wyaw) * (x - wx) + math.cos(wyaw) * (y - wy)
             e[EGO["lane_heading_error"]] = wrap_angle(yaw - wyaw)
-            e[EGO["lane_id"]] = self._lane_index(wp)[0]
+            left, count = self._lane_index(wp)
+            e[EGO["lane_id"]] = left
+            self._lanes_now = np.array([left, count - 1 - left], dtype=np.float32)
+        else:
+            self._lanes_now = np.full(2, np.nan, dtype=np.float32)
         limit_kmh = self._ego.get_speed_limit() if hasattr(self._ego, "get_speed_limit") else 0.0
         e[EGO["speed_limit"]] = float(limit_kmh or 0.0) / 3.6
         along, lateral = self._route.locate((x, y))
@@ -547,7 +551,7 @@ class CarlaDrivingEnv:
         ego = self._state
         obs = {"ego": ego.astype(np.float32), "goal": goal_vector(self.goal, ego), "actors": actors,
                "state": state_vector(ego, actors, self.goal), "route": self._route_now,
-               "route_path": self._route_path_now, "actor_paths": self._actor_paths()}
+               "route_path": self._route_path_now, "actor_paths": self._actor_paths(), "lanes": self._lanes_now}
         if self.cameras:
             # a server delivers sensor data on its own thread, possibly after tick() returned
             deadline = time.monotonic() + self.options.timeout

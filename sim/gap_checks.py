@@ -1,4 +1,4 @@
-"""Two checks on the gaps in traffic, beside the network: the merge check and the following check.
+"""Checks beside the network on open road: the merge check, the following check and the road edge.
 
 The merge check: begin a lane change only into a gap the expert would take.
 
@@ -37,6 +37,11 @@ to a stop made the check brake at the limit in a third of dense episodes, dev). 
 exceeds ``trigger`` m/s^2 the car brakes at it (up to the actuator's limit), unless the plan
 already brakes harder; no room left at all: the hardest brake.
 ``PolicyConfig.follow_brake`` (the trigger; 0 = off) turns it on.
+
+The road edge (``keep_on_road``): a plan's lateral offsets are kept between the centres of the
+outermost same-direction lanes the backend reports (``obs["lanes"]``), on open road only. The
+expert never plans off the road; a network that mishears "keep your lane" as a lane change can,
+from the outermost lane. ``PolicyConfig.road_edge`` (0 / 1) turns it on.
 """
 
 from __future__ import annotations
@@ -115,6 +120,19 @@ def hold_lane(plan: np.ndarray) -> np.ndarray:
     held = np.array(plan, dtype=np.float64, copy=True)
     held[:, 1] = 0.0
     return held
+
+
+def keep_on_road(plan: np.ndarray, lanes, lane_width: float = MergeParams.lane_width) -> np.ndarray:
+    """The plan (K, 2) [speed term, lateral offset in the lane frame] with its lateral offsets
+    between the centres of the outermost lanes: ``lanes`` (2,) same-direction lanes beside the
+    ego's to the left and right (``obs["lanes"]``), ``lane_width`` m apart. Unchanged where a side
+    is not known (NaN)."""
+    kept = np.array(plan, dtype=np.float64, copy=True)
+    left, right = (float(n) for n in np.asarray(lanes, dtype=np.float64).reshape(2))
+    high = left * lane_width if np.isfinite(left) else np.inf
+    low = -right * lane_width if np.isfinite(right) else -np.inf
+    kept[:, 1] = np.clip(kept[:, 1], low, high)
+    return kept
 
 
 @dataclass(frozen=True)

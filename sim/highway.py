@@ -253,6 +253,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "route": gym.spaces.Box(-np.inf, np.inf, (len(ROUTE_FIELDS),), np.float32),
             "route_path": gym.spaces.Box(-np.inf, np.inf, (ROUTE_PATH_POINTS, 2), np.float32),
             "actor_paths": gym.spaces.Box(-np.inf, np.inf, (MAX_ACTORS, ACTOR_PATH_POINTS, 2), np.float32),
+            "lanes": gym.spaces.Box(0, np.inf, (2,), np.float32),
         }
         if self.cameras:
             h, w = self.cameras[0].height, self.cameras[0].width
@@ -676,10 +677,18 @@ class EmbeddedDrivingEnv(gym.Env):
             "route": self.route_state(),
             "route_path": self.route_path(),
             "actor_paths": self.actor_paths(),
+            "lanes": self._side_lanes(),
         }
         if self._renderer is not None:
             obs["cameras"] = self.render_cameras()
         return obs
+
+    def _side_lanes(self) -> np.ndarray:
+        """(2,) lanes of the ego's road beside its own, to the left and to the right (``lane_id``
+        counts from the left)."""
+        index = self._core.vehicle.lane_index
+        n = len(self._core.road.network.all_side_lanes(index))
+        return np.array([index[2], n - 1 - index[2]], dtype=np.float32)
 
     def _ego_vector(self, accel: float, yaw_rate: float) -> np.ndarray:
         ego = self._core.vehicle

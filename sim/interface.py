@@ -294,7 +294,9 @@ class DrivingEnv(Protocol):
     and the route's point ahead in the lane frame), ``route_path`` (``sim.route.route_path``: the
     route's centre line 0-40 m ahead, world frame), ``actor_paths`` (``sim.route.ACTOR_PATH_POINTS``:
     each actor row's lane ahead through its signalled turn, world frame; all zeros where none is
-    known, everywhere on the highway) and, with a camera rig, ``cameras`` (N, H, W, 3) uint8;
+    known, everywhere on the highway), ``lanes`` (2,): the same-direction driving lanes beside the
+    ego's lane, to the left and to the right (0 in the outermost lane; NaN where the backend cannot
+    tell), and, with a camera rig, ``cameras`` (N, H, W, 3) uint8;
     ``info`` holds
     ``events`` (``EVENT_FIELDS``), ``reward_terms`` (``REWARD_FIELDS``) and, once an episode
     ends, ``outcome``. Every array is in the frames and units of this module."""

@@ -108,6 +108,7 @@ def test_protocol_observations_and_lane_indices(server):
     # lanes counted from the left among the lanes of the ego's direction, as in the embedded highway
     expected = {-1.75: 0, -5.25: 1, 1.75: 0}[round(float(ego[EGO["y"]]), 2)]
     assert ego[EGO["lane_id"]] == expected and abs(ego[EGO["lane_offset"]]) < 1e-3
+    assert obs["lanes"].tolist() == {0: [0.0, 1.0], 1: [1.0, 0.0]}[expected] if ego[EGO["y"]] < 0 else [0.0, 0.0]
     assert ego[EGO["speed_limit"]] == pytest.approx(100 / 3.6)
     plan = env.expert_plan(20)
     actions, poses = env.expert_continuation(20)

@@ -138,3 +138,62 @@ def test_a_plan_policy_with_the_following_check_brakes_behind_a_slow_car(trigger
         assert action[0] > -1.0  # the plan holds its speed and nothing overrides it
     policy.reset()
     assert policy.select_action({**obs, "route": _open_road(30.0)}, plan=lambda o: cruise)[0] > -1.0  # junction
+
+
+def test_the_road_edge_keeps_a_plan_between_the_outermost_lane_centres():
+    from sim.gap_checks import keep_on_road
+
+    plan = np.array([[0.5, -0.5], [0.5, -1.5], [0.5, -2.8], [0.5, -3.8]])  # toward the right lane
+    np.testing.assert_array_equal(keep_on_road(plan, [1, 2]), plan)  # two lanes on the right
+    kept = keep_on_road(plan, [3, 0])  # the rightmost lane: no lane to go to
+    np.testing.assert_array_equal(kept[:, 1], 0.0)
+    np.testing.assert_array_equal(kept[:, 0], plan[:, 0])
+    assert plan[-1, 1] == -3.8  # the input is left alone
+    two = np.array([[0.0, 2.0], [0.0, 6.0], [0.0, 9.0], [0.0, 10.0]])  # two lanes to the left, one exists
+    np.testing.assert_array_equal(keep_on_road(two, [1, 0])[:, 1], [2.0, 4.0, 4.0, 4.0])
+    np.testing.assert_array_equal(keep_on_road(two, [np.nan, np.nan]), two)  # unknown: unchanged
+    np.testing.assert_array_equal(keep_on_road(plan, [0, 0], lane_width=3.5)[:, 1], 0.0)
+
+
+@pytest.mark.parametrize("edge", [0.0, 1.0])
+def test_a_plan_policy_with_the_road_edge_never_plans_off_the_road(edge):
+    """In the rightmost lane a plan to the right is kept in the lane (road_edge 1), executed as
+    predicted without it (0), left alone near a junction and where the backend reports no lanes."""
+    import torch
+
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          execution="first", road_edge=edge)
+    torch.manual_seed(0)
+    policy = VLAPolicy(config, default_action_tokenizer(16, "plan"))
+    obs = {"ego": _ego(), "actors": np.stack([_actor(-200.0, 4.0, 25.0)]), "route": _open_road(),
+           "lanes": np.array([3.0, 0.0], np.float32)}
+    right = np.array([[0.0, -0.5], [0.0, -1.5], [0.0, -2.8], [0.0, -3.8]])
+    policy.reset()
+    policy.select_action(obs, plan=lambda o: right)
+    if edge:
+        np.testing.assert_array_equal(policy._plan[0][:, 1], 0.0)
+    else:
+        np.testing.assert_array_equal(policy._plan[0], right)
+    for other in ({**obs, "route": _open_road(20.0)}, {k: v for k, v in obs.items() if k != "lanes"}):
+        policy.reset()
+        policy.select_action(other, plan=lambda o: right)
+        np.testing.assert_array_equal(policy._plan[0], right)
+
+
+def test_the_embedded_simulator_reports_the_lanes_beside_the_ego():
+    from sim.highway import EmbeddedDrivingEnv
+    from sim.scenarios import HIGHWAY_LANES
+
+    env = EmbeddedDrivingEnv("highway", "light")
+    seen = set()
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        lane = int(obs["ego"][EGO["lane_id"]])
+        assert obs["lanes"].tolist() == [lane, HIGHWAY_LANES - 1 - lane]
+        assert env.observation_space["lanes"].contains(obs["lanes"])
+        seen.add(lane)
+    assert len(seen) >= 2
+    env.close()

@@ -695,7 +695,7 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
     flags = {attr: flag for flag, attr, _, _ in cli._SCALAR_EXECUTION_FLAGS}
     switches = {attr for _, attr, valid, _ in cli._SCALAR_EXECUTION_FLAGS if valid is cli._switch}
     assert set(flags) | {"tracker_jerk_long", "tracker_jerk_lat"} == set(EXECUTION_SETTINGS)
-    assert switches == {"yield_paths", "commit_inside", "commit_lateral", "tracker_anticipate"}
+    assert switches == {"yield_paths", "commit_inside", "commit_lateral", "tracker_anticipate", "road_edge"}
     for attr, flag in flags.items():
         value = 1.0 if attr in switches else 0.5  # a switch: 0 or 1
         argv = ["eval", "--policy", str(tmp_path / "plan"), flag, str(value), "--out", str(tmp_path / "out")]
@@ -704,7 +704,7 @@ def test_every_plan_execution_setting_has_an_eval_flag_that_reaches_the_policy(t
         assert args.execution == {attr: value}, flag
 
 
-@pytest.mark.parametrize("name", ["yield_paths", "commit_inside", "tracker_anticipate", "commit_lateral"])
+@pytest.mark.parametrize("name", ["yield_paths", "commit_inside", "tracker_anticipate", "commit_lateral", "road_edge"])
 def test_switch_settings_take_0_or_1_only(name):
     """The 0 / 1 execution switches (``vla.config.SWITCHES``) refuse anything else, naming the field
     and what 0 and 1 mean."""

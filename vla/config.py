@@ -31,6 +31,7 @@ SWITCHES = {
     "commit_inside": "0 (off) or 1 (on)",
     "tracker_anticipate": "0 (off) or 1 (on)",
     "commit_lateral": "0 (whole plan) or 1 (lateral path only)",
+    "road_edge": "0 (off) or 1 (on)",
 }
 """``PolicyConfig`` fields that are 0 / 1 switches (floats, like the other execution settings),
 and what each value means."""
@@ -181,6 +182,12 @@ class PolicyConfig:
     the throttle) early enough that the release at ``tracker_jerk_long`` ends at the plan's speed;
     0 = release when the plan's next 0.5 s ask it (the default), which under the jerk limit sheds
     up to 2-3 m/s past the plan's speed after a firm brake. A switch, 0 or 1; an execution setting."""
+    road_edge: float = 0.0
+    """A plan policy on open road: 1 = the plan's lateral offsets stay between the centres of the
+    outermost same-direction lanes the backend reports (``obs["lanes"]``), so no plan leads off
+    the road, e.g. a misheard lane change from the outermost lane; 0 = off. Where a backend
+    reports no lanes (NaN, or no ``lanes`` at all) the plan is left alone. A switch, 0 or 1; an
+    execution setting."""
     tracker_lookahead: float = 1.0
     """A plan policy's tracker (``TrackerParams.lookahead_time``): pure pursuit aims at the plan's
     point this many seconds of speed ahead (at least 3 m). A new plan a few centimetres beside

@@ -36,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from sim.atomic import atomic_output
 from sim.cameras import CameraSpec, default_rig
 from sim.interface import ACTION_HIGH, ACTION_LOW, ACTOR, DT, EGO, wrap_angle
-from sim.gap_checks import FollowParams, MergeParams, follow_brake, hold_lane, lane_change_side, merge_safe
+from sim.gap_checks import (FollowParams, MergeParams, follow_brake, hold_lane, keep_on_road, lane_change_side,
+                            merge_safe)
 from sim.plan import (PLAN_DT, PLAN_HIGH, PLAN_LOW, PlanTracker, TrackerParams, blend_plans, path_error, plan_frame,
                       plan_trajectory, pose_of)
 from sim.route import JUNCTION_HORIZON
@@ -152,7 +153,7 @@ EXECUTION_SETTINGS = ("tracker_jerk_long", "tracker_jerk_lat", "tracker_lookahea
                       "route_steer_speed", "route_exit_hold", "merge_brake", "follow_brake", "go_zone", "yield_turn",
                       "junction_ttc", "route_follow", "junction_hold", "yield_paths", "chitchat_threshold", "go_jerk",
                       "curve_brake", "go_commit", "go_release", "commit_inside", "yield_gap", "command_readback",
-                      "commit_lateral", "tracker_anticipate")
+                      "commit_lateral", "tracker_anticipate", "road_edge")
 """``PolicyConfig`` fields that say how a plan policy executes its plans and what it does with words
 heard during the drive (``VLAPolicy.set_execution``): not what was learned, so any checkpoint can
 drive with others."""
@@ -540,7 +541,7 @@ class VLAPolicy(torch.nn.Module):
                 blended = blend_plans([(p, f, s, (t - made) * DT) for p, f, s, made in self._plans], new[1], new[2],
                                       self.config.decay)
                 new = (blended, new[1], new[2], t)
-            self._plan = self._merge(obs, new)
+            self._plan = self._keep_on_road(obs, self._merge(obs, new))
         waypoints, frame, start, made = self._plan
         action = self.tracker.control(waypoints, frame, start, pose_of(ego), age=(t - made) * DT,
                                       steer_now=float(ego[EGO["steer"]]), accel_now=float(ego[EGO["accel_long"]]))
@@ -606,6 +607,15 @@ class VLAPolicy(torch.nn.Module):
         if side == 0 or merge_safe(ego, np.asarray(obs["actors"]), side, self._merge_params):
             return plan
         return (hold_lane(plan[0]), *plan[1:])
+
+    def _keep_on_road(self, obs: dict, plan: tuple) -> tuple:
+        """``plan`` (plan, frame, pose, step) with its lateral offsets between the outermost lane
+        centres of the road (``PolicyConfig.road_edge``, ``sim.gap_checks.keep_on_road``); itself
+        when off, near a junction, or where the backend reports no lanes."""
+        lanes = obs.get("lanes")
+        if self.config.road_edge <= 0 or lanes is None or not open_road(obs):
+            return plan
+        return (keep_on_road(plan[0], lanes, self._merge_params.lane_width), *plan[1:])
 
     def _yield(self, obs: dict, action: np.ndarray, accels: np.ndarray, yaw_rates: np.ndarray | None,
                t: int) -> np.ndarray:
