@@ -329,7 +329,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--road-edge", type=float, default=None, metavar="{0,1}",
                    help="a plan policy on open road: 1 = keep the plan between the centres of the road's outermost "
                         "lanes, so that no plan leads off the road (PolicyConfig.road_edge; default: the checkpoint's, "
-                        "0 unless set)")
+                        "1 unless set)")
     p.add_argument("--commit-lateral", type=float, default=None, metavar="{0,1}",
                    help="with --commit-margin: 1 = commitment holds only the plan's lateral path and the speed "
                         "always follows the newest plan; 0 = it holds the whole plan (PolicyConfig.commit_lateral; "

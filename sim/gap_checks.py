@@ -41,7 +41,7 @@ already brakes harder; no room left at all: the hardest brake.
 The road edge (``keep_on_road``): a plan's lateral offsets are kept between the centres of the
 outermost same-direction lanes the backend reports (``obs["lanes"]``), on open road only. The
 expert never plans off the road; a network that mishears "keep your lane" as a lane change can,
-from the outermost lane. ``PolicyConfig.road_edge`` (0 / 1) turns it on.
+from the outermost lane. ``PolicyConfig.road_edge`` (0 / 1; 1 by default) turns it on.
 """
 
 from __future__ import annotations

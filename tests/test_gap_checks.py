@@ -197,3 +197,19 @@ def test_the_embedded_simulator_reports_the_lanes_beside_the_ego():
         seen.add(lane)
     assert len(seen) >= 2
     env.close()
+
+
+def test_a_checkpoint_saved_before_the_road_edge_existed_drives_with_it(tmp_path):
+    import json
+
+    from vla.config import PolicyConfig
+    from vla.policy import VLAPolicy, default_action_tokenizer
+
+    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action="plan",
+                          road_edge=0.0)
+    VLAPolicy(config, default_action_tokenizer(16, "plan")).save(tmp_path / "p")
+    assert VLAPolicy.load(tmp_path / "p").config.road_edge == 0.0  # a saved choice is kept
+    meta = json.loads((tmp_path / "p" / "policy.json").read_text())
+    del meta["config"]["road_edge"]
+    (tmp_path / "p" / "policy.json").write_text(json.dumps(meta))
+    assert VLAPolicy.load(tmp_path / "p").config.road_edge == 1.0

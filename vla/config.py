@@ -182,12 +182,14 @@ class PolicyConfig:
     the throttle) early enough that the release at ``tracker_jerk_long`` ends at the plan's speed;
     0 = release when the plan's next 0.5 s ask it (the default), which under the jerk limit sheds
     up to 2-3 m/s past the plan's speed after a firm brake. A switch, 0 or 1; an execution setting."""
-    road_edge: float = 0.0
+    road_edge: float = 1.0
     """A plan policy on open road: 1 = the plan's lateral offsets stay between the centres of the
     outermost same-direction lanes the backend reports (``obs["lanes"]``), so no plan leads off
     the road, e.g. a misheard lane change from the outermost lane; 0 = off. Where a backend
-    reports no lanes (NaN, or no ``lanes`` at all) the plan is left alone. A switch, 0 or 1; an
-    execution setting."""
+    reports no lanes (NaN, or no ``lanes`` at all) the plan is left alone. On 1050 held-out highway
+    episodes (BC, DAgger and heard policies) it took off-road exits from 16 to 0, goal success
+    +0.011 [+0.004, +0.020] (docs/drive_like_expert.md, "The road edge"); the default since
+    2026-12-07, also for checkpoints saved before it existed. A switch, 0 or 1; an execution setting."""
     tracker_lookahead: float = 1.0
     """A plan policy's tracker (``TrackerParams.lookahead_time``): pure pursuit aims at the plan's
     point this many seconds of speed ahead (at least 3 m). A new plan a few centimetres beside
