@@ -46,7 +46,7 @@ from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
 from vla.accel import Accel
 from vla.config import VAL_SAMPLES, PolicyConfig
-from vla.data import AUDIO_VOICES, DemoDataset, open_loop_validation
+from vla.data import AUDIO_VOICES, DemoDataset, check_balance_speed, open_loop_validation
 from vla.evaluation import evaluate
 from vla.parallel import RolloutSpec, make_pool
 from vla.policy import EVAL_HEARING, VLAPolicy, default_action_tokenizer
@@ -221,9 +221,7 @@ class DaggerConfig:
             raise ValueError(f"DaggerConfig.paraphrase must be in [0, 1], got {self.paraphrase}")
         if not 0.0 <= self.chitchat <= 1.0:
             raise ValueError(f"DaggerConfig.chitchat must be in [0, 1], got {self.chitchat}")
-        if self.balance_speed and self.policy.action != "plan":
-            raise ValueError(f"DaggerConfig.balance_speed (--balance-speed) balances plans by their speed; the policy "
-                             f"predicts {self.policy.action!r} actions (use --action plan)")
+        check_balance_speed(self.balance_speed, self.policy.action)
         if isinstance(self.expert_data, str) or not all(isinstance(d, str) and d for d in self.expert_data):
             raise ValueError(f"DaggerConfig.expert_data must be a list of dataset directories, got {self.expert_data!r}")
         if isinstance(self.val_data, str) or not all(isinstance(d, str) and d for d in self.val_data):

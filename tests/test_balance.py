@@ -85,7 +85,7 @@ def test_balance_speed_needs_a_plan_policy(plan_episode):
     from methods.dagger import DaggerConfig
     from vla.config import PolicyConfig
 
-    with pytest.raises(ValueError, match="balances plans by their speed"):
+    with pytest.raises(ValueError, match="--balance-speed balances plans by their speed"):
         DemoDataset(_plan_policy("control"), balance_speed=True)
     with pytest.raises(ValueError, match="--balance-speed"):
         DaggerConfig(policy=PolicyConfig(action="control"), balance_speed=True)

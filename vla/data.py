@@ -232,6 +232,13 @@ def speed_classes(tokenizer: ActionTokenizer, bins: np.ndarray, residual: np.nda
     return np.where(gain < -SPEED_CLASS_MPS, 0, np.where(gain > SPEED_CLASS_MPS, 2, 1)).astype(np.int64)
 
 
+def check_balance_speed(balance_speed: bool, action: str) -> None:
+    """Refuse the speed balance (``--balance-speed``) for a policy that does not predict plans."""
+    if balance_speed and action != "plan":
+        raise ValueError(f"--balance-speed balances plans by their speed; this policy predicts {action!r} actions "
+                         "(use --action plan)")
+
+
 def balance_repeats(groups: np.ndarray) -> np.ndarray:
     """(N, 2) integer (goal label, speed class) per listed sample -> (N,) times to list each, so
     that within a label every class is drawn about as often as its most common one, up to
@@ -254,9 +261,7 @@ class DemoDataset:
                  command_grammar: bool = False, audio_renditions: int = AUDIO_RENDITIONS,
                  phone_errors: float = 0.0, paraphrase: float = 0.0, chitchat: float = 0.0,
                  audio_voices: str = "train", balance_speed: bool = False) -> None:
-        if balance_speed and policy.config.action != "plan":
-            raise ValueError(f"balance_speed balances plans by their speed; this policy predicts "
-                             f"{policy.config.action!r} actions (use --action plan)")
+        check_balance_speed(balance_speed, policy.config.action)
         self.balance_speed = bool(balance_speed)
         if audio_voices not in AUDIO_VOICES:
             raise ValueError(f"audio_voices must be one of {list(AUDIO_VOICES)}, got {audio_voices!r}")

@@ -173,7 +173,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
 
     from methods.bc import BCConfig, BCMethod
     from sim.storage import read_episodes
-    from vla.data import DemoDataset, open_loop_validation
+    from vla.data import DemoDataset, check_balance_speed, open_loop_validation
     from vla.policy import VLAPolicy, default_action_tokenizer
     from vla.distributed import is_main
     from vla.train_loop import TrainConfig, train
@@ -183,9 +183,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory")
     config = policy_config(args)
-    if args.balance_speed and config.action != "plan":
-        raise ValueError(f"--balance-speed balances plans by their speed; this policy predicts {config.action!r} "
-                         "actions (use --action plan)")
+    check_balance_speed(args.balance_speed, config.action)  # before anything is written
     accel = accel_from_args(args)
     if args.val_every < 0 or args.val_samples < 1:
         raise ValueError(f"--val-every must be >= 0 and --val-samples >= 1, got {args.val_every} and {args.val_samples}")
