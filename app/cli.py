@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sim.scenarios import DENSITIES, SCENARIOS, check_scenario
+from sim.scenarios import DENSITIES, SCENARIOS, check_scenario, check_start_speed
 from vla.config import SWITCHES
 from vla.errors import VLAError
 from vla.options import add_backend_args, add_hearing_args, add_ray_args, apply_backend_args
@@ -97,6 +97,15 @@ def _check_rollout(args: argparse.Namespace) -> None:
         raise VLAError(f"--dart-speed must be a chance per step in [0, 1], got {dart_speed}")
     if dart_speed > 0 and not getattr(args, "dart", False):
         raise VLAError("--dart-speed needs --dart (speed bursts are a part of the DART recipe)")
+    if getattr(args, "start_speed", None) is not None:
+        try:
+            check_start_speed(args.start_speed, args.scenario)
+        except ValueError as e:
+            raise VLAError(f"--start-speed: {e}") from None
+        if getattr(args, "backend", "embedded") != "embedded":
+            raise VLAError("--start-speed is an option of the embedded simulator")
+        if getattr(args, "recipe", None) or getattr(args, "d4rl", None):
+            raise VLAError("--start-speed goes with the rollout pool's collection, not with --recipe / --d4rl")
     if getattr(args, "goal_futures", False) and not (args.goal_labels and args.plan_horizon >= 20):
         raise VLAError("--goal-futures needs --goal-labels and --plan-horizon >= 20 (a plan's 2 s)")
     if getattr(args, "no_gif", True) is False and not 0 <= args.gif_episode < args.episodes:
@@ -236,6 +245,10 @@ def _collect_parser(sub) -> None:
                    help="with --dart: also start a SPEED burst (a held acceleration offset, 2-5 s) with "
                         "chance P per step, so the expert's recovery from speeds 2-5 m/s off its target is "
                         "recorded (e.g. 0.01); 0 = off (default: %(default)s)")
+    p.add_argument("--start-speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="highway, embedded simulator: start our car at a speed drawn uniformly from [LO, HI] "
+                        "m/s (e.g. 12 32) instead of 25, so the data hold the expert's way back to its "
+                        "target speed from under and over it, under every goal (default: 25 m/s)")
     p.add_argument("--label-every", type=int, default=1, metavar="K",
                    help="simulate the expert's continuations (--plan-horizon, --goal-futures) at every K-th "
                         "state only (default: %(default)s)")

@@ -17,11 +17,12 @@ DEFAULT_BACKEND = "embedded"
 
 
 def _embedded(scenario: str, density: str, cameras: Sequence = (), rephrase: Callable | None = None,
-              goals: str | None = None, goal_bias: Sequence[tuple[str, float]] = ()) -> DrivingEnv:
+              goals: str | None = None, goal_bias: Sequence[tuple[str, float]] = (),
+              start_speed: tuple[float, float] | None = None) -> DrivingEnv:
     from sim.highway import EmbeddedDrivingEnv
 
     return EmbeddedDrivingEnv(scenario, density, cameras=cameras, rephrase=rephrase, goals=goals,
-                              goal_bias=tuple(goal_bias))
+                              goal_bias=tuple(goal_bias), start_speed=start_speed)
 
 
 def _carla(scenario: str, density: str, cameras: Sequence = (), rephrase: Callable | None = None,
@@ -44,11 +45,13 @@ def register_backend(name: str, factory: Callable[..., DrivingEnv]) -> None:
 
 def make_env(backend: str = DEFAULT_BACKEND, scenario: str = "highway", density: str = "medium",
              cameras: Sequence = (), rephrase: Callable | None = None, goals: str | None = None,
-             goal_bias: Sequence[tuple[str, float]] = ()) -> DrivingEnv:
+             goal_bias: Sequence[tuple[str, float]] = (),
+             start_speed: tuple[float, float] | None = None) -> DrivingEnv:
     """A simulator of ``backend`` in ``scenario`` / ``density`` with the camera rig ``cameras``;
     ``rephrase`` words each episode's command (``vla.speech_commands.rephraser``), ``goals`` picks
     how commands are drawn (the backend's choices; None = its default), ``goal_bias`` how often a
-    highway command is tried first (``EmbeddedDrivingEnv``; the embedded simulator only)."""
+    highway command is tried first and ``start_speed`` (lo, hi) the range our car's start speed
+    is drawn from (``EmbeddedDrivingEnv``; the embedded simulator only)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown simulator backend {backend!r}; choose one of {sorted(BACKENDS)}")
     extra = {}
@@ -56,5 +59,9 @@ def make_env(backend: str = DEFAULT_BACKEND, scenario: str = "highway", density:
         if backend != "embedded":
             raise ValueError(f"a goal bias is an option of the embedded simulator, not of the {backend} backend")
         extra["goal_bias"] = tuple(goal_bias)
+    if start_speed is not None:
+        if backend != "embedded":
+            raise ValueError(f"a start speed range is an option of the embedded simulator, not of the {backend} backend")
+        extra["start_speed"] = tuple(start_speed)
     return BACKENDS[backend](scenario=scenario, density=density, cameras=tuple(cameras), rephrase=rephrase,
                              goals=goals, **extra)

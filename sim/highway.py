@@ -62,6 +62,7 @@ from sim.scenarios import (
     GoalBias,
     biased_label,
     check_goal_bias,
+    check_start_speed,
     check_scenario,
     highway_goal,
     highway_goal_for,
@@ -205,7 +206,8 @@ class EmbeddedDrivingEnv(gym.Env):
     def __init__(self, scenario: str = "highway", density: str = "medium",
                  cameras: Sequence[CameraSpec] = (),
                  rephrase: Callable[[Goal, np.random.Generator], Goal] | None = None,
-                 goals: str | None = None, goal_bias: GoalBias = ()) -> None:
+                 goals: str | None = None, goal_bias: GoalBias = (),
+                 start_speed: tuple[float, float] | None = None) -> None:
         """``rephrase``: turns each episode's canonical command into what the passenger says
         (e.g. a phrasing of the speech corpus), drawn from the episode's seeded generator.
 
@@ -225,13 +227,20 @@ class EmbeddedDrivingEnv(gym.Env):
         under "feasible" it is still issued only if the expert reaches it, else the usual order
         goes on). The chance is drawn from a stream of its own, so without a bias every seed
         draws what it always drew. What DAgger uses to send its learner to the states of a goal
-        type it misses (``vla dagger --rollout-goal-bias``)."""
+        type it misses (``vla dagger --rollout-goal-bias``).
+
+        ``start_speed`` (lo, hi) m/s: highway only. Our car starts each episode at a speed drawn
+        uniformly from [lo, hi] (a stream of its own, so the traffic, start lane and goal order of a
+        seed are what they were; the goal is then chosen from that start) instead of highway-env's
+        25 m/s. Expert data from such starts holds the expert's way back to its target speed from
+        well under or over it, under every goal (``vla collect --start-speed``). None: 25 m/s."""
         goals = goals or os.environ.get("VLA_GOALS", "feasible")
         if goals not in GOAL_CHOICES:
             raise ValueError(f"unknown goals {goals!r}; choose one of {GOAL_CHOICES}")
         if goal_bias and scenario != "highway":
             raise ValueError(f"a goal bias picks highway commands; the {scenario} scenario has none")
         self.goals, self.goal_bias = goals, check_goal_bias(goal_bias)
+        self.start_speed = check_start_speed(start_speed, scenario)
         self.goal_feasible: bool | None = None
         self.spec_ = check_scenario(scenario, density)
         self.scenario, self.density = scenario, density
@@ -278,6 +287,9 @@ class EmbeddedDrivingEnv(gym.Env):
             # highway-env predicts a plain Vehicle by deep-copying it, road and all, for every
             # pair it checks at the junction; the same integration on floats is ~100x cheaper.
             ego.predict_trajectory_constant_speed = partial(_predict_constant_steering, ego)
+        if self.start_speed is not None:
+            lo, hi = self.start_speed
+            ego.speed = float(np.random.default_rng(None if seed is None else [seed, 7, 2]).uniform(lo, hi))
         self._start_lane = int(ego.lane_index[2])
         self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
         self._prev = (float(ego.speed), float(-ego.heading))

@@ -138,6 +138,27 @@ def check_goal_bias(pairs) -> GoalBias:
     return pairs
 
 
+START_SPEED_RANGE = (5.0, 35.0)
+"""The start speeds (m/s) ``check_start_speed`` accepts: the highway's goal speeds are 20-30."""
+
+
+def check_start_speed(start_speed, scenario: str) -> tuple[float, float] | None:
+    """``start_speed`` (lo, hi) m/s as floats after checking it (ValueError otherwise): the
+    highway only, finite, lo <= hi, both within ``START_SPEED_RANGE``. None stays None."""
+    if start_speed is None:
+        return None
+    if scenario != "highway":
+        raise ValueError(f"a start speed range is a highway option; the {scenario} scenario starts its cars itself")
+    try:
+        lo, hi = (float(v) for v in start_speed)
+    except (TypeError, ValueError):
+        raise ValueError(f"start speed must be two numbers (lo, hi) in m/s, got {start_speed!r}") from None
+    low, high = START_SPEED_RANGE
+    if not (low <= lo <= hi <= high):  # also refuses NaN
+        raise ValueError(f"start speed ({lo}, {hi}) m/s: need {low} <= lo <= hi <= {high}")
+    return lo, hi
+
+
 def biased_label(bias: GoalBias, u: float) -> str | None:
     """The label a uniform draw ``u`` in [0, 1) picks from ``bias`` (None: no bias this time)."""
     edge = 0.0

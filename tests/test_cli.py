@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim.interface import EGO
 from sim.storage import read_episodes
 from app import cli
 
@@ -332,3 +333,16 @@ def test_policy_ab_alternates_two_checkouts_and_pairs_their_runs(capsys, tmp_pat
     assert "is not a checkout of this project" in capsys.readouterr().err
     rows = {"base": [dict.fromkeys(policy_ab.FIELDS, 0.5)], "new": [dict.fromkeys(policy_ab.FIELDS, 0.75)]}
     assert policy_ab.summarize(rows)[-1] == "closed_loop_ratio, new - base by run: +0.250 (mean +0.250)"
+
+
+def test_collect_start_speed_records_episodes_from_the_drawn_speeds_and_refuses_bad_ranges(tmp_path, capsys):
+    """vla collect --start-speed LO HI: every recorded episode starts within [LO, HI]; a bad
+    range, another scenario or a recipe is refused in one line before anything is written."""
+    common = ["collect", *LIGHT, "--episodes", "2", "--cameras", "none", "--policy", "expert"]
+    assert run(capsys, *common, "--start-speed", "12", "14", "--out", str(tmp_path / "ok"))[0] == 0
+    starts = [float(e.ego[0, EGO["speed"]]) for e in read_episodes(tmp_path / "ok", load_frames=False)]
+    assert len(starts) == 2 and all(12.0 <= v <= 14.0 for v in starts)
+    for bad, says in ((["--start-speed", "30", "20"], "--start-speed"), (["--start-speed", "12", "nan"], "--start-speed"),
+                      (["--start-speed", "12", "32", "--scenario", "intersection"], "highway option")):
+        code, _, err = run(capsys, *common, *bad, "--out", str(tmp_path / "bad"))
+        assert code == 2 and says in err and not (tmp_path / "bad").exists()

@@ -390,3 +390,37 @@ def test_a_goal_bias_tells_its_command_first_and_leaves_other_draws_alone():
         EmbeddedDrivingEnv("intersection", "medium", goal_bias=(("slow_down", 1.0),))
     with pytest.raises(ValueError, match="embedded simulator"):
         make_env("carla", "highway", "medium", goal_bias=(("slow_down", 1.0),))
+
+
+def test_a_start_speed_range_starts_our_car_there_and_leaves_the_rest_of_the_draw_alone():
+    """start_speed (lo, hi): our car starts at a speed drawn from [lo, hi] on a stream of its own, so
+    a seed keeps its traffic and start lane (and its goal under "any"); a seed draws the same speed
+    every time; bad ranges, other scenarios and other backends are refused by name."""
+    from sim.backends import make_env
+
+    plain = EmbeddedDrivingEnv("highway", "medium", goals="any")
+    ranged = EmbeddedDrivingEnv("highway", "medium", goals="any", start_speed=(12.0, 32.0))
+    speeds = []
+    for seed in range(6):
+        obs, info = plain.reset(seed=seed)
+        got, got_info = ranged.reset(seed=seed)
+        assert obs["ego"][EGO["speed"]] == pytest.approx(25.0)
+        speeds.append(float(got["ego"][EGO["speed"]]))
+        assert 12.0 <= speeds[-1] <= 32.0
+        assert got_info["goal"] == info["goal"]
+        for field in ("x", "y", "lane_id"):
+            assert got["ego"][EGO[field]] == obs["ego"][EGO[field]]
+        np.testing.assert_array_equal(got["actors"], obs["actors"])
+        assert float(ranged.reset(seed=seed)[0]["ego"][EGO["speed"]]) == speeds[-1]
+    assert len(set(np.round(speeds, 3))) == len(speeds)  # drawn, not one fixed speed
+    obs, _ = ranged.reset(seed=0)
+    obs, *_ = ranged.step(np.zeros(2, np.float32))
+    assert obs["ego"][EGO["speed"]] == pytest.approx(speeds[0], abs=0.05)  # the simulator drives from there
+    for bad, match in (((30.0, 20.0), "lo <= hi"), ((1.0, 20.0), "lo <= hi"), ((float("nan"), 20.0), "lo <= hi"),
+                       ((20.0,), "two numbers"), ("fast", "two numbers")):
+        with pytest.raises(ValueError, match=match):
+            EmbeddedDrivingEnv("highway", "medium", start_speed=bad)
+    with pytest.raises(ValueError, match="highway option"):
+        EmbeddedDrivingEnv("intersection", "medium", start_speed=(12.0, 32.0))
+    with pytest.raises(ValueError, match="embedded simulator"):
+        make_env("carla", "highway", "medium", start_speed=(12.0, 32.0))

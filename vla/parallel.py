@@ -56,6 +56,7 @@ class RolloutSpec:
     execution: tuple[tuple[str, float], ...] = ()  # how a plan policy executes plans (VLAPolicy.set_execution); (): its own
     talk: DriveTalk | None = None  # a new command during the drive (sim.rollout.DriveTalk); None: only the first
     goal_bias: tuple[tuple[str, float], ...] = ()  # highway commands tried first (sim.scenarios.parse_goal_bias)
+    start_speed: tuple[float, float] | None = None  # highway: our car's start speed drawn from [lo, hi] m/s
 
 
 def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
@@ -80,7 +81,8 @@ def _run(spec: RolloutSpec, seed: int, cache: dict) -> Episode:
                 cache["policy"].set_execution(**dict(spec.execution))
             rig = getattr(cache["policy"], "rig", ())
         cache["env"] = make_env(spec.backend, spec.scenario, spec.density, cameras=rig if spec.cameras else (),
-                                rephrase=rephraser(spec.phrasings), goal_bias=spec.goal_bias)
+                                rephrase=rephraser(spec.phrasings), goal_bias=spec.goal_bias,
+                                start_speed=spec.start_speed)
     env = cache["env"]
     policy = cache["policy"] or BASELINES[spec.policy](env, seed)
     rng = np.random.default_rng([seed, spec.beta_seed, 17])

@@ -76,7 +76,8 @@ def _collect_spec(args: argparse.Namespace, cameras: bool) -> RolloutSpec:
                        goal_labels=args.goal_labels, goal_futures=args.goal_futures,
                        noise=dart_noise(args), plan_every=args.label_every,
                        camera_size=(args.width, args.height),
-                       backend=getattr(args, "backend", DEFAULT_BACKEND))
+                       backend=getattr(args, "backend", DEFAULT_BACKEND),
+                       start_speed=tuple(args.start_speed) if getattr(args, "start_speed", None) else None)
 
 
 def _recorded(out: Path, args: argparse.Namespace, wanted: range) -> dict[int, dict]:
