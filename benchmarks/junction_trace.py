@@ -82,6 +82,38 @@ def trace_episode(policy, env, seed: int) -> tuple[object, list[dict]]:
     return episode, rows
 
 
+def parse_settings(items: list[str]) -> dict[str, float]:
+    """``--set KEY=VALUE ...`` -> {key: float}; ValueError naming the item that is not one."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--set {key}: {value!r} is not a number") from None
+    return settings
+
+
+def plan_policy_and_env(policy_dir: str, items: list[str], scenario: str, density: str, phrasings: str,
+                        why: str) -> tuple[object, object]:
+    """A diagnostic's plan policy (``--set`` ``items`` applied) and an embedded simulator without
+    cameras that words commands by ``phrasings``; ValueError for bad settings or a checkpoint
+    that is not a plan policy (``why`` says what needs one)."""
+    settings = parse_settings(items)
+    from sim.backends import make_env
+    from vla.policies_registry import load_checkpoint
+    from vla.speech_commands import rephraser
+
+    policy = load_checkpoint(policy_dir)
+    if not hasattr(policy, "set_execution") or getattr(policy, "tracker", None) is None:
+        raise ValueError(f"{policy_dir} is not a plan policy checkpoint ({why})")
+    if settings:
+        policy.set_execution(**settings)
+    return policy, make_env("embedded", scenario, density, cameras=(), rephrase=rephraser(phrasings))
+
+
 def _format(row: dict) -> str:
     return " ".join(f"{'-' if row.get(k) is None else row[k]:>{w}}" for k, w in zip(ROW_FIELDS, _WIDTHS))
 
@@ -101,25 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.every < 1 or args.last < 0:
             raise ValueError(f"--every must be >= 1 and --last >= 0, got {args.every} and {args.last}")
-        settings = {}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-            try:
-                settings[key] = float(value)
-            except ValueError:
-                raise ValueError(f"--set {key}: {value!r} is not a number") from None
-        from sim.backends import make_env
-        from vla.policies_registry import load_checkpoint
-        from vla.speech_commands import rephraser
-
-        policy = load_checkpoint(args.policy)
-        if not hasattr(policy, "set_execution") or getattr(policy, "tracker", None) is None:
-            raise ValueError(f"{args.policy} is not a plan policy checkpoint (the junction rules act on plans)")
-        if settings:
-            policy.set_execution(**settings)
-        env = make_env("embedded", args.scenario, args.density, cameras=(), rephrase=rephraser(args.phrasings))
+        policy, env = plan_policy_and_env(args.policy, args.set, args.scenario, args.density, args.phrasings,
+                                          "the junction rules act on plans")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,3 +82,25 @@ def tone_clip():
         return x + 0.02 * rng.standard_normal(len(x)).astype(np.float32)
 
     return make
+
+
+@pytest.fixture
+def tiny_plan_policy(tmp_path):
+    """make(action="plan", observation="lane_route") -> the directory of a saved tiny VLAPolicy
+    with random weights, the same every run (seeded: unseeded, some drove off the road within 4
+    steps); ``action="control"`` saves a raw-control one (observation ego_frame)."""
+
+    def make(action: str = "plan", observation: str = "lane_route"):
+        import torch
+
+        from vla.config import PolicyConfig
+        from vla.policy import VLAPolicy, default_action_tokenizer
+
+        torch.manual_seed(0)
+        config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action=action,
+                              observation=observation if action == "plan" else "ego_frame")
+        out = tmp_path / f"{action}_{observation}"
+        VLAPolicy(config, default_action_tokenizer(16, action)).save(out)
+        return out
+
+    return make

@@ -8,25 +8,12 @@ import numpy as np
 import pytest
 
 
-def _plan_policy(tmp_path, action: str = "plan"):
-    import torch
-
-    from vla.config import PolicyConfig
-    from vla.policy import VLAPolicy, default_action_tokenizer
-
-    torch.manual_seed(0)  # random weights, the same every run: unseeded, some drove off the road within 4 steps
-    config = PolicyConfig(d_model=32, n_layers=1, n_heads=2, n_bins=16, horizon=4, cameras=False, action=action,
-                          observation="lane_route" if action == "plan" else "ego_frame")
-    VLAPolicy(config, default_action_tokenizer(16, action)).save(tmp_path / action)
-    return tmp_path / action
-
-
-def test_the_trace_is_the_episode_that_was_driven_and_leaves_the_policy_as_it_was(tmp_path):
+def test_the_trace_is_the_episode_that_was_driven_and_leaves_the_policy_as_it_was(tiny_plan_policy):
     from benchmarks.junction_trace import trace_episode
     from sim.highway import EmbeddedDrivingEnv
     from vla.policies_registry import load_checkpoint
 
-    policy = load_checkpoint(str(_plan_policy(tmp_path)))
+    policy = load_checkpoint(str(tiny_plan_policy()))
     env = EmbeddedDrivingEnv("intersection", "medium")
     try:
         episode, rows = trace_episode(policy, env, seed=7000001)
@@ -41,10 +28,10 @@ def test_the_trace_is_the_episode_that_was_driven_and_leaves_the_policy_as_it_wa
     assert all(r["expert_a"] is not None for r in rows)
 
 
-def test_cli_prints_rows_and_a_json_last_line_and_refuses_bad_input(tmp_path, capsys):
+def test_cli_prints_rows_and_a_json_last_line_and_refuses_bad_input(tiny_plan_policy, capsys):
     from benchmarks.junction_trace import main
 
-    plan = _plan_policy(tmp_path)
+    plan = tiny_plan_policy()
     assert main(["--policy", str(plan), "--seed", "7000002", "--last", "3", "--set", "go_jerk=4"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1])["seed"] == 7000002 and json.loads(lines[-1])["steps"] > 3
@@ -53,5 +40,5 @@ def test_cli_prints_rows_and_a_json_last_line_and_refuses_bad_input(tmp_path, ca
                           (["--set", "warp=1"], "unknown plan execution settings"), (["--every", "0"], "--every")):
         assert main(["--policy", str(plan), "--seed", "1", *argv]) == 2
         assert message in capsys.readouterr().err
-    assert main(["--policy", str(_plan_policy(tmp_path, "control")), "--seed", "1"]) == 2
+    assert main(["--policy", str(tiny_plan_policy("control")), "--seed", "1"]) == 2
     assert "not a plan policy" in capsys.readouterr().err
