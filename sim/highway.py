@@ -16,16 +16,14 @@ from functools import partial
 
 import gymnasium as gym
 import numpy as np
-from highway_env.envs.highway_env import HighwayEnv
-from highway_env.envs.intersection_env import IntersectionEnv
-from highway_env.road.lane import CircularLane, LineType
 from highway_env.utils import wrap_to_pi
-from highway_env.vehicle.behavior import IDMVehicle
 
 from sim import highway_expert as expert_mod
 from sim import fast_road
 from sim.cameras import CameraSpec
 from sim.features import STATE_DIM, state_vector
+from sim.highway_core import (LeanHighway, LeanIntersection, core_config, lane_geom, lane_points,
+                              predict_constant_steering)
 from sim.route import (ACTOR_PATH_POINTS, ACTOR_PATH_SPACING, ROUTE_AHEAD, ROUTE_FIELDS, ROUTE_PATH_POINTS,
                        points_along, route_features, route_path)
 from sim.interface import (
@@ -48,7 +46,6 @@ from sim.interface import (
     REWARD_FIELDS,
     TURNS,
     Goal,
-    LaneGeom,
     RewardWeights,
     Scene,
     goal_vector,
@@ -58,7 +55,6 @@ from sim.scenarios import (
     SPEED_TOLERANCE,
     GOAL_CHOICES,
     HIGHWAY_GOAL_LABELS,
-    HIGHWAY_LANES,
     GoalBias,
     biased_label,
     check_goal_bias,
@@ -72,8 +68,6 @@ from sim.scenarios import (
 )
 
 VEHICLE_HEIGHT = 1.5
-_LINES = {LineType.NONE: "none", LineType.STRIPED: "striped", LineType.CONTINUOUS: "solid",
-          LineType.CONTINUOUS_LINE: "solid"}
 INTERSECTION_EXIT = 30.0  # metres into the exit lane where the route ends
 WRECK_CLEAR_STEPS = 30  # traffic-on-traffic wrecks at the junction are towed after 3 s (_tow_wrecks)
 TURN_EXITS = {"left": 1, "straight": 2, "right": 3}  # exit corner for an ego from corner 0
@@ -97,101 +91,6 @@ _EPISODE_ATTRS = ("goal", "route_length", "_route", "_s0", "_steps", "_done_outc
                   "_best_progress_m", "_lanes", "_prev", "_ego", "_actors", "_start_lane", "goal_feasible",
                   "_route_poly", "_along")
 """What ``reset`` / ``step`` keep per episode besides the highway-env core and actor ids."""
-
-
-class _NoObservation:
-    """highway-env computes a (slow, pandas-based) observation each step; we build our own."""
-
-    def space(self) -> gym.spaces.Space:
-        return gym.spaces.Box(0.0, 0.0, shape=(0,), dtype=np.float32)
-
-    def observe(self) -> np.ndarray:
-        return np.zeros(0, dtype=np.float32)
-
-
-class _LeanHighway(HighwayEnv):
-    def define_spaces(self) -> None:
-        super().define_spaces()
-        self.observation_type = _NoObservation()
-        self.observation_space = self.observation_type.space()
-
-
-class _LeanIntersection(IntersectionEnv):
-    def define_spaces(self) -> None:
-        super().define_spaces()
-        self.observation_type = _NoObservation()
-        self.observation_space = self.observation_type.space()
-
-
-class TrafficIDM(IDMVehicle):
-    """Traffic for the intersection: highway-env tunes its traffic by setting class attributes,
-    so it gets a class of its own and the highway's IDMVehicle stays untouched.
-
-    It brakes to a stop and never into reverse. highway-env lets a vehicle's speed fall to its
-    ``MIN_SPEED`` (-40 m/s), and IDM asks a car standing closer than its minimum gap for a
-    negative acceleration, so a car that had stopped short of another at the junction backed
-    up: in 120 recorded dev episodes some car did so in 86, at up to 3.3 m/s, and the car we hit
-    had been reversing in the last 2 s in 5 of 17 collisions. Real traffic (and CARLA's Traffic
-    Manager) stops and waits."""
-
-    def step(self, dt: float) -> None:
-        super().step(dt)  # integrates the position with the speed at the start of the step (>= 0)
-        if self.speed < 0.0:
-            self.speed = 0.0
-
-
-def _predict_constant_steering(vehicle, times: np.ndarray) -> tuple[list, list]:
-    """Same result as ``Vehicle.predict_trajectory_constant_speed`` (kinematic bicycle, zero
-    acceleration, current steering) without deep-copying the vehicle."""
-    steering = float(vehicle.action.get("steering", 0.0)) if vehicle.action else 0.0
-    beta = np.arctan(0.5 * np.tan(steering))
-    x, y = float(vehicle.position[0]), float(vehicle.position[1])
-    heading, speed = float(vehicle.heading), float(vehicle.speed)
-    positions, headings, t_prev = [], [], 0.0
-    for t in times:
-        dt = float(t) - t_prev
-        t_prev = float(t)
-        x += speed * np.cos(heading + beta) * dt
-        y += speed * np.sin(heading + beta) * dt
-        heading += speed * np.sin(beta) / (vehicle.LENGTH / 2) * dt
-        positions.append(np.array([x, y]))
-        headings.append(heading)
-    return positions, headings
-
-
-def _lane_points(lane, along: np.ndarray) -> np.ndarray:
-    """(len(along), 2) points of ``lane``'s centre line at those metres along it, in our world
-    frame (highway-env's y negated)."""
-    return np.array([lane.position(float(s), 0.0) for s in along], dtype=np.float64).reshape(-1, 2) * np.array([1.0, -1.0])
-
-
-def _core_config(scenario: str, density: str) -> dict:
-    d = check_scenario(scenario, density).densities[density]
-    action = {
-        "type": "ContinuousAction",
-        "acceleration_range": (float(ACTION_LOW[0]), float(ACTION_HIGH[0])),
-        "steering_range": (float(ACTION_LOW[1]), float(ACTION_HIGH[1])),
-    }
-    common = {"action": action, "simulation_frequency": 10, "policy_frequency": 10, "duration": 1e9}
-    if scenario == "highway":
-        return {**common, "lanes_count": HIGHWAY_LANES, "vehicles_count": d.vehicles_count,
-                "vehicles_density": d.spacing}
-    return {**common, "initial_vehicle_count": d.initial_vehicles,
-            # highway-env tries one spawn per env step; its default assumes 1 step per second
-            "spawn_probability": 1.0 - (1.0 - d.spawn_probability) ** DT, "destination": "o1",
-            "other_vehicles_type": f"{TrafficIDM.__module__}.TrafficIDM"}
-
-
-def _lane_geom(lane) -> LaneGeom:
-    lines = (_LINES[lane.line_types[0]], _LINES[lane.line_types[1]])
-    if isinstance(lane, CircularLane):
-        return LaneGeom(kind="arc", width=float(lane.width), lines=lines,
-                        center=(float(lane.center[0]), -float(lane.center[1])), radius=float(lane.radius),
-                        start_phase=-float(lane.start_phase), end_phase=-float(lane.end_phase),
-                        ccw=not lane.clockwise)
-    return LaneGeom(kind="straight", width=float(lane.width), lines=lines,
-                    start=(float(lane.start[0]), -float(lane.start[1])),
-                    end=(float(lane.end[0]), -float(lane.end[1])))
 
 
 class EmbeddedDrivingEnv(gym.Env):
@@ -246,8 +145,8 @@ class EmbeddedDrivingEnv(gym.Env):
         self.scenario, self.density = scenario, density
         self.cameras = tuple(cameras)
         self.rephrase = rephrase
-        core_cls = _LeanHighway if scenario == "highway" else _LeanIntersection
-        self._core = core_cls(config=_core_config(scenario, density))
+        core_cls = LeanHighway if scenario == "highway" else LeanIntersection
+        self._core = core_cls(config=core_config(scenario, density))
         self._renderer = None
         if self.cameras:
             from sim.render import CameraRenderer
@@ -286,12 +185,12 @@ class EmbeddedDrivingEnv(gym.Env):
         if self.scenario == "intersection":
             # highway-env predicts a plain Vehicle by deep-copying it, road and all, for every
             # pair it checks at the junction; the same integration on floats is ~100x cheaper.
-            ego.predict_trajectory_constant_speed = partial(_predict_constant_steering, ego)
+            ego.predict_trajectory_constant_speed = partial(predict_constant_steering, ego)
         if self.start_speed is not None:
             lo, hi = self.start_speed
             ego.speed = float(np.random.default_rng(None if seed is None else [seed, 7, 2]).uniform(lo, hi))
         self._start_lane = int(ego.lane_index[2])
-        self._lanes = tuple(_lane_geom(lane) for lane in self._core.road.network.lanes_list())
+        self._lanes = tuple(lane_geom(lane) for lane in self._core.road.network.lanes_list())
         self._prev = (float(ego.speed), float(-ego.heading))
         first = None
         if self.goal_bias:
@@ -651,11 +550,11 @@ class EmbeddedDrivingEnv(gym.Env):
             lane, pending, points = net.get_lane(index), list(route), []
             need = lane.length + ACTOR_PATH_SPACING * ACTOR_PATH_POINTS
             while True:
-                points.append(_lane_points(lane, np.arange(0.0, lane.length, 1.0)))
+                points.append(lane_points(lane, np.arange(0.0, lane.length, 1.0)))
                 need -= lane.length
                 nxt = net.next_lane(index, route=pending, position=lane.position(lane.length, 0.0))  # pops `pending`
                 if need <= 0.0 or nxt == index:
-                    points.append(_lane_points(lane, [lane.length]))  # its end point
+                    points.append(lane_points(lane, [lane.length]))  # its end point
                     break
                 index, lane = nxt, net.get_lane(nxt)
             chain = self._chains[key] = np.concatenate(points)
@@ -726,7 +625,7 @@ class EmbeddedDrivingEnv(gym.Env):
         for k, index in enumerate(self._route):
             lane = net.get_lane(index)
             end = lane.length if k < len(self._route) - 1 else min(lane.length, INTERSECTION_EXIT + 2 * ROUTE_AHEAD)
-            points.append(_lane_points(lane, np.arange(0.0, end, 1.0)))
+            points.append(lane_points(lane, np.arange(0.0, end, 1.0)))
             junction += [k == 1] * len(points[-1])
         return np.concatenate(points), np.array(junction)
 

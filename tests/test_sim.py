@@ -313,7 +313,7 @@ def test_junction_traffic_stops_short_and_never_reverses():
     from highway_env.vehicle.behavior import IDMVehicle
     from highway_env.vehicle.objects import Obstacle
 
-    from sim.highway import TrafficIDM
+    from sim.highway_core import TrafficIDM
 
     def standing_behind_a_wall(kind):
         net = RoadNetwork.straight_road_network(1, length=500)
