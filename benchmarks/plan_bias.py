@@ -14,7 +14,7 @@ and still misses points at the execution; one whose gain differs where the misse
 points at the data or the training.
 
 This is a diagnostic for dev episodes (validation seeds 7,000,000+); the studies' held-out
-seeds are for measuring, not for reading. The last line is JSON.
+seeds are for measuring, not for reading. The last line is JSON (null where a bin is empty).
 """
 
 from __future__ import annotations
@@ -31,14 +31,17 @@ DEFAULT_EDGES = (0.0, 10.0, 13.0, 15.0, 17.5, 20.0, 22.5, 25.0, 27.5, 40.0)
 
 def plan_pairs(policy, env, seed: int) -> tuple[object, list[dict]]:
     """Drive one episode of ``policy`` (a plan ``VLAPolicy``) in ``env`` from ``seed``, the expert
-    labelling every state. Returns the ``Episode`` and one row per re-plan: the step ``t``, the
+    labelling every state (its continuation, the costly part, at the re-plan states only). Returns
+    the ``Episode`` and one row per re-plan: the step ``t``, the
     ego's speed, the network's raw plan and the expert's plan from that state ((K, 2) each; the
     expert's rows are NaN where its continuation is unknown)."""
-    from sim.interface import EGO
-    from sim.plan import plan_labels, plan_steps
+    from sim.interface import DT, EGO
+    from sim.plan import PLAN_DT, plan_labels, plan_steps
     from sim.rollout import run_episode
 
     k = policy.config.horizon
+    # the steps _track re-plans at: every replan_period steps, every PLAN_DT under open_loop
+    every = int(round(PLAN_DT / DT)) if policy.config.execution == "open_loop" else policy.config.replan_period
     made: list[tuple[int, float, np.ndarray]] = []
     own = policy._own_plan
 
@@ -50,7 +53,7 @@ def plan_pairs(policy, env, seed: int) -> tuple[object, list[dict]]:
     policy._own_plan = watched
     try:
         episode = run_episode(env, policy, seed, query_expert=True, record_frames=False,
-                              plan_horizon=int(plan_steps(k)[-1]))
+                              plan_horizon=int(plan_steps(k)[-1]), plan_every=every)
     finally:
         del policy._own_plan  # the class's method again
     labels = plan_labels(episode.ego, episode.actions, episode.expert_actions, episode.expert_futures, k)
@@ -157,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     print("episodes (seed goal outcome: end speed / target):",
           "; ".join(f"{e['seed']} {e['goal']} {e['outcome']}: {e['end_speed']:.1f}"
                     + ("" if e["target_speed"] is None else f" / {e['target_speed']:.0f}") for e in ends))
+    bins = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in b.items()} for b in table]
     print(json.dumps({"policy": args.policy, "scenario": args.scenario, "density": args.density, "goal": args.goal,
-                      "replans": len(rows), "bins": table, "episodes": ends}))
+                      "replans": len(rows), "bins": bins, "episodes": ends}, allow_nan=False))
     return 0
 
 

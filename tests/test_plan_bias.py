@@ -40,11 +40,12 @@ def test_cli_prints_a_table_and_a_json_last_line_and_refuses_bad_input(tiny_plan
     from benchmarks.plan_bias import main
 
     plan = tiny_plan_policy(observation="lane_frame")
-    assert main(["--policy", str(plan), "--density", "light", "--episodes", "1", "--edges", "0", "25", "40"]) == 0
+    assert main(["--policy", str(plan), "--density", "light", "--episodes", "1", "--edges", "0", "25", "40", "41"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     last = json.loads(lines[-1])
-    assert [b["lo"] for b in last["bins"]] == [0.0, 25.0] and len(last["episodes"]) == 1
-    assert lines[1].split()[:2] == ["speed", "m/s"] and len(lines) == 1 + 1 + 2 + 1 + 1
+    assert [b["lo"] for b in last["bins"]] == [0.0, 25.0, 40.0] and len(last["episodes"]) == 1
+    assert last["bins"][-1]["n"] == 0 and last["bins"][-1]["diff"] is None  # an empty bin is null, valid JSON
+    assert lines[1].split()[:2] == ["speed", "m/s"] and len(lines) == 1 + 1 + 3 + 1 + 1
     for argv, message in ((["--edges", "20", "10"], "--edges"), (["--episodes", "0"], "--episodes"),
                           (["--goal", "fly"], "unknown --goal"), (["--set", "warp=1"], "unknown plan execution")):
         assert main(["--policy", str(plan), *argv]) == 2
