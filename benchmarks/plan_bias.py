@@ -25,23 +25,23 @@ import sys
 
 import numpy as np
 
+from benchmarks.dagger_combine import paired_bootstrap
+
 DEFAULT_EDGES = (0.0, 10.0, 13.0, 15.0, 17.5, 20.0, 22.5, 25.0, 27.5, 40.0)
 """Speed bin edges (m/s): the highway's goal speeds are 20 / 25 / 30 m/s, met within 2.5."""
 
 
 def plan_pairs(policy, env, seed: int) -> tuple[object, list[dict]]:
     """Drive one episode of ``policy`` (a plan ``VLAPolicy``) in ``env`` from ``seed``, the expert
-    labelling every state (its continuation, the costly part, at the re-plan states only). Returns
-    the ``Episode`` and one row per re-plan: the step ``t``, the
-    ego's speed, the network's raw plan and the expert's plan from that state ((K, 2) each; the
-    expert's rows are NaN where its continuation is unknown)."""
-    from sim.interface import DT, EGO
-    from sim.plan import PLAN_DT, plan_labels, plan_steps
+    labelling every state (its continuation, the costly part, at the re-plan states only).
+    Returns the ``Episode`` and one row per re-plan: the step ``t``, the ego's speed, the
+    network's raw plan and the expert's plan from that state ((K, 2) each; the expert's rows are
+    NaN where its continuation is unknown)."""
+    from sim.interface import EGO
+    from sim.plan import plan_labels, plan_steps
     from sim.rollout import run_episode
 
     k = policy.config.horizon
-    # the steps _track re-plans at: every replan_period steps, every PLAN_DT under open_loop
-    every = int(round(PLAN_DT / DT)) if policy.config.execution == "open_loop" else policy.config.replan_period
     made: list[tuple[int, float, np.ndarray]] = []
     own = policy._own_plan
 
@@ -53,7 +53,7 @@ def plan_pairs(policy, env, seed: int) -> tuple[object, list[dict]]:
     policy._own_plan = watched
     try:
         episode = run_episode(env, policy, seed, query_expert=True, record_frames=False,
-                              plan_horizon=int(plan_steps(k)[-1]), plan_every=every)
+                              plan_horizon=int(plan_steps(k)[-1]), plan_every=policy.plan_period)
     finally:
         del policy._own_plan  # the class's method again
     labels = plan_labels(episode.ego, episode.actions, episode.expert_actions, episode.expert_futures, k)
@@ -61,19 +61,11 @@ def plan_pairs(policy, env, seed: int) -> tuple[object, list[dict]]:
     return episode, rows
 
 
-def _interval(x: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def summarize(rows: list[dict], edges: tuple[float, ...], seed: int = 0) -> list[dict]:
     """Per speed bin [lo, hi): re-plans, the network's and the expert's mean speed gain to the
     last waypoint, the mean network-minus-expert gain with a 95% bootstrap interval over
-    re-plans, and the mean |lateral difference| at the last waypoint. Re-plans whose expert
+    re-plans (``benchmarks.dagger_combine.paired_bootstrap``: the two plans of a re-plan are a pair), and the mean |lateral difference| at the last waypoint. Re-plans whose expert
     plan is unknown count in ``n`` only."""
-    rng = np.random.default_rng(seed)
     speed = np.array([r["speed"] for r in rows], dtype=np.float64)
     net = np.array([r["net"][-1] for r in rows], dtype=np.float64).reshape(-1, 2)
     exp = np.array([r["expert"][-1] for r in rows], dtype=np.float64).reshape(-1, 2)
@@ -83,11 +75,11 @@ def summarize(rows: list[dict], edges: tuple[float, ...], seed: int = 0) -> list
         inside = (speed >= lo) & (speed < hi)
         both = inside & known
         diff = net[both, 0] - exp[both, 0]
-        low, high = _interval(diff, rng)
+        ci = paired_bootstrap(diff, seed=seed) if both.any() else {"lo": float("nan"), "hi": float("nan")}
         out.append({"lo": lo, "hi": hi, "n": int(inside.sum()), "labelled": int(both.sum()),
                     "net_gain": float(net[inside, 0].mean()) if inside.any() else float("nan"),
                     "expert_gain": float(exp[both, 0].mean()) if both.any() else float("nan"),
-                    "diff": float(diff.mean()) if both.any() else float("nan"), "diff_low": low, "diff_high": high,
+                    "diff": float(diff.mean()) if both.any() else float("nan"), "diff_low": ci["lo"], "diff_high": ci["hi"],
                     "lateral_abs": float(np.abs(net[both, 1] - exp[both, 1]).mean()) if both.any() else float("nan")})
     return out
 

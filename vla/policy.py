@@ -519,6 +519,12 @@ class VLAPolicy(torch.nn.Module):
         preds = np.stack([c[age] for age, c in self._queue])
         return (weights[:, None] * preds).sum(0) / weights.sum()
 
+    @property
+    def plan_period(self) -> int:
+        """Steps between two plans of a plan policy (``_track``): every ``PLAN_DT`` under
+        'open_loop', else ``replan_period``."""
+        return int(round(PLAN_DT / DT)) if self.config.execution == "open_loop" else self.config.replan_period
+
     def _track(self, obs: dict, plan: Callable[[dict], np.ndarray], t: int) -> np.ndarray:
         """A plan policy's action at step ``t`` of the episode: the tracker on the current plan,
         made in the lane frame of its moment. A new plan every ``replan_every`` steps ('first':
@@ -527,8 +533,7 @@ class VLAPolicy(torch.nn.Module):
         seconds under 'open_loop'; between two plans the tracker follows the last one."""
         ego = np.asarray(obs["ego"], dtype=np.float64)
         mode = self.config.execution
-        every = int(round(PLAN_DT / DT)) if mode == "open_loop" else self.config.replan_period
-        if self._plan is None or t - self._plan[3] >= every:
+        if self._plan is None or t - self._plan[3] >= self.plan_period:
             frame, pose = plan_frame(ego), pose_of(ego)
             kept = self.commitment.kept(obs, self._plan, frame, pose, t)
             if kept is not None and self.config.commit_lateral <= 0:  # _own_plan scores it in its prefix pass
