@@ -40,7 +40,7 @@ from benchmarks.metrics import metrics_record, to_jsonable, write_episodes_csv, 
 from sim.atomic import atomic_output
 from sim.plan import plan_steps
 from sim.rollout import DartNoise
-from sim.scenarios import check_scenario, parse_goal_bias
+from sim.scenarios import check_scenario, check_start_speed, parse_goal_bias
 from sim.storage import EpisodeWriter, count_episodes, episode_paths, read_episodes
 from tokenizers_mm.action import ActionTokenizer
 from vla import distributed
@@ -142,6 +142,12 @@ class DaggerConfig:
     allows it, so the learner visits more of the states of a goal type it misses (its own
     under-speed states after "slow down", say). "": the usual draw. Expert data (iteration 0)
     and the evaluations are never biased."""
+    rollout_start_speed: tuple[float, float] | None = None
+    """The learner's highway rollouts (iterations >= 1) start our car at a speed drawn from
+    [lo, hi] m/s (``EmbeddedDrivingEnv(start_speed=...)``), so it also drives, and is labelled,
+    from speeds away from its targets (under the slow-down band, say) that the expert's own
+    starts never reach. None: the scenario's start. Embedded simulator only; expert data
+    (iteration 0) and the evaluations keep the usual start."""
     disagreement_weight: float = 0.0
     """Draw the learner's rollout states (iterations >= 1) in proportion to how far its action was
     from the expert's there (``disagreement_repeats``, in the spirit of DA-RB's critical states):
@@ -200,6 +206,17 @@ class DaggerConfig:
             parse_goal_bias(self.rollout_goal_bias)
         except ValueError as e:
             raise ValueError(f"DaggerConfig.rollout_goal_bias (--rollout-goal-bias): {e}") from None
+        if self.rollout_start_speed is not None:
+            if not any(scenario == "highway" for scenario, _ in settings):
+                raise ValueError("DaggerConfig.rollout_start_speed (--rollout-start-speed) is a highway option; "
+                                 f"this session drives {self.scenario!r} only")
+            if self.backend != "embedded":
+                raise ValueError("DaggerConfig.rollout_start_speed (--rollout-start-speed) is an option of the "
+                                 f"embedded simulator, not of the {self.backend} backend")
+            try:
+                object.__setattr__(self, "rollout_start_speed", check_start_speed(self.rollout_start_speed, "highway"))
+            except ValueError as e:
+                raise ValueError(f"DaggerConfig.rollout_start_speed (--rollout-start-speed): {e}") from None
         if not 0.0 <= float(self.disagreement_weight) <= MAX_REPEATS:
             raise ValueError(f"DaggerConfig.disagreement_weight (--disagreement-weight) must be in [0, {MAX_REPEATS}], "
                              f"got {self.disagreement_weight}")
@@ -252,7 +269,9 @@ class DaggerConfig:
     @staticmethod
     def from_dict(d: dict) -> DaggerConfig:
         return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"]),
-                               "expert_data": tuple(d.get("expert_data", ())), "val_data": tuple(d.get("val_data", ()))})
+                               "expert_data": tuple(d.get("expert_data", ())), "val_data": tuple(d.get("val_data", ())),
+                               "rollout_start_speed": (None if d.get("rollout_start_speed") is None
+                                                       else tuple(d["rollout_start_speed"]))})
 
 
 def disagreement_repeats(episodes: list, weight: float) -> list[np.ndarray]:
@@ -293,14 +312,16 @@ def rollout_spec(c: DaggerConfig, k: int, policy_dir: str, scenario: str, densit
     """How iteration k of a session with config ``c`` records its episodes in one setting
     (iteration 0: the expert, with DART bursts if ``c.dart``; later ones: ``policy_dir``
     mixed with the expert by beta_k, on the highway told the commands of
-    ``c.rollout_goal_bias`` first), and what the expert labels on them."""
+    ``c.rollout_goal_bias`` first and started at a speed from ``c.rollout_start_speed``), and
+    what the expert labels on them."""
     return RolloutSpec(scenario, density, policy_dir, "train", cameras=c.policy.cameras,
                        query_expert=True, record_frames=c.policy.cameras, beta=c.beta(k), beta_seed=k,
                        plan_horizon=label_horizon(c.policy), goal_labels=c.goal_relabel,
                        goal_futures=c.goal_relabel and c.policy.action == "plan",
                        noise=DartNoise(speed_prob=c.dart_speed) if (c.dart and k == 0) else None, plan_every=c.label_every,
                        backend=c.backend,
-                       goal_bias=parse_goal_bias(c.rollout_goal_bias) if (k > 0 and scenario == "highway") else ())
+                       goal_bias=parse_goal_bias(c.rollout_goal_bias) if (k > 0 and scenario == "highway") else (),
+                       start_speed=c.rollout_start_speed if (k > 0 and scenario == "highway") else None)
 
 
 class DaggerSession:

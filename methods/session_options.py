@@ -54,6 +54,10 @@ def add_session_args(p: argparse.ArgumentParser, train_steps: int = 300,
                    help="the learner's highway rollouts (iterations >= 1) are told LABEL first with chance P when "
                         "the traffic allows it, e.g. slow_down=0.5: more of its own states under a goal type it "
                         "misses; expert data and evaluations keep the usual draw (default: none)")
+    p.add_argument("--rollout-start-speed", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="the learner's highway rollouts (iterations >= 1) start our car at a speed drawn from "
+                        "[LO, HI] m/s, so it is also labelled from speeds away from its targets; expert data and "
+                        "evaluations keep the usual start; embedded simulator only (default: the scenario's start)")
     p.add_argument("--disagreement-weight", type=float, default=0.0, metavar="W",
                    help="draw the learner's rollout states in proportion to how far its action was from the "
                         "expert's: a state at x times the mean disagreement is listed 1 + round(W (x - 1)) times "
@@ -82,6 +86,8 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         chitchat=getattr(args, "chitchat", 0.0), balance_speed=getattr(args, "balance_speed", False),
         dart=args.dart, dart_speed=getattr(args, "dart_speed", 0.0), label_every=args.label_every, policy=policy_config(args),
         rollout_goal_bias=getattr(args, "rollout_goal_bias", ""),
+        rollout_start_speed=(None if getattr(args, "rollout_start_speed", None) is None
+                             else tuple(args.rollout_start_speed)),
         disagreement_weight=getattr(args, "disagreement_weight", 0.0),
         backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None),
         val_data=tuple(args.val_data), val_samples=args.val_samples)

@@ -250,6 +250,17 @@ def test_collect_over_two_workers_records_the_same_dataset(tmp_path, capsys):
     assert code == 2 and "--dart-speed needs --dart" in err and not (tmp_path / "bad").exists()
 
 
+def test_dagger_refuses_a_bad_rollout_start_speed_in_one_line_before_writing(tmp_path, capsys):
+    """vla dagger --rollout-start-speed: a range out of order, NaN, or a session without the
+    highway is refused with the option's name, and nothing is written."""
+    for bad, says in ((["--rollout-start-speed", "30", "10"], "need 5.0 <= lo <= hi"),
+                      (["--rollout-start-speed", "10", "nan"], "need 5.0 <= lo <= hi"),
+                      (["--scenario", "intersection", "--rollout-start-speed", "10", "30"], "highway option")):
+        code, _, err = run(capsys, "dagger", *bad, "--out", str(tmp_path / "bad"))
+        assert code == 2 and "--rollout-start-speed" in err and says in err, err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
 def test_collect_killed_with_sigkill_and_rerun_equals_an_uninterrupted_run(tmp_path):
     """kill -9 in the middle of vla collect, rerun the same command: the dataset holds each seed
     once, with the same episodes an uninterrupted run records, and metrics.json covers them all."""

@@ -318,6 +318,37 @@ def test_the_rollout_goal_bias_reaches_the_learners_highway_rollouts_only():
         DaggerConfig(rollout_goal_bias="slow_down=2")
 
 
+def test_the_rollout_start_speed_reaches_the_learners_highway_rollouts_only():
+    """--rollout-start-speed: iteration 0 (expert data) and the intersection keep their starts; the
+    learner's highway rollouts start in the range (their first recorded speed is in it); the
+    range survives session.json; bad ranges, intersection-only sessions and CARLA are refused."""
+    from methods.dagger import DaggerConfig, rollout_spec
+    from vla.parallel import _run
+
+    c = DaggerConfig(scenario="highway,intersection", rollout_start_speed=[12, 14])
+    assert c.rollout_start_speed == (12.0, 14.0)
+    assert rollout_spec(c, 0, "expert", "highway", "medium").start_speed is None
+    assert rollout_spec(c, 1, "pol", "intersection", "medium").start_speed is None
+    spec = rollout_spec(c, 1, "pol", "highway", "medium")
+    assert spec.start_speed == (12.0, 14.0)
+    assert DaggerConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert DaggerConfig.from_dict({k: v for k, v in DaggerConfig().to_dict().items()
+                                   if k != "rollout_start_speed"}).rollout_start_speed is None  # older sessions
+    from dataclasses import replace
+    from sim.interface import EGO
+
+    spec = replace(spec, policy="expert", cameras=False, record_frames=False, plan_horizon=0,
+                   goal_labels=False, goal_futures=False)
+    speeds = [_run(spec, seed, {}).ego[0, EGO["speed"]] for seed in (1, 2)]
+    assert all(12.0 <= v <= 14.0 for v in speeds), speeds
+    for bad, match in (({"rollout_start_speed": (20, 10)}, "rollout-start-speed"),
+                       ({"rollout_start_speed": (12, float("nan"))}, "rollout-start-speed"),
+                       ({"rollout_start_speed": (12, 14), "scenario": "intersection"}, "highway option"),
+                       ({"rollout_start_speed": (12, 14), "backend": "carla"}, "embedded simulator")):
+        with pytest.raises(ValueError, match=match):
+            DaggerConfig(**bad)
+
+
 def _rollout(actions, expert):
     from types import SimpleNamespace
 
