@@ -322,7 +322,10 @@ def test_the_rollout_start_speed_reaches_the_learners_highway_rollouts_only():
     """--rollout-start-speed: iteration 0 (expert data) and the intersection keep their starts; the
     learner's highway rollouts start in the range (their first recorded speed is in it); the
     range survives session.json; bad ranges, intersection-only sessions and CARLA are refused."""
+    from dataclasses import replace
+
     from methods.dagger import DaggerConfig, rollout_spec
+    from sim.interface import EGO
     from vla.parallel import _run
 
     c = DaggerConfig(scenario="highway,intersection", rollout_start_speed=[12, 14])
@@ -334,9 +337,6 @@ def test_the_rollout_start_speed_reaches_the_learners_highway_rollouts_only():
     assert DaggerConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     assert DaggerConfig.from_dict({k: v for k, v in DaggerConfig().to_dict().items()
                                    if k != "rollout_start_speed"}).rollout_start_speed is None  # older sessions
-    from dataclasses import replace
-    from sim.interface import EGO
-
     spec = replace(spec, policy="expert", cameras=False, record_frames=False, plan_horizon=0,
                    goal_labels=False, goal_futures=False)
     speeds = [_run(spec, seed, {}).ego[0, EGO["speed"]] for seed in (1, 2)]
