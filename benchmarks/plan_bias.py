@@ -11,7 +11,11 @@ the plan's last waypoint (m/s over the plan's horizon, ``sim.plan.PLAN_FIELDS``)
 and of the expert, their mean difference with a 95% bootstrap interval, and the mean absolute
 difference of the last waypoint's lateral offset (m). A network that learned the right plans
 and still misses points at the execution; one whose gain differs where the misses happen
-points at the data or the training.
+points at the data or the training. Beside the network's executed (argmax) gain, ``mean`` is
+the gain its own distribution expects (``mean_plan``: each plan token's bin centres weighted by
+their probabilities, the tokens before it as decoded) and ``p(top)`` the probability of the
+chosen bin of that token: a mean far from the argmax says the decoding picks one mode of a
+split belief, a mean near it with a high p(top) says the network believes the plan it makes.
 
 This is a diagnostic for dev episodes (validation seeds 7,000,000+); the studies' held-out
 seeds are for measuring, not for reading. The last line is JSON (null where a bin is empty).
@@ -42,32 +46,67 @@ def plan_pairs(policy, env, seed: int) -> tuple[object, list[dict]]:
     from sim.rollout import run_episode
 
     k = policy.config.horizon
-    made: list[tuple[int, float, np.ndarray]] = []
-    own = policy._own_plan
+    made: list[tuple[int, float, np.ndarray, np.ndarray, np.ndarray]] = []
+    own, model = policy._own_plan, policy.inference_model
+    generate, last = model.generate_chunk, {}
+
+    def watched_generate(*args, **kwargs):
+        last["out"] = out = generate(*args, **kwargs)
+        return out
 
     def watched(obs):
+        last.clear()
         plan = own(obs)
-        made.append((policy._t - 1, float(np.asarray(obs["ego"])[EGO["speed"]]), np.array(plan, dtype=np.float64)))
+        mean, top = mean_plan(policy, last.get("out"))
+        made.append((policy._t - 1, float(np.asarray(obs["ego"])[EGO["speed"]]), np.array(plan, dtype=np.float64),
+                     mean, top))
         return plan
 
-    policy._own_plan = watched
+    policy._own_plan, model.generate_chunk = watched, watched_generate
     try:
         episode = run_episode(env, policy, seed, query_expert=True, record_frames=False,
                               plan_horizon=int(plan_steps(k)[-1]), plan_every=policy.plan_period)
     finally:
-        del policy._own_plan  # the class's method again
+        del policy._own_plan, model.generate_chunk  # the classes' methods again
     labels = plan_labels(episode.ego, episode.actions, episode.expert_actions, episode.expert_futures, k)
-    rows = [{"t": t, "speed": v, "net": plan, "expert": labels[t]} for t, v, plan in made if t < len(labels)]
+    rows = [{"t": t, "speed": v, "net": plan, "net_mean": mean, "net_top": top, "expert": labels[t]}
+            for t, v, plan, mean, top in made if t < len(labels)]
     return episode, rows
+
+
+def mean_plan(policy, out) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2) the plan ``policy``'s distribution expects for one decoded chunk ``out`` (a bins
+    head's ``ChunkOutput``): per token, the bin centres (``action_tokenizer``, no residual)
+    weighted by the softmax of its logits, given the tokens decoded before it; and (K, 2) the
+    probability of the bin that was chosen. NaN where there is no such output (a diffusion head)
+    or the tokenizer has one token per action."""
+    k = policy.config.horizon
+    nan = np.full((k, 2), np.nan)
+    logits = getattr(out, "bin_logits", None)
+    if logits is None or tuple(logits.shape[1:3]) != (k, 2):
+        return nan, nan
+    logits = logits[0].float().cpu().numpy().astype(np.float64)  # (K, 2, n)
+    n = logits.shape[-1]
+    grid = np.broadcast_to(np.arange(n)[:, None, None], (n, k, 2))  # every bin at every token
+    centres = policy.action_tokenizer.decode(grid)  # (n, K, 2): per-dimension bins decode elementwise
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    chosen = out.bins[0].cpu().numpy()  # (K, 2)
+    top = np.take_along_axis(p, chosen[..., None], -1)[..., 0]
+    return np.einsum("kdn,nkd->kd", p, centres), top
 
 
 def summarize(rows: list[dict], edges: tuple[float, ...], seed: int = 0) -> list[dict]:
     """Per speed bin [lo, hi): re-plans, the network's and the expert's mean speed gain to the
     last waypoint, the mean network-minus-expert gain with a 95% bootstrap interval over
-    re-plans (``benchmarks.dagger_combine.paired_bootstrap``: the two plans of a re-plan are a pair), and the mean |lateral difference| at the last waypoint. Re-plans whose expert
-    plan is unknown count in ``n`` only."""
+    re-plans (``benchmarks.dagger_combine.paired_bootstrap``: the two plans of a re-plan are a
+    pair), the mean |lateral difference| at the last waypoint, and the network's expected gain
+    and chosen bin's probability there (``mean_plan``; NaN-skipping). Re-plans whose expert plan
+    is unknown count in ``n`` only."""
     speed = np.array([r["speed"] for r in rows], dtype=np.float64)
     net = np.array([r["net"][-1] for r in rows], dtype=np.float64).reshape(-1, 2)
+    mean = np.array([r.get("net_mean", np.full((1, 2), np.nan))[-1, 0] for r in rows], dtype=np.float64)
+    top = np.array([r.get("net_top", np.full((1, 2), np.nan))[-1, 0] for r in rows], dtype=np.float64)
     exp = np.array([r["expert"][-1] for r in rows], dtype=np.float64).reshape(-1, 2)
     known = np.isfinite(exp).all(1)
     out = []
@@ -78,10 +117,16 @@ def summarize(rows: list[dict], edges: tuple[float, ...], seed: int = 0) -> list
         ci = paired_bootstrap(diff, seed=seed) if both.any() else {"lo": float("nan"), "hi": float("nan")}
         out.append({"lo": lo, "hi": hi, "n": int(inside.sum()), "labelled": int(both.sum()),
                     "net_gain": float(net[inside, 0].mean()) if inside.any() else float("nan"),
+                    "net_mean_gain": _nanmean(mean[inside]), "net_top_p": _nanmean(top[inside]),
                     "expert_gain": float(exp[both, 0].mean()) if both.any() else float("nan"),
                     "diff": float(diff.mean()) if both.any() else float("nan"), "diff_low": ci["lo"], "diff_high": ci["hi"],
                     "lateral_abs": float(np.abs(net[both, 1] - exp[both, 1]).mean()) if both.any() else float("nan")})
     return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
 
 
 def _fmt(x: float, spec: str = "+.2f") -> str:
@@ -144,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = summarize(rows, edges)
     print(f"{driven} episodes, {len(rows)} re-plans; speed gain to the plan's last waypoint, network vs expert (m/s)")
-    print(f"{'speed m/s':>11} {'n':>5} {'network':>8} {'expert':>7} {'net-exp':>8} {'95% interval':>17} {'|dy| m':>7}")
+    print(f"{'speed m/s':>11} {'n':>5} {'network':>8} {'mean':>6} {'p(top)':>6} {'expert':>7} {'net-exp':>8} "
+          f"{'95% interval':>17} {'|dy| m':>7}")
     for r in table:
-        print(f"{r['lo']:>5.1f}-{r['hi']:<5.1f} {r['n']:>5} {_fmt(r['net_gain']):>8} {_fmt(r['expert_gain']):>7} "
+        print(f"{r['lo']:>5.1f}-{r['hi']:<5.1f} {r['n']:>5} {_fmt(r['net_gain']):>8} {_fmt(r['net_mean_gain']):>6} "
+              f"{_fmt(r['net_top_p'], '.2f'):>6} {_fmt(r['expert_gain']):>7} "
               f"{_fmt(r['diff']):>8} {'[' + _fmt(r['diff_low']) + ', ' + _fmt(r['diff_high']) + ']':>17} "
               f"{_fmt(r['lateral_abs'], '.2f'):>7}")
     print("episodes (seed goal outcome: end speed / target):",
