@@ -269,9 +269,7 @@ class DaggerConfig:
     @staticmethod
     def from_dict(d: dict) -> DaggerConfig:
         return DaggerConfig(**{**d, "policy": PolicyConfig.from_dict(d["policy"]),
-                               "expert_data": tuple(d.get("expert_data", ())), "val_data": tuple(d.get("val_data", ())),
-                               "rollout_start_speed": (None if d.get("rollout_start_speed") is None
-                                                       else tuple(d["rollout_start_speed"]))})
+                               "expert_data": tuple(d.get("expert_data", ())), "val_data": tuple(d.get("val_data", ()))})
 
 
 def disagreement_repeats(episodes: list, weight: float) -> list[np.ndarray]:

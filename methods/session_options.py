@@ -86,8 +86,7 @@ def dagger_config(args: argparse.Namespace, scenario: str, density: str, seed: i
         chitchat=getattr(args, "chitchat", 0.0), balance_speed=getattr(args, "balance_speed", False),
         dart=args.dart, dart_speed=getattr(args, "dart_speed", 0.0), label_every=args.label_every, policy=policy_config(args),
         rollout_goal_bias=getattr(args, "rollout_goal_bias", ""),
-        rollout_start_speed=(None if getattr(args, "rollout_start_speed", None) is None
-                             else tuple(args.rollout_start_speed)),
+        rollout_start_speed=getattr(args, "rollout_start_speed", None),  # DaggerConfig makes it a (lo, hi) tuple
         disagreement_weight=getattr(args, "disagreement_weight", 0.0),
         backend=getattr(args, "backend", "embedded"), ray=getattr(args, "ray", None),
         val_data=tuple(args.val_data), val_samples=args.val_samples)
